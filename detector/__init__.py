@@ -1,0 +1,23 @@
+"""gridwatch's detector runtime: ONNX Runtime inference, no torch.
+
+    from detector import Detector
+    results = Detector("model.onnx").detect([bgr_frame])
+"""
+
+from detector.detections import Detections
+from detector.model import DetectorError, InvalidImageError, ModelInfo, ModelLoadError
+from detector.runtime import Detector
+from detector.taxonomy import Taxonomy, TaxonomyError, Violation, load_taxonomy
+
+__all__ = [
+    "Detections",
+    "Detector",
+    "DetectorError",
+    "InvalidImageError",
+    "ModelInfo",
+    "ModelLoadError",
+    "Taxonomy",
+    "TaxonomyError",
+    "Violation",
+    "load_taxonomy",
+]

@@ -1,0 +1,117 @@
+"""Letterboxing in, decoding and NMS out: the arithmetic around one session run.
+
+Kept numerically identical to Ultralytics (letterbox rounding, 114 grey padding,
+class-offset NMS, scale_boxes' padding) so our boxes match theirs on the same model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+PAD_VALUE = 114
+_CLASS_OFFSET = 7680.0  # Ultralytics' max_wh: separates classes for one NMS pass
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """How one frame was placed into the model's input, so boxes can go back."""
+
+    gain: float
+    pad_x: int
+    pad_y: int
+    height: int
+    width: int
+
+
+def letterbox_into(frame: np.ndarray, canvas: np.ndarray) -> Letterbox:
+    """Resize `frame` to fit `canvas` (HxWx3 uint8), centred on grey; returns the geometry."""
+    h0, w0 = frame.shape[:2]
+    H, W = canvas.shape[:2]
+    gain = min(H / h0, W / w0)
+    new_w, new_h = int(round(w0 * gain)), int(round(h0 * gain))
+    dw, dh = (W - new_w) / 2, (H - new_h) / 2
+    top, left = int(round(dh - 0.1)), int(round(dw - 0.1))
+    canvas[...] = PAD_VALUE
+    target = canvas[top : top + new_h, left : left + new_w]
+    if (new_w, new_h) == (w0, h0):
+        target[...] = frame
+    else:
+        cv2.resize(frame, (new_w, new_h), dst=target, interpolation=cv2.INTER_LINEAR)
+    # scale_boxes() recomputes the pad from the unrounded gain; mirror it exactly.
+    pad_x = int(round((W - w0 * gain) / 2 - 0.1))
+    pad_y = int(round((H - h0 * gain) / 2 - 0.1))
+    return Letterbox(gain=gain, pad_x=pad_x, pad_y=pad_y, height=h0, width=w0)
+
+
+def to_input(canvas: np.ndarray, out: np.ndarray) -> None:
+    """HxWx3 BGR uint8 -> 3xHxW RGB in 0..1, written into a reused buffer."""
+    np.multiply(canvas.transpose(2, 0, 1)[::-1], np.float32(1 / 255), out=out, casting="unsafe")
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Greedy NMS; returns kept indices in descending score order."""
+    order = np.argsort(-scores, kind="stable")
+    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
+    areas = (x2 - x1) * (y2 - y1)
+    keep: list[int] = []
+    while order.size:
+        i = order[0]
+        keep.append(int(i))
+        rest = order[1:]
+        w = np.clip(np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]), 0, None)
+        h = np.clip(np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]), 0, None)
+        inter = w * h
+        iou = inter / (areas[i] + areas[rest] - inter + 1e-9)
+        order = rest[iou <= iou_threshold]
+    return np.asarray(keep, dtype=np.int64)
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(N,4) x (M,4) -> (N,M) IoU matrix."""
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)), np.float32)
+    tl = np.maximum(a[:, None, :2], b[None, :, :2])
+    br = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(br - tl, 0, None), axis=2)
+    area_a = np.prod(a[:, 2:] - a[:, :2], axis=1)
+    area_b = np.prod(b[:, 2:] - b[:, :2], axis=1)
+    return inter / (area_a[:, None] + area_b[None, :] - inter + 1e-9)
+
+
+def decode_raw(
+    head: np.ndarray, score_threshold: float, iou_threshold: float, max_detections: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One image's raw head (4+C, A) -> boxes xyxy in input pixels, scores, class ids."""
+    class_scores = head[4:]
+    best = class_scores.max(axis=0)
+    candidates = np.flatnonzero(best > score_threshold)
+    if candidates.size == 0:
+        return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)
+    scores = best[candidates]
+    class_ids = class_scores[:, candidates].argmax(axis=0)
+    cx, cy, w, h = head[:4, candidates]
+    boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
+    keep = nms(boxes + (class_ids * _CLASS_OFFSET)[:, None], scores, iou_threshold)[:max_detections]
+    return boxes[keep].astype(np.float32), scores[keep].astype(np.float32), class_ids[keep].astype(np.int64)
+
+
+def decode_end2end(
+    rows: np.ndarray, score_threshold: float, max_detections: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One image's NMS-free output (K, 6): x1 y1 x2 y2 score class."""
+    rows = rows[rows[:, 4] > score_threshold][:max_detections]
+    return rows[:, :4].astype(np.float32), rows[:, 4].astype(np.float32), rows[:, 5].astype(np.int64)
+
+
+def unletterbox(boxes: np.ndarray, geometry: Letterbox) -> np.ndarray:
+    """Input-pixel boxes -> original-frame pixels, clipped to the frame."""
+    out = boxes.copy()
+    out[:, [0, 2]] -= geometry.pad_x
+    out[:, [1, 3]] -= geometry.pad_y
+    out /= geometry.gain
+    out[:, [0, 2]] = out[:, [0, 2]].clip(0, geometry.width)
+    out[:, [1, 3]] = out[:, [1, 3]].clip(0, geometry.height)
+    return out

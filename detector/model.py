@@ -1,0 +1,161 @@
+"""Opening an ONNX detection model and reading what it says about itself."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnxruntime as ort
+
+
+class DetectorError(Exception):
+    """Base class for every error the detector raises on purpose."""
+
+
+class ModelLoadError(DetectorError):
+    """The model file is missing, unreadable, or not a detection model."""
+
+
+class InvalidImageError(DetectorError):
+    """A frame handed to the detector is not an HxWx3 uint8 BGR array."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    path: Path
+    names: dict[int, str]
+    input_name: str
+    input_hw: tuple[int, int]
+    input_dtype: str  # "float32" or "float16"
+    batch: int | None  # None: dynamic batch
+    stride: int
+    end2end: bool  # output already NMS-ed: (B, K, 6) x1 y1 x2 y2 score class
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def version(self) -> str:
+        return self.metadata.get("gridwatch_model_version") or self.metadata.get("version", "unknown")
+
+
+def _literal(value: str | None) -> Any:
+    if value is None:
+        return None
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+
+
+def _parse_names(raw: Any, n_classes: int | None) -> dict[int, str]:
+    if isinstance(raw, dict):
+        return {int(k): str(v) for k, v in raw.items()}
+    if isinstance(raw, (list, tuple)):
+        return dict(enumerate(map(str, raw)))
+    if n_classes is not None:
+        return {i: f"class{i}" for i in range(n_classes)}
+    return {}
+
+
+def session_options(threads: int | None, spinning: bool) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # None keeps ORT's default: one thread per physical core, pinned; a count drops the pinning.
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    if not spinning:
+        # Several sessions sharing two cores: spinning threads steal each other's time.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return options
+
+
+def open_session(
+    path: str | os.PathLike[str],
+    *,
+    threads: int | None = None,
+    providers: list[str] | None = None,
+    spinning: bool = True,
+) -> tuple[ort.InferenceSession, ModelInfo]:
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"model file not found: {path}")
+    available = ort.get_available_providers()
+    if providers:
+        unknown = [p for p in providers if p not in available]
+        if unknown:
+            raise ModelLoadError(f"execution providers not available: {unknown} (available: {available})")
+    try:
+        session = ort.InferenceSession(
+            str(path), sess_options=session_options(threads, spinning), providers=providers or ["CPUExecutionProvider"]
+        )
+    except Exception as exc:  # ORT raises several private exception types
+        raise ModelLoadError(f"cannot load ONNX model {path}: {exc}") from exc
+    return session, describe(session, path)
+
+
+def describe(session: ort.InferenceSession, path: Path) -> ModelInfo:
+    meta = dict(session.get_modelmeta().custom_metadata_map)
+    task = meta.get("task")
+    if task and task != "detect":
+        raise ModelLoadError(f"{path} is a '{task}' model; gridwatch needs a detection model")
+    inputs = session.get_inputs()
+    if len(inputs) != 1 or len(inputs[0].shape) != 4:
+        raise ModelLoadError(f"{path} is not a detection model: expected one NCHW image input")
+    inp = inputs[0]
+    outputs = session.get_outputs()
+    if len(outputs) != 1 or len(outputs[0].shape) != 3:
+        raise ModelLoadError(
+            f"{path} is not a detection model: expected one (batch, 4+classes, anchors) output, "
+            f"got {[o.shape for o in outputs]}"
+        )
+
+    batch_dim, _, h_dim, w_dim = inp.shape
+    imgsz = _literal(meta.get("imgsz"))
+    if isinstance(h_dim, int) and isinstance(w_dim, int):
+        input_hw = (h_dim, w_dim)
+    elif isinstance(imgsz, (list, tuple)) and len(imgsz) == 2:
+        input_hw = (int(imgsz[0]), int(imgsz[1]))
+    elif isinstance(imgsz, int):
+        input_hw = (imgsz, imgsz)
+    else:
+        input_hw = (640, 640)
+
+    out_shape = outputs[0].shape
+    raw_names = _literal(meta.get("names"))
+    channels = out_shape[1] if isinstance(out_shape[1], int) else None
+    last = out_shape[2] if isinstance(out_shape[2], int) else None
+    n_from_names = len(raw_names) if isinstance(raw_names, (dict, list, tuple)) else None
+    end2end = str(meta.get("end2end", "")).lower() == "true" or (
+        last == 6 and (n_from_names is None or channels != 4 + n_from_names)
+    )
+    if end2end:
+        n_classes = n_from_names
+    else:
+        n_classes = channels - 4 if channels is not None else n_from_names
+        if n_classes is not None and n_classes < 1:
+            raise ModelLoadError(f"{path} output has {channels} channels; not a detection head")
+        if n_from_names is not None and n_classes is not None and n_from_names != n_classes:
+            raise ModelLoadError(
+                f"{path}: metadata names {n_from_names} classes but the head outputs {n_classes}"
+            )
+    names = _parse_names(raw_names, n_classes)
+    stride = _literal(meta.get("stride"))
+    return ModelInfo(
+        path=path,
+        names=names,
+        input_name=inp.name,
+        input_hw=input_hw,
+        input_dtype="float16" if "float16" in inp.type else "float32",
+        batch=batch_dim if isinstance(batch_dim, int) else None,
+        stride=int(stride) if isinstance(stride, (int, float)) else 32,
+        end2end=end2end,
+        metadata=meta,
+    )

@@ -1,0 +1,176 @@
+"""The violation taxonomy: what each violation kind is called, coded and evidenced by.
+
+Codes live in YAML, not code, so a city can correct or extend them with its own file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+DEFAULT_TAXONOMY = Path(__file__).with_name("taxonomy.yaml")
+_ID = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class TaxonomyError(ValueError):
+    """A taxonomy file is malformed; the message names the entry and field."""
+
+
+def _digits(n: int):
+    pattern = re.compile(rf"^[0-9]{{{n}}}$")
+
+    def check(value: str | None) -> str | None:
+        if value is not None and not pattern.match(value):
+            raise ValueError(f"must be {n} digits as a quoted string, got {value!r}")
+        return value
+
+    return check
+
+
+class Violation(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str
+    name_zh: str
+    name_en: str
+    category: str = "other"
+    matter_code: str  # 5-digit class, GB/T 47678.5-2026
+    alt_matter_codes: tuple[str, ...] = ()
+    legacy_code: str | None = None  # 4-digit, CJ/T 214-2007
+    alt_legacy_codes: tuple[str, ...] = ()
+    detector_classes: tuple[str, ...] = ()
+    scene_change: str | None = None  # zone type where a new persistent patch is a candidate
+    min_score: float = Field(0.4, ge=0, le=1)
+    dwell_s: float = Field(60, ge=0)
+    review_note: str | None = None
+
+    _check_matter = field_validator("matter_code")(_digits(5))
+    _check_legacy = field_validator("legacy_code")(_digits(4))
+
+    @field_validator("id")
+    @classmethod
+    def _snake_case(cls, value: str) -> str:
+        if not _ID.match(value):
+            raise ValueError(f"must be snake_case (a-z, 0-9, _), got {value!r}")
+        return value
+
+    @field_validator("alt_matter_codes")
+    @classmethod
+    def _alt_matter(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        for v in values:
+            _digits(5)(v)
+        return values
+
+    @field_validator("alt_legacy_codes")
+    @classmethod
+    def _alt_legacy(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        for v in values:
+            _digits(4)(v)
+        return values
+
+    def full_matter_code(self, division: str) -> str:
+        """The 11-digit code a platform receives: 6-digit division + 5-digit class."""
+        if not re.match(r"^[0-9]{6}$", division):
+            raise ValueError(f"administrative division must be 6 digits, got {division!r}")
+        return division + self.matter_code
+
+
+class Taxonomy(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: str
+    detector_classes: dict[str, tuple[str, ...]] = {}
+    violations: tuple[Violation, ...]
+
+    @cached_property
+    def by_id(self) -> dict[str, Violation]:
+        return {v.id: v for v in self.violations}
+
+    def __getitem__(self, violation_id: str) -> Violation:
+        try:
+            return self.by_id[violation_id]
+        except KeyError:
+            raise KeyError(f"unknown violation {violation_id!r}; known: {sorted(self.by_id)}") from None
+
+    def __contains__(self, violation_id: object) -> bool:
+        return violation_id in self.by_id
+
+    @property
+    def all_detector_classes(self) -> list[str]:
+        return [c for group in self.detector_classes.values() for c in group]
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise TaxonomyError(f"{path}: cannot read taxonomy file: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise TaxonomyError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise TaxonomyError(f"{path}: expected a mapping with 'violations', got {type(data).__name__}")
+    return data
+
+
+def _entry_label(entries: list[Any], index: int) -> str:
+    entry = entries[index] if index < len(entries) else None
+    if isinstance(entry, dict) and "id" in entry:
+        return f"violation {entry['id']!r}"
+    return f"violations[{index}]"
+
+
+def _validated(data: dict[str, Any], source: str) -> Taxonomy:
+    entries = data.get("violations")
+    if not isinstance(entries, list):
+        raise TaxonomyError(f"{source}: 'violations' must be a list")
+    try:
+        taxonomy = Taxonomy.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = list(err["loc"])
+            if loc[:1] == ["violations"] and len(loc) > 1 and isinstance(loc[1], int):
+                where = f"{_entry_label(entries, loc[1])}, field {'.'.join(map(str, loc[2:])) or '(entry)'}"
+            else:
+                where = f"field {'.'.join(map(str, loc))}"
+            problems.append(f"{where}: {err['msg']}")
+        raise TaxonomyError(f"{source}: " + "; ".join(problems)) from None
+    seen: set[str] = set()
+    for v in taxonomy.violations:
+        if v.id in seen:
+            raise TaxonomyError(f"{source}: violation {v.id!r} is defined twice")
+        seen.add(v.id)
+    return taxonomy
+
+
+def load_taxonomy(override: str | os.PathLike[str] | None = None) -> Taxonomy:
+    """The built-in taxonomy, with a city's file merged over it by violation id.
+
+    In the override, an entry whose id exists replaces the given fields of that entry;
+    a new id adds a violation kind (and must then be complete).
+    """
+    base = _read_yaml(DEFAULT_TAXONOMY)
+    if override is None:
+        return _validated(base, str(DEFAULT_TAXONOMY))
+    path = Path(override)
+    city = _read_yaml(path)
+    entries = city.get("violations", [])
+    if not isinstance(entries, list):
+        raise TaxonomyError(f"{path}: 'violations' must be a list")
+    merged = {v["id"]: dict(v) for v in base["violations"]}
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
+            raise TaxonomyError(f"{path}: violations[{i}], field id: each entry needs a string 'id'")
+        merged.setdefault(entry["id"], {}).update(entry)
+    data = {
+        "version": str(city.get("version", f"{base['version']}+{path.stem}")),
+        "detector_classes": {**base.get("detector_classes", {}), **city.get("detector_classes", {})},
+        "violations": list(merged.values()),
+    }
+    return _validated(data, str(path))

@@ -1,0 +1,89 @@
+"""The one settings object: loaded once at start-up (defaults < YAML file < environment) and passed down.
+
+No other module reads environment variables.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+WEIGHTS_DIR = REPO_ROOT / "weights"
+# The shipped default model: served as int8, its fp32 twin and model card beside it.
+DEFAULT_MODEL_NAME = "gridwatch-int8.onnx"
+
+
+class SettingsError(ValueError):
+    """A settings file or variable is malformed; the message names the field."""
+
+
+def default_model_path() -> Path | None:
+    candidate = WEIGHTS_DIR / DEFAULT_MODEL_NAME
+    return candidate if candidate.is_file() else None
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GRIDWATCH_", extra="forbid", env_nested_delimiter="__")
+
+    data_dir: Path = Path("gridwatch-data")
+    database_url: str | None = None  # default: SQLite file under data_dir
+    evidence_dir: Path | None = None  # default: data_dir/evidence
+
+    model: Path | None = None  # default: the shipped model in weights/
+    taxonomy_file: Path | None = None  # a city's override, merged over the built-in taxonomy
+    score_threshold: float = Field(0.25, ge=0, le=1)
+    iou_threshold: float = Field(0.7, ge=0, le=1)
+    threads: int | None = Field(None, ge=1)
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    admin_key: str | None = None  # GRIDWATCH_ADMIN_KEY: the first admin key, for automation
+
+    cameras_file: Path | None = None
+
+    def resolved_model(self) -> Path:
+        model = self.model or default_model_path()
+        if model is None:
+            raise SettingsError(
+                f"no model given and none shipped in {WEIGHTS_DIR}: pass --model PATH.onnx "
+                "(e.g. ../shared/weights/coco-yolov8n-int8.onnx) or train one with `gridwatch train`"
+            )
+        return model
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'gridwatch.db').resolve()}"
+
+    @property
+    def resolved_evidence_dir(self) -> Path:
+        return self.evidence_dir or self.data_dir / "evidence"
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Defaults, then the YAML file's `settings:` section (or its top level), then the
+    environment, then explicit overrides (command-line flags)."""
+    file_values: dict[str, Any] = {}
+    if config_file is not None:
+        path = Path(config_file)
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise SettingsError(f"{path}: cannot read settings: {exc}") from exc
+        if not isinstance(data, dict):
+            raise SettingsError(f"{path}: expected a mapping at the top level")
+        file_values = data.get("settings", {}) if "settings" in data or "cameras" in data else data
+        if not isinstance(file_values, dict):
+            raise SettingsError(f"{path}: 'settings' must be a mapping")
+    try:
+        from_env = Settings()
+        explicit = {k: v for k, v in overrides.items() if v is not None}
+        merged = {**file_values, **from_env.model_dump(exclude_unset=True), **explicit}
+        return Settings.model_validate(merged) if merged else from_env
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise SettingsError(f"invalid settings: {problems}") from None
