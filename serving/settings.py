@@ -6,7 +6,7 @@ No other module reads environment variables.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError
@@ -45,6 +45,30 @@ class Settings(BaseSettings):
     admin_key: str | None = None  # GRIDWATCH_ADMIN_KEY: the first admin key, for automation
 
     cameras_file: Path | None = None
+
+    # Cases (serving/cases.py): a new event for the same camera + violation + place joins
+    # the open case; after the case ends, re-detections within the cooldown are the same
+    # violation; later ones reopen the case or file a new one.
+    dedup_cooldown_s: float = Field(600.0, ge=0)
+    dedup_min_iou: float = Field(0.1, ge=0, le=1)
+    reopen_policy: Literal["reopen", "new"] = "reopen"
+    # What goes out to the case system: confirmed cases, plus unreviewed ones whose score
+    # reaches the per-violation auto-confirm score here (e.g. {"bin_overflow": 0.8}).
+    auto_confirm: dict[str, float] = Field(default_factory=dict)
+
+    # Delivery (serving/delivery.py): a signed JSON webhook per case version.
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
+    public_url: str | None = None  # base of evidence URLs in payloads; default http://host:port
+    delivery_max_tries: int = Field(8, ge=1)
+    delivery_backoff_s: float = Field(2.0, gt=0)
+    delivery_backoff_max_s: float = Field(600.0, gt=0)
+    delivery_timeout_s: float = Field(10.0, gt=0)
+    delivery_poll_s: float = Field(1.0, gt=0)
+
+    # API uploads (POST /v1/detect): checked before decoding, against decompression bombs.
+    upload_max_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    upload_max_pixels: int = Field(50_000_000, ge=1)
 
     def resolved_model(self) -> Path:
         model = self.model or default_model_path()

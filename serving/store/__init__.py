@@ -1,0 +1,1 @@
+"""Storage: SQLAlchemy models and Alembic migrations (SQLite WAL by default, PostgreSQL by URL)."""

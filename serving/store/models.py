@@ -1,0 +1,179 @@
+"""The tables. Times are stored as naive UTC and handed back timezone-aware (UTCDateTime),
+so SQLite and PostgreSQL answer the same."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator):
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: gridwatch stores timezone-aware times only")
+        return value.astimezone(timezone.utc).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+# Review status (humans) and case status (the city's case system) are separate axes.
+REVIEW_STATUSES = ("pending", "confirmed", "corrected", "rejected")
+CASE_STATUSES = ("new", "dispatched", "handled", "closed")
+# Whether the violation is still seen by the camera.
+CASE_STATES = ("active", "ended")
+OUTBOX_STATES = ("pending", "delivered", "dead")
+ROLES = ("camera", "reviewer", "case_system", "admin")
+
+
+class Case(Base):
+    __tablename__ = "cases"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    case_number: Mapped[str] = mapped_column(String(32), unique=True)
+    camera: Mapped[str] = mapped_column(String(128))
+    violation: Mapped[str] = mapped_column(String(64))
+    zone: Mapped[str] = mapped_column(String(128), default="")
+    zone_type: Mapped[str] = mapped_column(String(64), default="")
+    matter_code: Mapped[str] = mapped_column(String(11))
+    matter_name: Mapped[str] = mapped_column(String(128), default="")
+    legacy_code: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    division: Mapped[str] = mapped_column(String(6), default="")
+    grid: Mapped[str] = mapped_column(String(15), default="")
+    address: Mapped[str] = mapped_column(String(256), default="")
+    lat: Mapped[float | None] = mapped_column(Float, nullable=True)
+    lon: Mapped[float | None] = mapped_column(Float, nullable=True)
+    source: Mapped[str] = mapped_column(String(16), default="video")
+    detection_source: Mapped[str] = mapped_column(String(16), default="detector")
+    first_seen: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime)
+    dwell_s: Mapped[float] = mapped_column(Float, default=0.0)
+    score: Mapped[float] = mapped_column(Float, default=0.0)
+    best_score: Mapped[float] = mapped_column(Float, default=0.0)
+    box: Mapped[list[float] | None] = mapped_column(JSON, nullable=True)
+    model_version: Mapped[str] = mapped_column(String(64), default="")
+    needs_review: Mapped[bool] = mapped_column(default=False)
+    review_status: Mapped[str] = mapped_column(String(16), default="pending")
+    review_note: Mapped[str] = mapped_column(Text, default="")
+    reviewed_by: Mapped[str] = mapped_column(String(64), default="")
+    status: Mapped[str] = mapped_column(String(16), default="new")
+    external_id: Mapped[str] = mapped_column(String(128), default="")
+    state: Mapped[str] = mapped_column(String(16), default="active")
+    occurrences: Mapped[int] = mapped_column(Integer, default=1)
+    reopened: Mapped[int] = mapped_column(Integer, default=0)
+    version: Mapped[int] = mapped_column(Integer, default=0)  # last version queued for delivery
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    evidence: Mapped[list[Evidence]] = relationship(
+        back_populates="case", order_by="Evidence.id", cascade="all, delete-orphan"
+    )
+
+    __table_args__ = (
+        Index("ix_cases_dedup", "camera", "violation", "zone", "state"),
+        Index("ix_cases_updated", "updated_at"),
+    )
+
+
+class CaseEvent(Base):
+    """Each event transition seen, so a replayed event is recognised as already applied."""
+
+    __tablename__ = "case_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"), index=True)
+    event_id: Mapped[str] = mapped_column(String(128), index=True)
+    event_type: Mapped[str] = mapped_column(String(16))
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime)
+    score: Mapped[float] = mapped_column(Float, default=0.0)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (UniqueConstraint("event_id", "event_type", "last_seen", name="uq_case_events_transition"),)
+
+
+class Evidence(Base):
+    __tablename__ = "evidence"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # original, annotated, crop
+    path: Mapped[str] = mapped_column(String(512))  # relative to the evidence directory
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(Integer)
+    media_type: Mapped[str] = mapped_column(String(64), default="image/jpeg")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    case: Mapped[Case] = relationship(back_populates="evidence")
+
+    __table_args__ = (UniqueConstraint("case_id", "sha256", "kind", name="uq_evidence_case_hash"),)
+
+
+class OutboxMessage(Base):
+    """A webhook to send, written in the same transaction as the case change it reports."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"), index=True)
+    case_version: Mapped[int] = mapped_column(Integer)
+    idempotency_key: Mapped[str] = mapped_column(String(96), unique=True)
+    event: Mapped[str] = mapped_column(String(32))  # case.reported, case.updated, case.retracted
+    payload: Mapped[str] = mapped_column(Text)  # the exact JSON body, signed as sent
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    __table_args__ = (Index("ix_outbox_due", "state", "next_attempt_at"),)
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64))
+    prefix: Mapped[str] = mapped_column(String(16))  # shown in listings; the key itself is never stored
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class CameraRecord(Base):
+    """Cameras added through the API (config-file cameras are not stored)."""
+
+    __tablename__ = "cameras"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
