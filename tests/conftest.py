@@ -89,3 +89,88 @@ def make_event(dataset_images: list[Path]):
         )
 
     return build
+
+
+class WebhookReceiver:
+    """A case system on loopback: verifies signatures, dedups by Idempotency-Key, can go down."""
+
+    def __init__(self, port: int, secret: str) -> None:
+        self.port = port
+        self.secret = secret
+        self.url = f"http://127.0.0.1:{port}/cases"
+        self.received: dict[str, dict] = {}  # idempotency key -> body, first copy
+        self.requests = 0
+        self.bad_signatures = 0
+        self.fail_with: int | None = None  # answer this status instead of accepting
+        self._server = None
+        self._thread = None
+
+    def start(self) -> "WebhookReceiver":
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from serving.delivery import verify
+
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                receiver.requests += 1
+                status = 200
+                if receiver.fail_with is not None:
+                    status = receiver.fail_with
+                elif not verify(receiver.secret, self.headers.get("X-Gridwatch-Timestamp", ""), body,
+                                self.headers.get("X-Gridwatch-Signature", "")):
+                    receiver.bad_signatures += 1
+                    status = 401
+                else:
+                    receiver.received.setdefault(self.headers["Idempotency-Key"], json.loads(body))
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        ThreadingHTTPServer.allow_reuse_address = True
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def reported(self) -> dict[str, int]:
+        """case number -> how many distinct case.reported versions arrived."""
+        counts: dict[str, int] = {}
+        for body in self.received.values():
+            if body["event"] == "case.reported":
+                counts[body["case"]["case_number"]] = counts.get(body["case"]["case_number"], 0) + 1
+        return counts
+
+
+@pytest.fixture
+def receiver(free_port: int):
+    hook = WebhookReceiver(free_port, secret="test-secret-123")
+    yield hook
+    hook.stop()
+
+
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05):
+    """Poll until predicate() is truthy (returns it) or fail with a clear message."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s: {getattr(predicate, '__name__', predicate)}")
+        time.sleep(interval)
