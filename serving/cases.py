@@ -7,6 +7,7 @@ case system must hear about is written to the outbox in the same transaction as 
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import uuid
@@ -300,6 +301,41 @@ class CaseService:
                 _ = case.evidence  # load before the session closes
             return case
 
+    def list_cases(
+        self,
+        *,
+        camera: str | None = None,
+        violation: str | None = None,
+        review_status: str | None = None,
+        status: str | None = None,
+        state: str | None = None,
+        since: datetime | None = None,
+        delivered_only: bool = False,
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Cases in the order they last changed (updated_at, id): a poller keeps the last
+        cursor (or the newest updated_at as `since`) and asks again."""
+        query = select(Case)
+        for column, value in ((Case.camera, camera), (Case.violation, violation),
+                              (Case.review_status, review_status), (Case.status, status), (Case.state, state)):
+            if value is not None:
+                query = query.where(column == value)
+        if since is not None:
+            query = query.where(Case.updated_at > since)
+        if delivered_only:
+            query = query.where(Case.version > 0)
+        if cursor is not None:
+            after_time, after_id = decode_cursor(cursor)
+            query = query.where((Case.updated_at > after_time)
+                                | ((Case.updated_at == after_time) & (Case.id > after_id)))
+        query = query.order_by(Case.updated_at, Case.id).limit(limit + 1)
+        with self.db.sessions() as session:
+            rows = session.scalars(query).all()
+            items = [self.to_dict(c) for c in rows[:limit]]
+        next_cursor = encode_cursor(rows[limit - 1].updated_at, rows[limit - 1].id) if len(rows) > limit else None
+        return items, next_cursor
+
     def evidence_url(self, case: Case, evidence: Evidence) -> str:
         return f"{self.public_url}/v1/cases/{case.case_number}/evidence/{evidence.id}"
 
@@ -343,3 +379,21 @@ class CaseService:
                 for e in case.evidence
             ],
         }
+
+
+def encode_cursor(updated_at: datetime, case_id: int) -> str:
+    raw = f"{updated_at.astimezone(timezone.utc).isoformat()}|{case_id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, int]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        when, case_id = raw.split("|")
+        parsed = datetime.fromisoformat(when)
+        number = int(case_id)
+        if parsed.tzinfo is None or not 0 <= number < 2**31:
+            raise ValueError("out of range")
+        return parsed.astimezone(timezone.utc), number
+    except (ValueError, UnicodeDecodeError, OverflowError) as exc:
+        raise CaseError("invalid cursor", status=422) from exc

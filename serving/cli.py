@@ -16,7 +16,9 @@ COMMAND_MODULES = (
     "serving.commands.bench",
     "serving.commands.watch",
     "serving.commands.serve",
+    "serving.commands.cases",
     "training.commands",
+    "training.data_commands",
 )
 
 

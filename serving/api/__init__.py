@@ -1,0 +1,1 @@
+"""The HTTP API (FastAPI). Routes validate, call a service function and return."""

@@ -1,0 +1,42 @@
+"""Prometheus text exposition, written by hand: a few gauges and counters need no library."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _label(value: Any) -> str:
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def render(m: dict[str, Any]) -> str:
+    lines: list[str] = []
+
+    def metric(name: str, kind: str, help_text: str, samples: list[tuple[dict[str, Any], float]]) -> None:
+        lines.append(f"# HELP {name} {help_text}")
+        lines.append(f"# TYPE {name} {kind}")
+        for labels, value in samples:
+            label_text = ",".join(f'{k}="{_label(v)}"' for k, v in labels.items())
+            lines.append(f"{name}{{{label_text}}} {float(value)}" if label_text else f"{name} {float(value)}")
+
+    pipeline, counters = m["pipeline"], m["counters"]
+    metric("gridwatch_frames_total", "counter", "Frames sampled from cameras.", [({}, pipeline.get("frames", 0))])
+    metric("gridwatch_frames_detected_total", "counter", "Frames that ran the detector.", [({}, pipeline.get("detected", 0))])
+    metric("gridwatch_detect_requests_total", "counter", "POST /v1/detect requests served.", [({}, counters["detect_requests"])])
+    metric("gridwatch_detections_total", "counter", "Boxes returned by POST /v1/detect.", [({}, counters["detections"])])
+    metric("gridwatch_events_total", "counter", "Violation events received by the case layer.", [({}, m["case_counts"]["events"])])
+    metric("gridwatch_events_pending", "gauge", "Events waiting for the database.", [({}, m["pending_events"])])
+    metric("gridwatch_cases_created_total", "counter", "Cases created since start.", [({}, m["case_counts"]["cases_created"])])
+    metric("gridwatch_cases", "gauge", "Cases by state.", [({"state": k}, v) for k, v in sorted(m["cases_by_state"].items())])
+    metric("gridwatch_cases_review", "gauge", "Cases by review status.", [({"review_status": k}, v) for k, v in sorted(m["cases_by_review"].items())])
+    outbox = m["outbox"]
+    metric("gridwatch_outbox_messages", "gauge", "Outbox messages by state.",
+           [({"state": s}, outbox[s]) for s in ("pending", "delivered", "dead")])
+    metric("gridwatch_delivery_lag_seconds", "gauge", "Age of the oldest undelivered message.", [({}, outbox["lag_s"])])
+    cams = m["cameras"]
+    metric("gridwatch_camera_connected", "gauge", "1 if the camera's stream is connected.",
+           [({"camera": cid}, 1 if h.get("connected") else 0) for cid, h in sorted(cams.items())])
+    metric("gridwatch_camera_errors_total", "counter", "Stream errors per camera.",
+           [({"camera": cid}, h.get("errors", 0) if isinstance(h.get("errors"), (int, float)) else 0)
+            for cid, h in sorted(cams.items())])
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,298 @@
+"""All routes. Each validates its input, calls one service function and shapes the answer."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path as FsPath
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, File, Form, HTTPException, Path, Query, Request, UploadFile
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from pydantic import ValidationError
+
+from serving.api.deps import get_service, require
+from serving.api.schemas import (
+    SAFE_ID,
+    CasePage,
+    DetectResponse,
+    EventIn,
+    EventResult,
+    KeyCreated,
+    KeyRequest,
+    ReviewRequest,
+    StatusCallback,
+)
+from serving.auth import Principal, create_key, revoke_key
+from serving.cases import CaseError
+from serving.events import Location, ViolationEvent
+from serving.service import CameraError, GridwatchService
+from serving.uploads import UploadError, check_image, decode_image
+
+CASE_NUMBER = r"^[A-Za-z0-9-]{1,32}$"
+MAX_ID = 2**31 - 1
+
+Service = Annotated[GridwatchService, Depends(get_service)]
+CaseNumber = Annotated[str, Path(pattern=CASE_NUMBER)]
+CameraId = Annotated[str, Path(pattern=r"^[A-Za-z0-9._-]{1,128}$")]
+
+system = APIRouter(tags=["system"])
+v1 = APIRouter(prefix="/v1")
+
+
+def utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
+    except (OverflowError, ValueError):
+        raise HTTPException(422, "time out of range") from None
+
+
+def case_error(exc: CaseError | CameraError | UploadError) -> HTTPException:
+    return HTTPException(exc.status, str(exc))
+
+
+async def read_upload(request: Request, upload: UploadFile, service: GridwatchService) -> tuple[bytes, str]:
+    limit = service.settings.upload_max_bytes
+    data = await upload.read(limit + 1)
+    try:
+        media_type, _ = check_image(data, upload.content_type, max_bytes=limit,
+                                    max_pixels=service.settings.upload_max_pixels)
+    except UploadError as exc:
+        raise case_error(exc) from None
+    return data, media_type
+
+
+# -- system ------------------------------------------------------------------------------------
+@system.get("/healthz")
+def healthz() -> dict[str, str]:
+    """The process is up and answering."""
+    return {"status": "ok"}
+
+
+@system.get("/readyz", responses={503: {"description": "not ready: database, model or pipeline"}})
+def readyz(service: Service) -> JSONResponse:
+    checks = service.readiness()
+    ready = checks["database"] == "ok" and checks["detector"] == "ok"
+    return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+
+
+@system.get("/metrics", response_class=PlainTextResponse)
+def metrics(service: Service) -> PlainTextResponse:
+    from serving.api.metrics import render
+
+    return PlainTextResponse(render(service.metrics()), media_type="text/plain; version=0.0.4")
+
+
+# -- detection -----------------------------------------------------------------------------------
+@v1.post("/detect", response_model=DetectResponse, tags=["detect"],
+         responses={413: {"description": "too large"}, 415: {"description": "not an image"}})
+async def detect(
+    request: Request,
+    service: Service,
+    file: Annotated[UploadFile, File(description="one image: JPEG, PNG, WebP or BMP")],
+    _: Principal = Depends(require("camera", "reviewer")),
+) -> dict[str, Any]:
+    data, _media = await read_upload(request, file, service)
+    try:
+        image = decode_image(data)
+    except UploadError as exc:
+        raise case_error(exc) from None
+    from starlette.concurrency import run_in_threadpool
+
+    found = await run_in_threadpool(service.detect, image)
+    return {"width": image.shape[1], "height": image.shape[0], "model_version": service.model_version,
+            "detections": found.to_records()}
+
+
+# -- events from edge boxes ------------------------------------------------------------------------
+@v1.post("/events", response_model=EventResult, tags=["events"])
+async def push_event(
+    request: Request,
+    service: Service,
+    event: Annotated[str, Form(description="the ViolationEvent as JSON (see `gridwatch watch --events`)")],
+    frame: Annotated[UploadFile | None, File(description="the original evidence frame, unaltered")] = None,
+    _: Principal = Depends(require("camera")),
+) -> dict[str, Any]:
+    try:
+        parsed = EventIn.model_validate(json.loads(event))
+    except (ValueError, ValidationError) as exc:
+        raise HTTPException(422, f"invalid event: {exc}"[:2000]) from None
+    first_seen, last_seen = utc(parsed.first_seen), utc(parsed.last_seen)
+    if last_seen < first_seen:
+        raise HTTPException(422, "last_seen is before first_seen")
+    if not parsed.matter_code.endswith(service.taxonomy[parsed.violation].matter_code
+                                       if parsed.violation in service.taxonomy else "?"):
+        raise HTTPException(422, f"matter_code {parsed.matter_code} does not match violation {parsed.violation!r}")
+    evidence: tuple[str, ...] = ()
+    staged: FsPath | None = None
+    if frame is not None:
+        data, media_type = await read_upload(request, frame, service)
+        incoming = service.settings.data_dir / "incoming"
+        incoming.mkdir(parents=True, exist_ok=True)
+        suffix = {"image/png": ".png", "image/webp": ".webp", "image/bmp": ".bmp"}.get(media_type, ".jpg")
+        with tempfile.NamedTemporaryFile(dir=incoming, suffix=suffix, delete=False) as fh:
+            fh.write(data)
+            staged = FsPath(fh.name)
+        evidence = (str(staged),)
+    box = parsed.box
+    if box is not None and not (box[0] < box[2] and box[1] < box[3]):
+        box = None
+    violation_event = ViolationEvent(
+        type=parsed.type, event_id=parsed.event_id, camera=parsed.camera, violation=parsed.violation,
+        matter_code=parsed.matter_code, grid=parsed.grid, zone=parsed.zone, first_seen=first_seen,
+        last_seen=last_seen, dwell_s=parsed.dwell_s, track_id=parsed.track_id, score=parsed.score,
+        needs_review=parsed.needs_review, evidence=evidence, legacy_code=parsed.legacy_code,
+        zone_type=parsed.zone_type, division=parsed.division or parsed.matter_code[:6],
+        best_score=parsed.best_score, box=box,
+        location=Location(parsed.location.lat, parsed.location.lon, parsed.location.address),
+        source=parsed.source,
+    )
+    from starlette.concurrency import run_in_threadpool
+
+    try:
+        result = await run_in_threadpool(service.cases.ingest, violation_event)
+    except CaseError as exc:
+        raise case_error(exc) from None
+    finally:
+        if staged is not None:
+            staged.unlink(missing_ok=True)  # the evidence store keeps its own copy
+    if service.delivery is not None:
+        service.delivery.wake()
+    return {"case_number": result.case_number, "action": result.action, "queued": result.queued}
+
+
+# -- cameras ------------------------------------------------------------------------------------
+@v1.get("/cameras", tags=["cameras"])
+def list_cameras(service: Service, _: Principal = Depends(require("reviewer", "camera"))) -> list[dict[str, Any]]:
+    return [service.cameras.describe(c) for c in service.cameras.all().values()]
+
+
+@v1.get("/cameras/{camera_id}", tags=["cameras"])
+def get_camera(camera_id: CameraId, service: Service,
+               _: Principal = Depends(require("reviewer", "camera"))) -> dict[str, Any]:
+    camera = service.cameras.all().get(camera_id)
+    if camera is None:
+        raise HTTPException(404, f"no camera {camera_id!r}")
+    return service.cameras.describe(camera)
+
+
+@v1.post("/cameras", status_code=201, tags=["cameras"])
+def add_camera(service: Service, config: Annotated[dict[str, Any], Body(description="one camera entry, as in the cameras YAML")],
+               _: Principal = Depends(require())) -> dict[str, Any]:
+    try:
+        camera = service.cameras.add(config)
+    except CameraError as exc:
+        raise case_error(exc) from None
+    return service.cameras.describe(camera)
+
+
+@v1.put("/cameras/{camera_id}", tags=["cameras"])
+def replace_camera(camera_id: CameraId, service: Service, config: Annotated[dict[str, Any], Body()],
+                   _: Principal = Depends(require())) -> dict[str, Any]:
+    if config.get("id", camera_id) != camera_id:
+        raise HTTPException(422, "the body's id differs from the path's")
+    try:
+        camera = service.cameras.add({**config, "id": camera_id}, replace=True)
+    except CameraError as exc:
+        raise case_error(exc) from None
+    return service.cameras.describe(camera)
+
+
+@v1.delete("/cameras/{camera_id}", status_code=204, tags=["cameras"])
+def delete_camera(camera_id: CameraId, service: Service, _: Principal = Depends(require())) -> None:
+    try:
+        service.cameras.remove(camera_id)
+    except CameraError as exc:
+        raise case_error(exc) from None
+
+
+# -- cases -----------------------------------------------------------------------------------------
+@v1.get("/cases", response_model=CasePage, tags=["cases"])
+def list_cases(
+    service: Service,
+    principal: Principal = Depends(require("reviewer", "case_system")),
+    since: Annotated[datetime | None, Query(description="only cases changed after this time (ISO-8601)")] = None,
+    camera: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9._-]{1,128}$")] = None,
+    violation: Annotated[str | None, Query(pattern=r"^[a-z][a-z0-9_]{0,63}$")] = None,
+    review_status: Annotated[str | None, Query(pattern=r"^(pending|confirmed|corrected|rejected)$")] = None,
+    status: Annotated[str | None, Query(pattern=r"^(new|dispatched|handled|closed)$")] = None,
+    state: Annotated[str | None, Query(pattern=r"^(active|ended)$")] = None,
+    cursor: Annotated[str | None, Query(max_length=200, pattern=r"^[A-Za-z0-9_-]+$")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> dict[str, Any]:
+    try:
+        items, next_cursor = service.cases.list_cases(
+            camera=camera, violation=violation, review_status=review_status, status=status, state=state,
+            since=utc(since), cursor=cursor, limit=limit,
+            delivered_only=principal.role == "case_system",  # the case system sees what was sent
+        )
+    except CaseError as exc:
+        raise case_error(exc) from None
+    return {"items": items, "next_cursor": next_cursor}
+
+
+def _visible_case(service: GridwatchService, case_number: str, principal: Principal):  # noqa: ANN202
+    case = service.cases.get(case_number)
+    if case is None or (principal.role == "case_system" and case.version == 0):
+        raise HTTPException(404, f"no case {case_number!r}")
+    return case
+
+
+@v1.get("/cases/{case_number}", tags=["cases"])
+def get_case(case_number: CaseNumber, service: Service,
+             principal: Principal = Depends(require("reviewer", "case_system"))) -> dict[str, Any]:
+    return service.cases.to_dict(_visible_case(service, case_number, principal))
+
+
+@v1.get("/cases/{case_number}/evidence/{evidence_id}", tags=["cases"], response_class=FileResponse)
+def get_evidence(case_number: CaseNumber, evidence_id: Annotated[int, Path(ge=1, le=MAX_ID)], service: Service,
+                 principal: Principal = Depends(require("reviewer", "case_system"))) -> FileResponse:
+    case = _visible_case(service, case_number, principal)
+    item = next((e for e in case.evidence if e.id == evidence_id), None)
+    if item is None:
+        raise HTTPException(404, f"case {case_number} has no evidence {evidence_id}")
+    path = service.evidence.resolve(item.path)
+    if not path.is_file():
+        raise HTTPException(410, f"evidence file {item.path} is missing from the store")
+    return FileResponse(path, media_type=item.media_type, headers={"X-Content-SHA256": item.sha256})
+
+
+@v1.post("/cases/{case_number}/review", tags=["cases"])
+def review_case(case_number: CaseNumber, body: ReviewRequest, service: Service,
+                principal: Principal = Depends(require("reviewer"))) -> dict[str, Any]:
+    try:
+        case = service.cases.review(case_number, body.action, reviewer=principal.name, note=body.note,
+                                    violation=body.violation)
+    except CaseError as exc:
+        raise case_error(exc) from None
+    if service.delivery is not None:
+        service.delivery.wake()
+    return service.cases.to_dict(service.cases.get(case.case_number))
+
+
+@v1.post("/cases/{case_number}/status", tags=["cases"])
+def status_callback(case_number: CaseNumber, body: StatusCallback, service: Service,
+                    principal: Principal = Depends(require("case_system"))) -> dict[str, Any]:
+    """The case system reports progress: dispatched, handled, closed."""
+    _visible_case(service, case_number, principal)
+    try:
+        case = service.cases.set_status(case_number, body.status, external_id=body.external_id)
+    except CaseError as exc:
+        raise case_error(exc) from None
+    return service.cases.to_dict(service.cases.get(case.case_number))
+
+
+# -- keys -------------------------------------------------------------------------------------------
+@v1.post("/keys", status_code=201, response_model=KeyCreated, tags=["keys"])
+def add_key(body: KeyRequest, service: Service, _: Principal = Depends(require())) -> dict[str, Any]:
+    row, key = create_key(service.db, body.name, body.role)
+    return {"id": row.id, "name": row.name, "role": row.role, "key": key}
+
+
+@v1.delete("/keys/{key_id}", status_code=204, tags=["keys"])
+def delete_key(key_id: Annotated[int, Path(ge=1, le=MAX_ID)], service: Service, _: Principal = Depends(require())) -> None:
+    if not revoke_key(service.db, key_id):
+        raise HTTPException(404, f"no active key {key_id}")

@@ -1,0 +1,78 @@
+"""API keys: random, shown once, stored as SHA-256 hashes, each with one role.
+
+Keys carry 256 bits of randomness, so a plain SHA-256 (not a slow password hash) is enough
+to make a stolen table useless, and lookups stay one indexed query.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from sqlalchemy import select
+
+from serving.store.db import Database
+from serving.store.models import ROLES, ApiKey
+
+KEY_PREFIX = "gw_"
+
+
+@dataclass(frozen=True)
+class Principal:
+    key_id: int
+    name: str
+    role: str
+
+    def may(self, roles: tuple[str, ...]) -> bool:
+        return self.role == "admin" or self.role in roles
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def new_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def create_key(db: Database, name: str, role: str, key: str | None = None) -> tuple[ApiKey, str]:
+    """Store a key (a new random one unless given); returns the row and the key in clear."""
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}; roles: {', '.join(ROLES)}")
+    key = key or new_key()
+    with db.transaction() as session:
+        row = ApiKey(name=name[:64], prefix=key[:8], key_hash=hash_key(key), role=role)
+        session.add(row)
+    return row, key
+
+
+def ensure_admin_key(db: Database, given: str | None) -> str | None:
+    """At start-up: make `given` (GRIDWATCH_ADMIN_KEY) a valid admin key, or, when no admin
+    key exists yet, create one. Returns a key to print once, or None."""
+    with db.sessions() as session:
+        if given is not None:
+            if session.scalar(select(ApiKey.id).where(ApiKey.key_hash == hash_key(given))) is None:
+                create_key(db, "admin (environment)", "admin", given)
+            return None
+        if session.scalar(select(ApiKey.id).where(ApiKey.role == "admin", ApiKey.revoked_at.is_(None))):
+            return None
+    return create_key(db, "admin (first start)", "admin")[1]
+
+
+def authenticate(db: Database, key: str) -> Principal | None:
+    with db.sessions() as session:
+        row = session.scalars(select(ApiKey).where(ApiKey.key_hash == hash_key(key))).one_or_none()
+    if row is None or row.revoked_at is not None:
+        return None
+    return Principal(row.id, row.name, row.role)
+
+
+def revoke_key(db: Database, key_id: int) -> bool:
+    with db.transaction() as session:
+        row = session.get(ApiKey, key_id)
+        if row is None or row.revoked_at is not None:
+            return False
+        row.revoked_at = datetime.now(timezone.utc)
+        return True

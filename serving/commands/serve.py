@@ -1,0 +1,84 @@
+"""`gridwatch serve`: streams, detector, cases, API and delivery in one process."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="run the service: cameras, detection, cases, API and webhook delivery",
+        description="Run gridwatch as a service. With no --config it starts on embedded defaults: "
+        "a SQLite database and evidence folder under the data directory, the shipped model, no "
+        "cameras (add them through the API), and an admin key printed once (or taken from "
+        "GRIDWATCH_ADMIN_KEY).",
+    )
+    parser.add_argument("--config", type=Path, help="YAML with a `settings:` section and/or `cameras:`")
+    parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to listen on (default 8000)")
+    parser.add_argument("--data-dir", type=Path, help="database and evidence folder (default ./gridwatch-data)")
+    parser.add_argument("--model", type=Path, help="ONNX model (default: the shipped model)")
+    parser.set_defaults(func=run)
+
+
+def file_cameras(config: Path | None, taxonomy) -> list:  # noqa: ANN001
+    """The config file's cameras; a malformed entry is reported and skipped, the rest run."""
+    if config is None:
+        return []
+    import yaml
+
+    from serving.cameras import CameraConfigError, parse_cameras
+
+    data = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict) or not data.get("cameras"):
+        return []
+    try:
+        return list(parse_cameras(data, config.resolve().parent, str(config), taxonomy).cameras)
+    except CameraConfigError as whole:
+        if not isinstance(data["cameras"], list):
+            raise
+        print(f"gridwatch serve: {whole}", file=sys.stderr)
+    cameras = []
+    for entry in data["cameras"]:
+        try:
+            cameras.extend(parse_cameras({"cameras": [entry]}, config.resolve().parent, str(config), taxonomy).cameras)
+        except CameraConfigError:
+            name = entry.get("id", "?") if isinstance(entry, dict) else "?"
+            print(f"gridwatch serve: camera {name!r} skipped (see the error above)", file=sys.stderr)
+    return cameras
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvicorn
+    import yaml
+
+    from detector.taxonomy import TaxonomyError, load_taxonomy
+    from serving.api.app import create_app
+    from serving.service import GridwatchService
+    from serving.settings import SettingsError, load_settings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = load_settings(args.config, host=args.host, port=args.port, data_dir=args.data_dir, model=args.model)
+        settings.resolved_model()
+        cameras = file_cameras(args.config, load_taxonomy(settings.taxonomy_file))
+        service = GridwatchService(settings, file_cameras=cameras)
+    except (SettingsError, TaxonomyError, ValueError, OSError, yaml.YAMLError) as exc:
+        print(f"gridwatch serve: {exc}", file=sys.stderr)
+        return 2
+    if service.new_admin_key:
+        print(f"admin API key (shown once, store it now): {service.new_admin_key}", flush=True)
+    app = create_app(service)
+    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info",
+                                           timeout_graceful_shutdown=10, access_log=False))
+    service.start()
+    try:
+        server.run()  # returns after SIGINT/SIGTERM once in-flight requests finish
+    finally:
+        service.stop()  # then streams close their events, cases are written, delivery finishes its send
+    return 0
