@@ -1,0 +1,148 @@
+"""`gridwatch train`, `gridwatch eval`, `gridwatch export`.
+
+Only argparse at import time: torch and Ultralytics load inside the command that needs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("train", help="fine-tune the detector on a built dataset (CPU or GPU)")
+    p.add_argument("--data", type=Path, help="data.yaml of a built dataset (gridwatch dataset build)")
+    p.add_argument("--model", help="start .pt or architecture .yaml (default: YOLOv8n rebuilt from the COCO ONNX)")
+    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--imgsz", type=int, default=416)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--device", help="cpu or a CUDA index such as 0 (default: GPU when present)")
+    p.add_argument("--project", type=Path, default=Path("runs/train"))
+    p.add_argument("--name", help="run folder name under --project (default: timestamped)")
+    p.add_argument("--resume", action="store_true", help="continue --project/--name from its last.pt")
+    p.add_argument("--fraction", type=float, default=1.0, help="train on this fraction of the train split")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--no-plots", dest="plots", action="store_false", help="skip Ultralytics' training plots")
+    p.add_argument("--no-int8", dest="int8", action="store_false", help="export fp32 only after training")
+    p.add_argument("--promote", action="store_true",
+                   help="install the result in weights/ if it is not worse than the current default")
+    p.add_argument("--weights-dir", type=Path, default=None, help="where the current default lives (weights/)")
+    p.set_defaults(func=run_train)
+
+    p = subparsers.add_parser("eval", help="per-class AP of a model (ONNX as served, or .pt) on a labelled folder")
+    p.add_argument("--model", required=True, type=Path, help="model .onnx (served runtime) or .pt")
+    p.add_argument("--data", required=True, type=Path, help="folder with images/, labels/, data.yaml")
+    p.add_argument("--source", help="dataset definition whose class mapping applies (default: folder name)")
+    p.add_argument("--json", action="store_true", help="print one JSON object and nothing else on stdout")
+    p.add_argument("--imgsz", type=int, help="input size for a .pt model (an ONNX model has its own)")
+    p.add_argument("--plots", type=Path, help="write PR_curve.png and confusion_matrix.png here")
+    p.add_argument("--score-threshold", type=float, default=None,
+                   help="operating threshold for precision/recall (default: the model's, else 0.25)")
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=run_eval)
+
+    p = subparsers.add_parser("export", help="export a trained .pt to fp32 and static int8 ONNX")
+    p.add_argument("--weights", required=True, type=Path, help="trained Ultralytics .pt (best.pt)")
+    p.add_argument("--imgsz", type=int, help="input size (default: the training imgsz)")
+    p.add_argument("--out", type=Path, default=Path("weights"), help="output folder")
+    p.add_argument("--calib", type=Path, help="folder of real images for int8 calibration (32+)")
+    p.add_argument("--int8", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--name", default="gridwatch", help="file stem: NAME-fp32.onnx, NAME-int8.onnx")
+    p.add_argument("--version", help="gridwatch_model_version (default: stem-date-sha)")
+    p.set_defaults(func=run_export)
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from training.train import WEIGHTS_DIR, TrainError, finish_run, train
+
+    if not args.resume and args.data is None:
+        return _fail("--data is required (unless --resume)")
+    try:
+        result = train(
+            args.data, args.model, epochs=args.epochs, imgsz=args.imgsz, batch=args.batch,
+            device=args.device, project=args.project, name=args.name, resume=args.resume,
+            fraction=args.fraction, workers=args.workers, plots=args.plots,
+        )
+        data = args.data
+        if data is None:  # resumed: the data is what the run was started with
+            from training.export import read_checkpoint_args
+
+            data = Path(read_checkpoint_args(result.best)["data"])
+        finish_run(result, data, promote=args.promote, weights_dir=args.weights_dir or WEIGHTS_DIR,
+                   int8=args.int8)
+    except (TrainError, ValueError, FileNotFoundError) as exc:
+        return _fail(str(exc))
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from detector.model import DetectorError
+    from training.evaluate import (
+        DEFAULT_OPERATING_THRESHOLD,
+        EvalError,
+        evaluate,
+        load_eval_set,
+        onnx_predictor,
+        operating_threshold_of,
+        write_plots,
+    )
+
+    try:
+        eval_set = load_eval_set(args.data, args.source)
+        if args.model.suffix == ".pt":
+            from training.train import ultralytics_predictor
+
+            predict = ultralytics_predictor(args.model, args.imgsz or 640)
+            threshold = DEFAULT_OPERATING_THRESHOLD
+        else:
+            predict, metadata = onnx_predictor(args.model, threads=args.threads)
+            hw = predict.info.input_hw
+            if args.imgsz and (args.imgsz, args.imgsz) != tuple(hw):
+                return _fail(f"{args.model} takes {hw[0]}x{hw[1]} input; export it at {args.imgsz} instead")
+            threshold = operating_threshold_of(metadata)
+        if args.score_threshold is not None:
+            threshold = args.score_threshold
+        result = evaluate(predict, eval_set, threshold)
+    except (EvalError, DetectorError, FileNotFoundError) as exc:
+        return _fail(str(exc))
+    if args.plots:
+        written = write_plots(result, args.plots)
+        if not args.json:
+            print("plots: " + ", ".join(map(str, written)))
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        if eval_set.dropped_labels:
+            print(f"{eval_set.dropped_labels} labels of classes the '{eval_set.source}' mapping drops")
+        print(result.table())
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from training.export import ExportError, export, session_ms
+
+    try:
+        result = export(args.weights, args.out, imgsz=args.imgsz, calib=args.calib, int8=args.int8,
+                        stem=args.name, model_version=args.version)
+    except (ExportError, FileNotFoundError) as exc:
+        return _fail(str(exc))
+    print(f"fp32: {result.fp32}")
+    if result.int8:
+        import ast
+
+        hw = tuple(ast.literal_eval(result.metadata["imgsz"]))
+        fp32_ms, int8_ms = session_ms(result.fp32, hw), session_ms(result.int8, hw)
+        print(f"int8: {result.int8} (calibrated on {result.calibration_images} images, "
+              f"{len(result.excluded_nodes)} head post-processing nodes kept in fp32)")
+        print(f"session ms at 2 threads: fp32 {fp32_ms:.1f}, int8 {int8_ms:.1f} ({fp32_ms / int8_ms:.2f}x)")
+    print(f"version: {result.metadata['gridwatch_model_version']}, "
+          f"dataset hash: {result.metadata['gridwatch_dataset_hash']}")
+    return 0

@@ -1,0 +1,298 @@
+"""From a trained .pt to the served files: fp32 ONNX and static QDQ int8 ONNX.
+
+Int8 recipe (see ../shared/docs/performance.md): `quant_pre_process` first, then static
+QDQ quantisation with uint8 activations and int8 weights (U8S8, the VNNI fast path on
+these CPUs; S8S8 is slower than fp32), calibrated on real images letterboxed exactly as
+the detector does, and the head's post-processing (DFL, sigmoid, the final concat that
+puts pixel boxes and 0..1 scores in one tensor) kept in fp32: quantised, that concat
+shares one scale and every score reads 0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from detector.boxes import letterbox_into, to_input
+
+MIN_CALIBRATION_IMAGES = 32
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+
+
+class ExportError(ValueError):
+    """Export input is missing or unusable; the message says which and why."""
+
+
+@dataclass
+class ExportResult:
+    fp32: Path
+    int8: Path | None
+    metadata: dict[str, str]
+    excluded_nodes: list[str] = field(default_factory=list)
+    calibration_images: int = 0
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def dataset_hash(data_yaml: str | Path | None) -> str:
+    """A stable fingerprint of a dataset: its data.yaml, label files and image names.
+
+    Images are fingerprinted by name and size, not content, so hashing 3k images stays fast;
+    a dataset build that records its own hash in data.yaml (`dataset_hash`) wins.
+    """
+    if not data_yaml:
+        return "unknown"
+    import yaml
+
+    path = Path(data_yaml)
+    if not path.is_file():
+        return "unknown"
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if isinstance(data.get("dataset_hash"), str):
+        return data["dataset_hash"]
+    digest = hashlib.sha256(path.read_bytes())
+    root = path.parent / str(data.get("path") or ".")
+    for sub in ("images", "labels"):
+        folder = root / sub
+        if not folder.is_dir():
+            continue
+        for f in sorted(folder.rglob("*")):
+            if not f.is_file():
+                continue
+            digest.update(str(f.relative_to(root)).encode())
+            digest.update(f.read_bytes() if sub == "labels" else str(f.stat().st_size).encode())
+    return digest.hexdigest()[:16]
+
+
+def image_paths(folder: str | Path) -> list[Path]:
+    return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def letterboxed_inputs(paths: Sequence[Path], hw: tuple[int, int]) -> Iterator[np.ndarray]:
+    """1x3xHxW float32 inputs, exactly as `detector.Detector` prepares a frame."""
+    import cv2
+
+    canvas = np.empty((hw[0], hw[1], 3), np.uint8)
+    for path in paths:
+        frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if frame is None:
+            raise ExportError(f"{path}: unreadable calibration image")
+        letterbox_into(frame, canvas)
+        x = np.empty((1, 3, hw[0], hw[1]), np.float32)
+        to_input(canvas, x[0])
+        yield x
+
+
+# ---------------------------------------------------------------- fp32
+
+
+def export_fp32(weights: Path, imgsz: int, out: Path, extra_metadata: dict[str, str]) -> tuple[Path, dict[str, str]]:
+    """Ultralytics' ONNX export (static 1x3xHxW, simplified) plus gridwatch metadata."""
+    from training.offline import ultralytics_offline
+
+    YOLO = ultralytics_offline()
+    import onnx
+
+    model = YOLO(str(weights))
+    with tempfile.TemporaryDirectory() as tmp:
+        # Export next to a copy so the run folder is not littered and parallel exports do not collide.
+        staged = Path(tmp) / weights.name
+        shutil.copyfile(weights, staged)
+        exported = Path(
+            YOLO(str(staged)).export(format="onnx", imgsz=imgsz, simplify=True, dynamic=False,
+                                     batch=1, half=False, nms=False, device="cpu", verbose=False)
+        )
+        proto = onnx.load(str(exported))
+    del model
+    _set_metadata(proto, extra_metadata)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(proto, str(out))
+    return out, {p.key: p.value for p in proto.metadata_props}
+
+
+def _set_metadata(proto, values: dict[str, str]) -> None:
+    existing = {p.key: p for p in proto.metadata_props}
+    for key, value in values.items():
+        if key in existing:
+            existing[key].value = str(value)
+        else:
+            prop = proto.metadata_props.add()
+            prop.key, prop.value = key, str(value)
+
+
+# ---------------------------------------------------------------- int8
+
+
+def head_postprocess_nodes(proto) -> list[str]:
+    """Nodes of the detection head after the last Conv of each branch.
+
+    Ultralytics names nodes by module path (`/model.22/cv2.0/cv2.0.2/Conv`); the head is
+    the highest-numbered module. Its box (cv2.*) and class (cv3.*) branches are convs and
+    are quantised; everything else in it (concats, DFL softmax and conv, anchors, sigmoid)
+    is arithmetic on outputs with very different ranges and stays fp32.
+    """
+    indices = [int(m.group(1)) for n in proto.graph.node if (m := re.match(r"^/model\.(\d+)/", n.name))]
+    if not indices:
+        raise ExportError("cannot find the detection head: node names do not follow /model.N/...")
+    head = f"/model.{max(indices)}/"
+    branches = (f"{head}cv2.", f"{head}cv3.", f"{head}one2one_cv2.", f"{head}one2one_cv3.")
+    return [n.name for n in proto.graph.node if n.name.startswith(head) and not n.name.startswith(branches)]
+
+
+class _Calibration:
+    """onnxruntime CalibrationDataReader over letterboxed real images."""
+
+    def __init__(self, input_name: str, paths: Sequence[Path], hw: tuple[int, int]) -> None:
+        self._input_name = input_name
+        self._iter = letterboxed_inputs(paths, hw)
+
+    def get_next(self):
+        x = next(self._iter, None)
+        return None if x is None else {self._input_name: x}
+
+
+def quantize_int8(
+    fp32: Path, out: Path, calibration: Sequence[Path], metadata: dict[str, str], per_channel: bool = True
+) -> list[str]:
+    """Static QDQ U8S8 with the head's post-processing excluded; returns the excluded nodes."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if len(calibration) < MIN_CALIBRATION_IMAGES:
+        raise ExportError(
+            f"int8 calibration needs at least {MIN_CALIBRATION_IMAGES} real images, got {len(calibration)}"
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(fp32), str(pre))
+        proto = onnx.load(str(pre))
+        excluded = head_postprocess_nodes(proto)
+        inp = proto.graph.input[0]
+        dims = [d.dim_value for d in inp.type.tensor_type.shape.dim]
+        reader = _Calibration(inp.name, calibration, (dims[2], dims[3]))
+        quantized = Path(tmp) / "int8.onnx"
+        quantize_static(
+            str(pre), str(quantized), reader,
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=per_channel,
+            reduce_range=False,
+            calibrate_method=CalibrationMethod.MinMax,
+            nodes_to_exclude=excluded,
+        )
+        proto = onnx.load(str(quantized))
+    _set_metadata(proto, {**metadata, "gridwatch_precision": "int8-qdq-u8s8"})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(proto, str(out))
+    return excluded
+
+
+def session_ms(model: Path, hw: tuple[int, int], threads: int = 2, runs: int = 20) -> float:
+    """Median ms of one bare session run: the number performance.md compares."""
+    import onnxruntime as ort
+
+    from detector.model import session_options
+
+    session = ort.InferenceSession(str(model), sess_options=session_options(threads, True),
+                                   providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    x = np.random.default_rng(0).random((1, 3, *hw), dtype=np.float32)
+    for _ in range(3):
+        session.run(None, {name: x})
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        session.run(None, {name: x})
+        times.append((time.perf_counter() - t) * 1000)
+    return float(np.median(times))
+
+
+# ---------------------------------------------------------------- the whole export
+
+
+def read_checkpoint_args(weights: Path) -> dict:
+    """The training arguments Ultralytics stored in a checkpoint (data, imgsz, epochs...)."""
+    import torch
+
+    ckpt = torch.load(str(weights), map_location="cpu", weights_only=False)
+    if not isinstance(ckpt, dict) or "model" not in ckpt and "ema" not in ckpt:
+        raise ExportError(f"{weights}: not an Ultralytics checkpoint")
+    return dict(ckpt.get("train_args") or {})
+
+
+def default_calibration_dir(train_args: dict) -> Path | None:
+    import yaml
+
+    data = train_args.get("data")
+    if not data or not Path(data).is_file():
+        return None
+    cfg = yaml.safe_load(Path(data).read_text(encoding="utf-8")) or {}
+    root = Path(data).parent / str(cfg.get("path") or ".")
+    # Calibrate on training images: the val split stays unseen by every step of the build.
+    for key in ("train", "val"):
+        if isinstance(cfg.get(key), str) and (root / cfg[key]).is_dir():
+            return root / cfg[key]
+    return None
+
+
+def export(
+    weights: str | Path,
+    out_dir: str | Path = "weights",
+    *,
+    imgsz: int | None = None,
+    calib: str | Path | None = None,
+    int8: bool = True,
+    stem: str = "gridwatch",
+    model_version: str | None = None,
+    calibration_count: int = 64,
+) -> ExportResult:
+    from detector.taxonomy import load_taxonomy
+
+    weights = Path(weights)
+    if not weights.is_file():
+        raise ExportError(f"weights not found: {weights}")
+    args = read_checkpoint_args(weights)
+    imgsz = int(imgsz or args.get("imgsz") or 640)
+    out_dir = Path(out_dir)
+    version = model_version or f"{stem}-{datetime.now(timezone.utc):%Y%m%d-%H%M}-{sha256_file(weights)[:8]}"
+    metadata = {
+        "gridwatch_model_version": version,
+        "gridwatch_taxonomy_version": load_taxonomy().version,
+        "gridwatch_dataset_hash": dataset_hash(args.get("data")),
+        "gridwatch_train_args": json.dumps(
+            {k: args.get(k) for k in ("data", "epochs", "imgsz", "batch", "model", "fraction", "seed") if k in args}
+        ),
+    }
+    fp32, full_meta = export_fp32(weights, imgsz, out_dir / f"{stem}-fp32.onnx", metadata)
+    result = ExportResult(fp32=fp32, int8=None, metadata=full_meta)
+    if int8:
+        folder = Path(calib) if calib else default_calibration_dir(args)
+        if folder is None or not folder.is_dir():
+            raise ExportError("int8 needs real calibration images: pass --calib DIR (or --no-int8)")
+        paths = image_paths(folder)
+        # Evenly spread over the folder rather than the first N, which may be one scene.
+        if len(paths) > calibration_count:
+            paths = [paths[i] for i in np.linspace(0, len(paths) - 1, calibration_count).astype(int)]
+        int8_path = out_dir / f"{stem}-int8.onnx"
+        result.excluded_nodes = quantize_int8(fp32, int8_path, paths, full_meta)
+        result.int8 = int8_path
+        result.calibration_images = len(paths)
+    return result

@@ -1,0 +1,65 @@
+"""Champion/challenger: a new model replaces the shipped default only if it is not worse.
+
+Both are scored by `gridwatch eval` arithmetic on the same validation split: mAP50-95
+over the classes that split has labels for (a class one model lacks counts as AP 0).
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from training.evaluate import EvalResult
+
+
+@dataclass(frozen=True)
+class Decision:
+    promote: bool
+    challenger_score: float
+    champion_score: float | None
+    metric: str
+    reason: str
+
+    def summary(self) -> str:
+        champion = "none shipped" if self.champion_score is None else f"{self.champion_score:.4f}"
+        verdict = "PROMOTE" if self.promote else "KEEP CHAMPION"
+        return (
+            f"champion/challenger on the same split ({self.metric}): challenger {self.challenger_score:.4f}, "
+            f"champion {champion} -> {verdict} ({self.reason})"
+        )
+
+
+def score(result: EvalResult) -> float:
+    return result.map50_95
+
+
+def decide(challenger: EvalResult, champion: EvalResult | None) -> Decision:
+    ch = score(challenger)
+    if champion is None:
+        return Decision(True, ch, None, "mAP50-95", "no current default")
+    missing = set(challenger.classes) ^ set(champion.classes)
+    if missing:
+        raise ValueError(f"scores are not on the same split: classes differ {sorted(missing)}")
+    cur = score(champion)
+    if ch >= cur:
+        return Decision(True, ch, cur, "mAP50-95", "not worse than the current default")
+    return Decision(False, ch, cur, "mAP50-95", "worse than the current default")
+
+
+def install(files: dict[str, Path], weights_dir: Path) -> list[Path]:
+    """Copy the challenger's files into weights/ under their shipped names.
+
+    Each file is written beside its target and renamed over it, so a reader never sees
+    half a model; the card goes last so it never describes files that are not there yet.
+    """
+    weights_dir.mkdir(parents=True, exist_ok=True)
+    installed = []
+    order = sorted(files, key=lambda name: name.endswith((".md", ".json")))
+    for name in order:
+        target = weights_dir / name
+        staging = target.with_name(f".{name}.incoming")
+        shutil.copyfile(files[name], staging)
+        staging.replace(target)
+        installed.append(target)
+    return installed
