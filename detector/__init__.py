@@ -4,6 +4,7 @@
     results = Detector("model.onnx").detect([bgr_frame])
 """
 
+from detector.annotate import annotate
 from detector.detections import Detections
 from detector.model import DetectorError, InvalidImageError, ModelInfo, ModelLoadError
 from detector.runtime import Detector
@@ -11,6 +12,7 @@ from detector.taxonomy import Taxonomy, TaxonomyError, Violation, load_taxonomy
 
 __all__ = [
     "Detections",
+    "annotate",
     "Detector",
     "DetectorError",
     "InvalidImageError",

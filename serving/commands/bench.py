@@ -1,0 +1,68 @@
+"""`gridwatch bench`: speed against Ultralytics on the same model and frames."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+SHARED_DATASETS = Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "bench",
+        help="time the detector against Ultralytics (or, with --cameras, a whole machine's streams)",
+        description="Detector mode: per-frame latency of gridwatch, the bare ONNX Runtime session and "
+        "Ultralytics' predict on the same model and 1080p frames, at batch 1 and 8, with ratios.",
+    )
+    p.add_argument("--model", type=Path, help="ONNX model to time (default: the shipped model)")
+    p.add_argument(
+        "--reference-model",
+        type=Path,
+        help="model Ultralytics runs (default: the fp32 twin of --model if one lies beside it, else --model)",
+    )
+    p.add_argument("--images", type=Path, default=SHARED_DATASETS, help="folder of real images for frames")
+    p.add_argument("--frames", type=int, default=16, help="number of distinct frames")
+    p.add_argument("--rounds", type=int, default=3, help="passes over the frames")
+    p.add_argument("--threads", type=int, help="ONNX Runtime threads (default: one per core, as Ultralytics)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    try:
+        from serving import stream_bench
+    except ImportError:  # the camera-throughput mode is optional
+        stream_bench = None
+    if stream_bench is not None:
+        stream_bench.add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def _reference_for(model: Path) -> Path:
+    twin = model.with_name(model.name.replace("-int8", "-fp32"))
+    return twin if twin != model and twin.is_file() else model
+
+
+def run(args: argparse.Namespace) -> int:
+    if getattr(args, "cameras", None):
+        from serving import stream_bench
+
+        return stream_bench.run(args)
+
+    from detector import DetectorError
+    from serving.detector_bench import bench_frames, format_table, run_benchmark, summarise
+    from serving.settings import SettingsError, load_settings
+
+    try:
+        model = load_settings(model=args.model).resolved_model()
+        reference = args.reference_model or _reference_for(model)
+        frames = bench_frames(args.images, args.frames)
+        timings = run_benchmark(model, reference, frames, threads=args.threads, rounds=args.rounds)
+    except (SettingsError, DetectorError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    summary = summarise(timings)
+    if args.json:
+        print(json.dumps({"model": str(model), "reference_model": str(reference), **summary}))
+    else:
+        print(format_table(summary, model, reference))
+    return 0

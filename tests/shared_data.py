@@ -1,0 +1,26 @@
+"""Where the real test data lives: ../shared beside the repository (never copied in)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("GRIDWATCH_SHARED_DIR", REPO_ROOT.parent / "shared"))
+DATASETS = SHARED / "datasets"
+COCO_INT8 = SHARED / "weights" / "coco-yolov8n-int8.onnx"
+
+
+def require_shared() -> None:
+    if not COCO_INT8.is_file():
+        pytest.fail(f"../shared is missing: expected {COCO_INT8} (set GRIDWATCH_SHARED_DIR)")
+
+
+def real_images(source: str, count: int, start: int = 0) -> list[Path]:
+    """A deterministic spread of real images from one dataset folder."""
+    require_shared()
+    files = sorted((DATASETS / source / "images").glob("*.jpg"))
+    step = max(1, len(files) // count)
+    return files[start::step][:count]

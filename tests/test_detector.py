@@ -1,0 +1,180 @@
+"""The Detector contract, and agreement with Ultralytics' own predict on real images."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from detector import Detections, Detector, InvalidImageError, ModelLoadError
+from detector.boxes import box_iou
+from tests.shared_data import COCO_INT8, real_images
+
+
+@pytest.fixture(scope="module")
+def coco() -> Detector:
+    return Detector(COCO_INT8)
+
+
+@pytest.fixture(scope="module")
+def street_frames() -> list[np.ndarray]:
+    paths = real_images("thela_india", 12) + real_images("facade_signs_spb", 10) + real_images("garbage_overflow_cn", 8)
+    return [cv2.imread(str(p)) for p in paths]
+
+
+def _match_rate(a: Detections, b: Detections, iou_min: float = 0.9) -> tuple[float, list[float]]:
+    """Share of a's boxes with a same-class box in b at IoU >= iou_min, and their score gaps."""
+    if len(a) == 0:
+        return 1.0, []
+    iou = box_iou(a.xyxy, b.xyxy)
+    same = a.class_ids[:, None] == b.class_ids[None, :]
+    iou = np.where(same, iou, 0)
+    matched, gaps = 0, []
+    for i in range(len(a)):
+        if iou.shape[1] and iou[i].max() >= iou_min:
+            matched += 1
+            gaps.append(abs(float(a.scores[i]) - float(b.scores[iou[i].argmax()])))
+    return matched / len(a), gaps
+
+
+def test_names_and_geometry_come_from_metadata(coco: Detector):
+    assert coco.names[0] == "person" and coco.names[7] == "truck" and len(coco.names) == 80
+    assert coco.input_size == (640, 640)
+    assert coco.info.batch == 1
+
+
+def test_matches_ultralytics_predict_on_real_images(coco: Detector, street_frames):
+    from ultralytics import YOLO
+
+    reference = YOLO(str(COCO_INT8), task="detect")
+    ours_all, theirs_all = [], []
+    total_ours = total_theirs = 0
+    gaps: list[float] = []
+    for frame in street_frames:
+        ours = coco(frame)
+        r = reference.predict(frame, imgsz=640, conf=0.25, iou=0.7, verbose=False)[0].boxes
+        theirs = Detections(
+            xyxy=r.xyxy.numpy().astype(np.float32),
+            scores=r.conf.numpy().astype(np.float32),
+            class_ids=r.cls.numpy().astype(np.int64),
+            names=coco.names,
+        )
+        rate_ours, g = _match_rate(ours, theirs)
+        rate_theirs, _ = _match_rate(theirs, ours)
+        ours_all.append(rate_ours * len(ours))
+        theirs_all.append(rate_theirs * len(theirs))
+        total_ours += len(ours)
+        total_theirs += len(theirs)
+        gaps += g
+    assert total_ours > 50, "too few detections on real street images for a meaningful comparison"
+    assert sum(ours_all) / total_ours >= 0.98
+    assert sum(theirs_all) / total_theirs >= 0.98
+    assert max(gaps) <= 0.02
+
+
+def test_batch_equals_single_frames(coco: Detector, street_frames):
+    frames = street_frames[:4]
+    batched = coco.detect(frames)
+    for frame, result in zip(frames, batched):
+        single = coco(frame)
+        np.testing.assert_allclose(single.xyxy, result.xyxy, atol=1e-3)
+        np.testing.assert_array_equal(single.class_ids, result.class_ids)
+
+
+def test_boxes_are_in_original_frame_pixels(coco: Detector, street_frames):
+    frame = street_frames[0]
+    small = coco(frame)
+    # The same scene at twice the size must give boxes twice as large.
+    big = coco(cv2.resize(frame, (frame.shape[1] * 2, frame.shape[0] * 2), interpolation=cv2.INTER_LINEAR))
+    assert len(small) > 0
+    iou = box_iou(small.xyxy * 2, big.xyxy)
+    assert (iou.max(axis=1) > 0.85).mean() >= 0.8
+    h, w = frame.shape[:2]
+    assert (small.xyxy[:, [0, 2]] <= w).all() and (small.xyxy[:, [1, 3]] <= h).all()
+    assert (small.xyxy >= 0).all()
+
+
+def test_any_frame_size_and_empty_scene(coco: Detector):
+    grey = np.full((37, 1500, 3), 127, np.uint8)
+    result = coco(grey)
+    assert len(result) == 0 and result.xyxy.shape == (0, 4)
+    assert result.xyxy.dtype == np.float32 and result.scores.dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    "frame, message",
+    [
+        (np.zeros((64, 64, 3), np.float32), "uint8"),
+        (np.zeros((64, 64), np.uint8), "HxWx3"),
+        (np.zeros((64, 64, 4), np.uint8), "HxWx3"),
+        (np.zeros((0, 64, 3), np.uint8), "empty"),
+        ("not an image", "numpy array"),
+    ],
+)
+def test_bad_frames_are_refused_clearly(coco: Detector, frame, message):
+    with pytest.raises(InvalidImageError, match=message):
+        coco.detect([frame])
+
+
+def test_missing_model_file(tmp_path):
+    with pytest.raises(ModelLoadError, match="not found"):
+        Detector(tmp_path / "nope.onnx")
+
+
+def test_corrupt_model_file(tmp_path):
+    path = tmp_path / "broken.onnx"
+    path.write_bytes(b"\x00garbage" * 100)
+    with pytest.raises(ModelLoadError, match="cannot load"):
+        Detector(path)
+
+
+def test_non_detection_model_is_refused(tmp_path):
+    # A valid ONNX classifier-shaped graph: image in, (1, 1000) out.
+    inp = helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 32, 32])
+    out = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 1000])
+    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [1, -1])
+    graph = helper.make_graph([helper.make_node("Reshape", ["images", "shape"], ["flat"]),
+                               helper.make_node("Slice", ["flat", "starts", "ends"], ["logits"])],
+                              "classifier", [inp], [out], [shape,
+                              helper.make_tensor("starts", TensorProto.INT64, [1], [0]),
+                              helper.make_tensor("ends", TensorProto.INT64, [1], [1000])])
+    path = tmp_path / "classifier.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    with pytest.raises(ModelLoadError, match="not a detection model"):
+        Detector(path)
+
+
+@pytest.fixture(scope="module")
+def dynamic_fp32_model(tmp_path_factory):
+    """An fp32, dynamic-batch Ultralytics export of the bootstrapped COCO model."""
+    from training.bootstrap import bootstrap
+
+    out = tmp_path_factory.mktemp("dynamic")
+    pt = bootstrap(COCO_INT8, out / "coco.pt")
+    from ultralytics import YOLO
+
+    exported = YOLO(str(pt)).export(format="onnx", dynamic=True, imgsz=320, simplify=False, verbose=False)
+    return exported
+
+
+def test_dynamic_batch_runs_as_one_inference(dynamic_fp32_model, street_frames):
+    det = Detector(dynamic_fp32_model, max_batch=8)
+    assert det.info.batch is None and det.input_size == (320, 320)
+    calls = []
+    real_run = det.session.run
+
+    class Spy:
+        def run(self, names, feeds):
+            calls.append(next(iter(feeds.values())).shape[0])
+            return real_run(names, feeds)
+
+    det.session = Spy()
+    batched = det.detect(street_frames[:5])
+    assert calls == [5]
+    det.session = type("S", (), {"run": staticmethod(real_run)})()
+    for frame, result in zip(street_frames[:5], batched):
+        single = det(frame)
+        np.testing.assert_allclose(single.xyxy, result.xyxy, atol=0.05)
+        np.testing.assert_allclose(single.scores, result.scores, atol=1e-3)
