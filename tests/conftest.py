@@ -174,3 +174,73 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05):
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s: {getattr(predicate, '__name__', predicate)}")
         time.sleep(interval)
+
+
+class RunningService:
+    """A GridwatchService behind a real uvicorn server on 127.0.0.1, in this process."""
+
+    def __init__(self, settings, detector=None, file_cameras=None) -> None:
+        import threading
+
+        import uvicorn
+
+        from serving.api.app import create_app
+        from serving.service import GridwatchService
+
+        self.service = GridwatchService(settings, detector=detector, file_cameras=file_cameras)
+        self.admin_key = settings.admin_key or self.service.new_admin_key
+        self.url = f"http://127.0.0.1:{settings.port}"
+        self.server = uvicorn.Server(uvicorn.Config(create_app(self.service), host="127.0.0.1",
+                                                    port=settings.port, log_level="warning"))
+        self.service.start()
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        wait_for(lambda: self.server.started, timeout=20)
+
+    def client(self, key: str | None = None):
+        import httpx
+
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+    def key(self, role: str) -> str:
+        with self.client(self.admin_key) as http:
+            response = http.post("/v1/keys", json={"name": f"test {role}", "role": role})
+            response.raise_for_status()
+            return response.json()["key"]
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(15)
+        self.service.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_detector(test_model: Path):
+    from detector.runtime import Detector
+
+    return Detector(test_model, threads=1)
+
+
+@pytest.fixture
+def run_service(tmp_path: Path, shared_detector):
+    """Start a service: run_service(db_url, **settings) -> RunningService; stopped at teardown."""
+    from serving.settings import Settings
+
+    running: list[RunningService] = []
+
+    def start(db_url: str | None = None, **overrides) -> RunningService:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        values = dict(data_dir=tmp_path / f"data{len(running)}", database_url=db_url, port=port,
+                      admin_key="gw_test_admin_key_0123456789", delivery_backoff_s=0.05,
+                      delivery_backoff_max_s=0.3, delivery_poll_s=0.05)
+        values.update(overrides)
+        service = RunningService(Settings(**values), detector=shared_detector)
+        running.append(service)
+        return service
+
+    yield start
+    for service in running:
+        service.stop()

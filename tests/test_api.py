@@ -1,0 +1,206 @@
+"""The HTTP API on a real uvicorn server: keys and roles, upload limits, events to signed
+webhooks, case listing and paging, evidence download, reviews, status callbacks, cameras."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+import zlib
+from datetime import datetime, timedelta, timezone
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import wait_for
+
+def event_json(event_id="e1", camera="cam-001", start_s=0, end_s=90, score=0.8, type="opened", box=(100, 100, 300, 300), **extra):
+    base = datetime(2026, 11, 23, 9, 0, tzinfo=timezone.utc)
+    data = {"type": type, "event_id": event_id, "camera": camera, "violation": "bin_overflow",
+            "matter_code": "37020206042", "grid": "370202001001001", "zone": "bins", "zone_type": "bin_area",
+            "first_seen": (base + timedelta(seconds=start_s)).isoformat(),
+            "last_seen": (base + timedelta(seconds=end_s)).isoformat(), "dwell_s": end_s - start_s,
+            "track_id": 3, "score": score, "best_score": score, "needs_review": False, "box": list(box),
+            "location": {"lat": 36.0671, "lon": 120.3826, "address": "Zhongshan Rd 1"}}
+    data.update(extra)
+    return data
+
+
+def push(http, event: dict, image_path=None):
+    files = {"frame": (image_path.name, image_path.read_bytes(), "image/jpeg")} if image_path else None
+    return http.post("/v1/events", data={"event": json.dumps(event)}, files=files)
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims width x height: a decompression bomb's calling card."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def test_keys_and_roles(run_service) -> None:
+    server = run_service()
+    with server.client() as anonymous:
+        response = anonymous.get("/v1/cases")
+        assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer"
+        assert anonymous.get("/healthz").json() == {"status": "ok"}
+        assert anonymous.get("/readyz").json()["ready"] is True
+    with server.client("gw_wrong") as wrong:
+        assert wrong.get("/v1/cases").status_code == 401
+    reviewer, case_system, camera = server.key("reviewer"), server.key("case_system"), server.key("camera")
+    with server.client(reviewer) as http:
+        assert http.get("/v1/cases").status_code == 200
+        assert http.post("/v1/cameras", json={"id": "x"}).status_code == 403
+        assert http.post("/v1/keys", json={"name": "n", "role": "admin"}).status_code == 403
+        assert push(http, event_json()).status_code == 403
+    with server.client(camera) as http:
+        assert http.get("/v1/cases").status_code == 403
+    with server.client(case_system) as http:
+        assert http.post("/v1/cases/GW1-1/review", json={"action": "confirm"}).status_code == 403
+    # Keys are stored hashed: the database never holds one in clear.
+    from sqlalchemy import select
+
+    from serving.store.models import ApiKey
+
+    with server.service.db.sessions() as session:
+        hashes = set(session.scalars(select(ApiKey.key_hash)))
+    assert hashlib.sha256(reviewer.encode()).hexdigest() in hashes and reviewer not in hashes
+    with server.client(server.admin_key) as admin:
+        created = admin.post("/v1/keys", json={"name": "temp", "role": "reviewer"}).json()
+        assert admin.delete(f"/v1/keys/{created['id']}").status_code == 204
+    with server.client(created["key"]) as revoked:
+        assert revoked.get("/v1/cases").status_code == 401
+
+
+def test_detect_and_upload_limits(run_service, dataset_images, tmp_path) -> None:
+    server = run_service(upload_max_bytes=2 * 1024 * 1024, upload_max_pixels=20_000_000)
+    with server.client(server.key("camera")) as http:
+        image = dataset_images[0]
+        ok = http.post("/v1/detect", files={"file": (image.name, image.read_bytes(), "image/jpeg")})
+        assert ok.status_code == 200
+        body = ok.json()
+        height, width = cv2.imread(str(image)).shape[:2]
+        assert (body["width"], body["height"]) == (width, height)
+        assert all({"class_name", "score", "box"} <= set(d) for d in body["detections"])
+        # The same picture as PNG.
+        png = cv2.imencode(".png", cv2.imread(str(image)))[1].tobytes()
+        assert http.post("/v1/detect", files={"file": ("a.png", png, "image/png")}).status_code == 200
+
+        def status(content: bytes, media_type="image/jpeg", name="x.jpg") -> int:
+            return http.post("/v1/detect", files={"file": (name, content, media_type)}).status_code
+
+        assert status(b"hello, not an image", "text/plain", "a.txt") == 415
+        assert status(b"GIF89a" + b"\0" * 100) == 415
+        assert status(image.read_bytes(), "application/pdf") == 415
+        assert status(b"") == 422
+        assert status(png_header(60000, 60000), "image/png", "bomb.png") == 413
+        assert status(image.read_bytes()[:200]) == 422  # header only: undecodable
+        assert status(b"\xff\xd8\xff" + b"\0" * (2 * 1024 * 1024 + 10)) == 413
+        assert http.post("/v1/detect", data={"other": "x"}).status_code == 422
+        assert http.post("/v1/detect", content=b"raw", headers={"Content-Type": "image/jpeg"}).status_code == 422
+        big = http.post("/v1/detect", content=b"0" * (4 * 1024 * 1024), headers={"Content-Type": "multipart/form-data; boundary=x"})
+        assert big.status_code == 413
+        assert big.headers["content-type"].startswith("application/json")
+
+
+@pytest.mark.parametrize("auto", [True, False], ids=["auto-confirm", "reviewed"])
+def test_events_to_signed_webhook_and_pull(db_url, run_service, receiver, dataset_images, auto) -> None:
+    receiver.start()
+    server = run_service(db_url, webhook_url=receiver.url, webhook_secret=receiver.secret,
+                         auto_confirm={"bin_overflow": 0.7} if auto else {}, public_url="http://gw.example")
+    camera, reviewer, case_system = server.key("camera"), server.key("reviewer"), server.key("case_system")
+    with server.client(camera) as http:
+        first = push(http, event_json("e1"), dataset_images[0])
+        assert first.status_code == 200 and first.json()["action"] == "created"
+        number = first.json()["case_number"]
+        assert push(http, event_json("e1", type="updated", end_s=150, score=0.9), dataset_images[1]).json()["action"] == "joined"
+        assert push(http, event_json("e1", type="updated", end_s=150, score=0.9)).json()["action"] == "duplicate"
+        other = push(http, event_json("e9", camera="cam-002", score=0.5), dataset_images[2]).json()["case_number"]
+        bad = push(http, event_json("e2", matter_code="37020206010"))
+        assert bad.status_code == 422 and "matter_code" in bad.json()["detail"]
+        assert push(http, {**event_json("e3"), "grid": "short"}).status_code == 422
+        assert http.post("/v1/events", data={"event": "{not json"}).status_code == 422
+    with server.client(reviewer) as http:
+        if not auto:
+            assert receiver.received == {}
+            assert http.post(f"/v1/cases/{number}/review", json={"action": "confirm", "note": "seen"}).status_code == 200
+        assert http.post(f"/v1/cases/{number}/review", json={"action": "correct"}).status_code == 422
+        assert http.post("/v1/cases/GW00000000-999999/review", json={"action": "confirm"}).status_code == 404
+        case = http.get(f"/v1/cases/{number}").json()
+        assert case["occurrences"] == 1 and case["matter_code"] == "37020206042" and case["source"] == "video"
+        kinds = sorted(e["kind"] for e in case["evidence"])
+        assert kinds == ["annotated", "annotated", "crop", "crop", "original", "original"]
+        original = next(e for e in case["evidence"] if e["kind"] == "original")
+        download = http.get(original["url"].replace("http://gw.example", ""))
+        assert download.status_code == 200
+        assert hashlib.sha256(download.content).hexdigest() == original["sha256"]
+        assert download.content == dataset_images[0].read_bytes()
+        assert http.get(f"/v1/cases/{number}/evidence/999999").status_code == 404
+
+    wait_for(lambda: receiver.received)
+    (key, body), = receiver.received.items()
+    assert key == f"{number}-v1" and body["event"] == "case.reported" and receiver.bad_signatures == 0
+    assert body["case"]["evidence"][0]["url"].startswith(f"http://gw.example/v1/cases/{number}/evidence/")
+
+    with server.client(case_system) as http:
+        listed = http.get("/v1/cases").json()["items"]
+        assert [c["case_number"] for c in listed] == [number]  # only what was delivered
+        assert http.get(f"/v1/cases/{other}").status_code == 404
+        since = listed[0]["updated_at"]
+        assert http.get("/v1/cases", params={"since": since}).json()["items"] == []
+        assert http.post(f"/v1/cases/{number}/status", json={"status": "dispatched", "external_id": "QD-77"}).status_code == 200
+        assert http.post(f"/v1/cases/{number}/status", json={"status": "bogus"}).status_code == 422
+        changed = http.get("/v1/cases", params={"since": since}).json()["items"]
+        assert [(c["case_number"], c["status"], c["external_id"]) for c in changed] == [(number, "dispatched", "QD-77")]
+        assert http.post(f"/v1/cases/{number}/status", json={"status": "closed"}).json()["status"] == "closed"
+        assert http.post(f"/v1/cases/{number}/status", json={"status": "handled"}).status_code == 409
+
+
+def test_case_list_filters_and_pages(run_service) -> None:
+    server = run_service()
+    with server.client(server.key("camera")) as http:
+        for i in range(7):
+            assert push(http, event_json(f"p{i}", camera=f"cam-{i % 2}", box=(i * 50, 0, i * 50 + 40, 40))).status_code == 200
+    with server.client(server.key("reviewer")) as http:
+        seen, cursor = [], None
+        while True:
+            page = http.get("/v1/cases", params={"limit": 3, **({"cursor": cursor} if cursor else {})}).json()
+            seen += [c["case_number"] for c in page["items"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        assert len(seen) == 7 == len(set(seen))
+        assert len(http.get("/v1/cases", params={"camera": "cam-1"}).json()["items"]) == 3
+        assert http.get("/v1/cases", params={"review_status": "confirmed"}).json()["items"] == []
+        assert http.get("/v1/cases", params={"cursor": "bm9wZQ"}).status_code == 422
+        assert http.get("/v1/cases", params={"limit": 0}).status_code == 422
+        assert http.get("/v1/cases", params={"since": "9999-12-31T23:59:59-12:00"}).status_code in (200, 422)
+        assert http.get("/v1/cases", params={"camera": "a\x00b"}).status_code == 422
+
+
+def test_cameras_crud_with_health(run_service, tmp_path) -> None:
+    server = run_service()
+    camera = {"id": "cam-dead", "source": "rtsp://127.0.0.1:9/none", "division": "370202", "grid": "370202001001001",
+              "zones": [{"name": "walk", "type": "sidewalk", "polygon": [[0, 0.5], [1, 0.5], [1, 1], [0, 1]]}],
+              "rules": [{"violation": "street_stall", "zone_types": ["sidewalk"], "dwell": 10}]}
+    with server.client(server.admin_key) as http:
+        created = http.post("/v1/cameras", json=camera)
+        assert created.status_code == 201, created.text
+        assert http.post("/v1/cameras", json=camera).status_code == 409
+        bad = http.post("/v1/cameras", json={**camera, "id": "cam-bad", "division": "12"})
+        assert bad.status_code == 422 and "division" in bad.json()["detail"]
+        unknown = http.post("/v1/cameras", json={**camera, "id": "cam-x", "rules": [{"violation": "nope", "zone_types": ["sidewalk"]}]})
+        assert unknown.status_code == 422 and "nope" in unknown.json()["detail"]
+        # A dead camera reports its health and does not stop the API.
+        health = wait_for(lambda: http.get("/v1/cameras/cam-dead").json()["health"], timeout=20)
+        assert health["connected"] is False
+        assert [c["id"] for c in http.get("/v1/cameras").json()] == ["cam-dead"]
+        assert "gridwatch_camera_connected{camera=\"cam-dead\"} 0.0" in http.get("/metrics").text
+        replaced = http.put("/v1/cameras/cam-dead", json={**camera, "sample_every": 5})
+        assert replaced.status_code == 200 and replaced.json()["config"]["sample_every"] == 5
+        assert http.put("/v1/cameras/cam-dead", json={**camera, "id": "other"}).status_code == 422
+        assert http.delete("/v1/cameras/cam-dead").status_code == 204
+        assert http.get("/v1/cameras/cam-dead").status_code == 404
+        assert http.delete("/v1/cameras/cam-dead").status_code == 404
