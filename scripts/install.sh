@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs everything gridwatch needs on a fresh Debian machine (idempotent).
+#   scripts/install.sh          base: serving + detector, no torch
+#   scripts/install.sh test     + training extra (torch, ultralytics), test tools, PostgreSQL, GStreamer RTSP
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mode=${1:-base}
+
+debs=(ffmpeg fonts-noto-cjk)
+if [ "$mode" = test ]; then
+  debs+=(postgresql gstreamer1.0-tools gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 python3-gi
+         gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
+         gstreamer1.0-plugins-ugly gstreamer1.0-libav)
+fi
+missing=()
+for d in "${debs[@]}"; do dpkg -s "$d" >/dev/null 2>&1 || missing+=("$d"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+if [ "$mode" = test ]; then
+  # torch first and pinned: pip takes this CUDA build (which also runs on CPU) from the local disk.
+  pip install -q torch==2.14.1 torchvision==0.29.1
+  pip install -q -e ".[train,dev]"
+else
+  pip install -q -e .
+fi
