@@ -1,0 +1,39 @@
+"""The one settings object: defaults, YAML file, environment, flags, and clear errors."""
+
+from pathlib import Path
+
+import pytest
+
+from serving import settings as settings_module
+from serving.settings import SettingsError, load_settings
+
+
+def test_precedence_defaults_file_env_flags(tmp_path: Path, monkeypatch):
+    config = tmp_path / "gridwatch.yaml"
+    config.write_text("settings:\n  port: 9001\n  score_threshold: 0.3\n  data_dir: /srv/gw\n", encoding="utf-8")
+    monkeypatch.setenv("GRIDWATCH_SCORE_THRESHOLD", "0.35")
+    s = load_settings(config, port=9100)
+    assert s.port == 9100  # flag beats file
+    assert s.score_threshold == 0.35  # environment beats file
+    assert s.data_dir == Path("/srv/gw")  # file beats default
+    assert s.resolved_database_url == "sqlite:////srv/gw/gridwatch.db"
+    assert s.resolved_evidence_dir == Path("/srv/gw/evidence")
+
+
+def test_malformed_settings_name_the_field(tmp_path: Path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("settings:\n  port: not-a-port\n", encoding="utf-8")
+    with pytest.raises(SettingsError, match="port"):
+        load_settings(config)
+    config.write_text("settings:\n  colour: red\n", encoding="utf-8")
+    with pytest.raises(SettingsError, match="colour"):
+        load_settings(config)
+    config.write_text("[unclosed", encoding="utf-8")
+    with pytest.raises(SettingsError, match="cannot read"):
+        load_settings(config)
+
+
+def test_missing_model_says_how_to_get_one(monkeypatch):
+    monkeypatch.setattr(settings_module, "default_model_path", lambda: None)
+    with pytest.raises(SettingsError, match="--model"):
+        load_settings().resolved_model()
