@@ -1,0 +1,95 @@
+"""`gridwatch dataset ...`: build the training dataset, list the sources.
+
+Only argparse at import time: numpy, PIL and ONNX Runtime load when a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("dataset", help="build the training dataset from the data sources")
+    commands = parser.add_subparsers(dest="dataset_command", metavar="SUBCOMMAND", required=True)
+
+    b = commands.add_parser(
+        "build",
+        help="validate, merge, split, pseudo-label and synthesise into an Ultralytics YOLO dataset",
+        description="Validate every source, merge them under gridwatch's classes, split train/val "
+        "keeping near-duplicates together, add teacher pseudo-labels for context classes and "
+        "synthetic flyers/banners, and write DIR/{images,labels}/{train,val}, data.yaml, "
+        "manifest.json and report.json.",
+    )
+    b.add_argument("--sources", help="comma-separated source names or definition files (default: all in datasets/)")
+    b.add_argument("--out", type=Path, help="output folder (default: runs/datasets/default)")
+    b.add_argument("--root", type=Path, help="datasets root the sources are relative to (default: ../shared/datasets)")
+    b.add_argument("--val-fraction", type=float, default=0.15)
+    b.add_argument(
+        "--pseudo-labels", action=argparse.BooleanOptionalAction, default=True,
+        help="add COCO-teacher boxes for the context classes (default: on)",
+    )
+    b.add_argument("--pseudo-score", type=float, default=0.4, help="teacher score to keep a pseudo box")
+    b.add_argument("--teacher", type=Path, help="teacher ONNX (default: ../shared/weights/coco-yolov8n-int8.onnx)")
+    b.add_argument("--synthetic", type=int, default=0, metavar="N", help="synthetic flyer/banner images to add")
+    b.add_argument("--imgsz", type=int, default=640, help="re-encode images larger than this (max side)")
+    b.add_argument("--limit", type=int, metavar="N", help="first N images of each source (quick builds)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--threads", type=int, help="ONNX Runtime threads for the teacher")
+    b.add_argument("--cache-dir", type=Path, help="teacher output cache (default: runs/cache/teacher)")
+    b.set_defaults(func=run_build)
+
+    s = commands.add_parser("sources", help="list the data sources with licence and class mapping")
+    s.add_argument("--root", type=Path)
+    s.set_defaults(func=run_sources)
+
+
+def _sources(arg: str | None, root: Path | None):
+    from training.sources import all_sources, load_source
+
+    if not arg:
+        return all_sources(root)
+    return [load_source(name.strip(), root) for name in arg.split(",") if name.strip()]
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from training.dataset_build import DEFAULT_OUT, BuildError, BuildOptions, build
+    from training.sources import SourceError
+    from training.synthetic import SyntheticError
+
+    try:
+        options = BuildOptions(
+            sources=_sources(args.sources, args.root),
+            out=args.out or DEFAULT_OUT,
+            val_fraction=args.val_fraction,
+            pseudo_labels=args.pseudo_labels,
+            pseudo_score=args.pseudo_score,
+            synthetic=args.synthetic,
+            imgsz=args.imgsz,
+            limit=args.limit,
+            seed=args.seed,
+            teacher=args.teacher,
+            threads=args.threads,
+            cache_dir=args.cache_dir,
+        )
+        build(options, log=lambda line: print(line, flush=True))
+    except (BuildError, SourceError, SyntheticError, FileNotFoundError, ValueError) as exc:
+        print(f"gridwatch dataset build: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run_sources(args: argparse.Namespace) -> int:
+    from training.sources import SourceError
+
+    try:
+        sources = _sources(None, args.root)
+    except SourceError as exc:
+        print(f"gridwatch dataset sources: {exc}", file=sys.stderr)
+        return 2
+    for s in sources:
+        mapped = ", ".join(f"{k}->{v or 'drop'}" for k, v in s.class_map.items())
+        print(f"{s.name} [{s.format}] {s.path}{'' if s.path.exists() else ' (missing)'}")
+        print(f"  licence: {s.licence}\n  attribution: {s.attribution}\n  classes: {mapped}")
+    return 0
