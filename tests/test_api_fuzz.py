@@ -11,9 +11,9 @@ from schemathesis.generation import GenerationMode
 EXAMPLES = 25
 
 
-def test_no_input_makes_a_server_error(run_service, receiver) -> None:
+def test_no_input_makes_a_server_error(db_url, run_service, receiver) -> None:
     receiver.start()
-    server = run_service(webhook_url=receiver.url, webhook_secret=receiver.secret, auto_confirm={"bin_overflow": 0.5})
+    server = run_service(db_url, webhook_url=receiver.url, webhook_secret=receiver.secret, auto_confirm={"bin_overflow": 0.5})
     schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json")
     auth = {"Authorization": f"Bearer {server.admin_key}"}
     failures: list[str] = []
