@@ -165,7 +165,8 @@ def test_small_real_build_loads_in_ultralytics(tmp_path, capsys):
     assert Path(data["path"]).is_absolute()
     assert list(data["names"].values()) == list(gridwatch_classes())
     manifest = json.loads((out / "manifest.json").read_text())
-    assert len(manifest["dataset_hash"]) == 64
+    assert len(manifest["dataset_hash"]) == 64 and data["dataset_hash"] == manifest["dataset_hash"]
+    assert data["sources"] == ["facade_signs_spb", "garbage_overflow_cn", "thela_india"]
     assert sum(1 for m in manifest["images"] if m["synthetic"]) == 2
     assert {m["source"] for m in manifest["images"]} == {"garbage_overflow_cn", "facade_signs_spb", "thela_india", "synthetic"}
     pseudo = [m for m in manifest["images"] if m["pseudo_boxes"]]

@@ -409,9 +409,18 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> dict:
     if options.synthetic:
         manifest_images += synthesise(options, images, out, ids, fonts, synthetic_counts, report, log)
 
+    digest = dataset_hash(out)
+    # `sources` and `dataset_hash` ride along for train/export/model card (Ultralytics ignores them).
     (out / "data.yaml").write_text(
         yaml.safe_dump(
-            {"path": str(out), "train": "images/train", "val": "images/val", "names": dict(enumerate(classes))},
+            {
+                "path": str(out),
+                "train": "images/train",
+                "val": "images/val",
+                "names": dict(enumerate(classes)),
+                "sources": [s.name for s in options.sources],
+                "dataset_hash": digest,
+            },
             allow_unicode=True,
             sort_keys=False,
         )
@@ -446,7 +455,7 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> dict:
                 for s in ("train", "val")
             },
         },
-        "dataset_hash": dataset_hash(out),
+        "dataset_hash": digest,
         "images": manifest_images,
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False))
