@@ -48,16 +48,24 @@ def letterbox_into(frame: np.ndarray, canvas: np.ndarray) -> Letterbox:
 
 def to_input(canvas: np.ndarray, out: np.ndarray) -> None:
     """HxWx3 BGR uint8 -> 3xHxW RGB in 0..1, written into a reused buffer."""
-    np.multiply(canvas.transpose(2, 0, 1)[::-1], np.float32(1 / 255), out=out, casting="unsafe")
+    # Splitting into contiguous planes first is twice as fast as a strided transpose.
+    blue, green, red = cv2.split(canvas)
+    for plane, target in zip((red, green, blue), out):
+        np.multiply(plane, np.float32(1 / 255), out=target, casting="unsafe")
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Greedy NMS; returns kept indices in descending score order."""
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, max_keep: int | None = None) -> np.ndarray:
+    """Greedy NMS; returns kept indices in descending score order.
+
+    Stopping at max_keep bounds the work on a degenerate head that scores everything
+    high, and keeps the same boxes as NMS-then-truncate would.
+    """
     order = np.argsort(-scores, kind="stable")
     x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
     areas = (x2 - x1) * (y2 - y1)
     keep: list[int] = []
-    while order.size:
+    limit = max_keep if max_keep is not None else len(order)
+    while order.size and len(keep) < limit:
         i = order[0]
         keep.append(int(i))
         rest = order[1:]
@@ -94,7 +102,7 @@ def decode_raw(
     class_ids = class_scores[:, candidates].argmax(axis=0)
     cx, cy, w, h = head[:4, candidates]
     boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
-    keep = nms(boxes + (class_ids * _CLASS_OFFSET)[:, None], scores, iou_threshold)[:max_detections]
+    keep = nms(boxes + (class_ids * _CLASS_OFFSET)[:, None], scores, iou_threshold, max_detections)
     return boxes[keep].astype(np.float32), scores[keep].astype(np.float32), class_ids[keep].astype(np.int64)
 
 

@@ -178,3 +178,16 @@ def test_dynamic_batch_runs_as_one_inference(dynamic_fp32_model, street_frames):
         single = det(frame)
         np.testing.assert_allclose(single.xyxy, result.xyxy, atol=0.05)
         np.testing.assert_allclose(single.scores, result.scores, atol=1e-3)
+
+
+def test_degenerate_head_is_bounded_and_ordered():
+    from detector.boxes import decode_raw
+
+    rng = np.random.default_rng(0)
+    head = np.empty((84, 8400), np.float32)
+    head[:2] = rng.uniform(0, 640, (2, 8400))
+    head[2:4] = rng.uniform(4, 60, (2, 8400))
+    head[4:] = rng.uniform(0.3, 0.9, (80, 8400))  # every anchor scores high for every class
+    boxes, scores, class_ids = decode_raw(head, 0.25, 0.7, 300)
+    assert len(boxes) == len(scores) == len(class_ids) == 300
+    assert (np.diff(scores) <= 0).all()
