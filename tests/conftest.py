@@ -62,11 +62,15 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return POSTGRES_URL
 
 
-@pytest.fixture
-def free_port() -> int:
+def pick_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@pytest.fixture
+def free_port() -> int:
+    return pick_port()
 
 
 @pytest.fixture
@@ -102,6 +106,7 @@ class WebhookReceiver:
         self.requests = 0
         self.bad_signatures = 0
         self.fail_with: int | None = None  # answer this status instead of accepting
+        self.delay_s = 0.0  # a slow case system: widens the window for a crash mid-delivery
         self._server = None
         self._thread = None
 
@@ -118,6 +123,10 @@ class WebhookReceiver:
             def do_POST(self) -> None:  # noqa: N802
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 receiver.requests += 1
+                if receiver.delay_s:
+                    import time
+
+                    time.sleep(receiver.delay_s)
                 status = 200
                 if receiver.fail_with is not None:
                     status = receiver.fail_with
@@ -156,8 +165,8 @@ class WebhookReceiver:
 
 
 @pytest.fixture
-def receiver(free_port: int):
-    hook = WebhookReceiver(free_port, secret="test-secret-123")
+def receiver():
+    hook = WebhookReceiver(pick_port(), secret="test-secret-123")
     yield hook
     hook.stop()
 

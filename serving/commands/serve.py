@@ -53,6 +53,7 @@ def file_cameras(config: Path | None, taxonomy) -> list:  # noqa: ANN001
 
 def run(args: argparse.Namespace) -> int:
     import logging
+    import signal
 
     import uvicorn
     import yaml
@@ -76,6 +77,10 @@ def run(args: argparse.Namespace) -> int:
     app = create_app(service)
     server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info",
                                            timeout_graceful_shutdown=10, access_log=False))
+    # uvicorn re-raises the stop signal once it has shut down; with these handlers in place
+    # that is a no-op, so the service's own shutdown below still runs.
+    for stop_signal in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop_signal, lambda *_: None)
     service.start()
     try:
         server.run()  # returns after SIGINT/SIGTERM once in-flight requests finish
