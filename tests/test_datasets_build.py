@@ -203,3 +203,24 @@ def test_refuses_to_overwrite_a_folder_that_is_not_a_build(tmp_path, capsys):
     assert (tmp_path / "precious.txt").read_text() == "keep me"
     with pytest.raises(BuildError):
         build(BuildOptions(sources=[]), log=lambda _: None)
+
+
+def test_a_failed_rebuild_leaves_the_previous_build_intact(tmp_path, monkeypatch):
+    import training.dataset_build as dataset_build
+
+    source = load_source("thela_india", DATASETS)
+    out = tmp_path / "ds"
+    options = BuildOptions(sources=[source], out=out, pseudo_labels=False, limit=2)
+    first = build(options, log=lambda _: None)
+
+    def disk_full(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(dataset_build, "write_image", disk_full)
+    with pytest.raises(OSError):
+        build(options, log=lambda _: None)
+    assert json.loads((out / "manifest.json").read_text())["dataset_hash"] == first["dataset_hash"]
+    assert len(list((out / "images").rglob("*.jpg"))) == 2
+
+    monkeypatch.undo()
+    assert build(options, log=lambda _: None)["dataset_hash"] == first["dataset_hash"]

@@ -7,8 +7,12 @@ Stages, each a plain function over plain values:
   -> split (by near-duplicate cluster) -> pseudo-label -> write -> synthesise -> manifest.
 
 The split is a pure function of the images' names: a near-duplicate cluster goes to val
-iff int(sha1(min file stem in the cluster), 16) % 100 < val_fraction * 100, so a rebuild,
-or an image added elsewhere, never moves an image between train and val.
+iff int(sha1(min file stem in the cluster), 16) % 100 < val_fraction * 100, so a rebuild
+never moves an image between train and val, and a new image can move an old one only by
+being its near-duplicate (the cluster then moves together).
+
+The build writes into a staging folder beside DIR and swaps it in at the end, so a failed
+or interrupted build leaves the previous one as it was.
 """
 
 from __future__ import annotations
@@ -301,18 +305,29 @@ def write_image(bgr: np.ndarray, path: Path, imgsz: int, original: Path | None =
         raise BuildError(f"cannot write {path}")
 
 
-def prepare_out(out: Path) -> None:
-    """Empty a previous build's folder; refuse to touch a folder that is not one."""
-    if out.exists() and any(out.iterdir()):
-        if not (out / "manifest.json").exists():
-            raise BuildError(f"{out} exists, is not empty and holds no manifest.json: not overwriting it")
-        for name in ("images", "labels"):
-            shutil.rmtree(out / name, ignore_errors=True)
-        for name in ("data.yaml", "manifest.json", "report.json"):
-            (out / name).unlink(missing_ok=True)
+def check_out(final: Path) -> None:
+    """Refuse, before any work, to replace a folder that is not a previous build."""
+    if final.exists() and (not final.is_dir() or (any(final.iterdir()) and not (final / "manifest.json").exists())):
+        raise BuildError(f"{final} exists, is not empty and holds no manifest.json: not overwriting it")
+
+
+def staging_dir(final: Path) -> Path:
+    """Build beside the target and swap at the end: a failed build leaves the last good one."""
+    staging = final.parent / f".{final.name}.building"
+    shutil.rmtree(staging, ignore_errors=True)
     for split in ("train", "val"):
-        (out / "images" / split).mkdir(parents=True, exist_ok=True)
-        (out / "labels" / split).mkdir(parents=True, exist_ok=True)
+        (staging / "images" / split).mkdir(parents=True, exist_ok=True)
+        (staging / "labels" / split).mkdir(parents=True, exist_ok=True)
+    return staging
+
+
+def publish(staging: Path, final: Path) -> None:
+    old = final.parent / f".{final.name}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    staging.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def dataset_hash(out: Path) -> str:
@@ -337,7 +352,8 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> dict:
         raise BuildError(f"--val-fraction must be in [0, 1), got {options.val_fraction}")
     classes = list(gridwatch_classes())
     ids = {c: i for i, c in enumerate(classes)}
-    out = Path(options.out).resolve()
+    final = Path(options.out).resolve()
+    check_out(final)
     started = time.monotonic()
     report = Report()
 
@@ -369,7 +385,7 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> dict:
     assign_splits(images, options.val_fraction, options.near_duplicate_distance, report)
     log(f"checked {len(checked)} images in {time.monotonic() - started:.0f} s; {len(images)} after exact dedupe")
 
-    prepare_out(out)
+    out = staging_dir(final)
     manifest_images = []
     counts = {"train": Counter(), "val": Counter()}
     pseudo_counts = {"train": Counter(), "val": Counter()}
@@ -414,7 +430,7 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> dict:
     (out / "data.yaml").write_text(
         yaml.safe_dump(
             {
-                "path": str(out),
+                "path": str(final),
                 "train": "images/train",
                 "val": "images/val",
                 "names": dict(enumerate(classes)),
@@ -460,12 +476,13 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> dict:
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False))
     (out / "report.json").write_text(json.dumps(report.to_json(), indent=1, ensure_ascii=False))
+    publish(out, final)
     for line in report.summary_lines():
         log(line)
     log(format_counts(manifest["counts"], classes))
     if teacher is not None:
         log(f"teacher cache: {teacher.hits} hits, {teacher.misses} runs ({teacher.cache_dir})")
-    log(f"dataset hash {manifest['dataset_hash']}; built in {time.monotonic() - started:.0f} s -> {out}/data.yaml")
+    log(f"dataset hash {manifest['dataset_hash']}; built in {time.monotonic() - started:.0f} s -> {final}/data.yaml")
     return manifest
 
 
@@ -515,6 +532,8 @@ def synthesise(
                 failures += 1
                 continue
             made += 1
+            if made % 100 == 0:
+                log(f"  synthetic {split}: {made}/{n}")
             name = f"synthetic__{split}_{made:05d}__{bg.source}__{bg.stem}.jpg"
             write_image(image, out / "images" / split / name, options.imgsz)
             ad_boxes = np.array([a.box for a in ads], np.float64)
