@@ -117,6 +117,8 @@ def sample_decoded(
         ctx.skip_frame = "NONKEY"
     next_due: float | None = None
     last_key: float | None = None
+    # Live arrival times jitter; a frame a little early is better than one a whole GOP late.
+    slack = min(0.5, 0.25 * sample_every) if live else TIME_SLACK
     base = stream.time_base
 
     def packet_time(packet: Any) -> float | None:
@@ -144,14 +146,14 @@ def sample_decoded(
                          health.camera, t - last_key, sample_every)
             if t is not None:
                 last_key = t
-            if keyframes_only and next_due is not None and t is not None and t < next_due - TIME_SLACK:
+            if keyframes_only and next_due is not None and t is not None and t < next_due - slack:
                 continue  # not due: never reaches the decoder
         for frame in ctx.decode(packet):
             health.frames_decoded += 1
             ft = time.monotonic() if live else (float(frame.time) if frame.time is not None else t)
             if ft is None:
                 ft = float(health.frames_decoded)
-            if next_due is None or ft >= next_due - TIME_SLACK:
+            if next_due is None or ft >= next_due - slack:
                 # Keep the average rate when keyframes do not fall on due times; never burst.
                 next_due = next_due + sample_every if next_due is not None and ft - next_due < sample_every \
                     else ft + sample_every
@@ -159,7 +161,7 @@ def sample_decoded(
     for frame in ctx.decode(None):  # drain frames the decoder still holds
         health.frames_decoded += 1
         ft = time.monotonic() if live else (float(frame.time) if frame.time is not None else None)
-        if ft is not None and (next_due is None or ft >= next_due - TIME_SLACK):
+        if ft is not None and (next_due is None or ft >= next_due - slack):
             next_due = ft + sample_every
             yield ft, frame.to_ndarray(format="bgr24")
 
@@ -284,11 +286,14 @@ class LiveReader:
 
     def _options(self) -> dict[str, str]:
         source = self.camera.source.lower()
+        # Probe briefly: the SDP names the codec, the first keyframe gives the size; the
+        # default 5 s analysis would delay every (re)connection.
+        probe = {"analyzeduration": "1500000", "probesize": "500000"}
         if source.startswith(("rtsp://", "rtsps://")):
-            return {"rtsp_transport": "tcp"}
+            return {"rtsp_transport": "tcp", **probe}
         if source.startswith(("http://", "https://")):
-            return {"reconnect": "0"}  # reconnection is ours, with backoff and health
-        return {}
+            return {"reconnect": "0", **probe}  # reconnection is ours, with backoff and health
+        return probe
 
     def _run(self) -> None:
         import av

@@ -214,7 +214,7 @@ _RTSP_SERVER = textwrap.dedent(
     factory = GstRtspServer.RTSPMediaFactory()
     factory.set_launch(
         f'( filesrc location="{path}" ! qtdemux ! h264parse config-interval=-1 ! rtph264pay name=pay0 pt=96 )')
-    factory.set_shared(True)
+    factory.set_shared(False)  # each client its own pipeline, from the start of the file
     server.get_mount_points().add_factory("/cam", factory)
     if server.attach(None) == 0:
         sys.exit("cannot bind rtsp port " + port)
