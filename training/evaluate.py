@@ -105,8 +105,8 @@ class EvalResult:
 # ---------------------------------------------------------------- reading the folder
 
 
-def _read_data_yaml(root: Path) -> dict:
-    path = root / "data.yaml"
+def _read_data_yaml(path: Path) -> dict:
+    root = path.parent
     if not path.is_file():
         raise EvalError(f"{root}: no data.yaml (expected images/, labels/ and data.yaml)")
     try:
@@ -167,9 +167,12 @@ def class_mapping(source: str, names: Mapping[int, str], explicit: bool = True) 
 
 def load_eval_set(root: str | Path, source: str | None = None) -> EvalSet:
     root = Path(root)
-    if not root.is_dir():
+    yaml_path = root / "data.yaml"
+    if root.is_file() and root.suffix in (".yaml", ".yml"):  # DIR/data.yaml works as well as DIR
+        yaml_path, root = root, root.parent
+    elif not root.is_dir():
         raise EvalError(f"{root}: not a folder")
-    data = _read_data_yaml(root)
+    data = _read_data_yaml(yaml_path)
     mapping = class_mapping(source or root.name, data["names"], explicit=source is not None)
     source = source or root.name
     return eval_set_from_images(_image_dir(root, data), data["names"], mapping, root=root, source=source)

@@ -232,6 +232,9 @@ def read_checkpoint_args(weights: Path) -> dict:
     """The training arguments Ultralytics stored in a checkpoint (data, imgsz, epochs...)."""
     import torch
 
+    from training.offline import prepare
+
+    prepare()  # unpickling a checkpoint imports ultralytics, whose import checks the network
     ckpt = torch.load(str(weights), map_location="cpu", weights_only=False)
     if not isinstance(ckpt, dict) or "model" not in ckpt and "ema" not in ckpt:
         raise ExportError(f"{weights}: not an Ultralytics checkpoint")

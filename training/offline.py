@@ -63,12 +63,14 @@ def _install_fonts(directory: Path) -> None:
 def prepare() -> Path:
     """Environment and fonts for an offline Ultralytics; returns its config folder.
 
-    Safe to call repeatedly. If Ultralytics was already imported by someone else,
+    An existing YOLO_CONFIG_DIR is respected (fonts are added to it). Safe to call repeatedly. If Ultralytics was already imported by someone else,
     YOLO_OFFLINE came too late for `ONLINE`, so we also force the module constants.
     """
     directory = Path(os.environ.get("YOLO_CONFIG_DIR") or config_dir())
-    directory.mkdir(parents=True, exist_ok=True)
-    _install_fonts(directory)
+    # Ultralytics' USER_CONFIG_DIR is YOLO_CONFIG_DIR/Ultralytics: settings and fonts live there.
+    user_dir = directory / "Ultralytics"
+    user_dir.mkdir(parents=True, exist_ok=True)
+    _install_fonts(user_dir)
     os.environ["YOLO_CONFIG_DIR"] = str(directory)
     os.environ["YOLO_OFFLINE"] = "1"
     os.environ.setdefault("YOLO_VERBOSE", "True")

@@ -1,0 +1,91 @@
+"""`gridwatch export`: fp32 + static QDQ int8 with the head's post-processing kept in fp32.
+
+Uses the bootstrapped COCO YOLOv8n (a real, trained detector) and real street images.
+"""
+
+from __future__ import annotations
+
+import ast
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+from training_support import TEACHER, bootstrapped_pt, source_images
+
+from detector.boxes import box_iou
+from detector.runtime import Detector
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    if not TEACHER.is_file():
+        pytest.skip(f"{TEACHER} not found")
+    from training.export import export
+
+    tmp = tmp_path_factory.mktemp("export")
+    pt = bootstrapped_pt(tmp / "coco.pt")
+    calib = tmp / "calib"
+    calib.mkdir()
+    for p in source_images("garbage_overflow_cn", 32, offset=1):
+        (calib / p.name).symlink_to(p)
+    return export(pt, tmp / "out", imgsz=640, calib=calib, stem="coco", model_version="test-1")
+
+
+def test_files_and_metadata(exported):
+    assert exported.fp32.name == "coco-fp32.onnx" and exported.int8.name == "coco-int8.onnx"
+    assert exported.calibration_images == 32
+    for path in (exported.fp32, exported.int8):
+        meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+        assert ast.literal_eval(meta["names"])[0] == "person"
+        assert ast.literal_eval(meta["imgsz"]) == [640, 640]
+        assert meta["stride"] == "32" and meta["task"] == "detect"
+        assert meta["gridwatch_model_version"] == "test-1"
+        assert meta["gridwatch_taxonomy_version"]
+        assert "gridwatch_dataset_hash" in meta
+        # The served runtime opens it and reads the same facts.
+        info = Detector(path).info
+        assert info.input_hw == (640, 640) and info.version == "test-1"
+
+
+def test_int8_is_qdq_with_head_postprocessing_in_fp32(exported):
+    graph = onnx.load(str(exported.int8)).graph
+    ops = {n.op_type for n in graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    by_output = {o: n for n in graph.node for o in n.output}
+    final = by_output[graph.output[0].name]
+    assert final.op_type == "Concat" and final.name in exported.excluded_nodes
+    # Neither input of the final concat (pixel boxes, 0..1 scores) passes through a quantiser.
+    for name in final.input:
+        assert by_output[name].op_type != "DequantizeLinear"
+    excluded = set(exported.excluded_nodes)
+    assert any("Sigmoid" in n for n in excluded) and any("dfl" in n for n in excluded)
+    assert not any("/cv2." in n or "/cv3." in n for n in excluded)  # the branch convs are quantised
+
+
+def test_int8_scores_not_degenerate_and_agree_with_fp32(exported):
+    fp32 = Detector(exported.fp32, score_threshold=0.25)
+    int8 = Detector(exported.int8, score_threshold=0.25)
+    frames = [cv2.imread(str(p)) for p in source_images("thela_india", 6) + source_images("garbage_overflow_cn", 6)]
+    best_int8 = 0.0
+    matched = total = 0
+    for frame in frames:
+        a, b = fp32(frame), int8(frame)
+        best_int8 = max(best_int8, float(b.scores.max(initial=0)))
+        confident = a[a.scores > 0.5]
+        total += len(confident)
+        if len(confident) and len(b):
+            iou = box_iou(confident.xyxy, b.xyxy) * (confident.class_ids[:, None] == b.class_ids[None, :])
+            matched += int((iou.max(axis=1) > 0.5).sum())
+    assert total >= 5, "these street images hold confident COCO objects for the fp32 model"
+    assert best_int8 > 0.3  # whole-graph U8S8 quantisation gives ~0 here
+    assert matched / total >= 0.8
+
+
+def test_export_needs_real_calibration_images(tmp_path, exported):
+    from training.export import ExportError, quantize_int8
+
+    few = source_images("garbage_overflow_cn", 5)
+    with pytest.raises(ExportError, match="at least 32"):
+        quantize_int8(exported.fp32, tmp_path / "x.onnx", few, {})
+    assert not (tmp_path / "x.onnx").exists()
