@@ -73,7 +73,7 @@ class CameraRuntime:
 
     def needs_detection(self, frame: Frame) -> bool:
         moved = self.motion.moved(frame.image)
-        if self.last_detect is None or moved:
+        if self.last_detect is None or moved or (self.scene is not None and self.scene.pending):
             return True
         return (frame.timestamp - self.last_detect).total_seconds() >= self.camera.static_check_every
 

@@ -62,7 +62,7 @@ class SceneWatcher:
         zone_types: frozenset[str],
         *,
         width: int = 320,
-        pixel_threshold: int = 30,
+        pixel_threshold: int = 25,
         min_area_fraction: float = 0.002,
         persist_samples: int = 2,
         learn_rate: float = 0.05,
@@ -77,6 +77,12 @@ class SceneWatcher:
         self._persist: np.ndarray | None = None
         self._mask: np.ndarray | None = None
         self._mask_key: tuple | None = None
+
+    @property
+    def pending(self) -> bool:
+        """Something new is showing but not yet confirmed: the next frame must be looked at."""
+        p = self._persist
+        return p is not None and bool(((p > 0) & (p < self.persist_samples)).any())
 
     @classmethod
     def for_camera(cls, camera: Camera) -> SceneWatcher:
