@@ -118,7 +118,7 @@ class CaseService:
         if case is None:
             case = self._create(session, event)
             action = "created"
-        elif case.state == "ended" and event.type != "closed" and self._beyond_cooldown(case, event):
+        elif not seen and case.state == "ended" and event.type != "closed" and self._beyond_cooldown(case, event):
             if self.policy.reopen_policy == "new" or case.status == "closed":
                 case = self._create(session, event)
                 action = "created"
@@ -202,7 +202,7 @@ class CaseService:
         case.needs_review = case.needs_review or event.needs_review
         if event.type == "closed":
             case.state = "ended"
-        elif case.state == "ended" and not self._beyond_cooldown(case, event):
+        elif case.state == "ended":
             case.state = "active"
         better = max(event.best_score, event.score) > case.best_score
         if event.evidence and (better or not case.evidence):
@@ -225,6 +225,19 @@ class CaseService:
                 case.evidence.append(Evidence(kind=item.kind, path=item.path, sha256=item.sha256,
                                               size=item.size, media_type=item.media_type))
         session.flush()
+
+    def end_stale(self, cameras: set[str] | None = None) -> int:
+        """At start-up: a previous process may have died with violations open. Nothing watches
+        them now, so they end at their last sighting; a stream that sees the thing again
+        within the cooldown joins the same case."""
+        with self._lock, self.db.transaction() as session:
+            query = select(Case).where(Case.state == "active")
+            if cameras is not None:
+                query = query.where(Case.camera.in_(cameras))
+            stale = session.scalars(query).all()
+            for case in stale:
+                case.state = "ended"
+            return len(stale)
 
     # -- delivery decisions ---------------------------------------------------------------
     def deliverable(self, case: Case) -> bool:

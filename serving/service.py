@@ -156,6 +156,7 @@ class GridwatchService:
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.db = Database(settings.resolved_database_url)
+        self._schema_current = schema_is_current(self.db.engine)  # migrated just now
         self.taxonomy = load_taxonomy(settings.taxonomy_file)
         self.evidence = EvidenceStore(settings.resolved_evidence_dir)
         self.detector = detector if detector is not None else self._load_detector()
@@ -189,6 +190,7 @@ class GridwatchService:
             self.delivery.start()
         self._retrier = threading.Thread(target=self._retry_loop, name="gridwatch-event-retry", daemon=True)
         self._retrier.start()
+        self.cases.end_stale(set(self.cameras.all()))
         self.cameras.start()
 
     def stop(self) -> None:
@@ -252,7 +254,7 @@ class GridwatchService:
         try:
             with self.db.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
-            checks["database"] = "ok" if schema_is_current(self.db.engine) else "schema not current"
+            checks["database"] = "ok" if self._schema_current else "schema not current"
         except Exception as exc:  # noqa: BLE001
             checks["database"] = f"unreachable: {type(exc).__name__}"
         checks["detector"] = "ok" if self.detector is not None else "not loaded"

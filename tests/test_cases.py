@@ -161,3 +161,16 @@ def test_status_callbacks_move_forward_only(service_factory, make_event) -> None
     # The case system closed it; the same thing seen again after the cooldown is a new case.
     again = cases.ingest(make_event("opened", event_id="later", start_s=5000, end_s=5060))
     assert again.action == "created" and again.case_number != made.case_number
+
+
+def test_restart_ends_stale_cases_and_the_stream_rejoins_them(service_factory, make_event) -> None:
+    cases = service_factory(cooldown_s=300)
+    made = cases.ingest(make_event("opened", end_s=60))
+    pushed = cases.ingest(make_event("opened", event_id="edge-1", camera="edge-cam", end_s=60))
+    assert cases.end_stale({"cam-001"}) == 1  # only the cameras this process streams
+    assert cases.get(made.case_number).state == "ended" and cases.get(pushed.case_number).state == "active"
+    again = cases.ingest(make_event("opened", event_id="after-restart", start_s=200, end_s=260))
+    assert again.action == "joined" and cases.get(made.case_number).state == "active"
+    # A known event id is the same violation instance however late it comes back.
+    late = cases.ingest(make_event("updated", event_id="after-restart", start_s=200, end_s=5000))
+    assert late.action == "joined" and cases.get(made.case_number).reopened == 0

@@ -118,3 +118,32 @@ def test_versions_of_one_case_go_out_in_order(cases, receiver, make_event) -> No
         worker.stop()
     assert order == [f"{number}-v1", f"{number}-v2", f"{number}-v3"]
     assert [b["event"] for b in receiver.received.values()] == ["case.reported", "case.updated", "case.retracted"]
+
+
+def test_replay_command(cases, receiver, make_event, tmp_path, capsys) -> None:
+    from serving.cli import main
+
+    number = cases.ingest(make_event("opened")).case_number
+    receiver.start()
+    receiver.fail_with = 503
+    worker = worker_for(cases, receiver, max_tries=2)
+    worker.start()
+    try:
+        wait_for(lambda: outbox_stats(cases.db)["dead"] == 1)
+    finally:
+        worker.stop()
+    config = tmp_path / "gridwatch.yaml"
+    config.write_text(f"settings:\n  database_url: '{cases.db.url}'\n  data_dir: '{tmp_path / 'data'}'\n")
+    assert main(["cases", "outbox", "--config", str(config)]) == 0
+    assert '"dead": 1' in capsys.readouterr().out
+    assert main(["cases", "replay", "--config", str(config), "--case", number]) == 0
+    assert capsys.readouterr().out.startswith("1 message(s) queued again")
+    assert outbox_stats(cases.db)["pending"] == 1
+    receiver.fail_with = None
+    worker = worker_for(cases, receiver)
+    worker.start()
+    try:
+        wait_for(lambda: outbox_stats(cases.db)["delivered"] == 1)
+    finally:
+        worker.stop()
+    assert receiver.reported() == {number: 1}

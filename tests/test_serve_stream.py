@@ -7,8 +7,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from conftest import wait_for
-from test_serve import ADMIN, serve, write_config  # noqa: F401 - the serve fixture
+from conftest import ADMIN, wait_for, write_config
 
 streaming = pytest.importorskip("streaming")
 
@@ -28,7 +27,7 @@ def bin_stream(shared_detector):
 
 
 @pytest.mark.slow
-def test_stream_to_webhook_survives_sigkill(db_url, serve, free_port, receiver, bin_stream, tmp_path) -> None:  # noqa: F811
+def test_stream_to_webhook_survives_sigkill(db_url, serve, free_port, receiver, bin_stream, tmp_path) -> None:
     receiver.start()
     camera = {
         "id": "cam-e2e", "source": bin_stream.url, "division": "370202", "grid": "370202001001001",
