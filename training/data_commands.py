@@ -35,7 +35,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--synthetic", type=int, default=0, metavar="N", help="synthetic flyer/banner images to add")
     b.add_argument("--imgsz", type=int, default=640, help="re-encode images larger than this (max side)")
     b.add_argument("--limit", type=int, metavar="N", help="first N images of each source (quick builds)")
-    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--seed", type=int, default=0, help="seed for the synthetic images")
+    b.add_argument(
+        "--near-duplicate-distance", type=int, default=6, metavar="BITS",
+        help="perceptual-hash bits (of 64) within which images count as near-duplicates",
+    )
     b.add_argument("--threads", type=int, help="ONNX Runtime threads for the teacher")
     b.add_argument("--cache-dir", type=Path, help="teacher output cache (default: runs/cache/teacher)")
     b.set_defaults(func=run_build)
@@ -69,6 +73,7 @@ def run_build(args: argparse.Namespace) -> int:
             imgsz=args.imgsz,
             limit=args.limit,
             seed=args.seed,
+            near_duplicate_distance=args.near_duplicate_distance,
             teacher=args.teacher,
             threads=args.threads,
             cache_dir=args.cache_dir,
