@@ -10,7 +10,6 @@ import zlib
 from datetime import datetime, timedelta, timezone
 
 import cv2
-import numpy as np
 import pytest
 
 from conftest import wait_for
@@ -143,6 +142,12 @@ def test_events_to_signed_webhook_and_pull(db_url, run_service, receiver, datase
     (key, body), = receiver.received.items()
     assert key == f"{number}-v1" and body["event"] == "case.reported" and receiver.bad_signatures == 0
     assert body["case"]["evidence"][0]["url"].startswith(f"http://gw.example/v1/cases/{number}/evidence/")
+    with server.client() as http:
+        wait_for(lambda: 'gridwatch_outbox_messages{state="delivered"} 1.0' in http.get("/metrics").text)
+        metrics = http.get("/metrics").text
+        assert 'gridwatch_cases{state="active"} 2.0' in metrics
+        assert "gridwatch_events_total 4.0" in metrics  # the rejected pushes never reached the case layer
+        assert "gridwatch_delivery_lag_seconds 0.0" in metrics
 
     with server.client(case_system) as http:
         listed = http.get("/v1/cases").json()["items"]

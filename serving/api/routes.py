@@ -8,13 +8,12 @@ from datetime import datetime, timezone
 from pathlib import Path as FsPath
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, File, Form, HTTPException, Path, Query, Request, UploadFile
+from fastapi import APIRouter, Body, Depends, File, Form, HTTPException, Path, Query, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from pydantic import ValidationError
 
 from serving.api.deps import get_service, require
 from serving.api.schemas import (
-    SAFE_ID,
     CasePage,
     DetectResponse,
     EventIn,
@@ -54,7 +53,7 @@ def case_error(exc: CaseError | CameraError | UploadError) -> HTTPException:
     return HTTPException(exc.status, str(exc))
 
 
-async def read_upload(request: Request, upload: UploadFile, service: GridwatchService) -> tuple[bytes, str]:
+async def read_upload(upload: UploadFile, service: GridwatchService) -> tuple[bytes, str]:
     limit = service.settings.upload_max_bytes
     data = await upload.read(limit + 1)
     try:
@@ -90,12 +89,11 @@ def metrics(service: Service) -> PlainTextResponse:
 @v1.post("/detect", response_model=DetectResponse, tags=["detect"],
          responses={413: {"description": "too large"}, 415: {"description": "not an image"}})
 async def detect(
-    request: Request,
     service: Service,
     file: Annotated[UploadFile, File(description="one image: JPEG, PNG, WebP or BMP")],
     _: Principal = Depends(require("camera", "reviewer")),
 ) -> dict[str, Any]:
-    data, _media = await read_upload(request, file, service)
+    data, _media = await read_upload(file, service)
     try:
         image = decode_image(data)
     except UploadError as exc:
@@ -110,7 +108,6 @@ async def detect(
 # -- events from edge boxes ------------------------------------------------------------------------
 @v1.post("/events", response_model=EventResult, tags=["events"])
 async def push_event(
-    request: Request,
     service: Service,
     event: Annotated[str, Form(description="the ViolationEvent as JSON (see `gridwatch watch --events`)")],
     frame: Annotated[UploadFile | None, File(description="the original evidence frame, unaltered")] = None,
@@ -129,7 +126,7 @@ async def push_event(
     evidence: tuple[str, ...] = ()
     staged: FsPath | None = None
     if frame is not None:
-        data, media_type = await read_upload(request, frame, service)
+        data, media_type = await read_upload(frame, service)
         incoming = service.settings.data_dir / "incoming"
         incoming.mkdir(parents=True, exist_ok=True)
         suffix = {"image/png": ".png", "image/webp": ".webp", "image/bmp": ".bmp"}.get(media_type, ".jpg")
