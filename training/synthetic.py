@@ -179,7 +179,8 @@ def paste(
     h, w = ad_rgba.shape[:2]
     ad = ad_rgba.astype(np.float32)
     scale = (np.linalg.norm(quad[1] - quad[0]) / w + np.linalg.norm(quad[3] - quad[0]) / h) / 2
-    sigma = rng.uniform(0, 1.4) / max(scale, 1e-3)  # blur in target pixels, applied in ad pixels
+    # Blur in target pixels (mostly sharp, some out of focus or moving), applied in ad pixels.
+    sigma = 1.4 * rng.uniform(0, 1) ** 2 / max(scale, 1e-3)
     if sigma > 0.3:
         ad[..., :3] = cv2.GaussianBlur(ad[..., :3], (0, 0), sigma)
     src = np.float32([[0, 0], [w, 0], [w, h], [0, h]])
