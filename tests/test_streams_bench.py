@@ -1,0 +1,41 @@
+"""`gridwatch bench --cameras N`: measures decode/detect/track and prints cameras per machine."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.streaming import COCO_MODEL, DATASETS, shared_available
+
+pytestmark = pytest.mark.skipif(not shared_available(), reason="../shared datasets/weights not found")
+
+
+def _bench(*extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "serving.cli", "bench", "--cameras", "3", "--model", str(COCO_MODEL),
+         "--images", str(DATASETS / "thela_india" / "images"), "--resolution", "640x360", "--fps", "10",
+         "--clip-seconds", "6", "--sample-every", "2", "--threads", "2", *extra],
+        capture_output=True, text=True, timeout=300,
+    )
+
+
+def test_bench_cameras_reports_where_time_goes() -> None:
+    result = _bench("--json", "--verify-seconds", "4")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout.strip().splitlines()[-1])
+    # Keyframe-only decoding must decode less than full decoding of the same clip.
+    assert 0 < data["decode_keyframes_s_per_s"] < data["decode_full_s_per_s"]
+    assert data["detect_s_per_frame"] > 0 and data["track_s_per_frame"] >= 0
+    assert data["cameras_keyframes"] > data["cameras_full"] > 0
+    assert data["sustains_target"] == (data["cameras_keyframes"] >= 3)
+    assert data["verify"]["cameras"] == 3 and data["verify"]["samples"] > 0 and data["verify"]["errors"] == 0
+
+
+def test_bench_cameras_table() -> None:
+    result = _bench()
+    assert result.returncode == 0, result.stderr
+    assert "cameras per machine:" in result.stdout
+    assert "keyframes only" in result.stdout and "every frame" in result.stdout
