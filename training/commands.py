@@ -100,7 +100,10 @@ def run_eval(args: argparse.Namespace) -> int:
         if args.model.suffix == ".pt":
             from training.train import ultralytics_predictor
 
-            predict = ultralytics_predictor(args.model, args.imgsz or 640)
+            from training.export import read_checkpoint_args
+
+            imgsz = args.imgsz or int(read_checkpoint_args(args.model).get("imgsz") or 640)
+            predict = ultralytics_predictor(args.model, imgsz)
             threshold = DEFAULT_OPERATING_THRESHOLD
         else:
             predict, metadata = onnx_predictor(args.model, threads=args.threads)
@@ -127,7 +130,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from training.export import ExportError, export, session_ms
+    from training.export import ExportError, compare_speed, export
 
     try:
         result = export(args.weights, args.out, imgsz=args.imgsz, calib=args.calib, int8=args.int8,
@@ -139,10 +142,11 @@ def run_export(args: argparse.Namespace) -> int:
         import ast
 
         hw = tuple(ast.literal_eval(result.metadata["imgsz"]))
-        fp32_ms, int8_ms = session_ms(result.fp32, hw), session_ms(result.int8, hw)
+        speed = compare_speed(result.fp32, result.int8, hw)
         print(f"int8: {result.int8} (calibrated on {result.calibration_images} images, "
               f"{len(result.excluded_nodes)} head post-processing nodes kept in fp32)")
-        print(f"session ms at 2 threads: fp32 {fp32_ms:.1f}, int8 {int8_ms:.1f} ({fp32_ms / int8_ms:.2f}x)")
+        print(f"session ms at 2 threads: fp32 {speed['fp32_ms']:.1f}, int8 {speed['int8_ms']:.1f} "
+              f"({speed['ratio']:.2f}x)")
     print(f"version: {result.metadata['gridwatch_model_version']}, "
           f"dataset hash: {result.metadata['gridwatch_dataset_hash']}")
     return 0

@@ -422,7 +422,10 @@ def operating_threshold_of(metadata: Mapping[str, str]) -> float:
 
 def write_plots(result: EvalResult, out_dir: str | Path) -> list[Path]:
     """PR curves and the confusion matrix as PNG; matplotlib's bundled font, no downloads."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise EvalError("--plots needs matplotlib: pip install 'gridwatch[train]'") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

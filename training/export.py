@@ -225,6 +225,19 @@ def session_ms(model: Path, hw: tuple[int, int], threads: int = 2, runs: int = 2
     return float(np.median(times))
 
 
+def compare_speed(fp32: Path, int8: Path, hw: tuple[int, int], threads: int = 2, rounds: int = 5) -> dict:
+    """fp32 and int8 session times measured in alternation, so load from other processes
+    on a shared machine hits both alike; medians of the rounds."""
+    a, b = [], []
+    for _ in range(rounds):
+        a.append(session_ms(fp32, hw, threads, runs=10))
+        b.append(session_ms(int8, hw, threads, runs=10))
+    fp32_ms, int8_ms = float(np.median(a)), float(np.median(b))
+    return {"threads": threads, "hw": f"{hw[0]}x{hw[1]}", "fp32_ms": round(fp32_ms, 2),
+            "int8_ms": round(int8_ms, 2), "ratio": round(fp32_ms / int8_ms, 2),
+            "meets_1_5x": fp32_ms / int8_ms >= 1.5}
+
+
 # ---------------------------------------------------------------- the whole export
 
 

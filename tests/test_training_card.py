@@ -1,0 +1,76 @@
+"""Model card (one dict -> JSON + Markdown), champion/challenger, and a torch-free CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from training.evaluate import ClassMetrics, EvalResult
+from training.model_card import render_markdown, source_entries, write_card
+from training.promote import decide, install
+
+
+def _result(ap50_95: float, classes=("garbage_bin", "push_cart")) -> EvalResult:
+    per = {c: ClassMetrics(ap50=ap50_95 + 0.2, ap50_95=ap50_95, precision=0.8, recall=0.7, instances=5) for c in classes}
+    return EvalResult(classes=per, map50=ap50_95 + 0.2, map50_95=ap50_95)
+
+
+def test_challenger_promoted_only_if_not_worse():
+    assert decide(_result(0.5), None).promote
+    assert decide(_result(0.5), _result(0.5)).promote  # equal is not worse
+    worse = decide(_result(0.49), _result(0.5))
+    assert not worse.promote and "0.4900" in worse.summary() and "0.5000" in worse.summary()
+    assert "KEEP CHAMPION" in worse.summary()
+    with pytest.raises(ValueError, match="same split"):
+        decide(_result(0.5), _result(0.5, classes=("garbage_bin",)))
+
+
+def test_install_replaces_files_and_leaves_no_staging(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "m.onnx").write_bytes(b"new")
+    (src / "m.md").write_text("card")
+    dst = tmp_path / "weights"
+    dst.mkdir()
+    (dst / "m.onnx").write_bytes(b"old")
+    installed = install({"m.onnx": src / "m.onnx", "m.md": src / "m.md"}, dst)
+    assert [p.name for p in installed] == ["m.onnx", "m.md"]  # the card last
+    assert (dst / "m.onnx").read_bytes() == b"new"
+    assert sorted(p.name for p in dst.iterdir()) == ["m.md", "m.onnx"]
+
+
+def test_card_json_and_markdown_come_from_one_dict(tmp_path):
+    card = {
+        "name": "gridwatch", "model_version": "v1", "taxonomy_version": "2026.1", "imgsz": 416,
+        "classes": ["garbage_bin", "push_cart"],
+        "sources": source_entries(["garbage_overflow_cn", "thela_india"]),
+        "credits": ["garbage_overflow_cn: CC BY 4.0 credit"],
+        "metrics": {"real_val": {"gridwatch-int8.onnx": _result(0.5).to_dict()},
+                    "synthetic_val": {"gridwatch-fp32.onnx": _result(0.3, ("flyer",)).to_dict()}},
+        "int8": {"calibration_images": 64, "map50_fp32": 0.7, "map50_int8": 0.69, "map50_delta_points": -1.0},
+        "speed": {"threads": 2, "hw": "416x416", "fp32_ms": 20.0, "int8_ms": 12.0, "ratio": 1.67},
+        "training": {"epochs": 50},
+        "files": [{"name": "gridwatch-int8.onnx", "sha256": "ab" * 32, "bytes": 10}],
+        "weaknesses": ["w1"],
+    }
+    md_path, json_path = write_card(card, tmp_path)
+    assert json.loads(json_path.read_text()) == card
+    md = md_path.read_text()
+    assert md == render_markdown(card)
+    garbage = next(s for s in card["sources"] if s["name"] == "garbage_overflow_cn")
+    assert garbage["licence"] == "CC BY 4.0" and "公开数据集111" in garbage["attribution"]
+    for text in ("CC BY 4.0", "公开数据集111", "real_val", "synthetic_val", "flyer", "| push_cart | 5 | 0.700",
+                 "1.67x", "ab" * 32, "- w1"):
+        assert text in md, text
+
+
+def test_cli_help_and_training_commands_do_not_import_torch():
+    code = ("import sys; from serving.cli import build_parser; p = build_parser(); "
+            "p.parse_args(['eval', '--model', 'm.onnx', '--data', 'd']); "
+            "p.parse_args(['train', '--data', 'd.yaml']); p.parse_args(['export', '--weights', 'b.pt']); "
+            "assert 'torch' not in sys.modules and 'ultralytics' not in sys.modules, 'heavy import at top'")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
