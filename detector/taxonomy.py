@@ -60,18 +60,12 @@ class Violation(BaseModel):
             raise ValueError(f"must be snake_case (a-z, 0-9, _), got {value!r}")
         return value
 
-    @field_validator("alt_matter_codes")
+    @field_validator("alt_matter_codes", "alt_legacy_codes")
     @classmethod
-    def _alt_matter(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+    def _alt_codes(cls, values: tuple[str, ...], info) -> tuple[str, ...]:
+        check = _digits(5 if info.field_name == "alt_matter_codes" else 4)
         for v in values:
-            _digits(5)(v)
-        return values
-
-    @field_validator("alt_legacy_codes")
-    @classmethod
-    def _alt_legacy(cls, values: tuple[str, ...]) -> tuple[str, ...]:
-        for v in values:
-            _digits(4)(v)
+            check(v)
         return values
 
     def full_matter_code(self, division: str) -> str:
