@@ -67,7 +67,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.config, host=args.host, port=args.port, data_dir=args.data_dir, model=args.model)
         settings.resolved_model()
-        cameras = file_cameras(args.config, load_taxonomy(settings.taxonomy_file))
+        taxonomy = load_taxonomy(settings.taxonomy_file)
+        cameras = file_cameras(args.config, taxonomy)
+        if settings.cameras_file is not None:  # a separate cameras YAML named in the settings
+            cameras += file_cameras(settings.cameras_file, taxonomy)
         service = GridwatchService(settings, file_cameras=cameras)
     except (SettingsError, TaxonomyError, ValueError, OSError, yaml.YAMLError) as exc:
         print(f"gridwatch serve: {exc}", file=sys.stderr)
