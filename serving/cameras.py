@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -145,6 +146,9 @@ class Camera(BaseModel):
     division: str
     grid: str | None = None
     grid_map: Path | None = None
+    # 3x3 matrix from normalised image points (x, y, 1) to (lon, lat, 1): with a grid_map, each
+    # event's grid is picked by where the object stands, not where the camera is.
+    homography: tuple[tuple[float, float, float], tuple[float, float, float], tuple[float, float, float]] | None = None
     location: Location = Location()
     sample_every: float = Field(2.0, gt=0)
     static_check_every: float = Field(60, gt=0)
@@ -173,6 +177,13 @@ class Camera(BaseModel):
             raise ValueError(f"must be a 15-character grid code (0-9, A-Z), got {value!r}")
         return value
 
+    @field_validator("homography")
+    @classmethod
+    def _invertible(cls, value):
+        if value is not None and abs(float(np.linalg.det(np.asarray(value, np.float64)))) < 1e-12:
+            raise ValueError("the homography matrix is singular")
+        return value
+
     @field_validator("start")
     @classmethod
     def _aware(cls, value: datetime | None) -> datetime | None:
@@ -184,6 +195,8 @@ class Camera(BaseModel):
     def _consistent(self) -> Camera:
         if self.grid is None and self.grid_map is None:
             raise ValueError("give either grid (15-char code) or grid_map (GeoJSON file)")
+        if self.homography is not None and self.grid_map is None:
+            raise ValueError("homography is used to pick grids from grid_map: give grid_map too")
         names = [z.name for z in self.zones]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -307,6 +320,39 @@ def resolve_grid(camera: Camera) -> str:
     return code
 
 
+class GridPicker:
+    """The grid of an event: by the object's ground point through the camera's homography
+    when it has one (and the point falls in a grid), else the camera's own grid."""
+
+    def __init__(self, camera: Camera) -> None:
+        self.default: str | None = camera.grid
+        self.map = GridMap.load(camera.grid_map) if camera.grid_map is not None else None
+        self.homography = np.asarray(camera.homography, np.float64) if camera.homography is not None else None
+        if self.default is None:
+            try:
+                self.default = resolve_grid(camera)
+            except ValueError:
+                if self.homography is None:
+                    raise
+
+    def ground_to_lonlat(self, x: float, y: float) -> tuple[float, float] | None:
+        if self.homography is None:
+            return None
+        lon, lat, w = self.homography @ np.array([x, y, 1.0])
+        return (float(lon / w), float(lat / w)) if abs(w) > 1e-12 else None
+
+    def grid_at(self, x: float, y: float) -> str:
+        """(x, y): normalised image point where the object stands."""
+        lonlat = self.ground_to_lonlat(x, y)
+        if lonlat is not None and self.map is not None:
+            code = self.map.code_at(*lonlat)
+            if code is not None:
+                return code
+        if self.default is None:
+            raise ValueError(f"ground point ({x:.3f}, {y:.3f}) is in no grid and the camera has none")
+        return self.default
+
+
 # --- loading -------------------------------------------------------------------------------
 
 
@@ -342,9 +388,14 @@ def parse_cameras(data: Any, base_dir: Path, source: str = "<config>", taxonomy:
     for camera in config.cameras:
         if not camera.is_live and not Path(camera.source).exists():
             problems.append(f"camera {camera.id!r}, field source: no such file or folder: {camera.source}")
-        if camera.grid is None:
+        if camera.grid is None and camera.homography is None:
             try:
                 resolve_grid(camera)
+            except ValueError as exc:
+                problems.append(f"camera {camera.id!r}, field grid_map: {exc}")
+        elif camera.grid_map is not None:
+            try:
+                GridMap.load(camera.grid_map)
             except ValueError as exc:
                 problems.append(f"camera {camera.id!r}, field grid_map: {exc}")
         if taxonomy is not None:

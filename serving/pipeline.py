@@ -12,7 +12,8 @@ Used by `gridwatch watch` and by the case layer:
 anything with `detect(list_of_frames) -> list[Detections]`); `taxonomy` from
 `detector.load_taxonomy()`. `on_event(ViolationEvent)` is called from the pipeline's thread,
 in order, for every transition (opened, updated, closed); `run_until_done()` also returns
-them. A callback that raises is logged and does not stop the pipeline.
+them. A callback that raises is logged and does not stop the pipeline. Pass
+`detect_lock=` when the same Detector also serves other threads (it reuses its buffers).
 
 Per sampled frame a camera either runs the detector or, when nothing moved since its last
 detection and the static re-check (`static_check_every`) is not due, carries its tracks over
@@ -39,7 +40,7 @@ import numpy as np
 
 from detector.detections import Detections
 from detector.taxonomy import Taxonomy
-from serving.cameras import Camera, CamerasConfig, resolve_grid
+from serving.cameras import Camera, CamerasConfig, GridPicker
 from serving.events import Location, ViolationEvent
 from serving.rules import SCENE_CLASS, Candidate, RuleEngine, Transition
 from serving.scene import MotionGate, SceneWatcher
@@ -55,7 +56,7 @@ class CameraRuntime:
 
     def __init__(self, camera: Camera, taxonomy: Taxonomy, clock_start: datetime | None) -> None:
         self.camera = camera
-        self.grid = resolve_grid(camera)
+        self.grids = GridPicker(camera)
         self.reader = open_reader(camera, clock_start)
         self.tracker = IoUTracker(max_age_s=camera.grace_s)
         self.rules = RuleEngine(camera, taxonomy)
@@ -89,6 +90,7 @@ class Pipeline:
         *,
         clock_start: datetime | None = None,
         motion_gating: bool = True,
+        detect_lock: threading.Lock | None = None,
     ) -> None:
         cams = cameras.cameras if isinstance(cameras, CamerasConfig) else tuple(cameras)
         self.detector = detector
@@ -96,6 +98,8 @@ class Pipeline:
         self.evidence_dir = Path(evidence_dir)
         self.on_event = on_event
         self.motion_gating = motion_gating
+        # A Detector reuses its input buffers: share a lock with anyone else calling it (the API).
+        self.detect_lock = detect_lock or threading.Lock()
         self.runtimes = {c.id: CameraRuntime(c, taxonomy, clock_start) for c in cams}
         self.events: list[ViolationEvent] = []
         self._stop = threading.Event()
@@ -192,7 +196,8 @@ class Pipeline:
         ]
         results: dict[int, Detections] = {}
         if wanted:
-            found = self.detector.detect([frames[i].image for i in wanted])
+            with self.detect_lock:
+                found = self.detector.detect([frames[i].image for i in wanted])
             results = dict(zip(wanted, found))
             self.stats["batches"] += 1
             self.stats["detected"] += len(wanted)
@@ -243,7 +248,7 @@ class Pipeline:
             camera=camera.id,
             violation=violation.id,
             matter_code=violation.full_matter_code(camera.division),
-            grid=rt.grid,
+            grid=self._grid(rt, cand),
             zone=cand.zone.name,
             first_seen=cand.first_seen,
             last_seen=cand.last_seen,
@@ -260,6 +265,17 @@ class Pipeline:
             location=Location(loc.lat, loc.lon, loc.address),
             source="scene_change" if cand.rule.scene_change else "detector",
         )
+
+    def _grid(self, rt: CameraRuntime, cand: Candidate) -> str:
+        """Picked once, when the event opens: one instance keeps one grid."""
+        if cand.grid is None:
+            if cand.best_box is None or rt.zones is None:
+                cand.grid = rt.grids.default or ""
+            else:
+                w, h = rt.zones.size
+                box = cand.best_box
+                cand.grid = rt.grids.grid_at(float(box[0] + box[2]) / 2 / w, float(box[3]) / h)
+        return cand.grid
 
     def _write_evidence(self, camera: Camera, cand: Candidate) -> tuple[str, ...]:
         folder = self.evidence_dir / camera.id / (cand.event_id or "pending")

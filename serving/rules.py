@@ -79,6 +79,7 @@ class Candidate:
     best_at: datetime | None = None
     written_score: float = -1.0  # best score whose evidence was already written
     evidence: tuple[str, ...] = ()  # paths of the best evidence written so far
+    grid: str | None = None  # set by the pipeline when the event opens
 
     @property
     def is_open(self) -> bool:

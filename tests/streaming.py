@@ -182,6 +182,7 @@ def write_video(
         stream.pix_fmt = "yuv420p"
         gop = max(1, int(round(keyframe_every * fps)))
         stream.codec_context.gop_size = gop
+        stream.codec_context.thread_count = 1  # same bits on every machine: tests stay exact
         stream.options = {"g": str(gop), "keyint_min": str(gop), "sc_threshold": "0", "bf": "0",
                           "preset": "ultrafast", "crf": "23", "tune": "zerolatency"}
         n = int(round(timeline.duration * fps))
@@ -284,10 +285,12 @@ class MjpegServer:
     Each client starts at the timeline's t=0, like a camera that was just switched on.
     """
 
-    def __init__(self, timeline: Timeline, port: int | None = None) -> None:
+    def __init__(self, timeline: Timeline, port: int | None = None, stall_after: int | None = None) -> None:
         self.timeline = timeline
         self.port = port or free_port()
+        self.stall_after = stall_after  # frames per connection, then silence (a hung camera)
         self.clients = 0
+        self._stopping = threading.Event()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         # Pre-encode: the test measures the reader, not our JPEG encoder.
@@ -314,6 +317,9 @@ class MjpegServer:
                 start = time.monotonic()
                 try:
                     for i, jpeg in enumerate(owner._jpegs):
+                        if owner.stall_after is not None and i >= owner.stall_after:
+                            owner._stopping.wait()  # connection stays open, nothing more comes
+                            return
                         delay = start + i * period - time.monotonic()
                         if delay > 0:
                             time.sleep(delay)
@@ -331,6 +337,7 @@ class MjpegServer:
         return self
 
     def stop(self) -> None:
+        self._stopping.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

@@ -158,3 +158,26 @@ def test_start_must_carry_a_time_zone(tmp_path: Path) -> None:
         _load(tmp_path, _entry(start="2026-05-01T08:00:00"))
     cam = _load(tmp_path, _entry(start="2026-05-01T08:00:00+08:00")).cameras[0]
     assert cam.start == datetime(2026, 5, 1, 0, 0, tzinfo=timezone.utc)
+
+
+def test_homography_picks_the_grid_where_the_object_stands(tmp_path: Path) -> None:
+    from serving.cameras import GridPicker
+
+    def square(code: str, lon0: float) -> dict:
+        ring = [[lon0, 36.0], [lon0 + 0.001, 36.0], [lon0 + 0.001, 36.001], [lon0, 36.001], [lon0, 36.0]]
+        return {"type": "Feature", "properties": {"code": code}, "geometry": {"type": "Polygon", "coordinates": [ring]}}
+
+    (tmp_path / "grids.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": [
+        square("370202001001001", 120.000), square("370202001001002", 120.001)]}))
+    # Image x 0..1 spans lon 120.000..120.002; image y 0..1 spans lat 36.001..36.000.
+    h = [[0.002, 0, 120.0], [0, -0.001, 36.001], [0, 0, 1]]
+    config = _load(tmp_path, _entry(grid=None, grid_map="grids.geojson", homography=h,
+                                    location={"lat": 36.0005, "lon": 120.0005}))
+    picker = GridPicker(config.cameras[0])
+    assert picker.grid_at(0.2, 0.9) == "370202001001001"
+    assert picker.grid_at(0.8, 0.9) == "370202001001002"
+    assert picker.grid_at(5.0, 0.9) == "370202001001001"  # off the map: the camera's own grid
+    with pytest.raises(CameraConfigError, match="homography .*grid_map"):
+        _load(tmp_path, _entry(homography=h))
+    with pytest.raises(CameraConfigError, match="field homography: .*singular"):
+        _load(tmp_path, _entry(grid_map="grids.geojson", homography=[[0, 0, 0], [0, 0, 0], [0, 0, 1]]))

@@ -180,13 +180,14 @@ def test_replay_yields_exactly_the_expected_events(tmp_path: Path, street_video:
     ]
     bin_open, stall_open, bin_close, stall_close = events
     # Clock: the file's recorded start time; the bin stands from 20 s to 200 s of video time.
-    assert bin_open.first_seen == T0 + timedelta(seconds=20)
+    assert T0 + timedelta(seconds=20) <= bin_open.first_seen <= T0 + timedelta(seconds=24)
     assert 60 <= bin_open.dwell_s <= 64
-    assert bin_close.last_seen == T0 + timedelta(seconds=198)
+    assert T0 + timedelta(seconds=190) <= bin_close.last_seen <= T0 + timedelta(seconds=198)
     assert bin_open.event_id == bin_close.event_id != stall_open.event_id == stall_close.event_id
     assert bin_open.matter_code == "37020206042" and stall_open.matter_code == "37020209006"
     assert bin_open.grid == "370202001001001" and bin_open.camera == "cam-001"
-    assert stall_open.first_seen == T0 + timedelta(seconds=40) and stall_open.dwell_s >= 180
+    assert T0 + timedelta(seconds=40) <= stall_open.first_seen <= T0 + timedelta(seconds=44)
+    assert stall_open.dwell_s >= 180
     assert stall_close.last_seen >= T0 + timedelta(seconds=296)  # the file ended with it still there
     assert bin_open.score >= 0.4 and bin_open.needs_review is True
     # Evidence: unaltered original (same size as the video), crop, annotated copy; all exist.
@@ -218,7 +219,7 @@ def test_start_setting_is_the_clock_without_recorded_time(tmp_path: Path, taxono
     pipeline = Pipeline(_config(tmp_path, video, start=start), seed_detector(), taxonomy, tmp_path / "ev")
     events = pipeline.run_until_done()
     assert _summary(events) == [("opened", "bin_overflow", "bins"), ("closed", "bin_overflow", "bins")]
-    assert events[0].first_seen == start + timedelta(seconds=20)
+    assert start + timedelta(seconds=20) <= events[0].first_seen <= start + timedelta(seconds=24)
 
 
 @needs_shared
@@ -243,3 +244,31 @@ def test_evidence_is_never_overwritten(tmp_path: Path, street_video: Path, taxon
     files = sorted((tmp_path / "ev").rglob("*"))
     originals = [f for f in files if f.is_file() and "original" in f.name]
     assert len(originals) >= 4 and len({f.name for f in originals}) == len(originals)
+
+
+@needs_shared
+def test_motion_gate_skips_still_frames_but_rechecks_static_scene(tmp_path: Path, taxonomy) -> None:
+    from serving.pipeline import CameraRuntime
+    from serving.streams import Frame
+
+    tl = street_scene(seed_props(), duration=10, cart_at=None, walker_at=None)
+    still, changed = tl.frame(0), tl.frame(25)  # before and after the bin appears
+    rt = CameraRuntime(example_camera(static_check_every=60), taxonomy, None)
+
+    def frame(image, seconds: float) -> Frame:
+        return Frame("cam-001", T0 + timedelta(seconds=seconds), image, 0)
+
+    assert rt.needs_detection(frame(still, 0))  # nothing seen yet
+    rt.last_detect = T0
+    rt.motion.reference(still)
+    assert not rt.needs_detection(frame(still.copy(), 2))  # nothing moved
+    assert rt.needs_detection(frame(changed, 4))  # something new
+    assert rt.needs_detection(frame(still.copy(), 60))  # static re-check due
+
+
+@needs_shared
+def test_replay_detects_only_when_needed(tmp_path: Path, street_video: Path, taxonomy) -> None:
+    pipeline = Pipeline(_config(tmp_path, street_video), seed_detector(), taxonomy, tmp_path / "ev")
+    pipeline.run_until_done()
+    assert pipeline.stats["frames"] == 150
+    assert 5 <= pipeline.stats["detected"] < 150  # motion and the 60 s re-check, not every frame

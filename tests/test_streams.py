@@ -102,6 +102,20 @@ def test_unreachable_live_source_backs_off_and_reports(tmp_path: Path) -> None:
     assert reader.take() is None
 
 
+def test_hung_stream_hits_read_timeout_and_reconnects() -> None:
+    tl = street_scene(seed_props(), duration=30, fps=5, cart_at=None, walker_at=None)
+    with MjpegServer(tl, stall_after=5) as server:  # 1 s of frames per connection, then silence
+        reader = LiveReader(camera(server.url, sample_every=0.5, read_timeout=1.5), backoff_start=0.1)
+        reader.start()
+        try:
+            assert wait_for(lambda: server.clients >= 2 and reader.health.frames_sampled >= 2, 20), \
+                reader.health.to_json()
+        finally:
+            reader.stop()
+    assert reader.health.reconnects >= 1 and reader.health.errors >= 1
+    assert reader.take() is not None  # the newest frame is there; older ones were replaced
+
+
 # --- live streams end to end -----------------------------------------------------------------
 
 
