@@ -59,9 +59,9 @@ def backoff_delay(attempt: int, base_s: float, cap_s: float, rng: random.Random 
 class DeliveryConfig:
     url: str
     secret: str
-    max_tries: int = 8
+    max_tries: int = 20
     backoff_s: float = 2.0
-    backoff_max_s: float = 600.0
+    backoff_max_s: float = 900.0
     timeout_s: float = 10.0
     poll_s: float = 1.0
 

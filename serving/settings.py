@@ -60,9 +60,11 @@ class Settings(BaseSettings):
     webhook_url: str | None = None
     webhook_secret: str | None = None
     public_url: str | None = None  # base of evidence URLs in payloads; default http://host:port
-    delivery_max_tries: int = Field(8, ge=1)
+    # 20 tries, 2 s doubling to a 15 min cap: about 3 hours of case-system outage before a
+    # message is dead-lettered (then `gridwatch cases replay`).
+    delivery_max_tries: int = Field(20, ge=1)
     delivery_backoff_s: float = Field(2.0, gt=0)
-    delivery_backoff_max_s: float = Field(600.0, gt=0)
+    delivery_backoff_max_s: float = Field(900.0, gt=0)
     delivery_timeout_s: float = Field(10.0, gt=0)
     delivery_poll_s: float = Field(1.0, gt=0)
 
