@@ -166,6 +166,29 @@ def sample_decoded(
             yield ft, frame.to_ndarray(format="bgr24")
 
 
+def keyframe_gap(container: Any, horizon: float = 30.0) -> float:
+    """Largest keyframe interval in the first seconds of a file (demux only, no decoding);
+    inf when no second keyframe comes within `horizon`. Rewinds the file."""
+    stream = container.streams.video[0]
+    base = stream.time_base
+    keys: list[float] = []
+    first: float | None = None
+    for packet in container.demux(stream):
+        ts = packet.pts if packet.pts is not None else packet.dts
+        if packet.size == 0 or ts is None or base is None:
+            continue
+        t = float(ts * base)
+        first = t if first is None else first
+        if packet.is_keyframe:
+            keys.append(t)
+        if len(keys) >= 4 or t - first > horizon:
+            break
+    container.seek(0)
+    if len(keys) < 2:
+        return float("inf")
+    return max(b - a for a, b in zip(keys, keys[1:]))
+
+
 class FileReader:
     """A video file, sampled from start to end."""
 
@@ -188,9 +211,13 @@ class FileReader:
                 raise ValueError("no video stream in the file")
             start = recorded_start(container) or self.camera.start or self._clock_start or _now()
             self.health.state, self.health.connected = "connected", True
+            mode = self.camera.decode
+            if mode == "auto" and keyframe_gap(container, max(30.0, 3 * self.camera.sample_every)) \
+                    > 1.5 * self.camera.sample_every:
+                mode = "all"  # long GOP (or one keyframe only): keyframes alone would under-sample
             first: float | None = None
             for i, (t, image) in enumerate(
-                sample_decoded(container, self.camera.sample_every, self.camera.decode, self.health, live=False)
+                sample_decoded(container, self.camera.sample_every, mode, self.health, live=False)
             ):
                 first = t if first is None else first
                 stamp = start + timedelta(seconds=t - first)

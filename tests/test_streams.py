@@ -64,6 +64,15 @@ def test_full_decoding_when_asked_or_keyframes_too_sparse(short_video: Path) -> 
     assert seconds[-5:] == [25, 26, 27, 28, 29]
 
 
+def test_file_with_one_keyframe_is_decoded_in_full(tmp_path: Path) -> None:
+    tl = street_scene(seed_props(), duration=20, cart_at=None, walker_at=None)
+    video = write_video(tmp_path / "onegop.mp4", tl, keyframe_every=100, creation_time=T0)
+    reader = FileReader(camera(video, sample_every=2.0))
+    seconds = [(f.timestamp - T0).total_seconds() for f in reader.frames()]
+    assert seconds == [float(s) for s in range(0, 20, 2)]
+    assert reader.health.decode_mode == "all"
+
+
 def test_clock_falls_back_to_start_then_now(tmp_path: Path) -> None:
     bare = write_video(tmp_path / "bare.mp4", street_scene(seed_props(), duration=4, cart_at=None, walker_at=None))
     start = datetime(2026, 5, 1, 9, 0, tzinfo=timezone(timedelta(hours=8)))
