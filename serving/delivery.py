@@ -139,7 +139,24 @@ class DeliveryWorker:
                 blocked.add(message.case_id)
         return attempted
 
+    def _claim(self, message: OutboxMessage) -> bool:
+        """Lease the message by moving its next try past this send's timeout. The update is
+        conditional, so of several workers on one database only one sends it; if this one
+        dies mid-send, the lease runs out and the message is sent again (same key)."""
+        now = datetime.now(timezone.utc)
+        lease = timedelta(seconds=self.config.timeout_s * 2 + 5)
+        with self.db.transaction() as session:
+            result = session.execute(
+                update(OutboxMessage)
+                .where(OutboxMessage.id == message.id, OutboxMessage.state == "pending",
+                       OutboxMessage.next_attempt_at <= now)
+                .values(next_attempt_at=now + lease)
+            )
+            return result.rowcount == 1
+
     def _send(self, message: OutboxMessage) -> bool:
+        if not self._claim(message):
+            return False
         body = message.payload.encode("utf-8")
         timestamp = str(int(time.time()))
         headers = {

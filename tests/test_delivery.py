@@ -147,3 +147,19 @@ def test_replay_command(cases, receiver, make_event, tmp_path, capsys) -> None:
     finally:
         worker.stop()
     assert receiver.reported() == {number: 1}
+
+
+def test_two_workers_on_one_database_send_each_message_once(cases, receiver, make_event) -> None:
+    numbers = [cases.ingest(make_event("opened", event_id=f"w{i}", camera=f"cam-{i}")).case_number for i in range(16)]
+    receiver.start()
+    receiver.delay_s = 0.02
+    workers = [worker_for(cases, receiver), worker_for(cases, receiver)]
+    for worker in workers:
+        worker.start()
+    try:
+        wait_for(lambda: outbox_stats(cases.db)["delivered"] == 16)
+    finally:
+        for worker in workers:
+            worker.stop()
+    assert receiver.requests == 16  # not one message sent twice
+    assert receiver.reported() == {number: 1 for number in numbers}
