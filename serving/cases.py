@@ -8,6 +8,7 @@ case system must hear about is written to the outbox in the same transaction as 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import threading
 import uuid
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from detector.taxonomy import Taxonomy
@@ -106,6 +107,12 @@ class CaseService:
             return result
 
     def _ingest(self, session: Session, event: ViolationEvent) -> IngestResult:
+        if session.bind.dialect.name == "postgresql":
+            # Several processes on one PostgreSQL: one writer per place at a time, held
+            # until this transaction ends. (SQLite: one process per database file.)
+            place = f"{event.camera}|{event.violation}|{event.zone}".encode()
+            key = int.from_bytes(hashlib.blake2b(place, digest_size=8).digest(), "big", signed=True)
+            session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
         seen = session.scalars(
             select(CaseEvent).where(CaseEvent.event_id == event.event_id)
         ).all()

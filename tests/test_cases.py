@@ -174,3 +174,24 @@ def test_restart_ends_stale_cases_and_the_stream_rejoins_them(service_factory, m
     # A known event id is the same violation instance however late it comes back.
     late = cases.ingest(make_event("updated", event_id="after-restart", start_s=200, end_s=5000))
     assert late.action == "joined" and cases.get(made.case_number).reopened == 0
+
+
+def test_two_processes_on_postgresql_make_one_case(db_url, service_factory, make_event) -> None:
+    if not db_url.startswith("postgresql"):
+        pytest.skip("several writers on one database is a PostgreSQL deployment")
+    import threading
+
+    first, second = service_factory(), service_factory()  # separate engines and locks, like two processes
+    results = []
+    barrier = threading.Barrier(2)
+
+    def run(cases, event_id) -> None:
+        barrier.wait()
+        results.append(cases.ingest(make_event("opened", event_id=event_id)).case_number)
+
+    threads = [threading.Thread(target=run, args=(c, f"p-{i}")) for i, c in enumerate((first, second))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 2 and results[0] == results[1] and count(first) == 1
