@@ -2,9 +2,20 @@
 
     cameras = load_cameras("cameras.yaml", taxonomy=load_taxonomy())
 
-Every error names the camera and the field (`cam-001, field zones.1.polygon: ...`), so a city
-editing a file of 300 cameras finds the line. Relative `source:` and `grid_map:` paths are
-resolved against the YAML file's folder.
+Every error names the camera and the field (`camera 'cam-001', field zones.1.polygon: ...`),
+so a city editing a file of 300 cameras finds the line. Relative `source:` and `grid_map:`
+paths are resolved against the YAML file's folder.
+
+Beyond the issue's example, a camera entry may carry: `start:` (clock of a file without a
+recorded start, with offset), `decode: auto|keyframes|all`, `close_after:` (grace seconds
+before an event closes; default max(30, 3 samples)), `update_every:` (heartbeat of an open
+event), `read_timeout:`, `homography:` (3x3, normalised image -> lon/lat, picks the grid per
+event from `grid_map`). A rule may carry `classes:` (detector classes instead of the
+taxonomy's), `scene_change: true` (fires on a new persistent patch, see serving.scene),
+`after_classes: [truck]` + `after_within:` (only after one of those passed), and
+`auto_confirm_score:` (median score from which an event needs no review; default: always).
+A schedule window is `{days: mon-fri | [sat, sun] | fri-mon, from: "HH:MM", to: "HH:MM", tz}`;
+`to` before `from` runs overnight; no schedule means always.
 """
 
 from __future__ import annotations
