@@ -209,3 +209,27 @@ def test_cameras_crud_with_health(run_service, tmp_path) -> None:
         assert http.delete("/v1/cameras/cam-dead").status_code == 204
         assert http.get("/v1/cameras/cam-dead").status_code == 404
         assert http.delete("/v1/cameras/cam-dead").status_code == 404
+
+
+BAD_EVENTS = [
+    {"box": [0, 0, 1e308, float("inf")]},
+    {"score": float("nan")},
+    {"dwell_s": -1},
+    {"zone": "bins\x00"},
+    {"location": {"lat": 91, "lon": 0}},
+    {"first_seen": "0001-01-01T00:00:00+14:00"},
+    {"first_seen": "not a time"},
+    {"event_id": "x" * 500},
+    {"track_id": 2**63},
+    {"type": "exploded"},
+    {"violation": "no_such_thing", "matter_code": "37020299999"},
+]
+
+
+def test_malformed_events_are_refused_cleanly(db_url, run_service) -> None:
+    server = run_service(db_url)
+    with server.client(server.admin_key) as http:
+        for bad in BAD_EVENTS:
+            response = http.post("/v1/events", data={"event": json.dumps({**event_json("m1"), **bad})})
+            assert response.status_code == 422, (bad, response.text)
+        assert http.get("/v1/cases").json()["items"] == []

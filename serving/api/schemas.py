@@ -52,6 +52,8 @@ class StatusCallback(BaseModel):
 
 
 class LocationIn(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False)
+
     lat: float | None = Field(None, ge=-90, le=90)
     lon: float | None = Field(None, ge=-180, le=180)
     address: str = Field("", max_length=256)
@@ -62,7 +64,7 @@ class LocationIn(BaseModel):
 class EventIn(BaseModel):
     """A ViolationEvent pushed by a remote `gridwatch watch` (edge box)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     type: Literal["opened", "updated", "closed"]
     event_id: str = Field(pattern=SAFE_ID)
