@@ -312,6 +312,8 @@ class ServeProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+        if self.proc is not None:
+            self.out.close()
 
 
 @pytest.fixture

@@ -71,3 +71,53 @@ def test_stream_to_webhook_survives_sigkill(db_url, serve, free_port, receiver, 
     assert receiver.reported() == {number: 1}
     assert receiver.bad_signatures == 0
     assert case["review_status"] == "pending" and case["version"] == 1
+
+
+def events_seen(process) -> float:
+    for line in httpx.get(f"{process.url}/metrics").text.splitlines():
+        if line.startswith("gridwatch_events_total "):
+            return float(line.split()[1])
+    return 0.0
+
+
+@pytest.mark.slow
+def test_archived_footage_replayed_after_restart_files_nothing_twice(serve, free_port, receiver, shared_detector, tmp_path) -> None:
+    if not streaming.shared_available():
+        pytest.skip("shared datasets or the COCO seed model are missing")
+    from datetime import datetime, timezone
+
+    props = streaming.Props.load(shared_detector)
+    timeline = streaming.Timeline(props, duration=24, fps=4).add(
+        streaming.Placement("bin", 170, 2.0, 20.0, foot=(320, 340)))
+    video = streaming.write_video(tmp_path / "cam-file.mp4", timeline,
+                                  creation_time=datetime(2026, 11, 23, 8, 0, tzinfo=timezone.utc))
+    receiver.start()
+    camera = {
+        "id": "cam-file", "source": str(video), "division": "370202", "grid": "370202001001001",
+        "sample_every": 0.5, "static_check_every": 2,
+        "zones": [{"name": "bins", "type": "bin_area", "polygon": [[0, 0], [1, 0], [1, 1], [0, 1]]}],
+        "rules": [{"violation": "bin_overflow", "zone_types": ["bin_area"], "classes": ["fire hydrant"],
+                   "min_score": 0.25, "dwell": 2, "auto_confirm_score": 0.25}],
+    }
+    config = write_config(tmp_path / "gridwatch.yaml", None, receiver, cameras=[camera],
+                          auto_confirm={"bin_overflow": 0.25})
+    headers = {"Authorization": f"Bearer {ADMIN}"}
+    process = serve(free_port, config, env={"GRIDWATCH_ADMIN_KEY": ADMIN}).start()
+
+    def ended():
+        items = httpx.get(f"{process.url}/v1/cases", headers=headers).json()["items"]
+        return items and all(c["state"] == "ended" for c in items) and items
+
+    first = wait_for(ended, timeout=90)
+    wait_for(lambda: receiver.reported(), timeout=30)
+    seen = events_seen(process)
+    assert process.terminate() == 0
+
+    process = serve(free_port, config, env={"GRIDWATCH_ADMIN_KEY": ADMIN}).start()  # replays the file
+    wait_for(lambda: events_seen(process) >= seen, timeout=90)
+    again = httpx.get(f"{process.url}/v1/cases", headers=headers).json()["items"]
+    assert [c["case_number"] for c in again] == [c["case_number"] for c in first]
+    assert [len(c["evidence"]) for c in again] == [len(c["evidence"]) for c in first]
+    assert again[0]["first_seen"].startswith("2026-11-23T08:00")  # the footage's own clock
+    assert receiver.reported() == {first[0]["case_number"]: 1}
+    assert process.terminate() == 0
