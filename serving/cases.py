@@ -369,6 +369,7 @@ class CaseService:
             "division": case.division,
             "grid": case.grid,
             "address": case.address,
+            "description": describe(case),
             "lat": case.lat,
             "lon": case.lon,
             "camera": case.camera,
@@ -417,3 +418,12 @@ def decode_cursor(cursor: str) -> tuple[datetime, int]:
         return parsed.astimezone(timezone.utc), number
     except (ValueError, UnicodeDecodeError, OverflowError) as exc:
         raise CaseError("invalid cursor", status=422) from exc
+
+
+def describe(case: Case) -> str:
+    """The case record's description line, as a patrol officer would write it."""
+    place = case.address or f"grid {case.grid}"
+    minutes = case.dwell_s / 60
+    return (f"{case.matter_name} ({case.violation}) at {place}, zone {case.zone or '-'}: seen by camera "
+            f"{case.camera} from {case.first_seen.isoformat()} for {minutes:.0f} min "
+            f"(confidence {case.score:.2f}, {case.occurrences} sighting(s)).")[:500]
