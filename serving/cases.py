@@ -224,7 +224,8 @@ class CaseService:
             stored = self.evidence.put_event_evidence(case.case_number, event.evidence, event.box, event.violation)
         except EvidenceError:
             # A case without a picture still reaches a reviewer; a missing file must not drop it.
-            case.needs_review = True
+            if not case.evidence:
+                case.needs_review = True
             return
         have = {(e.kind, e.sha256) for e in case.evidence}
         for item in stored:

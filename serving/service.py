@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select, text
@@ -218,8 +219,18 @@ class GridwatchService:
             with self._retry_lock:
                 self._retry.append(event)
             return
+        self._release_staged(event)
         if self.delivery is not None:
             self.delivery.wake()
+
+    def _release_staged(self, event: ViolationEvent) -> None:
+        """The pipeline's frames are staging: once the case holds its own hashed copies, the
+        staged files go, so evidence is not kept twice."""
+        staging = (self.settings.data_dir / "frames").resolve()
+        for path in event.evidence:
+            staged = Path(path).resolve()
+            if staged.is_relative_to(staging):
+                staged.unlink(missing_ok=True)
 
     def _drain_retries(self) -> bool:
         while True:
@@ -233,6 +244,7 @@ class GridwatchService:
                 return False
             with self._retry_lock:
                 self._retry.popleft()
+            self._release_staged(event)
             if self.delivery is not None:
                 self.delivery.wake()
 

@@ -118,6 +118,10 @@ def test_archived_footage_replayed_after_restart_files_nothing_twice(serve, free
     again = httpx.get(f"{process.url}/v1/cases", headers=headers).json()["items"]
     assert [c["case_number"] for c in again] == [c["case_number"] for c in first]
     assert [len(c["evidence"]) for c in again] == [len(c["evidence"]) for c in first]
+    staged = [p for p in (tmp_path / "data" / "frames").rglob("*") if p.is_file()]
+    assert staged == []  # the case store holds the evidence; staging copies are gone
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "data" / "evidence").rglob("*") if p.is_file()) == \
+        sorted(e["kind"] for e in again[0]["evidence"])
     assert again[0]["first_seen"].startswith("2026-11-23T08:00")  # the footage's own clock
     assert receiver.reported() == {first[0]["case_number"]: 1}
     assert process.terminate() == 0
