@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -60,6 +61,9 @@ class Detector:
         dtype = np.float16 if self.info.input_dtype == "float16" else np.float32
         self._inputs = np.zeros((self.batch_size, 3, h, w), dtype)
         self._canvas = np.empty((h, w, 3), np.uint8)
+        # The buffers above are reused across calls; one lock makes a Detector safe to
+        # share between the stream pipeline and API threads.
+        self._buffers_lock = threading.Lock()
 
     @property
     def names(self) -> dict[int, str]:
@@ -75,8 +79,9 @@ class Detector:
             frames = [frames]
         frames = [check_frame(f, i) for i, f in enumerate(frames)]
         results: list[Detections] = []
-        for start in range(0, len(frames), self.batch_size):
-            results.extend(self._detect_chunk(frames[start : start + self.batch_size]))
+        with self._buffers_lock:
+            for start in range(0, len(frames), self.batch_size):
+                results.extend(self._detect_chunk(frames[start : start + self.batch_size]))
         return results
 
     def __call__(self, frame: np.ndarray) -> Detections:

@@ -12,8 +12,8 @@ Used by `gridwatch watch` and by the case layer:
 anything with `detect(list_of_frames) -> list[Detections]`); `taxonomy` from
 `detector.load_taxonomy()`. `on_event(ViolationEvent)` is called from the pipeline's thread,
 in order, for every transition (opened, updated, closed); `run_until_done()` also returns
-them. A callback that raises is logged and does not stop the pipeline. Pass
-`detect_lock=` when the same Detector also serves other threads (it reuses its buffers).
+them. A callback that raises is logged and does not stop the pipeline. A Detector
+is safe to share with other threads (the API): it guards its own buffers.
 
 Per sampled frame a camera either runs the detector or, when nothing moved since its last
 detection and the static re-check (`static_check_every`) is not due, carries its tracks over
@@ -90,7 +90,6 @@ class Pipeline:
         *,
         clock_start: datetime | None = None,
         motion_gating: bool = True,
-        detect_lock: threading.Lock | None = None,
     ) -> None:
         cams = cameras.cameras if isinstance(cameras, CamerasConfig) else tuple(cameras)
         self.detector = detector
@@ -98,8 +97,6 @@ class Pipeline:
         self.evidence_dir = Path(evidence_dir)
         self.on_event = on_event
         self.motion_gating = motion_gating
-        # A Detector reuses its input buffers: share a lock with anyone else calling it (the API).
-        self.detect_lock = detect_lock or threading.Lock()
         self.runtimes = {c.id: CameraRuntime(c, taxonomy, clock_start) for c in cams}
         self.events: list[ViolationEvent] = []
         self._stop = threading.Event()
@@ -196,8 +193,7 @@ class Pipeline:
         ]
         results: dict[int, Detections] = {}
         if wanted:
-            with self.detect_lock:
-                found = self.detector.detect([frames[i].image for i in wanted])
+            found = self.detector.detect([frames[i].image for i in wanted])
             results = dict(zip(wanted, found))
             self.stats["batches"] += 1
             self.stats["detected"] += len(wanted)

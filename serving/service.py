@@ -161,7 +161,6 @@ class GridwatchService:
         self.taxonomy = load_taxonomy(settings.taxonomy_file)
         self.evidence = EvidenceStore(settings.resolved_evidence_dir)
         self.detector = detector if detector is not None else self._load_detector()
-        self._detect_lock = threading.Lock()  # the Detector reuses its input buffers
         info = getattr(self.detector, "info", None)
         self.model_version = getattr(info, "version", "") or ""
         public_url = settings.public_url or f"http://{settings.host}:{settings.port}"
@@ -254,8 +253,7 @@ class GridwatchService:
 
     # -- detection ---------------------------------------------------------------------------
     def detect(self, image: Any) -> Any:
-        with self._detect_lock:
-            result = self.detector.detect([image])[0]
+        result = self.detector.detect([image])[0]
         self.counters["detect_requests"] += 1
         self.counters["detections"] += len(result)
         return result

@@ -191,3 +191,16 @@ def test_degenerate_head_is_bounded_and_ordered():
     boxes, scores, class_ids = decode_raw(head, 0.25, 0.7, 300)
     assert len(boxes) == len(scores) == len(class_ids) == 300
     assert (np.diff(scores) <= 0).all()
+
+
+def test_one_detector_is_safe_to_share_between_threads(coco: Detector, street_frames):
+    from concurrent.futures import ThreadPoolExecutor
+
+    frames = street_frames[:6]
+    expected = [coco(f) for f in frames]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        got = list(pool.map(lambda f: coco(f), frames * 3))
+    for i, result in enumerate(got):
+        want = expected[i % len(frames)]
+        np.testing.assert_allclose(result.xyxy, want.xyxy, atol=1e-3)
+        np.testing.assert_array_equal(result.class_ids, want.class_ids)
