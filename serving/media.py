@@ -34,15 +34,20 @@ class SampledFrame:
     image: np.ndarray  # HxWx3 uint8 BGR
 
 
-def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "image") -> np.ndarray:
-    """Bytes of an encoded image -> HxWx3 BGR uint8, or MediaError."""
+def probe_image(data: bytes, *, name: str = "image") -> tuple[str, int, int]:
+    """(Pillow format name, width, height) from the header alone: no pixels are decoded."""
     if not data:
         raise MediaError(f"{name}: empty file")
     try:
         with Image.open(io.BytesIO(data)) as header:
-            width, height = header.size
+            return str(header.format), *header.size
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise MediaError(f"{name}: not a readable image ({exc.__class__.__name__})") from None
+
+
+def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "image") -> np.ndarray:
+    """Bytes of an encoded image -> HxWx3 BGR uint8, or MediaError."""
+    _, width, height = probe_image(data, name=name)
     if width * height > max_pixels:
         raise MediaError(f"{name}: {width}x{height} exceeds the {max_pixels:,}-pixel limit")
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)

@@ -95,7 +95,7 @@ async def detect(
 ) -> dict[str, Any]:
     data, _media = await read_upload(file, service)
     try:
-        image = decode_image(data)
+        image = decode_image(data, max_pixels=service.settings.upload_max_pixels)
     except UploadError as exc:
         raise case_error(exc) from None
     from starlette.concurrency import run_in_threadpool
