@@ -177,6 +177,15 @@ def test_second_run_meets_the_champion(env, trained):
     no_network(env)
 
 
+def test_finished_run_cannot_resume_but_can_finish_again(env, trained):
+    proc = gridwatch(env, "train", "--resume", "--project", env["tmp"] / "runs", "--name", "ci", check=False)
+    assert proc.returncode == 2 and "nothing to resume" in proc.stderr
+    proc = gridwatch(env, "train", "--finish", "--project", env["tmp"] / "runs", "--name", "ci", "--no-int8",
+                     "--weights-dir", trained["weights"])
+    assert "champion/challenger" in proc.stdout and "not promoted" in proc.stdout
+    no_network(env)
+
+
 def test_resume_an_interrupted_run(env, trained):  # trained: the cached bootstrap start
     project = env["tmp"] / "runs"
     args = [sys.executable, "-m", "serving.cli", "train", "--data", str(env["data"]), "--epochs", "3",

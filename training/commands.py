@@ -21,6 +21,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--project", type=Path, default=Path("runs/train"))
     p.add_argument("--name", help="run folder name under --project (default: timestamped)")
     p.add_argument("--resume", action="store_true", help="continue --project/--name from its last.pt")
+    p.add_argument("--finish", action="store_true",
+                   help="skip training: export, evaluate, card and champion/challenger for --project/--name")
     p.add_argument("--fraction", type=float, default=1.0, help="train on this fraction of the train split")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--no-plots", dest="plots", action="store_false", help="skip Ultralytics' training plots")
@@ -59,18 +61,21 @@ def _fail(message: str) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from training.train import WEIGHTS_DIR, TrainError, finish_run, train
+    from training.train import WEIGHTS_DIR, TrainError, existing_run, finish_run, train
 
-    if not args.resume and args.data is None:
-        return _fail("--data is required (unless --resume)")
+    if not (args.resume or args.finish) and args.data is None:
+        return _fail("--data is required (unless --resume or --finish)")
     try:
-        result = train(
-            args.data, args.model, epochs=args.epochs, imgsz=args.imgsz, batch=args.batch,
-            device=args.device, project=args.project, name=args.name, resume=args.resume,
-            fraction=args.fraction, workers=args.workers, plots=args.plots,
-        )
+        if args.finish:
+            result = existing_run(args.project, args.name)
+        else:
+            result = train(
+                args.data, args.model, epochs=args.epochs, imgsz=args.imgsz, batch=args.batch,
+                device=args.device, project=args.project, name=args.name, resume=args.resume,
+                fraction=args.fraction, workers=args.workers, plots=args.plots,
+            )
         data = args.data
-        if data is None:  # resumed: the data is what the run was started with
+        if data is None:  # the data is what the run was started with
             from training.export import read_checkpoint_args
 
             data = Path(read_checkpoint_args(result.best)["data"])

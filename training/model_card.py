@@ -92,8 +92,9 @@ def render_markdown(card: dict[str, Any]) -> str:
     if card.get("int8"):
         q = card["int8"]
         out += ["## Int8", "",
-                f"Static QDQ U8S8, calibrated on {q.get('calibration_images', '?')} real images, head "
-                f"post-processing in fp32. mAP50 fp32 {q.get('map50_fp32', 0):.3f} vs int8 "
+                f"Static QDQ U8S8 (uint8 activations, int8 per-channel weights), percentile calibration on "
+                f"{q.get('calibration_images', '?')} real training images, head post-processing (DFL, sigmoid, "
+                f"concat) in fp32. mAP50 fp32 {q.get('map50_fp32', 0):.3f} vs int8 "
                 f"{q.get('map50_int8', 0):.3f} (delta {q.get('map50_delta_points', 0):+.2f} points).", ""]
     if card.get("speed"):
         s = card["speed"]

@@ -116,7 +116,17 @@ def train(
         last = run_dir / "weights" / "last.pt"
         if not last.is_file():
             raise TrainError(f"nothing to resume: {last} does not exist (check --project and --name)")
-        YOLO(str(last)).train(resume=True)
+        from training.export import load_checkpoint
+
+        # A finished run's last.pt is stripped (epoch -1, no optimizer); Ultralytics would then
+        # fall back to its default dataset and try to download it.
+        if load_checkpoint(last).get("epoch", -1) < 0:
+            raise TrainError(f"{run_dir}: training is finished, nothing to resume "
+                             "(use --finish for the after-training steps)")
+        try:
+            YOLO(str(last)).train(resume=True)
+        except AssertionError as exc:  # Ultralytics' way of saying the run already finished
+            raise TrainError(f"{run_dir}: {str(exc).splitlines()[0]} (use --finish for the after-training steps)") from None
         return TrainResult(run_dir=run_dir, best=run_dir / "weights" / "best.pt")
     data = Path(data).resolve()
     _data_config(data)
@@ -132,6 +142,17 @@ def train(
     best = run_dir / "weights" / "best.pt"
     if not best.is_file():
         raise TrainError(f"training finished without {best}")
+    return TrainResult(run_dir=run_dir, best=best)
+
+
+def existing_run(project: str | Path, name: str | None) -> TrainResult:
+    """A finished run folder, for the after-training steps alone (`--finish`)."""
+    if not name:
+        raise TrainError("--finish needs --name (the run folder under --project)")
+    run_dir = Path(project).resolve() / name
+    best = run_dir / "weights" / "best.pt"
+    if not best.is_file():
+        raise TrainError(f"no finished run at {run_dir}: {best} does not exist")
     return TrainResult(run_dir=run_dir, best=best)
 
 
