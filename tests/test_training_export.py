@@ -16,6 +16,8 @@ from training_support import TEACHER, bootstrapped_pt, source_images
 from detector.boxes import box_iou
 from detector.runtime import Detector
 
+pytestmark = pytest.mark.slow  # the shared export fixture takes 30-50 s on 2 cores
+
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
