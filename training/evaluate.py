@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 import yaml
 
+from detector.boxes import box_iou
 from detector.detections import Detections
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
@@ -227,17 +228,6 @@ def _read_labels(
 
 
 # ---------------------------------------------------------------- the arithmetic
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    if len(a) == 0 or len(b) == 0:
-        return np.zeros((len(a), len(b)), np.float64)
-    tl = np.maximum(a[:, None, :2], b[None, :, :2])
-    br = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(br - tl, 0, None), axis=2)
-    area_a = np.prod(a[:, 2:] - a[:, :2], axis=1)
-    area_b = np.prod(b[:, 2:] - b[:, :2], axis=1)
-    return inter / (area_a[:, None] + area_b[None, :] - inter + 1e-9)
 
 
 def match_predictions(
