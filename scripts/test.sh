@@ -17,4 +17,4 @@ trap 'as_pg "$pgbin/pg_ctl -D $pgdir/data -m immediate stop" >/dev/null 2>&1 || 
 as_pg "$pgbin/createdb -h 127.0.0.1 -p $pgport -U gridwatch gridwatch_test"
 export GRIDWATCH_TEST_POSTGRES_URL="postgresql+psycopg2://gridwatch@127.0.0.1:$pgport/gridwatch_test"
 
-python -m pytest -q -p no:cacheprovider "$@"
+python -m pytest -q -rs -p no:cacheprovider "$@"
