@@ -64,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     from serving.settings import SettingsError, load_settings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # its per-plugin start-up lines bury ours
     try:
         settings = load_settings(args.config, host=args.host, port=args.port, data_dir=args.data_dir, model=args.model)
         settings.resolved_model()
