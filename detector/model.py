@@ -38,7 +38,8 @@ class ModelInfo:
 
     @property
     def version(self) -> str:
-        return self.metadata.get("gridwatch_model_version") or self.metadata.get("version", "unknown")
+        # Ultralytics' own "version" key is the exporter's version, not the model's.
+        return self.metadata.get("gridwatch_model_version") or self.path.stem
 
 
 def _literal(value: str | None) -> Any:
