@@ -91,3 +91,33 @@ def test_export_needs_real_calibration_images(tmp_path, exported):
     with pytest.raises(ExportError, match="at least 32"):
         quantize_int8(exported.fp32, tmp_path / "x.onnx", few, {})
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_dfl_rewrite_keeps_ultralytics_outputs_on_real_images(exported, tmp_path):
+    """The shipped graph computes the DFL with a last-axis Softmax; its raw outputs must
+    equal Ultralytics' own export of the same weights."""
+    import onnxruntime as ort
+
+    from training.export import dfl_softmax_on_last_axis, letterboxed_inputs
+    from training.offline import ultralytics_offline
+
+    softmaxes = [n for n in onnx.load(str(exported.fp32)).graph.node if n.op_type == "Softmax"]
+    assert softmaxes and all(a.i == -1 for n in softmaxes for a in n.attribute if a.name == "axis")
+
+    YOLO = ultralytics_offline()
+    pt = tmp_path / "coco.pt"
+    pt.write_bytes((exported.fp32.parent.parent / "coco.pt").read_bytes())
+    raw = YOLO(str(pt)).export(format="onnx", imgsz=640, simplify=True, dynamic=False, batch=1, device="cpu")
+    raw_proto = onnx.load(raw)
+    assert any(a.i == 1 for n in raw_proto.graph.node if n.op_type == "Softmax" for a in n.attribute)
+    assert dfl_softmax_on_last_axis(raw_proto) == 1
+    assert dfl_softmax_on_last_axis(raw_proto) == 0  # nothing left to rewrite
+
+    original = ort.InferenceSession(raw, providers=["CPUExecutionProvider"])
+    shipped = ort.InferenceSession(str(exported.fp32), providers=["CPUExecutionProvider"])
+    frames = source_images("garbage_overflow_cn", 3) + source_images("thela_india", 2)
+    for x in letterboxed_inputs(frames, (640, 640)):
+        a = original.run(None, {"images": x})[0]
+        b = shipped.run(None, {"images": x})[0]
+        assert a.shape == b.shape
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-3)

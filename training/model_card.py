@@ -102,6 +102,13 @@ def render_markdown(card: dict[str, Any]) -> str:
                 f"Bare ONNX Runtime session, {s.get('threads', 2)} threads, {s.get('hw', '?')}: fp32 "
                 f"{s.get('fp32_ms', 0):.1f} ms, int8 {s.get('int8_ms', 0):.1f} ms "
                 f"({s.get('ratio', 0):.2f}x).", ""]
+    if card.get("decision"):
+        d = card["decision"]
+        champion = "none shipped" if d.get("champion") is None else f"{d['champion']:.4f}"
+        out += ["## Champion/challenger", "",
+                f"{d.get('metric', 'mAP50-95')} on the same real val split: this model {d.get('challenger', 0):.4f}, "
+                f"the default it was compared with {champion}: "
+                f"{'promoted' if d.get('promote') else 'not promoted'}.", ""]
     out += ["## Training arguments", "", "```json", json.dumps(card.get("training", {}), indent=2), "```", ""]
     out += ["## Files", "", "| file | sha256 | bytes |", "|---|---|---|"]
     for f in card.get("files", []):

@@ -270,7 +270,7 @@ def finish_run(
         "classes": [v for _, v in sorted(_names(exported.metadata).items())],
         "sources": source_entries([str(s) for s in source_names]),
         "credits": [
-            f"{s['name']}: {s['attribution']} Licensed {s['licence']}."
+            f"{s['name']}: {s['attribution']}" + ("" if s["licence"] in s["attribution"] else f" Licensed {s['licence']}.")
             for s in source_entries([str(s) for s in source_names]) if "CC BY" in s["licence"]
         ],
         "data_notes": [
@@ -285,15 +285,14 @@ def finish_run(
         "weaknesses": DEFAULT_WEAKNESSES,
         "licence": "AGPL-3.0 (Ultralytics YOLOv8 architecture and COCO weights)",
     }
-    md, js = write_card(card, out, STEM)
-    log(f"model card: {md}")
-
     champion_path = weights_dir / f"{STEM}-fp32.onnx"
     champion = evaluate_onnx(champion_path, real) if champion_path.is_file() else None
     decision = decide(fp32_eval, champion)
     log(decision.summary())
     card["decision"] = {"promote": decision.promote, "challenger": decision.challenger_score,
                         "champion": decision.champion_score, "metric": decision.metric}
+    md, js = write_card(card, out, STEM)
+    log(f"model card: {md}")
     if promote and decision.promote:
         installed = install({f.name: f for f in files} | {md.name: md, js.name: js}, weights_dir)
         log("installed: " + ", ".join(str(p) for p in installed))
