@@ -226,7 +226,8 @@ def format_table(b: StreamBench) -> str:
         v = b.verify
         lines.append(
             f"verify: {v['cameras']} live-paced cameras for {v['seconds']:.0f} s: {v['samples']} samples analysed "
-            f"of {v['expected']} due ({100 * v['samples'] / max(v['expected'], 1):.0f}%), reader errors {v['errors']}"
+            f"of {v['expected']} due ({100 * v['samples'] / max(v['expected'], 1):.0f}%), dropped before analysis {v['dropped']}, frame age when analysed p95 {v['age_p95_s']} s, "
+            f"reader errors {v['errors']}"
         )
     return "\n".join(lines)
 
@@ -244,8 +245,10 @@ def verify(args: argparse.Namespace, model: str) -> dict[str, Any]:
 
     w, h = (int(v) for v in args.resolution.lower().split("x"))
     with tempfile.TemporaryDirectory(prefix="gridwatch-bench-") as tmp:
+        clip_seconds = max(args.clip_seconds, 10)
         clip = make_clip(Path(tmp) / "camera.mp4", _background(args.images, (w, h)), args.fps,
-                         max(args.clip_seconds, 10), args.keyframe_every)
+                         clip_seconds, args.keyframe_every)
+        loop_seconds = int(round(clip_seconds * args.fps)) / args.fps  # the clip's frames at its rate
         cams = [Camera(id=f"cam-{i:03d}", source=str(clip), division="370202", grid="370202001001001",
                        sample_every=args.sample_every) for i in range(args.cameras)]
         pipeline = Pipeline(cams, Detector(model, threads=args.threads, spinning=False), load_taxonomy(),
@@ -254,10 +257,12 @@ def verify(args: argparse.Namespace, model: str) -> dict[str, Any]:
         slots: dict[str, Frame | None] = {c.id: None for c in cams}
         health = {c.id: StreamHealth(c.id, str(clip)) for c in cams}
         lock = threading.Lock()
+        overwritten = [0]
+        ages: list[float] = []
 
         def read(cam: Camera, offset: float) -> None:
             # Live pacing: packets are released at the clip's real rate, as a camera sends them.
-            t_start = time.monotonic() - offset
+            t_start = time.monotonic() + offset  # cameras start staggered over one interval
             while not stop.is_set():
                 with av.open(str(clip)) as container:
                     container.streams.video[0].codec_context.thread_count = 1
@@ -267,8 +272,12 @@ def verify(args: argparse.Namespace, model: str) -> dict[str, Any]:
                         if delay > 0 and stop.wait(delay):
                             return
                         with lock:
+                            # A slot still full means the pipeline missed that camera's last sample.
+                            overwritten[0] += slots[cam.id] is not None
                             slots[cam.id] = Frame(cam.id, datetime.now(timezone.utc), image, 0)
-                t_start = time.monotonic()
+                # The next loop starts when this one's last frame has played, not when its
+                # demuxing ends (that is as soon as the last due keyframe is out).
+                t_start += loop_seconds
 
         threads = [threading.Thread(target=read, args=(c, i * args.sample_every / len(cams)), daemon=True)
                    for i, c in enumerate(cams)]
@@ -283,6 +292,8 @@ def verify(args: argparse.Namespace, model: str) -> dict[str, Any]:
                     slots[k] = None
             if batch:
                 pipeline.process(batch)
+                done = datetime.now(timezone.utc)
+                ages.extend((done - f.timestamp).total_seconds() for f in batch)
                 analysed += len(batch)
             else:
                 time.sleep(0.01)
@@ -291,6 +302,7 @@ def verify(args: argparse.Namespace, model: str) -> dict[str, Any]:
             t.join(5)
     expected = int(args.cameras * args.verify_seconds / args.sample_every)
     return {"cameras": args.cameras, "seconds": args.verify_seconds, "samples": analysed, "expected": expected,
+            "dropped": overwritten[0], "age_p95_s": round(float(np.percentile(ages, 95)), 3) if ages else None,
             "errors": sum(hh.errors for hh in health.values())}
 
 

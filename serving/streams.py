@@ -127,6 +127,24 @@ def sample_decoded(
         ts = packet.pts if packet.pts is not None else packet.dts
         return float(ts * base) if ts is not None and base is not None else None
 
+    def frame_time(frame: Any, fallback: float | None) -> float | None:
+        if live:
+            return time.monotonic()
+        if frame.pts is not None and base is not None:
+            return float(frame.pts * base)  # frame.time is NaN for frames drained from the decoder
+        return fallback
+
+    def decode(packet: Any) -> list[Any]:
+        frames = list(ctx.decode(packet))
+        if keyframes_only:
+            # H.264/HEVC with B-frames holds decoded pictures back for reordering; with
+            # the frames between keyframes skipped, a keyframe would only come out when
+            # the next *due* keyframe is fed (one sampling interval late) and the last one
+            # of a stream never. Each keyframe stands alone, so drain and reset at once.
+            frames += list(ctx.decode(None))
+            ctx.flush_buffers()
+        return frames
+
     for packet in container.demux(stream):
         if should_stop():
             return
@@ -148,9 +166,9 @@ def sample_decoded(
                 last_key = t
             if keyframes_only and next_due is not None and t is not None and t < next_due - slack:
                 continue  # not due: never reaches the decoder
-        for frame in ctx.decode(packet):
+        for frame in decode(packet):
             health.frames_decoded += 1
-            ft = time.monotonic() if live else (float(frame.time) if frame.time is not None else t)
+            ft = frame_time(frame, t)
             if ft is None:
                 ft = float(health.frames_decoded)
             if next_due is None or ft >= next_due - slack:
@@ -160,7 +178,7 @@ def sample_decoded(
                 yield ft, frame.to_ndarray(format="bgr24")
     for frame in ctx.decode(None):  # drain frames the decoder still holds
         health.frames_decoded += 1
-        ft = time.monotonic() if live else (float(frame.time) if frame.time is not None else None)
+        ft = frame_time(frame, None)
         if ft is not None and (next_due is None or ft >= next_due - slack):
             next_due = ft + sample_every
             yield ft, frame.to_ndarray(format="bgr24")

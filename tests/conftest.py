@@ -37,9 +37,9 @@ def dataset_images(shared_dir: Path) -> list[Path]:
 
 @pytest.fixture(scope="session")
 def test_model(shared_dir: Path) -> Path:
-    from serving.settings import default_model_path
-
-    model = default_model_path() or shared_dir / "weights" / "coco-yolov8n-int8.onnx"
+    """The COCO seed model: stream and rule tests stage scenes with COCO objects and name
+    COCO classes in their rules, so they must not depend on what the shipped model learnt."""
+    model = shared_dir / "weights" / "coco-yolov8n-int8.onnx"
     if not model.is_file():
         pytest.skip(f"no model at {model}")
     return model
@@ -268,10 +268,12 @@ ADMIN = "gw_test_admin_key_for_serve_0001"
 class ServeProcess:
     """`python -m serving.cli serve` in a work folder, with its stderr in serve.log."""
 
-    def __init__(self, workdir: Path, port: int, model: Path, config: Path | None = None, env: dict | None = None) -> None:
+    def __init__(self, workdir: Path, port: int, model: Path | None, config: Path | None = None,
+                 env: dict | None = None) -> None:
         self.workdir, self.port, self.model, self.config = workdir, port, model, config
-        inherited = {k: v for k, v in os.environ.items() if k != "GRIDWATCH_ADMIN_KEY"}
-        self.env = {**inherited, "GRIDWATCH_MODEL": str(model), **(env or {})}
+        inherited = {k: v for k, v in os.environ.items() if k not in ("GRIDWATCH_ADMIN_KEY", "GRIDWATCH_MODEL")}
+        # model None: the embedded default, the shipped model in weights/
+        self.env = {**inherited, **({"GRIDWATCH_MODEL": str(model)} if model else {}), **(env or {})}
         self.url = f"http://127.0.0.1:{port}"
         self.proc: subprocess.Popen | None = None
         self.log = workdir / "serve.log"
@@ -320,8 +322,8 @@ class ServeProcess:
 def serve(tmp_path, test_model):
     started: list[ServeProcess] = []
 
-    def make(port: int, config: Path | None = None, env: dict | None = None) -> ServeProcess:
-        process = ServeProcess(tmp_path, port, test_model, config, env)
+    def make(port: int, config: Path | None = None, env: dict | None = None, shipped_model: bool = False) -> ServeProcess:
+        process = ServeProcess(tmp_path, port, None if shipped_model else test_model, config, env)
         started.append(process)
         return process
 

@@ -34,6 +34,24 @@ def test_defaults_print_an_admin_key_once_and_stop_gracefully(serve, free_port, 
     assert third.terminate() == 0
 
 
+def test_defaults_serve_the_shipped_model(serve, free_port, dataset_images) -> None:
+    from serving.settings import default_model_path
+
+    shipped = default_model_path()
+    assert shipped is not None, "weights/ must hold the default model"
+    process = serve(free_port, env={"GRIDWATCH_ADMIN_KEY": ADMIN}, shipped_model=True).start()
+    found = set()
+    for image in dataset_images[:6]:  # bins and garbage piles
+        response = httpx.post(f"{process.url}/v1/detect", headers={"Authorization": f"Bearer {ADMIN}"},
+                              files={"file": (image.name, image.read_bytes(), "image/jpeg")}, timeout=30)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["model_version"].startswith("gridwatch-")
+        found |= {d["class_name"] for d in body["detections"]}
+    assert found & {"garbage_bin", "bin_overflow", "garbage_pile"}
+    assert process.terminate() == 0
+
+
 def test_bad_config_is_a_clear_error(serve, free_port, tmp_path) -> None:
     config = tmp_path / "bad.yaml"
     config.write_text("settings: {reopen_policy: sometimes}\n")

@@ -16,7 +16,7 @@ from serving.cameras import Camera, parse_cameras
 from serving.pipeline import Pipeline
 from serving.streams import FileReader, FolderReader, LiveReader, open_reader
 from tests.streaming import (
-    EXAMPLE_YAML, SEED_TAXONOMY_OVERRIDE, MjpegServer, RtspServer, seed_detector, seed_props, shared_available,
+    DATASETS, EXAMPLE_YAML, SEED_TAXONOMY_OVERRIDE, MjpegServer, RtspServer, seed_detector, seed_props, shared_available,
     street_scene, write_video,
 )
 
@@ -52,6 +52,29 @@ def test_keyframe_only_decoding_decodes_only_due_keyframes(short_video: Path) ->
     assert reader.health.packets_read == 150 and reader.health.decode_mode == "keyframes"
     assert reader.health.state == "finished"
     assert frames[0].image.shape == (360, 640, 3)
+
+
+def test_keyframes_of_a_b_frame_stream_come_out_on_time(tmp_path: Path) -> None:
+    """Camera main streams carry B-frames, so the decoder reorders; a sampled keyframe must
+    be that keyframe's picture at its own time, including the stream's last one."""
+    import av
+    import numpy as np
+
+    from serving.stream_bench import make_clip
+
+    street = sorted((DATASETS / "thela_india" / "images").glob("*.jpg"))[0]
+    background = cv2.resize(cv2.imread(str(street)), (640, 360))
+    clip = make_clip(tmp_path / "bframes.mp4", background, fps=10, seconds=20, keyframe_every=2)
+    with av.open(str(clip)) as container:
+        truth = {round(float(f.time), 2): f.to_ndarray(format="bgr24") for f in container.decode(video=0)}
+    reader = FileReader(camera(clip, sample_every=4.0, start="2026-05-01T02:00:00Z"))
+    frames = list(reader.frames())
+    seconds = [(f.timestamp - T0).total_seconds() for f in frames]
+    assert seconds == [0, 4, 8, 12, 16]
+    for t, frame in zip(seconds, frames):
+        # The object crossing the scene sits elsewhere in every other picture.
+        diff = np.abs(frame.image.astype(np.int16) - truth[t]).mean()
+        assert diff < 2, f"sample at {t}s is not the picture at {t}s (mean diff {diff:.1f})"
 
 
 def test_full_decoding_when_asked_or_keyframes_too_sparse(short_video: Path) -> None:

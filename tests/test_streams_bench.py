@@ -32,6 +32,8 @@ def test_bench_cameras_reports_where_time_goes() -> None:
     assert data["cameras_keyframes"] > data["cameras_full"] > 0
     assert data["sustains_target"] == (data["cameras_keyframes"] >= 3)
     assert data["verify"]["cameras"] == 3 and data["verify"]["samples"] > 0 and data["verify"]["errors"] == 0
+    assert data["verify"]["dropped"] == 0 and 0 <= data["verify"]["age_p95_s"] < 5
+    assert abs(data["verify"]["samples"] - data["verify"]["expected"]) <= 3  # one per camera per interval
 
 
 def test_bench_cameras_table() -> None:
