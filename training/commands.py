@@ -25,6 +25,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="skip training: export, evaluate, card and champion/challenger for --project/--name")
     p.add_argument("--fraction", type=float, default=1.0, help="train on this fraction of the train split")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--cache", choices=("ram", "disk"), help="cache decoded training images (ram: fastest on CPU)")
+    p.add_argument("--close-mosaic", type=int, help="last epochs trained without mosaic augmentation")
     p.add_argument("--no-plots", dest="plots", action="store_false", help="skip Ultralytics' training plots")
     p.add_argument("--no-int8", dest="int8", action="store_false", help="export fp32 only after training")
     p.add_argument("--promote", action="store_true",
@@ -73,6 +75,7 @@ def run_train(args: argparse.Namespace) -> int:
                 args.data, args.model, epochs=args.epochs, imgsz=args.imgsz, batch=args.batch,
                 device=args.device, project=args.project, name=args.name, resume=args.resume,
                 fraction=args.fraction, workers=args.workers, plots=args.plots,
+                extra={k: v for k, v in (("cache", args.cache), ("close_mosaic", args.close_mosaic)) if v is not None},
             )
         data = args.data
         if data is None:  # the data is what the run was started with
