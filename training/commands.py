@@ -34,6 +34,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--weights-dir", type=Path, default=None, help="where the current default lives (weights/)")
     p.set_defaults(func=run_train)
 
+    p = subparsers.add_parser("average", help="average checkpoints of one lineage into a new run's best.pt")
+    p.add_argument("--weights", required=True, nargs="+", type=Path, help="two or more .pt checkpoints")
+    p.add_argument("--shares", nargs="+", type=float, help="one weight per checkpoint (default: equal)")
+    p.add_argument("--project", type=Path, default=Path("runs/train"))
+    p.add_argument("--name", required=True, help="run folder to create under --project; finish it with "
+                                                 "`gridwatch train --finish --name NAME`")
+    p.set_defaults(func=run_average)
+
     p = subparsers.add_parser("eval", help="per-class AP of a model (ONNX as served, or .pt) on a labelled folder")
     p.add_argument("--model", required=True, type=Path, help="model .onnx (served runtime) or .pt")
     p.add_argument("--data", required=True, type=Path, help="folder with images/, labels/, data.yaml")
@@ -86,6 +94,20 @@ def run_train(args: argparse.Namespace) -> int:
                    int8=args.int8)
     except (TrainError, ValueError, FileNotFoundError) as exc:
         return _fail(str(exc))
+    return 0
+
+
+def run_average(args: argparse.Namespace) -> int:
+    from training.average import average_checkpoints
+    from training.export import ExportError
+
+    out = args.project / args.name / "weights" / "best.pt"
+    try:
+        average_checkpoints(args.weights, out, args.shares)
+    except ExportError as exc:
+        return _fail(str(exc))
+    print(f"averaged {len(args.weights)} checkpoints -> {out}")
+    print(f"next: gridwatch train --finish --project {args.project} --name {args.name} --promote")
     return 0
 
 
