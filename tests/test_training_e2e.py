@@ -103,7 +103,10 @@ def test_train_writes_run_export_card_and_promotes_first_model(env, trained):
     assert (run.parent / ".bootstrap" / "yolov8n-coco-bootstrap.pt").is_file()  # the default start
     assert "champion/challenger" in trained["out"] and "PROMOTE" in trained["out"]
     assert sorted(p.name for p in trained["weights"].iterdir()) == [
-        "gridwatch-fp32.onnx", "gridwatch-int8.onnx", "gridwatch.json", "gridwatch.md"]
+        "gridwatch-fp32.json", "gridwatch-fp32.md", "gridwatch-fp32.onnx", "gridwatch-int8.json",
+        "gridwatch-int8.md", "gridwatch-int8.onnx", "gridwatch.json", "gridwatch.md"]
+    for stem in ("gridwatch-fp32", "gridwatch-int8"):  # each model file has the card beside it
+        assert (trained["weights"] / f"{stem}.md").read_text() == (trained["weights"] / "gridwatch.md").read_text()
     card = json.loads((trained["weights"] / "gridwatch.json").read_text())
     assert card["classes"][:3] == ["garbage_bin", "bin_overflow", "garbage_pile"]
     assert {s["name"] for s in card["sources"]} == {"garbage_overflow_cn", "thela_india", "facade_signs_spb"}

@@ -292,9 +292,11 @@ def finish_run(
     card["decision"] = {"promote": decision.promote, "challenger": decision.challenger_score,
                         "champion": decision.champion_score, "metric": decision.metric}
     md, js = write_card(card, out, STEM)
+    # The same card again under each model file's own name, so whoever holds one file finds its card.
+    cards = [md, js] + [path for f in files for path in write_card(card, out, f.stem)]
     log(f"model card: {md}")
     if promote and decision.promote:
-        installed = install({f.name: f for f in files} | {md.name: md, js.name: js}, weights_dir)
+        installed = install({f.name: f for f in files} | {c.name: c for c in cards}, weights_dir)
         log("installed: " + ", ".join(str(p) for p in installed))
     elif promote:
         log("not promoted: the current default stays")
