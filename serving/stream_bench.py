@@ -226,8 +226,8 @@ def format_table(b: StreamBench) -> str:
         v = b.verify
         lines.append(
             f"verify: {v['cameras']} live-paced cameras for {v['seconds']:.0f} s: {v['samples']} samples analysed "
-            f"of {v['expected']} due ({100 * v['samples'] / max(v['expected'], 1):.0f}%), dropped before analysis {v['dropped']}, frame age when analysed p95 {v['age_p95_s']} s, "
-            f"reader errors {v['errors']}"
+            f"of {v['expected']} due ({100 * v['samples'] / max(v['expected'], 1):.0f}%), dropped before "
+            f"analysis {v['dropped']}, frame age when analysed p95 {v['age_p95_s']} s, reader errors {v['errors']}"
         )
     return "\n".join(lines)
 

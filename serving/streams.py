@@ -145,6 +145,16 @@ def sample_decoded(
             ctx.flush_buffers()
         return frames
 
+    def take(ft: float) -> bool:
+        """Whether the frame at `ft` is due; if so, schedule the next one."""
+        nonlocal next_due
+        if next_due is not None and ft < next_due - slack:
+            return False
+        # Keep the average rate when keyframes do not fall on due times; never burst.
+        next_due = next_due + sample_every if next_due is not None and ft - next_due < sample_every \
+            else ft + sample_every
+        return True
+
     for packet in container.demux(stream):
         if should_stop():
             return
@@ -171,16 +181,12 @@ def sample_decoded(
             ft = frame_time(frame, t)
             if ft is None:
                 ft = float(health.frames_decoded)
-            if next_due is None or ft >= next_due - slack:
-                # Keep the average rate when keyframes do not fall on due times; never burst.
-                next_due = next_due + sample_every if next_due is not None and ft - next_due < sample_every \
-                    else ft + sample_every
+            if take(ft):
                 yield ft, frame.to_ndarray(format="bgr24")
     for frame in ctx.decode(None):  # drain frames the decoder still holds
         health.frames_decoded += 1
         ft = frame_time(frame, None)
-        if ft is not None and (next_due is None or ft >= next_due - slack):
-            next_due = ft + sample_every
+        if ft is not None and take(ft):
             yield ft, frame.to_ndarray(format="bgr24")
 
 
