@@ -100,13 +100,18 @@ class Taxonomy(BaseModel):
         return [c for group in self.detector_classes.values() for c in group]
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml_file(path: Path, error: type[Exception], what: str) -> Any:
+    """A YAML file's content, or `error` naming the file and what is wrong with it."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise TaxonomyError(f"{path}: cannot read taxonomy file: {exc}") from exc
+        raise error(f"{path}: cannot read {what}: {exc}") from None
     except yaml.YAMLError as exc:
-        raise TaxonomyError(f"{path}: not valid YAML: {exc}") from exc
+        raise error(f"{path}: not valid YAML: {exc}") from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    data = read_yaml_file(path, TaxonomyError, "taxonomy file")
     if not isinstance(data, dict):
         raise TaxonomyError(f"{path}: expected a mapping with 'violations', got {type(data).__name__}")
     return data

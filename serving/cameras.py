@@ -29,8 +29,9 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from detector.taxonomy import read_yaml_file
 
 GRID_CODE = re.compile(r"^[0-9A-Z]{15}$")
 DIVISION_CODE = re.compile(r"^[0-9]{6}$")
@@ -424,10 +425,5 @@ def parse_cameras(data: Any, base_dir: Path, source: str = "<config>", taxonomy:
 def load_cameras(path: str | Path, taxonomy: Any = None) -> CamerasConfig:
     """Read and validate a cameras YAML file; `taxonomy` (detector.Taxonomy) checks rule names."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise CameraConfigError(f"{path}: cannot read camera file: {exc}") from None
-    except yaml.YAMLError as exc:
-        raise CameraConfigError(f"{path}: not valid YAML: {exc}") from None
+    data = read_yaml_file(path, CameraConfigError, "camera file")
     return parse_cameras(data, path.resolve().parent, str(path), taxonomy)

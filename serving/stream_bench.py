@@ -28,6 +28,7 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -87,32 +88,24 @@ def _background(images: Path | None, size: tuple[int, int]) -> np.ndarray:
 
 def make_clip(path: Path, background: np.ndarray, fps: int, seconds: float, keyframe_every: float) -> Path:
     """Camera-like H.264: a static street, something crossing it, sensor noise."""
-    import av
+    from serving.media import write_h264
 
     h, w = background.shape[:2]
     rng = np.random.default_rng(1)
     base = background.astype(np.int16)
     mover = background[h // 3 : h // 3 + h // 4, w // 8 : w // 8 + w // 10].copy()
-    gop = max(1, int(round(keyframe_every * fps)))
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        # A typical camera main stream: ~4 Mbit/s at 1080p, B-frames, fixed GOP.
-        stream.bit_rate = int(4_000_000 * (w * h) / (1920 * 1080))
-        stream.options = {"g": str(gop), "keyint_min": str(gop), "sc_threshold": "0", "bf": "2",
-                          "preset": "ultrafast"}
-        n = int(seconds * fps)
+    n = int(seconds * fps)
+
+    def frames() -> Iterator[np.ndarray]:
         for i in range(n):
             frame = base + rng.integers(-4, 5, (h, w, 1), dtype=np.int16)  # fresh sensor noise
             x = int((w - mover.shape[1]) * i / n)
             frame[h // 2 : h // 2 + mover.shape[0], x : x + mover.shape[1]] = mover
-            vf = av.VideoFrame.from_ndarray(np.clip(frame, 0, 255).astype(np.uint8), format="bgr24")
-            vf.pts = i
-            for packet in stream.encode(vf):
-                out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
-    return path
+            yield np.clip(frame, 0, 255).astype(np.uint8)
+
+    # A typical camera main stream: ~4 Mbit/s at 1080p, B-frames, fixed GOP.
+    return write_h264(path, frames(), fps=fps, size=(w, h), keyframe_every=keyframe_every, b_frames=2,
+                      bit_rate=int(4_000_000 * (w * h) / (1920 * 1080)))
 
 
 def _decode_cost(clip: Path, sample_every: float, mode: str) -> tuple[float, list[np.ndarray], float]:

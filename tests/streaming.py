@@ -27,6 +27,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from serving.media import write_h264
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("GRIDWATCH_SHARED_DIR", REPO.parent / "shared"))
 DATASETS = SHARED / "datasets"
@@ -171,29 +173,14 @@ def write_video(
     codec: str = "libx264",
 ) -> Path:
     """Encode the timeline to H.264 in MP4 (or MKV by suffix), `keyframe_every` s GOP."""
-    import av
-
     fps = timeline.fps
-    with av.open(str(path), "w") as out:
-        if creation_time is not None:
-            out.metadata["creation_time"] = creation_time.isoformat()
-        stream = out.add_stream(codec, rate=int(fps) if float(fps).is_integer() else fps)
-        stream.width, stream.height = SIZE
-        stream.pix_fmt = "yuv420p"
-        gop = max(1, int(round(keyframe_every * fps)))
-        stream.codec_context.gop_size = gop
-        stream.codec_context.thread_count = 1  # same bits on every machine: tests stay exact
-        stream.options = {"g": str(gop), "keyint_min": str(gop), "sc_threshold": "0", "bf": "0",
-                          "preset": "ultrafast", "crf": "23", "tune": "zerolatency"}
-        n = int(round(timeline.duration * fps))
-        for i in range(n):
-            frame = av.VideoFrame.from_ndarray(timeline.frame(i / fps), format="bgr24")
-            frame.pts = i
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
-    return path
+    n = int(round(timeline.duration * fps))
+    return write_h264(
+        path, (timeline.frame(i / fps) for i in range(n)), fps=fps, size=SIZE, keyframe_every=keyframe_every,
+        codec=codec, threads=1,  # same bits on every machine: tests stay exact
+        options={"crf": "23", "tune": "zerolatency"},
+        metadata={"creation_time": creation_time.isoformat()} if creation_time is not None else None,
+    )
 
 
 def free_port() -> int:

@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from training.evaluate import ClassMetrics, EvalResult
-from training.model_card import render_markdown, source_entries, write_card
+from training.model_card import (coverage_weaknesses, render_markdown, source_entries, training_instances,
+                                 write_card)
 from training.promote import decide, install
 
 
@@ -67,6 +68,25 @@ def test_card_json_and_markdown_come_from_one_dict(tmp_path):
         assert text in md, text
 
 
+def test_card_names_classes_the_data_cannot_support():
+    counts = {
+        "human": {"train": {"garbage_bin": 120}, "val": {"garbage_bin": 20}},
+        "pseudo": {"train": {"chair": 3}, "val": {}},
+        "images": {"train": {"real": 50}},
+    }
+    instances = training_instances(counts, ["garbage_bin", "chair", "dining table"])
+    assert instances == {"garbage_bin": {"human": 120, "pseudo": 0}, "chair": {"human": 0, "pseudo": 3},
+                         "dining table": {"human": 0, "pseudo": 0}}
+    real_val = {"classes": {"garbage_bin": {"instances": 400}, "chair": {"instances": 1}}}
+    never, few = coverage_weaknesses(instances, real_val)
+    assert "dining table" in never and "garbage_bin" not in never and "chair" not in never
+    assert "chair (1)" in few and "garbage_bin" not in few
+    assert coverage_weaknesses({"garbage_bin": {"human": 5}}, {"classes": {}}) == []
+
+    md = render_markdown({"name": "m", "model_version": "v", "train_instances": instances})
+    assert "| class | human | pseudo |" in md and "| dining table | 0 | 0 |" in md
+
+
 def test_cli_help_and_training_commands_do_not_import_torch():
     code = ("import sys; from serving.cli import build_parser; p = build_parser(); "
             "p.parse_args(['eval', '--model', 'm.onnx', '--data', 'd']); "
@@ -74,3 +94,11 @@ def test_cli_help_and_training_commands_do_not_import_torch():
             "assert 'torch' not in sys.modules and 'ultralytics' not in sys.modules, 'heavy import at top'")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_lr0_without_an_optimizer_is_refused_before_training(tmp_path):
+    # Ultralytics would silently replace it when it picks the optimizer itself.
+    proc = subprocess.run([sys.executable, "-m", "serving.cli", "train", "--data", str(tmp_path / "d.yaml"),
+                           "--lr0", "0.01"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 2 and "--optimizer" in proc.stderr
+    assert not (tmp_path / "runs").exists()

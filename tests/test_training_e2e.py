@@ -173,12 +173,13 @@ def test_second_run_meets_the_champion(env, trained):
     proc = gridwatch(env, "train", "--data", env["data"], "--model", trained["run"] / "weights" / "best.pt",
                      "--epochs", 1, "--imgsz", 192, "--batch", 8, "--project", env["tmp"] / "runs",
                      "--name", "ci2", "--no-int8", "--no-plots", "--weights-dir", trained["weights"],
-                     "--cache", "ram", "--close-mosaic", "1")
+                     "--cache", "ram", "--close-mosaic", "1", "--optimizer", "SGD", "--lr0", "0.002")
     out = proc.stdout + proc.stderr
     from training.export import read_checkpoint_args
 
     args = read_checkpoint_args(env["tmp"] / "runs" / "ci2" / "weights" / "best.pt")
     assert args["close_mosaic"] == 1 and args["cache"] == "ram"  # the flags reach Ultralytics
+    assert args["optimizer"] == "SGD" and args["lr0"] == 0.002
     line = next(l for l in out.splitlines() if "champion/challenger" in l)
     assert "champion none" not in line  # the promoted first model was scored on the same split
     assert "not promoted" in out  # no --promote: weights/ untouched

@@ -9,6 +9,9 @@ import argparse
 import sys
 from pathlib import Path
 
+# Ultralytics' optimizer names (ultralytics/engine/trainer.py build_optimizer).
+OPTIMIZERS = ("auto", "SGD", "MuSGD", "Adam", "Adamax", "AdamW", "NAdam", "RAdam", "RMSprop")
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="fine-tune the detector on a built dataset (CPU or GPU)")
@@ -27,6 +30,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--cache", choices=("ram", "disk"), help="cache decoded training images (ram: fastest on CPU)")
     p.add_argument("--close-mosaic", type=int, help="last epochs trained without mosaic augmentation")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="auto",
+                   help="auto lets Ultralytics pick (AdamW on short runs) and set its own learning rate")
+    p.add_argument("--lr0", type=float, help="initial learning rate; needs an explicit --optimizer")
     p.add_argument("--no-plots", dest="plots", action="store_false", help="skip Ultralytics' training plots")
     p.add_argument("--no-int8", dest="int8", action="store_false", help="export fp32 only after training")
     p.add_argument("--promote", action="store_true",
@@ -75,6 +81,9 @@ def run_train(args: argparse.Namespace) -> int:
 
     if not (args.resume or args.finish) and args.data is None:
         return _fail("--data is required (unless --resume or --finish)")
+    if args.lr0 is not None and args.optimizer == "auto":
+        # Ultralytics silently replaces lr0 when it picks the optimizer itself.
+        return _fail("--lr0 has no effect with --optimizer auto; name the optimizer, e.g. --optimizer SGD")
     try:
         if args.finish:
             result = existing_run(args.project, args.name)
@@ -83,7 +92,8 @@ def run_train(args: argparse.Namespace) -> int:
                 args.data, args.model, epochs=args.epochs, imgsz=args.imgsz, batch=args.batch,
                 device=args.device, project=args.project, name=args.name, resume=args.resume,
                 fraction=args.fraction, workers=args.workers, plots=args.plots,
-                extra={k: v for k, v in (("cache", args.cache), ("close_mosaic", args.close_mosaic)) if v is not None},
+                extra={k: v for k, v in (("cache", args.cache), ("close_mosaic", args.close_mosaic),
+                                         ("optimizer", args.optimizer), ("lr0", args.lr0)) if v is not None},
             )
         data = args.data
         if data is None:  # the data is what the run was started with

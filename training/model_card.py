@@ -36,6 +36,31 @@ DEFAULT_WEAKNESSES = [
 ]
 
 
+FEW_VAL_INSTANCES = 30  # below this many boxes one hit or miss moves AP by points
+
+
+def training_instances(counts: dict[str, Any], classes: list[str]) -> dict[str, dict[str, int]]:
+    """class -> {label kind: train-split boxes}, from a built dataset's manifest `counts`
+    ({"human"|"pseudo"|"synthetic": {split: {class: n}}, "images": ...})."""
+    kinds = [k for k in counts if k != "images"]
+    return {c: {k: int(counts[k].get("train", {}).get(c, 0)) for k in kinds} for c in classes}
+
+
+def coverage_weaknesses(instances: dict[str, dict[str, int]], real_val: dict[str, Any] | None) -> list[str]:
+    """What the data itself says the model cannot be trusted on."""
+    out = []
+    never = [c for c, kinds in instances.items() if not any(kinds.values())]
+    if never:
+        out.append(f"No training boxes at all for {', '.join(never)}: the model has never seen one and "
+                   "will not find it.")
+    if real_val:
+        few = [f"{c} ({m['instances']})" for c, m in real_val.get("classes", {}).items()
+               if m["instances"] < FEW_VAL_INSTANCES]
+        if few:
+            out.append(f"Fewer than {FEW_VAL_INSTANCES} real val boxes, so their AP is noise: {', '.join(few)}.")
+    return out
+
+
 def source_entries(names: list[str]) -> list[dict[str, str]]:
     try:
         from training.sources import load_source
@@ -83,6 +108,13 @@ def render_markdown(card: dict[str, Any]) -> str:
     for note in card.get("data_notes", []):
         out.append(f"- {note}")
     out.append("")
+    if card.get("train_instances"):
+        kinds = sorted({k for per_kind in card["train_instances"].values() for k in per_kind})
+        out += ["Boxes per class in the train split, by where the label came from:", "",
+                "| class | " + " | ".join(kinds) + " |", "|---" * (len(kinds) + 1) + "|"]
+        for name, per_kind in card["train_instances"].items():
+            out.append(f"| {name} | " + " | ".join(str(per_kind.get(k, 0)) for k in kinds) + " |")
+        out.append("")
     out += ["## Metrics", "",
             "Measured with `gridwatch eval` (AP from scores >= 0.001, COCO 101-point; precision and "
             "recall at the served threshold, IoU 0.5).", ""]

@@ -219,7 +219,8 @@ def finish_run(
 ) -> dict:
     """Export, evaluate, card, champion/challenger. Returns the card dict."""
     from training.export import compare_speed, export, sha256_file
-    from training.model_card import DEFAULT_WEAKNESSES, source_entries, write_card
+    from training.model_card import (DEFAULT_WEAKNESSES, coverage_weaknesses, source_entries,
+                                     training_instances, write_card)
     from training.promote import decide, install
 
     data = Path(data).resolve()
@@ -257,6 +258,10 @@ def finish_run(
     source_names = cfg.get("sources") or []
     if isinstance(source_names, dict):
         source_names = list(source_names)
+    classes = [v for _, v in sorted(_names(exported.metadata).items())]
+    manifest = data.parent / "manifest.json"  # written by `gridwatch dataset build`
+    instances = (training_instances(json.loads(manifest.read_text(encoding="utf-8")).get("counts", {}), classes)
+                 if manifest.is_file() else {})
     train_args = json.loads(exported.metadata.get("gridwatch_train_args", "{}"))
     files = [exported.fp32] + ([exported.int8] if exported.int8 else [])
     card = {
@@ -267,7 +272,8 @@ def finish_run(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "imgsz": train_args.get("imgsz"),
         "score_threshold": DEFAULT_OPERATING_THRESHOLD,
-        "classes": [v for _, v in sorted(_names(exported.metadata).items())],
+        "classes": classes,
+        "train_instances": instances,
         "sources": source_entries([str(s) for s in source_names]),
         "credits": [
             f"{s['name']}: {s['attribution']}" + ("" if s["licence"] in s["attribution"] else f" Licensed {s['licence']}.")
@@ -282,7 +288,7 @@ def finish_run(
         "speed": speed,
         "training": {**train_args, "run_dir": str(result.run_dir)},
         "files": [{"name": f.name, "sha256": sha256_file(f), "bytes": f.stat().st_size} for f in files],
-        "weaknesses": DEFAULT_WEAKNESSES,
+        "weaknesses": DEFAULT_WEAKNESSES + coverage_weaknesses(instances, fp32_eval.to_dict()),
         "licence": "AGPL-3.0 (Ultralytics YOLOv8 architecture and COCO weights)",
     }
     champion_path = weights_dir / f"{STEM}-fp32.onnx"
