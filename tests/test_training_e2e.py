@@ -195,6 +195,25 @@ def test_finished_run_cannot_resume_but_can_finish_again(env, trained):
     no_network(env)
 
 
+def test_average_finishes_with_its_lineage_and_notes_in_the_card(env, trained):
+    runs = env["tmp"] / "runs"
+    gridwatch(env, "average", "--weights", runs / "ci" / "weights" / "best.pt", runs / "ci" / "weights" / "last.pt",
+              "--shares", "1", "3", "--project", runs, "--name", "soup")
+    notes = env["tmp"] / "notes.md"
+    notes.write_text("Averaged because **both** runs were close.\n", encoding="utf-8")
+    gridwatch(env, "train", "--finish", "--project", runs, "--name", "soup", "--no-int8",
+              "--card-notes", notes, "--weights-dir", trained["weights"])
+    card = json.loads((runs / "soup" / "export" / "gridwatch.json").read_text(encoding="utf-8"))
+    assert card["summary"] == "Averaged because **both** runs were close."
+    assert card["training"]["average_shares"] == [1.0, 3.0]
+    assert [Path(w).parent.parent.name for w in card["training"]["averaged_from"]] == ["ci", "ci"]
+    assert "Averaged because **both**" in (runs / "soup" / "export" / "gridwatch.md").read_text(encoding="utf-8")
+    missing = gridwatch(env, "train", "--finish", "--project", runs, "--name", "soup",
+                        "--card-notes", env["tmp"] / "nope.md", check=False)
+    assert missing.returncode == 2 and "--card-notes" in missing.stderr
+    no_network(env)
+
+
 def test_resume_an_interrupted_run(env, trained):  # trained: the cached bootstrap start
     project = env["tmp"] / "runs"
     args = [sys.executable, "-m", "serving.cli", "train", "--data", str(env["data"]), "--epochs", "3",

@@ -35,6 +35,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--lr0", type=float, help="initial learning rate; needs an explicit --optimizer")
     p.add_argument("--no-plots", dest="plots", action="store_false", help="skip Ultralytics' training plots")
     p.add_argument("--no-int8", dest="int8", action="store_false", help="export fp32 only after training")
+    p.add_argument("--card-notes", type=Path,
+                   help="Markdown file whose text opens the model card (the run's history, comparisons)")
     p.add_argument("--promote", action="store_true",
                    help="install the result in weights/ if it is not worse than the current default")
     p.add_argument("--weights-dir", type=Path, default=None, help="where the current default lives (weights/)")
@@ -84,6 +86,10 @@ def run_train(args: argparse.Namespace) -> int:
     if args.lr0 is not None and args.optimizer == "auto":
         # Ultralytics silently replaces lr0 when it picks the optimizer itself.
         return _fail("--lr0 has no effect with --optimizer auto; name the optimizer, e.g. --optimizer SGD")
+    try:  # read now: a typo must not surface only after hours of training
+        notes = args.card_notes.read_text(encoding="utf-8") if args.card_notes else None
+    except (OSError, UnicodeDecodeError) as exc:
+        return _fail(f"--card-notes: {exc}")
     try:
         if args.finish:
             result = existing_run(args.project, args.name)
@@ -101,7 +107,7 @@ def run_train(args: argparse.Namespace) -> int:
 
             data = Path(read_checkpoint_args(result.best)["data"])
         finish_run(result, data, promote=args.promote, weights_dir=args.weights_dir or WEIGHTS_DIR,
-                   int8=args.int8)
+                   int8=args.int8, notes=notes)
     except (TrainError, ValueError, FileNotFoundError) as exc:
         return _fail(str(exc))
     return 0

@@ -208,6 +208,13 @@ def evaluate_onnx(model: Path, eval_set: EvalSet, threshold: float = DEFAULT_OPE
     return evaluate(predict, eval_set, threshold)
 
 
+def _lineage(checkpoint: dict) -> dict:
+    """How an averaged checkpoint (`gridwatch average`) was made, for the card."""
+    if not checkpoint.get("averaged_from"):
+        return {}
+    return {"averaged_from": checkpoint["averaged_from"], "average_shares": checkpoint.get("average_shares")}
+
+
 def finish_run(
     result: TrainResult,
     data: str | Path,
@@ -215,10 +222,14 @@ def finish_run(
     promote: bool = False,
     weights_dir: Path = WEIGHTS_DIR,
     int8: bool = True,
+    notes: str | None = None,
     log=print,
 ) -> dict:
-    """Export, evaluate, card, champion/challenger. Returns the card dict."""
-    from training.export import compare_speed, export, sha256_file
+    """Export, evaluate, card, champion/challenger. Returns the card dict.
+
+    `notes` (Markdown) opens the card: what only the trainer knows, such as why this run exists.
+    """
+    from training.export import compare_speed, export, load_checkpoint, sha256_file
     from training.model_card import (DEFAULT_WEAKNESSES, coverage_weaknesses, source_entries,
                                      training_instances, write_card)
     from training.promote import decide, install
@@ -286,11 +297,13 @@ def finish_run(
         "metrics": metrics,
         "int8": card_int8,
         "speed": speed,
-        "training": {**train_args, "run_dir": str(result.run_dir)},
+        "training": {**train_args, "run_dir": str(result.run_dir), **_lineage(load_checkpoint(result.best))},
         "files": [{"name": f.name, "sha256": sha256_file(f), "bytes": f.stat().st_size} for f in files],
         "weaknesses": DEFAULT_WEAKNESSES + coverage_weaknesses(instances, fp32_eval.to_dict()),
         "licence": "AGPL-3.0 (Ultralytics YOLOv8 architecture and COCO weights)",
     }
+    if notes:
+        card["summary"] = notes.strip()
     champion_path = weights_dir / f"{STEM}-fp32.onnx"
     champion = evaluate_onnx(champion_path, real) if champion_path.is_file() else None
     decision = decide(fp32_eval, champion)
