@@ -29,6 +29,19 @@ def test_challenger_promoted_only_if_not_worse():
         decide(_result(0.5), _result(0.5, classes=("garbage_bin",)))
 
 
+def test_classes_with_a_handful_of_val_boxes_do_not_decide():
+    def result(bin_ap: float, chair_ap: float) -> EvalResult:
+        per = {"bin_overflow": ClassMetrics(ap50=0.9, ap50_95=bin_ap, precision=0.8, recall=0.8, instances=400),
+               "chair": ClassMetrics(ap50=0.9, ap50_95=chair_ap, precision=1.0, recall=1.0, instances=1)}
+        return EvalResult(classes=per, map50=0.9, map50_95=(bin_ap + chair_ap) / 2)
+
+    # The single chair box flips from hit to miss: the plain mean would favour the champion.
+    decision = decide(result(0.62, 0.0), result(0.60, 0.9))
+    assert decision.promote and decision.challenger_score == pytest.approx(0.62)
+    assert decision.metric == "mAP50-95 over bin_overflow"
+    assert not decide(result(0.58, 0.9), result(0.60, 0.0)).promote
+
+
 def test_install_replaces_files_and_leaves_no_staging(tmp_path):
     src = tmp_path / "src"
     src.mkdir()

@@ -1,7 +1,9 @@
 """Champion/challenger: a new model replaces the shipped default only if it is not worse.
 
 Both are scored by `gridwatch eval` arithmetic on the same validation split: mAP50-95
-over the classes that split has labels for (a class one model lacks counts as AP 0).
+over the classes that split has at least DECISION_MIN_INSTANCES boxes of (all its classes
+when none has that many). A class with a handful of boxes moves by tens of AP points on
+one hit or miss; with equal weight in the mean it would decide the promotion by chance.
 """
 
 from __future__ import annotations
@@ -30,21 +32,32 @@ class Decision:
         )
 
 
-def score(result: EvalResult) -> float:
-    return result.map50_95
+DECISION_MIN_INSTANCES = 30
+
+
+def decision_classes(result: EvalResult) -> list[str]:
+    counted = [name for name, m in result.classes.items() if m.instances >= DECISION_MIN_INSTANCES]
+    return counted or list(result.classes)
+
+
+def score(result: EvalResult, classes: list[str]) -> float:
+    return sum(result.classes[c].ap50_95 for c in classes) / len(classes) if classes else 0.0
 
 
 def decide(challenger: EvalResult, champion: EvalResult | None) -> Decision:
-    ch = score(challenger)
+    classes = decision_classes(challenger)
+    metric = (f"mAP50-95 over {', '.join(classes)}" if len(classes) < len(challenger.classes)
+              else "mAP50-95")
+    ch = score(challenger, classes)
     if champion is None:
-        return Decision(True, ch, None, "mAP50-95", "no current default")
+        return Decision(True, ch, None, metric, "no current default")
     missing = set(challenger.classes) ^ set(champion.classes)
     if missing:
         raise ValueError(f"scores are not on the same split: classes differ {sorted(missing)}")
-    cur = score(champion)
+    cur = score(champion, classes)
     if ch >= cur:
-        return Decision(True, ch, cur, "mAP50-95", "not worse than the current default")
-    return Decision(False, ch, cur, "mAP50-95", "worse than the current default")
+        return Decision(True, ch, cur, metric, "not worse than the current default")
+    return Decision(False, ch, cur, metric, "worse than the current default")
 
 
 def install(files: dict[str, Path], weights_dir: Path) -> list[Path]:
