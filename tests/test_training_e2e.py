@@ -202,12 +202,14 @@ def test_average_finishes_with_its_lineage_and_notes_in_the_card(env, trained):
     notes = env["tmp"] / "notes.md"
     notes.write_text("Averaged because **both** runs were close.\n", encoding="utf-8")
     gridwatch(env, "train", "--finish", "--project", runs, "--name", "soup", "--no-int8",
-              "--card-notes", notes, "--weights-dir", trained["weights"])
+              "--card-notes", notes, "--weights-dir", trained["weights"], "--imgsz", 224)
     card = json.loads((runs / "soup" / "export" / "gridwatch.json").read_text(encoding="utf-8"))
     assert card["summary"] == "Averaged because **both** runs were close."
+    assert (card["imgsz"], card["train_imgsz"]) == (224, 192)  # exported for another input size
     assert card["training"]["average_shares"] == [1.0, 3.0]
     assert [Path(w).parent.parent.name for w in card["training"]["averaged_from"]] == ["ci", "ci"]
-    assert "Averaged because **both**" in (runs / "soup" / "export" / "gridwatch.md").read_text(encoding="utf-8")
+    md = (runs / "soup" / "export" / "gridwatch.md").read_text(encoding="utf-8")
+    assert "Averaged because **both**" in md and "Input 224 px (trained at 192 px)" in md
     missing = gridwatch(env, "train", "--finish", "--project", runs, "--name", "soup",
                         "--card-notes", env["tmp"] / "nope.md", check=False)
     assert missing.returncode == 2 and "--card-notes" in missing.stderr

@@ -18,7 +18,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", type=Path, help="data.yaml of a built dataset (gridwatch dataset build)")
     p.add_argument("--model", help="start .pt or architecture .yaml (default: YOLOv8n rebuilt from the COCO ONNX)")
     p.add_argument("--epochs", type=int, default=50)
-    p.add_argument("--imgsz", type=int, default=416)
+    p.add_argument("--imgsz", type=int, help="training input size (default 416); with --finish, the input "
+                   "size of the exported model (default: the training size)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--device", help="cpu or a CUDA index such as 0 (default: GPU when present)")
     p.add_argument("--project", type=Path, default=Path("runs/train"))
@@ -95,7 +96,7 @@ def run_train(args: argparse.Namespace) -> int:
             result = existing_run(args.project, args.name)
         else:
             result = train(
-                args.data, args.model, epochs=args.epochs, imgsz=args.imgsz, batch=args.batch,
+                args.data, args.model, epochs=args.epochs, imgsz=args.imgsz or 416, batch=args.batch,
                 device=args.device, project=args.project, name=args.name, resume=args.resume,
                 fraction=args.fraction, workers=args.workers, plots=args.plots,
                 extra={k: v for k, v in (("cache", args.cache), ("close_mosaic", args.close_mosaic),
@@ -107,7 +108,7 @@ def run_train(args: argparse.Namespace) -> int:
 
             data = Path(read_checkpoint_args(result.best)["data"])
         finish_run(result, data, promote=args.promote, weights_dir=args.weights_dir or WEIGHTS_DIR,
-                   int8=args.int8, notes=notes)
+                   int8=args.int8, notes=notes, imgsz=args.imgsz if args.finish else None)
     except (TrainError, ValueError, FileNotFoundError) as exc:
         return _fail(str(exc))
     return 0

@@ -91,10 +91,15 @@ def _metrics_table(metrics: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _trained_at(card: dict[str, Any]) -> str:
+    trained = card.get("train_imgsz")
+    return f" (trained at {trained} px)" if trained and trained != card.get("imgsz") else ""
+
+
 def render_markdown(card: dict[str, Any]) -> str:
     out = [f"# {card['name']} — model card", ""]
     out += [f"Version `{card['model_version']}`, taxonomy {card.get('taxonomy_version', '?')}, "
-            f"created {card.get('created', '?')}. Input {card.get('imgsz', '?')} px. "
+            f"created {card.get('created', '?')}. Input {card.get('imgsz', '?')} px{_trained_at(card)}. "
             f"Served at score threshold {card.get('score_threshold', 0.25)}.", ""]
     if card.get("summary"):
         out += [card["summary"], ""]

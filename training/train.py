@@ -223,11 +223,13 @@ def finish_run(
     weights_dir: Path = WEIGHTS_DIR,
     int8: bool = True,
     notes: str | None = None,
+    imgsz: int | None = None,
     log=print,
 ) -> dict:
     """Export, evaluate, card, champion/challenger. Returns the card dict.
 
     `notes` (Markdown) opens the card: what only the trainer knows, such as why this run exists.
+    `imgsz` exports for another input size than the run trained at (default: the same).
     """
     from training.export import compare_speed, export, load_checkpoint, sha256_file
     from training.model_card import (DEFAULT_WEAKNESSES, coverage_weaknesses, source_entries,
@@ -236,7 +238,7 @@ def finish_run(
 
     data = Path(data).resolve()
     out = result.run_dir / "export"
-    exported = export(result.best, out, calib=split_dir(data, "train"), int8=int8, stem=STEM)
+    exported = export(result.best, out, imgsz=imgsz, calib=split_dir(data, "train"), int8=int8, stem=STEM)
     real, synthetic = split_synthetic(val_set(data))
 
     metrics: dict[str, dict] = {"real_val": {}}
@@ -281,7 +283,8 @@ def finish_run(
         "taxonomy_version": exported.metadata["gridwatch_taxonomy_version"],
         "dataset_hash": exported.metadata["gridwatch_dataset_hash"],
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "imgsz": train_args.get("imgsz"),
+        "imgsz": json.loads(exported.metadata.get("imgsz", "[0]"))[0],
+        "train_imgsz": train_args.get("imgsz"),
         "score_threshold": DEFAULT_OPERATING_THRESHOLD,
         "classes": classes,
         "train_instances": instances,
