@@ -118,7 +118,7 @@ def export_fp32(weights: Path, imgsz: int, out: Path, extra_metadata: dict[str, 
         shutil.copyfile(weights, staged)
         exported = Path(
             YOLO(str(staged)).export(format="onnx", imgsz=imgsz, simplify=True, dynamic=False,
-                                     batch=1, half=False, nms=False, device="cpu", verbose=False)
+                                     batch=1, nms=False, device="cpu", verbose=False)
         )
         proto = onnx.load(str(exported))
     del model
