@@ -25,10 +25,10 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np

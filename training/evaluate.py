@@ -30,6 +30,7 @@ IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 AP_SCORE_THRESHOLD = 0.001  # as Ultralytics' val: AP needs the whole ranking
 DEFAULT_OPERATING_THRESHOLD = 0.25
 CONFUSION_IOU = 0.45
+FEW_INSTANCES = 30  # below this many val boxes one hit or miss moves a class's AP by points
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 Predictor = Callable[[np.ndarray], Detections]

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from training.evaluate import FEW_INSTANCES
+
 # Fallback credits when the dataset definitions (training/sources.py) are not available.
 KNOWN_SOURCES: dict[str, dict[str, str]] = {
     "garbage_overflow_cn": {
@@ -36,9 +38,6 @@ DEFAULT_WEAKNESSES = [
 ]
 
 
-FEW_VAL_INSTANCES = 30  # below this many boxes one hit or miss moves AP by points
-
-
 def training_instances(counts: dict[str, Any], classes: list[str]) -> dict[str, dict[str, int]]:
     """class -> {label kind: train-split boxes}, from a built dataset's manifest `counts`
     ({"human"|"pseudo"|"synthetic": {split: {class: n}}, "images": ...})."""
@@ -55,9 +54,9 @@ def coverage_weaknesses(instances: dict[str, dict[str, int]], real_val: dict[str
                    "will not find it.")
     if real_val:
         few = [f"{c} ({m['instances']})" for c, m in real_val.get("classes", {}).items()
-               if m["instances"] < FEW_VAL_INSTANCES]
+               if m["instances"] < FEW_INSTANCES]
         if few:
-            out.append(f"Fewer than {FEW_VAL_INSTANCES} real val boxes, so their AP is noise: {', '.join(few)}.")
+            out.append(f"Fewer than {FEW_INSTANCES} real val boxes, so their AP is noise: {', '.join(few)}.")
     return out
 
 

@@ -1,7 +1,7 @@
 """Champion/challenger: a new model replaces the shipped default only if it is not worse.
 
 Both are scored by `gridwatch eval` arithmetic on the same validation split: mAP50-95
-over the classes that split has at least DECISION_MIN_INSTANCES boxes of (all its classes
+over the classes that split has at least FEW_INSTANCES boxes of (all its classes
 when none has that many). A class with a handful of boxes moves by tens of AP points on
 one hit or miss; with equal weight in the mean it would decide the promotion by chance.
 """
@@ -12,7 +12,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.evaluate import EvalResult
+from training.evaluate import FEW_INSTANCES, EvalResult
 
 
 @dataclass(frozen=True)
@@ -32,11 +32,8 @@ class Decision:
         )
 
 
-DECISION_MIN_INSTANCES = 30
-
-
 def decision_classes(result: EvalResult) -> list[str]:
-    counted = [name for name, m in result.classes.items() if m.instances >= DECISION_MIN_INSTANCES]
+    counted = [name for name, m in result.classes.items() if m.instances >= FEW_INSTANCES]
     return counted or list(result.classes)
 
 
