@@ -220,7 +220,8 @@ def format_table(b: StreamBench) -> str:
         lines.append(
             f"verify: {v['cameras']} live-paced cameras for {v['seconds']:.0f} s: {v['samples']} samples analysed "
             f"of {v['expected']} sent ({100 * v['samples'] / max(v['expected'], 1):.0f}%), dropped before "
-            f"analysis {v['dropped']}, still queued at the end {v['pending_at_end']}, frame age when analysed p95 {v['age_p95_s']} s, reader errors {v['errors']}"
+            f"analysis {v['dropped']}, still queued at the end {v['pending_at_end']}, "
+            f"frame age when analysed p95 {v['age_p95_s']} s, reader errors {v['errors']}"
         )
     return "\n".join(lines)
 
@@ -299,7 +300,8 @@ def verify(args: argparse.Namespace, model: str) -> dict[str, Any]:
             # Sent in the window's last moments, after the final batch was taken: not a loss.
             pending = sum(f is not None for f in slots.values())
     return {"cameras": args.cameras, "seconds": args.verify_seconds, "samples": analysed, "expected": released[0],
-            "pending_at_end": pending, "dropped": overwritten[0], "age_p95_s": round(float(np.percentile(ages, 95)), 3) if ages else None,
+            "pending_at_end": pending, "dropped": overwritten[0],
+            "age_p95_s": round(float(np.percentile(ages, 95)), 3) if ages else None,
             "errors": sum(hh.errors for hh in health.values())}
 
 
