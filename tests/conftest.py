@@ -109,6 +109,7 @@ class WebhookReceiver:
         self.secret = secret
         self.url = f"http://127.0.0.1:{port}/cases"
         self.received: dict[str, dict] = {}  # idempotency key -> body, first copy
+        self.raw_bodies: list[bytes] = []  # every accepted body as sent, in order
         self.requests = 0
         self.bad_signatures = 0
         self.fail_with: int | None = None  # answer this status instead of accepting
@@ -142,6 +143,7 @@ class WebhookReceiver:
                     status = 401
                 else:
                     receiver.received.setdefault(self.headers["Idempotency-Key"], json.loads(body))
+                    receiver.raw_bodies.append(body)
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()

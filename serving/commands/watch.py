@@ -30,6 +30,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def event_line(event) -> str:
+    """One event as the JSON line `--events` writes: the event-line contract."""
+    return json.dumps(event.to_json(), ensure_ascii=False) + "\n"
+
+
 def run(args: argparse.Namespace) -> int:
     import logging
 
@@ -59,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
 
     def write(event) -> None:
         with lock:
-            out.write(json.dumps(event.to_json(), ensure_ascii=False) + "\n")
+            out.write(event_line(event))
             out.flush()
 
     pipeline = Pipeline(cameras, detector, taxonomy, settings.resolved_evidence_dir, on_event=write)
