@@ -7,12 +7,14 @@
 from detector.annotate import annotate
 from detector.detections import Detections
 from detector.model import DetectorError, InvalidImageError, ModelInfo, ModelLoadError
-from detector.runtime import Detector
+from detector.runtime import DEFAULT_IOU_THRESHOLD, DEFAULT_SCORE_THRESHOLD, Detector
 from detector.taxonomy import Taxonomy, TaxonomyError, Violation, load_taxonomy
 
 __all__ = [
     "Detections",
     "annotate",
+    "DEFAULT_IOU_THRESHOLD",
+    "DEFAULT_SCORE_THRESHOLD",
     "Detector",
     "DetectorError",
     "InvalidImageError",

@@ -28,6 +28,12 @@ def check_frame(frame: object, index: int = 0) -> np.ndarray:
     return frame
 
 
+# Ultralytics' predict defaults, so the two agree on the same model; settings, the CLI and
+# evaluation start from these.
+DEFAULT_SCORE_THRESHOLD = 0.25
+DEFAULT_IOU_THRESHOLD = 0.7
+
+
 class Detector:
     """Runs an Ultralytics-exported detection ONNX model on BGR frames of any size.
 
@@ -39,8 +45,8 @@ class Detector:
         self,
         model_path: str | os.PathLike[str],
         *,
-        score_threshold: float = 0.25,
-        iou_threshold: float = 0.7,
+        score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+        iou_threshold: float = DEFAULT_IOU_THRESHOLD,
         max_detections: int = 300,
         threads: int | None = None,
         providers: list[str] | None = None,

@@ -14,6 +14,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from detector.files import validation_problems
+
 DEFAULT_TAXONOMY = Path(__file__).with_name("taxonomy.yaml")
 _ID = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -131,15 +133,12 @@ def _validated(data: dict[str, Any], source: str) -> Taxonomy:
     try:
         taxonomy = Taxonomy.model_validate(data)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = list(err["loc"])
-            if loc[:1] == ["violations"] and len(loc) > 1 and isinstance(loc[1], int):
-                where = f"{_entry_label(entries, loc[1])}, field {'.'.join(map(str, loc[2:])) or '(entry)'}"
-            else:
-                where = f"field {'.'.join(map(str, loc))}"
-            problems.append(f"{where}: {err['msg']}")
-        raise TaxonomyError(f"{source}: " + "; ".join(problems)) from None
+        def where(loc: tuple) -> str:
+            if loc[:1] == ("violations",) and len(loc) > 1 and isinstance(loc[1], int):
+                return f"{_entry_label(entries, loc[1])}, field {'.'.join(map(str, loc[2:])) or '(entry)'}"
+            return f"field {'.'.join(map(str, loc))}"
+
+        raise TaxonomyError(f"{source}: {validation_problems(exc, where)}") from None
     seen: set[str] = set()
     for v in taxonomy.violations:
         if v.id in seen:
