@@ -7,10 +7,16 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("GRIDWATCH_SHARED_DIR", REPO_ROOT.parent / "shared"))
+from detector.files import REPO_ROOT, SHARED_DIR
+
+# CI lays ../shared beside the clone; GRIDWATCH_SHARED_DIR points elsewhere for a local run.
+SHARED = Path(os.environ.get("GRIDWATCH_SHARED_DIR") or SHARED_DIR)
 DATASETS = SHARED / "datasets"
 COCO_INT8 = SHARED / "weights" / "coco-yolov8n-int8.onnx"
+
+
+def shared_available() -> bool:
+    return COCO_INT8.is_file()
 
 
 def require_shared() -> None:

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.shared_data import COCO_INT8, real_images
+from tests.support.shared_data import COCO_INT8, real_images
 
 
 def gridwatch(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:

@@ -10,7 +10,7 @@ from onnx import TensorProto, helper
 
 from detector import Detections, Detector, InvalidImageError, ModelLoadError
 from detector.boxes import box_iou
-from tests.shared_data import COCO_INT8, real_images
+from tests.support.shared_data import COCO_INT8, real_images
 
 
 @pytest.fixture(scope="module")
