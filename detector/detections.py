@@ -53,13 +53,6 @@ class Detections:
     def class_names(self) -> list[str]:
         return [self.names.get(int(c), str(int(c))) for c in self.class_ids]
 
-    @property
-    def bottom_centers(self) -> np.ndarray:
-        """(N, 2) ground points: zones are tested where an object stands, not its centre."""
-        return np.stack(
-            [(self.xyxy[:, 0] + self.xyxy[:, 2]) / 2, self.xyxy[:, 3]], axis=1
-        ) if len(self) else np.zeros((0, 2), np.float32)
-
     def with_classes(self, class_names: set[str] | frozenset[str]) -> Detections:
         return self[np.array([n in class_names for n in self.class_names], dtype=bool)]
 

@@ -1,56 +1,91 @@
-"""ViolationEvent: what the stream stage hands to the case stage.
+"""ViolationEvent: the one record the stream stage hands to the case stage.
 
-One event per violation instance and transition (opened, updated, closed), never one
-per frame. Plain data: the case layer needs nothing else from the stream layer.
+One event per violation instance and transition (opened, updated, closed), never one per
+frame. The pipeline emits it, `gridwatch watch` writes it as a JSON line, `POST /v1/events`
+accepts that line from an edge box, and case matching reads it: one typed model, so the
+field names of the event-line contract are defined here and nowhere else. The evidence
+frame travels beside the event (an `EvidenceFrame`), never inside its JSON.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from datetime import datetime
-from typing import Any, Literal
+from datetime import datetime, timezone
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, field_validator
 
 EventType = Literal["opened", "updated", "closed"]
+SAFE_ID = r"^[A-Za-z0-9._:-]{1,128}$"
 
 
-@dataclass(frozen=True)
-class Location:
-    lat: float | None = None
-    lon: float | None = None
-    address: str = ""
+def no_nul(value: str | None) -> str | None:
+    # PostgreSQL text cannot hold NUL; refuse it at the edge rather than fail in the database.
+    if value is not None and "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
 
 
-@dataclass(frozen=True)
-class ViolationEvent:
+def rounded(digits: int) -> PlainSerializer:
+    return PlainSerializer(lambda v: round(v, digits), return_type=float, when_used="json")
+
+
+# ISO-8601 with the offset spelt out (+00:00), as the event lines have always had it.
+IsoTime = Annotated[datetime, PlainSerializer(lambda v: v.isoformat(), return_type=str, when_used="json")]
+
+
+class Location(BaseModel):
+    """Where a camera stands: in its config, on each event, on each case."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    lat: float | None = Field(None, ge=-90, le=90)
+    lon: float | None = Field(None, ge=-180, le=180)
+    address: str = Field("", max_length=256)  # case systems take <= 256 chars
+
+    _clean = field_validator("address")(no_nul)
+
+
+class ViolationEvent(BaseModel):
+    # extra="ignore": an edge box may send fields a newer version added.
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
+
     type: EventType
-    event_id: str  # stable for the violation instance across its transitions
-    camera: str
-    violation: str  # taxonomy id, e.g. "bin_overflow"
-    matter_code: str  # 11 digits: 6-digit division + 5-digit class
-    grid: str  # 15-char unit grid
-    zone: str
-    first_seen: datetime  # timezone-aware
-    last_seen: datetime
-    dwell_s: float
-    track_id: int | None
-    score: float  # median score over the track: what the rule thresholded
-    needs_review: bool
-    evidence: tuple[str, ...] = ()  # paths: original frame (unaltered), crop, annotated copy
-    legacy_code: str | None = None
-    zone_type: str = ""
-    division: str = ""
-    best_score: float = 0.0
+    event_id: str = Field(pattern=SAFE_ID)  # stable for the violation instance across its transitions
+    camera: str = Field(pattern=SAFE_ID)
+    violation: str = Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")  # taxonomy id, e.g. "bin_overflow"
+    matter_code: str = Field(pattern=r"^[0-9]{11}$")  # 6-digit division + 5-digit class
+    grid: str = Field(pattern=r"^[0-9A-Za-z]{15}$")  # unit grid
+    zone: str = Field("", max_length=128)
+    first_seen: IsoTime  # timezone-aware (a naive time from an edge box is taken as UTC)
+    last_seen: IsoTime
+    dwell_s: Annotated[float, Field(ge=0, le=10**8), rounded(3)] = 0.0
+    track_id: int | None = Field(None, ge=-(2**31), le=2**31 - 1)
+    score: Annotated[float, Field(ge=0, le=1), rounded(4)]  # median score over the track: what the rule thresholded
+    needs_review: bool = False
+    # Where `gridwatch watch` wrote the evidence files (original, crop, annotated); the
+    # service takes the frame itself and never reads these paths.
+    evidence: tuple[str, ...] = ()
+    legacy_code: str | None = Field(None, pattern=r"^[0-9]{4}$")
+    zone_type: str = Field("", max_length=64)
+    division: str = Field("", pattern=r"^([0-9]{6})?$")
+    best_score: Annotated[float, Field(ge=0, le=1), rounded(4)] = 0.0
     box: tuple[float, float, float, float] | None = None  # in the evidence frame's pixels
-    location: Location = field(default_factory=Location)
+    location: Location = Location()
     source: Literal["detector", "scene_change"] = "detector"
 
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["first_seen"] = self.first_seen.isoformat()
-        data["last_seen"] = self.last_seen.isoformat()
-        data["evidence"] = list(self.evidence)
-        data["box"] = list(self.box) if self.box is not None else None
-        data["dwell_s"] = round(self.dwell_s, 3)
-        data["score"] = round(self.score, 4)
-        data["best_score"] = round(self.best_score, 4)
-        return data
+    _clean = field_validator("zone", "zone_type")(no_nul)
+
+    @field_validator("first_seen", "last_seen")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+
+    @field_validator("box")
+    @classmethod
+    def _proper_box(cls, value: tuple[float, float, float, float] | None) -> tuple[float, float, float, float] | None:
+        # A degenerate box cannot place the violation; the case then matches by zone alone.
+        return value if value is not None and value[0] < value[2] and value[1] < value[3] else None
+
+    def to_json(self) -> dict:
+        """The event-line contract as a JSON-ready dict."""
+        return self.model_dump(mode="json")

@@ -6,13 +6,18 @@ No other module reads environment variables.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from detector.files import REPO_ROOT, validation_problems
+from detector.runtime import DEFAULT_IOU_THRESHOLD, DEFAULT_SCORE_THRESHOLD
+
+if TYPE_CHECKING:
+    from detector.runtime import Detector
+
 WEIGHTS_DIR = REPO_ROOT / "weights"
 # The shipped default model: served as int8, its fp32 twin and model card beside it.
 DEFAULT_MODEL_NAME = "gridwatch-int8.onnx"
@@ -36,8 +41,8 @@ class Settings(BaseSettings):
 
     model: Path | None = None  # default: the shipped model in weights/
     taxonomy_file: Path | None = None  # a city's override, merged over the built-in taxonomy
-    score_threshold: float = Field(0.25, ge=0, le=1)
-    iou_threshold: float = Field(0.7, ge=0, le=1)
+    score_threshold: float = Field(DEFAULT_SCORE_THRESHOLD, ge=0, le=1)
+    iou_threshold: float = Field(DEFAULT_IOU_THRESHOLD, ge=0, le=1)
     threads: int | None = Field(None, ge=1)
 
     host: str = "127.0.0.1"
@@ -46,7 +51,7 @@ class Settings(BaseSettings):
 
     cameras_file: Path | None = None
 
-    # Cases (serving/cases.py): a new event for the same camera + violation + place joins
+    # Cases (serving/cases/): a new event for the same camera + violation + place joins
     # the open case; after the case ends, re-detections within the cooldown are the same
     # violation; later ones reopen the case or file a new one.
     dedup_cooldown_s: float = Field(600.0, ge=0)
@@ -111,5 +116,13 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         merged = {**file_values, **from_env.model_dump(exclude_unset=True), **explicit}
         return Settings.model_validate(merged) if merged else from_env
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise SettingsError(f"invalid settings: {problems}") from None
+        raise SettingsError(f"invalid settings: {validation_problems(exc)}") from None
+
+
+def load_detector(settings: Settings, **options: Any) -> Detector:
+    """The detector these settings describe (model, thresholds, threads); `options` go to
+    `Detector` as they are (e.g. spinning=False for benchmarks)."""
+    from detector.runtime import Detector
+
+    return Detector(settings.resolved_model(), score_threshold=settings.score_threshold,
+                    iou_threshold=settings.iou_threshold, threads=settings.threads, **options)

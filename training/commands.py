@@ -132,26 +132,25 @@ def run_eval(args: argparse.Namespace) -> int:
     import json
 
     from detector.model import DetectorError
+    from detector.runtime import DEFAULT_SCORE_THRESHOLD
+    from training.eval_plots import write_plots
     from training.evaluate import (
-        DEFAULT_OPERATING_THRESHOLD,
         EvalError,
         evaluate,
         load_eval_set,
         onnx_predictor,
         operating_threshold_of,
-        write_plots,
+        ultralytics_predictor,
     )
 
     try:
         eval_set = load_eval_set(args.data, args.source)
         if args.model.suffix == ".pt":
-            from training.train import ultralytics_predictor
-
             from training.export import read_checkpoint_args
 
             imgsz = args.imgsz or int(read_checkpoint_args(args.model).get("imgsz") or 640)
             predict = ultralytics_predictor(args.model, imgsz)
-            threshold = DEFAULT_OPERATING_THRESHOLD
+            threshold = DEFAULT_SCORE_THRESHOLD
         else:
             predict, metadata = onnx_predictor(args.model, threads=args.threads)
             hw = predict.info.input_hw
@@ -186,14 +185,11 @@ def run_export(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     print(f"fp32: {result.fp32}")
     if result.int8:
-        import ast
-
-        hw = tuple(ast.literal_eval(result.metadata["imgsz"]))
-        speed = compare_speed(result.fp32, result.int8, hw)
+        speed = compare_speed(result.fp32, result.int8, (result.imgsz, result.imgsz))
         print(f"int8: {result.int8} (calibrated on {result.calibration_images} images, "
               f"{len(result.excluded_nodes)} head post-processing nodes kept in fp32)")
-        print(f"session ms at 2 threads: fp32 {speed['fp32_ms']:.1f}, int8 {speed['int8_ms']:.1f} "
-              f"({speed['ratio']:.2f}x)")
+        print(f"session ms at 2 threads: fp32 {speed.fp32_ms:.1f}, int8 {speed.int8_ms:.1f} "
+              f"({speed.ratio:.2f}x)")
     print(f"version: {result.metadata['gridwatch_model_version']}, "
           f"dataset hash: {result.metadata['gridwatch_dataset_hash']}")
     return 0

@@ -28,9 +28,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import yaml
 
-from training.sources import REPO_ROOT, LabelledImage, Source, gridwatch_classes
+from detector.files import REPO_ROOT
+from training.dataset_manifest import (
+    BuildSettings,
+    DatasetManifest,
+    LabelCounts,
+    ManifestSource,
+    RealImage,
+    SyntheticBox,
+    SyntheticImage,
+    image_counts,
+    per_split,
+    write_manifest,
+)
+from training.sources import LabelledImage, Source, gridwatch_classes
+from training.yolo_format import DataYaml, label_path, label_text, write_data_yaml
 
 DEFAULT_OUT = REPO_ROOT / "runs" / "datasets" / "default"
 NEAR_DUPLICATE_DISTANCE = 6  # of 64 phash bits; see near_duplicate_clusters
@@ -280,14 +293,10 @@ def assign_splits(images: list[CheckedImage], val_fraction: float, max_distance:
 # --- write ----------------------------------------------------------------------------
 
 
-def yolo_lines(boxes: np.ndarray, classes: Sequence[str], size: tuple[int, int], ids: dict[str, int]) -> str:
-    w, h = size
-    lines = []
-    for (x1, y1, x2, y2), name in zip(boxes, classes):
-        lines.append(
-            f"{ids[name]} {(x1 + x2) / 2 / w:.6f} {(y1 + y2) / 2 / h:.6f} {(x2 - x1) / w:.6f} {(y2 - y1) / h:.6f}\n"
-        )
-    return "".join(lines)
+def write_labels(image: Path, out: Path, boxes: np.ndarray, classes: Sequence[str], size: tuple[int, int],
+                 ids: dict[str, int]) -> None:
+    """The label file of `image` (written under out/images) in gridwatch class ids."""
+    label_path(image, out / "images").write_text(label_text(boxes, [ids[c] for c in classes], size))
 
 
 def write_image(bgr: np.ndarray, path: Path, imgsz: int, original: Path | None = None) -> None:
@@ -335,7 +344,7 @@ def dataset_hash(out: Path) -> str:
     digest = hashlib.sha256()
     for split in ("train", "val"):
         for image in sorted((out / "images" / split).iterdir()):
-            label = out / "labels" / split / f"{image.stem}.txt"
+            label = label_path(image, out / "images")
             digest.update(f"{split}/{image.name}\n".encode())
             digest.update(hashlib.sha256(image.read_bytes()).digest())
             digest.update(label.read_bytes() if label.exists() else b"")
@@ -345,7 +354,7 @@ def dataset_hash(out: Path) -> str:
 # --- the build ------------------------------------------------------------------------
 
 
-def build(options: BuildOptions, log: Callable[[str], None] = print) -> dict:
+def build(options: BuildOptions, log: Callable[[str], None] = print) -> DatasetManifest:
     if not options.sources:
         raise BuildError("no sources to build from")
     if not 0 <= options.val_fraction < 1:
@@ -359,9 +368,9 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> dict:
 
     teacher = None
     if options.pseudo_labels:
-        from training.pseudo_labels import DEFAULT_CACHE, DEFAULT_TEACHER, Teacher
+        from training.pseudo_labels import COCO_TEACHER, DEFAULT_CACHE, Teacher
 
-        teacher = Teacher(options.teacher or DEFAULT_TEACHER, options.cache_dir or DEFAULT_CACHE, options.threads)
+        teacher = Teacher(options.teacher or COCO_TEACHER, options.cache_dir or DEFAULT_CACHE, options.threads)
     fonts = None
     if options.synthetic:
         from training.synthetic import load_fonts
@@ -386,7 +395,7 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> dict:
     log(f"checked {len(checked)} images in {time.monotonic() - started:.0f} s; {len(images)} after exact dedupe")
 
     out = staging_dir(final)
-    manifest_images = []
+    manifest_images: list[RealImage | SyntheticImage] = []
     counts = {"train": Counter(), "val": Counter()}
     pseudo_counts = {"train": Counter(), "val": Counter()}
     for n, im in enumerate(sorted(images, key=lambda i: i.out_name), 1):
@@ -395,28 +404,25 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> dict:
             pseudo = teacher.label(im.sha256, bgr, im.boxes, im.classes, options.pseudo_score)
             im.pseudo_boxes, im.pseudo_classes = pseudo.boxes, pseudo.classes
             report.pseudo_suppressed.update(pseudo.suppressed)
-        write_image(bgr, out / "images" / im.split / im.out_name, options.imgsz, im.image)
-        all_boxes = np.vstack([im.boxes, im.pseudo_boxes])
+        image = out / "images" / im.split / im.out_name
+        write_image(bgr, image, options.imgsz, im.image)
         all_classes = im.classes + im.pseudo_classes
-        (out / "labels" / im.split / f"{Path(im.out_name).stem}.txt").write_text(
-            yolo_lines(all_boxes, all_classes, im.size, ids)
-        )
+        write_labels(image, out, np.vstack([im.boxes, im.pseudo_boxes]), all_classes, im.size, ids)
         counts[im.split].update(im.classes)
         pseudo_counts[im.split].update(im.pseudo_classes)
         manifest_images.append(
-            {
-                "file": f"{im.split}/{im.out_name}",
-                "source": im.source,
-                "original": str(im.image),
-                "split": im.split,
-                "synthetic": False,
-                "sha256": im.sha256,
-                "phash": f"{im.phash:016x}",
-                "cluster": im.cluster,
-                "boxes": len(all_classes),
-                "pseudo_labelled_classes": sorted(set(im.pseudo_classes)),
-                "pseudo_boxes": len(im.pseudo_classes),
-            }
+            RealImage(
+                file=f"{im.split}/{im.out_name}",
+                source=im.source,
+                original=str(im.image),
+                split=im.split,
+                sha256=im.sha256,
+                phash=f"{im.phash:016x}",
+                cluster=im.cluster,
+                boxes=len(all_classes),
+                pseudo_labelled_classes=sorted(set(im.pseudo_classes)),
+                pseudo_boxes=len(im.pseudo_classes),
+            )
         )
         if n % 250 == 0:
             log(f"  wrote {n}/{len(images)} images ({time.monotonic() - started:.0f} s)")
@@ -426,76 +432,60 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> dict:
         manifest_images += synthesise(options, images, out, ids, fonts, synthetic_counts, report, log)
 
     digest = dataset_hash(out)
-    # `sources` and `dataset_hash` ride along for train/export/model card (Ultralytics ignores them).
-    (out / "data.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "path": str(final),
-                "train": "images/train",
-                "val": "images/val",
-                "names": dict(enumerate(classes)),
-                "sources": [s.name for s in options.sources],
-                "dataset_hash": digest,
-            },
-            allow_unicode=True,
-            sort_keys=False,
-        )
-    )
-    by_split = lambda c: {s: {k: c[s][k] for k in classes if c[s][k]} for s in ("train", "val")}  # noqa: E731
-    manifest = {
-        "classes": classes,
-        "sources": [
-            {"name": s.name, "format": s.format, "licence": s.licence, "attribution": s.attribution, "url": s.url}
+    write_data_yaml(DataYaml(
+        file=out / "data.yaml", root=final, names=dict(enumerate(classes)),
+        splits={"train": "images/train", "val": "images/val"},
+        sources=[s.name for s in options.sources], dataset_hash=digest,
+    ))
+    manifest = DatasetManifest(
+        classes=classes,
+        sources=[
+            ManifestSource(name=s.name, format=s.format, licence=s.licence, attribution=s.attribution, url=s.url)
             for s in options.sources
         ],
-        "options": {
-            "val_fraction": options.val_fraction,
-            "pseudo_labels": options.pseudo_labels,
-            "pseudo_score": options.pseudo_score if options.pseudo_labels else None,
-            "teacher": str(teacher.model) if teacher else None,
-            "synthetic": options.synthetic,
-            "imgsz": options.imgsz,
-            "limit": options.limit,
-            "seed": options.seed,
-            "near_duplicate_distance": options.near_duplicate_distance,
-        },
-        "counts": {
-            "human": by_split(counts),
-            "pseudo": by_split(pseudo_counts),
-            "synthetic": by_split(synthetic_counts),
-            "images": {
-                s: {
-                    "real": sum(1 for m in manifest_images if m["split"] == s and not m["synthetic"]),
-                    "synthetic": sum(1 for m in manifest_images if m["split"] == s and m["synthetic"]),
-                }
-                for s in ("train", "val")
-            },
-        },
-        "dataset_hash": digest,
-        "images": manifest_images,
-    }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False))
+        options=BuildSettings(
+            val_fraction=options.val_fraction,
+            pseudo_labels=options.pseudo_labels,
+            pseudo_score=options.pseudo_score if options.pseudo_labels else None,
+            teacher=str(teacher.model) if teacher else None,
+            synthetic=options.synthetic,
+            imgsz=options.imgsz,
+            limit=options.limit,
+            seed=options.seed,
+            near_duplicate_distance=options.near_duplicate_distance,
+        ),
+        counts=LabelCounts(
+            human=per_split(counts, classes),
+            pseudo=per_split(pseudo_counts, classes),
+            synthetic=per_split(synthetic_counts, classes),
+            images=image_counts(manifest_images),
+        ),
+        dataset_hash=digest,
+        images=manifest_images,
+    )
+    write_manifest(manifest, out / "manifest.json")
     (out / "report.json").write_text(json.dumps(report.to_json(), indent=1, ensure_ascii=False))
     publish(out, final)
     for line in report.summary_lines():
         log(line)
-    log(format_counts(manifest["counts"], classes))
+    log(format_counts(manifest.counts, classes))
     if teacher is not None:
         log(f"teacher cache: {teacher.hits} hits, {teacher.misses} runs ({teacher.cache_dir})")
-    log(f"dataset hash {manifest['dataset_hash']}; built in {time.monotonic() - started:.0f} s -> {final}/data.yaml")
+    log(f"dataset hash {manifest.dataset_hash}; built in {time.monotonic() - started:.0f} s -> {final}/data.yaml")
     return manifest
 
 
-def format_counts(counts: dict, classes: list[str]) -> str:
+def format_counts(counts: LabelCounts, classes: list[str]) -> str:
     rows = [f"{'class':<14}{'train':>7}{'val':>7}{'pseudo tr':>11}{'pseudo val':>11}{'synth tr':>10}{'synth val':>10}"]
     for c in classes:
-        cells = [counts[kind][s].get(c, 0) for kind in ("human", "pseudo", "synthetic") for s in ("train", "val")]
+        cells = [per_split[s].get(c, 0) for per_split in (counts.human, counts.pseudo, counts.synthetic)
+                 for s in ("train", "val")]
         if any(cells):
             rows.append(f"{c:<14}" + "".join(f"{v:>{w}}" for v, w in zip(cells, (7, 7, 11, 11, 10, 10))))
-    im = counts["images"]
+    train, val = counts.images["train"], counts.images["val"]
     rows.append(
-        f"images: train {im['train']['real']} real + {im['train']['synthetic']} synthetic, "
-        f"val {im['val']['real']} real + {im['val']['synthetic']} synthetic (synthetic val is reported separately)"
+        f"images: train {train.real} real + {train.synthetic} synthetic, "
+        f"val {val.real} real + {val.synthetic} synthetic (synthetic val is reported separately)"
     )
     return "\n".join(rows)
 
@@ -509,7 +499,7 @@ def synthesise(
     counts: dict[str, Counter],
     report: Report,
     log: Callable[[str], None],
-) -> list[dict]:
+) -> list[SyntheticImage]:
     """N synthetic images, split like their backgrounds: val gets its share (val_fraction) from val backgrounds."""
     from training.synthetic import compose
 
@@ -535,33 +525,31 @@ def synthesise(
             if made % 100 == 0:
                 log(f"  synthetic {split}: {made}/{n}")
             name = f"synthetic__{split}_{made:05d}__{bg.source}__{bg.stem}.jpg"
-            write_image(image, out / "images" / split / name, options.imgsz)
+            synthetic_image = out / "images" / split / name
+            write_image(image, synthetic_image, options.imgsz)
             ad_boxes = np.array([a.box for a in ads], np.float64)
-            boxes = np.vstack([bg.boxes, bg.pseudo_boxes, ad_boxes])
             classes = bg.classes + bg.pseudo_classes + [a.kind for a in ads]
-            (out / "labels" / split / f"{Path(name).stem}.txt").write_text(yolo_lines(boxes, classes, bg.size, ids))
+            write_labels(synthetic_image, out, np.vstack([bg.boxes, bg.pseudo_boxes, ad_boxes]), classes, bg.size, ids)
             counts[split].update(a.kind for a in ads)
             entries.append(
-                {
-                    "file": f"{split}/{name}",
-                    "source": "synthetic",
-                    "background": f"{bg.source}/{bg.image.name}",
-                    "split": split,
-                    "synthetic": True,
-                    "boxes": len(classes),
-                    "synthetic_boxes": [
-                        {"class": a.kind, "box": [round(v, 2) for v in a.box], "occluded": round(a.occluded, 3)}
+                SyntheticImage(
+                    file=f"{split}/{name}",
+                    background=f"{bg.source}/{bg.image.name}",
+                    split=split,
+                    boxes=len(classes),
+                    synthetic_boxes=[
+                        SyntheticBox(kind=a.kind, box=[round(v, 2) for v in a.box], occluded=round(a.occluded, 3))
                         for a in ads
                     ],
-                    "pseudo_labelled_classes": sorted(set(bg.pseudo_classes)),
-                    "pseudo_boxes": len(bg.pseudo_classes),
-                }
+                    pseudo_labelled_classes=sorted(set(bg.pseudo_classes)),
+                    pseudo_boxes=len(bg.pseudo_classes),
+                )
             )
         if made < n:
             log(f"synthetic {split}: made {made} of {n} (no room found on the backgrounds tried)")
     report.synthetic = {
         "requested": options.synthetic,
-        "made": {s: sum(1 for e in entries if e["split"] == s) for s in ("train", "val")},
+        "made": {s: sum(1 for e in entries if e.split == s) for s in ("train", "val")},
         "failed_backgrounds": failures,
     }
     log(f"synthetic: {report.synthetic['made']}")

@@ -11,6 +11,7 @@ shares one scale and every score reads 0.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import re
@@ -25,10 +26,11 @@ from pathlib import Path
 import numpy as np
 
 from detector.boxes import letterbox_into, to_input
+from detector.files import sha256_file
+from training.yolo_format import find_images, read_data_yaml
 
 MIN_CALIBRATION_IMAGES = 32
 CALIBRATION_PERCENTILE = 99.999
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
 class ExportError(ValueError):
@@ -40,16 +42,26 @@ class ExportResult:
     fp32: Path
     int8: Path | None
     metadata: dict[str, str]
+    imgsz: int  # square input side of both files
+    train_args: dict  # what the checkpoint was trained with (also in the metadata)
     excluded_nodes: list[str] = field(default_factory=list)
     calibration_images: int = 0
 
+    @property
+    def classes(self) -> list[str]:
+        """Class names in id order, as Ultralytics wrote them into the metadata."""
+        names = ast.literal_eval(self.metadata["names"])
+        return [str(names[i]) for i in sorted(names)]
 
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+
+@dataclass(frozen=True)
+class SpeedComparison:
+    threads: int
+    hw: str  # "HxW"
+    fp32_ms: float
+    int8_ms: float
+    ratio: float
+    meets_1_5x: bool
 
 
 def dataset_hash(data_yaml: str | Path | None) -> str:
@@ -58,32 +70,31 @@ def dataset_hash(data_yaml: str | Path | None) -> str:
     Images are fingerprinted by name and size, not content, so hashing 3k images stays fast;
     a dataset build that records its own hash in data.yaml (`dataset_hash`) wins.
     """
-    if not data_yaml:
+    if not data_yaml or not Path(data_yaml).is_file():
         return "unknown"
-    import yaml
-
-    path = Path(data_yaml)
-    if not path.is_file():
-        return "unknown"
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    if isinstance(data.get("dataset_hash"), str):
-        return data["dataset_hash"]
-    digest = hashlib.sha256(path.read_bytes())
-    root = path.parent / str(data.get("path") or ".")
+    data = read_data_yaml(Path(data_yaml))
+    if data.dataset_hash:
+        return data.dataset_hash
+    digest = hashlib.sha256(data.file.read_bytes())
     for sub in ("images", "labels"):
-        folder = root / sub
+        folder = data.root / sub
         if not folder.is_dir():
             continue
         for f in sorted(folder.rglob("*")):
             if not f.is_file():
                 continue
-            digest.update(str(f.relative_to(root)).encode())
+            digest.update(str(f.relative_to(data.root)).encode())
             digest.update(f.read_bytes() if sub == "labels" else str(f.stat().st_size).encode())
     return digest.hexdigest()[:16]
 
 
-def image_paths(folder: str | Path) -> list[Path]:
-    return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+def calibration_images(folder: str | Path, count: int) -> list[Path]:
+    """At most `count` images of the folder, evenly spread over it rather than the first N,
+    which may all be one scene."""
+    paths = find_images(Path(folder))
+    if len(paths) <= count:
+        return paths
+    return [paths[i] for i in np.linspace(0, len(paths) - 1, count).astype(int)]
 
 
 def letterboxed_inputs(paths: Sequence[Path], hw: tuple[int, int]) -> Iterator[np.ndarray]:
@@ -288,7 +299,7 @@ def session_ms(model: Path, hw: tuple[int, int], threads: int = 2, runs: int = 2
     return float(np.median(times))
 
 
-def compare_speed(fp32: Path, int8: Path, hw: tuple[int, int], threads: int = 2, rounds: int = 5) -> dict:
+def compare_speed(fp32: Path, int8: Path, hw: tuple[int, int], threads: int = 2, rounds: int = 5) -> SpeedComparison:
     """fp32 and int8 session times measured in alternation, so load from other processes
     on a shared machine hits both alike; medians of the rounds."""
     a, b = [], []
@@ -296,9 +307,9 @@ def compare_speed(fp32: Path, int8: Path, hw: tuple[int, int], threads: int = 2,
         a.append(session_ms(fp32, hw, threads, runs=10))
         b.append(session_ms(int8, hw, threads, runs=10))
     fp32_ms, int8_ms = float(np.median(a)), float(np.median(b))
-    return {"threads": threads, "hw": f"{hw[0]}x{hw[1]}", "fp32_ms": round(fp32_ms, 2),
-            "int8_ms": round(int8_ms, 2), "ratio": round(fp32_ms / int8_ms, 2),
-            "meets_1_5x": fp32_ms / int8_ms >= 1.5}
+    return SpeedComparison(threads=threads, hw=f"{hw[0]}x{hw[1]}", fp32_ms=round(fp32_ms, 2),
+                           int8_ms=round(int8_ms, 2), ratio=round(fp32_ms / int8_ms, 2),
+                           meets_1_5x=fp32_ms / int8_ms >= 1.5)
 
 
 # ---------------------------------------------------------------- the whole export
@@ -325,17 +336,14 @@ def read_checkpoint_args(weights: str | Path) -> dict:
 
 
 def default_calibration_dir(train_args: dict) -> Path | None:
-    import yaml
-
-    data = train_args.get("data")
-    if not data or not Path(data).is_file():
+    if not train_args.get("data") or not Path(train_args["data"]).is_file():
         return None
-    cfg = yaml.safe_load(Path(data).read_text(encoding="utf-8")) or {}
-    root = Path(data).parent / str(cfg.get("path") or ".")
+    data = read_data_yaml(Path(train_args["data"]))
     # Calibrate on training images: the val split stays unseen by every step of the build.
-    for key in ("train", "val"):
-        if isinstance(cfg.get(key), str) and (root / cfg[key]).is_dir():
-            return root / cfg[key]
+    for split in ("train", "val"):
+        folder = data.split_dir(split)
+        if folder is not None and folder.is_dir():
+            return folder
     return None
 
 
@@ -359,24 +367,20 @@ def export(
     imgsz = int(imgsz or args.get("imgsz") or 640)
     out_dir = Path(out_dir)
     version = model_version or f"{stem}-{datetime.now(timezone.utc):%Y%m%d-%H%M}-{sha256_file(weights)[:8]}"
+    train_args = {k: args[k] for k in ("data", "epochs", "imgsz", "batch", "model", "fraction", "seed") if k in args}
     metadata = {
         "gridwatch_model_version": version,
         "gridwatch_taxonomy_version": load_taxonomy().version,
         "gridwatch_dataset_hash": dataset_hash(args.get("data")),
-        "gridwatch_train_args": json.dumps(
-            {k: args.get(k) for k in ("data", "epochs", "imgsz", "batch", "model", "fraction", "seed") if k in args}
-        ),
+        "gridwatch_train_args": json.dumps(train_args),
     }
     fp32, full_meta = export_fp32(weights, imgsz, out_dir / f"{stem}-fp32.onnx", metadata)
-    result = ExportResult(fp32=fp32, int8=None, metadata=full_meta)
+    result = ExportResult(fp32=fp32, int8=None, metadata=full_meta, imgsz=imgsz, train_args=train_args)
     if int8:
         folder = Path(calib) if calib else default_calibration_dir(args)
         if folder is None or not folder.is_dir():
             raise ExportError("int8 needs real calibration images: pass --calib DIR (or --no-int8)")
-        paths = image_paths(folder)
-        # Evenly spread over the folder rather than the first N, which may be one scene.
-        if len(paths) > calibration_count:
-            paths = [paths[i] for i in np.linspace(0, len(paths) - 1, calibration_count).astype(int)]
+        paths = calibration_images(folder, calibration_count)
         int8_path = out_dir / f"{stem}-int8.onnx"
         result.excluded_nodes = quantize_int8(fp32, int8_path, paths, full_meta)
         result.int8 = int8_path

@@ -20,9 +20,8 @@ from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
 
 import numpy as np
-import yaml
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+from training.yolo_format import boxes_to_pixels, find_images, label_path, read_data_yaml, read_labels
 
 
 class AnnotationError(ValueError):
@@ -53,19 +52,6 @@ def image_size(path: Path) -> tuple[int, int]:
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 
-def _names_from_yaml(path: Path) -> dict[int, str]:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise AnnotationError(f"{path}: cannot read class names: {exc}") from exc
-    names = data.get("names")
-    if isinstance(names, list):
-        return dict(enumerate(map(str, names)))
-    if isinstance(names, dict):
-        return {int(k): str(v) for k, v in names.items()}
-    raise AnnotationError(f"{path}: 'names' must be a list or a mapping")
-
-
 # --- YOLO txt -------------------------------------------------------------------------
 
 
@@ -76,28 +62,20 @@ def read_yolo(
 
     A missing label file means an image with no objects (Ultralytics' convention).
     """
-    names = names if names is not None else _names_from_yaml(root / "data.yaml")
+    names = names if names is not None else read_data_yaml(root / "data.yaml").names
     image_dir, label_dir = root / images, root / labels
     if not image_dir.is_dir():
         raise AnnotationError(f"{image_dir}: no images folder")
     samples = []
-    for image in sorted(p for p in image_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
-        label_file = label_dir / image.relative_to(image_dir).with_suffix(".txt")
+    for image in find_images(image_dir):
+        label_file = label_path(image, image_dir, label_dir)
         sample = Sample(image=image, boxes=np.zeros((0, 4)), labels=[])
-        rows: list[tuple[str, list[float]]] = []
-        if label_file.exists():
-            for n, line in enumerate(label_file.read_text(encoding="utf-8").splitlines(), 1):
-                parts = line.split()
-                if not parts:
-                    continue
-                try:
-                    cls, coords = int(parts[0]), [float(v) for v in parts[1:5]]
-                    if len(parts) != 5:
-                        raise ValueError("expected 5 fields")
-                except ValueError:
-                    sample.problems.append(f"{label_file.name}:{n}: malformed line {line.strip()!r}")
-                    continue
-                rows.append((names.get(cls, f"<class id {cls}>"), coords))
+        rows = []
+        for line in read_labels(label_file):
+            if line.is_box:
+                rows.append((names.get(line.class_id, f"<class id {line.class_id}>"), line.box))
+            else:
+                sample.problems.append(f"{label_file.name}:{line.number}: malformed line {line.text!r}")
         try:
             sample.size = image_size(image)
         except Exception as exc:  # any decoder failure: the build reports the image
@@ -105,12 +83,7 @@ def read_yolo(
                 sample.problems.append(f"{len(rows)} boxes not read: image size unknown ({exc})")
             samples.append(sample)
             continue
-        w, h = sample.size
-        boxes = [
-            [(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h]
-            for _, (cx, cy, bw, bh) in rows
-        ]
-        sample.boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+        sample.boxes = boxes_to_pixels([box for _, box in rows], sample.size)
         sample.labels = [name for name, _ in rows]
         samples.append(sample)
     return samples

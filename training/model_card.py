@@ -1,29 +1,27 @@
-"""The model card: one dict, written as JSON (for machines) and Markdown (for people)."""
+"""The model card: one typed record, written as JSON (for machines) and Markdown (for people).
+
+Licence and attribution of the training data come from the dataset definitions
+(datasets/*.yaml) and nowhere else.
+"""
 
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from training.evaluate import FEW_INSTANCES
+from pydantic import BaseModel
 
-# Fallback credits when the dataset definitions (training/sources.py) are not available.
-KNOWN_SOURCES: dict[str, dict[str, str]] = {
-    "garbage_overflow_cn": {
-        "licence": "CC BY 4.0",
-        "attribution": 'Roboflow Universe project "公开数据集111", v2, via '
-        "github.com/ATANU0023/garbage_detection_dataset",
-    },
-    "facade_signs_spb": {
-        "licence": "CC0 1.0",
-        "attribution": "github.com/Urban-Research-Lab/building-facades-advertising-dataset",
-    },
-    "thela_india": {
-        "licence": "MIT (per the repository; photo origin not stated, research data)",
-        "attribution": "github.com/vsh9705/indian-road-obstacle-detection-dataset",
-    },
-}
+from detector.files import sha256_file
+from detector.runtime import DEFAULT_SCORE_THRESHOLD
+from training.dataset_manifest import LabelCounts
+from training.export import ExportResult, SpeedComparison
+from training.metrics import AP_SCORE_THRESHOLD, FEW_INSTANCES, EvalResult
+from training.promote import Decision
+from training.sources import load_source
+
+INT8_MAX_MAP50_LOSS_POINTS = 1.5
 
 DEFAULT_WEAKNESSES = [
     "Trained on public images of Chinese, Russian and Indian streets; other cities' bins, carts and "
@@ -36,129 +34,242 @@ DEFAULT_WEAKNESSES = [
     "Nothing in the data says whether a sign, stall or bin is legal: the model finds objects, "
     "reviewers decide violations.",
 ]
+DATA_NOTES = [
+    "Context classes are pseudo-labels from ../shared/weights/coco-yolov8n-int8.onnx.",
+    "flyer and banner examples are synthetic; synthetic val images are reported separately.",
+]
+LICENCE = "AGPL-3.0 (Ultralytics YOLOv8 architecture and COCO weights)"
+
+EvalJson = dict[str, Any]  # a `gridwatch eval --json` object (EvalResult.to_dict())
 
 
-def training_instances(counts: dict[str, Any], classes: list[str]) -> dict[str, dict[str, int]]:
-    """class -> {label kind: train-split boxes}, from a built dataset's manifest `counts`
-    ({"human"|"pseudo"|"synthetic": {split: {class: n}}, "images": ...})."""
-    kinds = [k for k in counts if k != "images"]
-    return {c: {k: int(counts[k].get("train", {}).get(c, 0)) for k in kinds} for c in classes}
+class SourceCredit(BaseModel):
+    name: str
+    licence: str
+    attribution: str
 
 
-def coverage_weaknesses(instances: dict[str, dict[str, int]], real_val: dict[str, Any] | None) -> list[str]:
+class Int8Check(BaseModel):
+    calibration_images: int
+    excluded_nodes: list[str]
+    map50_fp32: float
+    map50_int8: float
+    map50_delta_points: float
+    within_1_5_points: bool
+
+
+class FileEntry(BaseModel):
+    name: str
+    sha256: str
+    bytes: int
+
+
+class Promotion(BaseModel):
+    promote: bool
+    challenger: float
+    champion: float | None  # None: no default was shipped
+    metric: str
+
+
+class ModelCard(BaseModel):
+    name: str
+    model_version: str
+    taxonomy_version: str
+    dataset_hash: str
+    created: str
+    imgsz: int
+    train_imgsz: int | None
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD
+    classes: list[str]
+    train_instances: dict[str, dict[str, int]]  # class -> label kind -> train-split boxes
+    sources: list[SourceCredit]
+    credits: list[str]
+    data_notes: list[str] = DATA_NOTES
+    metrics: dict[str, dict[str, EvalJson]]  # split ("real_val", "synthetic_val") -> model file -> metrics
+    int8: Int8Check | None
+    speed: SpeedComparison | None
+    training: dict[str, Any]
+    files: list[FileEntry]
+    weaknesses: list[str]
+    licence: str = LICENCE
+    summary: str | None = None  # the trainer's notes (Markdown) that open the card
+    decision: Promotion | None = None
+
+
+def source_credits(names: list[str]) -> list[SourceCredit]:
+    credits = []
+    for name in names:
+        source = load_source(name)
+        credits.append(SourceCredit(name=name, licence=source.licence, attribution=source.attribution))
+    return credits
+
+
+def cc_by_credits(sources: list[SourceCredit]) -> list[str]:
+    """CC BY asks for credit wherever the work is used: the card carries it."""
+    return [
+        f"{s.name}: {s.attribution}" + ("" if s.licence in s.attribution else f" Licensed {s.licence}.")
+        for s in sources if "CC BY" in s.licence
+    ]
+
+
+def training_instances(counts: LabelCounts, classes: list[str]) -> dict[str, dict[str, int]]:
+    """class -> {label kind: train-split boxes}, from a built dataset's manifest counts."""
+    kinds = counts.by_kind()
+    return {c: {kind: int(per_split.get("train", {}).get(c, 0)) for kind, per_split in kinds.items()} for c in classes}
+
+
+def coverage_weaknesses(instances: dict[str, dict[str, int]], real_val: EvalResult | None) -> list[str]:
     """What the data itself says the model cannot be trusted on."""
     out = []
     never = [c for c, kinds in instances.items() if not any(kinds.values())]
     if never:
         out.append(f"No training boxes at all for {', '.join(never)}: the model has never seen one and "
                    "will not find it.")
-    if real_val:
-        few = [f"{c} ({m['instances']})" for c, m in real_val.get("classes", {}).items()
-               if m["instances"] < FEW_INSTANCES]
+    if real_val is not None:
+        few = [f"{c} ({m.instances})" for c, m in real_val.classes.items() if m.instances < FEW_INSTANCES]
         if few:
             out.append(f"Fewer than {FEW_INSTANCES} real val boxes, so their AP is noise: {', '.join(few)}.")
     return out
 
 
-def source_entries(names: list[str]) -> list[dict[str, str]]:
-    try:
-        from training.sources import load_source
-    except ImportError:
-        load_source = None
-    entries = []
-    for name in names:
-        entry = {"name": name, **KNOWN_SOURCES.get(name, {"licence": "unknown", "attribution": "unknown"})}
-        if load_source is not None:
-            try:
-                src = load_source(name)
-                entry["licence"] = str(src.licence)
-                entry["attribution"] = str(src.attribution)
-            except Exception:  # a definition missing is not a reason to lose the card
-                pass
-        entries.append(entry)
-    return entries
+def int8_check(exported: ExportResult, fp32: EvalResult, int8: EvalResult) -> Int8Check:
+    delta = round(100 * (int8.map50 - fp32.map50), 2)
+    return Int8Check(
+        calibration_images=exported.calibration_images,
+        excluded_nodes=exported.excluded_nodes,
+        map50_fp32=fp32.map50,
+        map50_int8=int8.map50,
+        map50_delta_points=delta,
+        within_1_5_points=abs(delta) <= INT8_MAX_MAP50_LOSS_POINTS,
+    )
 
 
-def _metrics_table(metrics: dict[str, Any]) -> list[str]:
+def run_card(
+    name: str,
+    exported: ExportResult,
+    *,
+    sources: list[SourceCredit],
+    counts: LabelCounts | None,
+    metrics: dict[str, dict[str, EvalJson]],
+    real_val: EvalResult,
+    int8: Int8Check | None,
+    speed: SpeedComparison | None,
+    training: dict[str, Any],
+    files: list[Path],
+    decision: Decision,
+    summary: str | None,
+) -> ModelCard:
+    """The card of an exported run: `real_val` is the fp32 file's metrics on the real val split,
+    `counts` the dataset manifest's (None: not a `gridwatch dataset build` dataset)."""
+    instances = training_instances(counts, exported.classes) if counts is not None else {}
+    return ModelCard(
+        name=name,
+        model_version=exported.metadata["gridwatch_model_version"],
+        taxonomy_version=exported.metadata["gridwatch_taxonomy_version"],
+        dataset_hash=exported.metadata["gridwatch_dataset_hash"],
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        imgsz=exported.imgsz,
+        train_imgsz=exported.train_args.get("imgsz"),
+        classes=exported.classes,
+        train_instances=instances,
+        sources=sources,
+        credits=cc_by_credits(sources),
+        metrics=metrics,
+        int8=int8,
+        speed=speed,
+        training=training,
+        files=[FileEntry(name=f.name, sha256=sha256_file(f), bytes=f.stat().st_size) for f in files],
+        weaknesses=DEFAULT_WEAKNESSES + coverage_weaknesses(instances, real_val),
+        summary=summary,
+        decision=Promotion(promote=decision.promote, challenger=decision.challenger_score,
+                           champion=decision.champion_score, metric=decision.metric),
+    )
+
+
+# ---------------------------------------------------------------- Markdown
+
+
+def _metrics_table(metrics: EvalJson) -> list[str]:
     lines = ["| class | instances | AP50 | AP50-95 | P@op | R@op |", "|---|---|---|---|---|---|"]
-    for name, m in metrics.get("classes", {}).items():
+    for name, m in metrics["classes"].items():
         lines.append(
             f"| {name} | {m['instances']} | {m['ap50']:.3f} | {m['ap50_95']:.3f} | "
             f"{m['precision']:.3f} | {m['recall']:.3f} |"
         )
-    lines.append(f"| **all** | | **{metrics.get('map50', 0):.3f}** | **{metrics.get('map50_95', 0):.3f}** | | |")
+    lines.append(f"| **all** | | **{metrics['map50']:.3f}** | **{metrics['map50_95']:.3f}** | | |")
     return lines
 
 
-def _trained_at(card: dict[str, Any]) -> str:
-    trained = card.get("train_imgsz")
-    return f" (trained at {trained} px)" if trained and trained != card.get("imgsz") else ""
-
-
-def render_markdown(card: dict[str, Any]) -> str:
-    out = [f"# {card['name']} — model card", ""]
-    out += [f"Version `{card['model_version']}`, taxonomy {card.get('taxonomy_version', '?')}, "
-            f"created {card.get('created', '?')}. Input {card.get('imgsz', '?')} px{_trained_at(card)}. "
-            f"Served at score threshold {card.get('score_threshold', 0.25)}.", ""]
-    if card.get("summary"):
-        out += [card["summary"], ""]
-    out += ["## Classes", "", ", ".join(f"`{c}`" for c in card.get("classes", [])), ""]
+def render_markdown(card: ModelCard) -> str:
+    trained_at = f" (trained at {card.train_imgsz} px)" if card.train_imgsz and card.train_imgsz != card.imgsz else ""
+    out = [f"# {card.name} — model card", ""]
+    out += [f"Version `{card.model_version}`, taxonomy {card.taxonomy_version}, "
+            f"created {card.created}. Input {card.imgsz} px{trained_at}. "
+            f"Served at score threshold {card.score_threshold}.", ""]
+    if card.summary:
+        out += [card.summary, ""]
+    out += ["## Classes", "", ", ".join(f"`{c}`" for c in card.classes), ""]
     out += ["## Training data", "", "| source | licence | attribution |", "|---|---|---|"]
-    for s in card.get("sources", []):
-        out.append(f"| {s['name']} | {s['licence']} | {s['attribution']} |")
+    for s in card.sources:
+        out.append(f"| {s.name} | {s.licence} | {s.attribution} |")
     out.append("")
-    for credit in card.get("credits", []):
+    for credit in card.credits:
         out += [f"> {credit}", ""]
-    for note in card.get("data_notes", []):
+    for note in card.data_notes:
         out.append(f"- {note}")
     out.append("")
-    if card.get("train_instances"):
-        kinds = sorted({k for per_kind in card["train_instances"].values() for k in per_kind})
+    if card.train_instances:
+        kinds = sorted({k for per_kind in card.train_instances.values() for k in per_kind})
         out += ["Boxes per class in the train split, by where the label came from:", "",
                 "| class | " + " | ".join(kinds) + " |", "|---" * (len(kinds) + 1) + "|"]
-        for name, per_kind in card["train_instances"].items():
+        for name, per_kind in card.train_instances.items():
             out.append(f"| {name} | " + " | ".join(str(per_kind.get(k, 0)) for k in kinds) + " |")
         out.append("")
     out += ["## Metrics", "",
-            "Measured with `gridwatch eval` (AP from scores >= 0.001, COCO 101-point; precision and "
+            f"Measured with `gridwatch eval` (AP from scores >= {AP_SCORE_THRESHOLD}, COCO 101-point; precision and "
             "recall at the served threshold, IoU 0.5).", ""]
-    for split, by_file in card.get("metrics", {}).items():
+    for split, by_file in card.metrics.items():
         for file, metrics in by_file.items():
             out += [f"### {split}: {file}", ""] + _metrics_table(metrics) + [""]
-    if card.get("int8"):
-        q = card["int8"]
+    if card.int8:
+        q = card.int8
         out += ["## Int8", "",
                 f"Static QDQ U8S8 (uint8 activations, int8 per-channel weights), percentile calibration on "
-                f"{q.get('calibration_images', '?')} real training images, head post-processing (DFL, sigmoid, "
-                f"concat) in fp32. mAP50 fp32 {q.get('map50_fp32', 0):.3f} vs int8 "
-                f"{q.get('map50_int8', 0):.3f} (delta {q.get('map50_delta_points', 0):+.2f} points).", ""]
-    if card.get("speed"):
-        s = card["speed"]
+                f"{q.calibration_images} real training images, head post-processing (DFL, sigmoid, "
+                f"concat) in fp32. mAP50 fp32 {q.map50_fp32:.3f} vs int8 "
+                f"{q.map50_int8:.3f} (delta {q.map50_delta_points:+.2f} points).", ""]
+    if card.speed:
+        s = card.speed
         out += ["## Speed", "",
-                f"Bare ONNX Runtime session, {s.get('threads', 2)} threads, {s.get('hw', '?')}: fp32 "
-                f"{s.get('fp32_ms', 0):.1f} ms, int8 {s.get('int8_ms', 0):.1f} ms "
-                f"({s.get('ratio', 0):.2f}x).", ""]
-    if card.get("decision"):
-        d = card["decision"]
-        champion = "none shipped" if d.get("champion") is None else f"{d['champion']:.4f}"
+                f"Bare ONNX Runtime session, {s.threads} threads, {s.hw}: fp32 "
+                f"{s.fp32_ms:.1f} ms, int8 {s.int8_ms:.1f} ms ({s.ratio:.2f}x).", ""]
+    if card.decision:
+        d = card.decision
+        champion = "none shipped" if d.champion is None else f"{d.champion:.4f}"
         out += ["## Champion/challenger", "",
-                f"{d.get('metric', 'mAP50-95')} on the same real val split: this model {d.get('challenger', 0):.4f}, "
+                f"{d.metric} on the same real val split: this model {d.challenger:.4f}, "
                 f"the default it was compared with {champion}: "
-                f"{'promoted' if d.get('promote') else 'not promoted'}.", ""]
-    out += ["## Training arguments", "", "```json", json.dumps(card.get("training", {}), indent=2), "```", ""]
+                f"{'promoted' if d.promote else 'not promoted'}.", ""]
+    out += ["## Training arguments", "", "```json", json.dumps(card.training, indent=2), "```", ""]
     out += ["## Files", "", "| file | sha256 | bytes |", "|---|---|---|"]
-    for f in card.get("files", []):
-        out.append(f"| {f['name']} | `{f['sha256']}` | {f['bytes']} |")
-    out += ["", "## Known weaknesses", ""] + [f"- {w}" for w in card.get("weaknesses", [])]
-    out += ["", f"Licence: {card.get('licence', 'AGPL-3.0')}.", ""]
+    for f in card.files:
+        out.append(f"| {f.name} | `{f.sha256}` | {f.bytes} |")
+    out += ["", "## Known weaknesses", ""] + [f"- {w}" for w in card.weaknesses]
+    out += ["", f"Licence: {card.licence}.", ""]
     return "\n".join(out)
 
 
-def write_card(card: dict[str, Any], out_dir: str | Path, stem: str = "gridwatch") -> tuple[Path, Path]:
-    """Write `{stem}.json` and `{stem}.md` from the same dict."""
+def card_json(card: ModelCard) -> str:
+    # A card without notes has no `summary` key at all, as cards always had.
+    content = card.model_dump(mode="json", exclude={"summary"} if card.summary is None else None)
+    return json.dumps(content, indent=2, ensure_ascii=False) + "\n"
+
+
+def write_card(card: ModelCard, out_dir: str | Path, stem: str = "gridwatch") -> tuple[Path, Path]:
+    """Write `{stem}.json` and `{stem}.md` from the same card."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out / f"{stem}.json", out / f"{stem}.md"
-    json_path.write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    json_path.write_text(card_json(card), encoding="utf-8")
     md_path.write_text(render_markdown(card), encoding="utf-8")
     return md_path, json_path

@@ -12,7 +12,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.evaluate import FEW_INSTANCES, EvalResult
+from training.metrics import FEW_INSTANCES, EvalResult
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,6 @@ floor score, so rebuilds and threshold changes do not run the model again.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -27,9 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from detector.boxes import box_iou
+from detector.files import REPO_ROOT, SHARED_DIR, sha256_file
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_TEACHER = REPO_ROOT.parent / "shared" / "weights" / "coco-yolov8n-int8.onnx"
+# The COCO YOLOv8n: the teacher here, and the pretrained start training rebuilds from it.
+COCO_TEACHER = SHARED_DIR / "weights" / "coco-yolov8n-int8.onnx"
 DEFAULT_CACHE = REPO_ROOT / "runs" / "cache" / "teacher"
 DEFAULT_SCORE = 0.4
 CACHE_FLOOR = 0.1  # cached detections go this low, so any threshold >= it needs no rerun
@@ -88,13 +88,12 @@ def conflicting(
 class Teacher:
     """The COCO detector with a per-image cache of its raw context-class output."""
 
-    def __init__(self, model: Path = DEFAULT_TEACHER, cache_dir: Path = DEFAULT_CACHE, threads: int | None = None):
+    def __init__(self, model: Path = COCO_TEACHER, cache_dir: Path = DEFAULT_CACHE, threads: int | None = None):
         model = Path(model)
         if not model.is_file():
             raise FileNotFoundError(f"teacher model {model} not found (expected ../shared/weights)")
         self.model = model
-        digest = hashlib.sha256(model.read_bytes()).hexdigest()[:16]
-        self.cache_dir = Path(cache_dir) / digest
+        self.cache_dir = Path(cache_dir) / sha256_file(model)[:16]
         self.threads = threads
         self._detector = None
         self.hits = self.misses = 0

@@ -17,11 +17,11 @@ import numpy as np
 import yaml
 
 from detector import load_taxonomy
+from detector.files import REPO_ROOT, SHARED_DIR
 from training.importers import READERS, Sample
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFINITIONS_DIR = REPO_ROOT / "datasets"
-DEFAULT_ROOT = REPO_ROOT.parent / "shared" / "datasets"
+DEFAULT_ROOT = SHARED_DIR / "datasets"
 FORMATS = tuple(READERS)
 
 

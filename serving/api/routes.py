@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import tempfile
 from datetime import datetime, timezone
-from pathlib import Path as FsPath
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, File, Form, HTTPException, Path, Query, UploadFile
@@ -13,21 +11,14 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from pydantic import ValidationError
 
 from serving.api.deps import get_service, require
-from serving.api.schemas import (
-    CasePage,
-    DetectResponse,
-    EventIn,
-    EventResult,
-    KeyCreated,
-    KeyRequest,
-    ReviewRequest,
-    StatusCallback,
-)
+from serving.api.schemas import CasePage, DetectResponse, EventResult, KeyCreated, KeyRequest, ReviewRequest, StatusCallback
+from serving.api.uploads import UploadError, check_image, decode_image
 from serving.auth import Principal, create_key, revoke_key
-from serving.cases import CaseError
-from serving.events import Location, ViolationEvent
-from serving.service import CameraError, GridwatchService
-from serving.uploads import UploadError, check_image, decode_image
+from serving.cameras.registry import CameraError
+from serving.cases import CaseError, CaseFilter, CasePublic
+from serving.events import ViolationEvent
+from serving.evidence import EvidenceFrame
+from serving.service import GridwatchService
 
 CASE_NUMBER = r"^[A-Za-z0-9-]{1,32}$"
 MAX_ID = 2**31 - 1
@@ -114,8 +105,8 @@ async def push_event(
     _: Principal = Depends(require("camera")),
 ) -> dict[str, Any]:
     try:
-        parsed = EventIn.model_validate(json.loads(event))
-    except (ValueError, ValidationError) as exc:
+        parsed = ViolationEvent.model_validate(json.loads(event))
+    except (ValueError, ValidationError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
         raise HTTPException(422, f"invalid event: {exc}"[:2000]) from None
     first_seen, last_seen = utc(parsed.first_seen), utc(parsed.last_seen)
     if last_seen < first_seen:
@@ -123,39 +114,22 @@ async def push_event(
     if not parsed.matter_code.endswith(service.taxonomy[parsed.violation].matter_code
                                        if parsed.violation in service.taxonomy else "?"):
         raise HTTPException(422, f"matter_code {parsed.matter_code} does not match violation {parsed.violation!r}")
-    evidence: tuple[str, ...] = ()
-    staged: FsPath | None = None
+    # The edge box's own evidence paths mean nothing here: the uploaded frame is the evidence.
+    violation_event = parsed.model_copy(update={
+        "first_seen": first_seen, "last_seen": last_seen, "evidence": (),
+        "division": parsed.division or parsed.matter_code[:6],
+    })
+    evidence = None
     if frame is not None:
         data, media_type = await read_upload(frame, service)
-        incoming = service.settings.data_dir / "incoming"
-        incoming.mkdir(parents=True, exist_ok=True)
         suffix = {"image/png": ".png", "image/webp": ".webp", "image/bmp": ".bmp"}.get(media_type, ".jpg")
-        with tempfile.NamedTemporaryFile(dir=incoming, suffix=suffix, delete=False) as fh:
-            fh.write(data)
-            staged = FsPath(fh.name)
-        evidence = (str(staged),)
-    box = parsed.box
-    if box is not None and not (box[0] < box[2] and box[1] < box[3]):
-        box = None
-    violation_event = ViolationEvent(
-        type=parsed.type, event_id=parsed.event_id, camera=parsed.camera, violation=parsed.violation,
-        matter_code=parsed.matter_code, grid=parsed.grid, zone=parsed.zone, first_seen=first_seen,
-        last_seen=last_seen, dwell_s=parsed.dwell_s, track_id=parsed.track_id, score=parsed.score,
-        needs_review=parsed.needs_review, evidence=evidence, legacy_code=parsed.legacy_code,
-        zone_type=parsed.zone_type, division=parsed.division or parsed.matter_code[:6],
-        best_score=parsed.best_score, box=box,
-        location=Location(parsed.location.lat, parsed.location.lon, parsed.location.address),
-        source=parsed.source,
-    )
+        evidence = EvidenceFrame(box=parsed.box, label=parsed.violation, encoded=data, suffix=suffix)
     from starlette.concurrency import run_in_threadpool
 
     try:
-        result = await run_in_threadpool(service.cases.ingest, violation_event)
+        result = await run_in_threadpool(service.cases.ingest, violation_event, evidence)
     except CaseError as exc:
         raise case_error(exc) from None
-    finally:
-        if staged is not None:
-            staged.unlink(missing_ok=True)  # the evidence store keeps its own copy
     if service.delivery is not None:
         service.delivery.wake()
     return {"case_number": result.case_number, "action": result.action, "queued": result.queued}
@@ -221,11 +195,10 @@ def list_cases(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> dict[str, Any]:
     try:
-        items, next_cursor = service.cases.list_cases(
-            camera=camera, violation=violation, review_status=review_status, status=status, state=state,
-            since=utc(since), cursor=cursor, limit=limit,
-            delivered_only=principal.role == "case_system",  # the case system sees what was sent
-        )
+        where = CaseFilter(camera=camera, violation=violation, review_status=review_status, status=status,
+                           state=state, since=utc(since),
+                           delivered_only=principal.role == "case_system")  # the case system sees what was sent
+        items, next_cursor = service.cases.list_cases(where, cursor=cursor, limit=limit)
     except CaseError as exc:
         raise case_error(exc) from None
     return {"items": items, "next_cursor": next_cursor}
@@ -238,10 +211,10 @@ def _visible_case(service: GridwatchService, case_number: str, principal: Princi
     return case
 
 
-@v1.get("/cases/{case_number}", tags=["cases"])
+@v1.get("/cases/{case_number}", response_model=CasePublic, tags=["cases"])
 def get_case(case_number: CaseNumber, service: Service,
-             principal: Principal = Depends(require("reviewer", "case_system"))) -> dict[str, Any]:
-    return service.cases.to_dict(_visible_case(service, case_number, principal))
+             principal: Principal = Depends(require("reviewer", "case_system"))) -> CasePublic:
+    return service.cases.public(_visible_case(service, case_number, principal))
 
 
 @v1.get("/cases/{case_number}/evidence/{evidence_id}", tags=["cases"], response_class=FileResponse)
@@ -257,9 +230,9 @@ def get_evidence(case_number: CaseNumber, evidence_id: Annotated[int, Path(ge=1,
     return FileResponse(path, media_type=item.media_type, headers={"X-Content-SHA256": item.sha256})
 
 
-@v1.post("/cases/{case_number}/review", tags=["cases"])
+@v1.post("/cases/{case_number}/review", response_model=CasePublic, tags=["cases"])
 def review_case(case_number: CaseNumber, body: ReviewRequest, service: Service,
-                principal: Principal = Depends(require("reviewer"))) -> dict[str, Any]:
+                principal: Principal = Depends(require("reviewer"))) -> CasePublic:
     try:
         case = service.cases.review(case_number, body.action, reviewer=principal.name, note=body.note,
                                     violation=body.violation)
@@ -267,19 +240,18 @@ def review_case(case_number: CaseNumber, body: ReviewRequest, service: Service,
         raise case_error(exc) from None
     if service.delivery is not None:
         service.delivery.wake()
-    return service.cases.to_dict(service.cases.get(case.case_number))
+    return case
 
 
-@v1.post("/cases/{case_number}/status", tags=["cases"])
+@v1.post("/cases/{case_number}/status", response_model=CasePublic, tags=["cases"])
 def status_callback(case_number: CaseNumber, body: StatusCallback, service: Service,
-                    principal: Principal = Depends(require("case_system"))) -> dict[str, Any]:
+                    principal: Principal = Depends(require("case_system"))) -> CasePublic:
     """The case system reports progress: dispatched, handled, closed."""
     _visible_case(service, case_number, principal)
     try:
-        case = service.cases.set_status(case_number, body.status, external_id=body.external_id)
+        return service.cases.set_status(case_number, body.status, external_id=body.external_id)
     except CaseError as exc:
         raise case_error(exc) from None
-    return service.cases.to_dict(service.cases.get(case.case_number))
 
 
 # -- keys -------------------------------------------------------------------------------------------

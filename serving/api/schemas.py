@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-SAFE_ID = r"^[A-Za-z0-9._:-]{1,128}$"
-
-
-def _no_nul(value: Any) -> Any:
-    # PostgreSQL text cannot hold NUL; refuse it at the edge rather than fail in the database.
-    if isinstance(value, str) and "\x00" in value:
-        raise ValueError("must not contain NUL characters")
-    return value
+from serving.cases import CasePublic
+from serving.events import no_nul
 
 
 class Detection(BaseModel):
@@ -38,7 +31,7 @@ class ReviewRequest(BaseModel):
     violation: str | None = Field(None, max_length=64, description="for `correct`: the right violation id")
     note: str = Field("", max_length=2000)
 
-    _clean = field_validator("violation", "note")(_no_nul)
+    _clean = field_validator("violation", "note")(no_nul)
 
 
 class StatusCallback(BaseModel):
@@ -48,46 +41,7 @@ class StatusCallback(BaseModel):
     external_id: str = Field("", max_length=128)
     note: str = Field("", max_length=2000)
 
-    _clean = field_validator("external_id", "note")(_no_nul)
-
-
-class LocationIn(BaseModel):
-    model_config = ConfigDict(allow_inf_nan=False)
-
-    lat: float | None = Field(None, ge=-90, le=90)
-    lon: float | None = Field(None, ge=-180, le=180)
-    address: str = Field("", max_length=256)
-
-    _clean = field_validator("address")(_no_nul)
-
-
-class EventIn(BaseModel):
-    """A ViolationEvent pushed by a remote `gridwatch watch` (edge box)."""
-
-    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
-
-    type: Literal["opened", "updated", "closed"]
-    event_id: str = Field(pattern=SAFE_ID)
-    camera: str = Field(pattern=SAFE_ID)
-    violation: str = Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")
-    matter_code: str = Field(pattern=r"^[0-9]{11}$")
-    grid: str = Field(pattern=r"^[0-9A-Za-z]{15}$")
-    zone: str = Field("", max_length=128)
-    zone_type: str = Field("", max_length=64)
-    first_seen: datetime
-    last_seen: datetime
-    dwell_s: float = Field(0.0, ge=0, le=10**8)
-    track_id: int | None = Field(None, ge=-(2**31), le=2**31 - 1)
-    score: float = Field(ge=0, le=1)
-    best_score: float = Field(0.0, ge=0, le=1)
-    needs_review: bool = False
-    legacy_code: str | None = Field(None, pattern=r"^[0-9]{4}$")
-    division: str = Field("", pattern=r"^([0-9]{6})?$")
-    box: tuple[float, float, float, float] | None = None
-    location: LocationIn = LocationIn()
-    source: Literal["detector", "scene_change"] = "detector"
-
-    _clean = field_validator("zone", "zone_type")(_no_nul)
+    _clean = field_validator("external_id", "note")(no_nul)
 
 
 class EventResult(BaseModel):
@@ -102,7 +56,7 @@ class KeyRequest(BaseModel):
     name: str = Field(min_length=1, max_length=64)
     role: Literal["camera", "reviewer", "case_system", "admin"]
 
-    _clean = field_validator("name")(_no_nul)
+    _clean = field_validator("name")(no_nul)
 
 
 class KeyCreated(BaseModel):
@@ -113,5 +67,5 @@ class KeyCreated(BaseModel):
 
 
 class CasePage(BaseModel):
-    items: list[dict[str, Any]]
+    items: list[CasePublic]
     next_cursor: str | None

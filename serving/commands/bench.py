@@ -7,7 +7,10 @@ import json
 import sys
 from pathlib import Path
 
-SHARED_DATASETS = Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
+from detector.files import SHARED_DIR
+from serving.bench import cameras as camera_bench
+
+SHARED_DATASETS = SHARED_DIR / "datasets"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -28,12 +31,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--rounds", type=int, default=3, help="passes over the frames")
     p.add_argument("--threads", type=int, help="ONNX Runtime threads (default: one per core, as Ultralytics)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    try:
-        from serving import stream_bench
-    except ImportError:  # the camera-throughput mode is optional
-        stream_bench = None
-    if stream_bench is not None:
-        stream_bench.add_arguments(p)
+    camera_bench.add_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -43,13 +41,11 @@ def _reference_for(model: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    if getattr(args, "cameras", None):
-        from serving import stream_bench
-
-        return stream_bench.run(args)
+    if args.cameras:
+        return camera_bench.run(args)
 
     from detector import DetectorError
-    from serving.detector_bench import bench_frames, format_table, run_benchmark, summarise
+    from serving.bench.detector import bench_frames, format_table, run_benchmark, summarise
     from serving.settings import SettingsError, load_settings
 
     try:

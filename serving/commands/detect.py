@@ -32,21 +32,16 @@ def _saved_name(source: str, index: int, is_video: bool, save_dir: Path) -> Path
 def run(args: argparse.Namespace) -> int:
     import cv2
 
-    from detector import Detector, DetectorError, annotate
-    from serving.media import VIDEO_SUFFIXES, MediaError, expand_sources, sample_file
-    from serving.settings import SettingsError, load_settings
+    from detector import DetectorError, annotate
+    from serving.settings import SettingsError, load_detector, load_settings
+    from serving.streams.media import VIDEO_SUFFIXES, MediaError, expand_sources, sample_file
 
     if args.every < 0:
         print("error: --every must be >= 0", file=sys.stderr)
         return 2
     try:
         settings = load_settings(args.config, model=args.model, score_threshold=args.score, threads=args.threads)
-        detector = Detector(
-            settings.resolved_model(),
-            score_threshold=settings.score_threshold,
-            iou_threshold=settings.iou_threshold,
-            threads=settings.threads,
-        )
+        detector = load_detector(settings)
     except (SettingsError, DetectorError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

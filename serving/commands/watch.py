@@ -38,10 +38,11 @@ def event_line(event) -> str:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from detector import Detector, DetectorError, TaxonomyError, load_taxonomy
+    from detector import DetectorError, TaxonomyError, load_taxonomy
     from serving.cameras import CameraConfigError, load_cameras
+    from serving.evidence import EvidenceStore
     from serving.pipeline import Pipeline
-    from serving.settings import SettingsError, load_settings
+    from serving.settings import SettingsError, load_detector, load_settings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -51,10 +52,7 @@ def run(args: argparse.Namespace) -> int:
         )
         taxonomy = load_taxonomy(settings.taxonomy_file)
         cameras = load_cameras(args.config, taxonomy=taxonomy)
-        detector = Detector(
-            settings.resolved_model(), score_threshold=settings.score_threshold,
-            iou_threshold=settings.iou_threshold, threads=settings.threads,
-        )
+        detector = load_detector(settings)
     except (SettingsError, TaxonomyError, CameraConfigError, DetectorError) as exc:
         print(f"gridwatch watch: {exc}", file=sys.stderr)
         return 2
@@ -62,12 +60,13 @@ def run(args: argparse.Namespace) -> int:
     out = open(args.events, "a", encoding="utf-8") if args.events else sys.stdout
     lock = threading.Lock()
 
-    def write(event) -> None:
+    def write(event, _frame) -> None:  # the pipeline already wrote the frame to the evidence folder
         with lock:
             out.write(event_line(event))
             out.flush()
 
-    pipeline = Pipeline(cameras, detector, taxonomy, settings.resolved_evidence_dir, on_event=write)
+    pipeline = Pipeline(cameras, detector, taxonomy, on_event=write,
+                        evidence=EvidenceStore(settings.resolved_evidence_dir))
     try:
         if not any(c.is_live for c in cameras.cameras):
             pipeline.run_until_done()

@@ -70,7 +70,6 @@ class Case(Base):
     address: Mapped[str] = mapped_column(String(256), default="")
     lat: Mapped[float | None] = mapped_column(Float, nullable=True)
     lon: Mapped[float | None] = mapped_column(Float, nullable=True)
-    source: Mapped[str] = mapped_column(String(16), default="video")
     detection_source: Mapped[str] = mapped_column(String(16), default="detector")
     first_seen: Mapped[datetime] = mapped_column(UTCDateTime)
     last_seen: Mapped[datetime] = mapped_column(UTCDateTime)

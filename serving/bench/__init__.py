@@ -1,0 +1,1 @@
+"""Benchmarks (`gridwatch bench`) and the camera clips they and the tests stream."""

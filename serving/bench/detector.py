@@ -1,0 +1,159 @@
+"""Timing our Detector against the bare ONNX Runtime session and Ultralytics' predict.
+
+All three run the same model files on the same 1080p frames in one process, one after
+the other, so the ratios are fair on whatever machine runs them.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from detector import Detector
+from detector.boxes import letterbox_into, to_input
+from detector.files import is_image
+from serving.streams.media import read_image
+
+FRAME_SIZE = (1920, 1080)
+
+
+@dataclass
+class Timing:
+    name: str
+    batch: int
+    ms_per_frame: float
+
+
+def bench_frames(image_dir: Path, count: int) -> list[np.ndarray]:
+    """Real street images scaled and centre-cropped to 1080p, like a camera's frames."""
+    files = sorted(p for p in image_dir.rglob("*") if is_image(p))
+    if not files:
+        raise ValueError(f"no images under {image_dir}")
+    step = max(1, len(files) // count)
+    frames = []
+    for path in files[::step][:count]:
+        image = read_image(path)
+        h, w = image.shape[:2]
+        scale = max(FRAME_SIZE[0] / w, FRAME_SIZE[1] / h)
+        image = cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_LINEAR)
+        y0 = (image.shape[0] - FRAME_SIZE[1]) // 2
+        x0 = (image.shape[1] - FRAME_SIZE[0]) // 2
+        frames.append(np.ascontiguousarray(image[y0 : y0 + FRAME_SIZE[1], x0 : x0 + FRAME_SIZE[0]]))
+    return frames
+
+
+def _time_per_frame(fn: Callable[[list[np.ndarray]], object], batches: list[list[np.ndarray]], rounds: int) -> float:
+    fn(batches[0])  # warm-up: first runs allocate and tune
+    samples = []
+    for _ in range(rounds):
+        for batch in batches:
+            start = time.perf_counter()
+            fn(batch)
+            samples.append((time.perf_counter() - start) * 1000 / len(batch))
+    return statistics.median(samples)
+
+
+def _batches(frames: list[np.ndarray], size: int) -> list[list[np.ndarray]]:
+    return [frames[i : i + size] for i in range(0, len(frames) - size + 1, size)] or [frames]
+
+
+def bare_session_fn(detector: Detector) -> Callable[[list[np.ndarray]], object]:
+    """The floor: session.run alone on an already prepared input, at the model's batch size."""
+    h, w = detector.input_size
+    canvas = np.empty((h, w, 3), np.uint8)
+    session, name = detector.session, detector.info.input_name
+    static = detector.info.batch
+    dtype = np.float16 if detector.info.input_dtype == "float16" else np.float32
+    letterbox_into(np.full((FRAME_SIZE[1], FRAME_SIZE[0], 3), 90, np.uint8), canvas)
+    one = np.empty((3, h, w), np.float32)
+    to_input(canvas, one)
+
+    def prepared(n: int) -> np.ndarray:
+        return np.repeat(one[None], n, axis=0).astype(dtype)
+
+    inputs = {n: prepared(n) for n in {1, static or 8}}
+
+    def run(batch: list[np.ndarray]) -> None:
+        if static:
+            for _ in range(0, len(batch), static):
+                session.run(None, {name: inputs[static]})
+        else:
+            session.run(None, {name: inputs[len(batch)] if len(batch) in inputs else prepared(len(batch))})
+
+    return run
+
+
+def ultralytics_fn(model_path: Path, imgsz: tuple[int, int], score: float, iou: float):
+    try:
+        from ultralytics import YOLO
+    except ImportError:
+        return None
+    model = YOLO(str(model_path), task="detect")
+
+    def run(batch: list[np.ndarray]) -> None:
+        model.predict(batch, imgsz=list(imgsz), conf=score, iou=iou, verbose=False)
+
+    return run
+
+
+def run_benchmark(
+    model: Path,
+    reference_model: Path,
+    frames: list[np.ndarray],
+    *,
+    threads: int | None,
+    rounds: int,
+    batch_sizes: tuple[int, ...] = (1, 8),
+) -> list[Timing]:
+    detector = Detector(model, threads=threads)
+    bare = bare_session_fn(detector)
+    ours = detector.detect
+    theirs = ultralytics_fn(reference_model, detector.input_size, detector.score_threshold, detector.iou_threshold)
+    timings = []
+    for size in batch_sizes:
+        batches = _batches(frames, size)
+        timings.append(Timing("session", size, _time_per_frame(bare, batches, rounds)))
+        timings.append(Timing("gridwatch", size, _time_per_frame(ours, batches, rounds)))
+        if theirs is not None:
+            timings.append(Timing("ultralytics", size, _time_per_frame(theirs, batches, rounds)))
+    return timings
+
+
+def summarise(timings: list[Timing]) -> dict:
+    by = {(t.name, t.batch): t.ms_per_frame for t in timings}
+    rows = {}
+    for batch in sorted({t.batch for t in timings}):
+        ours, bare, theirs = by.get(("gridwatch", batch)), by.get(("session", batch)), by.get(("ultralytics", batch))
+        rows[batch] = {
+            "session_ms": bare,
+            "gridwatch_ms": ours,
+            "ultralytics_ms": theirs,
+            "gridwatch_over_session": ours / bare if bare else None,
+            "ultralytics_over_gridwatch": theirs / ours if theirs and ours else None,
+        }
+    return {"timings": [asdict(t) for t in timings], "by_batch": rows}
+
+
+def format_table(summary: dict, model: Path, reference_model: Path) -> str:
+    lines = [
+        f"model: {model}",
+        f"ultralytics runs: {reference_model}",
+        f"{'batch':>5}  {'session ms':>10}  {'gridwatch ms':>12}  {'ultralytics ms':>14}  "
+        f"{'ours/session':>12}  {'ultra/ours':>10}",
+    ]
+    for batch, row in summary["by_batch"].items():
+        def fmt(v, spec):
+            return format(v, spec) if v is not None else "-"
+        lines.append(
+            f"{batch:>5}  {fmt(row['session_ms'], '10.1f')}  {fmt(row['gridwatch_ms'], '12.1f')}  "
+            f"{fmt(row['ultralytics_ms'], '14.1f')}  {fmt(row['gridwatch_over_session'], '11.2f')}x  "
+            f"{fmt(row['ultralytics_over_gridwatch'], '9.2f')}x"
+        )
+    lines.append("ms are per frame (median); ours/session: overhead over the bare session; ultra/ours: our speed-up.")
+    return "\n".join(lines)

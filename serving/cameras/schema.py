@@ -1,0 +1,249 @@
+"""Camera configuration: the YAML file that says what each camera watches, where, and when.
+
+    cameras = load_cameras("cameras.yaml", taxonomy=load_taxonomy())
+
+Every error names the camera and the field (`camera 'cam-001', field zones.1.polygon: ...`),
+so a city editing a file of 300 cameras finds the line. Relative `source:` and `grid_map:`
+paths are resolved against the YAML file's folder.
+
+Beyond the issue's example, a camera entry may carry: `start:` (clock of a file without a
+recorded start, with offset), `decode: auto|keyframes|all`, `close_after:` (grace seconds
+before an event closes; default max(30, 3 samples)), `update_every:` (heartbeat of an open
+event), `read_timeout:`, `homography:` (3x3, normalised image -> lon/lat, picks the grid per
+event from `grid_map`). A rule may carry `classes:` (detector classes instead of the
+taxonomy's), `scene_change: true` (fires on a new persistent patch, see serving.pipeline.scene),
+`after_classes: [truck]` + `after_within:` (only after one of those passed), and
+`auto_confirm_score:` (median score from which an event needs no review; default: always).
+A schedule window is `{days: mon-fri | [sat, sun] | fri-mon, from: "HH:MM", to: "HH:MM", tz}`;
+`to` before `from` runs overnight; no schedule means always.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from detector.files import validation_problems
+from detector.taxonomy import read_yaml_file
+from serving.cameras.geometry import GRID_CODE, GridMap, resolve_grid
+from serving.cameras.schedules import ScheduleWindow, in_schedule
+from serving.events import Location
+
+DIVISION_CODE = re.compile(r"^[0-9]{6}$")
+LIVE_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
+
+
+class CameraConfigError(ValueError):
+    """A camera file is malformed; the message names the camera and the field."""
+
+
+class Zone(BaseModel):
+    """A named polygon in normalised image coordinates (0..1, x right, y down)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1)
+    type: str = Field(min_length=1)  # sidewalk, roadway, wall, shopfront, bin_area, permitted_market, ...
+    polygon: tuple[tuple[float, float], ...]
+
+    @field_validator("polygon")
+    @classmethod
+    def _valid_polygon(cls, value: tuple[tuple[float, float], ...]) -> tuple[tuple[float, float], ...]:
+        if len(value) < 3:
+            raise ValueError(f"a polygon needs at least 3 points, got {len(value)}")
+        for x, y in value:
+            if not (0 <= x <= 1 and 0 <= y <= 1):
+                raise ValueError(f"point ({x}, {y}) is outside 0..1: coordinates are fractions of the frame")
+        return value
+
+
+class Rule(BaseModel):
+    """Which violation fires for what, where, for how long."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    violation: str
+    zone_types: tuple[str, ...] = Field(min_length=1)
+    min_score: float | None = Field(None, ge=0, le=1)  # default: the taxonomy's
+    dwell: float | None = Field(None, ge=0)  # seconds; default: the taxonomy's
+    classes: tuple[str, ...] | None = None  # detector classes; default: the taxonomy's
+    # Scene-change rules fire on a new persistent patch rather than on a detector class.
+    scene_change: bool = False
+    # For spillage: only a patch that appears within `after_within` s of one of these passing.
+    after_classes: tuple[str, ...] = ()
+    after_within: float = Field(120, gt=0)
+    # Median score at or above which an event needs no human review; None: always review.
+    auto_confirm_score: float | None = Field(None, ge=0, le=1)
+
+
+class Camera(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    source: str = Field(min_length=1)
+    division: str
+    grid: str | None = None
+    grid_map: Path | None = None
+    # 3x3 matrix from normalised image points (x, y, 1) to (lon, lat, 1): with a grid_map, each
+    # event's grid is picked by where the object stands, not where the camera is.
+    homography: tuple[tuple[float, float, float], tuple[float, float, float], tuple[float, float, float]] | None = None
+    location: Location = Location()
+    sample_every: float = Field(2.0, gt=0)
+    static_check_every: float = Field(60, gt=0)
+    zones: tuple[Zone, ...] = ()
+    rules: tuple[Rule, ...] = ()
+    schedule: tuple[ScheduleWindow, ...] = ()  # empty: always on
+    start: datetime | None = None  # clock of a file source without a recorded start time
+    # Decoding: "auto" decodes only the keyframes it needs while they come often enough,
+    # "keyframes" always, "all" every frame (cameras whose rules need motion).
+    decode: Literal["auto", "keyframes", "all"] = "auto"
+    close_after: float | None = Field(None, gt=0)  # grace before closing; default max(30, 3 samples)
+    update_every: float = Field(300, gt=0)  # re-send an open event at least this often
+    read_timeout: float = Field(10, gt=0)  # seconds without a packet before reconnecting
+
+    @field_validator("division")
+    @classmethod
+    def _division(cls, value: str) -> str:
+        if not DIVISION_CODE.match(str(value)):
+            raise ValueError(f"must be a 6-digit administrative division as a quoted string, got {value!r}")
+        return str(value)
+
+    @field_validator("grid")
+    @classmethod
+    def _grid(cls, value: str | None) -> str | None:
+        if value is not None and not GRID_CODE.match(value):
+            raise ValueError(f"must be a 15-character grid code (0-9, A-Z), got {value!r}")
+        return value
+
+    @field_validator("homography")
+    @classmethod
+    def _invertible(cls, value):
+        if value is not None and abs(float(np.linalg.det(np.asarray(value, np.float64)))) < 1e-12:
+            raise ValueError("the homography matrix is singular")
+        return value
+
+    @field_validator("start")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("needs a time zone offset, e.g. 2026-05-01T08:00:00+08:00")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Camera:
+        if self.grid is None and self.grid_map is None:
+            raise ValueError("give either grid (15-char code) or grid_map (GeoJSON file)")
+        if self.homography is not None and self.grid_map is None:
+            raise ValueError("homography is used to pick grids from grid_map: give grid_map too")
+        names = [z.name for z in self.zones]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"zone names must be unique, repeated: {dupes}")
+        zone_types = {z.type for z in self.zones}
+        for i, rule in enumerate(self.rules):
+            missing = [t for t in rule.zone_types if t not in zone_types]
+            if missing:
+                raise ValueError(
+                    f"rules.{i} ({rule.violation}): zone_types {missing} match no zone of this camera "
+                    f"(zone types here: {sorted(zone_types) or 'none'})"
+                )
+        return self
+
+    @property
+    def is_live(self) -> bool:
+        return self.source.lower().startswith(LIVE_SCHEMES)
+
+    @property
+    def is_folder(self) -> bool:
+        return not self.is_live and Path(self.source).is_dir()
+
+    @property
+    def grace_s(self) -> float:
+        return self.close_after if self.close_after is not None else max(30.0, 3 * self.sample_every)
+
+    def in_schedule(self, when: datetime) -> bool:
+        """True when `when` (timezone-aware) falls in one of the windows; no windows: always."""
+        return in_schedule(self.schedule, when)
+
+
+class CamerasConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cameras: tuple[Camera, ...] = Field(min_length=1)
+    settings: dict[str, Any] = {}  # read by serving.settings.load_settings, ignored here
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> CamerasConfig:
+        ids = [c.id for c in self.cameras]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"camera ids must be unique, repeated: {dupes}")
+        return self
+
+
+# --- loading -------------------------------------------------------------------------------
+
+
+def _where(entries: list[Any], loc: tuple[Any, ...]) -> str:
+    if len(loc) >= 2 and loc[0] == "cameras" and isinstance(loc[1], int):
+        entry = entries[loc[1]] if loc[1] < len(entries) else None
+        name = f"camera {entry['id']!r}" if isinstance(entry, dict) and entry.get("id") else f"cameras[{loc[1]}]"
+        rest = ".".join(map(str, loc[2:]))
+        return f"{name}, field {rest}" if rest else name
+    return f"field {'.'.join(map(str, loc)) or '(top level)'}"
+
+
+def parse_cameras(data: Any, base_dir: Path, source: str = "<config>", taxonomy: Any = None) -> CamerasConfig:
+    if not isinstance(data, dict) or not isinstance(data.get("cameras"), list):
+        raise CameraConfigError(f"{source}: expected a mapping with a 'cameras:' list")
+    entries: list[Any] = data["cameras"]
+    resolved = []
+    for entry in entries:
+        if isinstance(entry, dict):
+            entry = dict(entry)
+            src = entry.get("source")
+            if isinstance(src, str) and not src.lower().startswith(LIVE_SCHEMES):
+                entry["source"] = str((base_dir / Path(src).expanduser()).resolve())
+            if isinstance(entry.get("grid_map"), str):
+                entry["grid_map"] = str((base_dir / entry["grid_map"]).resolve())
+        resolved.append(entry)
+    try:
+        config = CamerasConfig.model_validate({**data, "cameras": resolved})
+    except ValidationError as exc:
+        raise CameraConfigError(f"{source}: {validation_problems(exc, lambda loc: _where(entries, loc))}") from None
+    problems = []
+    for camera in config.cameras:
+        if not camera.is_live and not Path(camera.source).exists():
+            problems.append(f"camera {camera.id!r}, field source: no such file or folder: {camera.source}")
+        if camera.grid is None and camera.homography is None:
+            try:
+                resolve_grid(camera)
+            except ValueError as exc:
+                problems.append(f"camera {camera.id!r}, field grid_map: {exc}")
+        elif camera.grid_map is not None:
+            try:
+                GridMap.load(camera.grid_map)
+            except ValueError as exc:
+                problems.append(f"camera {camera.id!r}, field grid_map: {exc}")
+        if taxonomy is not None:
+            for i, rule in enumerate(camera.rules):
+                if rule.violation not in taxonomy:
+                    problems.append(
+                        f"camera {camera.id!r}, field rules.{i}.violation: unknown violation "
+                        f"{rule.violation!r}; known: {sorted(taxonomy.by_id)}"
+                    )
+    if problems:
+        raise CameraConfigError(f"{source}: " + "; ".join(problems))
+    return config
+
+
+def load_cameras(path: str | Path, taxonomy: Any = None) -> CamerasConfig:
+    """Read and validate a cameras YAML file; `taxonomy` (detector.Taxonomy) checks rule names."""
+    path = Path(path)
+    data = read_yaml_file(path, CameraConfigError, "camera file")
+    return parse_cameras(data, path.resolve().parent, str(path), taxonomy)

@@ -1,0 +1,166 @@
+"""Events become cases: one case per violation instance, never a duplicate.
+
+Matching runs on event time, not wall-clock time, so a replay of the same footage (after a
+crash, or an archive run twice) lands on the cases it made the first time. Every change a
+case system must hear about is written to the outbox in the same transaction as the change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Literal
+
+import numpy as np
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
+
+from detector.boxes import box_iou
+from detector.taxonomy import Taxonomy
+from serving.cases.outbox import queue_version
+from serving.cases.policy import CasePolicy
+from serving.events import ViolationEvent
+from serving.evidence import EvidenceError, EvidenceFrame, EvidenceStore
+from serving.store.models import Case, CaseEvent, Evidence
+
+IngestAction = Literal["created", "joined", "reopened", "ended", "duplicate"]
+# What a new case takes from its first event as it is; the rest is derived below.
+CASE_FIELDS_FROM_EVENT = {"camera", "violation", "zone", "zone_type", "matter_code", "grid", "first_seen",
+                          "last_seen", "dwell_s", "score", "needs_review"}
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    case_number: str
+    action: IngestAction
+    queued: str | None = None  # the outbox event written, if any
+
+
+@dataclass(frozen=True)
+class CaseIngest:
+    """Applies one event (and its evidence frame) inside the caller's transaction."""
+
+    taxonomy: Taxonomy
+    policy: CasePolicy
+    evidence: EvidenceStore
+    model_version: str
+    base_url: str
+
+    def apply(self, session: Session, event: ViolationEvent, frame: EvidenceFrame | None) -> IngestResult:
+        if session.bind.dialect.name == "postgresql":
+            # Several processes on one PostgreSQL: one writer per place at a time, held
+            # until this transaction ends. (SQLite: one process per database file.)
+            place = f"{event.camera}|{event.violation}|{event.zone}".encode()
+            key = int.from_bytes(hashlib.blake2b(place, digest_size=8).digest(), "big", signed=True)
+            session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+        seen = session.scalars(select(CaseEvent).where(CaseEvent.event_id == event.event_id)).all()
+        if any(e.event_type == event.type and e.last_seen == event.last_seen for e in seen):
+            case = session.get(Case, seen[0].case_id)
+            return IngestResult(case.case_number, "duplicate")
+        case = session.get(Case, seen[0].case_id) if seen else self._match(session, event)
+        action: IngestAction
+        queued = None
+        if case is None:
+            case = self._create(session, event, frame)
+            action = "created"
+        elif not seen and case.state == "ended" and event.type != "closed" and self._beyond_cooldown(case, event):
+            if self.policy.reopen_policy == "new" or case.status == "closed":
+                case = self._create(session, event, frame)
+                action = "created"
+            else:
+                case.reopened += 1
+                case.state = "active"
+                self._observe(session, case, event, frame)
+                action = "reopened"
+                if case.version > 0 and self.policy.deliverable(case):
+                    queued = queue_version(session, case, "case.reopened", self.base_url)
+        else:
+            self._observe(session, case, event, frame)
+            action = "ended" if event.type == "closed" else "joined"
+        if action == "created" and self.policy.deliverable(case):
+            queued = queue_version(session, case, "case.reported", self.base_url)
+        session.add(CaseEvent(case_id=case.id, event_id=event.event_id, event_type=event.type,
+                              last_seen=event.last_seen, score=event.score))
+        return IngestResult(case.case_number, action, queued)
+
+    def _match(self, session: Session, event: ViolationEvent) -> Case | None:
+        candidates = session.scalars(
+            select(Case)
+            .where(Case.camera == event.camera, Case.violation == event.violation, Case.zone == event.zone)
+            .order_by(Case.last_seen.desc())
+            .limit(50)
+        ).all()
+        placed = [c for c in candidates if self._same_place(c, event)]
+        active = [c for c in placed if c.state == "active"]
+        # Else the newest ended case at this place: the same violation seen again (within
+        # the cooldown a flicker; beyond it reopened or filed anew, per policy).
+        return active[0] if active else (placed[0] if placed else None)
+
+    def _same_place(self, case: Case, event: ViolationEvent) -> bool:
+        if case.box is None or event.box is None:
+            return True  # nothing to compare: the zone decides
+        overlap = box_iou(np.asarray([case.box], np.float64), np.asarray([event.box], np.float64))[0, 0]
+        return float(overlap) >= self.policy.min_iou
+
+    def _beyond_cooldown(self, case: Case, event: ViolationEvent) -> bool:
+        return event.first_seen > case.last_seen + timedelta(seconds=self.policy.cooldown_s)
+
+    def _create(self, session: Session, event: ViolationEvent, frame: EvidenceFrame | None) -> Case:
+        violation = self.taxonomy[event.violation]
+        case = Case(
+            **event.model_dump(include=CASE_FIELDS_FROM_EVENT),
+            **event.location.model_dump(include={"lat", "lon"}),
+            case_number=f"tmp-{uuid.uuid4().hex[:24]}",
+            matter_name=violation.name_zh,
+            legacy_code=event.legacy_code or violation.legacy_code,
+            division=event.division or event.matter_code[:6],
+            address=event.location.address[:256],
+            detection_source=event.source,
+            best_score=0.0,
+            box=list(event.box) if event.box is not None else None,
+            model_version=self.model_version,
+            state="ended" if event.type == "closed" else "active",
+            occurrences=0,
+        )
+        session.add(case)
+        session.flush()
+        case.case_number = f"GW{event.first_seen.astimezone(timezone.utc):%Y%m%d}-{case.id:06d}"
+        self._observe(session, case, event, frame)
+        return case
+
+    def _observe(self, session: Session, case: Case, event: ViolationEvent, frame: EvidenceFrame | None) -> None:
+        if event.type == "opened" or case.occurrences == 0:
+            case.occurrences += 1
+        case.first_seen = min(case.first_seen, event.first_seen)
+        case.last_seen = max(case.last_seen, event.last_seen)
+        case.dwell_s = max(case.dwell_s, event.dwell_s)
+        case.score = event.score
+        case.needs_review = case.needs_review or event.needs_review
+        if event.type == "closed":
+            case.state = "ended"
+        elif case.state == "ended":
+            case.state = "active"
+        better = max(event.best_score, event.score) > case.best_score
+        if frame is not None and (better or not case.evidence):
+            case.best_score = max(case.best_score, event.best_score, event.score)
+            if event.box is not None:
+                case.box = list(event.box)
+            self._add_evidence(session, case, frame)
+        case.updated_at = datetime.now(timezone.utc)
+
+    def _add_evidence(self, session: Session, case: Case, frame: EvidenceFrame) -> None:
+        try:
+            stored = self.evidence.write(case.case_number, frame)
+        except EvidenceError:
+            # A case without a picture still reaches a reviewer; a bad frame must not drop it.
+            if not case.evidence:
+                case.needs_review = True
+            return
+        have = {(e.kind, e.sha256) for e in case.evidence}
+        for item in stored:
+            if (item.kind, item.sha256) not in have:
+                case.evidence.append(Evidence(kind=item.kind, path=item.path, sha256=item.sha256,
+                                              size=item.size, media_type=item.media_type))
+        session.flush()

@@ -1,0 +1,45 @@
+"""The rules a case lives by: when two sightings are one case, and when a case goes out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from serving.store.models import Case
+
+# The city's case system moves a case forward only.
+STATUS_ORDER = {"new": 0, "dispatched": 1, "handled": 2, "closed": 3}
+
+
+class CaseError(ValueError):
+    """A request about a case cannot be done; `status` is the HTTP status it maps to."""
+
+    def __init__(self, message: str, status: int = 409) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class CasePolicy:
+    cooldown_s: float = 600.0
+    min_iou: float = 0.1
+    reopen_policy: Literal["reopen", "new"] = "reopen"
+    auto_confirm: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> CasePolicy:
+        return cls(
+            cooldown_s=settings.dedup_cooldown_s,
+            min_iou=settings.dedup_min_iou,
+            reopen_policy=settings.reopen_policy,
+            auto_confirm=dict(settings.auto_confirm),
+        )
+
+    def deliverable(self, case: Case) -> bool:
+        """Confirmed by a reviewer, or unreviewed and sure enough for this violation."""
+        if case.review_status in ("confirmed", "corrected"):
+            return True
+        if case.review_status != "pending" or case.needs_review:
+            return False
+        threshold = self.auto_confirm.get(case.violation)
+        return threshold is not None and case.score >= threshold

@@ -1,0 +1,105 @@
+"""The case stage's front door: each call is one transaction, one writer at a time.
+
+The work itself lives beside it: matching and ingest (`ingest.py`), the review and status
+workflow (`review.py`), reading and paging (`listing.py`), what leaves (`public.py`)."""
+
+from __future__ import annotations
+
+import threading
+
+from sqlalchemy import select
+
+from detector.taxonomy import Taxonomy
+from serving.cases.ingest import CaseIngest, IngestResult
+from serving.cases.listing import CaseFilter, find_case, page_of_cases
+from serving.cases.policy import CaseError, CasePolicy
+from serving.cases.public import CasePublic
+from serving.cases.review import apply_review, apply_status
+from serving.events import ViolationEvent
+from serving.evidence import EvidenceFrame, EvidenceStore
+from serving.store.db import Database
+from serving.store.models import Case
+
+
+class CaseService:
+    def __init__(
+        self,
+        db: Database,
+        evidence: EvidenceStore,
+        taxonomy: Taxonomy,
+        policy: CasePolicy | None = None,
+        *,
+        model_version: str = "",
+        public_url: str = "",
+    ) -> None:
+        self.db = db
+        self.evidence = evidence
+        self.taxonomy = taxonomy
+        self.policy = policy or CasePolicy()
+        self.base_url = public_url.rstrip("/")
+        self._ingest = CaseIngest(taxonomy, self.policy, evidence, model_version, self.base_url)
+        # Matching is read-then-write; one writer at a time keeps two events for the same
+        # place from both missing each other's new case.
+        self._lock = threading.Lock()
+        self.counts = {"events": 0, "cases_created": 0, "duplicates": 0}
+
+    def ingest(self, event: ViolationEvent, frame: EvidenceFrame | None = None) -> IngestResult:
+        if event.violation not in self.taxonomy:
+            raise CaseError(f"unknown violation {event.violation!r}", status=422)
+        with self._lock, self.db.transaction() as session:
+            self.counts["events"] += 1
+            result = self._ingest.apply(session, event, frame)
+            if result.action == "duplicate":
+                self.counts["duplicates"] += 1
+            elif result.action == "created":
+                self.counts["cases_created"] += 1
+            return result
+
+    def end_stale(self, cameras: set[str] | None = None) -> int:
+        """At start-up: a previous process may have died with violations open. Nothing watches
+        them now, so they end at their last sighting; a stream that sees the thing again
+        within the cooldown joins the same case."""
+        with self._lock, self.db.transaction() as session:
+            query = select(Case).where(Case.state == "active")
+            if cameras is not None:
+                query = query.where(Case.camera.in_(cameras))
+            stale = session.scalars(query).all()
+            for case in stale:
+                case.state = "ended"
+            return len(stale)
+
+    def review(self, case_number: str, action: str, *, reviewer: str = "", note: str = "",
+               violation: str | None = None) -> CasePublic:
+        with self._lock, self.db.transaction() as session:
+            case = self._existing(session, case_number)
+            apply_review(session, case, action, self.taxonomy, self.base_url,
+                         reviewer=reviewer, note=note, violation=violation)
+            session.flush()
+            return self.public(case)
+
+    def set_status(self, case_number: str, status: str, *, external_id: str = "") -> CasePublic:
+        with self._lock, self.db.transaction() as session:
+            case = self._existing(session, case_number)
+            apply_status(case, status, external_id)
+            session.flush()
+            return self.public(case)
+
+    def get(self, case_number: str) -> Case | None:
+        with self.db.sessions() as session:
+            return find_case(session, case_number)
+
+    def list_cases(self, where: CaseFilter, *, cursor: str | None = None,
+                   limit: int = 50) -> tuple[list[CasePublic], str | None]:
+        with self.db.sessions() as session:
+            rows, next_cursor = page_of_cases(session, where, cursor, limit)
+            return [self.public(c) for c in rows], next_cursor
+
+    def public(self, case: Case) -> CasePublic:
+        return CasePublic.of(case, self.base_url)
+
+    @staticmethod
+    def _existing(session, case_number: str) -> Case:  # noqa: ANN001
+        case = find_case(session, case_number)
+        if case is None:
+            raise CaseError(f"no case {case_number!r}", status=404)
+        return case

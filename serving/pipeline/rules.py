@@ -1,0 +1,223 @@
+"""Rules: tracks in zones become violation instances, with dwell, score and schedule checks.
+
+A *candidate* is one (track, rule) pair, in one zone (the first by the rule's zone_types). It opens an event when, inside the camera's
+schedule, it has stayed `dwell` seconds since first seen in the zone and the median of its
+scores (Frigate's filter: one lucky frame does not make a violation) reaches `min_score`.
+While open it is re-sent ("updated") when its best evidence improves or every
+`update_every` seconds, and it closes once unseen in the zone for the grace period. One
+violation instance is therefore one event_id from opening to closing, never one per frame.
+
+This module decides; it does no I/O. The pipeline writes evidence and builds the
+`ViolationEvent` from a `Transition`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Literal
+
+import numpy as np
+
+from detector.taxonomy import Taxonomy, Violation
+from serving.cameras import Camera, Rule
+from serving.pipeline.tracking import Track
+from serving.pipeline.zones import PixelZone, ZoneMap
+
+SCENE_CLASS = "new_object"  # the class scene-change blobs carry through the tracker
+EVIDENCE_GAIN = 0.05  # a new best frame must beat the last one written by this much
+
+
+@dataclass(frozen=True)
+class ActiveRule:
+    """A camera's rule with the taxonomy's defaults filled in."""
+
+    violation: Violation
+    zone_types: frozenset[str]
+    zone_type_order: tuple[str, ...]
+    classes: frozenset[str]
+    min_score: float
+    dwell: float
+    scene_change: bool
+    after_classes: frozenset[str]
+    after_within: float
+    auto_confirm_score: float | None
+
+    @classmethod
+    def resolve(cls, rule: Rule, taxonomy: Taxonomy) -> ActiveRule:
+        violation = taxonomy[rule.violation]
+        classes = (SCENE_CLASS,) if rule.scene_change else rule.classes or violation.detector_classes
+        return cls(
+            violation=violation,
+            zone_types=frozenset(rule.zone_types),
+            zone_type_order=tuple(rule.zone_types),
+            classes=frozenset(classes),
+            min_score=violation.min_score if rule.min_score is None else rule.min_score,
+            dwell=violation.dwell_s if rule.dwell is None else rule.dwell,
+            scene_change=rule.scene_change,
+            after_classes=frozenset(rule.after_classes),
+            after_within=rule.after_within,
+            auto_confirm_score=rule.auto_confirm_score,
+        )
+
+
+@dataclass
+class Candidate:
+    track_id: int
+    rule: ActiveRule
+    zone: PixelZone
+    first_seen: datetime
+    last_seen: datetime
+    scores: list[float] = field(default_factory=list)
+    eligible: bool = True  # False: a spillage patch with no truck before it
+    event_id: str | None = None
+    last_sent: datetime | None = None
+    # Best evidence: the frame (kept by reference, one per candidate) and box at the best score.
+    best_score: float = -1.0
+    best_box: np.ndarray | None = None
+    best_frame: np.ndarray | None = None
+    best_at: datetime | None = None
+    written_score: float = -1.0  # best score whose evidence was already written
+    evidence: tuple[str, ...] = ()  # paths of the best evidence written so far
+    grid: str | None = None  # set by the pipeline when the event opens
+
+    @property
+    def is_open(self) -> bool:
+        return self.event_id is not None
+
+    @property
+    def dwell_s(self) -> float:
+        return (self.last_seen - self.first_seen).total_seconds()
+
+    @property
+    def median_score(self) -> float:
+        return float(np.median(self.scores)) if self.scores else 0.0
+
+    @property
+    def needs_review(self) -> bool:
+        if self.rule.scene_change:
+            return True
+        threshold = self.rule.auto_confirm_score
+        return threshold is None or self.median_score < threshold
+
+
+@dataclass(frozen=True)
+class Transition:
+    type: Literal["opened", "updated", "closed"]
+    candidate: Candidate
+    new_evidence: bool  # the candidate's best frame has not been written yet
+
+
+class RuleEngine:
+    """One camera's rules over its tracks."""
+
+    def __init__(self, camera: Camera, taxonomy: Taxonomy) -> None:
+        self.camera = camera
+        self.rules = [ActiveRule.resolve(r, taxonomy) for r in camera.rules]
+        self.candidates: dict[tuple[int, int], Candidate] = {}
+        self.class_last_seen: dict[str, datetime] = {}
+        self.watched_classes = frozenset(c for r in self.rules for c in r.classes | r.after_classes)
+
+    def update(
+        self,
+        tracks: list[Track],
+        zones: ZoneMap,
+        when: datetime,
+        frame: np.ndarray | None = None,
+        detected: bool = True,
+    ) -> list[Transition]:
+        """Feed the tracks seen at `when`; `detected` False: carried over without a detection."""
+        for track in tracks:
+            if track.class_name in self.watched_classes:
+                self.class_last_seen[track.class_name] = when
+        for track in tracks:
+            inside = zones.containing(track.ground_point)
+            for r, rule in enumerate(self.rules):
+                if track.class_name not in rule.classes:
+                    continue
+                zone = self._zone_for(track.id, r, rule, inside)
+                if zone is not None:
+                    self._observe(track, r, rule, zone, when, frame if detected else None, detected)
+        return self._transitions(when)
+
+    def _zone_for(self, track_id: int, r: int, rule: ActiveRule, inside: list[PixelZone]) -> PixelZone | None:
+        """One zone per (track, rule): overlapping zones must not double an event.
+
+        The zone of an existing candidate if the track is still in it, else the first zone
+        whose type comes first in the rule's zone_types."""
+        current = self.candidates.get((track_id, r))
+        if current is not None:
+            return current.zone if any(z.name == current.zone.name for z in inside) else None
+        ranked = [z for t in rule.zone_type_order for z in inside if z.type == t]
+        return ranked[0] if ranked else None
+
+    def _observe(
+        self, track: Track, r: int, rule: ActiveRule, zone: PixelZone, when: datetime,
+        frame: np.ndarray | None, detected: bool,
+    ) -> None:
+        key = (track.id, r)
+        cand = self.candidates.get(key)
+        if cand is None:
+            cand = Candidate(track.id, rule, zone, first_seen=when, last_seen=when)
+            if rule.after_classes:
+                # e.g. spillage: a truck must have passed shortly before the patch appeared
+                since = track.first_seen - timedelta(seconds=rule.after_within)
+                cand.eligible = any(
+                    (seen := self.class_last_seen.get(c)) is not None and seen >= since
+                    for c in rule.after_classes
+                )
+            self.candidates[key] = cand
+        cand.last_seen = when
+        if detected:
+            cand.scores.append(track.score)
+            if len(cand.scores) > 500:
+                del cand.scores[:-500]
+            if frame is not None and track.score > cand.best_score:
+                cand.best_score = track.score
+                cand.best_box = track.box.copy()
+                cand.best_frame = frame
+                cand.best_at = when
+
+    def _transitions(self, when: datetime) -> list[Transition]:
+        out: list[Transition] = []
+        grace = self.camera.grace_s
+        for key, cand in list(self.candidates.items()):
+            if (when - cand.last_seen).total_seconds() > grace:
+                if cand.is_open:
+                    out.append(Transition("closed", cand, new_evidence=False))
+                del self.candidates[key]
+                continue
+            if cand.last_seen != when:
+                continue  # not seen this time: waiting out the grace period
+            if not cand.is_open:
+                if (
+                    cand.eligible
+                    and cand.dwell_s >= cand.rule.dwell
+                    and cand.median_score >= cand.rule.min_score
+                    and cand.best_frame is not None
+                    and self.camera.in_schedule(when)
+                ):
+                    cand.event_id = self._event_id(cand)
+                    cand.last_sent = when
+                    cand.written_score = cand.best_score
+                    out.append(Transition("opened", cand, new_evidence=True))
+                continue
+            better = cand.best_score >= cand.written_score + EVIDENCE_GAIN
+            due = cand.last_sent is not None and (when - cand.last_sent).total_seconds() >= self.camera.update_every
+            if better or due:
+                cand.last_sent = when
+                if better:
+                    cand.written_score = cand.best_score
+                out.append(Transition("updated", cand, new_evidence=better))
+        return out
+
+    def close_all(self) -> list[Transition]:
+        """End of a file: everything still open closes at its last sighting."""
+        out = [Transition("closed", c, new_evidence=False) for c in self.candidates.values() if c.is_open]
+        self.candidates.clear()
+        return out
+
+    def _event_id(self, cand: Candidate) -> str:
+        stamp = cand.first_seen.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        return f"{self.camera.id}-{stamp}-{cand.rule.violation.id}-{cand.zone.name}-t{cand.track_id}"
+

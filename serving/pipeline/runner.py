@@ -1,0 +1,292 @@
+"""The stream pipeline: sample -> detect (batched across cameras) -> track -> rules -> events.
+
+Used by `gridwatch watch` and by the case layer:
+
+    pipeline = Pipeline(cameras, detector, taxonomy, on_event=callback)
+    pipeline.run_until_done()      # file and folder sources: to the end, then close what is open
+    # or, for live sources (and mixed configs), in a background thread:
+    pipeline.start(); ...; pipeline.stop()
+    pipeline.health                # {camera_id: StreamHealth}, live objects, `.to_json()` each
+
+`cameras` is a `CamerasConfig` or a list of `Camera`; `detector` a `detector.Detector` (or
+anything with `detect(list_of_frames) -> list[Detections]`); `taxonomy` from
+`detector.load_taxonomy()`. `on_event(event, frame)` is called from the pipeline's thread,
+in order, for every transition (opened, updated, closed), with the `EvidenceFrame` when the
+transition brought a better one (else None); `run_until_done()` also returns the events. A
+callback that raises is logged and does not stop the pipeline. A Detector is safe to share
+with other threads (the API): it guards its own buffers.
+
+Per sampled frame a camera either runs the detector or, when nothing moved since its last
+detection and the static re-check (`static_check_every`) is not due, carries its tracks over
+unchanged (Frigate-style motion gating; static things are still re-checked on schedule).
+Frames of all cameras that are ready at the same time go to the detector as one batch.
+
+Evidence: for an opened event and for each better frame later, the frame and the box go to
+the callback as an `EvidenceFrame`; the case stage writes them once into the case. Given an
+`evidence` store (`gridwatch watch`, which has no cases), the pipeline writes them there
+itself, under CAMERA/EVENT_ID, and the event lists the files.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+
+from detector.detections import Detections
+from detector.taxonomy import Taxonomy
+from serving.cameras import Camera, CamerasConfig, GridPicker
+from serving.events import ViolationEvent
+from serving.evidence import EvidenceFrame, EvidenceStore
+from serving.pipeline.rules import Candidate, RuleEngine, Transition
+from serving.pipeline.scene import MotionGate, SceneWatcher
+from serving.pipeline.tracking import IoUTracker
+from serving.pipeline.zones import ZoneMap
+from serving.streams.readers import Frame, LiveReader, StreamHealth, open_reader
+
+EventSink = Callable[[ViolationEvent, EvidenceFrame | None], None]
+
+log = logging.getLogger(__name__)
+
+
+class CameraRuntime:
+    """Everything one camera keeps between frames."""
+
+    def __init__(self, camera: Camera, taxonomy: Taxonomy, clock_start: datetime | None) -> None:
+        self.camera = camera
+        self.grids = GridPicker(camera)
+        self.reader = open_reader(camera, clock_start)
+        self.tracker = IoUTracker(max_age_s=camera.grace_s)
+        self.rules = RuleEngine(camera, taxonomy)
+        self.motion = MotionGate()
+        self.scene = SceneWatcher.for_camera(camera) if any(r.scene_change for r in camera.rules) else None
+        self.zones: ZoneMap | None = None
+        self.last_detect: datetime | None = None
+        self.frames: Iterator[Frame] | None = None  # file/folder sources
+
+    def zone_map(self, image: np.ndarray) -> ZoneMap:
+        h, w = image.shape[:2]
+        if self.zones is None or self.zones.size != (w, h):
+            self.zones = ZoneMap(self.camera.zones, w, h)
+        return self.zones
+
+    def needs_detection(self, frame: Frame) -> bool:
+        moved = self.motion.moved(frame.image)
+        if self.last_detect is None or moved or (self.scene is not None and self.scene.pending):
+            return True
+        return (frame.timestamp - self.last_detect).total_seconds() >= self.camera.static_check_every
+
+
+class Pipeline:
+    def __init__(
+        self,
+        cameras: CamerasConfig | Iterable[Camera],
+        detector: Any,
+        taxonomy: Taxonomy,
+        on_event: EventSink | None = None,
+        *,
+        evidence: EvidenceStore | None = None,
+        clock_start: datetime | None = None,
+        motion_gating: bool = True,
+    ) -> None:
+        cams = cameras.cameras if isinstance(cameras, CamerasConfig) else tuple(cameras)
+        self.detector = detector
+        self.taxonomy = taxonomy
+        self.evidence = evidence
+        self.on_event = on_event
+        self.motion_gating = motion_gating
+        self.runtimes = {c.id: CameraRuntime(c, taxonomy, clock_start) for c in cams}
+        self.events: list[ViolationEvent] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.stats = {"frames": 0, "detected": 0, "batches": 0}
+
+    @property
+    def health(self) -> dict[str, StreamHealth]:
+        return {cid: rt.reader.health for cid, rt in self.runtimes.items()}
+
+    # --- driving --------------------------------------------------------------------------
+
+    def run_until_done(self) -> list[ViolationEvent]:
+        """Process every file/folder camera to its end; live cameras are not allowed here."""
+        live = [cid for cid, rt in self.runtimes.items() if isinstance(rt.reader, LiveReader)]
+        if live:
+            raise ValueError(f"run_until_done() reads files and folders; live cameras {live} need start()")
+        for rt in self.runtimes.values():
+            rt.frames = rt.reader.frames()
+        active = list(self.runtimes.values())
+        while active:
+            batch = self._next_file_frames(active)
+            if batch:
+                self.process(batch)
+        return self.events
+
+    def start(self) -> None:
+        """Run in a background thread until stop() (or until every source is a finished file)."""
+        if self._thread is not None:
+            return
+        for rt in self.runtimes.values():
+            if isinstance(rt.reader, LiveReader):
+                rt.reader.start()
+            else:
+                rt.frames = rt.reader.frames()
+        self._thread = threading.Thread(target=self._loop, name="pipeline", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        for rt in self.runtimes.values():
+            if isinstance(rt.reader, LiveReader):
+                rt.reader.stop()
+            self._finish(rt)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the loop ends (all sources were files) or `timeout`; True if it ended."""
+        if self._thread is None:
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _loop(self) -> None:
+        files = [rt for rt in self.runtimes.values() if rt.frames is not None]
+        lives = [rt for rt in self.runtimes.values() if isinstance(rt.reader, LiveReader)]
+        while not self._stop.is_set() and (files or lives):
+            batch: list[Frame] = []
+            for rt in lives:
+                frame = rt.reader.take()  # type: ignore[union-attr]
+                if frame is not None:
+                    batch.append(frame)
+            batch.extend(self._next_file_frames(files))
+            if batch:
+                try:
+                    self.process(batch)
+                except Exception:  # a bad batch must not end a city's monitoring
+                    log.exception("pipeline: batch failed")
+            else:
+                self._stop.wait(0.05)
+
+    def _next_file_frames(self, files: list[CameraRuntime]) -> list[Frame]:
+        """The next frame of each file/folder camera; a camera at its end leaves `files` and
+        closes what it had open."""
+        batch = []
+        for rt in list(files):
+            frame = next(rt.frames, None)  # type: ignore[arg-type]
+            if frame is None:
+                files.remove(rt)
+                self._finish(rt)
+            else:
+                batch.append(frame)
+        return batch
+
+    # --- one batch ------------------------------------------------------------------------
+
+    def process(self, frames: list[Frame]) -> list[ViolationEvent]:
+        """Detect on the frames that need it (one batch), then track and apply rules per camera."""
+        runtimes = [self.runtimes[f.camera] for f in frames]
+        wanted = [
+            i for i, (rt, f) in enumerate(zip(runtimes, frames))
+            if not self.motion_gating or rt.needs_detection(f)
+        ]
+        results: dict[int, Detections] = {}
+        if wanted:
+            found = self.detector.detect([frames[i].image for i in wanted])
+            results = dict(zip(wanted, found))
+            self.stats["batches"] += 1
+            self.stats["detected"] += len(wanted)
+        self.stats["frames"] += len(frames)
+        out: list[ViolationEvent] = []
+        for i, (rt, frame) in enumerate(zip(runtimes, frames)):
+            zones = rt.zone_map(frame.image)
+            if i in results:
+                dets = results[i]
+                if rt.scene is not None:
+                    dets = _merge(dets, rt.scene.update(frame, dets, zones))
+                tracks = rt.tracker.update(dets, frame.timestamp)
+                rt.last_detect = frame.timestamp
+                if self.motion_gating:
+                    rt.motion.reference(frame.image)
+                transitions = rt.rules.update(tracks, zones, frame.timestamp, frame.image, detected=True)
+            else:
+                tracks = rt.tracker.touch(frame.timestamp)
+                transitions = rt.rules.update(tracks, zones, frame.timestamp, None, detected=False)
+            out.extend(self._emit(rt, t) for t in transitions)
+        return out
+
+    def _finish(self, rt: CameraRuntime) -> None:
+        for t in rt.rules.close_all():
+            self._emit(rt, t)
+
+    # --- events and evidence --------------------------------------------------------------
+
+    def _emit(self, rt: CameraRuntime, transition: Transition) -> ViolationEvent:
+        cand = transition.candidate
+        frame = None
+        if transition.new_evidence and cand.best_frame is not None and cand.best_box is not None:
+            frame = EvidenceFrame(box=tuple(float(v) for v in cand.best_box), image=cand.best_frame,
+                                  label=f"{cand.rule.violation.id} {cand.best_score:.2f} {cand.zone.name}")
+            if self.evidence is not None:
+                stored = self.evidence.write(f"{rt.camera.id}/{cand.event_id}", frame)
+                cand.evidence = tuple(str(self.evidence.root / item.path) for item in stored)
+        event = self._event(rt, transition.type, cand)
+        self.events.append(event)
+        if self.on_event is not None:
+            try:
+                self.on_event(event, frame)
+            except Exception:
+                log.exception("on_event callback failed for %s", event.event_id)
+        return event
+
+    def _event(self, rt: CameraRuntime, kind: str, cand: Candidate) -> ViolationEvent:
+        camera, violation = rt.camera, cand.rule.violation
+        return ViolationEvent(
+            type=kind,
+            event_id=cand.event_id or "",
+            camera=camera.id,
+            violation=violation.id,
+            matter_code=violation.full_matter_code(camera.division),
+            grid=self._grid(rt, cand),
+            zone=cand.zone.name,
+            first_seen=cand.first_seen,
+            last_seen=cand.last_seen,
+            dwell_s=cand.dwell_s,
+            track_id=cand.track_id,
+            score=cand.median_score,
+            needs_review=cand.needs_review,
+            evidence=cand.evidence,
+            legacy_code=violation.legacy_code,
+            zone_type=cand.zone.type,
+            division=camera.division,
+            best_score=max(cand.best_score, 0.0),
+            box=tuple(round(float(v), 1) for v in cand.best_box) if cand.best_box is not None else None,
+            location=camera.location,
+            source="scene_change" if cand.rule.scene_change else "detector",
+        )
+
+    def _grid(self, rt: CameraRuntime, cand: Candidate) -> str:
+        """Picked once, when the event opens: one instance keeps one grid."""
+        if cand.grid is None:
+            if cand.best_box is None or rt.zones is None:
+                cand.grid = rt.grids.default or ""
+            else:
+                w, h = rt.zones.size
+                box = cand.best_box
+                cand.grid = rt.grids.grid_at(float(box[0] + box[2]) / 2 / w, float(box[3]) / h)
+        return cand.grid
+
+
+def _merge(dets: Detections, extra: Detections) -> Detections:
+    if not len(extra):
+        return dets
+    names = {**dets.names, **extra.names}
+    return Detections(
+        xyxy=np.concatenate([dets.xyxy, extra.xyxy]).astype(np.float32),
+        scores=np.concatenate([dets.scores, extra.scores]).astype(np.float32),
+        class_ids=np.concatenate([dets.class_ids, extra.class_ids]).astype(np.int64),
+        names=names,
+    )

@@ -1,0 +1,165 @@
+"""Webhook delivery: signed, retried with backoff, dead-lettered and replayed, and exactly
+once per case version for a receiver that dedups by Idempotency-Key."""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from tests.support.service import wait_for
+from detector.taxonomy import load_taxonomy
+from serving.cases import CasePolicy, CaseService
+from serving.delivery import DeliveryConfig, DeliveryWorker, backoff_delay, outbox_stats, replay, sign, verify
+from serving.evidence import EvidenceStore
+from serving.store.db import Database
+from serving.store.models import OutboxMessage
+
+
+@pytest.fixture
+def cases(db_url: str, tmp_path: Path):
+    db = Database(db_url)
+    yield CaseService(db, EvidenceStore(tmp_path / "ev"), load_taxonomy(),
+                      CasePolicy(auto_confirm={"bin_overflow": 0.5}), public_url="http://gw.test")
+    db.close()
+
+
+def worker_for(cases: CaseService, receiver, **overrides) -> DeliveryWorker:
+    config = dict(url=receiver.url, secret=receiver.secret, max_tries=50, backoff_s=0.05,
+                  backoff_max_s=0.3, timeout_s=2.0, poll_s=0.05)
+    config.update(overrides)
+    return DeliveryWorker(cases.db, DeliveryConfig(**config))
+
+
+def test_signature_is_hmac_over_timestamp_and_body() -> None:
+    body = b'{"a": 1}'
+    signature = sign("s3cret", "1700000000", body)
+    assert signature.startswith("sha256=") and len(signature) == 7 + 64
+    assert verify("s3cret", "1700000000", body, signature, now=1700000010)
+    assert not verify("s3cret", "1700000000", body + b" ", signature, now=1700000010)
+    assert not verify("other", "1700000000", body, signature, now=1700000010)
+    assert not verify("s3cret", "1700000000", body, signature, now=1700009999)  # stale
+
+
+def test_backoff_grows_with_jitter_and_a_cap() -> None:
+    rng = random.Random(1)
+    delays = [backoff_delay(n, 1.0, 30.0, rng) for n in range(1, 9)]
+    assert all(0.5 * min(30, 2 ** (n - 1)) <= d <= min(30, 2 ** (n - 1)) for n, d in enumerate(delays, 1))
+    assert len({round(backoff_delay(3, 1.0, 30.0, rng), 6) for _ in range(20)}) > 1
+
+
+def test_receiver_down_then_every_case_delivered_exactly_once(cases, receiver, make_event) -> None:
+    made = [cases.ingest(*make_event("opened", event_id=f"e{i}", camera=f"cam-{i}")).case_number for i in range(6)]
+    worker = worker_for(cases, receiver)
+    worker.start()
+    try:
+        time.sleep(0.8)  # the receiver is not listening: connections are refused, tries pile up
+        with cases.db.sessions() as session:
+            assert all(m.attempts >= 1 and m.state == "pending" for m in session.scalars(select(OutboxMessage)))
+        receiver.start()
+        wait_for(lambda: len(receiver.received) == 6)
+        # More cases while it is up, and one receiver hiccup answering 503.
+        receiver.fail_with = 503
+        made += [cases.ingest(*make_event("opened", event_id=f"x{i}", camera=f"cam-x{i}")).case_number for i in range(3)]
+        worker.wake()
+        wait_for(lambda: receiver.requests >= 9)
+        receiver.fail_with = None
+        wait_for(lambda: outbox_stats(cases.db)["delivered"] == 9)
+    finally:
+        worker.stop()
+    assert receiver.reported() == {number: 1 for number in made}
+    assert receiver.bad_signatures == 0
+    assert outbox_stats(cases.db)["pending"] == 0
+
+
+def test_dead_letter_after_max_tries_then_replay(cases, receiver, make_event) -> None:
+    number = cases.ingest(*make_event("opened")).case_number
+    receiver.start()
+    receiver.fail_with = 500
+    worker = worker_for(cases, receiver, max_tries=3)
+    worker.start()
+    try:
+        wait_for(lambda: outbox_stats(cases.db)["dead"] == 1)
+        assert receiver.requests == 3
+        with cases.db.sessions() as session:
+            dead = session.scalars(select(OutboxMessage)).one()
+            assert dead.state == "dead" and "HTTP 500" in dead.last_error
+        receiver.fail_with = None
+        assert replay(cases.db, case_number="GW-other") == 0
+        assert replay(cases.db, case_number=number) == 1
+        worker.wake()
+        wait_for(lambda: outbox_stats(cases.db)["delivered"] == 1)
+    finally:
+        worker.stop()
+    assert receiver.reported() == {number: 1}
+
+
+def test_versions_of_one_case_go_out_in_order(cases, receiver, make_event) -> None:
+    number = cases.ingest(*make_event("opened")).case_number
+    cases.review(number, "correct", violation="exposed_garbage")
+    cases.review(number, "reject")
+    order: list[str] = []
+    receiver.start()
+    worker = worker_for(cases, receiver)
+    original = worker._send
+
+    def record(message):
+        order.append(message.idempotency_key)
+        return original(message)
+
+    worker._send = record
+    worker.start()
+    try:
+        wait_for(lambda: outbox_stats(cases.db)["delivered"] == 3)
+    finally:
+        worker.stop()
+    assert order == [f"{number}-v1", f"{number}-v2", f"{number}-v3"]
+    assert [b["event"] for b in receiver.received.values()] == ["case.reported", "case.updated", "case.retracted"]
+
+
+def test_replay_command(cases, receiver, make_event, tmp_path, capsys) -> None:
+    from serving.cli import main
+
+    number = cases.ingest(*make_event("opened")).case_number
+    receiver.start()
+    receiver.fail_with = 503
+    worker = worker_for(cases, receiver, max_tries=2)
+    worker.start()
+    try:
+        wait_for(lambda: outbox_stats(cases.db)["dead"] == 1)
+    finally:
+        worker.stop()
+    config = tmp_path / "gridwatch.yaml"
+    config.write_text(f"settings:\n  database_url: '{cases.db.url}'\n  data_dir: '{tmp_path / 'data'}'\n")
+    assert main(["cases", "outbox", "--config", str(config)]) == 0
+    assert '"dead": 1' in capsys.readouterr().out
+    assert main(["cases", "replay", "--config", str(config), "--case", number]) == 0
+    assert capsys.readouterr().out.startswith("1 message(s) queued again")
+    assert outbox_stats(cases.db)["pending"] == 1
+    receiver.fail_with = None
+    worker = worker_for(cases, receiver)
+    worker.start()
+    try:
+        wait_for(lambda: outbox_stats(cases.db)["delivered"] == 1)
+    finally:
+        worker.stop()
+    assert receiver.reported() == {number: 1}
+
+
+def test_two_workers_on_one_database_send_each_message_once(cases, receiver, make_event) -> None:
+    numbers = [cases.ingest(*make_event("opened", event_id=f"w{i}", camera=f"cam-{i}")).case_number for i in range(16)]
+    receiver.start()
+    receiver.delay_s = 0.02
+    workers = [worker_for(cases, receiver), worker_for(cases, receiver)]
+    for worker in workers:
+        worker.start()
+    try:
+        wait_for(lambda: outbox_stats(cases.db)["delivered"] == 16)
+    finally:
+        for worker in workers:
+            worker.stop()
+    assert receiver.requests == 16  # not one message sent twice
+    assert receiver.reported() == {number: 1 for number in numbers}

@@ -1,0 +1,251 @@
+"""CI-sized end to end, with the network blocked: build a tiny dataset from real images,
+`gridwatch train` one epoch from the bootstrapped COCO start (which exports, evaluates,
+writes the card and runs champion/challenger), `gridwatch eval` the ONNX files,
+`gridwatch export` again, and resume an interrupted run.
+
+Every subprocess runs with a sitecustomize that makes DNS look-ups and non-loopback
+connects fail and records them: the test fails if anything tried the network (fonts,
+AMP weights, telemetry, pip checks).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from detector.files import REPO_ROOT, sha256_file
+from tests.support.shared_data import COCO_INT8, DATASETS
+from tests.support.training import tiny_gridwatch_dataset
+
+pytestmark = pytest.mark.slow
+
+NETBLOCK = '''
+import os, socket, traceback
+_LOG = os.environ["GRIDWATCH_NETBLOCK_LOG"]
+_LOCAL = {"localhost", "127.0.0.1", "::1", None}
+
+def _record(what):
+    with open(_LOG, "a") as fh:
+        fh.write(what + "\\n" + "".join(traceback.format_stack(limit=40)) + "\\n")
+    raise OSError("network blocked by gridwatch test: " + what)
+
+_getaddrinfo = socket.getaddrinfo
+def getaddrinfo(host, *args, **kwargs):
+    if host in _LOCAL:
+        return _getaddrinfo(host, *args, **kwargs)
+    _record(f"getaddrinfo {host}")
+socket.getaddrinfo = getaddrinfo
+
+_connect = socket.socket.connect
+def connect(self, address):
+    if self.family == socket.AF_UNIX or (isinstance(address, tuple) and address[0] in _LOCAL):
+        return _connect(self, address)
+    _record(f"connect {address}")
+socket.socket.connect = connect
+'''
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    if not COCO_INT8.is_file() or not DATASETS.is_dir():
+        pytest.skip("shared weights/datasets not found")
+    tmp = tmp_path_factory.mktemp("e2e")
+    block = tmp / "netblock"
+    block.mkdir()
+    (block / "sitecustomize.py").write_text(NETBLOCK)
+    log = tmp / "network-attempts.log"
+    log.touch()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("YOLO_")}
+    env.update(
+        PYTHONPATH=os.pathsep.join([str(block), str(REPO_ROOT)]),
+        GRIDWATCH_NETBLOCK_LOG=str(log),
+        HOME=str(tmp / "home"),  # a fresh Ultralytics config dir: fonts must come from prepare()
+        CUDA_VISIBLE_DEVICES="",
+        MPLCONFIGDIR=str(tmp / "mpl"),
+    )
+    data = tiny_gridwatch_dataset(
+        tmp / "data", {"garbage_overflow_cn": (24, 6), "thela_india": (8, 3), "facade_signs_spb": (8, 3)}
+    )
+    return {"tmp": tmp, "env": env, "log": log, "data": data}
+
+
+def gridwatch(env, *args, timeout=280, check=True):
+    proc = subprocess.run([sys.executable, "-m", "serving.cli", *map(str, args)], env=env["env"],
+                          capture_output=True, text=True, timeout=timeout, cwd=env["tmp"])
+    if check:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def no_network(env):
+    attempts = env["log"].read_text()
+    assert attempts == "", f"something tried the network:\n{attempts}"
+
+
+@pytest.fixture(scope="module")
+def trained(env):
+    weights = env["tmp"] / "weights"
+    proc = gridwatch(env, "train", "--data", env["data"], "--epochs", 1, "--imgsz", 192, "--batch", 8,
+                     "--project", env["tmp"] / "runs", "--name", "ci", "--promote", "--weights-dir", weights)
+    return {"run": env["tmp"] / "runs" / "ci", "weights": weights, "out": proc.stdout + proc.stderr}
+
+
+def test_train_writes_run_export_card_and_promotes_first_model(env, trained):
+    run = trained["run"]
+    for f in ("weights/best.pt", "weights/last.pt", "results.csv", "export/gridwatch-fp32.onnx",
+              "export/gridwatch-int8.onnx", "export/gridwatch.md", "export/gridwatch.json"):
+        assert (run / f).is_file(), f
+    assert (run.parent / ".bootstrap" / "yolov8n-coco-bootstrap.pt").is_file()  # the default start
+    assert "champion/challenger" in trained["out"] and "PROMOTE" in trained["out"]
+    assert sorted(p.name for p in trained["weights"].iterdir()) == [
+        "gridwatch-fp32.json", "gridwatch-fp32.md", "gridwatch-fp32.onnx", "gridwatch-int8.json",
+        "gridwatch-int8.md", "gridwatch-int8.onnx", "gridwatch.json", "gridwatch.md"]
+    for stem in ("gridwatch-fp32", "gridwatch-int8"):  # each model file has the card beside it
+        assert (trained["weights"] / f"{stem}.md").read_text() == (trained["weights"] / "gridwatch.md").read_text()
+    card = json.loads((trained["weights"] / "gridwatch.json").read_text())
+    assert card["classes"][:3] == ["garbage_bin", "bin_overflow", "garbage_pile"]
+    assert {s["name"] for s in card["sources"]} == {"garbage_overflow_cn", "thela_india", "facade_signs_spb"}
+    assert any("CC BY 4.0" in c and "garbage_overflow_cn" in c for c in card["credits"])
+    real = card["metrics"]["real_val"]
+    assert set(real) == {"gridwatch-fp32.onnx", "gridwatch-int8.onnx"}
+    assert {"garbage_bin", "push_cart", "shop_sign"} <= set(real["gridwatch-fp32.onnx"]["classes"])
+    assert card["int8"]["calibration_images"] >= 32 and card["speed"]["int8_ms"] > 0
+    for f in card["files"]:
+        assert f["sha256"] == sha256_file(trained["weights"] / f["name"])
+    md = (trained["weights"] / "gridwatch.md").read_text()
+    assert "garbage_overflow_cn" in md and "CC BY 4.0" in md and "Known weaknesses" in md
+    assert any((run / n).is_file() for n in ("results.png", "labels.jpg"))  # plots drew with a local font
+    no_network(env)
+
+
+def test_eval_the_shipped_onnx_files(env, trained):
+    for name in ("gridwatch-fp32.onnx", "gridwatch-int8.onnx"):
+        proc = gridwatch(env, "eval", "--model", trained["weights"] / name, "--data", env["data"], "--json",
+                         "--plots", env["tmp"] / f"plots-{name}")
+        out = json.loads(proc.stdout)
+        assert set(out) == {"classes", "map50", "map50_95"}
+        assert {"garbage_bin", "push_cart"} <= set(out["classes"])
+        for m in out["classes"].values():
+            assert m["instances"] > 0
+            assert all(0 <= m[k] <= 1 for k in ("ap50", "ap50_95", "precision", "recall"))
+        assert (env["tmp"] / f"plots-{name}" / "confusion_matrix.png").is_file()
+    text = gridwatch(env, "eval", "--model", trained["weights"] / "gridwatch-int8.onnx", "--data", env["data"]).stdout
+    assert "AP50" in text and "garbage_bin" in text
+    no_network(env)
+
+
+def test_export_command_and_outputs_are_not_degenerate(env, trained):
+    out = env["tmp"] / "exported"
+    proc = gridwatch(env, "export", "--weights", trained["run"] / "weights" / "best.pt", "--out", out,
+                     "--calib", env["data"].parent / "images" / "train", "--version", "ci-1")
+    assert "int8:" in proc.stdout and "version: ci-1" in proc.stdout
+    import cv2
+
+    from detector.model import open_session
+
+    frame = cv2.imread(str(next((env["data"].parent / "images" / "val").iterdir())))
+    heads = []
+    for name in ("gridwatch-fp32.onnx", "gridwatch-int8.onnx"):
+        session, info = open_session(out / name)
+        from detector.boxes import letterbox_into, to_input
+
+        canvas = np.empty((*info.input_hw, 3), np.uint8)
+        letterbox_into(frame, canvas)
+        x = np.empty((1, 3, *info.input_hw), np.float32)
+        to_input(canvas, x[0])
+        (head,) = session.run(None, {info.input_name: x})
+        assert np.isfinite(head).all()
+        assert head[0, 4:].max() > 0  # class scores are not all quantised to zero
+        heads.append(head[0])
+    # the int8 raw head follows the fp32 one (boxes and scores together)
+    assert np.corrcoef(heads[0].ravel(), heads[1].ravel())[0, 1] > 0.9
+    no_network(env)
+
+
+def test_second_run_meets_the_champion(env, trained):
+    proc = gridwatch(env, "train", "--data", env["data"], "--model", trained["run"] / "weights" / "best.pt",
+                     "--epochs", 1, "--imgsz", 192, "--batch", 8, "--project", env["tmp"] / "runs",
+                     "--name", "ci2", "--no-int8", "--no-plots", "--weights-dir", trained["weights"],
+                     "--cache", "ram", "--close-mosaic", "1", "--optimizer", "SGD", "--lr0", "0.002")
+    out = proc.stdout + proc.stderr
+    from training.export import read_checkpoint_args
+
+    args = read_checkpoint_args(env["tmp"] / "runs" / "ci2" / "weights" / "best.pt")
+    assert args["close_mosaic"] == 1 and args["cache"] == "ram"  # the flags reach Ultralytics
+    assert args["optimizer"] == "SGD" and args["lr0"] == 0.002
+    line = next(l for l in out.splitlines() if "champion/challenger" in l)
+    assert "champion none" not in line  # the promoted first model was scored on the same split
+    assert "not promoted" in out  # no --promote: weights/ untouched
+    no_network(env)
+
+
+def test_finished_run_cannot_resume_but_can_finish_again(env, trained):
+    proc = gridwatch(env, "train", "--resume", "--project", env["tmp"] / "runs", "--name", "ci", check=False)
+    assert proc.returncode == 2 and "nothing to resume" in proc.stderr
+    proc = gridwatch(env, "train", "--finish", "--project", env["tmp"] / "runs", "--name", "ci", "--no-int8",
+                     "--weights-dir", trained["weights"])
+    assert "champion/challenger" in proc.stdout and "not promoted" in proc.stdout
+    no_network(env)
+
+
+def test_average_finishes_with_its_lineage_and_notes_in_the_card(env, trained):
+    runs = env["tmp"] / "runs"
+    gridwatch(env, "average", "--weights", runs / "ci" / "weights" / "best.pt", runs / "ci" / "weights" / "last.pt",
+              "--shares", "1", "3", "--project", runs, "--name", "soup")
+    notes = env["tmp"] / "notes.md"
+    notes.write_text("Averaged because **both** runs were close.\n", encoding="utf-8")
+    gridwatch(env, "train", "--finish", "--project", runs, "--name", "soup", "--no-int8",
+              "--card-notes", notes, "--weights-dir", trained["weights"], "--imgsz", 224)
+    card = json.loads((runs / "soup" / "export" / "gridwatch.json").read_text(encoding="utf-8"))
+    assert card["summary"] == "Averaged because **both** runs were close."
+    assert (card["imgsz"], card["train_imgsz"]) == (224, 192)  # exported for another input size
+    assert card["training"]["average_shares"] == [1.0, 3.0]
+    assert [Path(w).parent.parent.name for w in card["training"]["averaged_from"]] == ["ci", "ci"]
+    md = (runs / "soup" / "export" / "gridwatch.md").read_text(encoding="utf-8")
+    assert "Averaged because **both**" in md and "Input 224 px (trained at 192 px)" in md
+    missing = gridwatch(env, "train", "--finish", "--project", runs, "--name", "soup",
+                        "--card-notes", env["tmp"] / "nope.md", check=False)
+    assert missing.returncode == 2 and "--card-notes" in missing.stderr
+    no_network(env)
+
+
+def test_resume_an_interrupted_run(env, trained):  # trained: the cached bootstrap start
+    project = env["tmp"] / "runs"
+    args = [sys.executable, "-m", "serving.cli", "train", "--data", str(env["data"]), "--epochs", "3",
+            "--imgsz", "160", "--batch", "8", "--project", str(project), "--name", "interrupted", "--no-plots",
+            "--no-int8", "--model", str(project / ".bootstrap" / "yolov8n-coco-bootstrap.pt")]
+    proc = subprocess.Popen(args, env=env["env"], cwd=env["tmp"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    results = project / "interrupted" / "results.csv"
+    deadline = time.time() + 200
+    while time.time() < deadline and proc.poll() is None:
+        if results.is_file() and len(results.read_text().splitlines()) >= 2:  # epoch 1 saved
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    time.sleep(1.0)  # let last.pt land after the csv row
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = _epochs(results)
+    assert 1 <= len(before) < 3
+    gridwatch(env, "train", "--resume", "--project", project, "--name", "interrupted", "--no-int8")
+    after = _epochs(results)
+    assert after[-1] == 3  # reached the planned epochs
+    # continued from the last saved epoch instead of starting over (an epoch whose row was
+    # written but whose last.pt was not yet saved when killed is trained again)
+    assert after[: len(before)] == before and len(after) - len(before) <= 3 - before[0]
+    assert (project / "interrupted" / "weights" / "best.pt").is_file()
+    no_network(env)
+
+
+def _epochs(results: Path) -> list[int]:
+    rows = results.read_text().splitlines()[1:]
+    return [int(float(r.split(",")[0])) for r in rows if r.strip()]

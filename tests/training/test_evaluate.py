@@ -1,0 +1,187 @@
+"""`gridwatch eval`: the AP arithmetic, the folder and class mapping, the CLI, and agreement
+with Ultralytics' own validator on the same model and data."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from detector.boxes import box_iou
+from detector.detections import Detections
+from tests.support.shared_data import COCO_INT8, DATASETS
+from tests.support.training import export_coco, source_images
+from training.evaluate import EvalError, EvalSet, evaluate, load_eval_set, onnx_predictor
+from training.metrics import class_metrics, evaluate_predictions, match_predictions
+from training.yolo_format import DataYaml, label_text, write_data_yaml
+
+
+def test_ap_matches_ultralytics_ap_per_class_on_random_rankings():
+    from training.offline import prepare
+
+    prepare()
+    from ultralytics.utils import metrics
+
+    rng = np.random.default_rng(7)
+    n, classes = 400, 4
+    tp = rng.random((n, 10)) < np.linspace(0.8, 0.2, 10)  # harder thresholds hit less often
+    conf = rng.random(n).astype(np.float32)
+    pred_cls = rng.integers(0, classes, n)
+    target_cls = rng.integers(0, classes, 150)
+    ref = metrics.ap_per_class(tp, conf, pred_cls, target_cls)
+    for k, c in enumerate(ref[6]):
+        mine, _ = class_metrics(tp[pred_cls == c], conf[pred_cls == c], int((target_cls == c).sum()), 0.25)
+        assert mine.ap50 == pytest.approx(ref[5][k, 0], abs=1e-4)
+        assert mine.ap50_95 == pytest.approx(ref[5][k].mean(), abs=1e-4)
+
+
+def test_matching_is_greedy_by_score_and_one_label_per_prediction():
+    labels = np.array([[0, 0, 10, 10]], np.float64)
+    preds = np.array([[0, 0, 10, 10], [0, 0, 10, 9]], np.float64)  # both overlap the one label
+    iou = box_iou(labels, preds)
+    correct = match_predictions(np.array([0, 0]), np.array([0]), iou)
+    assert correct[0].all() and not correct[1].any()
+    # a prediction of another class never matches
+    assert not match_predictions(np.array([1]), np.array([0]), iou[:, :1]).any()
+
+
+def _folder(tmp_path: Path, name: str, lines_per_image: dict[str, list[str]], names: dict) -> Path:
+    root = tmp_path / name
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    for stem, lines in lines_per_image.items():
+        cv2.imwrite(str(root / "images" / f"{stem}.jpg"), np.full((100, 200, 3), 90, np.uint8))
+        (root / "labels" / f"{stem}.txt").write_text("\n".join(lines))
+    write_data_yaml(DataYaml(file=root / "data.yaml", root=Path("."), names=names, splits={"train": "images"}))
+    return root
+
+
+def _perfect(eval_set: EvalSet, names: dict[int, str]) -> list[Detections]:
+    ids = {v: k for k, v in names.items()}
+    return [
+        Detections(im.boxes.astype(np.float32), np.full(len(im.boxes), 0.9, np.float32),
+                   np.array([ids[c] for c in im.classes], np.int64), names)
+        for im in eval_set.images
+    ]
+
+
+def test_source_mapping_applies_and_perfect_predictions_score_one(tmp_path):
+    # Named like the shared source, so its dataset definition maps garbage -> garbage_pile etc.
+    root = _folder(tmp_path, "garbage_overflow_cn",
+                   {"a": ["0 0.5 0.5 0.2 0.4", "2 0.2 0.2 0.1 0.1"], "b": ["1 0.5 0.5 0.5 0.5"], "c": []},
+                   {0: "garbage", 1: "garbage_bin", 2: "overflow"})
+    es = load_eval_set(root)
+    assert es.source == "garbage_overflow_cn"
+    assert es.images[0].classes == ["garbage_pile", "bin_overflow"]
+    np.testing.assert_allclose(es.images[0].boxes[0], [80, 30, 120, 70])  # normalised -> pixels (200x100)
+    names = {0: "garbage_bin", 1: "bin_overflow", 2: "garbage_pile", 3: "person"}
+    result = evaluate_predictions(es.images, _perfect(es, names))
+    assert set(result.classes) == {"garbage_pile", "bin_overflow", "garbage_bin"}
+    for m in result.classes.values():
+        # 0.995 is the ceiling of 101-point interpolation with the closing sentinel, as in Ultralytics.
+        assert m.ap50 == pytest.approx(0.995, abs=1e-3) and m.precision == 1.0 and m.recall == 1.0
+    # Nothing predicted: AP 0, not an error, and the instances still counted.
+    empty = evaluate_predictions(es.images, [Detections.empty(names) for _ in es.images])
+    assert empty.map50 == 0 and empty.classes["garbage_pile"].instances == 1
+
+
+def test_unknown_source_and_bad_labels_are_clear_errors(tmp_path):
+    root = _folder(tmp_path, "somewhere", {"a": ["0 0.5 0.5 0.2"]}, {0: "garbage_bin"})
+    with pytest.raises(EvalError, match="a.txt:1"):
+        load_eval_set(root)
+    with pytest.raises(EvalError, match="no source named"):
+        load_eval_set(_folder(tmp_path, "other", {"a": []}, {0: "garbage_bin"}), source="nope")
+    with pytest.raises(EvalError, match="data.yaml"):
+        load_eval_set(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def coco_export(tmp_path_factory):
+    """Bootstrapped COCO .pt and its fp32 ONNX export at 640."""
+    if not COCO_INT8.is_file():
+        pytest.skip(f"{COCO_INT8} not found")
+    tmp = tmp_path_factory.mktemp("coco")
+    return tmp / "coco.pt", export_coco(tmp, int8=False).fp32
+
+
+@pytest.fixture(scope="module")
+def teacher_labelled(tmp_path_factory):
+    """640x640 real street images labelled by the int8 COCO teacher (a model different from
+    the fp32 rebuild, so AP is high but not 1); 640 px so neither side resizes."""
+    from detector.runtime import Detector
+
+    root = tmp_path_factory.mktemp("teacher") / "teacher_set"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    teacher = Detector(COCO_INT8, score_threshold=0.35)
+    names = teacher.names
+    boxes = 0
+    for image in source_images("garbage_overflow_cn", 40):
+        frame = cv2.imread(str(image))
+        det = teacher(frame)
+        boxes += len(det)
+        (root / "images" / image.name).symlink_to(image)
+        (root / "labels" / f"{image.stem}.txt").write_text(label_text(det.xyxy, det.class_ids, frame.shape[1::-1]))
+    write_data_yaml(DataYaml(file=root / "data.yaml", root=root, names=dict(names),
+                             splits={"train": "images", "val": "images"}))
+    assert boxes >= 20
+    return root
+
+
+@pytest.mark.slow
+def test_ap_agrees_with_ultralytics_val_on_same_model_and_data(coco_export, teacher_labelled):
+    from training.offline import ultralytics_offline
+
+    pt, onnx_path = coco_export
+    YOLO = ultralytics_offline()
+    ref = YOLO(str(pt)).val(data=str(teacher_labelled / "data.yaml"), imgsz=640, batch=1, conf=0.001,
+                            iou=0.7, rect=False, plots=False, verbose=False, device="cpu")
+    predict, _ = onnx_predictor(onnx_path)
+    mine = evaluate(predict, load_eval_set(teacher_labelled))
+    assert 0.3 < mine.map50 < 1.0  # a real, non-trivial ranking
+    assert mine.map50 == pytest.approx(ref.box.map50, abs=0.02)
+    assert mine.map50_95 == pytest.approx(ref.box.map, abs=0.02)
+    ref_names = YOLO(str(pt)).names
+    for c, ap50 in zip(ref.box.ap_class_index, ref.box.ap50):
+        assert mine.classes[ref_names[int(c)]].ap50 == pytest.approx(ap50, abs=0.05)
+
+
+@pytest.mark.slow
+def test_eval_cli_json_and_plots_on_onnx(coco_export, teacher_labelled, tmp_path):
+    _, onnx_path = coco_export
+    plots = tmp_path / "plots"
+    proc = subprocess.run(
+        [sys.executable, "-m", "serving.cli", "eval", "--model", str(onnx_path), "--data", str(teacher_labelled),
+         "--json", "--plots", str(plots)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)  # exactly one JSON object on stdout
+    assert set(out) == {"classes", "map50", "map50_95"}
+    assert "person" in out["classes"]
+    assert set(out["classes"]["person"]) == {"ap50", "ap50_95", "precision", "recall", "instances"}
+    for name in ("PR_curve.png", "confusion_matrix.png"):
+        image = cv2.imread(str(plots / name))
+        assert image is not None and image.std() > 0
+
+
+def test_eval_cli_rejects_missing_model_clearly(tmp_path):
+    root = _folder(tmp_path, "garbage_overflow_cn", {"a": ["0 0.5 0.5 0.2 0.2"]}, {0: "garbage"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "serving.cli", "eval", "--model", str(tmp_path / "none.onnx"), "--data", str(root)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2 and "not found" in proc.stderr
+
+
+def test_real_source_folder_loads_with_its_definition():
+    if not (DATASETS / "thela_india").is_dir():
+        pytest.skip("shared datasets not found")
+    es = load_eval_set(DATASETS / "thela_india")
+    classes = {c for im in es.images for c in im.classes}
+    assert "push_cart" in classes and "thela" not in classes

@@ -1,0 +1,121 @@
+"""`gridwatch export`: fp32 + static QDQ int8 with the head's post-processing kept in fp32.
+
+Uses the bootstrapped COCO YOLOv8n (a real, trained detector) and real street images.
+"""
+
+from __future__ import annotations
+
+import ast
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+
+from detector.boxes import box_iou
+from detector.runtime import Detector
+from tests.support.shared_data import COCO_INT8
+from tests.support.training import export_coco, source_images
+
+pytestmark = pytest.mark.slow  # the shared export fixture takes 30-50 s on 2 cores
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    if not COCO_INT8.is_file():
+        pytest.skip(f"{COCO_INT8} not found")
+    tmp = tmp_path_factory.mktemp("export")
+    calib = tmp / "calib"
+    calib.mkdir()
+    for p in source_images("garbage_overflow_cn", 32, offset=1):
+        (calib / p.name).symlink_to(p)
+    return export_coco(tmp, calib=calib, model_version="test-1")
+
+
+def test_files_and_metadata(exported):
+    assert exported.fp32.name == "coco-fp32.onnx" and exported.int8.name == "coco-int8.onnx"
+    assert exported.calibration_images == 32
+    for path in (exported.fp32, exported.int8):
+        meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+        assert ast.literal_eval(meta["names"])[0] == "person"
+        assert ast.literal_eval(meta["imgsz"]) == [640, 640]
+        assert meta["stride"] == "32" and meta["task"] == "detect"
+        assert meta["gridwatch_model_version"] == "test-1"
+        assert meta["gridwatch_taxonomy_version"]
+        assert "gridwatch_dataset_hash" in meta
+        # The served runtime opens it and reads the same facts.
+        info = Detector(path).info
+        assert info.input_hw == (640, 640) and info.version == "test-1"
+
+
+def test_int8_is_qdq_with_head_postprocessing_in_fp32(exported):
+    graph = onnx.load(str(exported.int8)).graph
+    ops = {n.op_type for n in graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    by_output = {o: n for n in graph.node for o in n.output}
+    final = by_output[graph.output[0].name]
+    assert final.op_type == "Concat" and final.name in exported.excluded_nodes
+    # Neither input of the final concat (pixel boxes, 0..1 scores) passes through a quantiser.
+    for name in final.input:
+        assert by_output[name].op_type != "DequantizeLinear"
+    excluded = set(exported.excluded_nodes)
+    assert any("Sigmoid" in n for n in excluded) and any("dfl" in n for n in excluded)
+    assert not any("/cv2." in n or "/cv3." in n for n in excluded)  # the branch convs are quantised
+
+
+def test_int8_scores_not_degenerate_and_agree_with_fp32(exported):
+    fp32 = Detector(exported.fp32, score_threshold=0.25)
+    int8 = Detector(exported.int8, score_threshold=0.25)
+    frames = [cv2.imread(str(p)) for p in source_images("thela_india", 6) + source_images("garbage_overflow_cn", 6)]
+    best_int8 = 0.0
+    matched = total = 0
+    for frame in frames:
+        a, b = fp32(frame), int8(frame)
+        best_int8 = max(best_int8, float(b.scores.max(initial=0)))
+        confident = a[a.scores > 0.5]
+        total += len(confident)
+        if len(confident) and len(b):
+            iou = box_iou(confident.xyxy, b.xyxy) * (confident.class_ids[:, None] == b.class_ids[None, :])
+            matched += int((iou.max(axis=1) > 0.5).sum())
+    assert total >= 5, "these street images hold confident COCO objects for the fp32 model"
+    assert best_int8 > 0.3  # whole-graph U8S8 quantisation gives ~0 here
+    assert matched / total >= 0.8
+
+
+def test_export_needs_real_calibration_images(tmp_path, exported):
+    from training.export import ExportError, quantize_int8
+
+    few = source_images("garbage_overflow_cn", 5)
+    with pytest.raises(ExportError, match="at least 32"):
+        quantize_int8(exported.fp32, tmp_path / "x.onnx", few, {})
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_dfl_rewrite_keeps_ultralytics_outputs_on_real_images(exported, tmp_path):
+    """The shipped graph computes the DFL with a last-axis Softmax; its raw outputs must
+    equal Ultralytics' own export of the same weights."""
+    import onnxruntime as ort
+
+    from training.export import dfl_softmax_on_last_axis, letterboxed_inputs
+    from training.offline import ultralytics_offline
+
+    softmaxes = [n for n in onnx.load(str(exported.fp32)).graph.node if n.op_type == "Softmax"]
+    assert softmaxes and all(a.i == -1 for n in softmaxes for a in n.attribute if a.name == "axis")
+
+    YOLO = ultralytics_offline()
+    pt = tmp_path / "coco.pt"
+    pt.write_bytes((exported.fp32.parent.parent / "coco.pt").read_bytes())
+    raw = YOLO(str(pt)).export(format="onnx", imgsz=640, simplify=True, dynamic=False, batch=1, device="cpu")
+    raw_proto = onnx.load(raw)
+    assert any(a.i == 1 for n in raw_proto.graph.node if n.op_type == "Softmax" for a in n.attribute)
+    assert dfl_softmax_on_last_axis(raw_proto) == 1
+    assert dfl_softmax_on_last_axis(raw_proto) == 0  # nothing left to rewrite
+
+    original = ort.InferenceSession(raw, providers=["CPUExecutionProvider"])
+    shipped = ort.InferenceSession(str(exported.fp32), providers=["CPUExecutionProvider"])
+    frames = source_images("garbage_overflow_cn", 3) + source_images("thela_india", 2)
+    for x in letterboxed_inputs(frames, (640, 640)):
+        a = original.run(None, {"images": x})[0]
+        b = shipped.run(None, {"images": x})[0]
+        assert a.shape == b.shape
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-3)
