@@ -42,7 +42,9 @@ def probe_image(data: bytes, *, name: str = "image") -> tuple[str, int, int]:
     try:
         with Image.open(io.BytesIO(data)) as header:
             return str(header.format), *header.size
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    # ImportError: Ultralytics, once imported in the same process (bench, tests), hooks
+    # Image.open to try a HEIF codec on anything unidentified, and that codec may be absent.
+    except (UnidentifiedImageError, OSError, ValueError, ImportError) as exc:
         raise MediaError(f"{name}: not a readable image ({exc.__class__.__name__})") from None
 
 
