@@ -11,6 +11,7 @@ import numpy as np
 from detector.boxes import decode_end2end, decode_raw, letterbox_into, to_input, unletterbox
 from detector.detections import Detections
 from detector.model import InvalidImageError, ModelInfo, open_session
+from detector.tiling import DEFAULT_OVERLAP, detect_tiled
 
 
 def check_frame(frame: object, index: int = 0) -> np.ndarray:
@@ -92,6 +93,12 @@ class Detector:
 
     def __call__(self, frame: np.ndarray) -> Detections:
         return self.detect([frame])[0]
+
+    def detect_tiled(self, frame: np.ndarray, *, tile: int | None = None,
+                     overlap: float = DEFAULT_OVERLAP) -> Detections:
+        """One frame at native resolution: overlapping tiles plus the whole frame, merged
+        (see detector.tiling). Costs one inference per tile; meant for occasional checks."""
+        return detect_tiled(self, check_frame(frame, 0), tile=tile, overlap=overlap)
 
     def _detect_chunk(self, frames: list[np.ndarray]) -> list[Detections]:
         n = len(frames)

@@ -61,6 +61,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--score-threshold", type=float, default=None,
                    help="operating threshold for precision/recall (default: the model's, else 0.25)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--tiles", nargs="?", const=0, type=int, metavar="SIZE",
+                   help="ONNX only: also evaluate tiled at native resolution (tiles of SIZE px, default the "
+                        "model's input) and report both ways")
     p.set_defaults(func=run_eval)
 
     p = subparsers.add_parser("export", help="export a trained .pt to fp32 and static int8 ONNX")
@@ -140,6 +143,7 @@ def run_eval(args: argparse.Namespace) -> int:
         load_eval_set,
         onnx_predictor,
         operating_threshold_of,
+        tiled_predictor,
         ultralytics_predictor,
     )
 
@@ -160,6 +164,11 @@ def run_eval(args: argparse.Namespace) -> int:
         if args.score_threshold is not None:
             threshold = args.score_threshold
         result = evaluate(predict, eval_set, threshold)
+        tiled = None
+        if args.tiles is not None:
+            if args.model.suffix == ".pt":
+                return _fail("--tiles evaluates the served runtime: give the .onnx model")
+            tiled = evaluate(tiled_predictor(predict, args.tiles or None), eval_set, threshold)
     except (EvalError, DetectorError, FileNotFoundError) as exc:
         return _fail(str(exc))
     if args.plots:
@@ -167,11 +176,17 @@ def run_eval(args: argparse.Namespace) -> int:
         if not args.json:
             print("plots: " + ", ".join(map(str, written)))
     if args.json:
-        print(json.dumps(result.to_dict()))
+        print(json.dumps(result.to_dict() if tiled is None
+                         else {"whole_frame": result.to_dict(), "tiled": tiled.to_dict()}))
     else:
         if eval_set.dropped_labels:
             print(f"{eval_set.dropped_labels} labels of classes the '{eval_set.source}' mapping drops")
+        if tiled is not None:
+            print("whole frame:")
         print(result.table())
+        if tiled is not None:
+            print(f"\ntiled at native resolution (tiles of {args.tiles or max(predict.input_size)} px plus the whole frame):")
+            print(tiled.table())
     return 0
 
 

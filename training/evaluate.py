@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from detector.detections import Detections
-from detector.runtime import DEFAULT_IOU_THRESHOLD, DEFAULT_SCORE_THRESHOLD
+from detector.runtime import DEFAULT_IOU_THRESHOLD, DEFAULT_SCORE_THRESHOLD, Detector
 from training.metrics import AP_SCORE_THRESHOLD, EvalResult, LabelledImage, evaluate_predictions
 from training.yolo_format import (
     DataYaml,
@@ -152,11 +152,14 @@ def evaluate(predict: Predictor, eval_set: EvalSet, operating_threshold: float =
 
 def onnx_predictor(model_path: str | Path, threads: int | None = None) -> tuple[Predictor, dict[str, str]]:
     """The served runtime at AP's score threshold; returns it and the model's metadata."""
-    from detector.runtime import Detector
-
     detector = Detector(model_path, score_threshold=AP_SCORE_THRESHOLD, iou_threshold=DEFAULT_IOU_THRESHOLD,
                         max_detections=MAX_DETECTIONS, threads=threads)
     return detector, dict(detector.info.metadata)
+
+
+def tiled_predictor(detector: Detector, tile: int | None = None) -> Predictor:
+    """The same runtime, tiled at native resolution (what the static checks run)."""
+    return lambda frame: detector.detect_tiled(frame, tile=tile)
 
 
 def ultralytics_predictor(weights: str | Path, imgsz: int) -> Predictor:

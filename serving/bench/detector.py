@@ -122,13 +122,15 @@ def run_benchmark(
         timings.append(Timing("gridwatch", size, _time_per_frame(ours, batches, rounds)))
         if theirs is not None:
             timings.append(Timing("ultralytics", size, _time_per_frame(theirs, batches, rounds)))
+    tiled = _time_per_frame(lambda batch: [detector.detect_tiled(f) for f in batch], _batches(frames, 1), 1)
+    timings.append(Timing("gridwatch_tiled", 1, tiled))
     return timings
 
 
 def summarise(timings: list[Timing]) -> dict:
     by = {(t.name, t.batch): t.ms_per_frame for t in timings}
     rows = {}
-    for batch in sorted({t.batch for t in timings}):
+    for batch in sorted({t.batch for t in timings if t.name != "gridwatch_tiled"}):
         ours, bare, theirs = by.get(("gridwatch", batch)), by.get(("session", batch)), by.get(("ultralytics", batch))
         rows[batch] = {
             "session_ms": bare,
@@ -137,7 +139,8 @@ def summarise(timings: list[Timing]) -> dict:
             "gridwatch_over_session": ours / bare if bare else None,
             "ultralytics_over_gridwatch": theirs / ours if theirs and ours else None,
         }
-    return {"timings": [asdict(t) for t in timings], "by_batch": rows}
+    return {"timings": [asdict(t) for t in timings], "by_batch": rows,
+            "tiled_static_check_ms": by.get(("gridwatch_tiled", 1))}
 
 
 def format_table(summary: dict, model: Path, reference_model: Path) -> str:
@@ -156,4 +159,7 @@ def format_table(summary: dict, model: Path, reference_model: Path) -> str:
             f"{fmt(row['ultralytics_over_gridwatch'], '9.2f')}x"
         )
     lines.append("ms are per frame (median); ours/session: overhead over the bare session; ultra/ours: our speed-up.")
+    if summary.get("tiled_static_check_ms") is not None:
+        lines.append(f"tiled static check (tiles of the model's input size plus the whole frame, batch 1): "
+                     f"{summary['tiled_static_check_ms']:.1f} ms per frame")
     return "\n".join(lines)

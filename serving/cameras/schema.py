@@ -14,6 +14,8 @@ event from `grid_map`). A rule may carry `classes:` (detector classes instead of
 taxonomy's), `scene_change: true` (fires on a new persistent patch, see serving.pipeline.scene),
 `after_classes: [truck]` + `after_within:` (only after one of those passed), and
 `auto_confirm_score:` (median score from which an event needs no review; default: always).
+`tiled_static_checks:` (default true) runs each static check tiled at full resolution,
+`tile_size:` in frame pixels (default: the model's input size).
 A schedule window is `{days: mon-fri | [sat, sun] | fri-mon, from: "HH:MM", to: "HH:MM", tz}`;
 `to` before `from` runs overnight; no schedule means always.
 """
@@ -95,6 +97,10 @@ class Camera(BaseModel):
     location: Location = Location()
     sample_every: float = Field(2.0, gt=0)
     static_check_every: float = Field(60, gt=0)
+    # Static checks run tiled at full resolution (see detector.tiling); tile_size in frame
+    # pixels, default the model's input size (no downscaling inside a tile).
+    tiled_static_checks: bool = True
+    tile_size: int | None = Field(None, ge=64)
     zones: tuple[Zone, ...] = ()
     rules: tuple[Rule, ...] = ()
     schedule: tuple[ScheduleWindow, ...] = ()  # empty: always on

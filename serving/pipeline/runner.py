@@ -66,6 +66,7 @@ class CameraRuntime:
         self.scene = SceneWatcher.for_camera(camera) if any(r.scene_change for r in camera.rules) else None
         self.zones: ZoneMap | None = None
         self.last_detect: datetime | None = None
+        self.last_tiled: datetime | None = None
         self.frames: Iterator[Frame] | None = None  # file/folder sources
 
     def zone_map(self, image: np.ndarray) -> ZoneMap:
@@ -79,6 +80,14 @@ class CameraRuntime:
         if self.last_detect is None or moved or (self.scene is not None and self.scene.pending):
             return True
         return (frame.timestamp - self.last_detect).total_seconds() >= self.camera.static_check_every
+
+    def tiled_check_due(self, frame: Frame) -> bool:
+        """The static check at full resolution, once per `static_check_every`: small
+        static things (flyers, window ads, signs) vanish when a 1080p frame is shrunk."""
+        if not self.camera.tiled_static_checks:
+            return False
+        return (self.last_tiled is None
+                or (frame.timestamp - self.last_tiled).total_seconds() >= self.camera.static_check_every)
 
 
 class Pipeline:
@@ -103,7 +112,7 @@ class Pipeline:
         self.events: list[ViolationEvent] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.stats = {"frames": 0, "detected": 0, "batches": 0}
+        self.stats = {"frames": 0, "detected": 0, "batches": 0, "tiled": 0}
 
     @property
     def health(self) -> dict[str, StreamHealth]:
@@ -193,12 +202,18 @@ class Pipeline:
             i for i, (rt, f) in enumerate(zip(runtimes, frames))
             if not self.motion_gating or rt.needs_detection(f)
         ]
+        tiled = [i for i in wanted if runtimes[i].tiled_check_due(frames[i])]
+        batched = [i for i in wanted if i not in tiled]
         results: dict[int, Detections] = {}
-        if wanted:
-            found = self.detector.detect([frames[i].image for i in wanted])
-            results = dict(zip(wanted, found))
+        if batched:
+            found = self.detector.detect([frames[i].image for i in batched])
+            results = dict(zip(batched, found))
             self.stats["batches"] += 1
-            self.stats["detected"] += len(wanted)
+        for i in tiled:
+            results[i] = self.detector.detect_tiled(frames[i].image, tile=runtimes[i].camera.tile_size)
+            runtimes[i].last_tiled = frames[i].timestamp
+        self.stats["detected"] += len(wanted)
+        self.stats["tiled"] += len(tiled)
         self.stats["frames"] += len(frames)
         out: list[ViolationEvent] = []
         for i, (rt, frame) in enumerate(zip(runtimes, frames)):

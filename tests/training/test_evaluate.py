@@ -18,7 +18,7 @@ from tests.support.shared_data import COCO_INT8, DATASETS
 from tests.support.training import export_coco, source_images
 from training.evaluate import EvalError, EvalSet, evaluate, load_eval_set, onnx_predictor
 from training.metrics import class_metrics, evaluate_predictions, match_predictions
-from training.yolo_format import DataYaml, label_text, write_data_yaml
+from training.yolo_format import DataYaml, label_path, label_text, write_data_yaml
 
 
 def test_ap_matches_ultralytics_ap_per_class_on_random_rankings():
@@ -185,3 +185,29 @@ def test_real_source_folder_loads_with_its_definition():
     es = load_eval_set(DATASETS / "thela_india")
     classes = {c for im in es.images for c in im.classes}
     assert "push_cart" in classes and "thela" not in classes
+
+
+def test_eval_cli_tiles_reports_both_ways_on_real_facades(tmp_path):
+    """`gridwatch eval --tiles` on real facade photos, with the shipped model as served."""
+    root = tmp_path / "facade_signs_spb"  # the folder name picks the source's class mapping
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    for image in source_images("facade_signs_spb", 3):
+        (root / "images" / image.name).symlink_to(image)
+        (root / "labels" / f"{image.stem}.txt").symlink_to(label_path(image, image.parent))
+    (root / "data.yaml").write_text((DATASETS / "facade_signs_spb" / "data.yaml").read_text())
+    model = Path(__file__).resolve().parents[2] / "weights" / "gridwatch-int8.onnx"
+    proc = subprocess.run(
+        [sys.executable, "-m", "serving.cli", "eval", "--model", str(model), "--data", str(root), "--tiles", "--json"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert set(out) == {"whole_frame", "tiled"}
+    for way in out.values():
+        assert way["classes"]["shop_sign"]["instances"] > 0 and 0 <= way["map50"] <= 1
+    table = subprocess.run(
+        [sys.executable, "-m", "serving.cli", "eval", "--model", str(model), "--data", str(root), "--tiles", "640"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert table.returncode == 0 and "whole frame:" in table.stdout and "tiles of 640 px" in table.stdout

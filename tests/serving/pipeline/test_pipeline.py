@@ -286,3 +286,25 @@ def test_replay_detects_only_when_needed(tmp_path: Path, street_video: Path, tax
     pipeline.run_until_done()
     assert pipeline.stats["frames"] == 150
     assert 5 <= pipeline.stats["detected"] < 150  # motion and the 60 s re-check, not every frame
+
+
+@needs_shared
+@pytest.mark.parametrize("tiled", [True, False])
+def test_static_checks_run_tiled_at_full_resolution(taxonomy, tiled: bool) -> None:
+    import cv2
+
+    from serving.streams.readers import Frame
+
+    props = seed_props()
+    frame = cv2.resize(props.background, (2560, 1440), interpolation=cv2.INTER_LINEAR)
+    person = props.sized("person", 80)  # 20 px tall once the frame is shrunk to 640: unseen
+    frame[900:900 + person.shape[0], 1500:1500 + person.shape[1]] = person
+    pipeline = Pipeline([example_camera(tiled_static_checks=tiled, static_check_every=60)], seed_detector(),
+                        taxonomy, motion_gating=False)
+    for seconds in (0, 5, 61):
+        pipeline.process([Frame("cam-001", T0 + timedelta(seconds=seconds), frame, 0)])
+    # The first look and the re-check 60 s later run tiled; the sample in between does not.
+    assert pipeline.stats["tiled"] == (2 if tiled else 0) and pipeline.stats["detected"] == 3
+    people = [t for t in pipeline.runtimes["cam-001"].tracker.tracks
+              if t.class_name == "person" and t.box[0] >= 1490 and t.box[1] >= 890 and t.box[3] <= 990]
+    assert bool(people) is tiled

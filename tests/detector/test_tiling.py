@@ -1,0 +1,73 @@
+"""Tiled inference: tiles cover the frame, cut boxes merge back into one, and a small real
+object that the whole-frame pass misses is found at native resolution."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from detector import Detections
+from detector.boxes import box_iou
+from detector.tiling import Tile, merge, tile_grid, uncut
+from tests.support.shared_data import shared_available
+from tests.support.streams import seed_detector, seed_props
+
+
+@pytest.mark.parametrize("size", [(1920, 1080), (2560, 1440), (640, 360), (448, 448), (1000, 449)])
+def test_tiles_cover_the_frame_with_overlap(size: tuple[int, int]) -> None:
+    w, h = size
+    tiles = tile_grid(w, h, 448, 0.2)
+    covered = np.zeros((h, w), bool)
+    for t in tiles:
+        assert 0 <= t.x0 < t.x1 <= w and 0 <= t.y0 < t.y1 <= h
+        assert t.x1 - t.x0 == min(448, w) and t.y1 - t.y0 == min(448, h)
+        covered[t.y0:t.y1, t.x0:t.x1] = True
+    assert covered.all()
+    xs = sorted({t.x0 for t in tiles})
+    assert all(b - a <= 448 * 0.8 for a, b in zip(xs, xs[1:]))  # neighbours share >= 20%
+    if w <= 448 and h <= 448:
+        assert len(tiles) == 1
+
+
+def test_pieces_cut_by_inner_borders_drop_and_duplicates_merge() -> None:
+    tile = Tile(400, 0, 848, 448)  # a middle tile of a 1920x1080 frame, top row
+    found = Detections(
+        xyxy=np.array([[1, 100, 60, 200],      # touches the left inner border: a cut piece
+                       [100, 100, 200, 200],   # whole inside
+                       [300, 0, 400, 50],      # touches the top, which is the frame's edge: kept
+                       [350, 300, 447, 400]],  # touches the right inner border
+                      np.float32),
+        scores=np.full(4, 0.8, np.float32), class_ids=np.zeros(4, np.int64), names={0: "a"})
+    assert uncut(found, tile, 1920, 1080).tolist() == [False, True, True, False]
+    # The same object from an overlapping tile and from the whole frame: one box; another
+    # class in the same place stays.
+    a = Detections(xyxy=np.array([[500, 100, 600, 200]], np.float32), scores=np.array([0.9], np.float32),
+                   class_ids=np.array([0]), names={0: "a", 1: "b"})
+    b = Detections(xyxy=np.array([[502, 101, 601, 199], [500, 100, 600, 200]], np.float32),
+                   scores=np.array([0.7, 0.6], np.float32), class_ids=np.array([0, 1]), names={0: "a", 1: "b"})
+    merged = merge([a, b], iou_threshold=0.7, max_detections=300, frame_size=1920)
+    assert merged.class_ids.tolist() == [0, 1] and merged.scores.tolist() == pytest.approx([0.9, 0.6])
+
+
+@pytest.mark.skipif(not shared_available(), reason="../shared datasets/weights not found")
+def test_small_person_is_found_only_at_native_resolution() -> None:
+    detector, props = seed_detector(), seed_props()
+    frame = cv2.resize(props.background, (2560, 1440), interpolation=cv2.INTER_LINEAR)
+    person = props.sized("person", 80)  # a real person cut from thela_india, 80 px tall
+    ph, pw = person.shape[:2]
+    frame[900:900 + ph, 1500:1500 + pw] = person
+    truth = np.array([[1500, 900, 1500 + pw, 900 + ph]], np.float32)
+
+    def found(dets: Detections) -> bool:
+        people = dets.with_classes({"person"})
+        return bool(len(people)) and float(box_iou(people.xyxy, truth).max()) >= 0.5
+
+    assert not found(detector.detect([frame])[0])  # shrunk 4x to 640 px it is 20 px tall: missed
+    tiled = detector.detect_tiled(frame)
+    assert found(tiled)
+    assert (tiled.xyxy[:, [0, 2]] <= 2560).all() and (tiled.xyxy[:, [1, 3]] <= 1440).all()
+    # A frame no larger than a tile is exactly the plain detection.
+    small = cv2.resize(frame, (640, 360))
+    plain, once = detector.detect([small])[0], detector.detect_tiled(small)
+    assert np.array_equal(plain.xyxy, once.xyxy) and np.array_equal(plain.scores, once.scores)
