@@ -72,6 +72,7 @@ class ViolationEvent(BaseModel):
     box: tuple[float, float, float, float] | None = None  # in the evidence frame's pixels
     location: Location = Location()
     source: Literal["detector", "scene_change"] = "detector"
+    model_version: str = Field("", max_length=64)  # the model that saw it ("" from older edge boxes)
 
     _clean = field_validator("zone", "zone_type")(no_nul)
 

@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from detector.annotate import clip_box, draw_boxes
+from detector.detections import Detections
 from detector.files import sha256_file
 
 EvidenceKind = Literal["original", "annotated", "crop"]
@@ -42,6 +43,9 @@ class EvidenceFrame:
     image: np.ndarray | None = None
     encoded: bytes | None = None
     suffix: str = ".png"  # of `encoded`
+    # Everything the model found in the frame, as it saw it: with the reviewer's decision,
+    # the frame becomes a fully labelled training image. None when unknown (an upload).
+    detections: Detections | None = None
 
     def decoded(self) -> np.ndarray:
         if self.image is not None:

@@ -12,8 +12,11 @@ import threading
 from collections import deque
 from typing import Any
 
+import cv2
+import numpy as np
 from sqlalchemy import func, select, text
 
+from detector.detections import Detections
 from detector.taxonomy import load_taxonomy
 from serving.auth import ensure_admin_key
 from serving.cameras import Camera
@@ -22,9 +25,10 @@ from serving.cases import CasePolicy, CaseService
 from serving.delivery import DeliveryConfig, DeliveryWorker, outbox_stats
 from serving.events import ViolationEvent
 from serving.evidence import EvidenceFrame, EvidenceStore
+from serving.live_model import LiveDetector
 from serving.settings import Settings, load_detector
 from serving.store.db import Database, schema_is_current
-from serving.store.models import Case
+from serving.store.models import Case, Evidence
 
 log = logging.getLogger("gridwatch.service")
 
@@ -37,12 +41,12 @@ class GridwatchService:
         self._schema_current = schema_is_current(self.db.engine)  # migrated just now
         self.taxonomy = load_taxonomy(settings.taxonomy_file)
         self.evidence = EvidenceStore(settings.resolved_evidence_dir)
-        self.detector = detector if detector is not None else load_detector(settings)
-        info = getattr(self.detector, "info", None)
-        self.model_version = getattr(info, "version", "") or ""
+        self.detector = LiveDetector(detector if detector is not None else load_detector(settings),
+                                     load=lambda path: load_detector(settings, model=path),
+                                     smoke_frames=self._recent_evidence_frames)
         public_url = settings.public_url or f"http://{settings.host}:{settings.port}"
         self.cases = CaseService(self.db, self.evidence, self.taxonomy, CasePolicy.from_settings(settings),
-                                 model_version=self.model_version, public_url=public_url)
+                                 model_version=lambda: self.detector.version, public_url=public_url)
         delivery = DeliveryConfig.from_settings(settings)
         self.delivery = DeliveryWorker(self.db, delivery) if delivery else None
         self.cameras = CameraRegistry(self.db, self.taxonomy, settings.data_dir.resolve(), file_cameras or [],
@@ -62,8 +66,21 @@ class GridwatchService:
         pipeline.start()
         return pipeline
 
+    @property
+    def model_version(self) -> str:
+        return self.detector.version
+
+    def _recent_evidence_frames(self, count: int = 3) -> list[np.ndarray]:
+        """The last original evidence frames stored: what a new model is smoke-checked on."""
+        with self.db.sessions() as session:
+            paths = session.scalars(select(Evidence.path).where(Evidence.kind == "original")
+                                    .order_by(Evidence.id.desc()).limit(count)).all()
+        frames = [cv2.imread(str(self.evidence.resolve(p)), cv2.IMREAD_COLOR) for p in paths]
+        return [f for f in frames if f is not None]
+
     # -- life cycle ------------------------------------------------------------------------
     def start(self) -> None:
+        self.detector.watch(self.settings.model_watch_s)
         if self.delivery is not None:
             self.delivery.start()
         self._retrier = threading.Thread(target=self._retry_loop, name="gridwatch-event-retry", daemon=True)
@@ -72,6 +89,7 @@ class GridwatchService:
         self.cameras.start()
 
     def stop(self) -> None:
+        self.detector.stop()
         self.cameras.stop()  # intake first: the pipeline closes open events into cases
         self._stop.set()
         if self._retrier is not None:
@@ -119,11 +137,13 @@ class GridwatchService:
             self._drain_retries()
 
     # -- detection ---------------------------------------------------------------------------
-    def detect(self, image: Any) -> Any:
-        result = self.detector.detect([image])[0]
+    def detect(self, image: np.ndarray) -> tuple[Detections, str]:
+        """Detections and the version of the model that made them (a swap may be under way)."""
+        model = self.detector.current
+        result = model.detect([image])[0]
         self.counters["detect_requests"] += 1
         self.counters["detections"] += len(result)
-        return result
+        return result, model.info.version
 
     # -- health and metrics ------------------------------------------------------------------
     def readiness(self) -> dict[str, Any]:
@@ -134,7 +154,8 @@ class GridwatchService:
             checks["database"] = "ok" if self._schema_current else "schema not current"
         except Exception as exc:  # noqa: BLE001
             checks["database"] = f"unreachable: {type(exc).__name__}"
-        checks["detector"] = "ok" if self.detector is not None else "not loaded"
+        checks["detector"] = "ok"
+        checks["model"] = self.detector.version
         checks["pipeline"] = self.cameras.pipeline_error or "ok"
         return checks
 
@@ -151,5 +172,6 @@ class GridwatchService:
             "outbox": outbox_stats(self.db),
             "cameras": self.cameras.health(),
             "pending_events": len(self._retry),
+            "model": {"version": self.detector.version, "swaps": self.detector.swaps},
         }
 

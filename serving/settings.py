@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     score_threshold: float = Field(DEFAULT_SCORE_THRESHOLD, ge=0, le=1)
     iou_threshold: float = Field(DEFAULT_IOU_THRESHOLD, ge=0, le=1)
     threads: int | None = Field(None, ge=1)
+    # Seconds between looks at the model file: a promoted model goes live without a restart
+    # (0: only on POST /v1/models/reload).
+    model_watch_s: float = Field(10.0, ge=0)
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
@@ -119,10 +122,11 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         raise SettingsError(f"invalid settings: {validation_problems(exc)}") from None
 
 
-def load_detector(settings: Settings, **options: Any) -> Detector:
-    """The detector these settings describe (model, thresholds, threads); `options` go to
-    `Detector` as they are (e.g. spinning=False for benchmarks)."""
+def load_detector(settings: Settings, model: Path | None = None, **options: Any) -> Detector:
+    """The detector these settings describe (model, thresholds, threads), or another model
+    file with the same settings; `options` go to `Detector` as they are (e.g.
+    spinning=False for benchmarks)."""
     from detector.runtime import Detector
 
-    return Detector(settings.resolved_model(), score_threshold=settings.score_threshold,
+    return Detector(model or settings.resolved_model(), score_threshold=settings.score_threshold,
                     iou_threshold=settings.iou_threshold, threads=settings.threads, **options)

@@ -33,6 +33,12 @@ def render(m: dict[str, Any]) -> str:
     metric("gridwatch_outbox_messages", "gauge", "Outbox messages by state.",
            [({"state": s}, outbox[s]) for s in ("pending", "delivered", "dead")])
     metric("gridwatch_delivery_lag_seconds", "gauge", "Age of the oldest undelivered message.", [({}, outbox["lag_s"])])
+    model = m["model"]
+    metric("gridwatch_model_info", "gauge", "The model serving now (its version as a label).",
+           [({"version": model["version"]}, 1)])
+    metric("gridwatch_model_swaps_total", "counter", "Models put live without a restart.", [({}, model["swaps"])])
+    metric("gridwatch_frames_tiled_total", "counter", "Static checks run tiled at full resolution.",
+           [({}, pipeline.get("tiled", 0))])
     cams = m["cameras"]
     metric("gridwatch_camera_connected", "gauge", "1 if the camera's stream is connected.",
            [({"camera": cid}, 1 if h.get("connected") else 0) for cid, h in sorted(cams.items())])

@@ -11,13 +11,24 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from pydantic import ValidationError
 
 from serving.api.deps import get_service, require
-from serving.api.schemas import CasePage, DetectResponse, EventResult, KeyCreated, KeyRequest, ReviewRequest, StatusCallback
+from serving.api.schemas import (
+    CasePage,
+    DetectResponse,
+    EventResult,
+    KeyCreated,
+    KeyRequest,
+    ModelReload,
+    ModelState,
+    ReviewRequest,
+    StatusCallback,
+)
 from serving.api.uploads import UploadError, check_image, decode_image
 from serving.auth import Principal, create_key, revoke_key
 from serving.cameras.registry import CameraError
 from serving.cases import CaseError, CaseFilter, CasePublic
 from serving.events import ViolationEvent
 from serving.evidence import EvidenceFrame
+from serving.live_model import ModelSwapError
 from serving.service import GridwatchService
 
 CASE_NUMBER = r"^[A-Za-z0-9-]{1,32}$"
@@ -91,8 +102,8 @@ async def detect(
         raise case_error(exc) from None
     from starlette.concurrency import run_in_threadpool
 
-    found = await run_in_threadpool(service.detect, image)
-    return {"width": image.shape[1], "height": image.shape[0], "model_version": service.model_version,
+    found, version = await run_in_threadpool(service.detect, image)
+    return {"width": image.shape[1], "height": image.shape[0], "model_version": version,
             "detections": found.to_records()}
 
 
@@ -252,6 +263,29 @@ def status_callback(case_number: CaseNumber, body: StatusCallback, service: Serv
         return service.cases.set_status(case_number, body.status, external_id=body.external_id)
     except CaseError as exc:
         raise case_error(exc) from None
+
+
+# -- models -----------------------------------------------------------------------------------------
+@v1.get("/models", response_model=ModelState, tags=["models"])
+def current_model(service: Service, _: Principal = Depends(require("reviewer", "camera"))) -> ModelState:
+    return ModelState.of(service.detector)
+
+
+@v1.post("/models/reload", response_model=ModelState, tags=["models"],
+         responses={422: {"description": "the new model was refused; the old one keeps running"}})
+async def reload_model(service: Service, body: Annotated[ModelReload | None, Body()] = None,
+                       _: Principal = Depends(require())) -> ModelState:
+    """Load the model file again (after a promotion), or another file in the same folder;
+    it goes live only after a smoke check on stored evidence."""
+    from starlette.concurrency import run_in_threadpool
+
+    current = service.detector.info.path
+    target = current if body is None or body.file is None else current.parent / body.file
+    try:
+        await run_in_threadpool(service.detector.reload, target)
+    except ModelSwapError as exc:
+        raise HTTPException(422, str(exc)) from None
+    return ModelState.of(service.detector)
 
 
 # -- keys -------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from serving.cases import CasePublic
 from serving.events import no_nul
+from serving.live_model import LiveDetector
 
 
 class Detection(BaseModel):
@@ -64,6 +65,23 @@ class KeyCreated(BaseModel):
     name: str
     role: str
     key: str = Field(description="shown once; only its hash is stored")
+
+
+class ModelReload(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # A file name in the served model's folder (weights/); no paths, so no other file is read.
+    file: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]{1,128}\.onnx$")
+
+
+class ModelState(BaseModel):
+    model_version: str
+    file: str
+    swaps: int  # models put live since start
+
+    @classmethod
+    def of(cls, detector: LiveDetector) -> ModelState:
+        return cls(model_version=detector.version, file=detector.info.path.name, swaps=detector.swaps)
 
 
 class CasePage(BaseModel):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Literal
@@ -45,7 +46,7 @@ class CaseIngest:
     taxonomy: Taxonomy
     policy: CasePolicy
     evidence: EvidenceStore
-    model_version: str
+    model_version: Callable[[], str]  # the served model's, for events that do not say theirs
     base_url: str
 
     def apply(self, session: Session, event: ViolationEvent, frame: EvidenceFrame | None) -> IngestResult:
@@ -120,7 +121,7 @@ class CaseIngest:
             detection_source=event.source,
             best_score=0.0,
             box=list(event.box) if event.box is not None else None,
-            model_version=self.model_version,
+            model_version=event.model_version or self.model_version(),
             state="ended" if event.type == "closed" else "active",
             occurrences=0,
         )
@@ -147,10 +148,10 @@ class CaseIngest:
             case.best_score = max(case.best_score, event.best_score, event.score)
             if event.box is not None:
                 case.box = list(event.box)
-            self._add_evidence(session, case, frame)
+            self._add_evidence(session, case, frame, event.model_version or self.model_version())
         case.updated_at = datetime.now(timezone.utc)
 
-    def _add_evidence(self, session: Session, case: Case, frame: EvidenceFrame) -> None:
+    def _add_evidence(self, session: Session, case: Case, frame: EvidenceFrame, model_version: str) -> None:
         try:
             stored = self.evidence.write(case.case_number, frame)
         except EvidenceError:
@@ -161,6 +162,9 @@ class CaseIngest:
         have = {(e.kind, e.sha256) for e in case.evidence}
         for item in stored:
             if (item.kind, item.sha256) not in have:
+                seen = frame.detections if item.kind == "original" else None
                 case.evidence.append(Evidence(kind=item.kind, path=item.path, sha256=item.sha256,
-                                              size=item.size, media_type=item.media_type))
+                                              size=item.size, media_type=item.media_type,
+                                              detections=seen.to_records() if seen is not None else None,
+                                              model_version=model_version if item.kind == "original" else ""))
         session.flush()

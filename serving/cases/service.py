@@ -6,6 +6,7 @@ workflow (`review.py`), reading and paging (`listing.py`), what leaves (`public.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 from sqlalchemy import select
 
@@ -29,15 +30,18 @@ class CaseService:
         taxonomy: Taxonomy,
         policy: CasePolicy | None = None,
         *,
-        model_version: str = "",
+        model_version: str | Callable[[], str] = "",
         public_url: str = "",
     ) -> None:
+        """`model_version`: the served model's version, or a function that says it now (the
+        model can be swapped while the service runs); an event's own version comes first."""
         self.db = db
         self.evidence = evidence
         self.taxonomy = taxonomy
         self.policy = policy or CasePolicy()
         self.base_url = public_url.rstrip("/")
-        self._ingest = CaseIngest(taxonomy, self.policy, evidence, model_version, self.base_url)
+        current_version = model_version if callable(model_version) else lambda: model_version
+        self._ingest = CaseIngest(taxonomy, self.policy, evidence, current_version, self.base_url)
         # Matching is read-then-write; one writer at a time keeps two events for the same
         # place from both missing each other's new case.
         self._lock = threading.Lock()

@@ -19,6 +19,7 @@ from typing import Literal
 
 import numpy as np
 
+from detector.detections import Detections
 from detector.taxonomy import Taxonomy, Violation
 from serving.cameras import Camera, Rule
 from serving.pipeline.tracking import Track
@@ -76,6 +77,7 @@ class Candidate:
     best_score: float = -1.0
     best_box: np.ndarray | None = None
     best_frame: np.ndarray | None = None
+    best_detections: Detections | None = None  # all the model found in best_frame
     best_at: datetime | None = None
     written_score: float = -1.0  # best score whose evidence was already written
     evidence: tuple[str, ...] = ()  # paths of the best evidence written so far
@@ -125,8 +127,11 @@ class RuleEngine:
         when: datetime,
         frame: np.ndarray | None = None,
         detected: bool = True,
+        detections: Detections | None = None,
     ) -> list[Transition]:
-        """Feed the tracks seen at `when`; `detected` False: carried over without a detection."""
+        """Feed the tracks seen at `when`; `detected` False: carried over without a detection.
+        `detections`: everything the model found in `frame`, kept with a best frame because
+        a fully labelled frame is what training needs later."""
         for track in tracks:
             if track.class_name in self.watched_classes:
                 self.class_last_seen[track.class_name] = when
@@ -137,7 +142,7 @@ class RuleEngine:
                     continue
                 zone = self._zone_for(track.id, r, rule, inside)
                 if zone is not None:
-                    self._observe(track, r, rule, zone, when, frame if detected else None, detected)
+                    self._observe(track, r, rule, zone, when, frame if detected else None, detected, detections)
         return self._transitions(when)
 
     def _zone_for(self, track_id: int, r: int, rule: ActiveRule, inside: list[PixelZone]) -> PixelZone | None:
@@ -153,7 +158,7 @@ class RuleEngine:
 
     def _observe(
         self, track: Track, r: int, rule: ActiveRule, zone: PixelZone, when: datetime,
-        frame: np.ndarray | None, detected: bool,
+        frame: np.ndarray | None, detected: bool, detections: Detections | None,
     ) -> None:
         key = (track.id, r)
         cand = self.candidates.get(key)
@@ -176,6 +181,7 @@ class RuleEngine:
                 cand.best_score = track.score
                 cand.best_box = track.box.copy()
                 cand.best_frame = frame
+                cand.best_detections = detections
                 cand.best_at = when
 
     def _transitions(self, when: datetime) -> list[Transition]:

@@ -226,7 +226,8 @@ class Pipeline:
                 rt.last_detect = frame.timestamp
                 if self.motion_gating:
                     rt.motion.reference(frame.image)
-                transitions = rt.rules.update(tracks, zones, frame.timestamp, frame.image, detected=True)
+                transitions = rt.rules.update(tracks, zones, frame.timestamp, frame.image, detected=True,
+                                              detections=dets)
             else:
                 tracks = rt.tracker.touch(frame.timestamp)
                 transitions = rt.rules.update(tracks, zones, frame.timestamp, None, detected=False)
@@ -244,7 +245,8 @@ class Pipeline:
         frame = None
         if transition.new_evidence and cand.best_frame is not None and cand.best_box is not None:
             frame = EvidenceFrame(box=tuple(float(v) for v in cand.best_box), image=cand.best_frame,
-                                  label=f"{cand.rule.violation.id} {cand.best_score:.2f} {cand.zone.name}")
+                                  label=f"{cand.rule.violation.id} {cand.best_score:.2f} {cand.zone.name}",
+                                  detections=cand.best_detections)
             if self.evidence is not None:
                 stored = self.evidence.write(f"{rt.camera.id}/{cand.event_id}", frame)
                 cand.evidence = tuple(str(self.evidence.root / item.path) for item in stored)
@@ -281,6 +283,7 @@ class Pipeline:
             box=tuple(round(float(v), 1) for v in cand.best_box) if cand.best_box is not None else None,
             location=camera.location,
             source="scene_change" if cand.rule.scene_change else "detector",
+            model_version=self.detector.info.version,
         )
 
     def _grid(self, rt: CameraRuntime, cand: Candidate) -> str:

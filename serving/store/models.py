@@ -128,6 +128,10 @@ class Evidence(Base):
     size: Mapped[int] = mapped_column(Integer)
     media_type: Mapped[str] = mapped_column(String(64), default="image/jpeg")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # On an original frame: every detection the model made in it ([{class_name, box, score}])
+    # and that model's version, so a reviewed frame can be exported fully labelled.
+    detections: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
+    model_version: Mapped[str] = mapped_column(String(64), default="")
 
     case: Mapped[Case] = relationship(back_populates="evidence")
 

@@ -195,3 +195,25 @@ def test_two_processes_on_postgresql_make_one_case(db_url, service_factory, make
     for thread in threads:
         thread.join()
     assert len(results) == 2 and results[0] == results[1] and count(first) == 1
+
+
+def test_original_frames_keep_what_the_model_saw(service_factory, make_event) -> None:
+    import numpy as np
+
+    from detector import Detections
+
+    cases = service_factory()
+    event, frame = make_event("opened")
+    seen = Detections(xyxy=np.array([[100, 100, 300, 300], [10, 20, 60, 90]], np.float32),
+                      scores=np.array([0.8, 0.55], np.float32), class_ids=np.array([1, 0]),
+                      names={0: "person", 1: "bin_overflow"})
+    made = cases.ingest(event.model_copy(update={"model_version": "gw-test-9"}), replace(frame, detections=seen))
+    kinds = {e.kind: e for e in cases.get(made.case_number).evidence}
+    original = kinds["original"]
+    assert original.model_version == "gw-test-9"
+    assert [(d["class_name"], d["box"], d["score"]) for d in original.detections] == [
+        ("bin_overflow", [100.0, 100.0, 300.0, 300.0], 0.8), ("person", [10.0, 20.0, 60.0, 90.0], 0.55)]
+    assert kinds["crop"].detections is None and kinds["annotated"].detections is None
+    # An upload without detections: unknown, not empty.
+    other = cases.ingest(*make_event("opened", event_id="ev-9", camera="cam-009"))
+    assert {e.kind: e for e in cases.get(other.case_number).evidence}["original"].detections is None

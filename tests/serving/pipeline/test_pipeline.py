@@ -183,6 +183,9 @@ def test_replay_yields_exactly_the_expected_events(tmp_path: Path, street_video:
     # The frame travels beside the opening events (new evidence), never beside the closings.
     assert [f is not None for f in frames] == [True, True, False, False]
     assert frames[0].image.shape == (360, 640, 3) and frames[0].box == pytest.approx(seen[0].box, abs=0.06)
+    # Beside the frame, everything the model found in it: the violation's own box among them.
+    assert frames[0].detections is not None
+    assert any(np.allclose(box, frames[0].box, atol=0.1) for box in frames[0].detections.xyxy)
     assert _summary(events) == [
         ("opened", "bin_overflow", "bins"),  # at 80 s: 60 s after it appeared
         ("opened", "street_stall", "east-sidewalk"),  # at 220 s: 180 s after the cart parked
@@ -201,6 +204,7 @@ def test_replay_yields_exactly_the_expected_events(tmp_path: Path, street_video:
     assert stall_open.dwell_s >= 180
     assert stall_close.last_seen >= T0 + timedelta(seconds=296)  # the file ended with it still there
     assert bin_open.score >= 0.4 and bin_open.needs_review is True
+    assert {e.model_version for e in events} == {"coco-yolov8n-int8"}  # the model that saw them
     # Evidence: unaltered original (same size as the video), annotated copy, crop; all exist.
     original, annotated, crop = (Path(p) for p in bin_open.evidence)
     assert original.suffix == ".png" and original.is_relative_to(tmp_path / "ev" / "cam-001")
