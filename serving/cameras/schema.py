@@ -100,6 +100,7 @@ class Camera(BaseModel):
     # Static checks run tiled at full resolution (see detector.tiling); tile_size in frame
     # pixels, default the model's input size (no downscaling inside a tile).
     tiled_static_checks: bool = True
+    loop: bool = False  # a file source plays again when it ends, its clock running on
     tile_size: int | None = Field(None, ge=64)
     zones: tuple[Zone, ...] = ()
     rules: tuple[Rule, ...] = ()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from detector.files import SHARED_DIR
 from serving.bench import cameras as camera_bench
+from serving.bench import soak
 
 SHARED_DATASETS = SHARED_DIR / "datasets"
 
@@ -32,6 +33,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, help="ONNX Runtime threads (default: one per core, as Ultralytics)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     camera_bench.add_arguments(p)
+    soak.add_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -41,6 +43,8 @@ def _reference_for(model: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.soak_hours:
+        return soak.run(args)
     if args.cameras:
         return camera_bench.run(args)
 

@@ -214,7 +214,8 @@ def keyframe_gap(container: Any, horizon: float = 30.0) -> float:
 
 
 class FileReader:
-    """A video file, sampled from start to end."""
+    """A video file, sampled from start to end; with `loop`, again and again, the clock
+    running on (soak tests and demos: a day of a camera from a minute of video)."""
 
     def __init__(self, camera: Camera, clock_start: datetime | None = None) -> None:
         self.camera = camera
@@ -222,6 +223,17 @@ class FileReader:
         self._clock_start = clock_start
 
     def frames(self) -> Iterator[Frame]:
+        index, start = 0, None
+        while True:
+            last = None
+            for frame in self._one_pass(start, index):
+                last, index = frame, index + 1
+                yield frame
+            if not self.camera.loop or last is None or self.health.state == "failed":
+                return
+            start = last.timestamp + timedelta(seconds=self.camera.sample_every)
+
+    def _one_pass(self, start: datetime | None, first_index: int) -> Iterator[Frame]:
         import av
 
         try:
@@ -233,7 +245,7 @@ class FileReader:
         try:
             if not container.streams.video:
                 raise ValueError("no video stream in the file")
-            start = recorded_start(container) or self.camera.start or self._clock_start or _now()
+            start = start or recorded_start(container) or self.camera.start or self._clock_start or _now()
             self.health.state, self.health.connected = "connected", True
             mode = self.camera.decode
             if mode == "auto" and keyframe_gap(container, max(30.0, 3 * self.camera.sample_every)) \
@@ -247,7 +259,7 @@ class FileReader:
                 stamp = start + timedelta(seconds=t - first)
                 self.health.frames_sampled += 1
                 self.health.last_frame_at, self.health.last_frame_wall = stamp, _now()
-                yield Frame(self.camera.id, stamp, image, i)
+                yield Frame(self.camera.id, stamp, image, first_index + i)
             self.health.state = "finished"
         except (av.error.FFmpegError, ValueError, OSError) as exc:
             # A truncated or corrupt file: what was read stands, the camera is marked failed.

@@ -56,6 +56,17 @@ def test_keyframe_only_decoding_decodes_only_due_keyframes(short_video: Path) ->
     assert frames[0].image.shape == (360, 640, 3)
 
 
+def test_looped_file_plays_again_with_its_clock_running_on(short_video: Path) -> None:
+    from itertools import islice
+
+    frames = list(islice(FileReader(camera(short_video, sample_every=4.0, loop=True)).frames(), 20))
+    seconds = [(f.timestamp - T0).total_seconds() for f in frames]
+    # 0..28 s, then the file again from 32 s: one sample interval after the last, never back in time.
+    assert seconds == [4.0 * i for i in range(20)]
+    assert [f.index for f in frames] == list(range(20))
+    assert not FileReader(camera(short_video, sample_every=4.0)).camera.loop  # off unless asked
+
+
 def test_keyframes_of_a_b_frame_stream_come_out_on_time(tmp_path: Path) -> None:
     """Camera main streams carry B-frames, so the decoder reorders; a sampled keyframe must
     be that keyframe's picture at its own time, including the stream's last one."""
