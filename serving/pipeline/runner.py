@@ -109,7 +109,9 @@ class Pipeline:
         self.on_event = on_event
         self.motion_gating = motion_gating
         self.runtimes = {c.id: CameraRuntime(c, taxonomy, clock_start) for c in cams}
-        self.events: list[ViolationEvent] = []
+        # run_until_done() returns what it emitted; a live pipeline runs for months and keeps
+        # nothing (its events go to on_event).
+        self._collected: list[ViolationEvent] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.stats = {"frames": 0, "detected": 0, "batches": 0, "tiled": 0}
@@ -127,12 +129,14 @@ class Pipeline:
             raise ValueError(f"run_until_done() reads files and folders; live cameras {live} need start()")
         for rt in self.runtimes.values():
             rt.frames = rt.reader.frames()
+        self._collected = []
         active = list(self.runtimes.values())
         while active:
             batch = self._next_file_frames(active)
             if batch:
                 self.process(batch)
-        return self.events
+        events, self._collected = self._collected, None
+        return events
 
     def start(self) -> None:
         """Run in a background thread until stop() (or until every source is a finished file)."""
@@ -251,7 +255,8 @@ class Pipeline:
                 stored = self.evidence.write(f"{rt.camera.id}/{cand.event_id}", frame)
                 cand.evidence = tuple(str(self.evidence.root / item.path) for item in stored)
         event = self._event(rt, transition.type, cand)
-        self.events.append(event)
+        if self._collected is not None:
+            self._collected.append(event)
         if self.on_event is not None:
             try:
                 self.on_event(event, frame)
