@@ -73,8 +73,13 @@ class Settings(BaseSettings):
     delivery_timeout_s: float = Field(10.0, gt=0)
     delivery_poll_s: float = Field(1.0, gt=0)
 
-    # API uploads (POST /v1/detect): checked before decoding, against decompression bombs.
+    # API uploads (POST /v1/detect, /v1/events): checked before decoding, against decompression bombs.
     upload_max_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    # Any other request body (JSON): keys, reviews, camera configs are a few KB.
+    json_max_bytes: int = Field(1024 * 1024, ge=1024)
+    # Multipart requests in flight at once; the next gets 503 + Retry-After. Each may hold
+    # upload_max_bytes in memory while it is checked.
+    max_concurrent_uploads: int = Field(8, ge=1)
     upload_max_pixels: int = Field(50_000_000, ge=1)
 
     def resolved_model(self) -> Path:

@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from serving.api.guard import GateLimits, RequestGate
 from serving.service import GridwatchService
 
 log = logging.getLogger("gridwatch.api")
@@ -25,17 +26,10 @@ def create_app(service: GridwatchService) -> FastAPI:
     )
     app.state.service = service
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):  # noqa: ANN001, ANN202
-        # Refuse oversized bodies before they are parsed or spooled.
-        length = request.headers.get("content-length")
-        limit = service.settings.upload_max_bytes + 1024 * 1024  # room for multipart framing
-        if length is not None:
-            if not length.isdigit():
-                return JSONResponse({"detail": "invalid Content-Length"}, status_code=400)
-            if int(length) > limit:
-                return JSONResponse({"detail": f"request body over {limit} bytes"}, status_code=413)
-        return await call_next(request)
+    settings = service.settings
+    app.add_middleware(RequestGate, db=service.db, limits=GateLimits(
+        upload_max_bytes=settings.upload_max_bytes, json_max_bytes=settings.json_max_bytes,
+        max_concurrent_uploads=settings.max_concurrent_uploads))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -1,0 +1,66 @@
+"""The front gate (serving.api.guard): the key is checked before any body is read, bodies
+are counted as they stream (chunked ones too) and stopped at the limit, and concurrent
+uploads are bounded. Each request here leaves its chunked body unfinished: an answer that
+comes anyway proves the server did not wait to read (or spool) the whole body."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.support.raw_http import open_chunked
+
+MULTIPART = "multipart/form-data; boundary=gwboundary"
+CHUNK = b"x" * 65536
+# The start of a well-formed upload whose file part then runs on and on.
+FILE_PART = (b'--gwboundary\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n'
+             b"Content-Type: image/jpeg\r\n\r\n")
+
+
+def test_no_key_is_refused_before_the_body_is_read(run_service) -> None:
+    server = run_service()
+    port = server.service.settings.port
+    for path, content_type in (("/v1/keys", "application/json"), ("/v1/detect", MULTIPART)):
+        request = open_chunked(port, path, content_type=content_type)
+        request.send_chunks(CHUNK, 4)
+        assert request.status() == 401, path
+        request.close()
+    request = open_chunked(port, "/v1/events", key="gw_not_a_key", content_type=MULTIPART)
+    request.send_chunks(CHUNK, 1)
+    assert request.status() == 401
+    request.close()
+
+
+def test_chunked_bodies_stop_at_the_limit(run_service) -> None:
+    server = run_service(upload_max_bytes=1024 * 1024, json_max_bytes=64 * 1024)
+    port, camera, admin = server.service.settings.port, server.key("camera"), server.admin_key
+    upload = open_chunked(port, "/v1/detect", key=camera, content_type=MULTIPART)
+    upload.send_chunks(FILE_PART, 1)
+    sent = upload.send_chunks(CHUNK, 200)  # 12.5 MiB offered, the limit is 2 MiB with framing
+    assert upload.status() == 413
+    assert sent < 8 * 1024 * 1024  # the server stopped reading soon after the limit
+    upload.close()
+    body = open_chunked(port, "/v1/keys", key=admin)
+    body.send_chunks(CHUNK, 4)
+    assert body.status() == 413
+    body.close()
+    with server.client(admin) as http:  # a declared length over the limit: refused up front
+        response = http.post("/v1/keys", content=b"{" * (65 * 1024), headers={"Content-Type": "application/json"})
+        assert response.status_code == 413 and "detail" in response.json()
+
+
+def test_concurrent_uploads_are_bounded(run_service, dataset_images) -> None:
+    server = run_service(max_concurrent_uploads=1)
+    port, camera = server.service.settings.port, server.key("camera")
+    slow = open_chunked(port, "/v1/detect", key=camera, content_type=MULTIPART)
+    slow.send_chunks(FILE_PART, 1)
+    image = dataset_images[0]
+    with server.client(camera) as http:
+        def upload() -> httpx.Response:
+            return http.post("/v1/detect", files={"file": (image.name, image.read_bytes(), "image/jpeg")})
+
+        busy = upload()
+        assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+        slow.close()
+        from tests.support.service import wait_for
+
+        wait_for(lambda: upload().status_code == 200, timeout=10)
