@@ -42,7 +42,8 @@ class GridwatchService:
         self.model_version = getattr(info, "version", "") or ""
         public_url = settings.public_url or f"http://{settings.host}:{settings.port}"
         self.cases = CaseService(self.db, self.evidence, self.taxonomy, CasePolicy.from_settings(settings),
-                                 model_version=self.model_version, public_url=public_url)
+                                 model_version=self.model_version, public_url=public_url,
+                                 instance=settings.instance_id)
         delivery = DeliveryConfig.from_settings(settings)
         self.delivery = DeliveryWorker(self.db, delivery) if delivery else None
         self.cameras = CameraRegistry(self.db, self.taxonomy, settings.data_dir.resolve(), file_cameras or [],

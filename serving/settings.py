@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     dedup_cooldown_s: float = Field(600.0, ge=0)
     dedup_min_iou: float = Field(0.1, ge=0, le=1)
     reopen_policy: Literal["reopen", "new"] = "reopen"
+    # The code in new case numbers (GW{date}-{instance}-{row}); default: the one drawn at
+    # random for this database by its migration, shared by all its processes.
+    instance_id: str | None = Field(None, pattern=r"^[A-Z0-9]{1,8}$")
     # What goes out to the case system: confirmed cases, plus unreviewed ones whose score
     # reaches the per-violation auto-confirm score here (e.g. {"bin_overflow": 0.8}).
     auto_confirm: dict[str, float] = Field(default_factory=dict)

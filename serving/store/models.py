@@ -167,6 +167,16 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
+class Instance(Base):
+    """One row: this database's instance code, drawn once by migration 0003, so every case
+    number (and Idempotency-Key) is unique across databases and stable across restarts."""
+
+    __tablename__ = "instance"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    code: Mapped[str] = mapped_column(String(8))
+
+
 class CameraRecord(Base):
     """Cameras added through the API (config-file cameras are not stored)."""
 
