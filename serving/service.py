@@ -70,7 +70,19 @@ class GridwatchService:
         self._retrier = threading.Thread(target=self._retry_loop, name="gridwatch-event-retry", daemon=True)
         self._retrier.start()
         self.cases.end_stale(set(self.cameras.all()))
+        self.log_delivery_routes()
         self.cameras.start()
+
+    def log_delivery_routes(self) -> None:
+        """One line per camera rule: how its cases reach the case system, so a setting that
+        sends nothing is seen at start, not after a day of cases waiting for review."""
+        pushed = (f"webhook to {self.settings.webhook_url}" if self.settings.webhook_url
+                  else "never pushed (no webhook_url; case systems poll GET /v1/cases)")
+        for camera in self.cameras.all().values():
+            for rule in camera.rules:
+                route = self.cases.policy.route(rule.violation, rule_score=rule.auto_confirm_score,
+                                                scene_change=rule.scene_change)
+                log.info("camera %s, %s: %s; %s", camera.id, rule.violation, route, pushed)
 
     def stop(self) -> None:
         self.cameras.stop()  # intake first: the pipeline closes open events into cases

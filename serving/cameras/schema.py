@@ -13,7 +13,8 @@ event), `read_timeout:`, `homography:` (3x3, normalised image -> lon/lat, picks 
 event from `grid_map`). A rule may carry `classes:` (detector classes instead of the
 taxonomy's), `scene_change: true` (fires on a new persistent patch, see serving.pipeline.scene),
 `after_classes: [truck]` + `after_within:` (only after one of those passed), and
-`auto_confirm_score:` (median score from which an event needs no review; default: always).
+`auto_confirm_score:` (an extra, per-camera bar: below this median score an event is marked
+`needs_review` even where settings' `auto_confirm` would send it; default: none, the setting decides).
 A schedule window is `{days: mon-fri | [sat, sun] | fri-mon, from: "HH:MM", to: "HH:MM", tz}`;
 `to` before `from` runs overnight; no schedule means always.
 """
@@ -77,7 +78,8 @@ class Rule(BaseModel):
     # For spillage: only a patch that appears within `after_within` s of one of these passing.
     after_classes: tuple[str, ...] = ()
     after_within: float = Field(120, gt=0)
-    # Median score at or above which an event needs no human review; None: always review.
+    # Below this median score an event needs human review, whatever settings.auto_confirm says;
+    # None: settings.auto_confirm alone decides (see serving.cases.policy).
     auto_confirm_score: float | None = Field(None, ge=0, le=1)
 
 

@@ -220,3 +220,18 @@ def test_malformed_events_are_refused_cleanly(db_url, run_service) -> None:
             nested = http.post("/v1/events", data={"event": "[" * depth + "]" * depth})
             assert nested.status_code == 422 and "invalid event" in nested.json()["detail"]
         assert http.get("/v1/cases").json()["items"] == []
+
+
+def test_start_logs_how_each_camera_rule_reaches_the_case_system(run_service, caplog) -> None:
+    server = run_service(auto_confirm={"bin_overflow": 0.5})
+    camera = {"id": "cam-route", "source": "rtsp://127.0.0.1:9/none", "division": "370202", "grid": "370202001001001",
+              "zones": [{"name": "walk", "type": "sidewalk", "polygon": [[0, 0.5], [1, 0.5], [1, 1], [0, 1]]}],
+              "rules": [{"violation": "street_stall", "zone_types": ["sidewalk"]},
+                        {"violation": "bin_overflow", "zone_types": ["sidewalk"]}]}
+    with server.client(server.admin_key) as http:
+        assert http.post("/v1/cameras", json=camera).status_code == 201
+    with caplog.at_level("INFO", logger="gridwatch.service"):
+        server.service.log_delivery_routes()
+    lines = [r.getMessage() for r in caplog.records if r.name == "gridwatch.service"]
+    assert any(line.startswith("camera cam-route, street_stall: review") and "never pushed" in line for line in lines)
+    assert any(line.startswith("camera cam-route, bin_overflow: auto-confirm at score >= 0.5") for line in lines)
