@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from detector.files import REPO_ROOT, validation_problems
@@ -19,6 +19,10 @@ if TYPE_CHECKING:
     from detector.runtime import Detector
 
 WEIGHTS_DIR = REPO_ROOT / "weights"
+# Peak memory of decoding one image, per pixel of the original: OpenCV holds the decoded
+# frame and a converted copy (measured 6.15 B/px for 7000x7000 PNG, WebP, BMP and JPEG at
+# full size; reduced JPEG decoding takes far less). Used to fit the pixel limit to a budget.
+DECODE_PEAK_BYTES_PER_PIXEL = 6.5
 # The shipped default model: served as int8, its fp32 twin and model card beside it.
 DEFAULT_MODEL_NAME = "gridwatch-int8.onnx"
 
@@ -83,7 +87,22 @@ class Settings(BaseSettings):
     # Multipart requests in flight at once; the next gets 503 + Retry-After. Each may hold
     # upload_max_bytes in memory while it is checked.
     max_concurrent_uploads: int = Field(8, ge=1)
-    upload_max_pixels: int = Field(50_000_000, ge=1)
+    # Decoding memory: at most max_concurrent_decodes images decode at once, each taking up
+    # to DECODE_PEAK_BYTES_PER_PIXEL x its pixels; the pixel limit must keep that within the
+    # budget (checked at start). Defaults: 2 x 40 Mpx x 6.5 B = 496 MiB <= 512 MiB.
+    upload_max_pixels: int = Field(40_000_000, ge=1)
+    max_concurrent_decodes: int = Field(2, ge=1)
+    decode_memory_budget_mb: int = Field(512, ge=16)
+
+    @model_validator(mode="after")
+    def _decodes_fit_the_budget(self) -> Settings:
+        worst = self.max_concurrent_decodes * self.upload_max_pixels * DECODE_PEAK_BYTES_PER_PIXEL
+        if worst > self.decode_memory_budget_mb * 2**20:
+            raise ValueError(
+                f"max_concurrent_decodes x upload_max_pixels x {DECODE_PEAK_BYTES_PER_PIXEL} bytes = "
+                f"{worst / 2**20:.0f} MiB is over decode_memory_budget_mb ({self.decode_memory_budget_mb}): "
+                "lower the pixel limit or the concurrency, or raise the budget")
+        return self
 
     def resolved_model(self) -> Path:
         model = self.model or default_model_path()

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.api.guard import GateLimits, RequestGate
+from serving.api.uploads import UploadDecoder
 from serving.service import GridwatchService
 
 log = logging.getLogger("gridwatch.api")
@@ -27,6 +28,7 @@ def create_app(service: GridwatchService) -> FastAPI:
     app.state.service = service
 
     settings = service.settings
+    app.state.decoder = UploadDecoder(settings.max_concurrent_decodes, settings.upload_max_pixels)
     app.add_middleware(RequestGate, db=service.db, limits=GateLimits(
         upload_max_bytes=settings.upload_max_bytes, json_max_bytes=settings.json_max_bytes,
         max_concurrent_uploads=settings.max_concurrent_uploads))

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from serving.api.uploads import UploadDecoder
 from serving.auth import Principal
 from serving.service import GridwatchService
 
@@ -15,6 +16,10 @@ bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: B
 
 def get_service(request: Request) -> GridwatchService:
     return request.app.state.service
+
+
+def get_decoder(request: Request) -> UploadDecoder:
+    return request.app.state.decoder
 
 
 def require(*roles: str) -> Callable[..., Principal]:

@@ -6,13 +6,15 @@ import json
 from datetime import datetime, timezone
 from typing import Annotated, Any
 
+import numpy as np
 from fastapi import APIRouter, Body, Depends, File, Form, HTTPException, Path, Query, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 
-from serving.api.deps import get_service, require
+from serving.api.deps import get_decoder, get_service, require
 from serving.api.schemas import CasePage, DetectResponse, EventResult, KeyCreated, KeyRequest, ReviewRequest, StatusCallback
-from serving.api.uploads import UploadError, check_image, decode_image
+from serving.api.uploads import DETECT_MIN_SIDE, UploadDecoder, UploadError, check_image, original_size
 from serving.auth import Principal, create_key, revoke_key
 from serving.cameras.registry import CameraError
 from serving.cases import CaseError, CaseFilter, CasePublic
@@ -24,6 +26,7 @@ CASE_NUMBER = r"^[A-Za-z0-9-]{1,32}$"
 MAX_ID = 2**31 - 1
 
 Service = Annotated[GridwatchService, Depends(get_service)]
+Decoder = Annotated[UploadDecoder, Depends(get_decoder)]
 CaseNumber = Annotated[str, Path(pattern=CASE_NUMBER)]
 CameraId = Annotated[str, Path(pattern=r"^[A-Za-z0-9._-]{1,128}$")]
 
@@ -44,15 +47,24 @@ def case_error(exc: CaseError | CameraError | UploadError) -> HTTPException:
     return HTTPException(exc.status, str(exc))
 
 
-async def read_upload(upload: UploadFile, service: GridwatchService) -> tuple[bytes, str]:
+async def read_upload(upload: UploadFile, service: GridwatchService) -> tuple[bytes, str, tuple[int, int]]:
+    """The bytes, media type and header size of a checked (not yet decoded) upload."""
     limit = service.settings.upload_max_bytes
     data = await upload.read(limit + 1)
     try:
-        media_type, _ = check_image(data, upload.content_type, max_bytes=limit,
-                                    max_pixels=service.settings.upload_max_pixels)
+        media_type, size = check_image(data, upload.content_type, max_bytes=limit,
+                                       max_pixels=service.settings.upload_max_pixels)
     except UploadError as exc:
         raise case_error(exc) from None
-    return data, media_type
+    return data, media_type, size
+
+
+async def decode_upload(decoder: UploadDecoder, data: bytes, *, min_side: int | None = None) -> np.ndarray:
+    """Decoded off the event loop, at most settings.max_concurrent_decodes at a time."""
+    try:
+        return await run_in_threadpool(decoder.decode, data, min_side=min_side)
+    except UploadError as exc:
+        raise case_error(exc) from None
 
 
 # -- system ------------------------------------------------------------------------------------
@@ -81,18 +93,17 @@ def metrics(service: Service) -> PlainTextResponse:
          responses={413: {"description": "too large"}, 415: {"description": "not an image"}})
 async def detect(
     service: Service,
+    decoder: Decoder,
     file: Annotated[UploadFile, File(description="one image: JPEG, PNG, WebP or BMP")],
     _: Principal = Depends(require("camera", "reviewer")),
 ) -> dict[str, Any]:
-    data, _media = await read_upload(file, service)
-    try:
-        image = decode_image(data, max_pixels=service.settings.upload_max_pixels)
-    except UploadError as exc:
-        raise case_error(exc) from None
-    from starlette.concurrency import run_in_threadpool
-
+    data, _media, header_size = await read_upload(file, service)
+    image = await decode_upload(decoder, data, min_side=DETECT_MIN_SIDE)
     found = await run_in_threadpool(service.detect, image)
-    return {"width": image.shape[1], "height": image.shape[0], "model_version": service.model_version,
+    width, height = original_size(image, header_size)
+    # Boxes in the original's pixels, whatever size it was decoded at.
+    found = found.scaled(width / image.shape[1], height / image.shape[0])
+    return {"width": width, "height": height, "model_version": service.model_version,
             "detections": found.to_records()}
 
 
@@ -100,6 +111,7 @@ async def detect(
 @v1.post("/events", response_model=EventResult, tags=["events"])
 async def push_event(
     service: Service,
+    decoder: Decoder,
     event: Annotated[str, Form(description="the ViolationEvent as JSON (see `gridwatch watch --events`)")],
     frame: Annotated[UploadFile | None, File(description="the original evidence frame, unaltered")] = None,
     _: Principal = Depends(require("camera")),
@@ -121,11 +133,12 @@ async def push_event(
     })
     evidence = None
     if frame is not None:
-        data, media_type = await read_upload(frame, service)
+        data, media_type, _size = await read_upload(frame, service)
+        # Decoded here, in full (the annotated copy and crop use the box's pixels), so a frame
+        # that cannot be decoded is refused like on /v1/detect before anything is stored.
+        image = await decode_upload(decoder, data)
         suffix = {"image/png": ".png", "image/webp": ".webp", "image/bmp": ".bmp"}.get(media_type, ".jpg")
-        evidence = EvidenceFrame(box=parsed.box, label=parsed.violation, encoded=data, suffix=suffix)
-    from starlette.concurrency import run_in_threadpool
-
+        evidence = EvidenceFrame(box=parsed.box, label=parsed.violation, image=image, encoded=data, suffix=suffix)
     try:
         result = await run_in_threadpool(service.cases.ingest, violation_event, evidence)
     except CaseError as exc:

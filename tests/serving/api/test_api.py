@@ -235,3 +235,18 @@ def test_start_logs_how_each_camera_rule_reaches_the_case_system(run_service, ca
     lines = [r.getMessage() for r in caplog.records if r.name == "gridwatch.service"]
     assert any(line.startswith("camera cam-route, street_stall: review") and "never pushed" in line for line in lines)
     assert any(line.startswith("camera cam-route, bin_overflow: auto-confirm at score >= 0.5") for line in lines)
+
+
+def test_truncated_frame_on_events_is_refused_and_stores_nothing(run_service, dataset_images) -> None:
+    """/v1/detect refused a truncated JPEG (422) while /v1/events took it, made a case and
+    left an evidence file: both refuse it now, before anything is written."""
+    server = run_service()
+    truncated = dataset_images[0].read_bytes()
+    truncated = truncated[: len(truncated) // 2]
+    with server.client(server.key("camera")) as http:
+        files = {"frame": ("cut.jpg", truncated, "image/jpeg")}
+        response = http.post("/v1/events", data={"event": json.dumps(event_json())}, files=files)
+        assert response.status_code == 422 and "decoded" in response.json()["detail"]
+        assert http.post("/v1/detect", files={"file": ("cut.jpg", truncated, "image/jpeg")}).status_code == 422
+    assert server.service.cases.counts["cases_created"] == 0
+    assert not [p for p in server.service.evidence.root.rglob("*") if p.is_file()]
