@@ -47,7 +47,7 @@ class GridwatchService:
         delivery = DeliveryConfig.from_settings(settings)
         self.delivery = DeliveryWorker(self.db, delivery) if delivery else None
         self.cameras = CameraRegistry(self.db, self.taxonomy, settings.data_dir.resolve(), file_cameras or [],
-                                      self._start_pipeline)
+                                      self._start_pipeline, settings.resolved_media_roots)
         self.new_admin_key = ensure_admin_key(self.db, settings.admin_key)
         # Events the database refused (briefly away): retried in order, never dropped.
         self._retry: deque[tuple[ViolationEvent, EvidenceFrame | None]] = deque()
@@ -69,6 +69,9 @@ class GridwatchService:
             self.delivery.start()
         self._retrier = threading.Thread(target=self._retry_loop, name="gridwatch-event-retry", daemon=True)
         self._retrier.start()
+        removed = self.evidence.remove_stale_partials()
+        if removed:
+            log.info("removed %d partial evidence file(s) left by an earlier process", removed)
         self.cases.end_stale(set(self.cameras.all()))
         self.log_delivery_routes()
         self.cameras.start()

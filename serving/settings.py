@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     admin_key: str | None = None  # GRIDWATCH_ADMIN_KEY: the first admin key, for automation
 
     cameras_file: Path | None = None
+    # Folders a camera added through the API may read files from (recordings, image folders);
+    # default: data_dir/media. Config-file cameras may name any path.
+    media_roots: list[Path] = Field(default_factory=list)
 
     # Cases (serving/cases/): a new event for the same camera + violation + place joins
     # the open case; after the case ends, re-detections within the cooldown are the same
@@ -116,6 +119,10 @@ class Settings(BaseSettings):
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'gridwatch.db').resolve()}"
+
+    @property
+    def resolved_media_roots(self) -> tuple[Path, ...]:
+        return tuple(self.media_roots) or (self.data_dir / "media",)
 
     @property
     def resolved_evidence_dir(self) -> Path:

@@ -18,7 +18,7 @@ from serving.api.uploads import DETECT_MIN_SIDE, UploadDecoder, UploadError, che
 from serving.auth import Principal, create_key, revoke_key
 from serving.cameras.registry import CameraError
 from serving.cases import CaseError, CaseFilter, CasePublic
-from serving.events import ViolationEvent
+from serving.events import CAMERA_ID, ViolationEvent, division_problem
 from serving.evidence import EvidenceFrame
 from serving.service import GridwatchService
 
@@ -28,7 +28,7 @@ MAX_ID = 2**31 - 1
 Service = Annotated[GridwatchService, Depends(get_service)]
 Decoder = Annotated[UploadDecoder, Depends(get_decoder)]
 CaseNumber = Annotated[str, Path(pattern=CASE_NUMBER)]
-CameraId = Annotated[str, Path(pattern=r"^[A-Za-z0-9._-]{1,128}$")]
+CameraId = Annotated[str, Path(pattern=CAMERA_ID)]
 
 system = APIRouter(tags=["system"])
 v1 = APIRouter(prefix="/v1")
@@ -126,6 +126,9 @@ async def push_event(
     if not parsed.matter_code.endswith(service.taxonomy[parsed.violation].matter_code
                                        if parsed.violation in service.taxonomy else "?"):
         raise HTTPException(422, f"matter_code {parsed.matter_code} does not match violation {parsed.violation!r}")
+    problem = division_problem(parsed.division or parsed.matter_code[:6], parsed.grid, parsed.matter_code)
+    if problem:
+        raise HTTPException(422, f"invalid event: {problem}")
     # The edge box's own evidence paths mean nothing here: the uploaded frame is the evidence.
     violation_event = parsed.model_copy(update={
         "first_seen": first_seen, "last_seen": last_seen, "evidence": (),
@@ -199,7 +202,7 @@ def list_cases(
     service: Service,
     principal: Principal = Depends(require("reviewer", "case_system")),
     since: Annotated[datetime | None, Query(description="only cases changed after this time (ISO-8601)")] = None,
-    camera: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9._-]{1,128}$")] = None,
+    camera: Annotated[str | None, Query(pattern=CAMERA_ID)] = None,
     violation: Annotated[str | None, Query(pattern=r"^[a-z][a-z0-9_]{0,63}$")] = None,
     review_status: Annotated[str | None, Query(pattern=r"^(pending|confirmed|corrected|rejected)$")] = None,
     status: Annotated[str | None, Query(pattern=r"^(new|dispatched|handled|closed)$")] = None,
