@@ -90,6 +90,10 @@ class Settings(BaseSettings):
     # Multipart requests in flight at once; the next gets 503 + Retry-After. Each may hold
     # upload_max_bytes in memory while it is checked.
     max_concurrent_uploads: int = Field(8, ge=1)
+    # Per API key, on /v1/detect and /v1/events: a burst, then this many a minute (0: no limit);
+    # past it 429 with Retry-After. 600/min is 10 frames a second per camera box.
+    rate_limit_per_minute: int = Field(600, ge=0)
+    rate_limit_burst: int = Field(60, ge=1)
     # Decoding memory: at most max_concurrent_decodes images decode at once, each taking up
     # to DECODE_PEAK_BYTES_PER_PIXEL x its pixels; the pixel limit must keep that within the
     # budget (checked at start). Defaults: 2 x 40 Mpx x 6.5 B = 496 MiB <= 512 MiB.

@@ -31,7 +31,8 @@ def create_app(service: GridwatchService) -> FastAPI:
     app.state.decoder = UploadDecoder(settings.max_concurrent_decodes, settings.upload_max_pixels)
     app.add_middleware(RequestGate, db=service.db, limits=GateLimits(
         upload_max_bytes=settings.upload_max_bytes, json_max_bytes=settings.json_max_bytes,
-        max_concurrent_uploads=settings.max_concurrent_uploads))
+        max_concurrent_uploads=settings.max_concurrent_uploads, rate_per_minute=settings.rate_limit_per_minute,
+        rate_burst=settings.rate_limit_burst))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

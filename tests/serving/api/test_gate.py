@@ -64,3 +64,35 @@ def test_concurrent_uploads_are_bounded(run_service, dataset_images) -> None:
         from tests.support.service import wait_for
 
         wait_for(lambda: upload().status_code == 200, timeout=10)
+
+
+def test_security_headers_on_every_response(run_service) -> None:
+    server = run_service()
+    with server.client() as anonymous:
+        responses = [anonymous.get("/healthz"), anonymous.get("/v1/cases"), anonymous.get("/nowhere"),
+                     anonymous.get("/docs")]
+    with server.client(server.admin_key) as admin:
+        responses += [admin.get("/v1/cases"), admin.post("/v1/keys", json={"bad": 1})]
+    for response in responses:
+        assert response.headers["x-content-type-options"] == "nosniff", response.url
+        assert response.headers["x-frame-options"] == "DENY" and response.headers["referrer-policy"] == "no-referrer"
+    api = [r for r in responses if r.url.path != "/docs"]
+    assert all(r.headers["content-security-policy"] == "default-src 'none'; frame-ancestors 'none'" for r in api)
+    assert all("unsafe-inline" not in r.headers.get("content-security-policy", "") for r in responses)
+
+
+def test_rate_limit_per_key_on_detect_and_events(run_service, dataset_images) -> None:
+    server = run_service(rate_limit_per_minute=6, rate_limit_burst=2)
+    image = dataset_images[0]
+    first, second = server.key("camera"), server.key("camera")
+    with server.client(first) as http:
+        def detect() -> httpx.Response:
+            return http.post("/v1/detect", files={"file": (image.name, image.read_bytes(), "image/jpeg")})
+
+        assert [detect().status_code for _ in range(2)] == [200, 200]
+        limited = detect()
+        assert limited.status_code == 429 and 1 <= int(limited.headers["retry-after"]) <= 10
+        assert http.post("/v1/events", data={"event": "{}"}).status_code == 429  # one budget per key
+        assert http.get("/v1/cameras").status_code == 200  # cheap reads are not limited
+    with server.client(second) as http:  # another key has its own budget
+        assert http.post("/v1/detect", files={"file": (image.name, image.read_bytes(), "image/jpeg")}).status_code == 200
