@@ -13,14 +13,17 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from serving.api.deps import get_decoder, get_service, require
-from serving.api.schemas import CasePage, DetectResponse, EventResult, KeyCreated, KeyRequest, ReviewRequest, StatusCallback
+from serving.api.schemas import (
+    CasePage, DetectResponse, EventResult, KeyCreated, KeyRequest, KeyRotation, ReviewRequest, StatusCallback,
+)
 from serving.api.uploads import DETECT_MIN_SIDE, UploadDecoder, UploadError, check_image, original_size
-from serving.auth import Principal, create_key, revoke_key
+from serving.auth import Principal, create_key, revoke_key, rotate_key
 from serving.cameras.registry import CameraError
 from serving.cases import CaseError, CaseFilter, CasePublic
 from serving.events import CAMERA_ID, ViolationEvent, division_problem
 from serving.evidence import EvidenceFrame
 from serving.service import GridwatchService
+from serving.store.models import ApiKey
 
 CASE_NUMBER = r"^[A-Za-z0-9-]{1,32}$"
 MAX_ID = 2**31 - 1
@@ -271,10 +274,23 @@ def status_callback(case_number: CaseNumber, body: StatusCallback, service: Serv
 
 
 # -- keys -------------------------------------------------------------------------------------------
+def key_created(row: ApiKey, key: str) -> dict[str, Any]:
+    return {"id": row.id, "name": row.name, "role": row.role, "key": key}
+
+
 @v1.post("/keys", status_code=201, response_model=KeyCreated, tags=["keys"])
 def add_key(body: KeyRequest, service: Service, _: Principal = Depends(require())) -> dict[str, Any]:
-    row, key = create_key(service.db, body.name, body.role)
-    return {"id": row.id, "name": row.name, "role": row.role, "key": key}
+    return key_created(*create_key(service.db, body.name, body.role))
+
+
+@v1.post("/keys/{key_id}/rotate", status_code=201, response_model=KeyCreated, tags=["keys"])
+def rotate(key_id: Annotated[int, Path(ge=1, le=MAX_ID)], body: KeyRotation, service: Service,
+           _: Principal = Depends(require())) -> dict[str, Any]:
+    """A new key with the same name and role; the old one keeps working for `overlap_s`."""
+    rotated = rotate_key(service.db, key_id, body.overlap_s)
+    if rotated is None:
+        raise HTTPException(404, f"no active key {key_id}")
+    return key_created(*rotated)
 
 
 @v1.delete("/keys/{key_id}", status_code=204, tags=["keys"])

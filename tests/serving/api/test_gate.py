@@ -96,3 +96,26 @@ def test_rate_limit_per_key_on_detect_and_events(run_service, dataset_images) ->
         assert http.get("/v1/cameras").status_code == 200  # cheap reads are not limited
     with server.client(second) as http:  # another key has its own budget
         assert http.post("/v1/detect", files={"file": (image.name, image.read_bytes(), "image/jpeg")}).status_code == 200
+
+
+def test_key_rotation_keeps_both_keys_valid_during_the_overlap(run_service) -> None:
+    import time
+
+    server = run_service()
+    with server.client(server.admin_key) as admin:
+        old = admin.post("/v1/keys", json={"name": "edge box 7", "role": "camera"}).json()
+        rotated = admin.post(f"/v1/keys/{old['id']}/rotate", json={"overlap_s": 2})
+        assert rotated.status_code == 201, rotated.text
+        new = rotated.json()
+        assert (new["name"], new["role"]) == ("edge box 7", "camera") and new["key"] != old["key"]
+        assert admin.post("/v1/keys/999999/rotate", json={}).status_code == 404
+
+    def status(key: str) -> int:
+        with server.client(key) as http:
+            return http.get("/v1/cameras").status_code
+
+    assert status(old["key"]) == status(new["key"]) == 200  # the overlap: both work
+    time.sleep(2.5)
+    assert status(old["key"]) == 401 and status(new["key"]) == 200
+    with server.client(server.admin_key) as admin:  # an expired key cannot be rotated again
+        assert admin.post(f"/v1/keys/{old['id']}/rotate", json={}).status_code == 404
