@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serving.api.guard import GateLimits, RequestGate
+from serving.api.guard import GateLimits, RequestGate, security_headers
 from serving.api.uploads import UploadDecoder
 from serving.service import GridwatchService
 
@@ -48,7 +48,9 @@ def create_app(service: GridwatchService) -> FastAPI:
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         # A bug, not bad input: logged with its trace so it gets fixed.
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse({"detail": "internal error"}, status_code=500)
+        # Answered by Starlette's outermost middleware, outside the gate: add its headers here.
+        headers = {k.decode(): v.decode() for k, v in security_headers(request.url.path)}
+        return JSONResponse({"detail": "internal error"}, status_code=500, headers=headers)
 
     app.include_router(system)
     app.include_router(v1)

@@ -89,9 +89,13 @@ class TokenBuckets:
         return 0.0
 
 
+def security_headers(path: str) -> list[tuple[bytes, bytes]]:
+    return SECURITY_HEADERS if path in DOC_PATHS else SECURITY_HEADERS + API_HEADERS
+
+
 def with_security_headers(send: Send, path: str) -> Send:
     """`send`, adding the security headers to the response's start."""
-    extra = SECURITY_HEADERS if path in DOC_PATHS else SECURITY_HEADERS + API_HEADERS
+    extra = security_headers(path)
 
     async def send_with_headers(message: Message) -> None:
         if message["type"] == "http.response.start":
