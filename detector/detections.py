@@ -49,6 +49,12 @@ class Detections:
             names=self.names,
         )
 
+    def scaled(self, sx: float, sy: float) -> Detections:
+        """The same boxes in a frame `sx` x `sy` times this one's size (a frame decoded at
+        reduced size -> the original's pixels)."""
+        factors = np.array([sx, sy, sx, sy], np.float32)
+        return Detections(xyxy=self.xyxy * factors, scores=self.scores, class_ids=self.class_ids, names=self.names)
+
     @property
     def class_names(self) -> list[str]:
         return [self.names.get(int(c), str(int(c))) for c in self.class_ids]

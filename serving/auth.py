@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import select
 
@@ -37,15 +37,39 @@ def new_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
 
 
-def create_key(db: Database, name: str, role: str, key: str | None = None) -> tuple[ApiKey, str]:
+def create_key(db: Database, name: str, role: str, key: str | None = None,
+               expires_at: datetime | None = None) -> tuple[ApiKey, str]:
     """Store a key (a new random one unless given); returns the row and the key in clear."""
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; roles: {', '.join(ROLES)}")
     key = key or new_key()
     with db.transaction() as session:
-        row = ApiKey(name=name[:64], prefix=key[:8], key_hash=hash_key(key), role=role)
-        session.add(row)
+        session.add(row := _key_row(name, role, key, expires_at))
     return row, key
+
+
+def _key_row(name: str, role: str, key: str, expires_at: datetime | None = None) -> ApiKey:
+    return ApiKey(name=name[:64], prefix=key[:8], key_hash=hash_key(key), role=role, expires_at=expires_at)
+
+
+def rotate_key(db: Database, key_id: int, overlap_s: float) -> tuple[ApiKey, str] | None:
+    """A successor to an active key (same name and role), the old key expiring `overlap_s`
+    from now (or sooner, if it already would): both work during the overlap, so clients
+    switch without a gap. None if there is no active key `key_id`."""
+    now = datetime.now(timezone.utc)
+    with db.transaction() as session:
+        old = session.get(ApiKey, key_id)
+        if old is None or not _usable(old, now):
+            return None
+        ends = now + timedelta(seconds=overlap_s)
+        old.expires_at = min(old.expires_at, ends) if old.expires_at else ends
+        key = new_key()
+        session.add(row := _key_row(old.name, old.role, key))
+    return row, key
+
+
+def _usable(row: ApiKey, now: datetime) -> bool:
+    return row.revoked_at is None and (row.expires_at is None or row.expires_at > now)
 
 
 def ensure_admin_key(db: Database, given: str | None) -> str | None:
@@ -64,7 +88,7 @@ def ensure_admin_key(db: Database, given: str | None) -> str | None:
 def authenticate(db: Database, key: str) -> Principal | None:
     with db.sessions() as session:
         row = session.scalars(select(ApiKey).where(ApiKey.key_hash == hash_key(key))).one_or_none()
-    if row is None or row.revoked_at is not None:
+    if row is None or not _usable(row, datetime.now(timezone.utc)):
         return None
     return Principal(row.id, row.name, row.role)
 

@@ -55,6 +55,12 @@ def backoff_delay(attempt: int, base_s: float, cap_s: float, rng: random.Random 
     return ceiling * (0.5 + 0.5 * (rng or random).random())
 
 
+def refused(status: int) -> bool:
+    """A 4xx other than 408 (timeout) and 429 (slow down): the receiver rejects this message
+    itself, and the same bytes will be rejected again; to the dead letter with the reason."""
+    return 400 <= status < 500 and status not in (408, 429)
+
+
 @dataclass(frozen=True)
 class DeliveryConfig:
     url: str
@@ -167,12 +173,13 @@ class DeliveryWorker:
             EVENT_HEADER: message.event,
             "User-Agent": "gridwatch-delivery/1",
         }
-        error = ""
+        error, final = "", False
         try:
             response = self._client.post(self.config.url, content=body, headers=headers)
             ok = 200 <= response.status_code < 300
             if not ok:
-                error = f"HTTP {response.status_code}: {response.text[:200]}"
+                final = refused(response.status_code)
+                error = f"HTTP {response.status_code}{' (refused, not retried)' if final else ''}: {response.text[:200]}"
         except Exception as exc:  # noqa: BLE001 - any transport failure is a retry
             ok = False
             error = f"{type(exc).__name__}: {exc}"[:500]
@@ -181,7 +188,7 @@ class DeliveryWorker:
         if ok:
             values.update(state="delivered", delivered_at=datetime.now(timezone.utc), last_error="")
             self.counts["sent"] += 1
-        elif attempts >= self.config.max_tries:
+        elif final or attempts >= self.config.max_tries:
             values.update(state="dead", last_error=error)
             self.counts["dead"] += 1
             log.warning("outbox %s dead after %d tries: %s", message.idempotency_key, attempts, error)

@@ -9,13 +9,18 @@ frame travels beside the event (an `EvidenceFrame`), never inside its JSON.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, field_validator
 
 EventType = Literal["opened", "updated", "closed"]
 SAFE_ID = r"^[A-Za-z0-9._:-]{1,128}$"
+# One camera id pattern for configs, events, API paths and filters: what fits the database
+# column and a URL path segment, starting with a letter or digit so "." and ".." never pass.
+CAMERA_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+# 15-character unit grid: 6-digit division, then street, community and grid (upper case).
+GRID_PATTERN = r"^[0-9A-Z]{15}$"
 
 
 def no_nul(value: str | None) -> str | None:
@@ -23,6 +28,16 @@ def no_nul(value: str | None) -> str | None:
     if value is not None and "\x00" in value:
         raise ValueError("must not contain NUL characters")
     return value
+
+
+def division_problem(division: str, grid: str | None, matter_code: str | None = None) -> str | None:
+    """Why these codes contradict each other, or None: a unit grid and a matter code both
+    begin with the 6-digit administrative division they belong to."""
+    if grid is not None and not grid.startswith(division):
+        return f"grid {grid} is not in division {division} (a grid starts with its division)"
+    if matter_code is not None and not matter_code.startswith(division):
+        return f"matter_code {matter_code} is not in division {division} (it starts with its division)"
+    return None
 
 
 def rounded(digits: int) -> PlainSerializer:
@@ -51,12 +66,12 @@ class ViolationEvent(BaseModel):
 
     type: EventType
     event_id: str = Field(pattern=SAFE_ID)  # stable for the violation instance across its transitions
-    camera: str = Field(pattern=SAFE_ID)
+    camera: str = Field(pattern=CAMERA_ID)
     violation: str = Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")  # taxonomy id, e.g. "bin_overflow"
     matter_code: str = Field(pattern=r"^[0-9]{11}$")  # 6-digit division + 5-digit class
-    grid: str = Field(pattern=r"^[0-9A-Za-z]{15}$")  # unit grid
+    grid: str = Field(pattern=GRID_PATTERN)  # unit grid
     zone: str = Field("", max_length=128)
-    first_seen: IsoTime  # timezone-aware (a naive time from an edge box is taken as UTC)
+    first_seen: IsoTime  # timezone-aware: a naive time or a bare number is refused
     last_seen: IsoTime
     dwell_s: Annotated[float, Field(ge=0, le=10**8), rounded(3)] = 0.0
     track_id: int | None = Field(None, ge=-(2**31), le=2**31 - 1)
@@ -76,10 +91,20 @@ class ViolationEvent(BaseModel):
 
     _clean = field_validator("zone", "zone_type")(no_nul)
 
+    @field_validator("first_seen", "last_seen", mode="before")
+    @classmethod
+    def _iso_time(cls, value: object) -> object:
+        # A bare number would be read as Unix seconds (or milliseconds): ambiguous, refused.
+        if not isinstance(value, (str, datetime)):
+            raise ValueError("must be an ISO-8601 time with an offset, e.g. 2026-05-01T08:00:00+08:00")
+        return value
+
     @field_validator("first_seen", "last_seen")
     @classmethod
     def _aware(cls, value: datetime) -> datetime:
-        return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+        if value.tzinfo is None:  # as camera configs: a time without an offset is a guess
+            raise ValueError("needs a time zone offset, e.g. 2026-05-01T08:00:00+08:00")
+        return value
 
     @field_validator("box")
     @classmethod

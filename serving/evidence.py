@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -27,6 +28,10 @@ from detector.files import sha256_file
 EvidenceKind = Literal["original", "annotated", "crop"]
 MEDIA_TYPES = {".jpg": "image/jpeg", ".png": "image/png", ".webp": "image/webp", ".bmp": "image/bmp"}
 JPEG_QUALITY = 92
+PARTIAL_PREFIX = ".incoming-"  # a file being written; renamed into place (linked) when complete
+# A partial write lives for milliseconds; one this old was left by a killed process. (Younger
+# ones may belong to another process writing to the same store right now.)
+STALE_PARTIAL_S = 600
 
 
 class EvidenceError(ValueError):
@@ -88,6 +93,14 @@ class EvidenceStore:
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
 
+    def remove_stale_partials(self, now: float | None = None) -> int:
+        """At start-up: delete partial writes a killed process left behind; returns how many."""
+        cutoff = (time.time() if now is None else now) - STALE_PARTIAL_S
+        stale = [p for p in self.root.rglob(f"{PARTIAL_PREFIX}*") if p.is_file() and p.stat().st_mtime < cutoff]
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return len(stale)
+
     def write(self, owner: str, frame: EvidenceFrame) -> list[StoredEvidence]:
         """Original, annotated copy and crop (when the box has an area) under `owner` (a
         case number, or CAMERA/EVENT_ID for `gridwatch watch`). Decodes and encodes before
@@ -109,7 +122,7 @@ class EvidenceStore:
         folder = self.resolve(owner)
         folder.mkdir(parents=True, exist_ok=True)
         target = folder / f"{kind}-{digest[:20]}{suffix}"
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".incoming-")
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=PARTIAL_PREFIX)
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)

@@ -46,11 +46,12 @@ class GridwatchService:
                                      smoke_frames=self._recent_evidence_frames)
         public_url = settings.public_url or f"http://{settings.host}:{settings.port}"
         self.cases = CaseService(self.db, self.evidence, self.taxonomy, CasePolicy.from_settings(settings),
-                                 model_version=lambda: self.detector.version, public_url=public_url)
+                                 model_version=lambda: self.detector.version, public_url=public_url,
+                                 instance=settings.instance_id)
         delivery = DeliveryConfig.from_settings(settings)
         self.delivery = DeliveryWorker(self.db, delivery) if delivery else None
         self.cameras = CameraRegistry(self.db, self.taxonomy, settings.data_dir.resolve(), file_cameras or [],
-                                      self._start_pipeline)
+                                      self._start_pipeline, settings.resolved_media_roots)
         self.new_admin_key = ensure_admin_key(self.db, settings.admin_key)
         # Events the database refused (briefly away): retried in order, never dropped.
         self._retry: deque[tuple[ViolationEvent, EvidenceFrame | None]] = deque()
@@ -85,8 +86,23 @@ class GridwatchService:
             self.delivery.start()
         self._retrier = threading.Thread(target=self._retry_loop, name="gridwatch-event-retry", daemon=True)
         self._retrier.start()
+        removed = self.evidence.remove_stale_partials()
+        if removed:
+            log.info("removed %d partial evidence file(s) left by an earlier process", removed)
         self.cases.end_stale(set(self.cameras.all()))
+        self.log_delivery_routes()
         self.cameras.start()
+
+    def log_delivery_routes(self) -> None:
+        """One line per camera rule: how its cases reach the case system, so a setting that
+        sends nothing is seen at start, not after a day of cases waiting for review."""
+        pushed = (f"webhook to {self.settings.webhook_url}" if self.settings.webhook_url
+                  else "never pushed (no webhook_url; case systems poll GET /v1/cases)")
+        for camera in self.cameras.all().values():
+            for rule in camera.rules:
+                route = self.cases.policy.route(rule.violation, rule_score=rule.auto_confirm_score,
+                                                scene_change=rule.scene_change)
+                log.info("camera %s, %s: %s; %s", camera.id, rule.violation, route, pushed)
 
     def stop(self) -> None:
         self.detector.stop()

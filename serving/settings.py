@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from detector.files import REPO_ROOT, validation_problems
@@ -19,6 +19,10 @@ if TYPE_CHECKING:
     from detector.runtime import Detector
 
 WEIGHTS_DIR = REPO_ROOT / "weights"
+# Peak memory of decoding one image, per pixel of the original: OpenCV holds the decoded
+# frame and a converted copy (measured 6.15 B/px for 7000x7000 PNG, WebP, BMP and JPEG at
+# full size; reduced JPEG decoding takes far less). Used to fit the pixel limit to a budget.
+DECODE_PEAK_BYTES_PER_PIXEL = 6.5
 # The shipped default model: served as int8, its fp32 twin and model card beside it.
 DEFAULT_MODEL_NAME = "gridwatch-int8.onnx"
 
@@ -53,6 +57,9 @@ class Settings(BaseSettings):
     admin_key: str | None = None  # GRIDWATCH_ADMIN_KEY: the first admin key, for automation
 
     cameras_file: Path | None = None
+    # Folders a camera added through the API may read files from (recordings, image folders);
+    # default: data_dir/media. Config-file cameras may name any path.
+    media_roots: list[Path] = Field(default_factory=list)
 
     # Cases (serving/cases/): a new event for the same camera + violation + place joins
     # the open case; after the case ends, re-detections within the cooldown are the same
@@ -60,6 +67,9 @@ class Settings(BaseSettings):
     dedup_cooldown_s: float = Field(600.0, ge=0)
     dedup_min_iou: float = Field(0.1, ge=0, le=1)
     reopen_policy: Literal["reopen", "new"] = "reopen"
+    # The code in new case numbers (GW{date}-{instance}-{row}); default: the one drawn at
+    # random for this database by its migration, shared by all its processes.
+    instance_id: str | None = Field(None, pattern=r"^[A-Z0-9]{1,8}$")
     # What goes out to the case system: confirmed cases, plus unreviewed ones whose score
     # reaches the per-violation auto-confirm score here (e.g. {"bin_overflow": 0.8}).
     auto_confirm: dict[str, float] = Field(default_factory=dict)
@@ -76,9 +86,33 @@ class Settings(BaseSettings):
     delivery_timeout_s: float = Field(10.0, gt=0)
     delivery_poll_s: float = Field(1.0, gt=0)
 
-    # API uploads (POST /v1/detect): checked before decoding, against decompression bombs.
+    # API uploads (POST /v1/detect, /v1/events): checked before decoding, against decompression bombs.
     upload_max_bytes: int = Field(20 * 1024 * 1024, ge=1024)
-    upload_max_pixels: int = Field(50_000_000, ge=1)
+    # Any other request body (JSON): keys, reviews, camera configs are a few KB.
+    json_max_bytes: int = Field(1024 * 1024, ge=1024)
+    # Multipart requests in flight at once; the next gets 503 + Retry-After. Each may hold
+    # upload_max_bytes in memory while it is checked.
+    max_concurrent_uploads: int = Field(8, ge=1)
+    # Per API key, on /v1/detect and /v1/events: a burst, then this many a minute (0: no limit);
+    # past it 429 with Retry-After. 600/min is 10 frames a second per camera box.
+    rate_limit_per_minute: int = Field(600, ge=0)
+    rate_limit_burst: int = Field(60, ge=1)
+    # Decoding memory: at most max_concurrent_decodes images decode at once, each taking up
+    # to DECODE_PEAK_BYTES_PER_PIXEL x its pixels; the pixel limit must keep that within the
+    # budget (checked at start). Defaults: 2 x 40 Mpx x 6.5 B = 496 MiB <= 512 MiB.
+    upload_max_pixels: int = Field(40_000_000, ge=1)
+    max_concurrent_decodes: int = Field(2, ge=1)
+    decode_memory_budget_mb: int = Field(512, ge=16)
+
+    @model_validator(mode="after")
+    def _decodes_fit_the_budget(self) -> Settings:
+        worst = self.max_concurrent_decodes * self.upload_max_pixels * DECODE_PEAK_BYTES_PER_PIXEL
+        if worst > self.decode_memory_budget_mb * 2**20:
+            raise ValueError(
+                f"max_concurrent_decodes x upload_max_pixels x {DECODE_PEAK_BYTES_PER_PIXEL} bytes = "
+                f"{worst / 2**20:.0f} MiB is over decode_memory_budget_mb ({self.decode_memory_budget_mb}): "
+                "lower the pixel limit or the concurrency, or raise the budget")
+        return self
 
     def resolved_model(self) -> Path:
         model = self.model or default_model_path()
@@ -92,6 +126,10 @@ class Settings(BaseSettings):
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'gridwatch.db').resolve()}"
+
+    @property
+    def resolved_media_roots(self) -> tuple[Path, ...]:
+        return tuple(self.media_roots) or (self.data_dir / "media",)
 
     @property
     def resolved_evidence_dir(self) -> Path:

@@ -9,6 +9,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from serving.api.guard import GateLimits, RequestGate, security_headers
+from serving.api.uploads import UploadDecoder
 from serving.service import GridwatchService
 
 log = logging.getLogger("gridwatch.api")
@@ -25,17 +27,12 @@ def create_app(service: GridwatchService) -> FastAPI:
     )
     app.state.service = service
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):  # noqa: ANN001, ANN202
-        # Refuse oversized bodies before they are parsed or spooled.
-        length = request.headers.get("content-length")
-        limit = service.settings.upload_max_bytes + 1024 * 1024  # room for multipart framing
-        if length is not None:
-            if not length.isdigit():
-                return JSONResponse({"detail": "invalid Content-Length"}, status_code=400)
-            if int(length) > limit:
-                return JSONResponse({"detail": f"request body over {limit} bytes"}, status_code=413)
-        return await call_next(request)
+    settings = service.settings
+    app.state.decoder = UploadDecoder(settings.max_concurrent_decodes, settings.upload_max_pixels)
+    app.add_middleware(RequestGate, db=service.db, limits=GateLimits(
+        upload_max_bytes=settings.upload_max_bytes, json_max_bytes=settings.json_max_bytes,
+        max_concurrent_uploads=settings.max_concurrent_uploads, rate_per_minute=settings.rate_limit_per_minute,
+        rate_burst=settings.rate_limit_burst))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -51,7 +48,9 @@ def create_app(service: GridwatchService) -> FastAPI:
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         # A bug, not bad input: logged with its trace so it gets fixed.
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse({"detail": "internal error"}, status_code=500)
+        # Answered by Starlette's outermost middleware, outside the gate: add its headers here.
+        headers = {k.decode(): v.decode() for k, v in security_headers(request.url.path)}
+        return JSONResponse({"detail": "internal error"}, status_code=500, headers=headers)
 
     app.include_router(system)
     app.include_router(v1)

@@ -6,37 +6,43 @@ import json
 from datetime import datetime, timezone
 from typing import Annotated, Any
 
+import numpy as np
 from fastapi import APIRouter, Body, Depends, File, Form, HTTPException, Path, Query, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 
-from serving.api.deps import get_service, require
+from serving.api.deps import get_decoder, get_service, require
 from serving.api.schemas import (
     CasePage,
     DetectResponse,
     EventResult,
     KeyCreated,
     KeyRequest,
+    KeyRotation,
     ModelReload,
     ModelState,
     ReviewRequest,
     StatusCallback,
 )
-from serving.api.uploads import UploadError, check_image, decode_image
-from serving.auth import Principal, create_key, revoke_key
+from serving.api.uploads import DETECT_MIN_SIDE, UploadDecoder, UploadError, check_image, original_size
+from serving.auth import Principal, create_key, revoke_key, rotate_key
+
 from serving.cameras.registry import CameraError
 from serving.cases import CaseError, CaseFilter, CasePublic
-from serving.events import ViolationEvent
+from serving.events import CAMERA_ID, ViolationEvent, division_problem
 from serving.evidence import EvidenceFrame
 from serving.live_model import ModelSwapError
 from serving.service import GridwatchService
+from serving.store.models import ApiKey
 
 CASE_NUMBER = r"^[A-Za-z0-9-]{1,32}$"
 MAX_ID = 2**31 - 1
 
 Service = Annotated[GridwatchService, Depends(get_service)]
+Decoder = Annotated[UploadDecoder, Depends(get_decoder)]
 CaseNumber = Annotated[str, Path(pattern=CASE_NUMBER)]
-CameraId = Annotated[str, Path(pattern=r"^[A-Za-z0-9._-]{1,128}$")]
+CameraId = Annotated[str, Path(pattern=CAMERA_ID)]
 
 system = APIRouter(tags=["system"])
 v1 = APIRouter(prefix="/v1")
@@ -55,15 +61,24 @@ def case_error(exc: CaseError | CameraError | UploadError) -> HTTPException:
     return HTTPException(exc.status, str(exc))
 
 
-async def read_upload(upload: UploadFile, service: GridwatchService) -> tuple[bytes, str]:
+async def read_upload(upload: UploadFile, service: GridwatchService) -> tuple[bytes, str, tuple[int, int]]:
+    """The bytes, media type and header size of a checked (not yet decoded) upload."""
     limit = service.settings.upload_max_bytes
     data = await upload.read(limit + 1)
     try:
-        media_type, _ = check_image(data, upload.content_type, max_bytes=limit,
-                                    max_pixels=service.settings.upload_max_pixels)
+        media_type, size = check_image(data, upload.content_type, max_bytes=limit,
+                                       max_pixels=service.settings.upload_max_pixels)
     except UploadError as exc:
         raise case_error(exc) from None
-    return data, media_type
+    return data, media_type, size
+
+
+async def decode_upload(decoder: UploadDecoder, data: bytes, *, min_side: int | None = None) -> np.ndarray:
+    """Decoded off the event loop, at most settings.max_concurrent_decodes at a time."""
+    try:
+        return await run_in_threadpool(decoder.decode, data, min_side=min_side)
+    except UploadError as exc:
+        raise case_error(exc) from None
 
 
 # -- system ------------------------------------------------------------------------------------
@@ -92,18 +107,17 @@ def metrics(service: Service) -> PlainTextResponse:
          responses={413: {"description": "too large"}, 415: {"description": "not an image"}})
 async def detect(
     service: Service,
+    decoder: Decoder,
     file: Annotated[UploadFile, File(description="one image: JPEG, PNG, WebP or BMP")],
     _: Principal = Depends(require("camera", "reviewer")),
 ) -> dict[str, Any]:
-    data, _media = await read_upload(file, service)
-    try:
-        image = decode_image(data, max_pixels=service.settings.upload_max_pixels)
-    except UploadError as exc:
-        raise case_error(exc) from None
-    from starlette.concurrency import run_in_threadpool
-
+    data, _media, header_size = await read_upload(file, service)
+    image = await decode_upload(decoder, data, min_side=DETECT_MIN_SIDE)
     found, version = await run_in_threadpool(service.detect, image)
-    return {"width": image.shape[1], "height": image.shape[0], "model_version": version,
+    width, height = original_size(image, header_size)
+    # Boxes in the original's pixels, whatever size it was decoded at.
+    found = found.scaled(width / image.shape[1], height / image.shape[0])
+    return {"width": width, "height": height, "model_version": version,
             "detections": found.to_records()}
 
 
@@ -111,6 +125,7 @@ async def detect(
 @v1.post("/events", response_model=EventResult, tags=["events"])
 async def push_event(
     service: Service,
+    decoder: Decoder,
     event: Annotated[str, Form(description="the ViolationEvent as JSON (see `gridwatch watch --events`)")],
     frame: Annotated[UploadFile | None, File(description="the original evidence frame, unaltered")] = None,
     _: Principal = Depends(require("camera")),
@@ -125,6 +140,9 @@ async def push_event(
     if not parsed.matter_code.endswith(service.taxonomy[parsed.violation].matter_code
                                        if parsed.violation in service.taxonomy else "?"):
         raise HTTPException(422, f"matter_code {parsed.matter_code} does not match violation {parsed.violation!r}")
+    problem = division_problem(parsed.division or parsed.matter_code[:6], parsed.grid, parsed.matter_code)
+    if problem:
+        raise HTTPException(422, f"invalid event: {problem}")
     # The edge box's own evidence paths mean nothing here: the uploaded frame is the evidence.
     violation_event = parsed.model_copy(update={
         "first_seen": first_seen, "last_seen": last_seen, "evidence": (),
@@ -132,11 +150,12 @@ async def push_event(
     })
     evidence = None
     if frame is not None:
-        data, media_type = await read_upload(frame, service)
+        data, media_type, _size = await read_upload(frame, service)
+        # Decoded here, in full (the annotated copy and crop use the box's pixels), so a frame
+        # that cannot be decoded is refused like on /v1/detect before anything is stored.
+        image = await decode_upload(decoder, data)
         suffix = {"image/png": ".png", "image/webp": ".webp", "image/bmp": ".bmp"}.get(media_type, ".jpg")
-        evidence = EvidenceFrame(box=parsed.box, label=parsed.violation, encoded=data, suffix=suffix)
-    from starlette.concurrency import run_in_threadpool
-
+        evidence = EvidenceFrame(box=parsed.box, label=parsed.violation, image=image, encoded=data, suffix=suffix)
     try:
         result = await run_in_threadpool(service.cases.ingest, violation_event, evidence)
     except CaseError as exc:
@@ -197,7 +216,7 @@ def list_cases(
     service: Service,
     principal: Principal = Depends(require("reviewer", "case_system")),
     since: Annotated[datetime | None, Query(description="only cases changed after this time (ISO-8601)")] = None,
-    camera: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9._-]{1,128}$")] = None,
+    camera: Annotated[str | None, Query(pattern=CAMERA_ID)] = None,
     violation: Annotated[str | None, Query(pattern=r"^[a-z][a-z0-9_]{0,63}$")] = None,
     review_status: Annotated[str | None, Query(pattern=r"^(pending|confirmed|corrected|rejected)$")] = None,
     status: Annotated[str | None, Query(pattern=r"^(new|dispatched|handled|closed)$")] = None,
@@ -289,10 +308,23 @@ async def reload_model(service: Service, body: Annotated[ModelReload | None, Bod
 
 
 # -- keys -------------------------------------------------------------------------------------------
+def key_created(row: ApiKey, key: str) -> dict[str, Any]:
+    return {"id": row.id, "name": row.name, "role": row.role, "key": key}
+
+
 @v1.post("/keys", status_code=201, response_model=KeyCreated, tags=["keys"])
 def add_key(body: KeyRequest, service: Service, _: Principal = Depends(require())) -> dict[str, Any]:
-    row, key = create_key(service.db, body.name, body.role)
-    return {"id": row.id, "name": row.name, "role": row.role, "key": key}
+    return key_created(*create_key(service.db, body.name, body.role))
+
+
+@v1.post("/keys/{key_id}/rotate", status_code=201, response_model=KeyCreated, tags=["keys"])
+def rotate(key_id: Annotated[int, Path(ge=1, le=MAX_ID)], body: KeyRotation, service: Service,
+           _: Principal = Depends(require())) -> dict[str, Any]:
+    """A new key with the same name and role; the old one keeps working for `overlap_s`."""
+    rotated = rotate_key(service.db, key_id, body.overlap_s)
+    if rotated is None:
+        raise HTTPException(404, f"no active key {key_id}")
+    return key_created(*rotated)
 
 
 @v1.delete("/keys/{key_id}", status_code=204, tags=["keys"])

@@ -60,6 +60,13 @@ class KeyRequest(BaseModel):
     _clean = field_validator("name")(no_nul)
 
 
+class KeyRotation(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    overlap_s: int = Field(86400, ge=0, le=90 * 86400,
+                           description="seconds the old key keeps working beside its successor")
+
+
 class KeyCreated(BaseModel):
     id: int
     name: str

@@ -5,6 +5,8 @@ status to answer."""
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from serving.streams.media import MediaError, probe_image
@@ -14,6 +16,10 @@ from serving.streams.media import decode_image as _decode
 ALLOWED_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "BMP": "image/bmp"}
 ALLOWED_TYPES = tuple(ALLOWED_FORMATS.values())
 
+
+# /v1/detect decodes no larger than needed: the detector letterboxes every frame to its
+# input (448-640 px), so a longest side of at least this loses nothing it uses.
+DETECT_MIN_SIDE = 1280
 
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"RIFF", b"BM")
 
@@ -48,8 +54,27 @@ def check_image(data: bytes, declared_type: str | None, *, max_bytes: int, max_p
     return ALLOWED_FORMATS[kind], (width, height)
 
 
-def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
-    try:
-        return _decode(data, max_pixels=max_pixels, name="upload")
-    except MediaError as exc:
-        raise UploadError(f"the image cannot be decoded: {exc}") from None
+class UploadDecoder:
+    """Decodes checked uploads, at most `concurrent` at a time: with the pixel limit, that
+    bounds decoding memory (settings.decode_memory_budget_mb). Blocking: call it from a
+    worker thread; callers past the limit wait their turn."""
+
+    def __init__(self, concurrent: int, max_pixels: int) -> None:
+        self._slots = threading.BoundedSemaphore(concurrent)
+        self.max_pixels = max_pixels
+
+    def decode(self, data: bytes, *, min_side: int | None = None) -> np.ndarray:
+        """Full size, or reduced as far as the longest side stays >= min_side."""
+        with self._slots:
+            try:
+                return _decode(data, max_pixels=self.max_pixels, name="upload", min_side=min_side)
+            except MediaError as exc:
+                raise UploadError(f"the image cannot be decoded: {exc}") from None
+
+
+def original_size(image: np.ndarray, header_size: tuple[int, int]) -> tuple[int, int]:
+    """(width, height) of the full-size image as decoded: the header's, swapped when the
+    decoder turned the picture upright by its EXIF orientation."""
+    width, height = header_size
+    upright = (image.shape[1] >= image.shape[0]) == (width >= height)
+    return (width, height) if upright else (height, width)

@@ -10,10 +10,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from serving.events import GRID_PATTERN
+
 if TYPE_CHECKING:
     from serving.cameras.schema import Camera
 
-GRID_CODE = re.compile(r"^[0-9A-Z]{15}$")
+GRID_CODE = re.compile(GRID_PATTERN)
 
 
 class GridMap:

@@ -32,10 +32,11 @@ class CameraRegistry:
     changes are rare next to frames."""
 
     def __init__(self, db: Database, taxonomy: Taxonomy, base_dir: Path, file_cameras: list[Camera],
-                 start_pipeline: Callable[[list[Camera]], Any]) -> None:
+                 start_pipeline: Callable[[list[Camera]], Any], media_roots: tuple[Path, ...] = ()) -> None:
         self.db = db
         self.taxonomy = taxonomy
         self.base_dir = base_dir  # relative camera sources from the API resolve here
+        self.media_roots = media_roots  # the only places an API camera's file source may be
         self.file_cameras = {c.id: c for c in file_cameras}
         self.start_pipeline = start_pipeline
         self.pipeline: Any = None
@@ -44,7 +45,7 @@ class CameraRegistry:
 
     def _validate(self, config: dict[str, Any]) -> Camera:
         try:
-            parsed = parse_cameras({"cameras": [config]}, self.base_dir, "camera", self.taxonomy)
+            parsed = parse_cameras({"cameras": [config]}, self.base_dir, "camera", self.taxonomy, self.media_roots)
         except ValueError as exc:
             raise CameraError(str(exc)) from None
         except Exception as exc:  # noqa: BLE001 - odd input must be a 422, never a 500

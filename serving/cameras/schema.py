@@ -13,9 +13,11 @@ event), `read_timeout:`, `homography:` (3x3, normalised image -> lon/lat, picks 
 event from `grid_map`). A rule may carry `classes:` (detector classes instead of the
 taxonomy's), `scene_change: true` (fires on a new persistent patch, see serving.pipeline.scene),
 `after_classes: [truck]` + `after_within:` (only after one of those passed), and
-`auto_confirm_score:` (median score from which an event needs no review; default: always).
+`auto_confirm_score:` (an extra, per-camera bar: below this median score an event is marked
+`needs_review` even where settings' `auto_confirm` would send it; default: none, the setting decides).
 `tiled_static_checks:` (default true) runs each static check tiled at full resolution,
-`tile_size:` in frame pixels (default: the model's input size).
+`tile_size:` in frame pixels (default: the model's input size); `loop: true` plays a file
+source again and again, its clock running on.
 A schedule window is `{days: mon-fri | [sat, sun] | fri-mon, from: "HH:MM", to: "HH:MM", tz}`;
 `to` before `from` runs overnight; no schedule means always.
 """
@@ -34,7 +36,7 @@ from detector.files import validation_problems
 from detector.taxonomy import read_yaml_file
 from serving.cameras.geometry import GRID_CODE, GridMap, resolve_grid
 from serving.cameras.schedules import ScheduleWindow, in_schedule
-from serving.events import Location
+from serving.events import CAMERA_ID, Location, division_problem
 
 DIVISION_CODE = re.compile(r"^[0-9]{6}$")
 LIVE_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
@@ -79,14 +81,15 @@ class Rule(BaseModel):
     # For spillage: only a patch that appears within `after_within` s of one of these passing.
     after_classes: tuple[str, ...] = ()
     after_within: float = Field(120, gt=0)
-    # Median score at or above which an event needs no human review; None: always review.
+    # Below this median score an event needs human review, whatever settings.auto_confirm says;
+    # None: settings.auto_confirm alone decides (see serving.cases.policy).
     auto_confirm_score: float | None = Field(None, ge=0, le=1)
 
 
 class Camera(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    id: str = Field(pattern=CAMERA_ID)
     source: str = Field(min_length=1)
     division: str
     grid: str | None = None
@@ -147,6 +150,9 @@ class Camera(BaseModel):
             raise ValueError("give either grid (15-char code) or grid_map (GeoJSON file)")
         if self.homography is not None and self.grid_map is None:
             raise ValueError("homography is used to pick grids from grid_map: give grid_map too")
+        problem = division_problem(self.division, self.grid)
+        if problem:
+            raise ValueError(problem)
         names = [z.name for z in self.zones]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -205,7 +211,16 @@ def _where(entries: list[Any], loc: tuple[Any, ...]) -> str:
     return f"field {'.'.join(map(str, loc)) or '(top level)'}"
 
 
-def parse_cameras(data: Any, base_dir: Path, source: str = "<config>", taxonomy: Any = None) -> CamerasConfig:
+def outside_roots(source: str, roots: tuple[Path, ...]) -> bool:
+    """A resolved file source that lies under none of `roots` (symlinks followed)."""
+    path = Path(source).resolve()
+    return not any(path.is_relative_to(root.resolve()) for root in roots)
+
+
+def parse_cameras(data: Any, base_dir: Path, source: str = "<config>", taxonomy: Any = None,
+                  media_roots: tuple[Path, ...] | None = None) -> CamerasConfig:
+    """`media_roots`: where file sources may be (cameras from the API, so an API key cannot
+    name any host file); None: anywhere (the operator's own config file)."""
     if not isinstance(data, dict) or not isinstance(data.get("cameras"), list):
         raise CameraConfigError(f"{source}: expected a mapping with a 'cameras:' list")
     entries: list[Any] = data["cameras"]
@@ -225,7 +240,10 @@ def parse_cameras(data: Any, base_dir: Path, source: str = "<config>", taxonomy:
         raise CameraConfigError(f"{source}: {validation_problems(exc, lambda loc: _where(entries, loc))}") from None
     problems = []
     for camera in config.cameras:
-        if not camera.is_live and not Path(camera.source).exists():
+        if not camera.is_live and media_roots is not None and outside_roots(camera.source, media_roots):
+            problems.append(f"camera {camera.id!r}, field source: a file source must be under a media root "
+                            f"({', '.join(map(str, media_roots))}; setting media_roots)")
+        elif not camera.is_live and not Path(camera.source).exists():
             problems.append(f"camera {camera.id!r}, field source: no such file or folder: {camera.source}")
         if camera.grid is None and camera.homography is None:
             try:

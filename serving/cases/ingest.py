@@ -32,6 +32,12 @@ CASE_FIELDS_FROM_EVENT = {"camera", "violation", "zone", "zone_type", "matter_co
                           "last_seen", "dwell_s", "score", "needs_review"}
 
 
+def case_number(first_seen: datetime, instance: str, row_id: int) -> str:
+    """GW{date}-{instance}-{row}: the row id alone repeats across databases, and the case
+    number is the Idempotency-Key's stem, so the instance code keeps both unique."""
+    return f"GW{first_seen.astimezone(timezone.utc):%Y%m%d}-{instance}-{row_id:06d}"
+
+
 @dataclass(frozen=True)
 class IngestResult:
     case_number: str
@@ -48,6 +54,7 @@ class CaseIngest:
     evidence: EvidenceStore
     model_version: Callable[[], str]  # the served model's, for events that do not say theirs
     base_url: str
+    instance: str  # this database's code (serving.store.models.Instance), in every case number
 
     def apply(self, session: Session, event: ViolationEvent, frame: EvidenceFrame | None) -> IngestResult:
         if session.bind.dialect.name == "postgresql":
@@ -127,7 +134,7 @@ class CaseIngest:
         )
         session.add(case)
         session.flush()
-        case.case_number = f"GW{event.first_seen.astimezone(timezone.utc):%Y%m%d}-{case.id:06d}"
+        case.case_number = case_number(event.first_seen, self.instance, case.id)
         self._observe(session, case, event, frame)
         return case
 

@@ -19,7 +19,14 @@ from serving.cases.review import apply_review, apply_status
 from serving.events import ViolationEvent
 from serving.evidence import EvidenceFrame, EvidenceStore
 from serving.store.db import Database
-from serving.store.models import Case
+from serving.store.models import Case, Instance
+
+
+def stored_instance(db: Database) -> str:
+    """The database's instance code, drawn once by its migration: the same for every process
+    and restart on this database, different for another (or a reset) one."""
+    with db.sessions() as session:
+        return session.scalars(select(Instance.code).where(Instance.id == 1)).one()
 
 
 class CaseService:
@@ -32,6 +39,7 @@ class CaseService:
         *,
         model_version: str | Callable[[], str] = "",
         public_url: str = "",
+        instance: str | None = None,
     ) -> None:
         """`model_version`: the served model's version, or a function that says it now (the
         model can be swapped while the service runs); an event's own version comes first."""
@@ -41,7 +49,8 @@ class CaseService:
         self.policy = policy or CasePolicy()
         self.base_url = public_url.rstrip("/")
         current_version = model_version if callable(model_version) else lambda: model_version
-        self._ingest = CaseIngest(taxonomy, self.policy, evidence, current_version, self.base_url)
+        self.instance = instance or stored_instance(db)
+        self._ingest = CaseIngest(taxonomy, self.policy, evidence, current_version, self.base_url, self.instance)
         # Matching is read-then-write; one writer at a time keeps two events for the same
         # place from both missing each other's new case.
         self._lock = threading.Lock()

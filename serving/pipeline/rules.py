@@ -99,8 +99,10 @@ class Candidate:
     def needs_review(self) -> bool:
         if self.rule.scene_change:
             return True
+        # A rule's own bar is optional: without one, whether the case goes out unreviewed is
+        # the case stage's call (settings.auto_confirm), so one setting is enough.
         threshold = self.rule.auto_confirm_score
-        return threshold is None or self.median_score < threshold
+        return threshold is not None and self.median_score < threshold
 
 
 @dataclass(frozen=True)

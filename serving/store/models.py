@@ -169,6 +169,17 @@ class ApiKey(Base):
     role: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)  # set by rotation
+
+
+class Instance(Base):
+    """One row: this database's instance code, drawn once by migration 0003, so every case
+    number (and Idempotency-Key) is unique across databases and stable across restarts."""
+
+    __tablename__ = "instance"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    code: Mapped[str] = mapped_column(String(8))
 
 
 class CameraRecord(Base):

@@ -48,12 +48,31 @@ def probe_image(data: bytes, *, name: str = "image") -> tuple[str, int, int]:
         raise MediaError(f"{name}: not a readable image ({exc.__class__.__name__})") from None
 
 
-def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "image") -> np.ndarray:
-    """Bytes of an encoded image -> HxWx3 BGR uint8, or MediaError."""
+# Reduced decoding, largest reduction first. For JPEG, libjpeg scales in the DCT domain and
+# never holds the full-size pixels; other formats are decoded and shrunk, still with a lower
+# peak than a full decode (measured: ~3.9 vs ~6.2 bytes per original pixel).
+REDUCED_DECODES = ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4), (2, cv2.IMREAD_REDUCED_COLOR_2))
+
+
+def decode_flag(width: int, height: int, min_side: int | None) -> int:
+    """The cv2 read flag with the largest reduction that keeps the longest side >= min_side
+    (None: full size)."""
+    if min_side is not None:
+        for factor, flag in REDUCED_DECODES:
+            if max(width, height) // factor >= min_side:
+                return flag
+    return cv2.IMREAD_COLOR
+
+
+def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "image",
+                 min_side: int | None = None) -> np.ndarray:
+    """Bytes of an encoded image -> HxWx3 BGR uint8, or MediaError. With `min_side`, at a
+    size reduced by 2, 4 or 8 as far as the longest side stays >= min_side; the caller
+    scales coordinates back by the header size over the decoded size."""
     _, width, height = probe_image(data, name=name)
     if width * height > max_pixels:
         raise MediaError(f"{name}: {width}x{height} exceeds the {max_pixels:,}-pixel limit")
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), decode_flag(width, height, min_side))
     if image is None:
         raise MediaError(f"{name}: corrupt or truncated image data")
     return image

@@ -220,3 +220,69 @@ def test_malformed_events_are_refused_cleanly(db_url, run_service) -> None:
             nested = http.post("/v1/events", data={"event": "[" * depth + "]" * depth})
             assert nested.status_code == 422 and "invalid event" in nested.json()["detail"]
         assert http.get("/v1/cases").json()["items"] == []
+
+
+def test_start_logs_how_each_camera_rule_reaches_the_case_system(run_service, caplog) -> None:
+    server = run_service(auto_confirm={"bin_overflow": 0.5})
+    camera = {"id": "cam-route", "source": "rtsp://127.0.0.1:9/none", "division": "370202", "grid": "370202001001001",
+              "zones": [{"name": "walk", "type": "sidewalk", "polygon": [[0, 0.5], [1, 0.5], [1, 1], [0, 1]]}],
+              "rules": [{"violation": "street_stall", "zone_types": ["sidewalk"]},
+                        {"violation": "bin_overflow", "zone_types": ["sidewalk"]}]}
+    with server.client(server.admin_key) as http:
+        assert http.post("/v1/cameras", json=camera).status_code == 201
+    with caplog.at_level("INFO", logger="gridwatch.service"):
+        server.service.log_delivery_routes()
+    lines = [r.getMessage() for r in caplog.records if r.name == "gridwatch.service"]
+    assert any(line.startswith("camera cam-route, street_stall: review") and "never pushed" in line for line in lines)
+    assert any(line.startswith("camera cam-route, bin_overflow: auto-confirm at score >= 0.5") for line in lines)
+
+
+def test_truncated_frame_on_events_is_refused_and_stores_nothing(run_service, dataset_images) -> None:
+    """/v1/detect refused a truncated JPEG (422) while /v1/events took it, made a case and
+    left an evidence file: both refuse it now, before anything is written."""
+    server = run_service()
+    truncated = dataset_images[0].read_bytes()
+    truncated = truncated[: len(truncated) // 2]
+    with server.client(server.key("camera")) as http:
+        files = {"frame": ("cut.jpg", truncated, "image/jpeg")}
+        response = http.post("/v1/events", data={"event": json.dumps(event_json())}, files=files)
+        assert response.status_code == 422 and "decoded" in response.json()["detail"]
+        assert http.post("/v1/detect", files={"file": ("cut.jpg", truncated, "image/jpeg")}).status_code == 422
+    assert server.service.cases.counts["cases_created"] == 0
+    assert not [p for p in server.service.evidence.root.rglob("*") if p.is_file()]
+
+
+def test_one_camera_id_pattern_and_file_sources_only_under_media_roots(run_service, tmp_path) -> None:
+    server = run_service(media_roots=[tmp_path / "media"])
+    (tmp_path / "media" / "frames").mkdir(parents=True)
+    camera = {"id": "cam-file", "source": str(tmp_path / "media" / "frames"), "division": "370202",
+              "grid": "370202001001001",
+              "zones": [{"name": "walk", "type": "sidewalk", "polygon": [[0, 0.5], [1, 0.5], [1, 1], [0, 1]]}],
+              "rules": [{"violation": "street_stall", "zone_types": ["sidewalk"]}]}
+    with server.client(server.admin_key) as http:
+        # An id the API accepts can be read and deleted: one pattern, one length, no "..".
+        for bad_id in ("x" * 129, "..", ".", ".hidden", "a/b"):
+            assert http.post("/v1/cameras", json={**camera, "id": bad_id}).status_code == 422, bad_id
+        longest = "c" * 128
+        assert http.post("/v1/cameras", json={**camera, "id": longest}).status_code == 201
+        assert http.delete(f"/v1/cameras/{longest}").status_code == 204
+        # File sources: inside a media root only, symlinks and ".." resolved first.
+        (tmp_path / "media" / "escape").symlink_to("/etc")
+        for source in ("/etc/shadow", str(tmp_path / "media" / ".." / "elsewhere"), str(tmp_path / "media" / "escape" / "hostname")):
+            refused = http.post("/v1/cameras", json={**camera, "source": source})
+            assert refused.status_code == 422 and "media root" in refused.json()["detail"], source
+        assert http.post("/v1/cameras", json=camera).status_code == 201
+
+
+@pytest.mark.parametrize("change, why", [
+    ({"grid": "370202abc001001"}, "grid"),  # lower case: camera configs refuse it
+    ({"division": "110101"}, "division"),  # contradicts the grid and the matter code
+    ({"grid": "110101001001001", "division": ""}, "division"),  # a grid outside the matter code's division
+    ({"first_seen": "2026-11-23T09:00:00"}, "offset"),  # naive: which time zone?
+    ({"first_seen": 1795424400}, "ISO-8601"),  # a bare epoch: seconds or milliseconds?
+])
+def test_events_are_validated_like_camera_configs(run_service, change, why) -> None:
+    server = run_service()
+    with server.client(server.key("camera")) as http:
+        response = push(http, event_json(**change))
+    assert response.status_code == 422 and why in response.text, response.text

@@ -52,7 +52,7 @@ def test_event_line_is_the_contract() -> None:
 def test_case_json_and_webhook_body_are_the_contract(run_service, receiver, dataset_images) -> None:
     receiver.start()
     server = run_service(webhook_url=receiver.url, webhook_secret=receiver.secret,
-                         auto_confirm={"bin_overflow": 0.5}, public_url="http://gw.test")
+                         auto_confirm={"bin_overflow": 0.5}, public_url="http://gw.test", instance_id="TEST01")
     event = json.loads(golden_event_line())
     image = dataset_images[0]
     with server.client(server.key("camera")) as http:

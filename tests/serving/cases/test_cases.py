@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -217,3 +218,28 @@ def test_original_frames_keep_what_the_model_saw(service_factory, make_event) ->
     # An upload without detections: unknown, not empty.
     other = cases.ingest(*make_event("opened", event_id="ev-9", camera="cam-009"))
     assert {e.kind: e for e in cases.get(other.case_number).evidence}["original"].detections is None
+
+
+def test_case_numbers_and_keys_are_unique_across_databases(db_url, tmp_path, make_event) -> None:
+    """Two databases (two sites, or one reset) used to both send GW20261123-000001-v1 for
+    different cases; a receiver honouring Idempotency-Key dropped the second."""
+    def first_key(url: str) -> tuple[str, str]:
+        db = Database(url)
+        cases = CaseService(db, EvidenceStore(tmp_path / "ev"), load_taxonomy(), CasePolicy(auto_confirm={"bin_overflow": 0.5}))
+        number = cases.ingest(*make_event()).case_number
+        (message,) = outbox(cases)
+        db.close()
+        return number, message.idempotency_key
+
+    number, key = first_key(db_url)
+    other_number, other_key = first_key(f"sqlite:///{tmp_path / 'other.db'}")
+    assert number != other_number and key != other_key
+    assert key == f"{number}-v1"
+    assert re.fullmatch(r"GW20261123-[A-Z2-7]{6}-000001", number)
+    # Every process (and every restart) on one database numbers with the same code.
+    again, another = Database(db_url), Database(db_url)
+    from serving.cases.service import stored_instance
+
+    assert stored_instance(again) == stored_instance(another) == number.split("-")[1]
+    again.close()
+    another.close()

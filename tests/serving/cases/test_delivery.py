@@ -163,3 +163,22 @@ def test_two_workers_on_one_database_send_each_message_once(cases, receiver, mak
             worker.stop()
     assert receiver.requests == 16  # not one message sent twice
     assert receiver.reported() == {number: 1 for number in numbers}
+
+
+@pytest.mark.parametrize("status, dead", [(400, True), (422, True), (408, False), (429, False)])
+def test_a_refusing_receiver_dead_letters_at_once(cases, receiver, make_event, status, dead) -> None:
+    """A 4xx (but 408 and 429) is the receiver refusing this message: retrying the same bytes
+    for hours changes nothing, so it goes to the dead letter at once with the reason."""
+    cases.ingest(*make_event("opened"))
+    receiver.start()
+    receiver.fail_with = status
+    worker = worker_for(cases, receiver, max_tries=5)
+    for _ in range(2):
+        worker.run_once()
+        time.sleep(0.4)  # past the backoff (at most 0.3 s here)
+    worker.stop()
+    with cases.db.sessions() as session:
+        message = session.scalars(select(OutboxMessage)).one()
+    assert (message.state == "dead") is dead and f"HTTP {status}" in message.last_error
+    assert receiver.requests == (1 if dead else 2)
+    assert ("not retried" in message.last_error) is dead

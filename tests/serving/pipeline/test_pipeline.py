@@ -87,6 +87,36 @@ def test_static_bin_opens_once_after_dwell_and_closes_after_grace(taxonomy) -> N
     assert r.log == [("opened", "bin_overflow", "bins", 60), ("closed", "bin_overflow", "bins", 98)]
 
 
+def test_readme_example_with_auto_confirm_setting_alone_is_delivered(taxonomy) -> None:
+    """The README's example rules (no rule-level auto_confirm_score) plus `settings.auto_confirm:
+    {bin_overflow: 0.5}` must send the case; it used to be needs_review and never delivered."""
+    from serving.cases import CasePolicy
+    from serving.store.models import Case
+
+    def opened(camera: Camera):  # noqa: ANN202
+        engine, zones = RuleEngine(camera, taxonomy), ZoneMap(camera.zones, 640, 360)
+        tracker, frame = IoUTracker(max_age_s=camera.grace_s), np.zeros((360, 640, 3), np.uint8)
+        for s in range(0, 100, 2):
+            when = T0 + timedelta(seconds=s)
+            for t in engine.update(tracker.update(dets(BIN), when), zones, when, frame):
+                if t.type == "opened":
+                    return t.candidate
+        raise AssertionError("no event opened")
+
+    policy = CasePolicy(auto_confirm={"bin_overflow": 0.5})
+    candidate = opened(example_camera())
+    case = Case(violation="bin_overflow", review_status="pending", needs_review=candidate.needs_review,
+                score=candidate.median_score)
+    assert candidate.needs_review is False and policy.deliverable(case)
+    assert policy.route("bin_overflow") == "auto-confirm at score >= 0.5, review below it"
+    assert policy.route("street_stall").startswith("review")
+    # A rule's own bar still holds events under it back for review.
+    strict = example_camera(rules=[{"violation": "bin_overflow", "zone_types": ["bin_area"], "min_score": 0.4,
+                                    "dwell": 60, "auto_confirm_score": 0.9}])
+    assert opened(strict).needs_review is True
+    assert policy.route("bin_overflow", rule_score=0.9) == "auto-confirm at score >= 0.9, review below it"
+
+
 def test_flickering_detection_is_one_instance(taxonomy) -> None:
     r = Replay(example_camera(), taxonomy)
     for s in range(0, 200, 2):
@@ -203,7 +233,8 @@ def test_replay_yields_exactly_the_expected_events(tmp_path: Path, street_video:
     assert T0 + timedelta(seconds=40) <= stall_open.first_seen <= T0 + timedelta(seconds=44)
     assert stall_open.dwell_s >= 180
     assert stall_close.last_seen >= T0 + timedelta(seconds=296)  # the file ended with it still there
-    assert bin_open.score >= 0.4 and bin_open.needs_review is True
+    # No rule-level auto_confirm_score: settings.auto_confirm alone decides, so no review flag.
+    assert bin_open.score >= 0.4 and bin_open.needs_review is False
     assert {e.model_version for e in events} == {"coco-yolov8n-int8"}  # the model that saw them
     # Evidence: unaltered original (same size as the video), annotated copy, crop; all exist.
     original, annotated, crop = (Path(p) for p in bin_open.evidence)

@@ -92,3 +92,28 @@ def test_sigkill_mid_work_loses_and_duplicates_nothing(db_url, serve, free_port,
     assert receiver.reported() == {c["case_number"]: 1 for c in listed}
     assert receiver.bad_signatures == 0
     assert process.terminate() == 0
+
+
+def test_partial_evidence_writes_are_cleaned_at_start(run_service, tmp_path) -> None:
+    """A SIGKILL mid-write leaves a partial file in the evidence store; the next start removes
+    it (old ones only: a young one may be another process's write in flight)."""
+    import os
+
+    evidence = tmp_path / "data0" / "evidence" / "GW20261123-AAAAAA-000001"
+    evidence.mkdir(parents=True)
+    stale, fresh = evidence / ".incoming-killed", evidence / ".incoming-in-flight"
+    stale.write_bytes(b"half a jpeg")
+    fresh.write_bytes(b"being written")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    run_service()
+    assert not stale.exists() and fresh.exists()
+
+
+def test_data_folder_is_out_of_gits_way() -> None:
+    from detector.files import REPO_ROOT
+
+    ignored = subprocess.run(["git", "-C", str(REPO_ROOT), "check-ignore", "-q", "gridwatch-data/gridwatch.db"])
+    assert ignored.returncode == 0
+    script = (REPO_ROOT / "scripts" / "serve.sh").read_text()
+    # The service runs in the caller's folder (the install alone runs in the repository).
+    assert '(cd "$root" && scripts/install.sh base)' in script and 'exec "$root/.venv/bin/gridwatch" serve' in script

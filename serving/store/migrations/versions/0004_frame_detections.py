@@ -2,14 +2,14 @@
 
 Existing evidence keeps NULL detections (unknown) and an empty version.
 
-Revision ID: 0003_frame_detections
-Revises: 0002
+Revision ID: 0004_frame_detections
+Revises: 0003_hardening
 """
 from alembic import op
 import sqlalchemy as sa
 
-revision = "0003_frame_detections"
-down_revision = "0002"
+revision = "0004_frame_detections"
+down_revision = "0003_hardening"
 branch_labels = None
 depends_on = None
 
