@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 
 from sqlalchemy import select
 
+from serving.audit import record
 from serving.store.db import Database
 from serving.store.models import ROLES, ApiKey
 
@@ -37,7 +38,8 @@ def new_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
 
 
-def create_key(db: Database, name: str, role: str, key: str | None = None) -> tuple[ApiKey, str]:
+def create_key(db: Database, name: str, role: str, key: str | None = None, *,
+               actor: str = "system") -> tuple[ApiKey, str]:
     """Store a key (a new random one unless given); returns the row and the key in clear."""
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; roles: {', '.join(ROLES)}")
@@ -45,6 +47,8 @@ def create_key(db: Database, name: str, role: str, key: str | None = None) -> tu
     with db.transaction() as session:
         row = ApiKey(name=name[:64], prefix=key[:8], key_hash=hash_key(key), role=role)
         session.add(row)
+        session.flush()
+        record(session, actor, "key.create", f"key:{row.id}", None, {"name": row.name, "role": role})
     return row, key
 
 
@@ -69,10 +73,17 @@ def authenticate(db: Database, key: str) -> Principal | None:
     return Principal(row.id, row.name, row.role)
 
 
-def revoke_key(db: Database, key_id: int) -> bool:
+def revoke_key(db: Database, key_id: int, *, actor: str = "system") -> bool:
     with db.transaction() as session:
         row = session.get(ApiKey, key_id)
         if row is None or row.revoked_at is not None:
             return False
         row.revoked_at = datetime.now(timezone.utc)
+        record(session, actor, "key.revoke", f"key:{key_id}", {"name": row.name, "revoked": False},
+               {"name": row.name, "revoked": True})
         return True
+
+
+def list_keys(db: Database) -> list[ApiKey]:
+    with db.sessions() as session:
+        return list(session.scalars(select(ApiKey).order_by(ApiKey.id)))

@@ -256,12 +256,13 @@ def status_callback(case_number: CaseNumber, body: StatusCallback, service: Serv
 
 # -- keys -------------------------------------------------------------------------------------------
 @v1.post("/keys", status_code=201, response_model=KeyCreated, tags=["keys"])
-def add_key(body: KeyRequest, service: Service, _: Principal = Depends(require())) -> dict[str, Any]:
-    row, key = create_key(service.db, body.name, body.role)
+def add_key(body: KeyRequest, service: Service, principal: Principal = Depends(require())) -> dict[str, Any]:
+    row, key = create_key(service.db, body.name, body.role, actor=principal.name)
     return {"id": row.id, "name": row.name, "role": row.role, "key": key}
 
 
 @v1.delete("/keys/{key_id}", status_code=204, tags=["keys"])
-def delete_key(key_id: Annotated[int, Path(ge=1, le=MAX_ID)], service: Service, _: Principal = Depends(require())) -> None:
-    if not revoke_key(service.db, key_id):
+def delete_key(key_id: Annotated[int, Path(ge=1, le=MAX_ID)], service: Service,
+               principal: Principal = Depends(require())) -> None:
+    if not revoke_key(service.db, key_id, actor=principal.name):
         raise HTTPException(404, f"no active key {key_id}")
