@@ -17,11 +17,7 @@ pytestmark = pytest.mark.slow
 
 def shown(page, case_number: str) -> None:
     """The case's image is on screen (its boxes drawn), not just its number."""
-    try:
-        page.wait_for_selector(f'#review[data-shown="{case_number}"]', timeout=10_000)
-    except Exception:
-        print("STATE", page.evaluate("() => JSON.stringify(document.getElementById('review').dataset) + document.getElementById('toast').textContent + document.getElementById('evidence').src"))
-        raise
+    page.wait_for_selector(f'#review[data-shown="{case_number}"]', timeout=10_000)
 
 
 def test_keyboard_only_queue(run_service, dataset_images, chromium, tmp_path) -> None:
@@ -32,8 +28,6 @@ def test_keyboard_only_queue(run_service, dataset_images, chromium, tmp_path) ->
     add_user(server, "alice")
     context = chromium.new_context(viewport={"width": 1400, "height": 900}, locale="en-US")
     page = context.new_page()
-    page.on("console", lambda m: print("CONSOLE", m.text))
-    page.on("pageerror", lambda e: print("PAGEERROR", e))
     sign_in(page, server.url, "alice")
     shown(page, numbers[0])
     page.screenshot(path=str(tmp_path / "queue.png"))
