@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
+
+from serving.commands.store_args import add_store_arguments, open_database
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -20,21 +21,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     disable = sub.add_parser("disable", help="stop a user signing in; their sessions end")
     disable.add_argument("name")
     for p in sub.choices.values():
-        p.add_argument("--config", type=Path, help="the same YAML `gridwatch serve` runs with")
-        p.add_argument("--data-dir", type=Path, help="data directory (default ./gridwatch-data)")
+        add_store_arguments(p)
         p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from serving.accounts import AccountError, add_user, disable_user, list_users
-    from serving.settings import SettingsError, load_settings
-    from serving.store.db import Database
 
-    try:
-        settings = load_settings(args.config, data_dir=args.data_dir)
-        db = Database(settings.resolved_database_url)
-    except (SettingsError, OSError, ValueError) as exc:
-        print(f"gridwatch users: {exc}", file=sys.stderr)
+    db = open_database(args, "users")
+    if db is None:
         return 2
     actor = "cli"
     try:

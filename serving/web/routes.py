@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from serving import audit
 from serving.accounts import Account, AccountError, add_user, check_password, disable_user, list_users
+from serving.api.routes import utc
 from serving.auth import create_key, list_keys, revoke_key
 from serving.cases import CaseError
 from serving.cases.leases import QueueFilter
@@ -161,7 +162,7 @@ class DecisionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     action: Literal["confirm", "correct", "reject"]
-    reason: Literal["", *REJECT_REASONS] = ""  # type: ignore[valid-type]
+    reason: str = Field("", max_length=32, description="with reject: one of REJECT_REASONS")
     violation: str | None = Field(None, max_length=64)
     boxes: list[list[float]] | None = Field(None, max_length=50)
     note: str = Field("", max_length=2000)
@@ -178,7 +179,7 @@ def review_page(request: Request, account: User) -> Response:
 @pages.post("/review/next", dependencies=[Csrf])
 def next_case(request: Request, body: NextRequest, account: User) -> dict[str, Any]:
     service = service_of(request)
-    where = QueueFilter(**body.model_dump(exclude={"skip"}))
+    where = QueueFilter(**{**body.model_dump(exclude={"skip"}), "since": utc(body.since), "until": utc(body.until)})
     case = service.cases.claim_next(account.name, where, body.skip, service.settings.review_lease_s)
     return {"case": review_case(service.db, service.taxonomy, case).model_dump() if case else None}
 

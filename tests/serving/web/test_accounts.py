@@ -15,8 +15,8 @@ import pytest
 from tests.support.web import PASSWORD, add_user, http_sign_in, queue_cases
 
 
-def test_sign_in_roles_and_csrf(run_service, dataset_images) -> None:
-    server = run_service()
+def test_sign_in_roles_and_csrf(run_service, db_url) -> None:
+    server = run_service(db_url)
     add_user(server, "rita")
     add_user(server, "adam", "admin")
     with httpx.Client(base_url=server.url) as anonymous:
@@ -117,8 +117,8 @@ def test_users_command(tmp_path) -> None:
 
 
 @pytest.mark.parametrize("action", ["confirm", "reject"])
-def test_api_review_still_works_and_is_audited(run_service, dataset_images, action) -> None:
-    server = run_service()
+def test_api_review_still_works_and_is_audited(run_service, db_url, dataset_images, action) -> None:
+    server = run_service(db_url)
     number = queue_cases(server, dataset_images, 1)[0]
     with server.client(server.key("reviewer")) as http:
         answer = http.post(f"/v1/cases/{number}/review", json={"action": action})

@@ -103,10 +103,10 @@ def test_keyboard_only_queue(run_service, dataset_images, chromium, tmp_path) ->
     assert reported[numbers[2]]["case"]["violation"] == "exposed_garbage"
 
 
-def test_two_reviewers_never_share_a_case(run_service, dataset_images, chromium) -> None:
+def test_two_reviewers_never_share_a_case(run_service, db_url, dataset_images, chromium) -> None:
     from serving.store.models import Case
 
-    server = run_service()
+    server = run_service(db_url)
     queue_cases(server, dataset_images, 6)
     pages = []
     for name in ("alice", "bob"):
