@@ -6,7 +6,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from serving.web.routes import WEB_DIR, LoginRequired, pages
+from serving.web.routes import WEB_DIR, LoginRequired, NotAllowed, forbidden, pages
 from serving.web.sessions import LoginLimiter
 
 # No inline script or style anywhere: everything the page runs comes from /static.
@@ -26,6 +26,10 @@ def install_web(app: FastAPI) -> None:
         if request.method == "GET":
             return RedirectResponse("/login", status_code=303)
         return JSONResponse({"detail": "not signed in"}, status_code=401)
+
+    @app.exception_handler(NotAllowed)
+    async def not_allowed(request: Request, exc: NotAllowed) -> Response:
+        return forbidden(request)
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next):  # noqa: ANN001, ANN202

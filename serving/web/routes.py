@@ -40,6 +40,10 @@ class LoginRequired(Exception):
     """No live session: pages redirect to /login, other requests get 401."""
 
 
+class NotAllowed(Exception):
+    """Signed in, but the role may not open this: a 403 page."""
+
+
 def service_of(request: Request) -> GridwatchService:
     return request.app.state.service
 
@@ -53,7 +57,7 @@ def signed_in(request: Request) -> Account:
 
 def admin(account: Annotated[Account, Depends(signed_in)]) -> Account:
     if account.role != "admin":
-        raise HTTPException(403, "admins only")
+        raise NotAllowed()
     return account
 
 
@@ -97,6 +101,11 @@ def set_cookie(request: Request, response: Response, name: str, value: str, *, h
 
 def client_address(request: Request) -> str:
     return request.client.host if request.client else "?"
+
+
+def forbidden(request: Request) -> Response:
+    account = sessions.session_account(service_of(request).db, request.cookies.get(sessions.SESSION_COOKIE))
+    return render(request, "forbidden.html", account, status_code=403)
 
 
 # -- signing in -------------------------------------------------------------------------------------
