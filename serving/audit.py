@@ -45,13 +45,6 @@ def record(session: Session, actor: str, action: str, target: str,
     session.add(AuditEntry(actor=actor[:64], action=action[:32], target=target[:160], before=before, after=after))
 
 
-def record_now(db: Database, actor: str, action: str, target: str,
-               before: dict[str, Any] | None, after: dict[str, Any] | None) -> None:
-    """For changes made outside a transaction of ours (API keys)."""
-    with db.transaction() as session:
-        record(session, actor, action, target, before, after)
-
-
 def entries(db: Database, *, target: str | None = None, actor: str | None = None,
             limit: int = 500) -> list[AuditRecord]:
     """Newest first."""
