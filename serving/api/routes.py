@@ -152,9 +152,9 @@ def get_camera(camera_id: CameraId, service: Service,
 
 @v1.post("/cameras", status_code=201, tags=["cameras"])
 def add_camera(service: Service, config: Annotated[dict[str, Any], Body(description="one camera entry, as in the cameras YAML")],
-               _: Principal = Depends(require())) -> dict[str, Any]:
+               principal: Principal = Depends(require())) -> dict[str, Any]:
     try:
-        camera = service.cameras.add(config)
+        camera = service.cameras.add(config, actor=principal.name)
     except CameraError as exc:
         raise case_error(exc) from None
     return service.cameras.describe(camera)
@@ -162,20 +162,20 @@ def add_camera(service: Service, config: Annotated[dict[str, Any], Body(descript
 
 @v1.put("/cameras/{camera_id}", tags=["cameras"])
 def replace_camera(camera_id: CameraId, service: Service, config: Annotated[dict[str, Any], Body()],
-                   _: Principal = Depends(require())) -> dict[str, Any]:
+                   principal: Principal = Depends(require())) -> dict[str, Any]:
     if config.get("id", camera_id) != camera_id:
         raise HTTPException(422, "the body's id differs from the path's")
     try:
-        camera = service.cameras.add({**config, "id": camera_id}, replace=True)
+        camera = service.cameras.add({**config, "id": camera_id}, replace=True, actor=principal.name)
     except CameraError as exc:
         raise case_error(exc) from None
     return service.cameras.describe(camera)
 
 
 @v1.delete("/cameras/{camera_id}", status_code=204, tags=["cameras"])
-def delete_camera(camera_id: CameraId, service: Service, _: Principal = Depends(require())) -> None:
+def delete_camera(camera_id: CameraId, service: Service, principal: Principal = Depends(require())) -> None:
     try:
-        service.cameras.remove(camera_id)
+        service.cameras.remove(camera_id, actor=principal.name)
     except CameraError as exc:
         raise case_error(exc) from None
 

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from detector.taxonomy import Taxonomy
 from serving.audit import record
 from serving.cases.ingest import CaseIngest, IngestResult
-from serving.cases.leases import QueueFilter, claim, held_by_other, release
+from serving.cases.leases import QueueFilter, claim, held_by_other, release, renew
 from serving.cases.listing import CaseFilter, find_case, page_of_cases
 from serving.cases.policy import CaseError, CasePolicy
 from serving.cases.public import CasePublic
@@ -94,6 +94,10 @@ class CaseService:
             if case is None:
                 return None
             return self._existing(session, case.case_number)
+
+    def renew_leases(self, holder: str, case_numbers: list[str], lease_s: float) -> int:
+        with self.db.transaction() as session:
+            return renew(session, holder, case_numbers, lease_s)
 
     def set_status(self, case_number: str, status: str, *, external_id: str = "") -> CasePublic:
         with self._lock, self.db.transaction() as session:

@@ -182,6 +182,7 @@ def review_page(request: Request, account: User) -> Response:
     service = service_of(request)
     return render(request, "review.html", account, kinds=violation_menu(service.taxonomy),
                   reasons=REJECT_REASONS, undo_ms=int(service.settings.review_undo_s * 1000),
+                  lease_ms=int(service.settings.review_lease_s * 1000),
                   cameras=sorted(service.cameras.all()), filters=request.query_params)
 
 
@@ -191,6 +192,19 @@ def next_case(request: Request, body: NextRequest, account: User) -> dict[str, A
     where = QueueFilter(**{**body.model_dump(exclude={"skip"}), "since": utc(body.since), "until": utc(body.until)})
     case = service.cases.claim_next(account.name, where, body.skip, service.settings.review_lease_s)
     return {"case": review_case(service.db, service.taxonomy, case).model_dump() if case else None}
+
+
+class LeaseRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cases: list[Annotated[str, Field(max_length=32)]] = Field(max_length=50)
+
+
+@pages.post("/review/leases", dependencies=[Csrf])
+def renew_leases(request: Request, body: LeaseRequest, account: User) -> dict[str, int]:
+    """The page still has these cases open: keep them from timing out to another reviewer."""
+    service = service_of(request)
+    return {"renewed": service.cases.renew_leases(account.name, body.cases, service.settings.review_lease_s)}
 
 
 @pages.post("/review/cases/{case_number}/decision", dependencies=[Csrf])

@@ -322,5 +322,10 @@
   }
 
   window.addEventListener("resize", drawBoxes);
+  // Leases time out (review_lease_s) so a closed tab frees its cases; an open one renews them.
+  setInterval(() => {
+    const numbers = held();
+    if (numbers.length) post("/review/leases", { cases: numbers }).catch(() => null);
+  }, Math.max(1000, config.lease_ms / 3));
   fill();
 })();
