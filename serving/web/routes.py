@@ -221,6 +221,16 @@ def decide(request: Request, case_number: str, body: DecisionRequest, account: U
     return {"case_number": case.case_number, "review_status": case.review_status, "violation": case.violation}
 
 
+@pages.get("/review/cases/{case_number}")
+def case_page(request: Request, case_number: str, account: User) -> Response:
+    """One case with its whole audit history (linked from the audit log and history pages)."""
+    service = service_of(request)
+    case = service.cases.get(case_number)
+    if case is None:
+        raise HTTPException(404, f"no case {case_number!r}")
+    return render(request, "case.html", account, case=review_case(service.db, service.taxonomy, case))
+
+
 @pages.get("/review/evidence/{case_number}/{evidence_id}")
 def evidence(request: Request, case_number: str, evidence_id: int, _: User) -> FileResponse:
     service = service_of(request)

@@ -59,7 +59,11 @@
     if (fetching || state.exhausted || state.queue.length - state.index >= 2) return fetching;
     fetching = post("/review/next", { ...filters(), skip: held() }).then((answer) => {
       fetching = null;
-      if (!answer.case) { state.exhausted = true; return; }
+      if (!answer.case) {
+        state.exhausted = true;
+        if (!current()) show();  // the queue ran dry while the page waited for this answer
+        return;
+      }
       state.queue.push(prepare(answer.case));
       if (state.queue.length - 1 === state.index) show();
       return fill();
@@ -81,6 +85,9 @@
 
   function current() { return state.queue[state.index] || null; }
 
+  // An empty queue asks again now and then: new cases arrive, other reviewers' leases run out.
+  let recheck = null;
+
   function show() {
     const item = current();
     state.selected = 0;
@@ -91,6 +98,7 @@
       $("empty").hidden = !state.exhausted;
       $("frame").hidden = true;
       if (!state.exhausted) fill();
+      else if (!recheck) recheck = setTimeout(() => { recheck = null; state.exhausted = false; fill(); }, 15000);
       return;
     }
     const c = item.case;

@@ -74,6 +74,10 @@ def test_keyboard_only_queue(run_service, dataset_images, chromium, tmp_path) ->
     assert page.evaluate("() => window.gwReview.failed") == 0
     timings = page.evaluate("() => window.gwReview.timings")
     assert len(timings) >= 10
+    # The case's own page shows its audit trail: the undone confirm never happened.
+    page.goto(f"{server.url}/review/cases/{numbers[4]}")
+    assert page.inner_text("#review-status") == "rejected"
+    assert [row.split("\t")[2] for row in page.locator("#audit tbody tr").all_inner_texts()] == ["review.reject"]
     context.close()
 
     with server.service.db.sessions() as session:
