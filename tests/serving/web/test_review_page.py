@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from tests.support.service import wait_for
-from tests.support.web import add_user, queue_cases, sign_in
+from tests.support.web import PASSWORD, add_user, queue_cases, sign_in
 
 pytestmark = pytest.mark.slow
 
@@ -147,3 +147,33 @@ def test_dashboard_draws_from_json(run_service, dataset_images, chromium, tmp_pa
     assert page.inner_text("#backlog") == "3"
     assert "每日案件数" in page.inner_text("main")  # the browser asked for Chinese
     page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+
+
+def test_guards_in_the_browser(run_service, chromium) -> None:
+    server = run_service()
+    add_user(server, "rita")
+    page = chromium.new_context(locale="en-US").new_page()
+    for _ in range(5):
+        page.goto(f"{server.url}/login")
+        page.fill("input[name=username]", "rita")
+        page.fill("input[name=password]", "not the password")
+        with page.expect_response(f"{server.url}/login") as answer:
+            page.press("input[name=password]", "Enter")
+        assert answer.value.status == 401
+    page.goto(f"{server.url}/login")
+    page.fill("input[name=username]", "rita")
+    page.fill("input[name=password]", PASSWORD)
+    with page.expect_response(f"{server.url}/login") as answer:
+        page.press("input[name=password]", "Enter")
+    assert answer.value.status == 429  # even with the right password
+    assert "Too many" in page.inner_text(".error")
+    other = run_service()  # this address is blocked here for a while; another service has its own limiter
+    add_user(other, "rita")
+    sign_in(page, other.url, "rita")
+    assert page.goto(f"{other.url}/admin").status == 403
+    assert page.goto(f"{other.url}/admin/audit").status == 403
+    # A state-changing request from the page without its CSRF token.
+    status = page.evaluate("""() => fetch('/review/next', {method: 'POST', headers: {'Content-Type': 'application/json'},
+                                                         body: '{}'}).then(r => r.status)""")
+    assert status == 403
+    page.context.close()
