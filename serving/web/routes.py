@@ -16,11 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from serving import audit
 from serving.accounts import Account, AccountError, add_user, check_password, disable_user, list_users
+from serving.api.deps import get_service
 from serving.api.routes import utc
 from serving.auth import create_key, list_keys, revoke_key
 from serving.cases import CaseError
 from serving.cases.leases import QueueFilter
-from serving.service import GridwatchService
 from serving.store.models import REJECT_REASONS, ROLES, USER_ROLES
 from serving.web import sessions
 from serving.web.dashboard import dashboard_data
@@ -44,12 +44,8 @@ class NotAllowed(Exception):
     """Signed in, but the role may not open this: a 403 page."""
 
 
-def service_of(request: Request) -> GridwatchService:
-    return request.app.state.service
-
-
 def signed_in(request: Request) -> Account:
-    account = sessions.session_account(service_of(request).db, request.cookies.get(sessions.SESSION_COOKIE))
+    account = sessions.session_account(get_service(request).db, request.cookies.get(sessions.SESSION_COOKIE))
     if account is None:
         raise LoginRequired()
     return account
@@ -104,14 +100,14 @@ def client_address(request: Request) -> str:
 
 
 def forbidden(request: Request) -> Response:
-    account = sessions.session_account(service_of(request).db, request.cookies.get(sessions.SESSION_COOKIE))
+    account = sessions.session_account(get_service(request).db, request.cookies.get(sessions.SESSION_COOKIE))
     return render(request, "forbidden.html", account, status_code=403)
 
 
 # -- signing in -------------------------------------------------------------------------------------
 @pages.get("/")
 def home(request: Request) -> RedirectResponse:
-    account = sessions.session_account(service_of(request).db, request.cookies.get(sessions.SESSION_COOKIE))
+    account = sessions.session_account(get_service(request).db, request.cookies.get(sessions.SESSION_COOKIE))
     return RedirectResponse("/review" if account else "/login", status_code=303)
 
 
@@ -123,7 +119,7 @@ def login_page(request: Request) -> Response:
 @pages.post("/login", dependencies=[Csrf])
 def login(request: Request, username: Annotated[str, Form(max_length=64)],
           password: Annotated[str, Form(max_length=1024)]) -> Response:
-    service = service_of(request)
+    service = get_service(request)
     limiter: sessions.LoginLimiter = request.app.state.login_limiter
     address = client_address(request)
     wait = limiter.retry_after(username, address)
@@ -147,7 +143,7 @@ def login(request: Request, username: Annotated[str, Form(max_length=64)],
 
 @pages.post("/logout", dependencies=[Csrf])
 def logout(request: Request) -> RedirectResponse:
-    sessions.close_session(service_of(request).db, request.cookies.get(sessions.SESSION_COOKIE))
+    sessions.close_session(get_service(request).db, request.cookies.get(sessions.SESSION_COOKIE))
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(sessions.SESSION_COOKIE, path="/")
     return response
@@ -179,7 +175,7 @@ class DecisionRequest(BaseModel):
 
 @pages.get("/review")
 def review_page(request: Request, account: User) -> Response:
-    service = service_of(request)
+    service = get_service(request)
     return render(request, "review.html", account, kinds=violation_menu(service.taxonomy),
                   reasons=REJECT_REASONS, undo_ms=int(service.settings.review_undo_s * 1000),
                   lease_ms=int(service.settings.review_lease_s * 1000),
@@ -188,7 +184,7 @@ def review_page(request: Request, account: User) -> Response:
 
 @pages.post("/review/next", dependencies=[Csrf])
 def next_case(request: Request, body: NextRequest, account: User) -> dict[str, Any]:
-    service = service_of(request)
+    service = get_service(request)
     where = QueueFilter(**{**body.model_dump(exclude={"skip"}), "since": utc(body.since), "until": utc(body.until)})
     case = service.cases.claim_next(account.name, where, body.skip, service.settings.review_lease_s)
     return {"case": review_case(service.db, service.taxonomy, case).model_dump() if case else None}
@@ -203,13 +199,13 @@ class LeaseRequest(BaseModel):
 @pages.post("/review/leases", dependencies=[Csrf])
 def renew_leases(request: Request, body: LeaseRequest, account: User) -> dict[str, int]:
     """The page still has these cases open: keep them from timing out to another reviewer."""
-    service = service_of(request)
+    service = get_service(request)
     return {"renewed": service.cases.renew_leases(account.name, body.cases, service.settings.review_lease_s)}
 
 
 @pages.post("/review/cases/{case_number}/decision", dependencies=[Csrf])
 def decide(request: Request, case_number: str, body: DecisionRequest, account: User) -> dict[str, Any]:
-    service = service_of(request)
+    service = get_service(request)
     try:
         case = service.cases.review(case_number, body.action, reviewer=account.name, note=body.note,
                                     violation=body.violation, reason=body.reason, boxes=body.boxes,
@@ -224,7 +220,7 @@ def decide(request: Request, case_number: str, body: DecisionRequest, account: U
 @pages.get("/review/cases/{case_number}")
 def case_page(request: Request, case_number: str, account: User) -> Response:
     """One case with its whole audit history (linked from the audit log and history pages)."""
-    service = service_of(request)
+    service = get_service(request)
     case = service.cases.get(case_number)
     if case is None:
         raise HTTPException(404, f"no case {case_number!r}")
@@ -233,7 +229,7 @@ def case_page(request: Request, case_number: str, account: User) -> Response:
 
 @pages.get("/review/evidence/{case_number}/{evidence_id}")
 def evidence(request: Request, case_number: str, evidence_id: int, _: User) -> FileResponse:
-    service = service_of(request)
+    service = get_service(request)
     case = service.cases.get(case_number)
     item = next((e for e in case.evidence if e.id == evidence_id), None) if case else None
     if item is None:
@@ -245,7 +241,7 @@ def evidence(request: Request, case_number: str, evidence_id: int, _: User) -> F
 
 @pages.get("/review/history")
 def history(request: Request, account: User) -> Response:
-    return render(request, "audit.html", account, entries=audit.entries(service_of(request).db, actor=account.name),
+    return render(request, "audit.html", account, entries=audit.entries(get_service(request).db, actor=account.name),
                   csv_link=None)
 
 
@@ -257,7 +253,7 @@ def dashboard(request: Request, account: User) -> Response:
 
 @pages.get("/dashboard/data")
 def dashboard_json(request: Request, _: User) -> dict[str, Any]:
-    service = service_of(request)
+    service = get_service(request)
     return dashboard_data(service.db, service.cameras.health(), service.cameras.stats())
 
 
@@ -268,7 +264,7 @@ def admin_page(request: Request, account: Admin) -> Response:
 
 
 def admin_view(request: Request, account: Account, new_key: str | None = None) -> Response:
-    service = service_of(request)
+    service = get_service(request)
     shown = {k: getattr(service.settings, k) for k in SHOWN_SETTINGS}
     return render(request, "admin.html", account, users=list_users(service.db), keys=list_keys(service.db),
                   cameras=[service.cameras.describe(c) for c in service.cameras.all().values()],
@@ -283,7 +279,7 @@ def back_to_admin() -> RedirectResponse:
 def admin_add_user(request: Request, account: Admin, name: Annotated[str, Form(max_length=64)],
                    role: Annotated[str, Form(max_length=16)], password: Annotated[str, Form(max_length=1024)]) -> Response:
     try:
-        add_user(service_of(request).db, name, role, password, actor=account.name)
+        add_user(get_service(request).db, name, role, password, actor=account.name)
     except AccountError as exc:
         raise HTTPException(422, str(exc)) from None
     return back_to_admin()
@@ -292,7 +288,7 @@ def admin_add_user(request: Request, account: Admin, name: Annotated[str, Form(m
 @pages.post("/admin/users/{name}/disable", dependencies=[Csrf])
 def admin_disable_user(request: Request, name: str, account: Admin) -> Response:
     try:
-        disable_user(service_of(request).db, name, actor=account.name)
+        disable_user(get_service(request).db, name, actor=account.name)
     except AccountError as exc:
         raise HTTPException(404, str(exc)) from None
     return back_to_admin()
@@ -301,21 +297,21 @@ def admin_disable_user(request: Request, name: str, account: Admin) -> Response:
 @pages.post("/admin/keys", dependencies=[Csrf])
 def admin_add_key(request: Request, account: Admin, name: Annotated[str, Form(min_length=1, max_length=64)],
                   role: Annotated[Literal["camera", "reviewer", "case_system", "admin"], Form()]) -> Response:
-    _, key = create_key(service_of(request).db, name, role, actor=account.name)
+    _, key = create_key(get_service(request).db, name, role, actor=account.name)
     # The key is shown once, in this answer; only its hash is kept.
     return admin_view(request, account, new_key=key)
 
 
 @pages.post("/admin/keys/{key_id}/revoke", dependencies=[Csrf])
 def admin_revoke_key(request: Request, key_id: int, account: Admin) -> Response:
-    if not revoke_key(service_of(request).db, key_id, actor=account.name):
+    if not revoke_key(get_service(request).db, key_id, actor=account.name):
         raise HTTPException(404, f"no active key {key_id}")
     return back_to_admin()
 
 
 @pages.get("/admin/audit")
 def audit_page(request: Request, account: Admin, format: Literal["html", "csv"] = "html") -> Response:
-    records = audit.entries(service_of(request).db, limit=10_000 if format == "csv" else 500)
+    records = audit.entries(get_service(request).db, limit=10_000 if format == "csv" else 500)
     if format == "csv":
         return Response(audit.to_csv(records), media_type="text/csv; charset=utf-8",
                         headers={"Content-Disposition": 'attachment; filename="gridwatch-audit.csv"'})
