@@ -58,3 +58,28 @@ def test_leasing_is_not_a_change_the_case_system_sees(run_service, dataset_image
             http_sign_in(alice, "alice")
             assert claim(alice) == number
         assert api.get(f"/v1/cases/{number}").json()["updated_at"] == before
+
+
+def test_queue_order_and_filters(run_service, dataset_images) -> None:
+    server = run_service()
+    numbers = queue_cases(server, dataset_images, 3)  # scores 0.5, 0.53, 0.56; first seen in that order
+    add_user(server, "alice")
+    with httpx.Client(base_url=server.url) as alice:
+        http_sign_in(alice, "alice")
+
+        def first(skip: list[str] | None = None, **where) -> str | None:
+            answer = alice.post("/review/next", json={"skip": skip or [], **where},
+                                headers={"X-CSRF-Token": alice.cookies["gw_csrf"]})
+            answer.raise_for_status()
+            case = answer.json()["case"]
+            return case["case_number"] if case else None
+
+        assert first() == numbers[0]
+        assert first(order="score") == numbers[2]
+        assert first(min_score=0.52, order="oldest") == numbers[1]
+        assert first(camera="cam-001") == numbers[1]
+        assert first(violation="street_stall") is None
+        assert first(grid="370202001001001") == numbers[0]
+        assert first(since="2026-11-24T00:00:00Z") is None
+        assert first(since="2026-11-23T00:00:00Z", until="2026-11-23T23:59:59Z") == numbers[0]
+        assert first(skip=numbers) is None
