@@ -28,13 +28,14 @@
   }
 
   function perDay(data) {
+    if (!data.days.length) return;
     const days = data.days.map((d) => Date.parse(d + "T00:00:00Z") / 1000);
     const names = Object.keys(data.series);
     const series = [{}].concat(names.map((name, i) => ({ label: name, stroke: PALETTE[i % PALETTE.length], width: 2, points: { size: 6 } })));
     const values = [days].concat(names.map((n) => data.series[n]));
     const width = Math.max(320, $("per-day").clientWidth - 10);
     if (chart) chart.destroy();
-    chart = new uPlot({ width, height: 240, series, scales: { x: { time: true, range: (u, min, max) => [min - 86400, max + 86400] } } }, values, $("per-day"));
+    chart = new uPlot({ width, height: 240, series, scales: { x: { time: true, auto: false, range: [days[0] - 86400, days[days.length - 1] + 86400] } } }, values, $("per-day"));
   }
 
   function cameras(list, seconds) {
