@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Installs everything gridwatch needs on a fresh Debian machine (idempotent).
 #   scripts/install.sh          base: serving + detector, no torch
-#   scripts/install.sh test     + training extra (torch, ultralytics), test tools, PostgreSQL, GStreamer RTSP
+#   scripts/install.sh test     + training extra (torch, ultralytics), test tools, PostgreSQL, GStreamer RTSP,
+#                               Debian's chromium for the review page's browser tests
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-base}
 
 debs=(ffmpeg fonts-noto-cjk)
 if [ "$mode" = test ]; then
-  debs+=(postgresql gstreamer1.0-tools gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 python3-gi
+  debs+=(chromium postgresql gstreamer1.0-tools gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 python3-gi
          gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
          gstreamer1.0-plugins-ugly gstreamer1.0-libav)
 fi
@@ -23,6 +24,9 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
+# Playwright drives Debian's chromium (launched with executable_path=/usr/bin/chromium):
+# it must never fetch a browser of its own.
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
 if [ "$mode" = test ]; then
   # torch first and pinned: pip takes this CUDA build (which also runs on CPU) from the local disk.
   pip install -q torch==2.14.1 torchvision==0.29.1

@@ -4,6 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install.sh test
 . .venv/bin/activate
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
 
 # A private PostgreSQL cluster on a free port, owned by the postgres user, removed on exit.
 pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)

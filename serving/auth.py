@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import select
 
+from serving.audit import record
 from serving.store.db import Database
 from serving.store.models import ROLES, ApiKey
 
@@ -37,14 +38,16 @@ def new_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
 
 
-def create_key(db: Database, name: str, role: str, key: str | None = None,
-               expires_at: datetime | None = None) -> tuple[ApiKey, str]:
+def create_key(db: Database, name: str, role: str, key: str | None = None, *,
+               expires_at: datetime | None = None, actor: str = "system") -> tuple[ApiKey, str]:
     """Store a key (a new random one unless given); returns the row and the key in clear."""
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; roles: {', '.join(ROLES)}")
     key = key or new_key()
     with db.transaction() as session:
         session.add(row := _key_row(name, role, key, expires_at))
+        session.flush()
+        record(session, actor, "key.create", f"key:{row.id}", None, {"name": row.name, "role": role})
     return row, key
 
 
@@ -52,7 +55,7 @@ def _key_row(name: str, role: str, key: str, expires_at: datetime | None = None)
     return ApiKey(name=name[:64], prefix=key[:8], key_hash=hash_key(key), role=role, expires_at=expires_at)
 
 
-def rotate_key(db: Database, key_id: int, overlap_s: float) -> tuple[ApiKey, str] | None:
+def rotate_key(db: Database, key_id: int, overlap_s: float, *, actor: str = "system") -> tuple[ApiKey, str] | None:
     """A successor to an active key (same name and role), the old key expiring `overlap_s`
     from now (or sooner, if it already would): both work during the overlap, so clients
     switch without a gap. None if there is no active key `key_id`."""
@@ -62,9 +65,13 @@ def rotate_key(db: Database, key_id: int, overlap_s: float) -> tuple[ApiKey, str
         if old is None or not _usable(old, now):
             return None
         ends = now + timedelta(seconds=overlap_s)
+        before = {"expires_at": old.expires_at.isoformat() if old.expires_at else None}
         old.expires_at = min(old.expires_at, ends) if old.expires_at else ends
         key = new_key()
         session.add(row := _key_row(old.name, old.role, key))
+        session.flush()
+        record(session, actor, "key.rotate", f"key:{key_id}", before,
+               {"expires_at": old.expires_at.isoformat(), "successor": row.id})
     return row, key
 
 
@@ -93,10 +100,17 @@ def authenticate(db: Database, key: str) -> Principal | None:
     return Principal(row.id, row.name, row.role)
 
 
-def revoke_key(db: Database, key_id: int) -> bool:
+def revoke_key(db: Database, key_id: int, *, actor: str = "system") -> bool:
     with db.transaction() as session:
         row = session.get(ApiKey, key_id)
         if row is None or row.revoked_at is not None:
             return False
         row.revoked_at = datetime.now(timezone.utc)
+        record(session, actor, "key.revoke", f"key:{key_id}", {"name": row.name, "revoked": False},
+               {"name": row.name, "revoked": True})
         return True
+
+
+def list_keys(db: Database) -> list[ApiKey]:
+    with db.sessions() as session:
+        return list(session.scalars(select(ApiKey).order_by(ApiKey.id)))

@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "serving.commands.watch",
     "serving.commands.serve",
     "serving.commands.cases",
+    "serving.commands.users",
     "training.commands",
     "training.data_commands",
 )

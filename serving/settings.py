@@ -86,6 +86,14 @@ class Settings(BaseSettings):
     delivery_timeout_s: float = Field(10.0, gt=0)
     delivery_poll_s: float = Field(1.0, gt=0)
 
+    # The review page (serving/web/): signed-in sessions, login throttling, case leases,
+    # and how long a decision can be taken back before it is sent.
+    session_ttl_s: float = Field(8 * 3600.0, gt=0)
+    login_max_failures: int = Field(5, ge=1)  # per user and per address, then 429 until the window passes
+    login_window_s: float = Field(300.0, gt=0)
+    review_lease_s: float = Field(120.0, gt=0)
+    review_undo_s: float = Field(4.0, ge=0)
+
     # API uploads (POST /v1/detect, /v1/events): checked before decoding, against decompression bombs.
     upload_max_bytes: int = Field(20 * 1024 * 1024, ge=1024)
     # Any other request body (JSON): keys, reviews, camera configs are a few KB.

@@ -18,6 +18,7 @@ log = logging.getLogger("gridwatch.api")
 
 def create_app(service: GridwatchService) -> FastAPI:
     from serving.api.routes import system, v1
+    from serving.web.app import install_web
 
     app = FastAPI(
         title="gridwatch",
@@ -54,4 +55,5 @@ def create_app(service: GridwatchService) -> FastAPI:
 
     app.include_router(system)
     app.include_router(v1)
+    install_web(app)
     return app

@@ -182,9 +182,9 @@ def get_camera(camera_id: CameraId, service: Service,
 
 @v1.post("/cameras", status_code=201, tags=["cameras"])
 def add_camera(service: Service, config: Annotated[dict[str, Any], Body(description="one camera entry, as in the cameras YAML")],
-               _: Principal = Depends(require())) -> dict[str, Any]:
+               principal: Principal = Depends(require())) -> dict[str, Any]:
     try:
-        camera = service.cameras.add(config)
+        camera = service.cameras.add(config, actor=principal.name)
     except CameraError as exc:
         raise case_error(exc) from None
     return service.cameras.describe(camera)
@@ -192,20 +192,20 @@ def add_camera(service: Service, config: Annotated[dict[str, Any], Body(descript
 
 @v1.put("/cameras/{camera_id}", tags=["cameras"])
 def replace_camera(camera_id: CameraId, service: Service, config: Annotated[dict[str, Any], Body()],
-                   _: Principal = Depends(require())) -> dict[str, Any]:
+                   principal: Principal = Depends(require())) -> dict[str, Any]:
     if config.get("id", camera_id) != camera_id:
         raise HTTPException(422, "the body's id differs from the path's")
     try:
-        camera = service.cameras.add({**config, "id": camera_id}, replace=True)
+        camera = service.cameras.add({**config, "id": camera_id}, replace=True, actor=principal.name)
     except CameraError as exc:
         raise case_error(exc) from None
     return service.cameras.describe(camera)
 
 
 @v1.delete("/cameras/{camera_id}", status_code=204, tags=["cameras"])
-def delete_camera(camera_id: CameraId, service: Service, _: Principal = Depends(require())) -> None:
+def delete_camera(camera_id: CameraId, service: Service, principal: Principal = Depends(require())) -> None:
     try:
-        service.cameras.remove(camera_id)
+        service.cameras.remove(camera_id, actor=principal.name)
     except CameraError as exc:
         raise case_error(exc) from None
 
@@ -313,21 +313,22 @@ def key_created(row: ApiKey, key: str) -> dict[str, Any]:
 
 
 @v1.post("/keys", status_code=201, response_model=KeyCreated, tags=["keys"])
-def add_key(body: KeyRequest, service: Service, _: Principal = Depends(require())) -> dict[str, Any]:
-    return key_created(*create_key(service.db, body.name, body.role))
+def add_key(body: KeyRequest, service: Service, principal: Principal = Depends(require())) -> dict[str, Any]:
+    return key_created(*create_key(service.db, body.name, body.role, actor=principal.name))
 
 
 @v1.post("/keys/{key_id}/rotate", status_code=201, response_model=KeyCreated, tags=["keys"])
 def rotate(key_id: Annotated[int, Path(ge=1, le=MAX_ID)], body: KeyRotation, service: Service,
-           _: Principal = Depends(require())) -> dict[str, Any]:
+           principal: Principal = Depends(require())) -> dict[str, Any]:
     """A new key with the same name and role; the old one keeps working for `overlap_s`."""
-    rotated = rotate_key(service.db, key_id, body.overlap_s)
+    rotated = rotate_key(service.db, key_id, body.overlap_s, actor=principal.name)
     if rotated is None:
         raise HTTPException(404, f"no active key {key_id}")
     return key_created(*rotated)
 
 
 @v1.delete("/keys/{key_id}", status_code=204, tags=["keys"])
-def delete_key(key_id: Annotated[int, Path(ge=1, le=MAX_ID)], service: Service, _: Principal = Depends(require())) -> None:
-    if not revoke_key(service.db, key_id):
+def delete_key(key_id: Annotated[int, Path(ge=1, le=MAX_ID)], service: Service,
+               principal: Principal = Depends(require())) -> None:
+    if not revoke_key(service.db, key_id, actor=principal.name):
         raise HTTPException(404, f"no active key {key_id}")

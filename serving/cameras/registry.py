@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import select
 
 from detector.taxonomy import Taxonomy
+from serving.audit import record
 from serving.cameras.schema import Camera, parse_cameras
 from serving.store.db import Database
 from serving.store.models import CameraRecord
@@ -84,7 +85,7 @@ class CameraRegistry:
         except Exception:  # noqa: BLE001 - health is best-effort, never an error page
             return {}
 
-    def add(self, config: dict[str, Any], *, replace: bool = False) -> Any:
+    def add(self, config: dict[str, Any], *, replace: bool = False, actor: str = "system") -> Any:
         camera = self._validate(config)
         with self._lock:
             if camera.id in self.file_cameras:
@@ -93,6 +94,8 @@ class CameraRegistry:
                 row = session.get(CameraRecord, camera.id)
                 if row is not None and not replace:
                     raise CameraError(f"camera {camera.id!r} exists", 409)
+                record(session, actor, "camera.replace" if row else "camera.add", f"camera:{camera.id}",
+                       row.config if row else None, config)
                 if row is None:
                     session.add(CameraRecord(id=camera.id, config=config))
                 else:
@@ -100,7 +103,7 @@ class CameraRegistry:
             self.restart()
         return camera
 
-    def remove(self, camera_id: str) -> None:
+    def remove(self, camera_id: str, *, actor: str = "system") -> None:
         with self._lock:
             if camera_id in self.file_cameras:
                 raise CameraError(f"camera {camera_id!r} comes from the config file; edit it there", 409)
@@ -108,6 +111,7 @@ class CameraRegistry:
                 row = session.get(CameraRecord, camera_id)
                 if row is None:
                     raise CameraError(f"no camera {camera_id!r}", 404)
+                record(session, actor, "camera.remove", f"camera:{camera_id}", row.config, None)
                 session.delete(row)
             self.restart()
 

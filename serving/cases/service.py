@@ -11,11 +11,13 @@ from collections.abc import Callable
 from sqlalchemy import select
 
 from detector.taxonomy import Taxonomy
+from serving.audit import record
 from serving.cases.ingest import CaseIngest, IngestResult
+from serving.cases.leases import QueueFilter, claim, held_by_other, release, renew
 from serving.cases.listing import CaseFilter, find_case, page_of_cases
 from serving.cases.policy import CaseError, CasePolicy
 from serving.cases.public import CasePublic
-from serving.cases.review import apply_review, apply_status
+from serving.cases.review import apply_review, apply_status, review_snapshot
 from serving.events import ViolationEvent
 from serving.evidence import EvidenceFrame, EvidenceStore
 from serving.store.db import Database
@@ -82,13 +84,33 @@ class CaseService:
             return len(stale)
 
     def review(self, case_number: str, action: str, *, reviewer: str = "", note: str = "",
-               violation: str | None = None) -> CasePublic:
+               violation: str | None = None, reason: str = "", boxes: list[list[float]] | None = None,
+               lease_holder: str | None = None) -> CasePublic:
+        """A decision, from the API or the review page alike. With `lease_holder` (the page)
+        a case leased by someone else is refused, and the lease ends with the decision."""
         with self._lock, self.db.transaction() as session:
             case = self._existing(session, case_number)
-            apply_review(session, case, action, self.taxonomy, self.base_url,
-                         reviewer=reviewer, note=note, violation=violation)
+            if lease_holder is not None and held_by_other(case, lease_holder):
+                raise CaseError(f"case {case_number} is being reviewed by someone else", status=409)
+            before = review_snapshot(case)
+            apply_review(session, case, action, self.taxonomy, self.base_url, reviewer=reviewer, note=note,
+                         violation=violation, reason=reason, boxes=boxes)
+            release(case)
+            record(session, reviewer, f"review.{action}", f"case:{case_number}", before, review_snapshot(case))
             session.flush()
             return self.public(case)
+
+    def claim_next(self, holder: str, where: QueueFilter, skip: list[str], lease_s: float) -> Case | None:
+        """Lease the next pending case for `holder`, with its evidence loaded."""
+        with self._lock, self.db.transaction() as session:
+            case = claim(session, holder, where, skip, lease_s)
+            if case is None:
+                return None
+            return self._existing(session, case.case_number)
+
+    def renew_leases(self, holder: str, case_numbers: list[str], lease_s: float) -> int:
+        with self.db.transaction() as session:
+            return renew(session, holder, case_numbers, lease_s)
 
     def set_status(self, case_number: str, status: str, *, external_id: str = "") -> CasePublic:
         with self._lock, self.db.transaction() as session:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from detector.files import SHARED_DIR
 from serving.bench import cameras as camera_bench
+from serving.bench import review as review_bench
 from serving.bench import soak
 
 SHARED_DATASETS = SHARED_DIR / "datasets"
@@ -17,7 +18,8 @@ SHARED_DATASETS = SHARED_DIR / "datasets"
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "bench",
-        help="time the detector against Ultralytics (or, with --cameras, a whole machine's streams)",
+        help="time the detector against Ultralytics (or, with --cameras, a whole machine's streams; "
+        "with --review, the review page in a browser)",
         description="Detector mode: per-frame latency of gridwatch, the bare ONNX Runtime session and "
         "Ultralytics' predict on the same model and 1080p frames, at batch 1 and 8, with ratios.",
     )
@@ -33,6 +35,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, help="ONNX Runtime threads (default: one per core, as Ultralytics)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     camera_bench.add_arguments(p)
+    review_bench.add_arguments(p)
     soak.add_arguments(p)
     p.set_defaults(func=run)
 
@@ -47,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
         return soak.run(args)
     if args.cameras:
         return camera_bench.run(args)
+    if args.review:
+        return review_bench.run(args)
 
     from detector import DetectorError
     from serving.bench.detector import bench_frames, format_table, run_benchmark, summarise

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from pathlib import Path
+
+from serving.commands.store_args import add_store_arguments, open_database
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -14,8 +14,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     for name, text in (("replay", "queue dead-lettered webhooks again (all, or one case's)"),
                        ("outbox", "print the outbox counts and delivery lag as JSON")):
         p = sub.add_parser(name, help=text)
-        p.add_argument("--config", type=Path, help="the same YAML `gridwatch serve` runs with")
-        p.add_argument("--data-dir", type=Path, help="data directory (default ./gridwatch-data)")
+        add_store_arguments(p)
         if name == "replay":
             p.add_argument("--case", dest="case_number", help="only this case number")
             p.add_argument("--include-delivered", action="store_true",
@@ -25,14 +24,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from serving.delivery import outbox_stats, replay
-    from serving.settings import SettingsError, load_settings
-    from serving.store.db import Database
 
-    try:
-        settings = load_settings(args.config, data_dir=args.data_dir)
-        db = Database(settings.resolved_database_url)
-    except (SettingsError, OSError, ValueError) as exc:
-        print(f"gridwatch cases: {exc}", file=sys.stderr)
+    db = open_database(args, "cases")
+    if db is None:
         return 2
     try:
         if args.cases_command == "replay":

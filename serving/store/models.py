@@ -51,6 +51,8 @@ CASE_STATUSES = ("new", "dispatched", "handled", "closed")
 CASE_STATES = ("active", "ended")
 OUTBOX_STATES = ("pending", "delivered", "dead")
 ROLES = ("camera", "reviewer", "case_system", "admin")
+USER_ROLES = ("reviewer", "admin")
+REJECT_REASONS = ("false_alarm", "not_here", "duplicate", "bad_image")
 
 
 class Case(Base):
@@ -82,6 +84,14 @@ class Case(Base):
     review_status: Mapped[str] = mapped_column(String(16), default="pending")
     review_note: Mapped[str] = mapped_column(Text, default="")
     reviewed_by: Mapped[str] = mapped_column(String(64), default="")
+    reviewed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Why a reviewer rejected it (REJECT_REASONS) and the boxes they drew, in the original
+    # frame's pixels: kept beside the detection's own box, which the case JSON carries.
+    review_reason: Mapped[str] = mapped_column(String(32), default="")
+    review_boxes: Mapped[list[list[float]] | None] = mapped_column(JSON, nullable=True)
+    # The review page's lease: one reviewer works on a case at a time.
+    leased_by: Mapped[str] = mapped_column(String(64), default="")
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     status: Mapped[str] = mapped_column(String(16), default="new")
     external_id: Mapped[str] = mapped_column(String(128), default="")
     state: Mapped[str] = mapped_column(String(16), default="active")
@@ -191,3 +201,41 @@ class CameraRecord(Base):
     config: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class User(Base):
+    """A person who signs in to the review page; machines use API keys instead."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    password_hash: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class WebSession(Base):
+    """A signed-in browser: only the token's hash is stored, like API keys."""
+
+    __tablename__ = "web_sessions"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class AuditEntry(Base):
+    """Who did what, when, and the record before and after. Rows are only ever inserted."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(32))
+    target: Mapped[str] = mapped_column(String(160), index=True)
+    before: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    after: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)

@@ -192,6 +192,13 @@ def test_cameras_crud_with_health(run_service, tmp_path) -> None:
         assert http.delete("/v1/cameras/cam-dead").status_code == 204
         assert http.get("/v1/cameras/cam-dead").status_code == 404
         assert http.delete("/v1/cameras/cam-dead").status_code == 404
+    from serving.audit import entries
+
+    trail = entries(server.service.db, target="camera:cam-dead")
+    assert [(e.actor, e.action) for e in reversed(trail)] == [
+        ("admin (environment)", "camera.add"), ("admin (environment)", "camera.replace"),
+        ("admin (environment)", "camera.remove")]
+    assert trail[0].before["sample_every"] == 5 and trail[0].after is None
 
 
 BAD_EVENTS = [
