@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from pathlib import Path
 from collections import deque
 from typing import Any
 
@@ -17,7 +18,9 @@ import numpy as np
 from sqlalchemy import func, select, text
 
 from detector.detections import Detections
+from detector.model import ModelInfo
 from detector.taxonomy import load_taxonomy
+from serving.audit import record
 from serving.auth import ensure_admin_key
 from serving.cameras import Camera
 from serving.cameras.registry import CameraRegistry
@@ -70,6 +73,18 @@ class GridwatchService:
     @property
     def model_version(self) -> str:
         return self.detector.version
+
+    def reload_model(self, file: str | None = None, *, actor: str) -> ModelInfo:
+        """Put the model file (again, after a promotion), or another file of the same folder,
+        live; audited. ModelSwapError, and the old model keeps serving, when it is refused."""
+        current = self.detector.info
+        target = current.path if file is None else current.path.parent / Path(file).name
+        info = self.detector.reload(target)
+        with self.db.transaction() as session:
+            record(session, actor, "model.reload", f"model:{info.path.name}",
+                   {"version": current.version, "file": current.path.name},
+                   {"version": info.version, "file": info.path.name})
+        return info
 
     def _recent_evidence_frames(self, count: int = 3) -> list[np.ndarray]:
         """The last original evidence frames stored: what a new model is smoke-checked on."""

@@ -293,15 +293,11 @@ def current_model(service: Service, _: Principal = Depends(require("reviewer", "
 @v1.post("/models/reload", response_model=ModelState, tags=["models"],
          responses={422: {"description": "the new model was refused; the old one keeps running"}})
 async def reload_model(service: Service, body: Annotated[ModelReload | None, Body()] = None,
-                       _: Principal = Depends(require())) -> ModelState:
+                       principal: Principal = Depends(require())) -> ModelState:
     """Load the model file again (after a promotion), or another file in the same folder;
     it goes live only after a smoke check on stored evidence."""
-    from starlette.concurrency import run_in_threadpool
-
-    current = service.detector.info.path
-    target = current if body is None or body.file is None else current.parent / body.file
     try:
-        await run_in_threadpool(service.detector.reload, target)
+        await run_in_threadpool(lambda: service.reload_model(body.file if body else None, actor=principal.name))
     except ModelSwapError as exc:
         raise HTTPException(422, str(exc)) from None
     return ModelState.of(service.detector)

@@ -21,6 +21,7 @@ from serving.api.routes import utc
 from serving.auth import create_key, list_keys, revoke_key
 from serving.cases import CaseError
 from serving.cases.leases import QueueFilter
+from serving.live_model import ModelSwapError
 from serving.store.models import REJECT_REASONS, ROLES, USER_ROLES
 from serving.web import sessions
 from serving.web.dashboard import dashboard_data
@@ -263,12 +264,14 @@ def admin_page(request: Request, account: Admin) -> Response:
     return admin_view(request, account)
 
 
-def admin_view(request: Request, account: Account, new_key: str | None = None) -> Response:
+def admin_view(request: Request, account: Account, new_key: str | None = None,
+               model_error: str | None = None) -> Response:
     service = get_service(request)
     shown = {k: getattr(service.settings, k) for k in SHOWN_SETTINGS}
     return render(request, "admin.html", account, users=list_users(service.db), keys=list_keys(service.db),
                   cameras=[service.cameras.describe(c) for c in service.cameras.all().values()],
-                  settings=shown, user_roles=USER_ROLES, key_roles=ROLES, new_key=new_key)
+                  settings=shown, user_roles=USER_ROLES, key_roles=ROLES, new_key=new_key,
+                  model=service.detector, model_error=model_error)
 
 
 def back_to_admin() -> RedirectResponse:
@@ -300,6 +303,17 @@ def admin_add_key(request: Request, account: Admin, name: Annotated[str, Form(mi
     _, key = create_key(get_service(request).db, name, role, actor=account.name)
     # The key is shown once, in this answer; only its hash is kept.
     return admin_view(request, account, new_key=key)
+
+
+@pages.post("/admin/model/reload", dependencies=[Csrf])
+def admin_reload_model(request: Request, account: Admin) -> Response:
+    """The served model file, loaded again after a promotion (smoke-checked; refused models
+    leave the old one serving)."""
+    try:
+        get_service(request).reload_model(actor=account.name)
+    except ModelSwapError as exc:
+        return admin_view(request, account, model_error=str(exc))
+    return back_to_admin()
 
 
 @pages.post("/admin/keys/{key_id}/revoke", dependencies=[Csrf])

@@ -38,6 +38,7 @@ def test_sign_in_roles_and_csrf(run_service, db_url) -> None:
         assert reviewer.get("/dashboard/data").json()["backlog"]["pending"] == 0
         assert reviewer.get("/admin").status_code == 403
         assert reviewer.get("/admin/audit").status_code == 403
+        assert reviewer.post("/admin/model/reload", data={"csrf_token": reviewer.cookies["gw_csrf"]}).status_code == 403
         assert reviewer.post("/admin/users", data={"name": "x", "role": "admin", "password": "12345678",
                                                    "csrf_token": reviewer.cookies["gw_csrf"]}).status_code == 403
         # State-changing requests from the page need the token.
@@ -61,10 +62,14 @@ def test_sign_in_roles_and_csrf(run_service, db_url) -> None:
                                                   "csrf_token": token})
         assert added.status_code == 303
         assert admin.post("/admin/users/newbie/disable", data={"csrf_token": token}).status_code == 303
+        # The served model, loaded again from the admin page (after a promotion into weights/).
+        assert 'id="model-version"' in admin.get("/admin").text
+        assert admin.post("/admin/model/reload", data={"csrf_token": token}).status_code == 303
         exported = admin.get("/admin/audit?format=csv")
         rows = list(csv.DictReader(io.StringIO(exported.text)))
         assert {(r["actor"], r["action"]) for r in rows} >= {
-            ("adam", "key.create"), ("adam", "user.add"), ("adam", "user.disable"), ("test", "user.add")}
+            ("adam", "key.create"), ("adam", "user.add"), ("adam", "user.disable"), ("test", "user.add"),
+            ("adam", "model.reload")}
     with httpx.Client(base_url=server.url) as disabled:
         assert http_sign_in(disabled, "newbie", "long enough").status_code == 401
 
