@@ -119,6 +119,18 @@ LABELS: dict[str, tuple[str, str]] = {
     "fpm": ("Analysed / min", "每分钟分析帧"),
     "drops": ("Read errors", "读取错误"),
     "forbidden": ("You may not open this page.", "无权访问此页面。"),
+    # Values shown on the page: roles, review states, time units.
+    "role_reviewer": ("reviewer", "审核员"),
+    "role_admin": ("admin", "管理员"),
+    "role_camera": ("camera", "摄像头"),
+    "role_case_system": ("case system", "案件系统"),
+    "status_pending": ("pending", "待审"),
+    "status_confirmed": ("confirmed", "已确认"),
+    "status_corrected": ("corrected", "已更正"),
+    "status_rejected": ("rejected", "已驳回"),
+    "unit_s": ("s", "秒"),
+    "unit_min": ("min", "分钟"),
+    "unit_h": ("h", "小时"),
 }
 
 

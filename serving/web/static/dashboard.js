@@ -8,11 +8,13 @@
   let chart = null;
   let previous = null;  // the last answer, to turn frame counters into a rate
 
+  const UNITS = JSON.parse($("dashboard").dataset.units);
+
   function duration(seconds) {
     if (seconds === null || seconds === undefined) return "-";
-    if (seconds < 120) return Math.round(seconds) + " s";
-    if (seconds < 7200) return Math.round(seconds / 60) + " min";
-    return (seconds / 3600).toFixed(1) + " h";
+    if (seconds < 120) return `${Math.round(seconds)} ${UNITS.s}`;
+    if (seconds < 7200) return `${Math.round(seconds / 60)} ${UNITS.min}`;
+    return `${(seconds / 3600).toFixed(1)} ${UNITS.h}`;
   }
 
   function table(element, rows) {

@@ -113,7 +113,7 @@
     $("camera").textContent = c.camera;
     $("grid").textContent = c.grid;
     $("address").textContent = c.address || "-";
-    $("dwell").textContent = Math.round(c.dwell_s / 60) + " min (" + Math.round(c.dwell_s) + " s)";
+    $("dwell").textContent = `${Math.round(c.dwell_s / 60)} ${config.t.unit_min} (${Math.round(c.dwell_s)} ${config.t.unit_s})`;
     $("score").textContent = c.score.toFixed(2);
     $("model").textContent = c.model_version || "-";
     $("note").value = item.note;
