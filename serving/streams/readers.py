@@ -57,6 +57,7 @@ class StreamHealth:
     last_frame_at: datetime | None = None  # media clock of the last sampled frame
     last_frame_wall: datetime | None = None  # when it was read
     frames_sampled: int = 0
+    frames_dropped: int = 0  # sampled but replaced by a newer one before the pipeline took it
     frames_decoded: int = 0
     packets_read: int = 0
     errors: int = 0
@@ -380,6 +381,8 @@ class LiveReader:
                     backoff = self.backoff_start  # frames flow again: next failure starts small
                     stamp = _now()
                     with self._lock:
+                        if self._latest is not None:
+                            self.health.frames_dropped += 1
                         self._latest = Frame(self.camera.id, stamp, image, self._index)
                         self._index += 1
                         self._fresh.set()

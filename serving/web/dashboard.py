@@ -79,7 +79,8 @@ def camera_health(health: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """What the stream readers report; the page turns frame counts into a rate per minute."""
     return [{"camera": cid, "online": bool(h.get("connected")), "state": h.get("state"),
              "last_frame": h.get("last_frame_wall"), "frames_sampled": h.get("frames_sampled", 0),
-             "errors": h.get("errors", 0), "reconnects": h.get("reconnects", 0)}
+             "dropped": h.get("frames_dropped", 0), "errors": h.get("errors", 0),
+             "reconnects": h.get("reconnects", 0)}
             for cid, h in sorted(health.items())]
 
 

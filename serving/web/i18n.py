@@ -117,7 +117,8 @@ LABELS: dict[str, tuple[str, str]] = {
     "online": ("Online", "在线"),
     "last_frame": ("Last frame", "最后一帧"),
     "fpm": ("Analysed / min", "每分钟分析帧"),
-    "drops": ("Read errors", "读取错误"),
+    "drops": ("Dropped frames", "丢弃帧"),
+    "read_errors": ("Read errors", "读取错误"),
     "forbidden": ("You may not open this page.", "无权访问此页面。"),
     # Values shown on the page: roles, review states, time units.
     "role_reviewer": ("reviewer", "审核员"),

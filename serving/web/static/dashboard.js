@@ -46,7 +46,9 @@
       const tr = document.createElement("tr");
       const old = before.get(c.camera);
       const rate = old && seconds > 0 ? ((c.frames_sampled - old.frames_sampled) * 60 / seconds).toFixed(1) : "-";
-      for (const value of [c.camera, c.online ? "✔" : "✘", c.last_frame || "-", rate, String(c.errors)]) tr.insertCell().textContent = value;
+      for (const value of [c.camera, c.online ? "✔" : "✘", c.last_frame || "-", rate, String(c.dropped), String(c.errors)]) {
+        tr.insertCell().textContent = value;
+      }
       return tr;
     }));
   }

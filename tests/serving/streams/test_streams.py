@@ -244,3 +244,19 @@ def test_mjpeg_stream_events(tmp_path: Path, taxonomy) -> None:
     assert summary(events, "cam-off-hours") == []
     opened = next(e for e in events if e.type == "opened")
     assert opened.dwell_s >= 6 and all(Path(p).is_file() for p in opened.evidence)
+
+
+def test_live_reader_counts_frames_replaced_before_they_were_taken() -> None:
+    tl = street_scene(seed_props(), duration=20, fps=5, cart_at=None, walker_at=None)
+    with MjpegServer(tl) as server:
+        reader = LiveReader(camera(server.url, sample_every=0.2))
+        reader.start()
+        try:
+            # Nobody takes: every sampled frame but the newest was replaced unseen.
+            assert wait_for(lambda: reader.health.frames_sampled >= 5, 15), reader.health.to_json()
+            taken = reader.take()
+            sampled, dropped = reader.health.frames_sampled, reader.health.frames_dropped
+            assert taken is not None and dropped >= sampled - 2 and dropped >= 3
+            assert reader.health.to_json()["frames_dropped"] == dropped
+        finally:
+            reader.stop()
