@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from serving import audit
@@ -21,6 +22,7 @@ from serving.api.routes import utc
 from serving.auth import create_key, list_keys, revoke_key
 from serving.cases import CaseError
 from serving.cases.leases import QueueFilter
+from serving.cameras.registry import CameraError
 from serving.live_model import ModelSwapError
 from serving.store.models import REJECT_REASONS, ROLES, USER_ROLES
 from serving.web import sessions
@@ -265,13 +267,13 @@ def admin_page(request: Request, account: Admin) -> Response:
 
 
 def admin_view(request: Request, account: Account, new_key: str | None = None,
-               model_error: str | None = None) -> Response:
+               model_error: str | None = None, camera_error: str | None = None) -> Response:
     service = get_service(request)
     shown = {k: getattr(service.settings, k) for k in SHOWN_SETTINGS}
     return render(request, "admin.html", account, users=list_users(service.db), keys=list_keys(service.db),
                   cameras=[service.cameras.describe(c) for c in service.cameras.all().values()],
                   settings=shown, user_roles=USER_ROLES, key_roles=ROLES, new_key=new_key,
-                  model=service.detector, model_error=model_error)
+                  model=service.detector, model_error=model_error, camera_error=camera_error)
 
 
 def back_to_admin() -> RedirectResponse:
@@ -303,6 +305,32 @@ def admin_add_key(request: Request, account: Admin, name: Annotated[str, Form(mi
     _, key = create_key(get_service(request).db, name, role, actor=account.name)
     # The key is shown once, in this answer; only its hash is kept.
     return admin_view(request, account, new_key=key)
+
+
+@pages.post("/admin/cameras", dependencies=[Csrf])
+def admin_put_camera(request: Request, account: Admin,
+                     entry: Annotated[str, Form(max_length=64 * 1024)]) -> Response:
+    """One camera entry as in the cameras YAML (YAML or JSON); an existing id is replaced."""
+    try:
+        config = yaml.safe_load(entry)
+    except (yaml.YAMLError, RecursionError) as exc:
+        return admin_view(request, account, camera_error=f"not YAML: {exc}"[:500])
+    if not isinstance(config, dict):
+        return admin_view(request, account, camera_error="expected one camera entry (a mapping with id, source, ...)")
+    try:
+        get_service(request).cameras.add(config, replace=True, actor=account.name)
+    except CameraError as exc:
+        return admin_view(request, account, camera_error=str(exc))
+    return back_to_admin()
+
+
+@pages.post("/admin/cameras/{camera_id}/remove", dependencies=[Csrf])
+def admin_remove_camera(request: Request, camera_id: str, account: Admin) -> Response:
+    try:
+        get_service(request).cameras.remove(camera_id, actor=account.name)
+    except CameraError as exc:
+        return admin_view(request, account, camera_error=str(exc))
+    return back_to_admin()
 
 
 @pages.post("/admin/model/reload", dependencies=[Csrf])

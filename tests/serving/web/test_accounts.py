@@ -62,6 +62,14 @@ def test_sign_in_roles_and_csrf(run_service, db_url) -> None:
                                                   "csrf_token": token})
         assert added.status_code == 303
         assert admin.post("/admin/users/newbie/disable", data={"csrf_token": token}).status_code == 303
+        # Cameras from the admin page: added, refused with the reason, removed; all audited.
+        entry = "id: cam-web\nsource: rtsp://127.0.0.1:9/none\ndivision: '370202'\ngrid: '370202001001001'\n"
+        assert admin.post("/admin/cameras", data={"entry": entry, "csrf_token": token}).status_code == 303
+        assert "cam-web" in admin.get("/admin").text
+        refused = admin.post("/admin/cameras", data={"entry": "id: x\n", "csrf_token": token})
+        assert refused.status_code == 200 and 'id="camera-error"' in refused.text and "source" in refused.text
+        assert admin.post("/admin/cameras/cam-web/remove", data={"csrf_token": token}).status_code == 303
+        assert "cam-web" not in admin.get("/admin").text
         # The served model, loaded again from the admin page (after a promotion into weights/).
         assert 'id="model-version"' in admin.get("/admin").text
         assert admin.post("/admin/model/reload", data={"csrf_token": token}).status_code == 303
@@ -69,7 +77,7 @@ def test_sign_in_roles_and_csrf(run_service, db_url) -> None:
         rows = list(csv.DictReader(io.StringIO(exported.text)))
         assert {(r["actor"], r["action"]) for r in rows} >= {
             ("adam", "key.create"), ("adam", "user.add"), ("adam", "user.disable"), ("test", "user.add"),
-            ("adam", "model.reload")}
+            ("adam", "model.reload"), ("adam", "camera.add"), ("adam", "camera.remove")}
     with httpx.Client(base_url=server.url) as disabled:
         assert http_sign_in(disabled, "newbie", "long enough").status_code == 401
 
