@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "serving.commands.serve",
     "serving.commands.cases",
     "serving.commands.users",
+    "serving.commands.review",
     "training.commands",
     "training.data_commands",
 )
