@@ -1,4 +1,5 @@
-"""`gridwatch bench`: speed against Ultralytics on the same model and frames."""
+"""`gridwatch bench`: speed against Ultralytics on the same model and frames; with a mode
+flag, a machine's cameras (--cameras), the review page (--review) or a soak (--soak-hours)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "bench",
         help="time the detector against Ultralytics (or, with --cameras, a whole machine's streams; "
-        "with --review, the review page in a browser)",
+        "with --review, the review page in a browser; with --soak-hours, gridwatch serve over simulated days)",
         description="Detector mode: per-frame latency of gridwatch, the bare ONNX Runtime session and "
         "Ultralytics' predict on the same model and 1080p frames, at batch 1 and 8, with ratios.",
     )
