@@ -36,6 +36,7 @@ class WebhookReceiver:
         self.bad_signatures = 0
         self.fail_with: int | None = None  # answer this status instead of accepting
         self.delay_s = 0.0  # a slow case system: widens the window for a crash mid-delivery
+        self.hang_up = False  # read the request, then close the connection without an answer
         self._server = None
         self._thread = None
 
@@ -52,6 +53,12 @@ class WebhookReceiver:
             def do_POST(self) -> None:  # noqa: N802
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 receiver.requests += 1
+                if receiver.hang_up:
+                    import socket
+
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
                 if receiver.delay_s:
                     import time
 

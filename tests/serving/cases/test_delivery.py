@@ -182,3 +182,28 @@ def test_a_refusing_receiver_dead_letters_at_once(cases, receiver, make_event, s
     assert (message.state == "dead") is dead and f"HTTP {status}" in message.last_error
     assert receiver.requests == (1 if dead else 2)
     assert ("not retried" in message.last_error) is dead
+
+
+@pytest.mark.parametrize("fault", ["hangs", "hangs_up", "answers_500"])
+def test_a_misbehaving_case_system_gets_every_case_once_after_it_recovers(cases, receiver, make_event, fault) -> None:
+    """Part of the fault matrix: a case system that hangs past the timeout, closes the
+    connection without answering, or answers 500, then recovers: nothing lost, nothing twice."""
+    receiver.start()
+    if fault == "hangs":
+        receiver.delay_s = 1.5  # past the worker's 1 s timeout: it gives up and tries again
+    elif fault == "hangs_up":
+        receiver.hang_up = True
+    else:
+        receiver.fail_with = 500
+    made = [cases.ingest(*make_event("opened", event_id=f"f{i}", camera=f"cam-f{i}")).case_number for i in range(3)]
+    worker = worker_for(cases, receiver, timeout_s=1.0)
+    worker.start()
+    try:
+        wait_for(lambda: receiver.requests >= 4, timeout=30)
+        assert outbox_stats(cases.db)["dead"] == 0 and worker.counts["failed"] >= 1
+        receiver.delay_s, receiver.hang_up, receiver.fail_with = 0.0, False, None
+        wait_for(lambda: outbox_stats(cases.db)["delivered"] == 3, timeout=30)
+    finally:
+        worker.stop()
+    assert receiver.reported() == {number: 1 for number in made}
+    assert receiver.bad_signatures == 0 and outbox_stats(cases.db)["pending"] == 0
