@@ -45,8 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--fps", type=int, default=25, help="camera frame rate")
     g.add_argument("--resolution", default="1920x1080", help="camera resolution WxH")
     g.add_argument("--clip-seconds", type=float, default=20.0, help="length of the measured clip")
-    g.add_argument("--static-check-every", type=float, default=60.0,
-                   help="seconds between tiled full-resolution static checks per camera (0: none)")
+    g.add_argument("--tiled-check-every", type=float, default=300.0,
+                   help="seconds between tiled full-resolution checks per camera (0: none)")
     g.add_argument("--cores", type=int, default=os.cpu_count() or 1, help="cores of the machine to plan for")
     g.add_argument("--verify-seconds", type=float, default=0.0,
                    help="also run N live-paced cameras through the pipeline for this long")
@@ -63,8 +63,8 @@ class StreamBench:
     decode_keyframes_s_per_s: float  # CPU s per s of video, keyframe-only (due keyframes)
     decode_full_s_per_s: float  # CPU s per s of video, every frame
     detect_s_per_frame: float  # wall s per analysed frame (batched), all cores
-    tiled_s_per_check: float  # wall s per tiled static check (tiles + whole frame), all cores
-    static_check_every: float
+    tiled_s_per_check: float  # wall s per tiled check (tiles + whole frame), all cores
+    tiled_check_every: float
     track_s_per_frame: float
     batch: int
     cameras_keyframes: float
@@ -188,7 +188,7 @@ def measure(args: argparse.Namespace) -> StreamBench:
         track_s = (time.perf_counter() - t0) / n_track
 
     # A static check replaces one ordinary detection of that camera.
-    static = (tiled_s - detect_s) / args.static_check_every if args.static_check_every > 0 else 0.0
+    static = (tiled_s - detect_s) / args.tiled_check_every if args.tiled_check_every > 0 else 0.0
     per_frame = (detect_s + track_s) / args.sample_every + static
     load_kf = kf_cost / args.cores + per_frame
     load_full = full_cost / args.cores + per_frame
@@ -196,8 +196,8 @@ def measure(args: argparse.Namespace) -> StreamBench:
     return StreamBench(
         resolution=f"{w}x{h}", fps=args.fps, keyframe_every=args.keyframe_every, sample_every=args.sample_every,
         cores=args.cores, model=str(model), decode_keyframes_s_per_s=kf_cost, decode_full_s_per_s=full_cost,
-        detect_s_per_frame=detect_s, tiled_s_per_check=tiled_s if args.static_check_every > 0 else 0.0,
-        static_check_every=args.static_check_every, track_s_per_frame=track_s, batch=batch,
+        detect_s_per_frame=detect_s, tiled_s_per_check=tiled_s if args.tiled_check_every > 0 else 0.0,
+        tiled_check_every=args.tiled_check_every, track_s_per_frame=track_s, batch=batch,
         cameras_keyframes=cams_kf, cameras_full=cams_full, target_cameras=args.cameras,
         sustains_target=cams_kf >= args.cameras,
     )
@@ -207,7 +207,7 @@ def format_table(b: StreamBench) -> str:
     def row(name: str, decode: float) -> str:
         d = decode / b.cores
         det = b.detect_s_per_frame / b.sample_every
-        tiled = (b.tiled_s_per_check - b.detect_s_per_frame) / b.static_check_every if b.static_check_every > 0 else 0.0
+        tiled = (b.tiled_s_per_check - b.detect_s_per_frame) / b.tiled_check_every if b.tiled_check_every > 0 else 0.0
         trk = b.track_s_per_frame / b.sample_every
         total = d + det + tiled + trk
         return (f"{name:<16} {1 / total:>9.0f}   {100 * d / total:>5.1f}%  {100 * det / total:>5.1f}%  "
@@ -219,7 +219,7 @@ def format_table(b: StreamBench) -> str:
         f"decode: keyframes only {1000 * b.decode_keyframes_s_per_s:.1f} ms CPU per video second, "
         f"every frame {1000 * b.decode_full_s_per_s:.1f} ms ({b.decode_full_s_per_s / max(b.decode_keyframes_s_per_s, 1e-9):.1f}x)",
         f"detect: {1000 * b.detect_s_per_frame:.1f} ms per analysed frame; tiled static check: "
-        f"{1000 * b.tiled_s_per_check:.0f} ms every {b.static_check_every:g} s; track + rules: "
+        f"{1000 * b.tiled_s_per_check:.0f} ms every {b.tiled_check_every:g} s; track + rules: "
         f"{1e6 * b.track_s_per_frame:.0f} us",
         "",
         f"{'decoding':<16} {'cameras':>9}   {'decode':>6}  {'detect':>6}  {'tiled':>6}  {'track':>6}"

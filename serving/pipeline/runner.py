@@ -82,12 +82,12 @@ class CameraRuntime:
         return (frame.timestamp - self.last_detect).total_seconds() >= self.camera.static_check_every
 
     def tiled_check_due(self, frame: Frame) -> bool:
-        """The static check at full resolution, once per `static_check_every`: small
-        static things (flyers, window ads, signs) vanish when a 1080p frame is shrunk."""
+        """The check at full resolution, once per `tiled_check_every`: small static things
+        (flyers, window ads, signs) vanish when a 1080p frame is shrunk, and stay for days."""
         if not self.camera.tiled_static_checks:
             return False
         return (self.last_tiled is None
-                or (frame.timestamp - self.last_tiled).total_seconds() >= self.camera.static_check_every)
+                or (frame.timestamp - self.last_tiled).total_seconds() >= self.camera.tiled_check_every)
 
 
 class Pipeline:

@@ -334,7 +334,7 @@ def test_static_checks_run_tiled_at_full_resolution(taxonomy, tiled: bool) -> No
     frame = cv2.resize(props.background, (2560, 1440), interpolation=cv2.INTER_LINEAR)
     person = props.sized("person", 80)  # 20 px tall once the frame is shrunk to 640: unseen
     frame[900:900 + person.shape[0], 1500:1500 + person.shape[1]] = person
-    pipeline = Pipeline([example_camera(tiled_static_checks=tiled, static_check_every=60)], seed_detector(),
+    pipeline = Pipeline([example_camera(tiled_static_checks=tiled, tiled_check_every=60)], seed_detector(),
                         taxonomy, motion_gating=False)
     for seconds in (0, 5, 61):
         pipeline.process([Frame("cam-001", T0 + timedelta(seconds=seconds), frame, 0)])
