@@ -116,6 +116,10 @@ class EvidenceStore:
                 items.append(("crop", _jpeg(image[y1:y2, x1:x2]), ".jpg"))
         return [self._put(owner, kind, data, suffix) for kind, data, suffix in items]
 
+    def write_original(self, owner: str, frame: EvidenceFrame) -> StoredEvidence:
+        """The original alone (a frame for labelling: no violation box to draw or cut)."""
+        return self._put(owner, "original", *_original(frame))
+
     def _put(self, owner: str, kind: EvidenceKind, data: bytes, suffix: str) -> StoredEvidence:
         suffix = ".jpg" if suffix == ".jpeg" else suffix if suffix in MEDIA_TYPES else ".bin"
         digest = hashlib.sha256(data).hexdigest()

@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 from collections import deque
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import cv2
 import numpy as np
@@ -28,7 +29,9 @@ from serving.cases import CasePolicy, CaseService
 from serving.delivery import DeliveryConfig, DeliveryWorker, outbox_stats
 from serving.events import ViolationEvent
 from serving.evidence import EvidenceFrame, EvidenceStore
+from serving.labelling.queue import LabellingQueue
 from serving.live_model import LiveDetector
+from serving.pipeline.uncertainty import DailyBudget, LabellingSample, UncertaintySampler
 from serving.settings import Settings, load_detector
 from serving.store.db import Database, schema_is_current
 from serving.store.models import Case, Evidence
@@ -51,6 +54,11 @@ class GridwatchService:
         self.cases = CaseService(self.db, self.evidence, self.taxonomy, CasePolicy.from_settings(settings),
                                  model_version=lambda: self.detector.version, public_url=public_url,
                                  instance=settings.instance_id)
+        # Active learning: the sampler (and its day's budget) outlives pipeline restarts.
+        zone = ZoneInfo(settings.labelling.timezone)
+        self.labelling = LabellingQueue(self.db, self.evidence, lambda: list(self.detector.info.names.values()), zone)
+        self.sampler = UncertaintySampler(settings.labelling.band, DailyBudget(
+            settings.labelling.daily_budget_per_camera, zone, settings.labelling.min_gap_s, self.labelling.spent))
         delivery = DeliveryConfig.from_settings(settings)
         self.delivery = DeliveryWorker(self.db, delivery) if delivery else None
         self.cameras = CameraRegistry(self.db, self.taxonomy, settings.data_dir.resolve(), file_cameras or [],
@@ -61,12 +69,14 @@ class GridwatchService:
         self._retry_lock = threading.Lock()
         self._stop = threading.Event()
         self._retrier: threading.Thread | None = None
-        self.counters = {"detect_requests": 0, "detections": 0, "events": 0, "event_failures": 0}
+        self.counters = {"detect_requests": 0, "detections": 0, "events": 0, "event_failures": 0,
+                         "sample_failures": 0}
 
     def _start_pipeline(self, cameras: list[Camera]) -> Any:
         from serving.pipeline import Pipeline
 
-        pipeline = Pipeline(cameras, self.detector, self.taxonomy, on_event=self.on_event)
+        pipeline = Pipeline(cameras, self.detector, self.taxonomy, on_event=self.on_event,
+                            sampler=self.sampler, on_sample=self.on_sample)
         pipeline.start()
         return pipeline
 
@@ -147,6 +157,15 @@ class GridwatchService:
             return
         if self.delivery is not None:
             self.delivery.wake()
+
+    def on_sample(self, sample: LabellingSample) -> None:
+        """An unsure frame into the labelling queue. Unlike an event it is not retried: the
+        next unsure frame serves as well, and the budget stays with the frames kept."""
+        try:
+            self.labelling.add(sample)
+        except Exception:  # noqa: BLE001 - the database or disk may be away
+            self.counters["sample_failures"] += 1
+            log.exception("labelling sample of %s at %s not stored", sample.camera, sample.taken_at)
 
     def _drain_retries(self) -> bool:
         while True:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from detector.files import REPO_ROOT, validation_problems
@@ -34,6 +34,28 @@ class SettingsError(ValueError):
 def default_model_path() -> Path | None:
     candidate = WEIGHTS_DIR / DEFAULT_MODEL_NAME
     return candidate if candidate.is_file() else None
+
+
+class LabellingSettings(BaseModel):
+    """Active learning (serving/pipeline/uncertainty.py): unsure frames into the labelling queue."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    daily_budget_per_camera: int = Field(20, ge=0)  # frames per camera per local day (0: none)
+    band: float = Field(0.1, ge=0, le=1)  # a top score this close to a rule's min_score is unsure
+    min_gap_s: float = Field(300.0, ge=0)  # camera time between two samples of one camera
+    timezone: str = "Asia/Shanghai"  # where a camera's day starts and ends
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
 
 
 class Settings(BaseSettings):
@@ -93,6 +115,7 @@ class Settings(BaseSettings):
     login_window_s: float = Field(300.0, gt=0)
     review_lease_s: float = Field(120.0, gt=0)
     review_undo_s: float = Field(4.0, ge=0)
+    labelling: LabellingSettings = Field(default_factory=LabellingSettings)
 
     # API uploads (POST /v1/detect, /v1/events): checked before decoding, against decompression bombs.
     upload_max_bytes: int = Field(20 * 1024 * 1024, ge=1024)

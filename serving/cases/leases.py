@@ -1,15 +1,17 @@
-"""Leases on pending cases, so two reviewers never work on the same case at once.
+"""Leases on pending cases (and labelling items), so two reviewers never work on the same
+one at once.
 
 A lease is taken with one conditional UPDATE (free, expired, or already ours), which both
-SQLite and PostgreSQL apply atomically; a decision or the timeout releases it."""
+SQLite and PostgreSQL apply atomically; a decision or the timeout releases it. Any table
+with `id`, `leased_by` and `lease_until` columns can be leased this way (`lease_first`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Literal
+from typing import Any, Literal
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import Select, or_, select, update
 from sqlalchemy.orm import Session
 
 from serving.store.models import Case
@@ -28,14 +30,30 @@ class QueueFilter:
     min_score: float | None = None
 
 
-def _free_for(holder: str, now: datetime):  # noqa: ANN202
-    return or_(Case.leased_by == "", Case.leased_by == holder, Case.lease_until.is_(None), Case.lease_until < now)
+def free_for(table: Any, holder: str, now: datetime):  # noqa: ANN201
+    return or_(table.leased_by == "", table.leased_by == holder, table.lease_until.is_(None), table.lease_until < now)
+
+
+def lease_first(session: Session, table: Any, ids: Select, holder: str, lease_s: float, *still: Any,
+                **values: Any) -> int | None:
+    """Lease the first row of `ids` (a SELECT of `table.id`, already filtered and ordered)
+    that nobody else holds and that `still` matches at the moment of the UPDATE; its id, or None."""
+    now = datetime.now(timezone.utc)
+    # A few candidates: another reviewer may take the first between our SELECT and UPDATE.
+    for row_id in session.scalars(ids.where(free_for(table, holder, now)).limit(5)).all():
+        taken = session.execute(
+            update(table).where(table.id == row_id, free_for(table, holder, now), *still)
+            .values(leased_by=holder, lease_until=now + timedelta(seconds=lease_s), **values)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        if taken:
+            return row_id
+    return None
 
 
 def claim(session: Session, holder: str, where: QueueFilter, skip: list[str], lease_s: float) -> Case | None:
     """Lease the first pending case `where` selects that nobody else holds; None when none is left."""
-    now = datetime.now(timezone.utc)
-    query = select(Case.id).where(Case.review_status == "pending", _free_for(holder, now))
+    query = select(Case.id).where(Case.review_status == "pending")
     for column, value in ((Case.camera, where.camera), (Case.violation, where.violation), (Case.grid, where.grid)):
         if value:
             query = query.where(column == value)
@@ -48,17 +66,10 @@ def claim(session: Session, holder: str, where: QueueFilter, skip: list[str], le
     if skip:
         query = query.where(Case.case_number.not_in(skip))
     order = (Case.score.desc(), Case.id) if where.order == "score" else (Case.first_seen, Case.id)
-    # A few candidates: another reviewer may take the first between our SELECT and UPDATE.
-    for case_id in session.scalars(query.order_by(*order).limit(5)).all():
-        taken = session.execute(
-            update(Case).where(Case.id == case_id, Case.review_status == "pending", _free_for(holder, now))
-            # updated_at stays: a lease is not a change the case system polls for.
-            .values(leased_by=holder, lease_until=now + timedelta(seconds=lease_s), updated_at=Case.updated_at)
-            .execution_options(synchronize_session=False)
-        ).rowcount
-        if taken:
-            return session.get(Case, case_id)
-    return None
+    # updated_at stays: a lease is not a change the case system polls for.
+    case_id = lease_first(session, Case, query.order_by(*order), holder, lease_s, Case.review_status == "pending",
+                          updated_at=Case.updated_at)
+    return None if case_id is None else session.get(Case, case_id)
 
 
 def renew(session: Session, holder: str, case_numbers: list[str], lease_s: float) -> int:
@@ -74,11 +85,12 @@ def renew(session: Session, holder: str, case_numbers: list[str], lease_s: float
     ).rowcount
 
 
-def held_by_other(case: Case, holder: str) -> bool:
+def held_by_other(row: Any, holder: str) -> bool:
+    """A case or labelling item leased to someone else right now."""
     now = datetime.now(timezone.utc)
-    return bool(case.leased_by) and case.leased_by != holder and case.lease_until is not None and case.lease_until > now
+    return bool(row.leased_by) and row.leased_by != holder and row.lease_until is not None and row.lease_until > now
 
 
-def release(case: Case) -> None:
-    case.leased_by = ""
-    case.lease_until = None
+def release(row: Any) -> None:
+    row.leased_by = ""
+    row.lease_until = None

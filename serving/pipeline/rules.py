@@ -121,6 +121,14 @@ class RuleEngine:
         self.candidates: dict[tuple[int, int], Candidate] = {}
         self.class_last_seen: dict[str, datetime] = {}
         self.watched_classes = frozenset(c for r in self.rules for c in r.classes | r.after_classes)
+        # Of the last update: candidates that stayed long enough, in schedule, and were held
+        # back only by their median score (what active learning samples as "dropped_for_score").
+        self.dropped_for_score: list[Candidate] = []
+        # Detector class -> the lowest `min_score` a rule applies to it.
+        self.score_thresholds: dict[str, float] = {}
+        for rule in self.rules:
+            for cls in () if rule.scene_change else rule.classes:
+                self.score_thresholds[cls] = min(self.score_thresholds.get(cls, 1.0), rule.min_score)
 
     def update(
         self,
@@ -188,6 +196,7 @@ class RuleEngine:
 
     def _transitions(self, when: datetime) -> list[Transition]:
         out: list[Transition] = []
+        self.dropped_for_score = []
         grace = self.camera.grace_s
         for key, cand in list(self.candidates.items()):
             if (when - cand.last_seen).total_seconds() > grace:
@@ -209,6 +218,9 @@ class RuleEngine:
                     cand.last_sent = when
                     cand.written_score = cand.best_score
                     out.append(Transition("opened", cand, new_evidence=True))
+                elif (cand.eligible and not cand.rule.scene_change and cand.dwell_s >= cand.rule.dwell
+                      and cand.median_score < cand.rule.min_score and self.camera.in_schedule(when)):
+                    self.dropped_for_score.append(cand)
                 continue
             better = cand.best_score >= cand.written_score + EVIDENCE_GAIN
             due = cand.last_sent is not None and (when - cand.last_sent).total_seconds() >= self.camera.update_every

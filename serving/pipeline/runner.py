@@ -25,6 +25,11 @@ Evidence: for an opened event and for each better frame later, the frame and the
 the callback as an `EvidenceFrame`; the case stage writes them once into the case. Given an
 `evidence` store (`gridwatch watch`, which has no cases), the pipeline writes them there
 itself, under CAMERA/EVENT_ID, and the event lists the files.
+
+Active learning: given a `sampler` (serving/pipeline/uncertainty.py), every detected frame
+is offered to it with the tracker's class flips and the candidates the rules held back for
+their score; a frame it takes goes to `on_sample(sample)` as a `LabellingSample`, beside
+the events (a callback that raises is logged, like on_event).
 """
 
 from __future__ import annotations
@@ -45,10 +50,12 @@ from serving.evidence import EvidenceFrame, EvidenceStore
 from serving.pipeline.rules import Candidate, RuleEngine, Transition
 from serving.pipeline.scene import MotionGate, SceneWatcher
 from serving.pipeline.tracking import IoUTracker
+from serving.pipeline.uncertainty import LabellingSample, UncertaintySampler
 from serving.pipeline.zones import ZoneMap
 from serving.streams.readers import Frame, LiveReader, StreamHealth, open_reader
 
 EventSink = Callable[[ViolationEvent, EvidenceFrame | None], None]
+SampleSink = Callable[[LabellingSample], None]
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +108,8 @@ class Pipeline:
         evidence: EvidenceStore | None = None,
         clock_start: datetime | None = None,
         motion_gating: bool = True,
+        sampler: UncertaintySampler | None = None,
+        on_sample: SampleSink | None = None,
     ) -> None:
         cams = cameras.cameras if isinstance(cameras, CamerasConfig) else tuple(cameras)
         self.detector = detector
@@ -108,13 +117,15 @@ class Pipeline:
         self.evidence = evidence
         self.on_event = on_event
         self.motion_gating = motion_gating
+        self.sampler = sampler if on_sample is not None else None
+        self.on_sample = on_sample
         self.runtimes = {c.id: CameraRuntime(c, taxonomy, clock_start) for c in cams}
         # run_until_done() returns what it emitted; a live pipeline runs for months and keeps
         # nothing (its events go to on_event).
         self._collected: list[ViolationEvent] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.stats = {"frames": 0, "detected": 0, "batches": 0, "tiled": 0}
+        self.stats = {"frames": 0, "detected": 0, "batches": 0, "tiled": 0, "sampled": 0}
 
     @property
     def health(self) -> dict[str, StreamHealth]:
@@ -232,11 +243,27 @@ class Pipeline:
                     rt.motion.reference(frame.image)
                 transitions = rt.rules.update(tracks, zones, frame.timestamp, frame.image, detected=True,
                                               detections=dets)
+                self._offer_sample(rt, frame, results[i])
             else:
                 tracks = rt.tracker.touch(frame.timestamp)
                 transitions = rt.rules.update(tracks, zones, frame.timestamp, None, detected=False)
             out.extend(self._emit(rt, t) for t in transitions)
         return out
+
+    def _offer_sample(self, rt: CameraRuntime, frame: Frame, dets: Detections) -> None:
+        """The detector's own detections (not scene-change blobs) go with the frame."""
+        if self.sampler is None or self.on_sample is None:
+            return
+        sample = self.sampler.consider(rt.camera.id, frame.timestamp, frame.image, dets, rt.rules.score_thresholds,
+                                       self.detector.info.version, flips=rt.tracker.flips,
+                                       dropped_for_score=len(rt.rules.dropped_for_score))
+        if sample is None:
+            return
+        self.stats["sampled"] += 1
+        try:
+            self.on_sample(sample)
+        except Exception:
+            log.exception("on_sample callback failed for %s at %s", sample.camera, sample.taken_at)
 
     def _finish(self, rt: CameraRuntime) -> None:
         for t in rt.rules.close_all():

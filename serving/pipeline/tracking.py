@@ -13,6 +13,10 @@ with a long memory measured in seconds, not frames:
 - a track survives `max_age_s` seconds unseen (the event layer's grace period), then ends.
 
 Tracks keep their score history so the rules can apply Frigate's median-score filter.
+
+A class never changes within a track, so when the model calls the same object by another
+class, a new track starts where the old one was last seen. Each update lists those places
+as `ClassFlip`s (the model is unsure what the object is: a frame worth labelling).
 """
 
 from __future__ import annotations
@@ -44,6 +48,17 @@ class Track:
         return self.scores[-1] if self.scores else 0.0
 
 
+@dataclass(frozen=True)
+class ClassFlip:
+    """A new track of one class on the spot where a track of another class was seen at the
+    previous update and is missing now."""
+
+    track_id: int  # the new track
+    from_class: str
+    to_class: str
+    box: tuple[float, float, float, float]
+
+
 @dataclass
 class IoUTracker:
     max_age_s: float = 30.0
@@ -53,6 +68,7 @@ class IoUTracker:
     tracks: list[Track] = field(default_factory=list, init=False)
     _next_id: int = field(default=1, init=False)
     _last_update: datetime | None = field(default=None, init=False)
+    flips: list[ClassFlip] = field(default_factory=list, init=False)  # of the last update
 
     def update(self, detections: Detections, when: datetime) -> list[Track]:
         """Associate one frame's detections; returns the tracks seen in this frame."""
@@ -76,6 +92,7 @@ class IoUTracker:
                 for a, b in _greedy(shift, self.max_ground_shift, larger_is_better=False):
                     matched[det_idx[left_d[a]]] = trk_idx[left_t[b]]
         seen: list[Track] = []
+        new: list[Track] = []
         for i in range(len(detections)):
             box = detections.xyxy[i].astype(np.float32)
             score = float(detections.scores[i])
@@ -84,6 +101,7 @@ class IoUTracker:
                 track = Track(self._next_id, names[i], box, when, when)
                 self._next_id += 1
                 self.tracks.append(track)
+                new.append(track)
             else:
                 track = self.tracks[j]
                 track.box = box
@@ -93,17 +111,31 @@ class IoUTracker:
                 del track.scores[: -self.max_history]
             used_tracks.add(track.id)
             seen.append(track)
+        self.flips = self._flips(new, used_tracks)
         self.tracks = [
             t for t in self.tracks if t.id in used_tracks or (when - t.last_seen).total_seconds() <= self.max_age_s
         ]
         self._last_update = when
         return seen
 
+    def _flips(self, new: list[Track], used: set[int]) -> list[ClassFlip]:
+        gone = [t for t in self.tracks if t.id not in used and t.last_seen == self._last_update]
+        if not new or not gone:
+            return []
+        iou = box_iou(np.stack([t.box for t in new]), np.stack([t.box for t in gone]).astype(np.float32))
+        flips = []
+        for a, b in _greedy(iou, self.iou_threshold, larger_is_better=True):
+            if new[a].class_name != gone[b].class_name:
+                box = tuple(float(v) for v in new[a].box)
+                flips.append(ClassFlip(new[a].id, gone[b].class_name, new[a].class_name, box))  # type: ignore[arg-type]
+        return flips
+
     def touch(self, when: datetime) -> list[Track]:
         """No detection ran (no motion since the last one): what was seen then is still there.
 
         Tracks already missing at the last detection keep ageing."""
         present = [t for t in self.tracks if t.last_seen == self._last_update]
+        self.flips = []
         for track in present:
             track.last_seen = when
         self._last_update = when

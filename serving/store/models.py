@@ -239,3 +239,40 @@ class AuditEntry(Base):
     target: Mapped[str] = mapped_column(String(160), index=True)
     before: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     after: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+LABELLING_STATUSES = ("pending", "labelled", "skipped")
+
+
+class LabellingItem(Base):
+    """A frame the model was unsure about (active learning), waiting for a reviewer's boxes.
+
+    The frame is stored once in the evidence folder; `detections` are the model's boxes as it
+    saw them ([{class_name, box, score}]), `boxes` the labeller's ([{class_name, box}]) in the
+    frame's pixels: the whole frame's labels, so none are pseudo-labels."""
+
+    __tablename__ = "labelling_items"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    camera: Mapped[str] = mapped_column(String(128))
+    taken_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    reasons: Mapped[list[str]] = mapped_column(JSON)  # score_band, class_flip, dropped_for_score
+    model_version: Mapped[str] = mapped_column(String(64), default="")
+    detections: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    path: Mapped[str] = mapped_column(String(512))  # the original frame, relative to the evidence directory
+    sha256: Mapped[str] = mapped_column(String(64))
+    media_type: Mapped[str] = mapped_column(String(64), default="image/png")
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    boxes: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
+    labelled_by: Mapped[str] = mapped_column(String(64), default="")
+    labelled_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    leased_by: Mapped[str] = mapped_column(String(64), default="")
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (
+        Index("ix_labelling_status", "status", "id"),
+        Index("ix_labelling_camera_taken", "camera", "taken_at"),
+    )
