@@ -14,8 +14,13 @@ every label is:
   so each frame is fully labelled;
 - rejected as a duplicate or a bad image, or without a reason: not exported.
 
-Deterministic and incremental: frames are named by case and content hash, taken in case
-order, and a frame already in DIR is never written again.
+Frames labelled in the review page's labelling mode (active learning: frames the model was
+unsure about) follow the case frames: the labeller drew or fixed every box of the frame,
+so all of its labels are human ones and no pseudo-labels are added (a frame saved with no
+box is an image with none of the model's classes in it). Skipped ones are not exported.
+
+Deterministic and incremental: frames are named by case (or camera and time) and content
+hash, taken in case (or item) order, and a frame already in DIR is never written again.
 """
 
 from __future__ import annotations
@@ -37,8 +42,9 @@ from detector.detections import Detections
 from detector.runtime import Detector
 from detector.taxonomy import Taxonomy
 from serving.evidence import EvidenceFrame, EvidenceStore
+from serving.labelling.queue import labelled_items
 from serving.store.db import Database
-from serving.store.models import Case
+from serving.store.models import Case, LabellingItem
 
 PSEUDO_SCORE = 0.5  # "above a high threshold": below it a pseudo-label teaches more noise than objects
 SAME_OBJECT_IOU = 0.5
@@ -51,9 +57,9 @@ class FrameLabels:
     """One exported frame: YOLO lines and what each kind of label came from."""
 
     stem: str
-    case_number: str
+    case_number: str  # "" for a labelled frame
     camera: str
-    decision: str  # confirmed, corrected, rejected:<reason>
+    decision: str  # confirmed, corrected, rejected:<reason>, labelled
     human: list[tuple[str, list[float]]]
     pseudo: list[tuple[str, list[float]]]
     negatives: list[tuple[str, list[float]]]  # boxes whose class is absent there
@@ -63,6 +69,7 @@ class FrameLabels:
 class ExportReport:
     out: str
     written: list[str] = field(default_factory=list)
+    labelled: int = 0  # of `written`, frames from the labelling queue
     already_there: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
     labels_by_camera: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
@@ -164,12 +171,37 @@ def export_reviews(db: Database, evidence: EvidenceStore, detector: Detector, ta
         (out / "images" / f"{stem}{suffix}").write_bytes(data)  # last: its presence marks the frame done
         manifest["frames"][stem] = {**asdict(labels), "model_version": detector.info.version}
         report.written.append(stem)
+    for item in labelled_items(db, since, cameras):
+        export_labelled(item, evidence, names, out, manifest, report, skipped)
     report.skipped = dict(skipped)
     manifest["names"] = names
     manifest_path.write_text(json.dumps(manifest, ensure_ascii=False, indent=1, sort_keys=True))
     report.labels_by_camera = count_labels(manifest["frames"].values())
     write_definitions(out, names, report.labels_by_camera)
     return report
+
+
+def export_labelled(item: LabellingItem, evidence: EvidenceStore, names: list[str], out: Path, manifest: dict,
+                    report: ExportReport, skipped: Counter[str]) -> None:
+    suffix = Path(item.path).suffix
+    stem = f"label-{item.camera}-{item.taken_at:%Y%m%dT%H%M%SZ}-{item.sha256[:12]}"
+    if (out / "images" / f"{stem}{suffix}").exists():
+        report.already_there += 1
+        return
+    boxes = item.boxes or []
+    if any(b["class_name"] not in names for b in boxes):
+        skipped["labelled, class not in the model"] += 1  # labelled for another model's classes
+        return
+    labels = FrameLabels(stem, "", item.camera, "labelled", human=[(b["class_name"], list(b["box"])) for b in boxes],
+                         pseudo=[], negatives=[])
+    data = evidence.resolve(item.path).read_bytes()
+    (out / "labels" / f"{stem}.txt").write_text(yolo_lines(labels, names, item.width, item.height))
+    (out / "images" / f"{stem}{suffix}").write_bytes(data)  # last: its presence marks the frame done
+    # model_version: for a labelled frame, the model that was unsure about it.
+    manifest["frames"][stem] = {**asdict(labels), "model_version": item.model_version,
+                                "sampled_for": list(item.reasons), "labelled_by": item.labelled_by}
+    report.written.append(stem)
+    report.labelled += 1
 
 
 def count_labels(frames) -> dict[str, dict[str, dict[str, int]]]:  # noqa: ANN001
@@ -193,6 +225,7 @@ def write_definitions(out: Path, names: list[str], by_camera: dict) -> None:  # 
         "licence": "the city's own (its cameras' footage, reviewed by its reviewers)",
         "attribution": f"gridwatch review export; cameras: {cameras}",
         "notes": "Human labels from review decisions; other objects are pseudo-labels of the model named per "
-                 "frame in manifest.json, which also lists the hard negatives (classes absent at a box).",
+                 "frame in manifest.json, which also lists the hard negatives (classes absent at a box). "
+                 "Frames named label-* were labelled whole by a reviewer (active learning): human labels only.",
         "classes": {n: n for n in names},
     }, allow_unicode=True, sort_keys=False))

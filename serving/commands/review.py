@@ -1,5 +1,5 @@
-"""`gridwatch review export --out DIR [--since DATE] [--camera ID]...`: reviewed cases as a
-dataset source for training (see serving/review_export.py)."""
+"""`gridwatch review export --out DIR [--since DATE] [--camera ID]...`: reviewed cases and
+labelled frames as a dataset source for training (see serving/review_export.py)."""
 
 from __future__ import annotations
 
@@ -20,9 +20,10 @@ def _date(value: str) -> datetime:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("review", help="review decisions as training data")
     sub = parser.add_subparsers(dest="review_command", metavar="ACTION", required=True)
-    export = sub.add_parser("export", help="write reviewed cases as a YOLO dataset source (incremental)")
+    export = sub.add_parser("export", help="write reviewed cases and labelled frames as a YOLO dataset source "
+                                           "(incremental)")
     export.add_argument("--out", required=True, type=Path, help="dataset folder (created; added to on later runs)")
-    export.add_argument("--since", type=_date, help="only cases reviewed at or after this date/time (ISO-8601)")
+    export.add_argument("--since", type=_date, help="only cases reviewed (frames labelled) at or after this date/time (ISO-8601)")
     export.add_argument("--camera", action="append", default=[], help="only this camera (repeatable)")
     export.add_argument("--model", type=Path, help="model for the pseudo-labels (default: the served model)")
     add_store_arguments(export)
@@ -45,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     except (SettingsError, DetectorError, TaxonomyError, OSError, ValueError) as exc:
         print(f"gridwatch review export: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps({"out": report.out, "written": len(report.written), "already_there": report.already_there,
+    print(json.dumps({"out": report.out, "written": len(report.written), "labelled": report.labelled,
+                      "already_there": report.already_there,
                       "skipped": report.skipped, "labels_by_camera": report.labels_by_camera}, ensure_ascii=False))
     return 0

@@ -6,6 +6,7 @@ Routes (serving/web/routes.py) and the pipeline's `on_sample` call this; the exp
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
@@ -174,13 +175,15 @@ class LabellingQueue:
         with self.db.sessions() as session:
             return list(session.scalars(query))
 
-    def labelled(self, since: datetime | None, cameras: list[str] | tuple[str, ...]) -> list[LabellingItem]:
-        """What the export takes, in a stable order."""
-        query = select(LabellingItem).where(LabellingItem.status == "labelled").order_by(LabellingItem.id)
-        if since is not None:
-            query = query.where(LabellingItem.labelled_at >= since)
-        if cameras:
-            query = query.where(LabellingItem.camera.in_(cameras))
-        with self.db.sessions() as session:
-            return list(session.scalars(query))
+
+
+def labelled_items(db: Database, since: datetime | None, cameras: Sequence[str]) -> list[LabellingItem]:
+    """What `gridwatch review export` takes, in a stable order."""
+    query = select(LabellingItem).where(LabellingItem.status == "labelled").order_by(LabellingItem.id)
+    if since is not None:
+        query = query.where(LabellingItem.labelled_at >= since)
+    if cameras:
+        query = query.where(LabellingItem.camera.in_(cameras))
+    with db.sessions() as session:
+        return list(session.scalars(query))
 

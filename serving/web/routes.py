@@ -9,7 +9,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Form, HTTPException, Request
+from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 import yaml
@@ -23,6 +23,7 @@ from serving.auth import create_key, list_keys, revoke_key
 from serving.cases import CaseError
 from serving.cases.leases import QueueFilter
 from serving.cameras.registry import CameraError
+from serving.labelling.queue import LabelBox, LabellingError, LabellingView
 from serving.live_model import ModelSwapError
 from serving.store.models import REJECT_REASONS, ROLES, USER_ROLES
 from serving.web import sessions
@@ -238,6 +239,79 @@ def evidence(request: Request, case_number: str, evidence_id: int, _: User) -> F
     if item is None:
         raise HTTPException(404, "no such evidence")
     # Evidence never changes, so the preloaded next image is served from the browser's cache.
+    return FileResponse(service.evidence.resolve(item.path), media_type=item.media_type,
+                        headers={"Cache-Control": "private, max-age=86400, immutable"})
+
+
+# -- labelling mode: unsure frames the pipeline sampled (active learning) ----------------------------
+class LabellingNextRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    skip: list[int] = Field(default_factory=list, max_length=50)
+    camera: str | None = Field(None, max_length=128)
+
+
+class LabellingLeaseRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[int] = Field(max_length=50)
+
+
+class LabelsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    boxes: list[LabelBox] = Field(max_length=200)
+
+
+def labelling_error(exc: LabellingError) -> HTTPException:
+    return HTTPException(exc.status, str(exc))
+
+
+@pages.get("/review/labelling/items")
+def labelling_items(request: Request, _: User, status: Literal["pending", "labelled", "skipped"] | None = None,
+                    camera: str | None = None, limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
+    items = get_service(request).labelling.list(status, camera, limit)
+    return {"items": [LabellingView.of(i).model_dump() for i in items]}
+
+
+@pages.post("/review/labelling/next", dependencies=[Csrf])
+def next_labelling_item(request: Request, body: LabellingNextRequest, account: User) -> dict[str, Any]:
+    service = get_service(request)
+    item = service.labelling.claim_next(account.name, body.skip, service.settings.review_lease_s, body.camera)
+    return {"item": LabellingView.of(item).model_dump() if item else None,
+            "classes": list(service.detector.info.names.values())}
+
+
+@pages.post("/review/labelling/leases", dependencies=[Csrf])
+def renew_labelling_leases(request: Request, body: LabellingLeaseRequest, account: User) -> dict[str, int]:
+    service = get_service(request)
+    return {"renewed": service.labelling.renew(account.name, body.items, service.settings.review_lease_s)}
+
+
+@pages.post("/review/labelling/{item_id}/save", dependencies=[Csrf])
+def save_labels(request: Request, item_id: int, body: LabelsRequest, account: User) -> dict[str, Any]:
+    try:
+        item = get_service(request).labelling.save(item_id, body.boxes, labeller=account.name)
+    except LabellingError as exc:
+        raise labelling_error(exc) from None
+    return {"id": item.id, "status": item.status, "boxes": item.boxes}
+
+
+@pages.post("/review/labelling/{item_id}/skip", dependencies=[Csrf])
+def skip_labelling_item(request: Request, item_id: int, account: User) -> dict[str, Any]:
+    try:
+        item = get_service(request).labelling.skip(item_id, labeller=account.name)
+    except LabellingError as exc:
+        raise labelling_error(exc) from None
+    return {"id": item.id, "status": item.status}
+
+
+@pages.get("/review/labelling/{item_id}/frame")
+def labelling_frame(request: Request, item_id: int, _: User) -> FileResponse:
+    service = get_service(request)
+    item = service.labelling.get(item_id)
+    if item is None:
+        raise HTTPException(404, f"no labelling item {item_id}")
     return FileResponse(service.evidence.resolve(item.path), media_type=item.media_type,
                         headers={"Cache-Control": "private, max-age=86400, immutable"})
 
