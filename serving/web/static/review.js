@@ -1,6 +1,9 @@
 // The review queue: one keypress per clear case. Cases are leased from the server one
 // ahead of the one on screen (its image preloaded), and a decision is held for a few
 // seconds before it is sent, so Z can take it back without touching the case system.
+// L switches to labelling mode: frames the model was unsure about (active learning), each
+// shown with the model's boxes to fix, delete or add and give a detector class; the same
+// box keys and drawing as box mode, one save per frame, no case made.
 "use strict";
 
 (function () {
@@ -22,8 +25,12 @@
     selected: 0,
     drag: null,
     decidedAt: null,  // performance.now() of the last decision's keypress
+    mode: "review",   // "review" | "labelling"
   };
-  window.gwReview = { timings: [], sent: 0, failed: 0 };  // read by tests and the benchmark
+  // Labelling mode's own queue: items leased like cases, with their boxes' classes.
+  const lab = { queue: [], index: 0, exhausted: false, classes: [], lastClass: null, fetching: null, recheck: null,
+                sending: new Set() };  // ids whose save or skip is on its way: not to be leased again
+  window.gwReview = { timings: [], sent: 0, failed: 0, labelled: 0 };  // read by tests and the benchmark
 
   function filters() {
     const params = new URLSearchParams(location.search);
@@ -83,12 +90,14 @@
     return item;
   }
 
-  function current() { return state.queue[state.index] || null; }
+  // The item on screen: a case, or a frame to label in labelling mode.
+  function current() { return state.mode === "labelling" ? lab.queue[lab.index] || null : state.queue[state.index] || null; }
 
   // An empty queue asks again now and then: new cases arrive, other reviewers' leases run out.
   let recheck = null;
 
   function show() {
+    if (state.mode !== "review") return;
     const item = current();
     state.selected = 0;
     setBoxMode(false);
@@ -215,14 +224,29 @@
     const item = current();
     const w = img.naturalWidth || 1, h = img.naturalHeight || 1;
     overlay.setAttribute("viewBox", `0 0 ${w} ${h}`);
-    overlay.replaceChildren(...(item ? item.boxes : []).map((b, i) => {
+    overlay.replaceChildren(...(item ? item.boxes : []).flatMap((b, i) => {
+      const selected = state.boxMode && i === state.selected;
       const rect = document.createElementNS(SVG, "rect");
       rect.setAttribute("x", b[0]); rect.setAttribute("y", b[1]);
       rect.setAttribute("width", b[2] - b[0]); rect.setAttribute("height", b[3] - b[1]);
-      rect.setAttribute("class", state.boxMode && i === state.selected ? "box selected" : "box");
+      rect.setAttribute("class", selected ? "box selected" : "box");
       rect.setAttribute("vector-effect", "non-scaling-stroke");
-      return rect;
+      if (!item.classes) return [rect];
+      const label = document.createElementNS(SVG, "text");
+      label.setAttribute("x", b[0] + 4); label.setAttribute("y", Math.max(b[1] - 6, 16 * w / (img.clientWidth || w)));
+      label.setAttribute("font-size", 16 * w / (img.clientWidth || w));
+      label.setAttribute("class", selected ? "box-label selected" : "box-label");
+      label.textContent = item.classes[i];
+      return [rect, label];
     }));
+    if (item && item.classes) listLabelBoxes(item);
+  }
+
+  // A box added (A, or drawn): in labelling mode it gets the class last given.
+  function addBox(item, box) {
+    item.boxes.push(clamp(box));
+    if (item.classes) item.classes.push(lab.lastClass || lab.classes[0]);
+    state.selected = item.boxes.length - 1;
   }
 
   function setBoxMode(on) {
@@ -250,12 +274,12 @@
       clamp(box);
     } else if (event.key === "a" || event.key === "A") {
       const w = img.naturalWidth, h = img.naturalHeight;
-      item.boxes.push(clamp([w * 0.4, h * 0.4, w * 0.6, h * 0.6]));
-      state.selected = item.boxes.length - 1;
+      addBox(item, [w * 0.4, h * 0.4, w * 0.6, h * 0.6]);
     } else if (event.key === "Tab") {
       state.selected = item.boxes.length ? (state.selected + 1) % item.boxes.length : 0;
     } else if (event.key === "x" || event.key === "X" || event.key === "Delete" || event.key === "Backspace") {
       item.boxes.splice(state.selected, 1);
+      if (item.classes) item.classes.splice(state.selected, 1);
       state.selected = Math.max(0, state.selected - 1);
     } else {
       return false;
@@ -280,9 +304,7 @@
     const [x0, y0] = state.drag, [x1, y1] = imagePoint(event);
     state.drag = null;
     if (Math.abs(x1 - x0) < 4 || Math.abs(y1 - y0) < 4) return;
-    const item = current();
-    item.boxes.push(clamp([Math.min(x0, x1), Math.min(y0, y1), Math.max(x0, x1), Math.max(y0, y1)]));
-    state.selected = item.boxes.length - 1;
+    addBox(current(), [Math.min(x0, x1), Math.min(y0, y1), Math.max(x0, x1), Math.max(y0, y1)]);
     drawBoxes();
   });
 
@@ -298,7 +320,169 @@
     m: () => $("note").focus(),
     "?": () => { $("help").hidden = !$("help").hidden; },
     Escape: () => { closeMenu(); setBoxMode(false); $("help").hidden = true; },
+    l: () => setMode("labelling"),
   };
+
+  // -- labelling mode ----------------------------------------------------------------------------
+  const LABEL_ACTIONS = {
+    y: () => finishLabelling("save"), Enter: () => finishLabelling("save"),
+    s: () => finishLabelling("skip"),
+    c: openClassMenu,
+    "[": () => stepClass(-1), "]": () => stepClass(1),
+    "?": ACTIONS["?"],
+    Escape: () => { closeMenu(); $("help").hidden = true; },
+    l: () => setMode("review"),
+  };
+
+  function setMode(mode) {
+    state.mode = mode;
+    root.dataset.mode = mode;
+    closeMenu();
+    const labelling = mode === "labelling";
+    $("labelling-toggle").setAttribute("aria-pressed", String(labelling));
+    $("case-details").hidden = labelling;
+    $("labelling-details").hidden = !labelling;
+    $("empty").hidden = true;
+    $("labelling-empty").hidden = true;
+    if (labelling) showLabelling(); else show();
+  }
+
+  $("labelling-toggle").addEventListener("click", (event) => {
+    event.currentTarget.blur();
+    setMode(state.mode === "labelling" ? "review" : "labelling");
+  });
+
+  function labelHeld() { return lab.queue.map((item) => item.label.id).concat([...lab.sending]); }
+
+  function fillLabelling() {
+    if (lab.fetching || lab.exhausted || lab.queue.length - lab.index >= 2) return lab.fetching;
+    lab.fetching = post("/review/labelling/next", { skip: labelHeld() }).then((answer) => {
+      lab.fetching = null;
+      lab.classes = answer.classes;
+      if (!answer.item) {
+        lab.exhausted = true;
+        if (!current()) showLabelling();
+        return;
+      }
+      lab.queue.push(prepareLabelling(answer.item));
+      if (lab.queue.length - 1 === lab.index) showLabelling();
+      return fillLabelling();
+    }).catch((error) => { lab.fetching = null; toast(config.t.error + ": " + error.message); });
+    return lab.fetching;
+  }
+
+  function prepareLabelling(view) {
+    // The model's detections are the starting boxes: fixing them is faster than drawing.
+    const start = view.boxes || view.detections.map((d) => ({ class_name: d.class_name, box: d.box }));
+    const item = { label: view, boxes: start.map((b) => b.box.slice()), classes: start.map((b) => b.class_name) };
+    item.image = new Image();
+    item.loaded = new Promise((resolve) => {
+      item.image.onload = item.image.onerror = resolve;
+      item.image.src = view.image_url;
+    });
+    return item;
+  }
+
+  function showLabelling() {
+    if (state.mode !== "labelling") return;
+    const item = current();
+    state.selected = 0;
+    closeMenu();
+    setBoxMode(true);  // labelling is box work: the box keys and drawing are always on
+    if (!item) {
+      root.dataset.state = lab.exhausted ? "empty" : "loading";
+      $("labelling-empty").hidden = !lab.exhausted;
+      $("frame").hidden = true;
+      if (!lab.exhausted) fillLabelling();
+      else if (!lab.recheck) lab.recheck = setTimeout(() => { lab.recheck = null; lab.exhausted = false; fillLabelling(); }, 15000);
+      return;
+    }
+    const v = item.label;
+    root.dataset.state = "labelling";
+    $("labelling-empty").hidden = true;
+    $("frame").hidden = false;
+    $("labelling-id").textContent = "#" + v.id;
+    $("labelling-reasons").textContent = v.reasons.map((r) => config.t["reason_" + r] || r).join(" · ");
+    $("labelling-camera").textContent = v.camera;
+    $("labelling-time").textContent = v.taken_at.replace("T", " ").slice(0, 19);
+    $("labelling-model").textContent = v.model_version || "-";
+    img.src = v.image_url;
+    item.loaded.then(() => {
+      if (current() !== item) return;
+      drawBoxes();
+      img.decode().catch(() => null).then(() => requestAnimationFrame(() => {
+        if (current() === item) root.dataset.labelShown = String(v.id);
+      }));
+    });
+    fillLabelling();
+  }
+
+  function listLabelBoxes(item) {
+    const rows = item.boxes.map((b, i) => {
+      const row = Object.assign(document.createElement("li"), {
+        textContent: `${item.classes[i]} · ${b.map((v) => Math.round(v)).join(", ")}` });
+      if (i === state.selected) row.className = "selected";
+      return row;
+    });
+    $("labelling-boxes").replaceChildren(...rows);
+  }
+
+  function setClass(name) {
+    const item = current();
+    if (!item || !item.boxes.length || !name) return;
+    item.classes[state.selected] = name;
+    lab.lastClass = name;
+    drawBoxes();
+  }
+
+  function stepClass(step) {
+    const item = current();
+    if (!item || !item.boxes.length) return;
+    const at = lab.classes.indexOf(item.classes[state.selected]);
+    setClass(lab.classes[(at + step + lab.classes.length) % lab.classes.length]);
+  }
+
+  // C, then 1-9 and 0 for the first ten classes, a-z for the next; [ and ] reach them all.
+  const CLASS_KEYS = "1234567890abcdefghijklmnopqrstuvwxyz";
+  function openClassMenu() {
+    if (!current() || !current().boxes.length) return;
+    state.menu = "class";
+    const menu = $("menu");
+    menu.replaceChildren(...lab.classes.slice(0, CLASS_KEYS.length).map((name, i) => {
+      const row = document.createElement("div");
+      row.append(Object.assign(document.createElement("kbd"), { textContent: CLASS_KEYS[i] }), " " + name);
+      return row;
+    }));
+    menu.hidden = false;
+  }
+
+  function classMenuKey(key) {
+    const at = CLASS_KEYS.indexOf(key.toLowerCase());
+    closeMenu();
+    if (key.length === 1 && at >= 0 && at < lab.classes.length) setClass(lab.classes[at]);
+  }
+
+  function finishLabelling(action) {
+    const item = current();
+    if (!item) return;
+    const id = item.label.id;
+    const body = action === "save" ? {
+      boxes: item.boxes.map((b, i) => ({ class_name: item.classes[i], box: b.map((v) => Math.round(v * 10) / 10) })),
+    } : {};
+    lab.queue.splice(lab.index, 1);
+    lab.sending.add(id);
+    showLabelling();
+    post(`/review/labelling/${id}/${action}`, body)
+      .then(() => {
+        window.gwReview.labelled += 1;
+        toast(`${action === "save" ? config.t.saved : config.t.skipped} #${id}`);
+      })
+      .catch((error) => {
+        window.gwReview.failed += 1;
+        toast((error.status === 409 ? config.t.labelling_taken : config.t.error) + ` (#${id})`);
+      })
+      .finally(() => lab.sending.delete(id));
+  }
 
   function move(step) {
     const next = state.index + step;
@@ -314,9 +498,11 @@
     }
     if (event.target.closest && event.target.closest("form")) return;  // typing in the filters
     if (event.ctrlKey || event.metaKey || event.altKey) return;
+    if (state.menu === "class") { event.preventDefault(); classMenuKey(event.key); return; }
     if (state.menu) { event.preventDefault(); menuKey(event.key); return; }
     if (state.boxMode && current() && boxKey(event)) { event.preventDefault(); return; }
-    const action = ACTIONS[event.key] || ACTIONS[event.key.toLowerCase()];
+    const keys = state.mode === "labelling" ? LABEL_ACTIONS : ACTIONS;
+    const action = keys[event.key] || keys[event.key.toLowerCase()];
     if (action) { event.preventDefault(); action(); }
   });
 
@@ -334,6 +520,8 @@
   setInterval(() => {
     const numbers = held();
     if (numbers.length) post("/review/leases", { cases: numbers }).catch(() => null);
+    const items = labelHeld();
+    if (items.length) post("/review/labelling/leases", { items }).catch(() => null);
   }, Math.max(1000, config.lease_ms / 3));
   fill();
 })();
