@@ -17,6 +17,7 @@ from `spent(camera, day)`, asked once per camera and day.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -72,6 +73,8 @@ class DailyBudget:
     spent: Callable[[str, date], int] = lambda camera, day: 0
     _used: dict[tuple[str, date], int] = field(default_factory=dict, init=False)
     _last: dict[str, datetime] = field(default_factory=dict, init=False)
+    # A camera change restarts the pipeline: the old one's last frames may overlap the new one's.
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def day_of(self, when: datetime) -> date:
         return when.astimezone(self.tz).date()
@@ -79,6 +82,10 @@ class DailyBudget:
     def take(self, camera: str, when: datetime) -> bool:
         """Spend one of the camera's samples at `when`; False when its day's budget is spent
         or its last sample is too recent."""
+        with self._lock:
+            return self._take(camera, when)
+
+    def _take(self, camera: str, when: datetime) -> bool:
         day = self.day_of(when)
         key = (camera, day)
         if key not in self._used:

@@ -110,3 +110,23 @@ def test_unsure_real_frames_are_queued_with_their_reasons(run_service, shipped_d
                         sampler=again.service.sampler, on_sample=again.service.on_sample)
     pipeline.run_until_done()
     assert pipeline.stats["sampled"] == 3 and len(again.service.labelling.list()) == 6
+
+
+def test_the_service_wires_its_cameras_to_the_queue(shipped_detector, tmp_path) -> None:
+    """`gridwatch serve`'s own pipeline (a config-file camera) samples into the queue."""
+    from serving.settings import Settings
+    from tests.support.service import RunningService, pick_port, wait_for
+
+    folder = street_folder(tmp_path, 4)
+    settings = Settings(data_dir=tmp_path / "data", port=pick_port(), admin_key="gw_test_admin_key_0123456789",
+                        labelling={"daily_budget_per_camera": 2, "band": 1.0, "min_gap_s": 0})
+    server = RunningService(settings, detector=shipped_detector,
+                            file_cameras=list(cameras(folder, tmp_path).cameras))
+    try:
+        wait_for(lambda: len(server.service.labelling.list()) == 2, timeout=60)
+        wait_for(lambda: server.service.cameras.stats().get("frames") == 4, timeout=60)
+        assert len(server.service.labelling.list()) == 2  # the budget, though all four were unsure
+        with server.client() as http:
+            assert "gridwatch_labelling_sampled_total 2" in http.get("/metrics").text
+    finally:
+        server.stop()
