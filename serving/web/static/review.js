@@ -356,7 +356,8 @@
 
   function fillLabelling() {
     if (lab.fetching || lab.exhausted || lab.queue.length - lab.index >= 2) return lab.fetching;
-    lab.fetching = post("/review/labelling/next", { skip: labelHeld() }).then((answer) => {
+    // The queue's camera filter applies here too.
+    lab.fetching = post("/review/labelling/next", { skip: labelHeld(), camera: filters().camera }).then((answer) => {
       lab.fetching = null;
       lab.classes = answer.classes;
       if (!answer.item) {

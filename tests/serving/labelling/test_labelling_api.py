@@ -53,6 +53,9 @@ def test_list_lease_save_and_skip(run_service, db_url, dataset_images) -> None:
         outside = alice.post(save, json={"boxes": [{"class_name": "person", "box": [0, 0, w + 50, 10]}]},
                              headers=csrf(alice))
         assert outside.status_code == 422 and "outside" in outside.json()["detail"]
+        below = alice.post(save, json={"boxes": [{"class_name": "person", "box": [0, 0, 10, h + 1]}]},
+                           headers=csrf(alice))
+        assert below.status_code == 422
         for bad in ([{"class_name": "person", "box": [50, 50, 10, 10]}], [{"class_name": "person"}],
                     [{"class_name": "person", "box": [1, 2, 3]}], "boxes"):
             assert alice.post(save, json={"boxes": bad}, headers=csrf(alice)).status_code == 422
