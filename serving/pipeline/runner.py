@@ -117,7 +117,7 @@ class Pipeline:
         self.evidence = evidence
         self.on_event = on_event
         self.motion_gating = motion_gating
-        self.sampler = sampler if on_sample is not None else None
+        self.sampler = sampler
         self.on_sample = on_sample
         self.runtimes = {c.id: CameraRuntime(c, taxonomy, clock_start) for c in cams}
         # run_until_done() returns what it emitted; a live pipeline runs for months and keeps

@@ -1,4 +1,5 @@
-"""Active learning: which analysed frames go to the labelling queue, and why; pure (no I/O).
+"""Active learning: which analysed frames go to the labelling queue, and why. No I/O of its
+own: the frame goes to the pipeline's `on_sample`, the spent budget comes from `spent`.
 
 A frame is *unsure* when, for a class a rule of its camera watches:
 
@@ -30,7 +31,6 @@ from detector.detections import Detections
 from serving.pipeline.tracking import ClassFlip
 
 Reason = Literal["score_band", "class_flip", "dropped_for_score"]
-REASONS: tuple[Reason, ...] = ("score_band", "class_flip", "dropped_for_score")
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,8 @@ def test_label_a_frame_with_the_keyboard(run_service, dataset_images, chromium, 
 
     server = run_service()
     # Photos in which the (COCO seed) model found at least two things: boxes to fix.
-    busy = [p for p in dataset_images[:60]
-            if len(server.service.detector.detect([cv2.imread(str(p))])[0]) >= 2][:2]
+    found = (p for p in dataset_images[:60] if len(server.service.detector.detect([cv2.imread(str(p))])[0]) >= 2)
+    busy = [image for image, _ in zip(found, range(2))]
     assert len(busy) == 2
     ids = queue_samples(server, busy, 2)
     first = server.service.labelling.get(ids[0])
