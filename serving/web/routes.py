@@ -37,7 +37,7 @@ pages = APIRouter(include_in_schema=False)
 # Settings an admin may see; secrets (webhook secret, admin key, database URL) stay out.
 SHOWN_SETTINGS = ("host", "port", "public_url", "webhook_url", "auto_confirm", "reopen_policy", "dedup_cooldown_s",
                   "delivery_max_tries", "session_ttl_s", "login_max_failures", "login_window_s",
-                  "review_lease_s", "review_undo_s", "score_threshold", "iou_threshold")
+                  "review_lease_s", "review_undo_s", "score_threshold", "iou_threshold", "labelling")
 
 
 class LoginRequired(Exception):

@@ -81,6 +81,11 @@ def test_list_lease_save_and_skip(run_service, db_url, dataset_images) -> None:
         bob.post("/review/labelling/next", json={}, headers=csrf(bob))
         assert bob.post(f"/review/labelling/{ids[2]}/save", json={"boxes": []}, headers=csrf(bob)).status_code == 200
 
+    add_user(server, "root", "admin")
+    with httpx.Client(base_url=server.url) as root:
+        http_sign_in(root, "root")
+        assert "daily_budget_per_camera=20" in root.get("/admin").text  # the settings admins see
+
     with server.service.db.sessions() as session:
         rows = {r.id: r for r in session.scalars(select(LabellingItem))}
         audit = session.scalars(select(AuditEntry).where(AuditEntry.action.like("labelling.%"))
