@@ -22,6 +22,7 @@ from training.model_card import ModelCard, int8_check, run_card, source_credits,
 from training.offline import ultralytics_offline
 from training.promote import decide, install
 from training.pseudo_labels import COCO_TEACHER
+from training.sampling import repeat_factor_trainer, run_sampling
 from training.yolo_format import DataYaml, read_data_yaml
 
 WEIGHTS_DIR = REPO_ROOT / "weights"
@@ -93,6 +94,7 @@ def train(
     workers: int = 2,
     plots: bool = True,
     seed: int = 0,
+    repeat_threshold: float | None = None,
     extra: dict | None = None,
 ) -> TrainResult:
     YOLO = ultralytics_offline()
@@ -118,8 +120,10 @@ def train(
     if model is None:
         model = bootstrap_start(project / ".bootstrap", split_dir(config, "train"))
     device = device or default_device()
+    # None: Ultralytics' own trainer, every image once per epoch.
+    trainer = repeat_factor_trainer(repeat_threshold, seed) if repeat_threshold else None
     YOLO(str(model)).train(
-        data=str(data), epochs=epochs, imgsz=imgsz, batch=batch, device=device,
+        trainer=trainer, data=str(data), epochs=epochs, imgsz=imgsz, batch=batch, device=device,
         project=str(project), name=name, exist_ok=True, fraction=fraction,
         workers=workers, plots=plots, seed=seed, deterministic=False, verbose=True,
         **(extra or {}),
@@ -225,7 +229,8 @@ def finish_run(
     card = run_card(
         STEM, exported, sources=sources, counts=read_label_counts(manifest) if manifest.is_file() else None,
         metrics=metrics, real_val=fp32_eval, int8=quantised, speed=speed,
-        training={**exported.train_args, "run_dir": str(result.run_dir), **_lineage(load_checkpoint(result.best))},
+        training={**exported.train_args, "run_dir": str(result.run_dir), **_lineage(load_checkpoint(result.best)),
+                  **run_sampling(result.run_dir)},
         files=files, decision=decision, summary=notes.strip() if notes else None,
     )
     md, js = write_card(card, out, STEM)
