@@ -8,6 +8,7 @@ folder, and the fp32 export meets the current default in weights/ on that same s
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -173,6 +174,12 @@ def evaluate_onnx(model: Path, eval_set: EvalSet, threshold: float = DEFAULT_SCO
     return evaluate(predict, eval_set, threshold)
 
 
+def build_report(dataset_dir: Path) -> dict:
+    """The dataset build's report.json ({} for a dataset made by hand)."""
+    path = dataset_dir / "report.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
 def _lineage(checkpoint: dict) -> dict:
     """How an averaged checkpoint (`gridwatch average`) was made, for the card."""
     if not checkpoint.get("averaged_from"):
@@ -232,6 +239,7 @@ def finish_run(
         training={**exported.train_args, "run_dir": str(result.run_dir), **_lineage(load_checkpoint(result.best)),
                   **run_sampling(result.run_dir)},
         files=files, decision=decision, summary=notes.strip() if notes else None,
+        pseudo_label_audit=build_report(dataset.file.parent).get("pseudo_suppressed"),
     )
     md, js = write_card(card, out, STEM)
     # The same card again under each model file's own name, so whoever holds one file finds its card.
