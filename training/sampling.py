@@ -140,27 +140,3 @@ def run_sampling(run_dir: Path) -> dict:
     """How a run drew its train images, for the card ({} when it drew each once)."""
     path = run_dir / SAMPLING_FILE
     return {"repeat_factor_sampling": json.loads(path.read_text())} if path.is_file() else {}
-
-
-def repeat_factor_trainer(threshold: float, seed: int = 0, log=print):  # noqa: ANN001, ANN201
-    """A DetectionTrainer whose train split is drawn by repeat factors (validation untouched)."""
-    from ultralytics.models.yolo.detect import DetectionTrainer
-
-    class RepeatFactorTrainer(DetectionTrainer):
-        def build_dataset(self, img_path: str, mode: str = "train", batch: int | None = None):  # noqa: ANN202
-            dataset = super().build_dataset(img_path, mode, batch)
-            if mode != "train":
-                return dataset
-            manifest = Path(self.args.data).parent / "manifest.json"
-            images = train_images(dataset.im_files, [lb["cls"] for lb in dataset.labels],
-                                  self.data["names"], manifest)
-            factors = repeat_factors(images, threshold)
-            indices = expanded_indices(factors, seed)
-            report = sampling_report(images, factors, indices, threshold)
-            Path(self.save_dir).mkdir(parents=True, exist_ok=True)
-            (Path(self.save_dir) / SAMPLING_FILE).write_text(json.dumps(report, indent=1))
-            for line in report_lines(report):
-                log(line)
-            return RepeatedDataset(dataset, indices)
-
-    return RepeatFactorTrainer

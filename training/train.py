@@ -23,7 +23,8 @@ from training.model_card import ModelCard, int8_check, run_card, source_credits,
 from training.offline import ultralytics_offline
 from training.promote import decide, install
 from training.pseudo_labels import COCO_TEACHER
-from training.sampling import repeat_factor_trainer, run_sampling
+from training.sampling import run_sampling
+from training.trainer import gridwatch_trainer
 from training.yolo_format import DataYaml, read_data_yaml
 
 WEIGHTS_DIR = REPO_ROOT / "weights"
@@ -112,7 +113,9 @@ def train(
             raise TrainError(f"{run_dir}: training is finished, nothing to resume "
                              "(use --finish for the after-training steps)")
         try:
-            YOLO(str(last)).train(resume=True)
+            # the same trainer again, with the sampling the run started with
+            sampling = run_sampling(run_dir).get("repeat_factor_sampling", {})
+            YOLO(str(last)).train(resume=True, trainer=gridwatch_trainer(sampling.get("threshold"), seed))
         except AssertionError as exc:  # Ultralytics' way of saying the run already finished
             raise TrainError(f"{run_dir}: {str(exc).splitlines()[0]} (use --finish for the after-training steps)") from None
         return TrainResult(run_dir=run_dir, best=run_dir / "weights" / "best.pt")
@@ -121,10 +124,8 @@ def train(
     if model is None:
         model = bootstrap_start(project / ".bootstrap", split_dir(config, "train"))
     device = device or default_device()
-    # None: Ultralytics' own trainer, every image once per epoch.
-    trainer = repeat_factor_trainer(repeat_threshold, seed) if repeat_threshold else None
     YOLO(str(model)).train(
-        trainer=trainer, data=str(data), epochs=epochs, imgsz=imgsz, batch=batch, device=device,
+        trainer=gridwatch_trainer(repeat_threshold, seed), data=str(data), epochs=epochs, imgsz=imgsz, batch=batch, device=device,
         project=str(project), name=name, exist_ok=True, fraction=fraction,
         workers=workers, plots=plots, seed=seed, deterministic=False, verbose=True,
         **(extra or {}),

@@ -89,3 +89,24 @@ def test_summary_counts_draws_per_category():
     lines = report_lines(report)
     assert lines[0] == "repeat-factor sampling (t=0.5): 4 train images -> 5 draws per epoch"
     assert list(report["categories"])[:2] == ["source:garbage", "source:thela"]  # sources first
+
+
+def test_best_epoch_is_judged_on_the_labelled_classes(tmp_path):
+    from training.dataset_manifest import (BuildSettings, DatasetManifest, LabelCounts, write_manifest)
+    from training.trainer import labelled_fitness, labelled_val_classes
+
+    manifest = DatasetManifest(
+        classes=["push_cart", "person", "flyer"], sources=[], dataset_hash="0", images=[],
+        counts=LabelCounts(human={"train": {"push_cart": 9}, "val": {"push_cart": 3}},
+                           pseudo={"val": {"person": 40}}, synthetic={"val": {"flyer": 2}}),
+        options=BuildSettings(val_fraction=0.15, pseudo_labels=True, pseudo_score=0.4, teacher=None, synthetic=2,
+                              imgsz=640, limit=None, seed=0, near_duplicate_distance=6),
+    )
+    write_manifest(manifest, tmp_path / "manifest.json")
+    labelled = labelled_val_classes(tmp_path / "manifest.json")
+    assert labelled == {"push_cart", "flyer"}  # people are the teacher's
+    assert labelled_val_classes(tmp_path / "none.json") is None
+    names = {0: "push_cart", 1: "person", 2: "flyer"}
+    all_ap = np.array([[0.2] * 10, [0.9] * 10, [0.4] * 10])  # rows in ap_class_index order
+    assert labelled_fitness(all_ap, np.array([0, 1, 2]), names, labelled) == pytest.approx(0.3)
+    assert labelled_fitness(all_ap[1:2], np.array([1]), names, labelled) is None  # none scored: Ultralytics' own
