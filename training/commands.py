@@ -9,6 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from training.sampling import DEFAULT_THRESHOLD as REPEAT_THRESHOLD
+
 # Ultralytics' optimizer names (ultralytics/engine/trainer.py build_optimizer).
 OPTIMIZERS = ("auto", "SGD", "MuSGD", "Adam", "Adamax", "AdamW", "NAdam", "RAdam", "RMSprop")
 
@@ -28,6 +30,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--finish", action="store_true",
                    help="skip training: export, evaluate, card and champion/challenger for --project/--name")
     p.add_argument("--fraction", type=float, default=1.0, help="train on this fraction of the train split")
+    p.add_argument("--repeat-threshold", type=float, metavar="T", nargs="?", const=REPEAT_THRESHOLD,
+                   help="repeat-factor sampling (LVIS): images of classes and sources held by fewer than this "
+                        f"fraction of train images are drawn more often (alone: {REPEAT_THRESHOLD}; "
+                        "default: off, every image once per epoch)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--cache", choices=("ram", "disk"), help="cache decoded training images (ram: fastest on CPU)")
     p.add_argument("--close-mosaic", type=int, help="last epochs trained without mosaic augmentation")
@@ -102,7 +108,7 @@ def run_train(args: argparse.Namespace) -> int:
                 args.data, args.model, epochs=args.epochs, imgsz=args.imgsz or 416, batch=args.batch,
                 device=args.device, project=args.project, name=args.name, resume=args.resume,
                 fraction=args.fraction, workers=args.workers, plots=args.plots,
-                extra={k: v for k, v in (("cache", args.cache), ("close_mosaic", args.close_mosaic),
+                repeat_threshold=args.repeat_threshold, extra={k: v for k, v in (("cache", args.cache), ("close_mosaic", args.close_mosaic),
                                          ("optimizer", args.optimizer), ("lr0", args.lr0)) if v is not None},
             )
         data = args.data

@@ -40,6 +40,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--near-duplicate-distance", type=int, default=6, metavar="BITS",
         help="perceptual-hash bits (of 64) within which images count as near-duplicates",
     )
+    b.add_argument("--crops", type=int, default=0, metavar="TILE",
+                   help="also write train crops of TILE px at native resolution around small signs, ads, "
+                        "flyers and banners, on the tiled-inference grid (e.g. the training size; default: none)")
+    b.add_argument("--max-crops", type=int, metavar="N", help="crops per image at most (default 2)")
     b.add_argument("--threads", type=int, help="ONNX Runtime threads for the teacher")
     b.add_argument("--cache-dir", type=Path, help="teacher output cache (default: runs/cache/teacher)")
     b.set_defaults(func=run_build)
@@ -77,6 +81,8 @@ def run_build(args: argparse.Namespace) -> int:
             teacher=args.teacher,
             threads=args.threads,
             cache_dir=args.cache_dir,
+            crops=args.crops,
+            **({"max_crops": args.max_crops} if args.max_crops is not None else {}),
         )
         build(options, log=lambda line: print(line, flush=True))
     except (BuildError, SourceError, SyntheticError, FileNotFoundError, ValueError) as exc:

@@ -35,6 +35,7 @@ from training.dataset_manifest import (
     DatasetManifest,
     LabelCounts,
     ManifestSource,
+    CropImage,
     RealImage,
     SyntheticBox,
     SyntheticImage,
@@ -42,6 +43,7 @@ from training.dataset_manifest import (
     per_split,
     write_manifest,
 )
+from training.crops import DEFAULT_MAX_CROPS, native_crops
 from training.sources import LabelledImage, Source, gridwatch_classes
 from training.yolo_format import DataYaml, label_path, label_text, write_data_yaml
 
@@ -69,6 +71,8 @@ class BuildOptions:
     teacher: Path | None = None
     cache_dir: Path | None = None
     threads: int | None = None
+    crops: int = 0  # tile size for native-resolution crops of small things (0: none); training/crops.py
+    max_crops: int = DEFAULT_MAX_CROPS
 
 
 @dataclass
@@ -107,6 +111,7 @@ class Report:
     exact_duplicates: list[dict] = field(default_factory=list)  # {kept, dropped, labels_agree}
     near_duplicate_clusters: list[list[str]] = field(default_factory=list)
     pseudo_suppressed: Counter = field(default_factory=Counter)  # "truck~push_cart" -> n
+    crops: Counter = field(default_factory=Counter)  # source -> native-resolution crops written
     synthetic: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
@@ -130,6 +135,7 @@ class Report:
             ("exact duplicates dropped", sum(len(g["dropped"]) for g in self.exact_duplicates)),
             ("near-duplicate clusters (kept together)", len(self.near_duplicate_clusters)),
             ("pseudo boxes suppressed by a human label", sum(self.pseudo_suppressed.values())),
+            ("native-resolution crops written (train)", sum(self.crops.values())),
         ]:
             lines.append(f"{label}: {value}")
         if self.unknown_classes:
@@ -314,6 +320,31 @@ def write_image(bgr: np.ndarray, path: Path, imgsz: int, original: Path | None =
         raise BuildError(f"cannot write {path}")
 
 
+def write_crops(bgr: np.ndarray, im: CheckedImage, out: Path, options: BuildOptions, ids: dict[str, int],
+                report: Report) -> list[CropImage]:
+    """The image's native-resolution crops (training/crops.py) as extra train images."""
+    import cv2
+
+    boxes = np.vstack([im.boxes, im.pseudo_boxes])
+    classes = im.classes + im.pseudo_classes
+    pseudo = set(im.pseudo_classes)
+    written = []
+    for crop in native_crops(im.size[0], im.size[1], boxes, classes, options.crops, options.max_crops):
+        t = crop.tile
+        name = f"{Path(im.out_name).stem}__crop{t.x0}_{t.y0}.jpg"
+        path = out / "images" / "train" / name
+        if not cv2.imwrite(str(path), bgr[t.y0:t.y1, t.x0:t.x1], [cv2.IMWRITE_JPEG_QUALITY, 95]):
+            raise BuildError(f"cannot write {path}")
+        write_labels(path, out, crop.boxes, crop.classes, (t.x1 - t.x0, t.y1 - t.y0), ids)
+        report.crops[im.source] += 1
+        written.append(CropImage(
+            file=f"train/{name}", source=im.source, crop_of=f"train/{im.out_name}", window=[t.x0, t.y0, t.x1, t.y1],
+            boxes=len(crop.classes), pseudo_labelled_classes=sorted(pseudo & set(crop.classes)),
+            pseudo_boxes=sum(c in pseudo for c in crop.classes),
+        ))
+    return written
+
+
 def check_out(final: Path) -> None:
     """Refuse, before any work, to replace a folder that is not a previous build."""
     if final.exists() and (not final.is_dir() or (any(final.iterdir()) and not (final / "manifest.json").exists())):
@@ -395,7 +426,7 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> DatasetM
     log(f"checked {len(checked)} images in {time.monotonic() - started:.0f} s; {len(images)} after exact dedupe")
 
     out = staging_dir(final)
-    manifest_images: list[RealImage | SyntheticImage] = []
+    manifest_images: list[RealImage | CropImage | SyntheticImage] = []
     counts = {"train": Counter(), "val": Counter()}
     pseudo_counts = {"train": Counter(), "val": Counter()}
     for n, im in enumerate(sorted(images, key=lambda i: i.out_name), 1):
@@ -410,6 +441,8 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> DatasetM
         write_labels(image, out, np.vstack([im.boxes, im.pseudo_boxes]), all_classes, im.size, ids)
         counts[im.split].update(im.classes)
         pseudo_counts[im.split].update(im.pseudo_classes)
+        if options.crops and im.split == "train":
+            manifest_images += write_crops(bgr, im, out, options, ids, report)
         manifest_images.append(
             RealImage(
                 file=f"{im.split}/{im.out_name}",
@@ -453,6 +486,8 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> DatasetM
             limit=options.limit,
             seed=options.seed,
             near_duplicate_distance=options.near_duplicate_distance,
+            crops=options.crops,
+            max_crops=options.max_crops if options.crops else 0,
         ),
         counts=LabelCounts(
             human=per_split(counts, classes),

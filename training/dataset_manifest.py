@@ -38,11 +38,14 @@ class BuildSettings(BaseModel):
     limit: int | None
     seed: int
     near_duplicate_distance: int
+    crops: int = 0  # tile size of the native-resolution crops; 0: none
+    max_crops: int = 0
 
 
 class ImageCounts(BaseModel):
     real: int
     synthetic: int
+    crops: int = 0  # native-resolution crops of real train images (training/crops.py)
 
 
 class LabelCounts(BaseModel):
@@ -68,6 +71,20 @@ class RealImage(BaseModel):
     sha256: str
     phash: str  # 16 hex digits
     cluster: int  # near-duplicate cluster: the split follows it
+    boxes: int
+    pseudo_labelled_classes: list[str]
+    pseudo_boxes: int
+
+
+class CropImage(BaseModel):
+    """A tile of a real train image at its native resolution (training/crops.py)."""
+
+    file: str
+    source: str
+    crop_of: str  # the "split/name" of the whole image it was cut from
+    window: list[int]  # x0, y0, x1, y1 in the original image's pixels
+    split: Literal["train"] = "train"
+    synthetic: Literal[False] = False
     boxes: int
     pseudo_labelled_classes: list[str]
     pseudo_boxes: int
@@ -99,7 +116,7 @@ class DatasetManifest(BaseModel):
     options: BuildSettings
     counts: LabelCounts
     dataset_hash: str
-    images: list[RealImage | SyntheticImage]
+    images: list[RealImage | CropImage | SyntheticImage]
 
 
 def per_split(counts: dict[str, Counter], classes: Sequence[str]) -> PerSplit:
@@ -107,10 +124,11 @@ def per_split(counts: dict[str, Counter], classes: Sequence[str]) -> PerSplit:
     return {s: {c: counts[s][c] for c in classes if counts[s][c]} for s in SPLITS}
 
 
-def image_counts(images: Sequence[RealImage | SyntheticImage]) -> dict[str, ImageCounts]:
+def image_counts(images: Sequence[CropImage | RealImage | SyntheticImage]) -> dict[str, ImageCounts]:
     return {
-        s: ImageCounts(real=sum(1 for m in images if m.split == s and not m.synthetic),
-                       synthetic=sum(1 for m in images if m.split == s and m.synthetic))
+        s: ImageCounts(real=sum(1 for m in images if m.split == s and isinstance(m, RealImage)),
+                       synthetic=sum(1 for m in images if m.split == s and m.synthetic),
+                       crops=sum(1 for m in images if m.split == s and isinstance(m, CropImage)))
         for s in SPLITS
     }
 

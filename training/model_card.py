@@ -85,6 +85,9 @@ class ModelCard(BaseModel):
     sources: list[SourceCredit]
     credits: list[str]
     data_notes: list[str] = DATA_NOTES
+    # "teacher class~human class" -> teacher boxes dropped because a human label says the object is
+    # something else (training/pseudo_labels.py CONFLICTS), from the dataset build's report
+    pseudo_label_audit: dict[str, int] = {}
     metrics: dict[str, dict[str, EvalJson]]  # split ("real_val", "synthetic_val") -> model file -> metrics
     int8: Int8Check | None
     speed: SpeedComparison | None
@@ -158,6 +161,7 @@ def run_card(
     files: list[Path],
     decision: Decision,
     summary: str | None,
+    pseudo_label_audit: dict[str, int] | None = None,
 ) -> ModelCard:
     """The card of an exported run: `real_val` is the fp32 file's metrics on the real val split,
     `counts` the dataset manifest's (None: not a `gridwatch dataset build` dataset)."""
@@ -181,6 +185,7 @@ def run_card(
         files=[FileEntry(name=f.name, sha256=sha256_file(f), bytes=f.stat().st_size) for f in files],
         weaknesses=DEFAULT_WEAKNESSES + coverage_weaknesses(instances, real_val),
         summary=summary,
+        pseudo_label_audit=pseudo_label_audit or {},
         decision=Promotion(promote=decision.promote, challenger=decision.challenger_score,
                            champion=decision.champion_score, metric=decision.metric),
     )
@@ -224,6 +229,14 @@ def render_markdown(card: ModelCard) -> str:
                 "| class | " + " | ".join(kinds) + " |", "|---" * (len(kinds) + 1) + "|"]
         for name, per_kind in card.train_instances.items():
             out.append(f"| {name} | " + " | ".join(str(per_kind.get(k, 0)) for k in kinds) + " |")
+        out.append("")
+    if card.pseudo_label_audit:
+        out += ["Teacher boxes dropped because they sat on a human-labelled object of another kind "
+                "(a push cart the teacher called a truck teaches the wrong thing):", "",
+                "| teacher said | human label | boxes dropped |", "|---|---|---|"]
+        for pair, n in sorted(card.pseudo_label_audit.items(), key=lambda kv: -kv[1]):
+            teacher, human = pair.split("~", 1)
+            out.append(f"| {teacher} | {human} | {n} |")
         out.append("")
     out += ["## Metrics", "",
             f"Measured with `gridwatch eval` (AP from scores >= {AP_SCORE_THRESHOLD}, COCO 101-point; precision and "

@@ -8,6 +8,7 @@ folder, and the fp32 export meets the current default in weights/ on that same s
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,6 +23,8 @@ from training.model_card import ModelCard, int8_check, run_card, source_credits,
 from training.offline import ultralytics_offline
 from training.promote import decide, install
 from training.pseudo_labels import COCO_TEACHER
+from training.sampling import run_sampling
+from training.trainer import gridwatch_trainer
 from training.yolo_format import DataYaml, read_data_yaml
 
 WEIGHTS_DIR = REPO_ROOT / "weights"
@@ -93,6 +96,7 @@ def train(
     workers: int = 2,
     plots: bool = True,
     seed: int = 0,
+    repeat_threshold: float | None = None,
     extra: dict | None = None,
 ) -> TrainResult:
     YOLO = ultralytics_offline()
@@ -109,7 +113,9 @@ def train(
             raise TrainError(f"{run_dir}: training is finished, nothing to resume "
                              "(use --finish for the after-training steps)")
         try:
-            YOLO(str(last)).train(resume=True)
+            # the same trainer again, with the sampling the run started with
+            sampling = run_sampling(run_dir).get("repeat_factor_sampling", {})
+            YOLO(str(last)).train(resume=True, trainer=gridwatch_trainer(sampling.get("threshold"), seed))
         except AssertionError as exc:  # Ultralytics' way of saying the run already finished
             raise TrainError(f"{run_dir}: {str(exc).splitlines()[0]} (use --finish for the after-training steps)") from None
         return TrainResult(run_dir=run_dir, best=run_dir / "weights" / "best.pt")
@@ -119,7 +125,7 @@ def train(
         model = bootstrap_start(project / ".bootstrap", split_dir(config, "train"))
     device = device or default_device()
     YOLO(str(model)).train(
-        data=str(data), epochs=epochs, imgsz=imgsz, batch=batch, device=device,
+        trainer=gridwatch_trainer(repeat_threshold, seed), data=str(data), epochs=epochs, imgsz=imgsz, batch=batch, device=device,
         project=str(project), name=name, exist_ok=True, fraction=fraction,
         workers=workers, plots=plots, seed=seed, deterministic=False, verbose=True,
         **(extra or {}),
@@ -167,6 +173,12 @@ def val_set(data: DataYaml) -> EvalSet:
 def evaluate_onnx(model: Path, eval_set: EvalSet, threshold: float = DEFAULT_SCORE_THRESHOLD) -> EvalResult:
     predict, _ = onnx_predictor(model)
     return evaluate(predict, eval_set, threshold)
+
+
+def build_report(dataset_dir: Path) -> dict:
+    """The dataset build's report.json ({} for a dataset made by hand)."""
+    path = dataset_dir / "report.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def _lineage(checkpoint: dict) -> dict:
@@ -225,8 +237,10 @@ def finish_run(
     card = run_card(
         STEM, exported, sources=sources, counts=read_label_counts(manifest) if manifest.is_file() else None,
         metrics=metrics, real_val=fp32_eval, int8=quantised, speed=speed,
-        training={**exported.train_args, "run_dir": str(result.run_dir), **_lineage(load_checkpoint(result.best))},
+        training={**exported.train_args, "run_dir": str(result.run_dir), **_lineage(load_checkpoint(result.best)),
+                  **run_sampling(result.run_dir)},
         files=files, decision=decision, summary=notes.strip() if notes else None,
+        pseudo_label_audit=build_report(dataset.file.parent).get("pseudo_suppressed"),
     )
     md, js = write_card(card, out, STEM)
     # The same card again under each model file's own name, so whoever holds one file finds its card.

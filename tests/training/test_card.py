@@ -100,13 +100,25 @@ def test_card_json_keeps_the_shipped_field_names(tmp_path):
     _, json_path = write_card(_card(), tmp_path)
     shipped = json.loads((REPO_ROOT / "weights" / "gridwatch.json").read_text(encoding="utf-8"))
     written = json.loads(json_path.read_text())
-    assert list(written) == [k for k in shipped if k != "summary"]  # no notes, no summary
+    # the shipped names in their order, no notes, no summary; fields added since may follow
+    assert [k for k in written if k in shipped] == [k for k in shipped if k != "summary"]
+    assert set(written) - set(shipped) <= {"pseudo_label_audit"}
     for part in ("int8", "speed"):
         assert list(written[part]) == list(shipped[part])
     assert list(written["sources"][0]) == list(shipped["sources"][0])
     assert list(written["files"][0]) == list(shipped["files"][0])
     notes = json.loads(write_card(_card(summary="why", decision=shipped["decision"]), tmp_path)[1].read_text())
-    assert list(notes) == list(shipped) and list(notes["decision"]) == list(shipped["decision"])
+    assert [k for k in notes if k in shipped] == list(shipped)
+    assert list(notes["decision"]) == list(shipped["decision"])
+
+
+def test_card_says_which_teacher_boxes_the_audit_dropped(tmp_path):
+    card = _card(pseudo_label_audit={"truck~push_cart": 2, "bicycle~push_cart": 9, "person~window_ad": 3})
+    md = write_card(card, tmp_path)[0].read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| ") and line.count("|") == 4]
+    assert rows.index("| bicycle | push_cart | 9 |") < rows.index("| person | window_ad | 3 |") \
+        < rows.index("| truck | push_cart | 2 |")  # most dropped first
+    assert "Teacher boxes dropped" not in render_markdown(_card())  # nothing dropped, nothing said
 
 
 def test_card_names_classes_the_data_cannot_support():

@@ -93,8 +93,11 @@ def no_network(env):
 @pytest.fixture(scope="module")
 def trained(env):
     weights = env["tmp"] / "weights"
+    # With repeat-factor sampling: the CI run also proves the custom trainer trains, pickled into
+    # the dataloader's worker processes.
     proc = gridwatch(env, "train", "--data", env["data"], "--epochs", 1, "--imgsz", 192, "--batch", 8,
-                     "--project", env["tmp"] / "runs", "--name", "ci", "--promote", "--weights-dir", weights)
+                     "--project", env["tmp"] / "runs", "--name", "ci", "--promote", "--weights-dir", weights,
+                     "--repeat-threshold")
     return {"run": env["tmp"] / "runs" / "ci", "weights": weights, "out": proc.stdout + proc.stderr}
 
 
@@ -112,6 +115,11 @@ def test_train_writes_run_export_card_and_promotes_first_model(env, trained):
         assert (trained["weights"] / f"{stem}.md").read_text() == (trained["weights"] / "gridwatch.md").read_text()
     card = json.loads((trained["weights"] / "gridwatch.json").read_text())
     assert card["classes"][:3] == ["garbage_bin", "bin_overflow", "garbage_pile"]
+    sampling = card["training"]["repeat_factor_sampling"]
+    assert sampling["train_images"] == 40 and sampling["draws_per_epoch"] > 40
+    # push carts are in 8 of 40 train images: sqrt(0.25 / 0.2) = 1.118 each, more than once per epoch
+    assert sampling["categories"]["push_cart"]["mean_factor"] == pytest.approx(1.118, abs=0.001)
+    assert f"40 train images -> {sampling['draws_per_epoch']} draws per epoch" in trained["out"]
     assert {s["name"] for s in card["sources"]} == {"garbage_overflow_cn", "thela_india", "facade_signs_spb"}
     assert any("CC BY 4.0" in c and "garbage_overflow_cn" in c for c in card["credits"])
     real = card["metrics"]["real_val"]
