@@ -7,8 +7,10 @@ from typing import Any, Literal
 
 from serving.store.models import Case
 
-# The city's case system moves a case forward only.
-STATUS_ORDER = {"new": 0, "dispatched": 1, "handled": 2, "closed": 3}
+# The city's case system moves a case forward only. "reopened" is set by a re-check that
+# still saw the violation (serving/cases/recheck.py): the case is back to be dispatched and
+# handled again, so it ranks with "dispatched".
+STATUS_ORDER = {"new": 0, "dispatched": 1, "reopened": 1, "handled": 2, "closed": 3}
 
 
 class CaseError(ValueError):

@@ -7,6 +7,7 @@ Used by `gridwatch watch` and by the case layer:
     # or, for live sources (and mixed configs), in a background thread:
     pipeline.start(); ...; pipeline.stop()
     pipeline.health                # {camera_id: StreamHealth}, live objects, `.to_json()` each
+    pipeline.snapshot(camera_id, timeout)  # the next frame the running pipeline takes of it
 
 `cameras` is a `CamerasConfig` or a list of `Camera`; `detector` a `detector.Detector` (or
 anything with `detect(list_of_frames) -> list[Detections]`); `taxonomy` from
@@ -115,6 +116,11 @@ class Pipeline:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.stats = {"frames": 0, "detected": 0, "batches": 0, "tiled": 0}
+        # Frames asked for by others (a case re-check): camera -> waiters for its next frame.
+        # Only asked-for frames are kept; holding every camera's last frame would cost a
+        # 1080p frame (6 MB) per camera.
+        self._snapshot_lock = threading.Lock()
+        self._snapshots: dict[str, list[_FrameWaiter]] = {}
 
     @property
     def health(self) -> dict[str, StreamHealth]:
@@ -159,6 +165,32 @@ class Pipeline:
                 rt.reader.stop()
             self._finish(rt)
 
+    def snapshot(self, camera_id: str, timeout: float) -> Frame | None:
+        """The next frame this running pipeline takes of the camera, or None when it does not
+        read that camera now (not in it, or its file or stream has ended) or none came in time."""
+        rt = self.runtimes.get(camera_id)
+        running = self._thread is not None and self._thread.is_alive() and not self._stop.is_set()
+        if rt is None or not running or rt.reader.health.state in ("finished", "failed", "stopped"):
+            return None
+        waiter = _FrameWaiter()
+        with self._snapshot_lock:
+            self._snapshots.setdefault(camera_id, []).append(waiter)
+        waiter.done.wait(timeout)
+        with self._snapshot_lock:
+            waiting = self._snapshots.get(camera_id, [])
+            if waiter in waiting:
+                waiting.remove(waiter)
+        return waiter.frame
+
+    def _hand_out(self, frames: list[Frame]) -> None:
+        if not self._snapshots:
+            return
+        with self._snapshot_lock:
+            for frame in frames:
+                for waiter in self._snapshots.pop(frame.camera, []):
+                    waiter.frame = frame
+                    waiter.done.set()
+
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the loop ends (all sources were files) or `timeout`; True if it ended."""
         if self._thread is None:
@@ -201,6 +233,7 @@ class Pipeline:
 
     def process(self, frames: list[Frame]) -> list[ViolationEvent]:
         """Detect on the frames that need it (one batch), then track and apply rules per camera."""
+        self._hand_out(frames)
         runtimes = [self.runtimes[f.camera] for f in frames]
         wanted = [
             i for i, (rt, f) in enumerate(zip(runtimes, frames))
@@ -301,6 +334,12 @@ class Pipeline:
                 box = cand.best_box
                 cand.grid = rt.grids.grid_at(float(box[0] + box[2]) / 2 / w, float(box[3]) / h)
         return cand.grid
+
+
+class _FrameWaiter:
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.frame: Frame | None = None
 
 
 def _merge(dets: Detections, extra: Detections) -> Detections:
