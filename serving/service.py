@@ -26,6 +26,7 @@ from serving.cameras import Camera
 from serving.cameras.registry import CameraRegistry
 from serving.cases import CasePolicy, CaseService
 from serving.cases.recheck import RecheckWorker
+from serving.cases.thresholds import ThresholdBook
 from serving.delivery import DeliveryConfig, DeliveryWorker, outbox_stats
 from serving.events import ViolationEvent
 from serving.evidence import EvidenceFrame, EvidenceStore
@@ -50,16 +51,19 @@ class GridwatchService:
                                      load=lambda path: load_detector(settings, model=path),
                                      smoke_frames=self._recent_evidence_frames)
         public_url = settings.public_url or f"http://{settings.host}:{settings.port}"
-        self.cases = CaseService(self.db, self.evidence, self.taxonomy, CasePolicy.from_settings(settings),
+        self.thresholds = ThresholdBook(self.db, settings.thresholds)
+        self.cases = CaseService(self.db, self.evidence, self.taxonomy,
+                                 CasePolicy.from_settings(settings, self.thresholds.auto_confirm),
                                  model_version=lambda: self.detector.version, public_url=public_url,
                                  instance=settings.instance_id, recheck=settings.recheck,
-                                 cameras=lambda: self.cameras.all())
+                                 cameras=lambda: self.cameras.all(), thresholds=self.thresholds)
         delivery = DeliveryConfig.from_settings(settings)
         self.delivery = DeliveryWorker(self.db, delivery) if delivery else None
         self.cameras = CameraRegistry(self.db, self.taxonomy, settings.data_dir.resolve(), file_cameras or [],
                                       self._start_pipeline, settings.resolved_media_roots)
         self.rechecks = RecheckWorker(self.cases, self.cameras.all, self.detector, self._fresh_frame, self.taxonomy,
-                                      settings.recheck, notify=self._wake_delivery) \
+                                      settings.recheck, alert_threshold=self.thresholds.alert,
+                                      notify=self._wake_delivery) \
             if self.cases.recheck is not None else None
         self.new_admin_key = ensure_admin_key(self.db, settings.admin_key)
         # Events the database refused (briefly away): retried in order, never dropped.
@@ -72,7 +76,8 @@ class GridwatchService:
     def _start_pipeline(self, cameras: list[Camera]) -> Any:
         from serving.pipeline import Pipeline
 
-        pipeline = Pipeline(cameras, self.detector, self.taxonomy, on_event=self.on_event)
+        pipeline = Pipeline(cameras, self.detector, self.taxonomy, on_event=self.on_event,
+                            alert_threshold=self.thresholds.alert)
         pipeline.start()
         return pipeline
 

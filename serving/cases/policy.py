@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -27,23 +28,35 @@ class CasePolicy:
     min_iou: float = 0.1
     reopen_policy: Literal["reopen", "new"] = "reopen"
     auto_confirm: dict[str, float] = field(default_factory=dict)
+    # (camera, violation) -> the auto-confirm score fitted to that pair's reviews, if any
+    # (serving/cases/thresholds.py); it replaces the setting only where the setting is given.
+    learned_auto_confirm: Callable[[str, str], float | None] | None = field(default=None, compare=False)
 
     @classmethod
-    def from_settings(cls, settings: Any) -> CasePolicy:
+    def from_settings(cls, settings: Any, learned_auto_confirm: Callable[[str, str], float | None] | None = None,
+                      ) -> CasePolicy:
         return cls(
             cooldown_s=settings.dedup_cooldown_s,
             min_iou=settings.dedup_min_iou,
             reopen_policy=settings.reopen_policy,
             auto_confirm=dict(settings.auto_confirm),
+            learned_auto_confirm=learned_auto_confirm,
         )
 
+    def auto_confirm_score(self, camera: str, violation: str) -> float | None:
+        threshold = self.auto_confirm.get(violation)
+        if threshold is not None and self.learned_auto_confirm is not None:
+            learned = self.learned_auto_confirm(camera, violation)
+            threshold = threshold if learned is None else learned
+        return threshold
+
     def deliverable(self, case: Case) -> bool:
-        """Confirmed by a reviewer, or unreviewed and sure enough for this violation."""
+        """Confirmed by a reviewer, or unreviewed and sure enough for this camera and violation."""
         if case.review_status in ("confirmed", "corrected"):
             return True
         if case.review_status != "pending" or case.needs_review:
             return False
-        threshold = self.auto_confirm.get(case.violation)
+        threshold = self.auto_confirm_score(case.camera, case.violation)
         return threshold is not None and case.score >= threshold
 
     def route(self, violation: str, *, rule_score: float | None = None, scene_change: bool = False) -> str:

@@ -21,10 +21,11 @@ from serving.cases.policy import CaseError, CasePolicy
 from serving.cases.public import CasePublic
 from serving.cases.recheck import Look, RecheckOutcome, apply_look, cancel, plan
 from serving.cases.review import apply_review, apply_status, review_snapshot
+from serving.cases.thresholds import ThresholdBook
 from serving.events import ViolationEvent
 from serving.evidence import EvidenceFrame, EvidenceStore
-from serving.store.db import Database
 from serving.settings import RecheckSettings
+from serving.store.db import Database
 from serving.store.models import Case, Instance, Recheck
 
 
@@ -48,11 +49,13 @@ class CaseService:
         instance: str | None = None,
         recheck: RecheckSettings | None = None,
         cameras: Callable[[], dict[str, Any]] = dict,
+        thresholds: ThresholdBook | None = None,
     ) -> None:
         """`model_version`: the served model's version, or a function that says it now (the
         model can be swapped while the service runs); an event's own version comes first.
         `recheck`: re-check handled cases (None or disabled: the case system's "handled" is
-        the end of it); `cameras()` the cameras run now, whose schedules the re-checks keep."""
+        the end of it); `cameras()` the cameras run now, whose schedules the re-checks keep;
+        `thresholds`: each review refits its camera x violation's thresholds."""
         self.db = db
         self.evidence = evidence
         self.taxonomy = taxonomy
@@ -67,6 +70,7 @@ class CaseService:
         self.counts = {"events": 0, "cases_created": 0, "duplicates": 0}
         self.recheck = recheck if recheck is not None and recheck.enabled else None
         self.cameras = cameras
+        self.thresholds = thresholds
 
     def ingest(self, event: ViolationEvent, frame: EvidenceFrame | None = None) -> IngestResult:
         if event.violation not in self.taxonomy:
@@ -103,12 +107,17 @@ class CaseService:
             if lease_holder is not None and held_by_other(case, lease_holder):
                 raise CaseError(f"case {case_number} is being reviewed by someone else", status=409)
             before = review_snapshot(case)
+            detected = case.violation
             apply_review(session, case, action, self.taxonomy, self.base_url, reviewer=reviewer, note=note,
                          violation=violation, reason=reason, boxes=boxes)
             release(case)
             record(session, reviewer, f"review.{action}", f"case:{case_number}", before, review_snapshot(case))
+            moved = self.thresholds.record(session, case, detected) if self.thresholds is not None else None
             session.flush()
-            return self.public(case)
+            answer = self.public(case)
+        if moved is not None:
+            self.thresholds.invalidate()
+        return answer
 
     def claim_next(self, holder: str, where: QueueFilter, skip: list[str], lease_s: float) -> Case | None:
         """Lease the next pending case for `holder`, with its evidence loaded."""

@@ -11,7 +11,8 @@ Used by `gridwatch watch` and by the case layer:
 
 `cameras` is a `CamerasConfig` or a list of `Camera`; `detector` a `detector.Detector` (or
 anything with `detect(list_of_frames) -> list[Detections]`); `taxonomy` from
-`detector.load_taxonomy()`. `on_event(event, frame)` is called from the pipeline's thread,
+`detector.load_taxonomy()`; `alert_threshold(camera, violation)`, if given, the learned score
+that replaces a rule's min_score (serving/cases/thresholds.py). `on_event(event, frame)` is called from the pipeline's thread,
 in order, for every transition (opened, updated, closed), with the `EvidenceFrame` when the
 transition brought a better one (else None); `run_until_done()` also returns the events. A
 callback that raises is logged and does not stop the pipeline. A Detector is safe to share
@@ -43,7 +44,7 @@ from detector.taxonomy import Taxonomy
 from serving.cameras import Camera, CamerasConfig, GridPicker
 from serving.events import ViolationEvent
 from serving.evidence import EvidenceFrame, EvidenceStore
-from serving.pipeline.rules import Candidate, RuleEngine, Transition
+from serving.pipeline.rules import AlertThreshold, Candidate, RuleEngine, Transition
 from serving.pipeline.scene import MotionGate, SceneWatcher
 from serving.pipeline.tracking import IoUTracker
 from serving.pipeline.zones import ZoneMap
@@ -57,12 +58,13 @@ log = logging.getLogger(__name__)
 class CameraRuntime:
     """Everything one camera keeps between frames."""
 
-    def __init__(self, camera: Camera, taxonomy: Taxonomy, clock_start: datetime | None) -> None:
+    def __init__(self, camera: Camera, taxonomy: Taxonomy, clock_start: datetime | None,
+                 alert_threshold: AlertThreshold | None = None) -> None:
         self.camera = camera
         self.grids = GridPicker(camera)
         self.reader = open_reader(camera, clock_start)
         self.tracker = IoUTracker(max_age_s=camera.grace_s)
-        self.rules = RuleEngine(camera, taxonomy)
+        self.rules = RuleEngine(camera, taxonomy, alert_threshold)
         self.motion = MotionGate()
         self.scene = SceneWatcher.for_camera(camera) if any(r.scene_change for r in camera.rules) else None
         self.zones: ZoneMap | None = None
@@ -102,6 +104,7 @@ class Pipeline:
         evidence: EvidenceStore | None = None,
         clock_start: datetime | None = None,
         motion_gating: bool = True,
+        alert_threshold: AlertThreshold | None = None,
     ) -> None:
         cams = cameras.cameras if isinstance(cameras, CamerasConfig) else tuple(cameras)
         self.detector = detector
@@ -109,7 +112,7 @@ class Pipeline:
         self.evidence = evidence
         self.on_event = on_event
         self.motion_gating = motion_gating
-        self.runtimes = {c.id: CameraRuntime(c, taxonomy, clock_start) for c in cams}
+        self.runtimes = {c.id: CameraRuntime(c, taxonomy, clock_start, alert_threshold) for c in cams}
         # run_until_done() returns what it emitted; a live pipeline runs for months and keeps
         # nothing (its events go to on_event).
         self._collected: list[ViolationEvent] | None = None
