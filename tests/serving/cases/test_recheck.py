@@ -4,11 +4,13 @@ system on loopback."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import cv2
+import httpx
 import numpy as np
 import pytest
 from sqlalchemy import select
@@ -26,6 +28,7 @@ from serving.store.models import AuditEntry, OutboxMessage, Recheck
 from serving.streams.readers import Frame
 from tests.support.service import RunningService, pick_port, wait_for
 from tests.support.shared_data import overflowing_bins, street_without
+from tests.support.web import add_user, http_sign_in
 
 BIN_RULE = {"violation": "bin_overflow", "zone_types": ["bin_area"], "min_score": 0.4, "dwell": 0}
 
@@ -131,6 +134,21 @@ def test_gone_closes_verified_and_still_there_reopens_reported_once(tmp_path, re
             actions = set(session.scalars(select(AuditEntry.action).where(AuditEntry.actor == "recheck")))
         assert {"recheck.planned", "recheck.verified", "recheck.reopened"} <= actions
         system.close()
+
+        # Reviewers: the case page shows the same place before and after, side by side; the
+        # dashboard counts verified and reopened cases.
+        add_user(server, "rita")
+        with httpx.Client(base_url=server.url) as page:
+            assert http_sign_in(page, "rita").status_code in (200, 303)
+            html = page.get(f"/review/cases/{still}").text
+            assert 'id="recheck" data-state="reopened"' in html
+            before_src = re.search(r'id="recheck-before" src="([^"]+)"', html).group(1)
+            after_src = re.search(r'id="recheck-after" src="([^"]+)"', html).group(1)
+            ids = {e["kind"]: e["id"] for e in reopened["evidence"]}
+            assert before_src.endswith(f"/{ids['annotated']}") and after_src.endswith(f"/{ids['after_annotated']}")
+            assert all(page.get(src).headers["content-type"].startswith("image/") for src in (before_src, after_src))
+            counts = page.get("/dashboard/data").json()["rechecks"]
+            assert (counts["verified"], counts["reopened"], counts["pending"]) == (1, 1, 0)
     finally:
         server.stop()
 

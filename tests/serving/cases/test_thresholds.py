@@ -17,6 +17,7 @@ from serving.pipeline.rules import RuleEngine
 from serving.settings import ThresholdSettings
 from serving.store.db import Database
 from serving.store.models import AuditEntry, Threshold, ThresholdChange
+from serving.web.dashboard import dashboard_data
 
 # (score, right?) as reviewers decided them, one camera x violation.
 DECISIONS = [Decision(s, c) for s, c in [
@@ -87,6 +88,13 @@ def test_reviews_move_the_pair_thresholds_into_rules_and_policy(book_and_cases, 
                                 .order_by(AuditEntry.id)).all()
         assert [(a.target, a.before["alert"], a.after["alert"]) for a in audit] == [
             ("threshold:cam-001/bin_overflow", None, 0.7), ("threshold:cam-001/bin_overflow", 0.7, 0.5)]
+
+    # The dashboard's history and the thresholds in force.
+    shown = dashboard_data(cases.db, {}, {})["thresholds"]
+    assert [(h["camera"], h["alert"], h["auto_confirm"]) for h in shown["history"]] == [
+        ("cam-001", 0.7, 0.7), ("cam-001", 0.5, 0.5)]
+    assert shown["in_force"] == [{"camera": "cam-001", "violation": "bin_overflow", "confirmed": 4, "rejected": 0,
+                                  "alert": 0.5, "auto_confirm": 0.5}]
 
     # The case policy: the learned bar replaces settings.auto_confirm for this camera only, and
     # never starts auto-confirming a violation the setting leaves to reviewers.
