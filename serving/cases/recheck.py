@@ -30,7 +30,7 @@ from detector.boxes import box_iou
 from detector.detections import Detections
 from detector.taxonomy import Taxonomy
 from serving.audit import record
-from serving.cameras import Camera
+from serving.cameras import Camera, Rule
 from serving.cameras.schedules import next_in_schedule
 from serving.cases.outbox import queue_version
 from serving.evidence import EvidenceFrame
@@ -235,7 +235,5 @@ class RecheckWorker:
 
     def _rule(self, camera: Camera, violation: str) -> ActiveRule:
         """The camera's rule for the violation; the taxonomy's defaults if it has none now."""
-        from serving.cameras import Rule
-
         rule = next((r for r in camera.rules if r.violation == violation and not r.scene_change), None)
         return ActiveRule.resolve(rule or Rule(violation=violation, zone_types=("any",)), self.taxonomy)

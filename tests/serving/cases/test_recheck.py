@@ -230,3 +230,30 @@ def test_still_there_needs_the_class_the_score_and_the_place() -> None:
     assert look.still_there and look.iou == pytest.approx(0.1429, abs=1e-4)
     assert not look_at_place(found, [150, 150, 250, 250], bins, 0.3, 0.15).still_there
     assert look_at_place(found, None, bins, 0.5, 0.1).score == 0.9  # no box: anywhere in the frame
+
+
+def test_a_look_that_cannot_be_made_is_retried_then_failed_and_closing_cancels(db_url, tmp_path, make_event,
+                                                                                shipped_detector) -> None:
+    cams = {c.id: c for c in parse_cameras({"cameras": [
+        camera_entry(cam, tmp_path) for cam in ("cam-001", "cam-002")]}, tmp_path, taxonomy=load_taxonomy()).cameras}
+    config = RecheckSettings(delay_s=0, retry_s=60, max_tries=2)
+    db = Database(db_url)
+    cases = CaseService(db, EvidenceStore(tmp_path / "ev"), load_taxonomy(), CasePolicy(), recheck=config,
+                        cameras=lambda: cams)
+    offline = cases.ingest(*make_event(event_id="e1", camera="cam-001")).case_number
+    closed = cases.ingest(*make_event(event_id="e2", camera="cam-002")).case_number
+    for number in (offline, closed):
+        cases.set_status(number, "handled")
+    cases.set_status(closed, "closed")  # the case system closed it itself: nothing to verify
+    assert [r.state for r in cases.rechecks_of(closed)] == ["cancelled"]
+
+    worker = RecheckWorker(cases, lambda: cams, shipped_detector, lambda cam, timeout: None, load_taxonomy(), config)
+    now = datetime.now(timezone.utc) + timedelta(seconds=1)
+    assert worker.run_due(now) == [(offline, "retry")]  # the camera gave no frame
+    assert worker.run_due(now) == []  # not due again before retry_s
+    assert worker.run_due(now + timedelta(seconds=60)) == [(offline, "failed")]
+    (failed,) = cases.rechecks_of(offline)
+    assert (failed.state, failed.attempts, failed.detail) == ("failed", 2, "no frame from the camera")
+    assert cases.get(offline).status == "handled"  # left for a person; nothing was sent
+    assert not [m for m in outbox_rows(db) if m.event in ("case.verified", "case.reopened")]
+    db.close()
