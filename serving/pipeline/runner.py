@@ -12,11 +12,12 @@ Used by `gridwatch watch` and by the case layer:
 `cameras` is a `CamerasConfig` or a list of `Camera`; `detector` a `detector.Detector` (or
 anything with `detect(list_of_frames) -> list[Detections]`); `taxonomy` from
 `detector.load_taxonomy()`; `alert_threshold(camera, violation)`, if given, the learned score
-that replaces a rule's min_score (serving/cases/thresholds.py). `on_event(event, frame)` is called from the pipeline's thread,
-in order, for every transition (opened, updated, closed), with the `EvidenceFrame` when the
-transition brought a better one (else None); `run_until_done()` also returns the events. A
-callback that raises is logged and does not stop the pipeline. A Detector is safe to share
-with other threads (the API): it guards its own buffers.
+that replaces a rule's min_score (serving/cases/thresholds.py). `on_event(event, frame)` is
+called from the pipeline's thread, in order, for every transition (opened, updated, closed),
+with the `EvidenceFrame` when the transition brought a better one (else None);
+`run_until_done()` also returns the events. A callback that raises is logged and does not
+stop the pipeline. A Detector is safe to share with other threads (the API): it guards its
+own buffers.
 
 Per sampled frame a camera either runs the detector or, when nothing moved since its last
 detection and the static re-check (`static_check_every`) is not due, carries its tracks over
