@@ -25,7 +25,7 @@ from serving.auth import ensure_admin_key
 from serving.cameras import Camera
 from serving.cameras.registry import CameraRegistry
 from serving.cases import CasePolicy, CaseService
-from serving.cases.recheck import RecheckWorker
+from serving.cases.recheck import RecheckWorker, recheck_counts
 from serving.cases.thresholds import ThresholdBook
 from serving.delivery import DeliveryConfig, DeliveryWorker, outbox_stats
 from serving.events import ViolationEvent
@@ -230,5 +230,6 @@ class GridwatchService:
             "cameras": self.cameras.health(),
             "pending_events": len(self._retry),
             "model": {"version": self.detector.version, "swaps": self.detector.swaps},
+            "rechecks": recheck_counts(self.db),
         }
 

@@ -39,6 +39,8 @@ def render(m: dict[str, Any]) -> str:
     metric("gridwatch_model_swaps_total", "counter", "Models put live without a restart.", [({}, model["swaps"])])
     metric("gridwatch_frames_tiled_total", "counter", "Static checks run tiled at full resolution.",
            [({}, pipeline.get("tiled", 0))])
+    metric("gridwatch_rechecks", "gauge", "Re-checks of handled cases by state (verified, reopened, ...).",
+           [({"state": k}, v) for k, v in m["rechecks"].items()])
     cams = m["cameras"]
     metric("gridwatch_camera_connected", "gauge", "1 if the camera's stream is connected.",
            [({"camera": cid}, 1 if h.get("connected") else 0) for cid, h in sorted(cams.items())])

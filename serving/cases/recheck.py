@@ -23,7 +23,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
 import numpy as np
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from detector.boxes import box_iou
@@ -36,7 +36,8 @@ from serving.cases.outbox import queue_version
 from serving.evidence import EvidenceFrame
 from serving.pipeline.rules import ActiveRule
 from serving.settings import RecheckSettings
-from serving.store.models import Case, Recheck
+from serving.store.db import Database
+from serving.store.models import RECHECK_STATES, Case, Recheck
 
 log = logging.getLogger("gridwatch.recheck")
 
@@ -138,6 +139,13 @@ def apply_look(session: Session, case: Case, recheck: Recheck, look: Look, base_
     record(session, ACTOR, f"recheck.{look.outcome}", f"case:{case.case_number}", before,
            {"status": case.status, "recheck": recheck.state, "score": look.score, "iou": look.iou})
     return look.outcome
+
+
+def recheck_counts(db: Database) -> dict[str, int]:
+    """Re-checks by state: verified (closed), reopened, pending, cancelled, failed."""
+    with db.sessions() as session:
+        counts = dict(session.execute(select(Recheck.state, func.count()).group_by(Recheck.state)).all())
+    return {state: int(counts.get(state, 0)) for state in RECHECK_STATES}
 
 
 # -- the worker that makes the looks ---------------------------------------------------------

@@ -10,10 +10,11 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from serving.cases.recheck import recheck_counts
 from serving.cases.thresholds import history, in_force
 from serving.delivery import outbox_stats
 from serving.store.db import Database
-from serving.store.models import RECHECK_STATES, Case, OutboxMessage, Recheck
+from serving.store.models import Case, OutboxMessage
 
 REVIEWED = ("confirmed", "corrected", "rejected")
 CONFIRMED = ("confirmed", "corrected")
@@ -76,13 +77,6 @@ def delivery(db: Database) -> dict[str, Any]:
     return {**outbox_stats(db), "failed_tries": int(failed_tries)}
 
 
-def rechecks(db: Database) -> dict[str, int]:
-    """Re-checks after the case system's "handled", by outcome: verified (closed), reopened..."""
-    with db.sessions() as session:
-        counts = dict(session.execute(select(Recheck.state, func.count()).group_by(Recheck.state)).all())
-    return {state: int(counts.get(state, 0)) for state in RECHECK_STATES}
-
-
 def camera_health(health: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """What the stream readers report; the page turns frame counts into a rate per minute."""
     return [{"camera": cid, "online": bool(h.get("connected")), "state": h.get("state"),
@@ -96,5 +90,5 @@ def dashboard_data(db: Database, health: dict[str, dict[str, Any]], stats: dict[
     return {"per_day": cases_per_day(db), "backlog": backlog(db),
             "precision_by_violation": precision(db, Case.violation), "precision_by_camera": precision(db, Case.camera),
             "latency_s": latencies(db), "delivery": delivery(db), "cameras": camera_health(health),
-            "pipeline": stats, "rechecks": rechecks(db),
+            "pipeline": stats, "rechecks": recheck_counts(db),
             "thresholds": {"in_force": in_force(db), "history": history(db)}}

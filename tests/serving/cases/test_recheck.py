@@ -149,6 +149,9 @@ def test_gone_closes_verified_and_still_there_reopens_reported_once(tmp_path, re
             assert all(page.get(src).headers["content-type"].startswith("image/") for src in (before_src, after_src))
             counts = page.get("/dashboard/data").json()["rechecks"]
             assert (counts["verified"], counts["reopened"], counts["pending"]) == (1, 1, 0)
+        metrics = httpx.get(f"{server.url}/metrics").text
+        assert 'gridwatch_rechecks{state="verified"} 1.0' in metrics
+        assert 'gridwatch_rechecks{state="reopened"} 1.0' in metrics
     finally:
         server.stop()
 
