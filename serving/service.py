@@ -140,7 +140,7 @@ class GridwatchService:
         for camera in self.cameras.all().values():
             for rule in camera.rules:
                 route = self.cases.policy.route(rule.violation, rule_score=rule.auto_confirm_score,
-                                                scene_change=rule.scene_change)
+                                                scene_change=rule.scene_change, camera=camera.id)
                 log.info("camera %s, %s: %s; %s", camera.id, rule.violation, route, pushed)
 
     def stop(self) -> None:

@@ -59,11 +59,13 @@ class CasePolicy:
         threshold = self.auto_confirm_score(case.camera, case.violation)
         return threshold is not None and case.score >= threshold
 
-    def route(self, violation: str, *, rule_score: float | None = None, scene_change: bool = False) -> str:
+    def route(self, violation: str, *, rule_score: float | None = None, scene_change: bool = False,
+              camera: str = "") -> str:
         """How a camera rule's cases reach the case system, in words for the start-up log."""
         if scene_change:
             return "review (scene-change candidates always need a reviewer)"
-        threshold = self.auto_confirm.get(violation)
+        threshold = self.auto_confirm_score(camera, violation)
         if threshold is None:
             return f"review (settings.auto_confirm has no score for {violation})"
-        return f"auto-confirm at score >= {max(threshold, rule_score or 0.0):g}, review below it"
+        learned = " (learned from reviews)" if threshold != self.auto_confirm[violation] else ""
+        return f"auto-confirm at score >= {max(threshold, rule_score or 0.0):g}{learned}, review below it"

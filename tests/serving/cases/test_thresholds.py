@@ -102,6 +102,9 @@ def test_reviews_move_the_pair_thresholds_into_rules_and_policy(book_and_cases, 
     assert policy.auto_confirm_score("cam-001", "bin_overflow") == 0.5
     assert policy.auto_confirm_score("cam-002", "bin_overflow") == 0.9
     assert policy.auto_confirm_score("cam-001", "exposed_garbage") is None
+    assert policy.route("bin_overflow", camera="cam-001") == \
+        "auto-confirm at score >= 0.5 (learned from reviews), review below it"  # the start-up log
+    assert policy.route("bin_overflow", camera="cam-002") == "auto-confirm at score >= 0.9, review below it"
     made = cases.ingest(*make_event(event_id="ev-new", score=0.6, box=(0.0, 400.0, 150.0, 550.0)))
     assert made.queued == "case.reported"  # 0.6 >= the learned 0.5 (the setting alone, 0.9, would hold it)
 
