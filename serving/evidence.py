@@ -25,7 +25,7 @@ from detector.annotate import clip_box, draw_boxes
 from detector.detections import Detections
 from detector.files import sha256_file
 
-EvidenceKind = Literal["original", "annotated", "crop"]
+EvidenceKind = Literal["original", "annotated", "crop", "after", "after_annotated"]
 MEDIA_TYPES = {".jpg": "image/jpeg", ".png": "image/png", ".webp": "image/webp", ".bmp": "image/bmp"}
 JPEG_QUALITY = 92
 PARTIAL_PREFIX = ".incoming-"  # a file being written; renamed into place (linked) when complete
@@ -101,16 +101,19 @@ class EvidenceStore:
             path.unlink(missing_ok=True)
         return len(stale)
 
-    def write(self, owner: str, frame: EvidenceFrame) -> list[StoredEvidence]:
+    def write(self, owner: str, frame: EvidenceFrame, *, after: bool = False) -> list[StoredEvidence]:
         """Original, annotated copy and crop (when the box has an area) under `owner` (a
         case number, or CAMERA/EVENT_ID for `gridwatch watch`). Decodes and encodes before
-        writing anything, so a bad frame leaves no half set behind."""
+        writing anything, so a bad frame leaves no half set behind. `after`: the frame of a
+        re-check, kept as "after" and "after_annotated" (the case's box drawn where the camera
+        looked again), no crop."""
         image = frame.decoded()
         h, w = image.shape[:2]
-        items: list[tuple[EvidenceKind, bytes, str]] = [("original", *_original(frame))]
+        items: list[tuple[EvidenceKind, bytes, str]] = [("after" if after else "original", *_original(frame))]
         boxes = [frame.box] if frame.box is not None else []
-        items.append(("annotated", _jpeg(draw_boxes(image, boxes, [frame.label])), ".jpg"))
-        if frame.box is not None:
+        items.append(("after_annotated" if after else "annotated",
+                      _jpeg(draw_boxes(image, boxes, [frame.label])), ".jpg"))
+        if frame.box is not None and not after:
             x1, y1, x2, y2 = clip_box(frame.box, w, h)
             if x2 > x1 and y2 > y1:
                 items.append(("crop", _jpeg(image[y1:y2, x1:x2]), ".jpg"))

@@ -26,6 +26,8 @@ from serving.auth import ensure_admin_key
 from serving.cameras import Camera
 from serving.cameras.registry import CameraRegistry
 from serving.cases import CasePolicy, CaseService
+from serving.cases.recheck import RecheckWorker, recheck_counts
+from serving.cases.thresholds import ThresholdBook
 from serving.delivery import DeliveryConfig, DeliveryWorker, outbox_stats
 from serving.events import ViolationEvent
 from serving.evidence import EvidenceFrame, EvidenceStore
@@ -35,6 +37,7 @@ from serving.pipeline.uncertainty import DailyBudget, LabellingSample, Uncertain
 from serving.settings import Settings, load_detector
 from serving.store.db import Database, schema_is_current
 from serving.store.models import Case, Evidence
+from serving.streams.readers import Frame, grab_frame
 
 log = logging.getLogger("gridwatch.service")
 
@@ -51,9 +54,12 @@ class GridwatchService:
                                      load=lambda path: load_detector(settings, model=path),
                                      smoke_frames=self._recent_evidence_frames)
         public_url = settings.public_url or f"http://{settings.host}:{settings.port}"
-        self.cases = CaseService(self.db, self.evidence, self.taxonomy, CasePolicy.from_settings(settings),
+        self.thresholds = ThresholdBook(self.db, settings.thresholds)
+        self.cases = CaseService(self.db, self.evidence, self.taxonomy,
+                                 CasePolicy.from_settings(settings, self.thresholds.auto_confirm),
                                  model_version=lambda: self.detector.version, public_url=public_url,
-                                 instance=settings.instance_id)
+                                 instance=settings.instance_id, recheck=settings.recheck,
+                                 cameras=lambda: self.cameras.all(), thresholds=self.thresholds)
         # Active learning: the sampler (and its day's budget) outlives pipeline restarts.
         zone = ZoneInfo(settings.labelling.timezone)
         self.labelling = LabellingQueue(self.db, self.evidence, lambda: list(self.detector.info.names.values()), zone)
@@ -63,6 +69,10 @@ class GridwatchService:
         self.delivery = DeliveryWorker(self.db, delivery) if delivery else None
         self.cameras = CameraRegistry(self.db, self.taxonomy, settings.data_dir.resolve(), file_cameras or [],
                                       self._start_pipeline, settings.resolved_media_roots)
+        self.rechecks = RecheckWorker(self.cases, self.cameras.all, self.detector, self._fresh_frame, self.taxonomy,
+                                      settings.recheck, alert_threshold=self.thresholds.alert,
+                                      notify=self._wake_delivery) \
+            if self.cases.recheck is not None else None
         self.new_admin_key = ensure_admin_key(self.db, settings.admin_key)
         # Events the database refused (briefly away): retried in order, never dropped.
         self._retry: deque[tuple[ViolationEvent, EvidenceFrame | None]] = deque()
@@ -76,9 +86,21 @@ class GridwatchService:
         from serving.pipeline import Pipeline
 
         pipeline = Pipeline(cameras, self.detector, self.taxonomy, on_event=self.on_event,
-                            sampler=self.sampler, on_sample=self.on_sample)
+                            sampler=self.sampler, on_sample=self.on_sample,
+                            alert_threshold=self.thresholds.alert)
         pipeline.start()
         return pipeline
+
+    def _fresh_frame(self, camera: Camera, timeout: float) -> Frame | None:
+        """For a re-check: the running pipeline's next frame of the camera, else its source
+        opened once."""
+        pipeline = self.cameras.pipeline
+        frame = pipeline.snapshot(camera.id, timeout) if pipeline is not None else None
+        return frame if frame is not None else grab_frame(camera, timeout)
+
+    def _wake_delivery(self) -> None:
+        if self.delivery is not None:
+            self.delivery.wake()
 
     @property
     def model_version(self) -> str:
@@ -117,6 +139,8 @@ class GridwatchService:
         self.cases.end_stale(set(self.cameras.all()))
         self.log_delivery_routes()
         self.cameras.start()
+        if self.rechecks is not None:
+            self.rechecks.start()  # pending re-checks from before a restart included
 
     def log_delivery_routes(self) -> None:
         """One line per camera rule: how its cases reach the case system, so a setting that
@@ -126,11 +150,13 @@ class GridwatchService:
         for camera in self.cameras.all().values():
             for rule in camera.rules:
                 route = self.cases.policy.route(rule.violation, rule_score=rule.auto_confirm_score,
-                                                scene_change=rule.scene_change)
+                                                scene_change=rule.scene_change, camera=camera.id)
                 log.info("camera %s, %s: %s; %s", camera.id, rule.violation, route, pushed)
 
     def stop(self) -> None:
         self.detector.stop()
+        if self.rechecks is not None:
+            self.rechecks.stop()
         self.cameras.stop()  # intake first: the pipeline closes open events into cases
         self._stop.set()
         if self._retrier is not None:
@@ -223,5 +249,6 @@ class GridwatchService:
             "cameras": self.cameras.health(),
             "pending_events": len(self._retry),
             "model": {"version": self.detector.version, "swaps": self.detector.swaps},
+            "rechecks": recheck_counts(self.db),
         }
 

@@ -56,6 +56,48 @@ class LabellingSettings(BaseModel):
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown time zone {value!r}") from None
         return value
+class RecheckSettings(BaseModel):
+    """Step 6 of the case loop (核查): after the case system reports a case handled, the
+    camera looks again (serving/cases/recheck.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    # Seconds after the handled report; then postponed into the camera's next schedule window.
+    delay_s: float = Field(600.0, ge=0)
+    # A detection of the rule's classes at or above the rule's score that overlaps the case's
+    # box by this IoU means the violation is still there.
+    min_iou: float = Field(0.1, gt=0, le=1)
+    # A live camera's frame taken by the running pipeline within this many seconds is used;
+    # otherwise the source is opened once for a fresh one.
+    frame_timeout_s: float = Field(20.0, gt=0)
+    # A look that fails (camera offline, unreadable frame) is tried again this much later,
+    # up to max_tries, then the re-check is marked failed for a person to do it.
+    retry_s: float = Field(300.0, gt=0)
+    max_tries: int = Field(6, ge=1)
+    poll_s: float = Field(5.0, gt=0)
+
+
+class ThresholdSettings(BaseModel):
+    """Per camera x violation thresholds fitted to reviewed precision (serving/cases/thresholds.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    # The alert threshold is the lowest reviewed score at which precision holds this...
+    target_precision: float = Field(0.90, gt=0, le=1)
+    # ...and the auto-confirm threshold (cases sent without a reviewer) holds a stricter one.
+    auto_confirm_precision: float = Field(0.97, gt=0, le=1)
+    min_reviews: int = Field(20, ge=1)  # decisions of one camera x violation before it moves
+    window: int = Field(500, ge=1)  # the most recent decisions considered
+    floor: float = Field(0.25, ge=0, le=1)
+    ceiling: float = Field(0.95, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ThresholdSettings:
+        if self.floor > self.ceiling:
+            raise ValueError(f"thresholds.floor ({self.floor}) is above thresholds.ceiling ({self.ceiling})")
+        return self
 
 
 class Settings(BaseSettings):
@@ -95,6 +137,8 @@ class Settings(BaseSettings):
     # What goes out to the case system: confirmed cases, plus unreviewed ones whose score
     # reaches the per-violation auto-confirm score here (e.g. {"bin_overflow": 0.8}).
     auto_confirm: dict[str, float] = Field(default_factory=dict)
+    recheck: RecheckSettings = Field(default_factory=RecheckSettings)
+    thresholds: ThresholdSettings = Field(default_factory=ThresholdSettings)
 
     # Delivery (serving/delivery.py): a signed JSON webhook per case version.
     webhook_url: str | None = None
@@ -185,10 +229,20 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
     try:
         from_env = Settings()
         explicit = {k: v for k, v in overrides.items() if v is not None}
-        merged = {**file_values, **from_env.model_dump(exclude_unset=True), **explicit}
+        merged = _deep_merge(_deep_merge(file_values, from_env.model_dump(exclude_unset=True)), explicit)
         return Settings.model_validate(merged) if merged else from_env
     except ValidationError as exc:
         raise SettingsError(f"invalid settings: {validation_problems(exc)}") from None
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`over` on `base`; nested groups (recheck, thresholds, labelling) merge key by key, so an
+    environment variable for one key keeps the file's others."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) \
+            else value
+    return out
 
 
 def load_detector(settings: Settings, model: Path | None = None, **options: Any) -> Detector:

@@ -41,6 +41,8 @@ def render(m: dict[str, Any]) -> str:
            [({}, pipeline.get("tiled", 0))])
     metric("gridwatch_labelling_sampled_total", "counter", "Unsure frames sampled into the labelling queue.",
            [({}, pipeline.get("sampled", 0))])
+    metric("gridwatch_rechecks", "gauge", "Re-checks of handled cases by state (verified, reopened, ...).",
+           [({"state": k}, v) for k, v in m["rechecks"].items()])
     cams = m["cameras"]
     metric("gridwatch_camera_connected", "gauge", "1 if the camera's stream is connected.",
            [({"camera": cid}, 1 if h.get("connected") else 0) for cid, h in sorted(cams.items())])

@@ -219,7 +219,7 @@ def list_cases(
     camera: Annotated[str | None, Query(pattern=CAMERA_ID)] = None,
     violation: Annotated[str | None, Query(pattern=r"^[a-z][a-z0-9_]{0,63}$")] = None,
     review_status: Annotated[str | None, Query(pattern=r"^(pending|confirmed|corrected|rejected)$")] = None,
-    status: Annotated[str | None, Query(pattern=r"^(new|dispatched|handled|closed)$")] = None,
+    status: Annotated[str | None, Query(pattern=r"^(new|dispatched|reopened|handled|closed)$")] = None,
     state: Annotated[str | None, Query(pattern=r"^(active|ended)$")] = None,
     cursor: Annotated[str | None, Query(max_length=200, pattern=r"^[A-Za-z0-9_-]+$")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,

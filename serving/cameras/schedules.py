@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, time
+from datetime import datetime, time, timedelta
 from functools import cached_property
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -88,3 +88,19 @@ def in_schedule(windows: tuple[ScheduleWindow, ...], when: datetime) -> bool:
             if (local.weekday() - 1) % 7 in window.weekdays and t < window.end:
                 return True
     return False
+
+
+def next_in_schedule(windows: tuple[ScheduleWindow, ...], when: datetime) -> datetime:
+    """`when` if it is inside the schedule, else the start of the next window after it."""
+    if in_schedule(windows, when):
+        return when
+    starts = []
+    for window in windows:
+        local = when.astimezone(window.zone)
+        for ahead in range(8):
+            day = local.date() + timedelta(days=ahead)
+            start = datetime.combine(day, window.start, tzinfo=window.zone)
+            if day.weekday() in window.weekdays and start > when:
+                starts.append(start)
+                break
+    return min(starts).astimezone(when.tzinfo) if starts else when

@@ -155,23 +155,27 @@ class CaseIngest:
             case.best_score = max(case.best_score, event.best_score, event.score)
             if event.box is not None:
                 case.box = list(event.box)
-            self._add_evidence(session, case, frame, event.model_version or self.model_version())
+            self.add_evidence(session, case, frame, event.model_version or self.model_version())
         case.updated_at = datetime.now(timezone.utc)
 
-    def _add_evidence(self, session: Session, case: Case, frame: EvidenceFrame, model_version: str) -> None:
+    def add_evidence(self, session: Session, case: Case, frame: EvidenceFrame, model_version: str, *,
+                     after: bool = False) -> bool:
+        """The frame's files among the case's evidence (`after`: a re-check's photo).
+        False when the frame could not be stored."""
         try:
-            stored = self.evidence.write(case.case_number, frame)
+            stored = self.evidence.write(case.case_number, frame, after=after)
         except EvidenceError:
             # A case without a picture still reaches a reviewer; a bad frame must not drop it.
-            if not case.evidence:
+            if not case.evidence and not after:
                 case.needs_review = True
-            return
+            return False
         have = {(e.kind, e.sha256) for e in case.evidence}
         for item in stored:
             if (item.kind, item.sha256) not in have:
-                seen = frame.detections if item.kind == "original" else None
+                seen = frame.detections if item.kind in ("original", "after") else None
                 case.evidence.append(Evidence(kind=item.kind, path=item.path, sha256=item.sha256,
                                               size=item.size, media_type=item.media_type,
                                               detections=seen.to_records() if seen is not None else None,
-                                              model_version=model_version if item.kind == "original" else ""))
+                                              model_version=model_version if item.kind in ("original", "after") else ""))
         session.flush()
+        return True

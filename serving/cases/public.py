@@ -14,7 +14,9 @@ from pydantic import BaseModel, PlainSerializer
 from serving.events import IsoTime, rounded
 from serving.store.models import Case
 
-CaseEventName = Literal["case.reported", "case.updated", "case.retracted", "case.reopened"]
+# case.reopened: seen again after it ended, or still there at the re-check after "handled";
+# case.verified: gone at the re-check, closed (both carry the before and after photos).
+CaseEventName = Literal["case.reported", "case.updated", "case.retracted", "case.reopened", "case.verified"]
 
 
 class EvidencePublic(BaseModel):

@@ -13,6 +13,7 @@ This module decides; it does no I/O. The pipeline writes evidence and builds the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Literal
@@ -27,6 +28,8 @@ from serving.pipeline.zones import PixelZone, ZoneMap
 
 SCENE_CLASS = "new_object"  # the class scene-change blobs carry through the tracker
 EVIDENCE_GAIN = 0.05  # a new best frame must beat the last one written by this much
+# (camera, violation) -> the alert score fitted to that pair's reviews, or None: the rule's own.
+AlertThreshold = Callable[[str, str], "float | None"]
 
 
 @dataclass(frozen=True)
@@ -115,8 +118,11 @@ class Transition:
 class RuleEngine:
     """One camera's rules over its tracks."""
 
-    def __init__(self, camera: Camera, taxonomy: Taxonomy) -> None:
+    def __init__(self, camera: Camera, taxonomy: Taxonomy, alert_threshold: AlertThreshold | None = None) -> None:
+        """`alert_threshold`: learned scores (serving/cases/thresholds.py) that replace a
+        rule's `min_score` for this camera once its reviews have moved them."""
         self.camera = camera
+        self.alert_threshold = alert_threshold
         self.rules = [ActiveRule.resolve(r, taxonomy) for r in camera.rules]
         self.candidates: dict[tuple[int, int], Candidate] = {}
         self.class_last_seen: dict[str, datetime] = {}
@@ -210,7 +216,7 @@ class RuleEngine:
                 if (
                     cand.eligible
                     and cand.dwell_s >= cand.rule.dwell
-                    and cand.median_score >= cand.rule.min_score
+                    and cand.median_score >= self.min_score(cand.rule)
                     and cand.best_frame is not None
                     and self.camera.in_schedule(when)
                 ):
@@ -230,6 +236,12 @@ class RuleEngine:
                     cand.written_score = cand.best_score
                 out.append(Transition("updated", cand, new_evidence=better))
         return out
+
+    def min_score(self, rule: ActiveRule) -> float:
+        if self.alert_threshold is None or rule.scene_change:
+            return rule.min_score
+        learned = self.alert_threshold(self.camera.id, rule.violation.id)
+        return rule.min_score if learned is None else learned
 
     def close_all(self) -> list[Transition]:
         """End of a file: everything still open closes at its last sighting."""

@@ -7,14 +7,17 @@ Used by `gridwatch watch` and by the case layer:
     # or, for live sources (and mixed configs), in a background thread:
     pipeline.start(); ...; pipeline.stop()
     pipeline.health                # {camera_id: StreamHealth}, live objects, `.to_json()` each
+    pipeline.snapshot(camera_id, timeout)  # the next frame the running pipeline takes of it
 
 `cameras` is a `CamerasConfig` or a list of `Camera`; `detector` a `detector.Detector` (or
 anything with `detect(list_of_frames) -> list[Detections]`); `taxonomy` from
-`detector.load_taxonomy()`. `on_event(event, frame)` is called from the pipeline's thread,
-in order, for every transition (opened, updated, closed), with the `EvidenceFrame` when the
-transition brought a better one (else None); `run_until_done()` also returns the events. A
-callback that raises is logged and does not stop the pipeline. A Detector is safe to share
-with other threads (the API): it guards its own buffers.
+`detector.load_taxonomy()`; `alert_threshold(camera, violation)`, if given, the learned score
+that replaces a rule's min_score (serving/cases/thresholds.py). `on_event(event, frame)` is
+called from the pipeline's thread, in order, for every transition (opened, updated, closed),
+with the `EvidenceFrame` when the transition brought a better one (else None);
+`run_until_done()` also returns the events. A callback that raises is logged and does not
+stop the pipeline. A Detector is safe to share with other threads (the API): it guards its
+own buffers.
 
 Per sampled frame a camera either runs the detector or, when nothing moved since its last
 detection and the static re-check (`static_check_every`) is not due, carries its tracks over
@@ -47,7 +50,7 @@ from detector.taxonomy import Taxonomy
 from serving.cameras import Camera, CamerasConfig, GridPicker
 from serving.events import ViolationEvent
 from serving.evidence import EvidenceFrame, EvidenceStore
-from serving.pipeline.rules import Candidate, RuleEngine, Transition
+from serving.pipeline.rules import AlertThreshold, Candidate, RuleEngine, Transition
 from serving.pipeline.scene import MotionGate, SceneWatcher
 from serving.pipeline.tracking import IoUTracker
 from serving.pipeline.uncertainty import LabellingSample, UncertaintySampler
@@ -63,12 +66,13 @@ log = logging.getLogger(__name__)
 class CameraRuntime:
     """Everything one camera keeps between frames."""
 
-    def __init__(self, camera: Camera, taxonomy: Taxonomy, clock_start: datetime | None) -> None:
+    def __init__(self, camera: Camera, taxonomy: Taxonomy, clock_start: datetime | None,
+                 alert_threshold: AlertThreshold | None = None) -> None:
         self.camera = camera
         self.grids = GridPicker(camera)
         self.reader = open_reader(camera, clock_start)
         self.tracker = IoUTracker(max_age_s=camera.grace_s)
-        self.rules = RuleEngine(camera, taxonomy)
+        self.rules = RuleEngine(camera, taxonomy, alert_threshold)
         self.motion = MotionGate()
         self.scene = SceneWatcher.for_camera(camera) if any(r.scene_change for r in camera.rules) else None
         self.zones: ZoneMap | None = None
@@ -110,6 +114,7 @@ class Pipeline:
         motion_gating: bool = True,
         sampler: UncertaintySampler | None = None,
         on_sample: SampleSink | None = None,
+        alert_threshold: AlertThreshold | None = None,
     ) -> None:
         cams = cameras.cameras if isinstance(cameras, CamerasConfig) else tuple(cameras)
         self.detector = detector
@@ -119,13 +124,18 @@ class Pipeline:
         self.motion_gating = motion_gating
         self.sampler = sampler
         self.on_sample = on_sample
-        self.runtimes = {c.id: CameraRuntime(c, taxonomy, clock_start) for c in cams}
+        self.runtimes = {c.id: CameraRuntime(c, taxonomy, clock_start, alert_threshold) for c in cams}
         # run_until_done() returns what it emitted; a live pipeline runs for months and keeps
         # nothing (its events go to on_event).
         self._collected: list[ViolationEvent] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.stats = {"frames": 0, "detected": 0, "batches": 0, "tiled": 0, "sampled": 0}
+        # Frames asked for by others (a case re-check): camera -> waiters for its next frame.
+        # Only asked-for frames are kept; holding every camera's last frame would cost a
+        # 1080p frame (6 MB) per camera.
+        self._snapshot_lock = threading.Lock()
+        self._snapshots: dict[str, list[_FrameWaiter]] = {}
 
     @property
     def health(self) -> dict[str, StreamHealth]:
@@ -170,6 +180,32 @@ class Pipeline:
                 rt.reader.stop()
             self._finish(rt)
 
+    def snapshot(self, camera_id: str, timeout: float) -> Frame | None:
+        """The next frame this running pipeline takes of the camera, or None when it does not
+        read that camera now (not in it, or its file or stream has ended) or none came in time."""
+        rt = self.runtimes.get(camera_id)
+        running = self._thread is not None and self._thread.is_alive() and not self._stop.is_set()
+        if rt is None or not running or rt.reader.health.state in ("finished", "failed", "stopped"):
+            return None
+        waiter = _FrameWaiter()
+        with self._snapshot_lock:
+            self._snapshots.setdefault(camera_id, []).append(waiter)
+        waiter.done.wait(timeout)
+        with self._snapshot_lock:
+            waiting = self._snapshots.get(camera_id, [])
+            if waiter in waiting:
+                waiting.remove(waiter)
+        return waiter.frame
+
+    def _hand_out(self, frames: list[Frame]) -> None:
+        if not self._snapshots:
+            return
+        with self._snapshot_lock:
+            for frame in frames:
+                for waiter in self._snapshots.pop(frame.camera, []):
+                    waiter.frame = frame
+                    waiter.done.set()
+
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the loop ends (all sources were files) or `timeout`; True if it ended."""
         if self._thread is None:
@@ -212,6 +248,7 @@ class Pipeline:
 
     def process(self, frames: list[Frame]) -> list[ViolationEvent]:
         """Detect on the frames that need it (one batch), then track and apply rules per camera."""
+        self._hand_out(frames)
         runtimes = [self.runtimes[f.camera] for f in frames]
         wanted = [
             i for i, (rt, f) in enumerate(zip(runtimes, frames))
@@ -328,6 +365,12 @@ class Pipeline:
                 box = cand.best_box
                 cand.grid = rt.grids.grid_at(float(box[0] + box[2]) / 2 / w, float(box[3]) / h)
         return cand.grid
+
+
+class _FrameWaiter:
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.frame: Frame | None = None
 
 
 def _merge(dets: Detections, extra: Detections) -> Detections:

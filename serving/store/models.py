@@ -46,7 +46,8 @@ class Base(DeclarativeBase):
 
 # Review status (humans) and case status (the city's case system) are separate axes.
 REVIEW_STATUSES = ("pending", "confirmed", "corrected", "rejected")
-CASE_STATUSES = ("new", "dispatched", "handled", "closed")
+# "reopened": a re-check after "handled" still saw the violation (serving/cases/recheck.py).
+CASE_STATUSES = ("new", "dispatched", "reopened", "handled", "closed")
 # Whether the violation is still seen by the camera.
 CASE_STATES = ("active", "ended")
 OUTBOX_STATES = ("pending", "delivered", "dead")
@@ -132,7 +133,7 @@ class Evidence(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     case_id: Mapped[int] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"), index=True)
-    kind: Mapped[str] = mapped_column(String(16))  # original, annotated, crop
+    kind: Mapped[str] = mapped_column(String(16))  # original, annotated, crop; after, after_annotated (re-check)
     path: Mapped[str] = mapped_column(String(512))  # relative to the evidence directory
     sha256: Mapped[str] = mapped_column(String(64))
     size: Mapped[int] = mapped_column(Integer)
@@ -276,3 +277,74 @@ class LabellingItem(Base):
         Index("ix_labelling_status", "status", "id"),
         Index("ix_labelling_camera_taken", "camera", "taken_at"),
     )
+RECHECK_STATES = ("pending", "verified", "reopened", "cancelled", "failed")
+
+
+class Recheck(Base):
+    """A re-check (核查) of a case the case system reported handled: when it is due, and what
+    the camera saw. Stored, so a restart keeps the pending ones."""
+
+    __tablename__ = "rechecks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"), index=True)
+    handled_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # The best detection of the violation's classes at the case's place, if any.
+    score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    iou: Mapped[float | None] = mapped_column(Float, nullable=True)
+    detail: Mapped[str] = mapped_column(Text, default="")  # why it failed, or what decided it
+
+    __table_args__ = (Index("ix_rechecks_due", "state", "due_at"),)
+
+
+class ThresholdDecision(Base):
+    """A reviewed case as evidence about its camera x violation's thresholds: the score it
+    was raised at and whether the reviewer found it right. One row per case; a second
+    decision replaces the first."""
+
+    __tablename__ = "threshold_decisions"
+
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"), primary_key=True)
+    camera: Mapped[str] = mapped_column(String(128))
+    violation: Mapped[str] = mapped_column(String(64))  # as detected, before any correction
+    score: Mapped[float] = mapped_column(Float)
+    correct: Mapped[bool] = mapped_column()
+    decided_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (Index("ix_threshold_decisions_pair", "camera", "violation", "decided_at"),)
+
+
+class Threshold(Base):
+    """The thresholds in force for one camera x violation, fitted to its reviews."""
+
+    __tablename__ = "thresholds"
+
+    camera: Mapped[str] = mapped_column(String(128), primary_key=True)
+    violation: Mapped[str] = mapped_column(String(64), primary_key=True)
+    confirmed: Mapped[int] = mapped_column(Integer, default=0)
+    rejected: Mapped[int] = mapped_column(Integer, default=0)
+    alert: Mapped[float | None] = mapped_column(Float, nullable=True)
+    auto_confirm: Mapped[float | None] = mapped_column(Float, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class ThresholdChange(Base):
+    """Every move of a camera x violation's thresholds, for the dashboard's history."""
+
+    __tablename__ = "threshold_history"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    camera: Mapped[str] = mapped_column(String(128))
+    violation: Mapped[str] = mapped_column(String(64))
+    confirmed: Mapped[int] = mapped_column(Integer)
+    rejected: Mapped[int] = mapped_column(Integer)
+    alert: Mapped[float | None] = mapped_column(Float, nullable=True)
+    auto_confirm: Mapped[float | None] = mapped_column(Float, nullable=True)
+    precision_at_alert: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+    __table_args__ = (Index("ix_threshold_history_pair", "camera", "violation", "at"),)

@@ -413,3 +413,29 @@ def open_reader(camera: Camera, clock_start: datetime | None = None) -> FileRead
     if camera.is_folder:
         return FolderReader(camera, clock_start)
     return FileReader(camera, clock_start)
+
+
+def grab_frame(camera: Camera, timeout: float = 20.0) -> Frame | None:
+    """One current frame of a camera, opening its source once (a re-check of a camera the
+    running pipeline does not read now). A live stream: the first frame within `timeout`.
+    A folder or a file is the camera's recording, so what it shows now is its last frame."""
+    import cv2
+
+    if camera.is_live:
+        reader = LiveReader(camera, open_timeout=min(10.0, timeout))
+        reader.start()
+        try:
+            reader.wait(timeout)
+            return reader.take()
+        finally:
+            reader.stop()
+    if camera.is_folder:
+        for path in sorted((p for p in Path(camera.source).iterdir() if is_image(p)), reverse=True):
+            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if image is not None:
+                return Frame(camera.id, _now(), image, 0)
+        return None
+    last = None
+    for last in FileReader(camera.model_copy(update={"loop": False})).frames():
+        pass
+    return Frame(camera.id, _now(), last.image, last.index) if last is not None else None

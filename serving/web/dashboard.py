@@ -10,6 +10,8 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from serving.cases.recheck import recheck_counts
+from serving.cases.thresholds import history, in_force
 from serving.delivery import outbox_stats
 from serving.store.db import Database
 from serving.store.models import Case, OutboxMessage
@@ -88,4 +90,5 @@ def dashboard_data(db: Database, health: dict[str, dict[str, Any]], stats: dict[
     return {"per_day": cases_per_day(db), "backlog": backlog(db),
             "precision_by_violation": precision(db, Case.violation), "precision_by_camera": precision(db, Case.camera),
             "latency_s": latencies(db), "delivery": delivery(db), "cameras": camera_health(health),
-            "pipeline": stats}
+            "pipeline": stats, "rechecks": recheck_counts(db),
+            "thresholds": {"in_force": in_force(db), "history": history(db)}}

@@ -10,13 +10,25 @@ from sqlalchemy import select
 from detector.taxonomy import Taxonomy
 from serving.audit import entries
 from serving.store.db import Database
-from serving.store.models import Case, CaseEvent
+from serving.store.models import Case, CaseEvent, Recheck
 
 
 class Occurrence(BaseModel):
     type: str
     last_seen: str
     score: float
+
+
+class RecheckView(BaseModel):
+    """The latest re-check of a handled case: the same place before and after, side by side."""
+
+    state: str  # pending, verified, reopened, cancelled, failed
+    due_at: str
+    checked_at: str | None
+    score: float | None
+    detail: str
+    before_url: str | None
+    after_url: str | None
 
 
 class ReviewCase(BaseModel):
@@ -42,6 +54,8 @@ class ReviewCase(BaseModel):
     crop_url: str | None
     timeline: list[Occurrence]
     history: list[dict[str, Any]]
+    status: str = "new"  # the case system's status
+    recheck: RecheckView | None = None
 
 
 def evidence_url(case_number: str, evidence_id: int) -> str:
@@ -54,6 +68,17 @@ def review_case(db: Database, taxonomy: Taxonomy, case: Case) -> ReviewCase:
     entry = taxonomy.by_id.get(case.violation)
     with db.sessions() as session:
         events = session.scalars(select(CaseEvent).where(CaseEvent.case_id == case.id).order_by(CaseEvent.id)).all()
+        latest = session.scalars(select(Recheck).where(Recheck.case_id == case.id)
+                                 .order_by(Recheck.id.desc()).limit(1)).first()
+    recheck = None
+    if latest is not None:
+        before = by_kind.get("annotated", by_kind.get("original"))
+        after = by_kind.get("after_annotated", by_kind.get("after"))  # the latest look's photo
+        recheck = RecheckView(
+            state=latest.state, due_at=latest.due_at.isoformat(),
+            checked_at=latest.checked_at.isoformat() if latest.checked_at else None, score=latest.score,
+            detail=latest.detail, before_url=evidence_url(case.case_number, before) if before else None,
+            after_url=evidence_url(case.case_number, after) if after and latest.checked_at else None)
     return ReviewCase(
         case_number=case.case_number, violation=case.violation,
         name_zh=entry.name_zh if entry else case.matter_name, name_en=entry.name_en if entry else case.violation,
@@ -65,6 +90,7 @@ def review_case(db: Database, taxonomy: Taxonomy, case: Case) -> ReviewCase:
         crop_url=evidence_url(case.case_number, by_kind["crop"]) if "crop" in by_kind else None,
         timeline=[Occurrence(type=e.event_type, last_seen=e.last_seen.isoformat(), score=e.score) for e in events],
         history=[r.to_json() for r in entries(db, target=f"case:{case.case_number}", limit=50)],
+        status=case.status, recheck=recheck,
     )
 
 

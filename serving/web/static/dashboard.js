@@ -6,6 +6,7 @@
   const $ = (id) => document.getElementById(id);
   const PALETTE = ["#0b63ce", "#d9480f", "#2b8a3e", "#862e9c", "#c92a2a", "#5c940d", "#1098ad", "#e67700", "#495057", "#a61e4d"];
   let chart = null;
+  let thresholdChart = null;
   let previous = null;  // the last answer, to turn frame counters into a rate
 
   const UNITS = JSON.parse($("dashboard").dataset.units);
@@ -40,6 +41,35 @@
     chart = new uPlot({ width, height: 240, series, scales: { x: { time: true, auto: false, range: [days[0] - 86400, days[days.length - 1] + 86400] } } }, values, $("per-day"));
   }
 
+  // Each camera x violation's alert threshold over time, a step line from one change to the next.
+  function thresholdHistory(changes) {
+    const element = $("threshold-history");
+    if (!changes.length) return;
+    const pairs = [...new Set(changes.map((c) => `${c.camera} · ${c.violation}`))];
+    const times = [...new Set(changes.map((c) => Date.parse(c.at) / 1000))].sort((a, b) => a - b);
+    const columns = pairs.map(() => times.map(() => null));
+    for (const c of changes) {
+      const p = pairs.indexOf(`${c.camera} · ${c.violation}`);
+      const from = times.indexOf(Date.parse(c.at) / 1000);
+      for (let i = from; i < times.length; i++) columns[p][i] = c.alert;  // until its next change
+    }
+    const series = [{}].concat(pairs.map((name, i) => ({ label: name, stroke: PALETTE[i % PALETTE.length], width: 2, paths: uPlot.paths.stepped({ align: 1 }), points: { size: 6 } })));
+    const width = Math.max(320, element.clientWidth - 10);
+    if (thresholdChart) thresholdChart.destroy();
+    thresholdChart = new uPlot({ width, height: 200, series, scales: { y: { auto: false, range: [0, 1] } } }, [times].concat(columns), element);
+  }
+
+  function thresholdsInForce(rows) {
+    $("thresholds").replaceChildren(...rows.map((r) => {
+      const tr = document.createElement("tr");
+      const score = (v) => (v === null || v === undefined ? "-" : v.toFixed(2));
+      for (const value of [r.camera, r.violation, `${r.confirmed} / ${r.rejected}`, score(r.alert), score(r.auto_confirm)]) {
+        tr.insertCell().textContent = value;
+      }
+      return tr;
+    }));
+  }
+
   function cameras(list, seconds) {
     const before = new Map((previous ? previous.cameras : []).map((c) => [c.camera, c]));
     $("cameras").replaceChildren(...list.map((c) => {
@@ -71,6 +101,12 @@
     const precisionRows = (rows) => rows.map((r) => [r.key, `${r.confirmed} / ${r.reviewed}`, (r.precision * 100).toFixed(0) + "%"]);
     table($("precision-violation"), precisionRows(data.precision_by_violation));
     table($("precision-camera"), precisionRows(data.precision_by_camera));
+    $("r-verified").textContent = data.rechecks.verified;
+    $("r-reopened").textContent = data.rechecks.reopened;
+    $("r-pending").textContent = data.rechecks.pending;
+    $("r-failed").textContent = data.rechecks.failed;
+    thresholdsInForce(data.thresholds.in_force);
+    thresholdHistory(data.thresholds.history);
     cameras(data.cameras, previous ? (started - previous.at) / 1000 : 0);
     previous = { cameras: data.cameras, at: started };
     document.body.dataset.loaded = "1";

@@ -37,3 +37,19 @@ def test_missing_model_says_how_to_get_one(monkeypatch):
     monkeypatch.setattr(settings_module, "default_model_path", lambda: None)
     with pytest.raises(SettingsError, match="--model"):
         load_settings().resolved_model()
+
+
+def test_grouped_settings_merge_key_by_key(tmp_path: Path, monkeypatch):
+    config = tmp_path / "gridwatch.yaml"
+    config.write_text("settings:\n  recheck: {min_iou: 0.2, delay_s: 60}\n  thresholds: {target_precision: 0.85}\n",
+                      encoding="utf-8")
+    monkeypatch.setenv("GRIDWATCH_RECHECK__DELAY_S", "900")
+    s = load_settings(config)
+    assert (s.recheck.delay_s, s.recheck.min_iou, s.recheck.max_tries) == (900, 0.2, 6)  # env, file, default
+    assert (s.thresholds.target_precision, s.thresholds.auto_confirm_precision) == (0.85, 0.97)
+    config.write_text("settings:\n  thresholds: {floor: 0.8, ceiling: 0.5}\n", encoding="utf-8")
+    with pytest.raises(SettingsError, match="floor"):
+        load_settings(config)
+    config.write_text("settings:\n  recheck: {delay: 5}\n", encoding="utf-8")
+    with pytest.raises(SettingsError, match="delay"):
+        load_settings(config)

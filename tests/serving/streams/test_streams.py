@@ -15,7 +15,7 @@ from detector import load_taxonomy
 from serving.cameras import Camera, parse_cameras
 from serving.evidence import EvidenceStore
 from serving.pipeline import Pipeline
-from serving.streams.readers import FileReader, FolderReader, LiveReader, open_reader
+from serving.streams.readers import FileReader, FolderReader, LiveReader, grab_frame, open_reader
 from tests.support.shared_data import shared_available
 from tests.support.streams import (
     DATASETS, EXAMPLE_YAML, SEED_TAXONOMY_OVERRIDE, MjpegServer, RtspServer, seed_detector, seed_props,
@@ -260,3 +260,27 @@ def test_live_reader_counts_frames_replaced_before_they_were_taken() -> None:
             assert reader.health.to_json()["frames_dropped"] == dropped
         finally:
             reader.stop()
+
+
+def test_a_recheck_frame_comes_from_the_running_pipeline_or_from_the_source_once(tmp_path: Path, taxonomy) -> None:
+    tl = street_scene(seed_props(), duration=30, fps=5, cart_at=None, walker_at=None)
+    with MjpegServer(tl) as server:
+        live = camera(server.url, sample_every=0.5)
+        pipeline = Pipeline([live], seed_detector(), taxonomy)
+        pipeline.start()
+        try:
+            frame = pipeline.snapshot(live.id, 15)
+            assert frame is not None and frame.camera == live.id and frame.image.shape == tl.frame(0).shape
+            assert server.clients == 1  # the pipeline's own connection: nothing else opened
+            assert pipeline.snapshot("cam-elsewhere", 1) is None
+        finally:
+            pipeline.stop()
+        assert pipeline.snapshot(live.id, 1) is None  # a stopped pipeline reads nothing
+        grabbed = grab_frame(live, 15)  # the source opened once
+        assert grabbed is not None and grabbed.image.shape == tl.frame(0).shape and server.clients == 2
+    folder = tmp_path / "cam"
+    folder.mkdir()
+    first, last = (cv2.imread(str(p)) for p in sorted((DATASETS / "garbage_overflow_cn" / "images").glob("*.jpg"))[:2])
+    cv2.imwrite(str(folder / "0.png"), first)
+    cv2.imwrite(str(folder / "1.png"), last)
+    assert (grab_frame(camera(folder), 1).image == last).all()  # a recording shows its last frame now
