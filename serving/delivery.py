@@ -111,11 +111,17 @@ class DeliveryWorker:
         self._client.close()
 
     def _run(self) -> None:
+        failing = False  # one log line when passes start failing, one when they work again
         while not self._stop.is_set():
             try:
                 busy = self.run_once()
+                if failing:
+                    log.info("delivery passes work again")
+                failing = False
             except Exception:  # the database may be briefly away; keep the worker alive
-                log.exception("delivery pass failed")
+                if not failing:
+                    log.exception("delivery pass failed; retrying quietly until one works")
+                failing = True
                 busy = 0
             if not busy:
                 self._wake.wait(self.config.poll_s)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from collections import deque
 from typing import Any
 
 import cv2
@@ -25,9 +24,12 @@ from serving.auth import ensure_admin_key
 from serving.cameras import Camera
 from serving.cameras.registry import CameraRegistry
 from serving.cases import CasePolicy, CaseService
+from serving.cases.held import HeldEvents
+from serving.cases.ingest import IngestResult
 from serving.delivery import DeliveryConfig, DeliveryWorker, outbox_stats
 from serving.events import ViolationEvent
-from serving.evidence import EvidenceFrame, EvidenceStore
+from serving.evidence import EvidenceFrame, EvidenceStorageError, EvidenceStore
+from serving.health import Faults, camera_faults, held_fault
 from serving.live_model import LiveDetector
 from serving.settings import Settings, load_detector
 from serving.store.db import Database, schema_is_current
@@ -56,9 +58,10 @@ class GridwatchService:
         self.cameras = CameraRegistry(self.db, self.taxonomy, settings.data_dir.resolve(), file_cameras or [],
                                       self._start_pipeline, settings.resolved_media_roots)
         self.new_admin_key = ensure_admin_key(self.db, settings.admin_key)
-        # Events the database refused (briefly away): retried in order, never dropped.
-        self._retry: deque[tuple[ViolationEvent, EvidenceFrame | None]] = deque()
-        self._retry_lock = threading.Lock()
+        self.faults = Faults()
+        # Events of our cameras the database or the evidence disk refused: retried in order.
+        self._held = HeldEvents(settings.held_frames_max_mb * 2**20)
+        self._held_lock = threading.Lock()  # one drainer at a time, and no event overtakes the held
         self._stop = threading.Event()
         self._retrier: threading.Thread | None = None
         self.counters = {"detect_requests": 0, "detections": 0, "events": 0, "event_failures": 0}
@@ -125,7 +128,8 @@ class GridwatchService:
         self._stop.set()
         if self._retrier is not None:
             self._retrier.join(5)
-        self._drain_retries()
+        if not self._drain_retries():
+            log.error("%d event(s) could not be stored before stopping: %s", len(self._held), self.faults.current())
         if self.delivery is not None:
             self.delivery.stop()
         self.db.close()
@@ -133,39 +137,77 @@ class GridwatchService:
     # -- events ----------------------------------------------------------------------------
     def on_event(self, event: ViolationEvent, frame: EvidenceFrame | None = None) -> None:
         self.counters["events"] += 1
-        with self._retry_lock:
-            if self._retry:  # keep order: earlier failures go first
-                self._retry.append((event, frame))
+        with self._held_lock:
+            if len(self._held):  # keep order: earlier events go first
+                self._held.append(event, frame)
                 return
+            try:
+                self.ingest(event, frame)
+            except Exception as exc:  # noqa: BLE001
+                self.counters["event_failures"] += 1
+                if held_fault(exc) is None:  # the event's own problem: it would fail again
+                    log.exception("event %s of camera %s cannot be stored", event.event_id, event.camera)
+                    return
+                self._held.append(event, frame)
+
+    def ingest(self, event: ViolationEvent, frame: EvidenceFrame | None = None) -> IngestResult:
+        """One event into its case. A failure because a part is away (database, evidence
+        disk) enters that fault and is raised; success ends the faults it proves over."""
+        writes = self.evidence.writes
         try:
-            self.cases.ingest(event, frame)
-        except Exception:  # noqa: BLE001 - the database may be away; keep the event
-            self.counters["event_failures"] += 1
-            log.exception("event %s not stored yet; will retry", event.event_id)
-            with self._retry_lock:
-                self._retry.append((event, frame))
-            return
+            result = self.cases.ingest(event, frame)
+        except Exception as exc:
+            fault = held_fault(exc)
+            if fault is not None:
+                self.faults.enter(*fault)
+            raise
+        self.faults.leave("database")
+        if self.evidence.writes > writes:
+            self.faults.leave("evidence")
         if self.delivery is not None:
             self.delivery.wake()
+        return result
 
     def _drain_retries(self) -> bool:
-        while True:
-            with self._retry_lock:
-                if not self._retry:
-                    return True
-                event, frame = self._retry[0]
-            try:
-                self.cases.ingest(event, frame)
-            except Exception:  # noqa: BLE001
-                return False
-            with self._retry_lock:
-                self._retry.popleft()
-            if self.delivery is not None:
-                self.delivery.wake()
+        """Store held events in order until one is refused; True when none is left."""
+        with self._held_lock:
+            while (item := self._held.first()) is not None:
+                try:
+                    self.ingest(*item)
+                except Exception as exc:  # noqa: BLE001
+                    if held_fault(exc) is not None:
+                        return False
+                    log.exception("held event %s of camera %s cannot be stored", item[0].event_id, item[0].camera)
+                self._held.pop_first()
+            return True
 
     def _retry_loop(self) -> None:
         while not self._stop.wait(1.0):
-            self._drain_retries()
+            if self._drain_retries():  # nothing held to prove a part is back: look another way
+                if "database" in self.faults:
+                    self._database_check()
+                if "evidence" in self.faults:
+                    self._evidence_check()
+
+    def _evidence_check(self) -> None:
+        try:
+            self.evidence.probe()
+        except EvidenceStorageError as exc:
+            self.faults.enter(*held_fault(exc))
+            return
+        self.faults.leave("evidence")
+
+    def _database_check(self) -> str:
+        try:
+            with self.db.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception as exc:  # noqa: BLE001
+            fault = held_fault(exc) or ("database", f"unreachable: {type(exc).__name__}")
+            self.faults.enter(*fault)
+            return fault[1]
+        if not len(self._held):  # held events prove it by being stored
+            self.faults.leave("database")
+        return "ok" if self._schema_current else "schema not current"
 
     # -- detection ---------------------------------------------------------------------------
     def detect(self, image: np.ndarray) -> tuple[Detections, str]:
@@ -178,16 +220,15 @@ class GridwatchService:
 
     # -- health and metrics ------------------------------------------------------------------
     def readiness(self) -> dict[str, Any]:
-        checks: dict[str, Any] = {}
-        try:
-            with self.db.engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-            checks["database"] = "ok" if self._schema_current else "schema not current"
-        except Exception as exc:  # noqa: BLE001
-            checks["database"] = f"unreachable: {type(exc).__name__}"
+        """Each part's state ("ok" or what is wrong); the faults of the moment by name."""
+        checks: dict[str, Any] = {"database": self._database_check()}
         checks["detector"] = "ok"
         checks["model"] = self.detector.version
         checks["pipeline"] = self.cameras.pipeline_error or "ok"
+        checks.update(self.faults.current())
+        checks.update(camera_faults(self.cameras.health()))
+        if len(self._held):
+            checks["events"] = f"{len(self._held)} held until they can be stored"
         return checks
 
     def metrics(self) -> dict[str, Any]:
@@ -202,7 +243,8 @@ class GridwatchService:
             "case_counts": dict(self.cases.counts),
             "outbox": outbox_stats(self.db),
             "cameras": self.cameras.health(),
-            "pending_events": len(self._retry),
+            "pending_events": len(self._held),
+            "held_frames_dropped": self._held.frames_dropped,
             "model": {"version": self.detector.version, "swaps": self.detector.swaps},
         }
 

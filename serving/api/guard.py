@@ -30,6 +30,7 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException
 
 from serving.auth import Principal, authenticate
@@ -45,6 +46,7 @@ PROTECTED_PREFIX = "/v1/"
 MAX_KEY_LENGTH = 256
 MULTIPART_FRAMING_BYTES = 1024 * 1024  # form boundaries and part headers around the file
 BUSY_RETRY_AFTER_S = 1
+DATABASE_RETRY_AFTER_S = 5
 
 
 # Expensive per request (a decode and a detector run, or a case write): limited per key.
@@ -164,7 +166,13 @@ class RequestGate:
     async def _gate(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = Headers(scope=scope)
         if scope["path"].startswith(PROTECTED_PREFIX):
-            refusal = await self._identify(scope, headers)
+            try:
+                refusal = await self._identify(scope, headers)
+            except DBAPIError as exc:  # keys live in the database: it is away, not the key wrong
+                await answer(send, 503, f"database unreachable ({type(exc.orig or exc).__name__}): "
+                                        "the key cannot be checked; nothing was stored, retry later",
+                             {"Retry-After": str(DATABASE_RETRY_AFTER_S)})
+                return
             if refusal is not None:
                 await answer(send, 401, refusal, {"WWW-Authenticate": "Bearer"})
                 return

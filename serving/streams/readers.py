@@ -62,19 +62,21 @@ class StreamHealth:
     packets_read: int = 0
     errors: int = 0
     reconnects: int = 0
+    reconnecting_since: datetime | None = None  # when the stream was lost, while it is
     last_error: str | None = None
     decode_mode: str = "keyframes"
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
-    def error(self, message: str) -> None:
+    def error(self, message: str, *, quiet: bool = False) -> None:
+        """Counted always; logged unless `quiet` (a retry of a stream already known lost)."""
         with self._lock:
             self.errors += 1
             self.last_error = message
-        log.warning("camera %s: %s", self.camera, message)
+        log.log(logging.DEBUG if quiet else logging.WARNING, "camera %s: %s", self.camera, message)
 
     def to_json(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
-        for key in ("last_frame_at", "last_frame_wall"):
+        for key in ("last_frame_at", "last_frame_wall", "reconnecting_since"):
             data[key] = data[key].isoformat() if data[key] else None
         return data
 
@@ -363,6 +365,7 @@ class LiveReader:
         import av
 
         backoff = self.backoff_start
+        lost_at = 0.0  # monotonic, while the stream is lost
         while not self._stop.is_set():
             container = None
             try:
@@ -379,6 +382,9 @@ class LiveReader:
                     live=True, should_stop=self._stop.is_set,
                 ):
                     backoff = self.backoff_start  # frames flow again: next failure starts small
+                    if self.health.reconnecting_since is not None:
+                        log.info("camera %s: stream back after %.0f s", self.camera.id, time.monotonic() - lost_at)
+                        self.health.reconnecting_since = None
                     stamp = _now()
                     with self._lock:
                         if self._latest is not None:
@@ -389,10 +395,10 @@ class LiveReader:
                     self.health.frames_sampled += 1
                     self.health.last_frame_at = self.health.last_frame_wall = stamp
                 if not self._stop.is_set():
-                    self.health.error("stream ended")
+                    self.health.error("stream ended", quiet=True)  # logged below, once per outage
             except Exception as exc:  # any failure of one camera is that camera's business
                 if not self._stop.is_set():
-                    self.health.error(f"{type(exc).__name__}: {exc}")
+                    self.health.error(f"{type(exc).__name__}: {exc}", quiet=True)
             finally:
                 if container is not None:
                     try:
@@ -401,6 +407,10 @@ class LiveReader:
                         pass
             if self._stop.is_set():
                 break
+            if self.health.reconnecting_since is None:
+                self.health.reconnecting_since, lost_at = _now(), time.monotonic()
+                log.warning("camera %s: stream lost (%s), reconnecting with backoff up to %.0f s",
+                            self.camera.id, self.health.last_error, self.backoff_max)
             self.health.state, self.health.connected = "reconnecting", False
             self.health.reconnects += 1
             self._stop.wait(backoff)
