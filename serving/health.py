@@ -75,9 +75,10 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [""])[0][:200]
 
 
-# Checks that inform but do not make the service unready: the model's version, and a camera
-# entry the pipeline could not start (the other cameras run; the admin page shows it).
-INFORMATIVE = frozenset({"model", "pipeline"})
+# Checks that inform but do not make the service unready: the model's version, a camera
+# entry the pipeline could not start (the other cameras run; the admin page shows it), and a
+# jump of the wall clock (timers and live event times run on the steady clock meanwhile).
+INFORMATIVE = frozenset({"model", "pipeline", "clock"})
 
 
 def ready(checks: dict[str, str]) -> bool:

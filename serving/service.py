@@ -26,6 +26,7 @@ from serving.cameras.registry import CameraRegistry
 from serving.cases import CasePolicy, CaseService
 from serving.cases.held import HeldEvents
 from serving.cases.ingest import IngestResult
+from serving.clock import SYSTEM_CLOCK, SteadyClock, WallClock
 from serving.delivery import DeliveryConfig, DeliveryWorker, outbox_stats
 from serving.events import ViolationEvent
 from serving.evidence import EvidenceFrame, EvidenceStorageError, EvidenceStore
@@ -39,8 +40,12 @@ log = logging.getLogger("gridwatch.service")
 
 
 class GridwatchService:
-    def __init__(self, settings: Settings, *, file_cameras: list[Camera] | None = None, detector: Any = None) -> None:
+    def __init__(self, settings: Settings, *, file_cameras: list[Camera] | None = None, detector: Any = None,
+                 clock: WallClock = SYSTEM_CLOCK) -> None:
+        """`clock`: the wall clock (tests move theirs); live frames follow a steady clock made from it."""
         self.settings = settings
+        self.clock = clock
+        self.steady_clock = SteadyClock(clock)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.db = Database(settings.resolved_database_url)
         self._schema_current = schema_is_current(self.db.engine)  # migrated just now
@@ -52,9 +57,9 @@ class GridwatchService:
         public_url = settings.public_url or f"http://{settings.host}:{settings.port}"
         self.cases = CaseService(self.db, self.evidence, self.taxonomy, CasePolicy.from_settings(settings),
                                  model_version=lambda: self.detector.version, public_url=public_url,
-                                 instance=settings.instance_id)
+                                 instance=settings.instance_id, clock=clock)
         delivery = DeliveryConfig.from_settings(settings)
-        self.delivery = DeliveryWorker(self.db, delivery) if delivery else None
+        self.delivery = DeliveryWorker(self.db, delivery, clock) if delivery else None
         self.cameras = CameraRegistry(self.db, self.taxonomy, settings.data_dir.resolve(), file_cameras or [],
                                       self._start_pipeline, settings.resolved_media_roots)
         self.new_admin_key = ensure_admin_key(self.db, settings.admin_key)
@@ -69,7 +74,8 @@ class GridwatchService:
     def _start_pipeline(self, cameras: list[Camera]) -> Any:
         from serving.pipeline import Pipeline
 
-        pipeline = Pipeline(cameras, self.detector, self.taxonomy, on_event=self.on_event)
+        pipeline = Pipeline(cameras, self.detector, self.taxonomy, on_event=self.on_event,
+                            live_clock=self.steady_clock)
         pipeline.start()
         return pipeline
 
@@ -183,11 +189,20 @@ class GridwatchService:
 
     def _retry_loop(self) -> None:
         while not self._stop.wait(1.0):
+            self._clock_check()
             if self._drain_retries():  # nothing held to prove a part is back: look another way
                 if "database" in self.faults:
                     self._database_check()
                 if "evidence" in self.faults:
                     self._evidence_check()
+
+    def _clock_check(self) -> None:
+        jump = self.steady_clock.jump()
+        if jump:
+            self.faults.enter("clock", f"wall clock {abs(jump):.0f} s {'ahead of' if jump > 0 else 'behind'} "
+                                       "the steady clock; live cameras' event times keep the steady clock")
+        else:
+            self.faults.leave("clock")
 
     def _evidence_check(self) -> None:
         try:

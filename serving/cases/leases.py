@@ -12,6 +12,7 @@ from typing import Literal
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
+from serving.clock import SYSTEM_CLOCK, WallClock
 from serving.store.models import Case
 
 
@@ -32,9 +33,16 @@ def _free_for(holder: str, now: datetime):  # noqa: ANN202
     return or_(Case.leased_by == "", Case.leased_by == holder, Case.lease_until.is_(None), Case.lease_until < now)
 
 
-def claim(session: Session, holder: str, where: QueueFilter, skip: list[str], lease_s: float) -> Case | None:
+def claim(session: Session, holder: str, where: QueueFilter, skip: list[str], lease_s: float,
+          clock: WallClock = SYSTEM_CLOCK) -> Case | None:
     """Lease the first pending case `where` selects that nobody else holds; None when none is left."""
-    now = datetime.now(timezone.utc)
+    now = clock.now()
+    longest = now + timedelta(seconds=lease_s)
+    # A lease running past any length ever given was taken before the wall clock jumped back:
+    # it ends `lease_s` from now instead of holding the case for the size of the jump.
+    session.execute(update(Case).where(Case.lease_until > longest)
+                    .values(lease_until=longest, updated_at=Case.updated_at)
+                    .execution_options(synchronize_session=False))
     query = select(Case.id).where(Case.review_status == "pending", _free_for(holder, now))
     for column, value in ((Case.camera, where.camera), (Case.violation, where.violation), (Case.grid, where.grid)):
         if value:
@@ -53,7 +61,7 @@ def claim(session: Session, holder: str, where: QueueFilter, skip: list[str], le
         taken = session.execute(
             update(Case).where(Case.id == case_id, Case.review_status == "pending", _free_for(holder, now))
             # updated_at stays: a lease is not a change the case system polls for.
-            .values(leased_by=holder, lease_until=now + timedelta(seconds=lease_s), updated_at=Case.updated_at)
+            .values(leased_by=holder, lease_until=longest, updated_at=Case.updated_at)
             .execution_options(synchronize_session=False)
         ).rowcount
         if taken:

@@ -16,6 +16,7 @@ from serving.cases.ingest import CaseIngest, IngestResult
 from serving.cases.leases import QueueFilter, claim, held_by_other, release, renew
 from serving.cases.listing import CaseFilter, find_case, page_of_cases
 from serving.cases.policy import CaseError, CasePolicy
+from serving.clock import SYSTEM_CLOCK, WallClock
 from serving.cases.public import CasePublic
 from serving.cases.review import apply_review, apply_status, review_snapshot
 from serving.events import ViolationEvent
@@ -42,10 +43,12 @@ class CaseService:
         model_version: str | Callable[[], str] = "",
         public_url: str = "",
         instance: str | None = None,
+        clock: WallClock = SYSTEM_CLOCK,
     ) -> None:
         """`model_version`: the served model's version, or a function that says it now (the
         model can be swapped while the service runs); an event's own version comes first."""
         self.db = db
+        self.clock = clock
         self.evidence = evidence
         self.taxonomy = taxonomy
         self.policy = policy or CasePolicy()
@@ -103,7 +106,7 @@ class CaseService:
     def claim_next(self, holder: str, where: QueueFilter, skip: list[str], lease_s: float) -> Case | None:
         """Lease the next pending case for `holder`, with its evidence loaded."""
         with self._lock, self.db.transaction() as session:
-            case = claim(session, holder, where, skip, lease_s)
+            case = claim(session, holder, where, skip, lease_s, self.clock)
             if case is None:
                 return None
             return self._existing(session, case.case_number)

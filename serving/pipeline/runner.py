@@ -40,6 +40,7 @@ import numpy as np
 from detector.detections import Detections
 from detector.taxonomy import Taxonomy
 from serving.cameras import Camera, CamerasConfig, GridPicker
+from serving.clock import SteadyClock
 from serving.events import ViolationEvent
 from serving.evidence import EvidenceFrame, EvidenceStore
 from serving.pipeline.rules import Candidate, RuleEngine, Transition
@@ -56,10 +57,11 @@ log = logging.getLogger(__name__)
 class CameraRuntime:
     """Everything one camera keeps between frames."""
 
-    def __init__(self, camera: Camera, taxonomy: Taxonomy, clock_start: datetime | None) -> None:
+    def __init__(self, camera: Camera, taxonomy: Taxonomy, clock_start: datetime | None,
+                 live_clock: SteadyClock | None = None) -> None:
         self.camera = camera
         self.grids = GridPicker(camera)
-        self.reader = open_reader(camera, clock_start)
+        self.reader = open_reader(camera, clock_start, live_clock)
         self.tracker = IoUTracker(max_age_s=camera.grace_s)
         self.rules = RuleEngine(camera, taxonomy)
         self.motion = MotionGate()
@@ -100,15 +102,17 @@ class Pipeline:
         *,
         evidence: EvidenceStore | None = None,
         clock_start: datetime | None = None,
+        live_clock: SteadyClock | None = None,
         motion_gating: bool = True,
     ) -> None:
+        """`live_clock` stamps live cameras' frames (the service's steady clock)."""
         cams = cameras.cameras if isinstance(cameras, CamerasConfig) else tuple(cameras)
         self.detector = detector
         self.taxonomy = taxonomy
         self.evidence = evidence
         self.on_event = on_event
         self.motion_gating = motion_gating
-        self.runtimes = {c.id: CameraRuntime(c, taxonomy, clock_start) for c in cams}
+        self.runtimes = {c.id: CameraRuntime(c, taxonomy, clock_start, live_clock) for c in cams}
         # run_until_done() returns what it emitted; a live pipeline runs for months and keeps
         # nothing (its events go to on_event).
         self._collected: list[ViolationEvent] | None = None

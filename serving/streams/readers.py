@@ -5,8 +5,10 @@
   the frame's media time, so archived footage lands in the right schedule window.
 - `FolderReader`: an image folder in name order, one image per sample.
 - `LiveReader`: rtsp:// or http(s):// (MJPEG, HLS) in a background thread. It keeps only the
-  newest sampled frame (no backlog can grow), times frames by the wall clock, reconnects with
-  exponential backoff, and gives up a read after `read_timeout` seconds of silence.
+  newest sampled frame (no backlog can grow), times frames by the steady clock it is given
+  (serving/clock.py: wall time that a jump of the system clock does not move; the wall clock
+  itself when none is given), reconnects with exponential backoff, and gives up a read after
+  `read_timeout` seconds of silence.
 
 Decoding is the real cost at scale, so the readers decode as little as they can. With
 `decode: auto` (the default) only keyframes are decoded, and only those that are due
@@ -34,6 +36,7 @@ import numpy as np
 
 from detector.files import is_image
 from serving.cameras import Camera
+from serving.clock import SteadyClock, WallClock
 
 log = logging.getLogger(__name__)
 
@@ -316,8 +319,10 @@ class LiveReader:
         open_timeout: float = 10.0,
         backoff_start: float = 0.5,
         backoff_max: float = 30.0,
+        clock: SteadyClock | WallClock | None = None,
     ) -> None:
         self.camera = camera
+        self.clock = clock
         self.health = StreamHealth(camera.id, camera.source)
         self.open_timeout = open_timeout
         self.backoff_start = backoff_start
@@ -385,7 +390,7 @@ class LiveReader:
                     if self.health.reconnecting_since is not None:
                         log.info("camera %s: stream back after %.0f s", self.camera.id, time.monotonic() - lost_at)
                         self.health.reconnecting_since = None
-                    stamp = _now()
+                    stamp = self.clock.now() if self.clock is not None else _now()
                     with self._lock:
                         if self._latest is not None:
                             self.health.frames_dropped += 1
@@ -417,9 +422,10 @@ class LiveReader:
             backoff = min(backoff * 2, self.backoff_max)
 
 
-def open_reader(camera: Camera, clock_start: datetime | None = None) -> FileReader | FolderReader | LiveReader:
+def open_reader(camera: Camera, clock_start: datetime | None = None,
+                live_clock: SteadyClock | None = None) -> FileReader | FolderReader | LiveReader:
     if camera.is_live:
-        return LiveReader(camera)
+        return LiveReader(camera, clock=live_clock)
     if camera.is_folder:
         return FolderReader(camera, clock_start)
     return FileReader(camera, clock_start)

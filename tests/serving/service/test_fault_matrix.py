@@ -263,3 +263,76 @@ def flap(running, flapping_stream, caplog) -> None:
     assert service.cameras.health()["cam-flap"]["reconnects"] >= flaps
     assert len(log_lines(caplog, "camera cam-flap: stream lost")) == flaps
     assert len(log_lines(caplog, "camera cam-flap: stream back")) == flaps
+
+
+# -- the wall clock jumping an hour forward and back ---------------------------------------------
+@pytest.mark.slow
+def test_wall_clock_jumps_an_hour_forward_and_back(flapping_stream, shared_detector, tmp_path, receiver,
+                                                   caplog) -> None:
+    """The service's wall clock (injected; the machine's is left alone) moves an hour ahead
+    and back while a live camera watches a violation, the case system is failing and a
+    reviewer holds the case: still one event and one case, the delivery retry and the
+    lease are not put off by the hour, and /readyz names the jump while it lasts."""
+    from datetime import datetime, timedelta, timezone
+
+    from serving.cameras.schema import parse_cameras
+    from serving.cases.leases import QueueFilter
+    from serving.settings import Settings
+    from tests.support.service import MovableClock, RunningService, pick_port
+
+    caplog.set_level(logging.INFO)
+    clock = MovableClock()
+    receiver.fail_with = 500
+    receiver.start()
+    camera = {
+        "id": "cam-clock", "source": flapping_stream.url, "division": "370202", "grid": "370202001001001",
+        "location": {"lat": 36.0671, "lon": 120.3826, "address": "Zhongshan Rd 1, Shinan"},
+        "sample_every": 0.5, "static_check_every": 2, "close_after": 30,
+        "zones": [{"name": "bins", "type": "bin_area", "polygon": [[0, 0], [1, 0], [1, 1], [0, 1]]}],
+        "rules": [{"violation": "bin_overflow", "zone_types": ["bin_area"], "classes": ["fire hydrant"],
+                   "min_score": 0.25, "dwell": 2}],
+    }
+    settings = Settings(data_dir=tmp_path / "data", port=pick_port(), admin_key="gw_test_admin_key_0123456789",
+                        webhook_url=receiver.url, webhook_secret=receiver.secret, auto_confirm={"bin_overflow": 0.25},
+                        delivery_backoff_s=0.05, delivery_backoff_max_s=0.3, delivery_poll_s=0.05)
+    running = RunningService(settings, detector=shared_detector, clock=clock,
+                             file_cameras=list(parse_cameras({"cameras": [camera]}, tmp_path).cameras))
+    service = running.service
+
+    def frames_go_on() -> None:
+        seen = service.cameras.health()["cam-clock"]["frames_sampled"]
+        wait_for(lambda: service.cameras.health()["cam-clock"]["frames_sampled"] >= seen + 6, timeout=20)
+
+    try:
+        (case,) = wait_for(lambda: stored_cases(service), timeout=60)
+        wait_for(lambda: receiver.requests >= 2, timeout=15)  # the case system refuses; retried
+
+        clock.offset = timedelta(hours=1)
+        status, checks = wait_for(lambda: "clock" in (r := readyz(running))[1] and r, timeout=10)
+        assert status == 200 and checks["clock"].startswith("wall clock 3600 s ahead of the steady clock")
+        assert service.cases.claim_next("alice", QueueFilter(), [], 60).case_number == case.case_number
+        tries = receiver.requests
+        frames_go_on()
+        wait_for(lambda: receiver.requests >= tries + 2, timeout=15)  # retries set an hour ahead
+
+        clock.offset = timedelta(0)  # and back
+        receiver.fail_with = None
+        wait_for(lambda: receiver.reported(), timeout=20)  # the retry was not put off by an hour
+        assert receiver.reported() == {case.case_number: 1}
+        assert service.cases.claim_next("bob", QueueFilter(), [], 60) is None  # alice's, for now
+        with service.db.sessions() as session:
+            lease_until = session.scalar(select(Case.lease_until).where(Case.id == case.id))
+        assert lease_until <= datetime.now(timezone.utc) + timedelta(seconds=61)  # not an hour more
+        frames_go_on()
+        wait_for(lambda: "clock" not in readyz(running)[1], timeout=10)
+
+        (case,) = stored_cases(service)
+        with service.db.sessions() as session:
+            kinds = [e.event_type for e in session.scalars(select(CaseEvent).where(CaseEvent.case_id == case.id))]
+        assert kinds.count("opened") == 1 and "closed" not in kinds  # one sighting all along
+        assert case.occurrences == 1 and case.state == "active"
+        assert (case.last_seen - case.first_seen) < timedelta(minutes=5)  # no hour in the dwell
+    finally:
+        running.stop()
+    assert len(log_lines(caplog, "fault clock: wall clock 3600 s ahead")) == 1
+    assert len(log_lines(caplog, "fault clock over after")) == 1
