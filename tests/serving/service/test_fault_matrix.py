@@ -67,7 +67,6 @@ def private_postgres():
 
 
 @pytest.mark.slow
-@pytest.mark.postgres
 def test_postgresql_stopped_for_30_s(private_postgres, run_service, receiver, make_event, dataset_images, caplog) -> None:
     caplog.set_level(logging.INFO)
     receiver.start()
