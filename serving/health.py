@@ -15,9 +15,12 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from serving.evidence import EvidenceStorageError
+from serving.clock import SteadyClock
+from serving.evidence import EvidenceStorageError, EvidenceStore
+from serving.store.db import Database
 
 log = logging.getLogger("gridwatch.health")
 
@@ -90,3 +93,42 @@ def camera_faults(health: dict[str, dict]) -> dict[str, str]:
     return {f"camera:{cid}": f"reconnecting since {h['reconnecting_since']} ({h['reconnects']} tries): "
                              f"{h['last_error']}"
             for cid, h in sorted(health.items()) if h.get("reconnecting_since") and h.get("state") != "stopped"}
+
+
+class Probes:
+    """Looks at a part directly, for `/readyz` and for the retry loop when no work is there
+    to show that a part is back: the database (SELECT 1), the evidence folder (a small
+    write), the wall clock (against the steady one)."""
+
+    def __init__(self, faults: Faults, db: Database, evidence: EvidenceStore, steady_clock: SteadyClock) -> None:
+        self.faults, self.db, self.store, self.steady_clock = faults, db, evidence, steady_clock
+
+    def database(self, *, held: int) -> str:
+        """"ok" or why not. With events `held`, the fault ends when they are stored, not
+        here: a database that answers SELECT 1 may still refuse writes (SQLite locked)."""
+        try:
+            with self.db.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception as exc:  # noqa: BLE001
+            fault = held_fault(exc) or ("database", f"unreachable: {type(exc).__name__}")
+            self.faults.enter(*fault)
+            return fault[1]
+        if not held:
+            self.faults.leave("database")
+        return "ok"
+
+    def evidence(self) -> None:
+        try:
+            self.store.probe()
+        except EvidenceStorageError as exc:
+            self.faults.enter(*held_fault(exc))
+            return
+        self.faults.leave("evidence")
+
+    def clock(self) -> None:
+        jump = self.steady_clock.jump()
+        if jump:
+            self.faults.enter("clock", f"wall clock {abs(jump):.0f} s {'ahead of' if jump > 0 else 'behind'} "
+                                       "the steady clock; live cameras' event times keep the steady clock")
+        else:
+            self.faults.leave("clock")

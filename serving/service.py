@@ -14,7 +14,7 @@ from typing import Any
 
 import cv2
 import numpy as np
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 
 from detector.detections import Detections
 from detector.model import ModelInfo
@@ -29,8 +29,8 @@ from serving.cases.ingest import IngestResult
 from serving.clock import SYSTEM_CLOCK, SteadyClock, WallClock
 from serving.delivery import DeliveryConfig, DeliveryWorker, outbox_stats
 from serving.events import ViolationEvent
-from serving.evidence import EvidenceFrame, EvidenceStorageError, EvidenceStore
-from serving.health import Faults, camera_faults, held_fault
+from serving.evidence import EvidenceFrame, EvidenceStore
+from serving.health import Faults, Probes, camera_faults, held_fault
 from serving.live_model import LiveDetector
 from serving.settings import Settings, load_detector
 from serving.store.db import Database, schema_is_current
@@ -64,6 +64,7 @@ class GridwatchService:
                                       self._start_pipeline, settings.resolved_media_roots)
         self.new_admin_key = ensure_admin_key(self.db, settings.admin_key)
         self.faults = Faults()
+        self.probes = Probes(self.faults, self.db, self.evidence, self.steady_clock)
         # Events of our cameras the database or the evidence disk refused: retried in order.
         self._held = HeldEvents(settings.held_frames_max_mb * 2**20)
         self._held_lock = threading.Lock()  # one drainer at a time, and no event overtakes the held
@@ -189,40 +190,12 @@ class GridwatchService:
 
     def _retry_loop(self) -> None:
         while not self._stop.wait(1.0):
-            self._clock_check()
+            self.probes.clock()
             if self._drain_retries():  # nothing held to prove a part is back: look another way
                 if "database" in self.faults:
-                    self._database_check()
+                    self.probes.database(held=0)
                 if "evidence" in self.faults:
-                    self._evidence_check()
-
-    def _clock_check(self) -> None:
-        jump = self.steady_clock.jump()
-        if jump:
-            self.faults.enter("clock", f"wall clock {abs(jump):.0f} s {'ahead of' if jump > 0 else 'behind'} "
-                                       "the steady clock; live cameras' event times keep the steady clock")
-        else:
-            self.faults.leave("clock")
-
-    def _evidence_check(self) -> None:
-        try:
-            self.evidence.probe()
-        except EvidenceStorageError as exc:
-            self.faults.enter(*held_fault(exc))
-            return
-        self.faults.leave("evidence")
-
-    def _database_check(self) -> str:
-        try:
-            with self.db.engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-        except Exception as exc:  # noqa: BLE001
-            fault = held_fault(exc) or ("database", f"unreachable: {type(exc).__name__}")
-            self.faults.enter(*fault)
-            return fault[1]
-        if not len(self._held):  # held events prove it by being stored
-            self.faults.leave("database")
-        return "ok" if self._schema_current else "schema not current"
+                    self.probes.evidence()
 
     # -- detection ---------------------------------------------------------------------------
     def detect(self, image: np.ndarray) -> tuple[Detections, str]:
@@ -236,7 +209,9 @@ class GridwatchService:
     # -- health and metrics ------------------------------------------------------------------
     def readiness(self) -> dict[str, Any]:
         """Each part's state ("ok" or what is wrong); the faults of the moment by name."""
-        checks: dict[str, Any] = {"database": self._database_check()}
+        database = self.probes.database(held=len(self._held))
+        checks: dict[str, Any] = {"database": "schema not current" if database == "ok" and not self._schema_current
+                                  else database}
         checks["detector"] = "ok"
         checks["model"] = self.detector.version
         checks["pipeline"] = self.cameras.pipeline_error or "ok"
