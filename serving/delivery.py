@@ -23,7 +23,6 @@ from typing import Any
 from sqlalchemy import func, or_, select, update
 
 from serving.clock import SYSTEM_CLOCK, WallClock, beyond_horizon
-
 from serving.store.db import Database
 from serving.store.models import Case, OutboxMessage
 

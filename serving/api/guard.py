@@ -5,6 +5,8 @@ A pure ASGI middleware, so it runs before any route reads a byte of the body:
 - every `/v1/` request needs a valid key, checked from the `Authorization` header alone;
   without one the answer is 401 and the body is never read (the connection is closed, so
   the rest of it is not even received);
+- while the database (where keys live) is unreachable the answer is 503 with `Retry-After`,
+  not a 401 that would tell a client its good key is wrong;
 - the body is counted as it streams, whether or not `Content-Length` was sent (a chunked
   body has none), and the request stops with 413 at the limit: multipart uploads get the
   upload limit plus room for the form framing, anything else (JSON) a small one;
@@ -28,9 +30,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy.exc import DBAPIError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
-from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException
 
 from serving.auth import Principal, authenticate
