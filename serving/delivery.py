@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 
+from serving.clock import SYSTEM_CLOCK, WallClock, beyond_horizon
 from serving.store.db import Database
 from serving.store.models import Case, OutboxMessage
 
@@ -84,11 +85,16 @@ class DeliveryConfig:
 
 
 class DeliveryWorker:
-    def __init__(self, db: Database, config: DeliveryConfig) -> None:
+    def __init__(self, db: Database, config: DeliveryConfig, clock: WallClock = SYSTEM_CLOCK) -> None:
         import httpx
 
         self.db = db
         self.config = config
+        self.clock = clock  # due times are stored, shared with other processes: wall-clock
+        self._lease_s = config.timeout_s * 2 + 5  # a claimed message's next try is pushed this far
+        # No due time is ever set further ahead than this; one that is was set before the wall
+        # clock jumped back, and is due now rather than after the jump's length.
+        self._horizon_s = max(config.backoff_max_s, self._lease_s) + 1
         self._client = httpx.Client(timeout=config.timeout_s, follow_redirects=False)
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -111,11 +117,17 @@ class DeliveryWorker:
         self._client.close()
 
     def _run(self) -> None:
+        failing = False  # one log line when passes start failing, one when they work again
         while not self._stop.is_set():
             try:
                 busy = self.run_once()
+                if failing:
+                    log.info("delivery passes work again")
+                failing = False
             except Exception:  # the database may be briefly away; keep the worker alive
-                log.exception("delivery pass failed")
+                if not failing:
+                    log.exception("delivery pass failed; retrying quietly until one works")
+                failing = True
                 busy = 0
             if not busy:
                 self._wake.wait(self.config.poll_s)
@@ -124,7 +136,7 @@ class DeliveryWorker:
     def run_once(self, now: datetime | None = None) -> int:
         """Send every due message, oldest first, one version at a time per case. Returns
         how many were attempted."""
-        now = now or datetime.now(timezone.utc)
+        now = now or self.clock.now()
         with self.db.sessions() as session:
             pending = session.scalars(
                 select(OutboxMessage).where(OutboxMessage.state == "pending")
@@ -137,7 +149,7 @@ class DeliveryWorker:
                 break
             if message.case_id in blocked:
                 continue
-            if message.next_attempt_at > now:
+            if message.next_attempt_at > now and not beyond_horizon(message.next_attempt_at, now, self._horizon_s):
                 blocked.add(message.case_id)  # later versions wait for this one
                 continue
             attempted += 1
@@ -149,13 +161,14 @@ class DeliveryWorker:
         """Lease the message by moving its next try past this send's timeout. The update is
         conditional, so of several workers on one database only one sends it; if this one
         dies mid-send, the lease runs out and the message is sent again (same key)."""
-        now = datetime.now(timezone.utc)
-        lease = timedelta(seconds=self.config.timeout_s * 2 + 5)
+        now = self.clock.now()
+        lease = timedelta(seconds=self._lease_s)
         with self.db.transaction() as session:
             result = session.execute(
                 update(OutboxMessage)
                 .where(OutboxMessage.id == message.id, OutboxMessage.state == "pending",
-                       OutboxMessage.next_attempt_at <= now)
+                       or_(OutboxMessage.next_attempt_at <= now,
+                           OutboxMessage.next_attempt_at > now + timedelta(seconds=self._horizon_s)))
                 .values(next_attempt_at=now + lease)
             )
             return result.rowcount == 1
@@ -164,7 +177,7 @@ class DeliveryWorker:
         if not self._claim(message):
             return False
         body = message.payload.encode("utf-8")
-        timestamp = str(int(time.time()))
+        timestamp = str(int(self.clock.now().timestamp()))
         headers = {
             "Content-Type": "application/json; charset=utf-8",
             TIMESTAMP_HEADER: timestamp,
@@ -186,7 +199,7 @@ class DeliveryWorker:
         attempts = message.attempts + 1
         values: dict[str, Any] = {"attempts": attempts}
         if ok:
-            values.update(state="delivered", delivered_at=datetime.now(timezone.utc), last_error="")
+            values.update(state="delivered", delivered_at=self.clock.now(), last_error="")
             self.counts["sent"] += 1
         elif final or attempts >= self.config.max_tries:
             values.update(state="dead", last_error=error)
@@ -194,7 +207,7 @@ class DeliveryWorker:
             log.warning("outbox %s dead after %d tries: %s", message.idempotency_key, attempts, error)
         else:
             delay = backoff_delay(attempts, self.config.backoff_s, self.config.backoff_max_s)
-            values.update(last_error=error, next_attempt_at=datetime.now(timezone.utc) + timedelta(seconds=delay))
+            values.update(last_error=error, next_attempt_at=self.clock.now() + timedelta(seconds=delay))
             self.counts["failed"] += 1
         with self.db.transaction() as session:
             session.execute(update(OutboxMessage).where(OutboxMessage.id == message.id).values(**values))

@@ -38,6 +38,11 @@ class EvidenceError(ValueError):
     """Evidence cannot be decoded or stored, or a path points outside the evidence directory."""
 
 
+class EvidenceStorageError(OSError):
+    """The evidence folder refuses writes (disk full, read-only, I/O error): nothing of the
+    set was kept, and the same frame can be written again once the folder takes it."""
+
+
 @dataclass(frozen=True)
 class EvidenceFrame:
     """The evidence of one sighting, handed beside its event. `image` is a decoded BGR
@@ -92,6 +97,7 @@ class EvidenceStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        self.writes = 0  # complete sets written: the service's sign that a full disk has room again
 
     def remove_stale_partials(self, now: float | None = None) -> int:
         """At start-up: delete partial writes a killed process left behind; returns how many."""
@@ -104,9 +110,10 @@ class EvidenceStore:
     def write(self, owner: str, frame: EvidenceFrame, *, after: bool = False) -> list[StoredEvidence]:
         """Original, annotated copy and crop (when the box has an area) under `owner` (a
         case number, or CAMERA/EVENT_ID for `gridwatch watch`). Decodes and encodes before
-        writing anything, so a bad frame leaves no half set behind. `after`: the frame of a
-        re-check, kept as "after" and "after_annotated" (the case's box drawn where the camera
-        looked again), no crop."""
+        writing anything, so a bad frame leaves no half set behind; a folder that refuses a
+        write (disk full) gets back what this call wrote, and EvidenceStorageError is raised.
+        `after`: the frame of a re-check, kept as "after" and "after_annotated" (the case's box
+        drawn where the camera looked again), no crop."""
         image = frame.decoded()
         h, w = image.shape[:2]
         items: list[tuple[EvidenceKind, bytes, str]] = [("after" if after else "original", *_original(frame))]
@@ -117,16 +124,54 @@ class EvidenceStore:
             x1, y1, x2, y2 = clip_box(frame.box, w, h)
             if x2 > x1 and y2 > y1:
                 items.append(("crop", _jpeg(image[y1:y2, x1:x2]), ".jpg"))
-        return [self._put(owner, kind, data, suffix) for kind, data, suffix in items]
+        return self._write_set(owner, items)
 
     def write_original(self, owner: str, frame: EvidenceFrame) -> StoredEvidence:
         """The original alone (a frame for labelling: no violation box to draw or cut)."""
-        return self._put(owner, "original", *_original(frame))
+        return self._write_set(owner, [("original", *_original(frame))])[0]
 
-    def _put(self, owner: str, kind: EvidenceKind, data: bytes, suffix: str) -> StoredEvidence:
+    def _write_set(self, owner: str, items: list[tuple[EvidenceKind, bytes, str]]) -> list[StoredEvidence]:
+        """All of `items` under `owner`, or none of them (EvidenceStorageError)."""
+        folder = self.resolve(owner)
+        created: list[Path] = []
+        try:
+            stored = [self._put(folder, kind, data, suffix, created) for kind, data, suffix in items]
+        except OSError as exc:
+            for path in created:
+                path.unlink(missing_ok=True)
+            self._remove_empty(folder)
+            raise EvidenceStorageError(exc.errno, f"cannot write evidence to {self.root}: "
+                                                  f"{exc.strerror or exc}") from exc
+        self.writes += 1
+        return stored
+
+    def probe(self) -> None:
+        """Write and remove a small file: EvidenceStorageError while the folder refuses writes."""
+        try:
+            fd, tmp = tempfile.mkstemp(dir=self.root, prefix=PARTIAL_PREFIX)
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(b"\0" * 4096)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            finally:
+                os.unlink(tmp)
+        except OSError as exc:
+            raise EvidenceStorageError(exc.errno, f"cannot write evidence to {self.root}: "
+                                                  f"{exc.strerror or exc}") from exc
+
+    def _remove_empty(self, folder: Path) -> None:
+        """The owner's folders this call may have made, if nothing is in them."""
+        while folder != self.root and folder.is_relative_to(self.root):
+            try:
+                folder.rmdir()
+            except OSError:
+                return
+            folder = folder.parent
+
+    def _put(self, folder: Path, kind: EvidenceKind, data: bytes, suffix: str, created: list[Path]) -> StoredEvidence:
         suffix = ".jpg" if suffix == ".jpeg" else suffix if suffix in MEDIA_TYPES else ".bin"
         digest = hashlib.sha256(data).hexdigest()
-        folder = self.resolve(owner)
         folder.mkdir(parents=True, exist_ok=True)
         target = folder / f"{kind}-{digest[:20]}{suffix}"
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=PARTIAL_PREFIX)
@@ -138,11 +183,13 @@ class EvidenceStore:
             os.chmod(tmp, 0o444)
             try:
                 os.link(tmp, target)  # fails if target exists: nothing is ever replaced
+                created.append(target)
             except FileExistsError:
                 if sha256_file(target) != digest:
                     target = folder / f"{kind}-{digest}{suffix}"
                     if not target.exists():
                         os.link(tmp, target)
+                        created.append(target)
                     elif sha256_file(target) != digest:
                         raise EvidenceError(f"{target}: exists with different content") from None
         finally:

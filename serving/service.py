@@ -10,13 +10,12 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from collections import deque
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import cv2
 import numpy as np
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 
 from detector.detections import Detections
 from detector.model import ModelInfo
@@ -26,11 +25,15 @@ from serving.auth import ensure_admin_key
 from serving.cameras import Camera
 from serving.cameras.registry import CameraRegistry
 from serving.cases import CasePolicy, CaseService
+from serving.cases.held import HeldEvents
+from serving.cases.ingest import IngestResult
 from serving.cases.recheck import RecheckWorker, recheck_counts
 from serving.cases.thresholds import ThresholdBook
+from serving.clock import SYSTEM_CLOCK, SteadyClock, WallClock
 from serving.delivery import DeliveryConfig, DeliveryWorker, outbox_stats
 from serving.events import ViolationEvent
 from serving.evidence import EvidenceFrame, EvidenceStore
+from serving.health import Faults, Probes, camera_faults, held_fault
 from serving.labelling.queue import LabellingQueue
 from serving.live_model import LiveDetector
 from serving.pipeline.uncertainty import DailyBudget, LabellingSample, UncertaintySampler
@@ -43,8 +46,12 @@ log = logging.getLogger("gridwatch.service")
 
 
 class GridwatchService:
-    def __init__(self, settings: Settings, *, file_cameras: list[Camera] | None = None, detector: Any = None) -> None:
+    def __init__(self, settings: Settings, *, file_cameras: list[Camera] | None = None, detector: Any = None,
+                 clock: WallClock = SYSTEM_CLOCK) -> None:
+        """`clock`: the wall clock (tests move theirs); live frames follow a steady clock made from it."""
         self.settings = settings
+        self.clock = clock
+        self.steady_clock = SteadyClock(clock)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.db = Database(settings.resolved_database_url)
         self._schema_current = schema_is_current(self.db.engine)  # migrated just now
@@ -59,14 +66,14 @@ class GridwatchService:
                                  CasePolicy.from_settings(settings, self.thresholds.auto_confirm),
                                  model_version=lambda: self.detector.version, public_url=public_url,
                                  instance=settings.instance_id, recheck=settings.recheck,
-                                 cameras=lambda: self.cameras.all(), thresholds=self.thresholds)
+                                 cameras=lambda: self.cameras.all(), thresholds=self.thresholds, clock=clock)
         # Active learning: the sampler (and its day's budget) outlives pipeline restarts.
         zone = ZoneInfo(settings.labelling.timezone)
         self.labelling = LabellingQueue(self.db, self.evidence, lambda: list(self.detector.info.names.values()), zone)
         self.sampler = UncertaintySampler(settings.labelling.band, DailyBudget(
             settings.labelling.daily_budget_per_camera, zone, settings.labelling.min_gap_s, self.labelling.spent))
         delivery = DeliveryConfig.from_settings(settings)
-        self.delivery = DeliveryWorker(self.db, delivery) if delivery else None
+        self.delivery = DeliveryWorker(self.db, delivery, clock) if delivery else None
         self.cameras = CameraRegistry(self.db, self.taxonomy, settings.data_dir.resolve(), file_cameras or [],
                                       self._start_pipeline, settings.resolved_media_roots)
         self.rechecks = RecheckWorker(self.cases, self.cameras.all, self.detector, self._fresh_frame, self.taxonomy,
@@ -74,9 +81,11 @@ class GridwatchService:
                                       notify=self._wake_delivery) \
             if self.cases.recheck is not None else None
         self.new_admin_key = ensure_admin_key(self.db, settings.admin_key)
-        # Events the database refused (briefly away): retried in order, never dropped.
-        self._retry: deque[tuple[ViolationEvent, EvidenceFrame | None]] = deque()
-        self._retry_lock = threading.Lock()
+        self.faults = Faults()
+        self.probes = Probes(self.faults, self.db, self.evidence, self.steady_clock)
+        # Events of our cameras the database or the evidence disk refused: retried in order.
+        self._held = HeldEvents(settings.held_frames_max_mb * 2**20)
+        self._held_lock = threading.Lock()  # one drainer at a time, and no event overtakes the held
         self._stop = threading.Event()
         self._retrier: threading.Thread | None = None
         self.counters = {"detect_requests": 0, "detections": 0, "events": 0, "event_failures": 0,
@@ -87,7 +96,7 @@ class GridwatchService:
 
         pipeline = Pipeline(cameras, self.detector, self.taxonomy, on_event=self.on_event,
                             sampler=self.sampler, on_sample=self.on_sample,
-                            alert_threshold=self.thresholds.alert)
+                            alert_threshold=self.thresholds.alert, live_clock=self.steady_clock)
         pipeline.start()
         return pipeline
 
@@ -161,7 +170,8 @@ class GridwatchService:
         self._stop.set()
         if self._retrier is not None:
             self._retrier.join(5)
-        self._drain_retries()
+        if not self._drain_retries():
+            log.error("%d event(s) could not be stored before stopping: %s", len(self._held), self.faults.current())
         if self.delivery is not None:
             self.delivery.stop()
         self.db.close()
@@ -169,20 +179,36 @@ class GridwatchService:
     # -- events ----------------------------------------------------------------------------
     def on_event(self, event: ViolationEvent, frame: EvidenceFrame | None = None) -> None:
         self.counters["events"] += 1
-        with self._retry_lock:
-            if self._retry:  # keep order: earlier failures go first
-                self._retry.append((event, frame))
+        with self._held_lock:
+            if len(self._held):  # keep order: earlier events go first
+                self._held.append(event, frame)
                 return
+            try:
+                self.ingest(event, frame)
+            except Exception as exc:  # noqa: BLE001
+                self.counters["event_failures"] += 1
+                if held_fault(exc) is None:  # the event's own problem: it would fail again
+                    log.exception("event %s of camera %s cannot be stored", event.event_id, event.camera)
+                    return
+                self._held.append(event, frame)
+
+    def ingest(self, event: ViolationEvent, frame: EvidenceFrame | None = None) -> IngestResult:
+        """One event into its case. A failure because a part is away (database, evidence
+        disk) enters that fault and is raised; success ends the faults it proves over."""
+        writes = self.evidence.writes
         try:
-            self.cases.ingest(event, frame)
-        except Exception:  # noqa: BLE001 - the database may be away; keep the event
-            self.counters["event_failures"] += 1
-            log.exception("event %s not stored yet; will retry", event.event_id)
-            with self._retry_lock:
-                self._retry.append((event, frame))
-            return
+            result = self.cases.ingest(event, frame)
+        except Exception as exc:
+            fault = held_fault(exc)
+            if fault is not None:
+                self.faults.enter(*fault)
+            raise
+        self.faults.leave("database")
+        if self.evidence.writes > writes:
+            self.faults.leave("evidence")
         if self.delivery is not None:
             self.delivery.wake()
+        return result
 
     def on_sample(self, sample: LabellingSample) -> None:
         """An unsure frame into the labelling queue. Unlike an event it is not retried: the
@@ -194,23 +220,26 @@ class GridwatchService:
             log.exception("labelling sample of %s at %s not stored", sample.camera, sample.taken_at)
 
     def _drain_retries(self) -> bool:
-        while True:
-            with self._retry_lock:
-                if not self._retry:
-                    return True
-                event, frame = self._retry[0]
-            try:
-                self.cases.ingest(event, frame)
-            except Exception:  # noqa: BLE001
-                return False
-            with self._retry_lock:
-                self._retry.popleft()
-            if self.delivery is not None:
-                self.delivery.wake()
+        """Store held events in order until one is refused; True when none is left."""
+        with self._held_lock:
+            while (item := self._held.first()) is not None:
+                try:
+                    self.ingest(*item)
+                except Exception as exc:  # noqa: BLE001
+                    if held_fault(exc) is not None:
+                        return False
+                    log.exception("held event %s of camera %s cannot be stored", item[0].event_id, item[0].camera)
+                self._held.pop_first()
+            return True
 
     def _retry_loop(self) -> None:
         while not self._stop.wait(1.0):
-            self._drain_retries()
+            self.probes.clock()
+            if self._drain_retries():  # nothing held to prove a part is back: look another way
+                if "database" in self.faults:
+                    self.probes.database(held=0)
+                if "evidence" in self.faults:
+                    self.probes.evidence()
 
     # -- detection ---------------------------------------------------------------------------
     def detect(self, image: np.ndarray) -> tuple[Detections, str]:
@@ -223,16 +252,17 @@ class GridwatchService:
 
     # -- health and metrics ------------------------------------------------------------------
     def readiness(self) -> dict[str, Any]:
-        checks: dict[str, Any] = {}
-        try:
-            with self.db.engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-            checks["database"] = "ok" if self._schema_current else "schema not current"
-        except Exception as exc:  # noqa: BLE001
-            checks["database"] = f"unreachable: {type(exc).__name__}"
+        """Each part's state ("ok" or what is wrong); the faults of the moment by name."""
+        database = self.probes.database(held=len(self._held))
+        checks: dict[str, Any] = {"database": "schema not current" if database == "ok" and not self._schema_current
+                                  else database}
         checks["detector"] = "ok"
         checks["model"] = self.detector.version
         checks["pipeline"] = self.cameras.pipeline_error or "ok"
+        checks.update(self.faults.current())
+        checks.update(camera_faults(self.cameras.health()))
+        if len(self._held):
+            checks["events"] = f"{len(self._held)} held until they can be stored"
         return checks
 
     def metrics(self) -> dict[str, Any]:
@@ -247,7 +277,8 @@ class GridwatchService:
             "case_counts": dict(self.cases.counts),
             "outbox": outbox_stats(self.db),
             "cameras": self.cameras.health(),
-            "pending_events": len(self._retry),
+            "pending_events": len(self._held),
+            "held_frames_dropped": self._held.frames_dropped,
             "model": {"version": self.detector.version, "swaps": self.detector.swaps},
             "rechecks": recheck_counts(self.db),
         }

@@ -139,6 +139,10 @@ class Settings(BaseSettings):
     auto_confirm: dict[str, float] = Field(default_factory=dict)
     recheck: RecheckSettings = Field(default_factory=RecheckSettings)
     thresholds: ThresholdSettings = Field(default_factory=ThresholdSettings)
+    # Events of the service's cameras wait in memory while the database is away or the
+    # evidence disk is full (serving/cases/held.py); their frames up to this much, past it
+    # the events wait without their frame (marked for review).
+    held_frames_max_mb: int = Field(256, ge=0)
 
     # Delivery (serving/delivery.py): a signed JSON webhook per case version.
     webhook_url: str | None = None

@@ -7,13 +7,17 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.api.guard import GateLimits, RequestGate, security_headers
 from serving.api.uploads import UploadDecoder
+from serving.evidence import EvidenceStorageError
+from serving.health import held_fault
 from serving.service import GridwatchService
 
 log = logging.getLogger("gridwatch.api")
+RETRY_AFTER_S = 5  # while a part is away (database, evidence disk)
 
 
 def create_app(service: GridwatchService) -> FastAPI:
@@ -44,6 +48,15 @@ def create_app(service: GridwatchService) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(DBAPIError)
+    @app.exception_handler(EvidenceStorageError)
+    async def part_away(request: Request, exc: Exception) -> JSONResponse:
+        # The database away or the evidence disk full: nothing was stored; the sender keeps
+        # its request and sends it again (an event twice is still one case). /readyz says which.
+        name, reason = held_fault(exc) or ("service", "unavailable")
+        return JSONResponse({"detail": f"{name} {reason}; nothing was stored, retry later"}, status_code=503,
+                            headers={"Retry-After": str(RETRY_AFTER_S)})
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

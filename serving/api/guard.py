@@ -5,6 +5,8 @@ A pure ASGI middleware, so it runs before any route reads a byte of the body:
 - every `/v1/` request needs a valid key, checked from the `Authorization` header alone;
   without one the answer is 401 and the body is never read (the connection is closed, so
   the rest of it is not even received);
+- while the database (where keys live) is unreachable the answer is 503 with `Retry-After`,
+  not a 401 that would tell a client its good key is wrong;
 - the body is counted as it streams, whether or not `Content-Length` was sent (a chunked
   body has none), and the request stops with 413 at the limit: multipart uploads get the
   upload limit plus room for the form framing, anything else (JSON) a small one;
@@ -28,6 +30,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy.exc import DBAPIError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
@@ -45,6 +48,7 @@ PROTECTED_PREFIX = "/v1/"
 MAX_KEY_LENGTH = 256
 MULTIPART_FRAMING_BYTES = 1024 * 1024  # form boundaries and part headers around the file
 BUSY_RETRY_AFTER_S = 1
+DATABASE_RETRY_AFTER_S = 5
 
 
 # Expensive per request (a decode and a detector run, or a case write): limited per key.
@@ -164,7 +168,13 @@ class RequestGate:
     async def _gate(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = Headers(scope=scope)
         if scope["path"].startswith(PROTECTED_PREFIX):
-            refusal = await self._identify(scope, headers)
+            try:
+                refusal = await self._identify(scope, headers)
+            except DBAPIError as exc:  # keys live in the database: it is away, not the key wrong
+                await answer(send, 503, f"database unreachable ({type(exc.orig or exc).__name__}): "
+                                        "the key cannot be checked; nothing was stored, retry later",
+                             {"Retry-After": str(DATABASE_RETRY_AFTER_S)})
+                return
             if refusal is not None:
                 await answer(send, 401, refusal, {"WWW-Authenticate": "Bearer"})
                 return

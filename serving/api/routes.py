@@ -32,6 +32,7 @@ from serving.cameras.registry import CameraError
 from serving.cases import CaseError, CaseFilter, CasePublic
 from serving.events import CAMERA_ID, ViolationEvent, division_problem
 from serving.evidence import EvidenceFrame
+from serving.health import ready as service_ready
 from serving.live_model import ModelSwapError
 from serving.service import GridwatchService
 from serving.store.models import ApiKey
@@ -88,10 +89,11 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@system.get("/readyz", responses={503: {"description": "not ready: database, model or pipeline"}})
+@system.get("/readyz", responses={503: {"description": "not ready: each failing part named in `checks` "
+                                                    "(database, evidence, camera:<id>, events)"}})
 def readyz(service: Service) -> JSONResponse:
     checks = service.readiness()
-    ready = checks["database"] == "ok" and checks["detector"] == "ok"
+    ready = service_ready(checks)
     return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
 
@@ -157,11 +159,9 @@ async def push_event(
         suffix = {"image/png": ".png", "image/webp": ".webp", "image/bmp": ".bmp"}.get(media_type, ".jpg")
         evidence = EvidenceFrame(box=parsed.box, label=parsed.violation, image=image, encoded=data, suffix=suffix)
     try:
-        result = await run_in_threadpool(service.cases.ingest, violation_event, evidence)
+        result = await run_in_threadpool(service.ingest, violation_event, evidence)
     except CaseError as exc:
         raise case_error(exc) from None
-    if service.delivery is not None:
-        service.delivery.wake()
     return {"case_number": result.case_number, "action": result.action, "queued": result.queued}
 
 

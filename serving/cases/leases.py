@@ -14,6 +14,7 @@ from typing import Any, Literal
 from sqlalchemy import Select, or_, select, update
 from sqlalchemy.orm import Session
 
+from serving.clock import SYSTEM_CLOCK, WallClock
 from serving.store.models import Case
 
 
@@ -35,15 +36,21 @@ def free_for(table: Any, holder: str, now: datetime):  # noqa: ANN201
 
 
 def lease_first(session: Session, table: Any, ids: Select, holder: str, lease_s: float, *still: Any,
-                **values: Any) -> int | None:
+                clock: WallClock = SYSTEM_CLOCK, **values: Any) -> int | None:
     """Lease the first row of `ids` (a SELECT of `table.id`, already filtered and ordered)
-    that nobody else holds and that `still` matches at the moment of the UPDATE; its id, or None."""
-    now = datetime.now(timezone.utc)
+    that nobody else holds and that `still` matches at the moment of the UPDATE; its id, or None.
+    `values`: other columns the lease sets (or keeps, such as a case's updated_at)."""
+    now = clock.now()
+    longest = now + timedelta(seconds=lease_s)
+    # A lease running past any length ever given was taken before the wall clock jumped back:
+    # it ends `lease_s` from now instead of holding the row for the size of the jump.
+    session.execute(update(table).where(table.lease_until > longest).values(lease_until=longest, **values)
+                    .execution_options(synchronize_session=False))
     # A few candidates: another reviewer may take the first between our SELECT and UPDATE.
     for row_id in session.scalars(ids.where(free_for(table, holder, now)).limit(5)).all():
         taken = session.execute(
             update(table).where(table.id == row_id, free_for(table, holder, now), *still)
-            .values(leased_by=holder, lease_until=now + timedelta(seconds=lease_s), **values)
+            .values(leased_by=holder, lease_until=longest, **values)
             .execution_options(synchronize_session=False)
         ).rowcount
         if taken:
@@ -51,7 +58,8 @@ def lease_first(session: Session, table: Any, ids: Select, holder: str, lease_s:
     return None
 
 
-def claim(session: Session, holder: str, where: QueueFilter, skip: list[str], lease_s: float) -> Case | None:
+def claim(session: Session, holder: str, where: QueueFilter, skip: list[str], lease_s: float,
+          clock: WallClock = SYSTEM_CLOCK) -> Case | None:
     """Lease the first pending case `where` selects that nobody else holds; None when none is left."""
     query = select(Case.id).where(Case.review_status == "pending")
     for column, value in ((Case.camera, where.camera), (Case.violation, where.violation), (Case.grid, where.grid)):
@@ -68,7 +76,7 @@ def claim(session: Session, holder: str, where: QueueFilter, skip: list[str], le
     order = (Case.score.desc(), Case.id) if where.order == "score" else (Case.first_seen, Case.id)
     # updated_at stays: a lease is not a change the case system polls for.
     case_id = lease_first(session, Case, query.order_by(*order), holder, lease_s, Case.review_status == "pending",
-                          updated_at=Case.updated_at)
+                          clock=clock, updated_at=Case.updated_at)
     return None if case_id is None else session.get(Case, case_id)
 
 

@@ -18,6 +18,7 @@ from serving.cases.ingest import CaseIngest, IngestResult
 from serving.cases.leases import QueueFilter, claim, held_by_other, release, renew
 from serving.cases.listing import CaseFilter, find_case, page_of_cases
 from serving.cases.policy import CaseError, CasePolicy
+from serving.clock import SYSTEM_CLOCK, WallClock
 from serving.cases.public import CasePublic
 from serving.cases.recheck import Look, RecheckOutcome, apply_look, cancel, plan
 from serving.cases.review import apply_review, apply_status, review_snapshot
@@ -50,6 +51,7 @@ class CaseService:
         recheck: RecheckSettings | None = None,
         cameras: Callable[[], dict[str, Any]] = dict,
         thresholds: ThresholdBook | None = None,
+        clock: WallClock = SYSTEM_CLOCK,
     ) -> None:
         """`model_version`: the served model's version, or a function that says it now (the
         model can be swapped while the service runs); an event's own version comes first.
@@ -57,6 +59,7 @@ class CaseService:
         the end of it); `cameras()` the cameras run now, whose schedules the re-checks keep;
         `thresholds`: each review refits its camera x violation's thresholds."""
         self.db = db
+        self.clock = clock
         self.evidence = evidence
         self.taxonomy = taxonomy
         self.policy = policy or CasePolicy()
@@ -122,7 +125,7 @@ class CaseService:
     def claim_next(self, holder: str, where: QueueFilter, skip: list[str], lease_s: float) -> Case | None:
         """Lease the next pending case for `holder`, with its evidence loaded."""
         with self._lock, self.db.transaction() as session:
-            case = claim(session, holder, where, skip, lease_s)
+            case = claim(session, holder, where, skip, lease_s, self.clock)
             if case is None:
                 return None
             return self._existing(session, case.case_number)

@@ -48,6 +48,7 @@ import numpy as np
 from detector.detections import Detections
 from detector.taxonomy import Taxonomy
 from serving.cameras import Camera, CamerasConfig, GridPicker
+from serving.clock import SteadyClock
 from serving.events import ViolationEvent
 from serving.evidence import EvidenceFrame, EvidenceStore
 from serving.pipeline.rules import AlertThreshold, Candidate, RuleEngine, Transition
@@ -67,10 +68,10 @@ class CameraRuntime:
     """Everything one camera keeps between frames."""
 
     def __init__(self, camera: Camera, taxonomy: Taxonomy, clock_start: datetime | None,
-                 alert_threshold: AlertThreshold | None = None) -> None:
+                 alert_threshold: AlertThreshold | None = None, live_clock: SteadyClock | None = None) -> None:
         self.camera = camera
         self.grids = GridPicker(camera)
-        self.reader = open_reader(camera, clock_start)
+        self.reader = open_reader(camera, clock_start, live_clock)
         self.tracker = IoUTracker(max_age_s=camera.grace_s)
         self.rules = RuleEngine(camera, taxonomy, alert_threshold)
         self.motion = MotionGate()
@@ -111,11 +112,13 @@ class Pipeline:
         *,
         evidence: EvidenceStore | None = None,
         clock_start: datetime | None = None,
+        live_clock: SteadyClock | None = None,
         motion_gating: bool = True,
         sampler: UncertaintySampler | None = None,
         on_sample: SampleSink | None = None,
         alert_threshold: AlertThreshold | None = None,
     ) -> None:
+        """`live_clock` stamps live cameras' frames (the service's steady clock)."""
         cams = cameras.cameras if isinstance(cameras, CamerasConfig) else tuple(cameras)
         self.detector = detector
         self.taxonomy = taxonomy
@@ -124,7 +127,7 @@ class Pipeline:
         self.motion_gating = motion_gating
         self.sampler = sampler
         self.on_sample = on_sample
-        self.runtimes = {c.id: CameraRuntime(c, taxonomy, clock_start, alert_threshold) for c in cams}
+        self.runtimes = {c.id: CameraRuntime(c, taxonomy, clock_start, alert_threshold, live_clock) for c in cams}
         # run_until_done() returns what it emitted; a live pipeline runs for months and keeps
         # nothing (its events go to on_event).
         self._collected: list[ViolationEvent] | None = None

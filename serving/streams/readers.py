@@ -5,8 +5,10 @@
   the frame's media time, so archived footage lands in the right schedule window.
 - `FolderReader`: an image folder in name order, one image per sample.
 - `LiveReader`: rtsp:// or http(s):// (MJPEG, HLS) in a background thread. It keeps only the
-  newest sampled frame (no backlog can grow), times frames by the wall clock, reconnects with
-  exponential backoff, and gives up a read after `read_timeout` seconds of silence.
+  newest sampled frame (no backlog can grow), times frames by the steady clock it is given
+  (serving/clock.py: wall time that a jump of the system clock does not move; the wall clock
+  itself when none is given), reconnects with exponential backoff, and gives up a read after
+  `read_timeout` seconds of silence.
 
 Decoding is the real cost at scale, so the readers decode as little as they can. With
 `decode: auto` (the default) only keyframes are decoded, and only those that are due
@@ -34,6 +36,7 @@ import numpy as np
 
 from detector.files import is_image
 from serving.cameras import Camera
+from serving.clock import SteadyClock, WallClock
 
 log = logging.getLogger(__name__)
 
@@ -62,19 +65,21 @@ class StreamHealth:
     packets_read: int = 0
     errors: int = 0
     reconnects: int = 0
+    reconnecting_since: datetime | None = None  # when the stream was lost, while it is
     last_error: str | None = None
     decode_mode: str = "keyframes"
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
-    def error(self, message: str) -> None:
+    def error(self, message: str, *, quiet: bool = False) -> None:
+        """Counted always; logged unless `quiet` (a retry of a stream already known lost)."""
         with self._lock:
             self.errors += 1
             self.last_error = message
-        log.warning("camera %s: %s", self.camera, message)
+        log.log(logging.DEBUG if quiet else logging.WARNING, "camera %s: %s", self.camera, message)
 
     def to_json(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
-        for key in ("last_frame_at", "last_frame_wall"):
+        for key in ("last_frame_at", "last_frame_wall", "reconnecting_since"):
             data[key] = data[key].isoformat() if data[key] else None
         return data
 
@@ -314,8 +319,10 @@ class LiveReader:
         open_timeout: float = 10.0,
         backoff_start: float = 0.5,
         backoff_max: float = 30.0,
+        clock: SteadyClock | WallClock | None = None,
     ) -> None:
         self.camera = camera
+        self.clock = clock
         self.health = StreamHealth(camera.id, camera.source)
         self.open_timeout = open_timeout
         self.backoff_start = backoff_start
@@ -363,6 +370,7 @@ class LiveReader:
         import av
 
         backoff = self.backoff_start
+        lost_at = 0.0  # monotonic, while the stream is lost
         while not self._stop.is_set():
             container = None
             try:
@@ -379,7 +387,10 @@ class LiveReader:
                     live=True, should_stop=self._stop.is_set,
                 ):
                     backoff = self.backoff_start  # frames flow again: next failure starts small
-                    stamp = _now()
+                    if self.health.reconnecting_since is not None:
+                        log.info("camera %s: stream back after %.0f s", self.camera.id, time.monotonic() - lost_at)
+                        self.health.reconnecting_since = None
+                    stamp = self.clock.now() if self.clock is not None else _now()
                     with self._lock:
                         if self._latest is not None:
                             self.health.frames_dropped += 1
@@ -389,10 +400,10 @@ class LiveReader:
                     self.health.frames_sampled += 1
                     self.health.last_frame_at = self.health.last_frame_wall = stamp
                 if not self._stop.is_set():
-                    self.health.error("stream ended")
+                    self.health.error("stream ended", quiet=True)  # logged below, once per outage
             except Exception as exc:  # any failure of one camera is that camera's business
                 if not self._stop.is_set():
-                    self.health.error(f"{type(exc).__name__}: {exc}")
+                    self.health.error(f"{type(exc).__name__}: {exc}", quiet=True)
             finally:
                 if container is not None:
                     try:
@@ -401,15 +412,20 @@ class LiveReader:
                         pass
             if self._stop.is_set():
                 break
+            if self.health.reconnecting_since is None:
+                self.health.reconnecting_since, lost_at = _now(), time.monotonic()
+                log.warning("camera %s: stream lost (%s), reconnecting with backoff up to %.0f s",
+                            self.camera.id, self.health.last_error, self.backoff_max)
             self.health.state, self.health.connected = "reconnecting", False
             self.health.reconnects += 1
             self._stop.wait(backoff)
             backoff = min(backoff * 2, self.backoff_max)
 
 
-def open_reader(camera: Camera, clock_start: datetime | None = None) -> FileReader | FolderReader | LiveReader:
+def open_reader(camera: Camera, clock_start: datetime | None = None,
+                live_clock: SteadyClock | None = None) -> FileReader | FolderReader | LiveReader:
     if camera.is_live:
-        return LiveReader(camera)
+        return LiveReader(camera, clock=live_clock)
     if camera.is_folder:
         return FolderReader(camera, clock_start)
     return FileReader(camera, clock_start)

@@ -256,6 +256,8 @@ class MjpegServer:
     """`http://127.0.0.1:PORT/stream.mjpg`: a timeline as multipart JPEG at its fps, in real time.
 
     Each client starts at the timeline's t=0, like a camera that was just switched on.
+    `stop()` also cuts the connections in progress (a camera losing power); `start()` again
+    serves on the same port.
     """
 
     def __init__(self, timeline: Timeline, port: int | None = None, stall_after: int | None = None) -> None:
@@ -276,6 +278,7 @@ class MjpegServer:
 
     def start(self) -> MjpegServer:
         owner = self
+        self._stopping.clear()
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args: object) -> None:
@@ -290,6 +293,8 @@ class MjpegServer:
                 start = time.monotonic()
                 try:
                     for i, jpeg in enumerate(owner._jpegs):
+                        if owner._stopping.is_set():
+                            return  # the camera went away: the connection closes
                         if owner.stall_after is not None and i >= owner.stall_after:
                             owner._stopping.wait()  # connection stays open, nothing more comes
                             return
@@ -303,6 +308,7 @@ class MjpegServer:
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 
+        ThreadingHTTPServer.allow_reuse_address = True
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
