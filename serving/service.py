@@ -39,6 +39,11 @@ log = logging.getLogger("gridwatch.service")
 class GridwatchService:
     def __init__(self, settings: Settings, *, file_cameras: list[Camera] | None = None, detector: Any = None) -> None:
         self.settings = settings
+        if settings.ray_address:  # before anything is created: a SQLite file is refused here
+            from serving.cluster.coordinator import require_cluster_database
+
+            require_cluster_database(settings)
+        self.coordinator: Any = None  # cluster mode: serving.cluster.coordinator.ClusterCoordinator
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.db = Database(settings.resolved_database_url)
         self._schema_current = schema_is_current(self.db.engine)  # migrated just now
@@ -57,18 +62,34 @@ class GridwatchService:
                                       self._start_pipeline, settings.resolved_media_roots)
         self.new_admin_key = ensure_admin_key(self.db, settings.admin_key)
         # Events the database refused (briefly away): retried in order, never dropped.
-        self._retry: deque[tuple[ViolationEvent, EvidenceFrame | None]] = deque()
+        # The third item: the camera lease's fencing number (cluster mode), else None.
+        self._retry: deque[tuple[ViolationEvent, EvidenceFrame | None, int | None]] = deque()
         self._retry_lock = threading.Lock()
         self._stop = threading.Event()
         self._retrier: threading.Thread | None = None
-        self.counters = {"detect_requests": 0, "detections": 0, "events": 0, "event_failures": 0}
+        self.counters = {"detect_requests": 0, "detections": 0, "events": 0, "event_failures": 0,
+                         "events_fenced": 0}
 
     def _start_pipeline(self, cameras: list[Camera]) -> Any:
+        if self.settings.ray_address:
+            return self._start_cluster(cameras)
         from serving.pipeline import Pipeline
 
         pipeline = Pipeline(cameras, self.detector, self.taxonomy, on_event=self.on_event)
         pipeline.start()
         return pipeline
+
+    def _start_cluster(self, cameras: list[Camera]) -> Any:
+        """Cluster mode: the camera workers stand where the pipeline stands; camera changes
+        through the API reach them as a new camera list, not a restart."""
+        from serving.cluster.coordinator import ClusterCoordinator
+
+        if self.coordinator is None:
+            self.coordinator = ClusterCoordinator(self.settings, self.db, self.on_event,
+                                                  backlog=lambda: len(self._retry))
+            self.coordinator.connect()
+        self.coordinator.set_cameras(cameras)
+        return self.coordinator
 
     @property
     def model_version(self) -> str:
@@ -131,31 +152,41 @@ class GridwatchService:
         self.db.close()
 
     # -- events ----------------------------------------------------------------------------
-    def on_event(self, event: ViolationEvent, frame: EvidenceFrame | None = None) -> None:
+    def on_event(self, event: ViolationEvent, frame: EvidenceFrame | None = None, fencing: int | None = None) -> None:
+        """`fencing`: from a camera worker (cluster mode), the lease the camera ran under."""
         self.counters["events"] += 1
         with self._retry_lock:
             if self._retry:  # keep order: earlier failures go first
-                self._retry.append((event, frame))
+                self._retry.append((event, frame, fencing))
                 return
         try:
-            self.cases.ingest(event, frame)
+            self._ingest(event, frame, fencing)
         except Exception:  # noqa: BLE001 - the database may be away; keep the event
             self.counters["event_failures"] += 1
             log.exception("event %s not stored yet; will retry", event.event_id)
             with self._retry_lock:
-                self._retry.append((event, frame))
+                self._retry.append((event, frame, fencing))
             return
         if self.delivery is not None:
             self.delivery.wake()
+
+    def _ingest(self, event: ViolationEvent, frame: EvidenceFrame | None, fencing: int | None) -> None:
+        from serving.cluster.leases import StaleLeaseError
+
+        try:
+            self.cases.ingest(event, frame, fencing=fencing)
+        except StaleLeaseError as exc:  # a worker that lost the camera: refused, counted, never filed
+            self.counters["events_fenced"] += 1
+            log.warning("event %s (%s) refused: %s", event.event_id, event.type, exc)
 
     def _drain_retries(self) -> bool:
         while True:
             with self._retry_lock:
                 if not self._retry:
                     return True
-                event, frame = self._retry[0]
+                event, frame, fencing = self._retry[0]
             try:
-                self.cases.ingest(event, frame)
+                self._ingest(event, frame, fencing)
             except Exception:  # noqa: BLE001
                 return False
             with self._retry_lock:
@@ -188,6 +219,8 @@ class GridwatchService:
         checks["detector"] = "ok"
         checks["model"] = self.detector.version
         checks["pipeline"] = self.cameras.pipeline_error or "ok"
+        if self.coordinator is not None:
+            checks["cluster"] = self.coordinator.error or "ok"
         return checks
 
     def metrics(self) -> dict[str, Any]:
@@ -203,6 +236,7 @@ class GridwatchService:
             "outbox": outbox_stats(self.db),
             "cameras": self.cameras.health(),
             "pending_events": len(self._retry),
+            "cluster": self.coordinator.status() if self.coordinator is not None else None,
             "model": {"version": self.detector.version, "swaps": self.detector.swaps},
         }
 

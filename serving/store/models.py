@@ -239,3 +239,17 @@ class AuditEntry(Base):
     target: Mapped[str] = mapped_column(String(160), index=True)
     before: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     after: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class CameraLease(Base):
+    """Cluster mode: which camera worker runs a camera, under which fencing number. The number
+    only grows (a row outlives its camera's removal), so events a worker files after its
+    camera moved carry an older number than the row's and are refused at ingest."""
+
+    __tablename__ = "camera_leases"
+
+    camera: Mapped[str] = mapped_column(String(128), primary_key=True)
+    worker: Mapped[str | None] = mapped_column(String(64), nullable=True)  # None: revoked, held by none
+    node: Mapped[str] = mapped_column(String(64), default="")
+    fencing: Mapped[int] = mapped_column(Integer, default=0)
+    granted_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
