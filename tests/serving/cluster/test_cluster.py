@@ -162,3 +162,68 @@ def test_worker_node_killed_mid_run_loses_and_duplicates_nothing(cluster, postgr
     assert cases == expected_cases
     assert status["counters"]["cameras_moved"] >= len(victim["cameras"])
     print(f"victim cameras running on the survivor {moved_after:.1f} s after the node was removed")
+
+
+def test_hung_worker_loses_its_leases_and_its_late_events_are_refused(cluster, postgres, footage, test_model,
+                                                                      single_process, tmp_path) -> None:
+    service = cluster_service(cluster, postgres, footage, test_model, tmp_path)
+    try:
+        workers = wait_for(lambda: len(placed(service)) == 2 and placed(service), timeout=120)
+        hung = next(iter(workers.values()))
+        other = next(w for w in workers.values() if w is not hung)
+        # It has an event open (a case filed from its cameras), so it has something to send late.
+        wait_for(lambda: cases_of(service, hung["cameras"]) >= 1, timeout=120)
+        pid = service.coordinator.workers[hung["worker"]].report.pid
+        os.kill(pid, signal.SIGSTOP)  # not dead: stopped, its node and Ray see nothing wrong
+        try:
+            def moved():
+                owners = {c: w["worker"] for w in service.coordinator.status()["workers"] if w["state"] == "up"
+                          for c in w["cameras"]}
+                return all(owners.get(c) == other["worker"] for c in hung["cameras"])
+
+            wait_for(moved, timeout=30)
+            state = {w["worker"]: w["state"] for w in service.coordinator.status()["workers"]}
+            assert state[hung["worker"]] == "lost"
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        # Awake: what it still sends for its old cameras is refused at ingest, and counted.
+        wait_for(lambda: service.counters["events_fenced"] >= 1, timeout=60)
+        wait_for(lambda: finished(service), timeout=300)
+        status = service.coordinator.status()
+        metrics = service.metrics()
+    finally:
+        service.stop()
+    back = next(w for w in status["workers"] if w["worker"] == hung["worker"])
+    assert back["state"] == "up" and back["restarts"] == 1 and not set(back["cameras"]) & set(hung["cameras"])
+    from serving.api.metrics import render
+
+    text = render(metrics)
+    assert f"gridwatch_events_fenced_total {float(service.counters['events_fenced'])}" in text
+    assert 'gridwatch_worker_restarts_total{worker="%s"' % hung["worker"] in text
+    assert outcome(postgres.url) == single_process  # nothing it sent late was filed twice or at all
+
+
+def test_case_store_down_for_20_s_loses_nothing(cluster, postgres, footage, test_model, single_process,
+                                                tmp_path) -> None:
+    # Two events in flight at most: the outage backs up into the workers' queues.
+    service = cluster_service(cluster, postgres, footage, test_model, tmp_path, cluster_events_in_flight=2)
+    try:
+        wait_for(lambda: len(placed(service)) == 2, timeout=120)
+        wait_for(lambda: cases_of(service, [f"cam-{i}" for i in range(6)]) >= 1, timeout=120)
+        postgres.stop()
+        down_at = time.monotonic()
+        try:
+            # Back-pressure: the service stops taking, the workers' queues fill, their
+            # pipelines wait; no event is dropped.
+            wait_for(lambda: sum(w["queue_depth"] for w in service.coordinator.status()["workers"]) >= 2,
+                     timeout=20)
+            time.sleep(max(0.0, 20 - (time.monotonic() - down_at)))
+            assert service.counters["event_failures"] >= 1
+            assert not finished(service)
+        finally:
+            postgres.start()
+        wait_for(lambda: finished(service), timeout=300)
+        wait_for(lambda: not service.metrics()["pending_events"], timeout=60)
+    finally:
+        service.stop()
+    assert outcome(postgres.url) == single_process
