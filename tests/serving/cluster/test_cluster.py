@@ -227,3 +227,46 @@ def test_case_store_down_for_20_s_loses_nothing(cluster, postgres, footage, test
     finally:
         service.stop()
     assert outcome(postgres.url) == single_process
+
+
+def test_camera_changes_through_the_api_reach_the_workers(cluster, postgres, footage, test_model, tmp_path) -> None:
+    from serving.cluster.leases import current
+    from serving.settings import Settings
+    from tests.support.service import RunningService, pick_port
+
+    media = Path(footage[0]["source"]).parent
+    settings = Settings(data_dir=tmp_path / "api", database_url=postgres.url, model=test_model, threads=1,
+                        admin_key="gw_test_admin_key_0123456789", ray_address=cluster[0].address,
+                        cluster_replay_speed=1.0, cluster_heartbeat_s=0.5, media_roots=[media], port=pick_port())
+    running = RunningService(settings, file_cameras=parsed(footage[:4]))
+    try:
+        service = running.service
+        before = wait_for(lambda: len(placed_of(service)) == 4 and placed_of(service), timeout=120)
+        with running.client(running.admin_key) as http:
+            added = http.post("/v1/cameras", json=footage[4])
+            assert added.status_code == 201, added.text
+            owner = wait_for(lambda: placed_of(service).get("cam-4"), timeout=60)
+            # The worker running it reports its stream: the API shows that worker's health.
+            health = wait_for(lambda: (h := http.get("/v1/cameras/cam-4").json()["health"])
+                              and h.get("frames_sampled", 0) > 0 and h, timeout=60)
+            assert health["camera"] == "cam-4" and health["connected"] is True
+            metrics = http.get("/metrics").text
+            assert f'gridwatch_worker_cameras{{worker="{owner[0]}"' in metrics
+            assert http.delete("/v1/cameras/cam-4").status_code == 204
+            wait_for(lambda: "cam-4" not in placed_of(service), timeout=30)
+        held = {row.camera: (row.worker, row.fencing) for row in current(service.db)}
+        assert held["cam-4"][0] is None  # revoked: anything still on its way is refused
+        # The other cameras ran on, under the leases they had (not restarted by the change).
+        assert {cid: held[cid] for cid in before} == before
+    finally:
+        running.stop()
+
+
+def placed_of(service) -> dict[str, tuple[str, int]]:
+    """camera -> (worker, fencing) for the cameras up workers hold."""
+    from serving.cluster.leases import current
+
+    status = service.coordinator.status()
+    up = {c: w["worker"] for w in status["workers"] if w["state"] == "up" for c in w["cameras"]}
+    return {row.camera: (row.worker, row.fencing) for row in current(service.db)
+            if row.worker is not None and up.get(row.camera) == row.worker}
