@@ -270,3 +270,29 @@ def placed_of(service) -> dict[str, tuple[str, int]]:
     up = {c: w["worker"] for w in status["workers"] if w["state"] == "up" for c in w["cameras"]}
     return {row.camera: (row.worker, row.fencing) for row in current(service.db)
             if row.worker is not None and up.get(row.camera) == row.worker}
+
+
+def test_a_new_node_takes_a_bounded_share_of_cameras(postgres, footage, test_model, single_process, tmp_path) -> None:
+    made, _ = ray_cluster(worker_nodes=1)
+    try:
+        service = cluster_service((made, []), postgres, footage, test_model, tmp_path, cluster_max_moves=2)
+        try:
+            (first,) = wait_for(lambda: placed(service), timeout=120).values()
+            made.add_node(num_cpus=1)
+
+            def arrived():
+                up = {w["worker"]: w for w in service.coordinator.status()["workers"]
+                      if w["state"] == "up" and w["cameras"]}
+                return len(up) == 2 and up
+
+            workers = wait_for(arrived, timeout=120)
+            new = next(w for w in workers.values() if w["worker"] != first["worker"])
+            # Evening the load would move three; it may take two at a time.
+            assert len(new["cameras"]) == 2 and len(workers[first["worker"]]["cameras"]) == 4
+            wait_for(lambda: finished(service), timeout=300)
+        finally:
+            service.stop()
+    finally:
+        ray.shutdown()
+        made.shutdown()
+    assert outcome(postgres.url) == single_process
