@@ -148,6 +148,11 @@ class ClusterCoordinator:
         if self._thread is not None:
             self._thread.join(10)
         with self._lock:
+            # Pulls still in flight carry events already out of the workers' queues.
+            for ref, (worker, kind) in list(self._calls.items()):
+                if kind == "take" and worker.state == "up":
+                    self._collect(worker, self._call(ref, 10.0, worker))
+            self._calls.clear()
             up = [w for w in self.workers.values() if w.state == "up"]
             releases = [w.actor.release_all.remote() for w in up]
             deadline = time.monotonic() + drain_s

@@ -250,6 +250,10 @@ def test_camera_changes_through_the_api_reach_the_workers(cluster, postgres, foo
             health = wait_for(lambda: (h := http.get("/v1/cameras/cam-4").json()["health"])
                               and h.get("frames_sampled", 0) > 0 and h, timeout=60)
             assert health["camera"] == "cam-4" and health["connected"] is True
+            from serving.web.dashboard import camera_health  # the dashboard's camera panel
+
+            panel = {row["camera"]: row for row in camera_health(service.cameras.health())}
+            assert sorted(panel) == [f"cam-{i}" for i in range(5)] and panel["cam-4"]["frames_sampled"] > 0
             metrics = http.get("/metrics").text
             assert f'gridwatch_worker_cameras{{worker="{owner[0]}"' in metrics
             assert http.delete("/v1/cameras/cam-4").status_code == 204
