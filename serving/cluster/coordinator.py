@@ -43,7 +43,7 @@ from serving.store.db import Database
 
 log = logging.getLogger("gridwatch.cluster")
 
-ClusterSink = Callable[[ViolationEvent, "EvidenceFrame | None", int], None]
+ClusterSink = Callable[[ViolationEvent, EvidenceFrame | None, int], None]
 WorkerState = Literal["starting", "up", "lost"]
 DEFAULT_CAMERA_COST = 0.02  # seconds of work per second, until a camera is measured
 
