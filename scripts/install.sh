@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything gridwatch needs on a fresh Debian machine (idempotent).
 #   scripts/install.sh          base: serving + detector, no torch
-#   scripts/install.sh test     + training extra (torch, ultralytics), test tools, PostgreSQL, GStreamer RTSP,
+#   scripts/install.sh test     + training extra (torch, ultralytics), cluster extra (Ray), test tools,
+#                               PostgreSQL, GStreamer RTSP,
 #                               Debian's chromium for the review page's browser tests
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,7 +31,7 @@ export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
 if [ "$mode" = test ]; then
   # torch first and pinned: pip takes this CUDA build (which also runs on CPU) from the local disk.
   pip install -q torch==2.14.1 torchvision==0.29.1
-  pip install -q -e ".[train,dev]"
+  pip install -q -e ".[train,cluster,dev]"
 else
   pip install -q -e .
 fi

@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "serving.commands.bench",
     "serving.commands.watch",
     "serving.commands.serve",
+    "serving.commands.cluster",
     "serving.commands.cases",
     "serving.commands.users",
     "serving.commands.review",

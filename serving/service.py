@@ -27,6 +27,7 @@ from serving.cameras.registry import CameraRegistry
 from serving.cases import CasePolicy, CaseService
 from serving.cases.held import HeldEvents
 from serving.cases.ingest import IngestResult
+from serving.cluster.leases import StaleLeaseError
 from serving.cases.recheck import RecheckWorker, recheck_counts
 from serving.cases.thresholds import ThresholdBook
 from serving.clock import SYSTEM_CLOCK, SteadyClock, WallClock
@@ -52,6 +53,11 @@ class GridwatchService:
         self.settings = settings
         self.clock = clock
         self.steady_clock = SteadyClock(clock)
+        if settings.ray_address:  # before anything is created: a SQLite file is refused here
+            from serving.cluster.coordinator import require_cluster_database
+
+            require_cluster_database(settings)
+        self.coordinator: Any = None  # cluster mode: serving.cluster.coordinator.ClusterCoordinator
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.db = Database(settings.resolved_database_url)
         self._schema_current = schema_is_current(self.db.engine)  # migrated just now
@@ -89,9 +95,11 @@ class GridwatchService:
         self._stop = threading.Event()
         self._retrier: threading.Thread | None = None
         self.counters = {"detect_requests": 0, "detections": 0, "events": 0, "event_failures": 0,
-                         "sample_failures": 0}
+                         "sample_failures": 0, "events_fenced": 0}
 
     def _start_pipeline(self, cameras: list[Camera]) -> Any:
+        if self.settings.ray_address:
+            return self._start_cluster(cameras)
         from serving.pipeline import Pipeline
 
         pipeline = Pipeline(cameras, self.detector, self.taxonomy, on_event=self.on_event,
@@ -104,12 +112,25 @@ class GridwatchService:
         """For a re-check: the running pipeline's next frame of the camera, else its source
         opened once."""
         pipeline = self.cameras.pipeline
-        frame = pipeline.snapshot(camera.id, timeout) if pipeline is not None else None
+        # In cluster mode the cameras' frames are in the workers: the source is opened here once.
+        frame = pipeline.snapshot(camera.id, timeout) if hasattr(pipeline, "snapshot") else None
         return frame if frame is not None else grab_frame(camera, timeout)
 
     def _wake_delivery(self) -> None:
         if self.delivery is not None:
             self.delivery.wake()
+
+    def _start_cluster(self, cameras: list[Camera]) -> Any:
+        """Cluster mode: the camera workers stand where the pipeline stands; camera changes
+        through the API reach them as a new camera list, not a restart."""
+        from serving.cluster.coordinator import ClusterCoordinator
+
+        if self.coordinator is None:
+            self.coordinator = ClusterCoordinator(self.settings, self.db, self.on_event,
+                                                  backlog=lambda: len(self._held))
+            self.coordinator.connect()
+        self.coordinator.set_cameras(cameras)
+        return self.coordinator
 
     @property
     def model_version(self) -> str:
@@ -177,27 +198,29 @@ class GridwatchService:
         self.db.close()
 
     # -- events ----------------------------------------------------------------------------
-    def on_event(self, event: ViolationEvent, frame: EvidenceFrame | None = None) -> None:
+    def on_event(self, event: ViolationEvent, frame: EvidenceFrame | None = None, fencing: int | None = None) -> None:
+        """`fencing`: from a camera worker (cluster mode), the lease the camera ran under."""
         self.counters["events"] += 1
         with self._held_lock:
             if len(self._held):  # keep order: earlier events go first
-                self._held.append(event, frame)
+                self._held.append(event, frame, fencing)
                 return
             try:
-                self.ingest(event, frame)
+                self._store(event, frame, fencing)
             except Exception as exc:  # noqa: BLE001
                 self.counters["event_failures"] += 1
                 if held_fault(exc) is None:  # the event's own problem: it would fail again
                     log.exception("event %s of camera %s cannot be stored", event.event_id, event.camera)
                     return
-                self._held.append(event, frame)
+                self._held.append(event, frame, fencing)
 
-    def ingest(self, event: ViolationEvent, frame: EvidenceFrame | None = None) -> IngestResult:
+    def ingest(self, event: ViolationEvent, frame: EvidenceFrame | None = None,
+               fencing: int | None = None) -> IngestResult:
         """One event into its case. A failure because a part is away (database, evidence
         disk) enters that fault and is raised; success ends the faults it proves over."""
         writes = self.evidence.writes
         try:
-            result = self.cases.ingest(event, frame)
+            result = self.cases.ingest(event, frame, fencing=fencing)
         except Exception as exc:
             fault = held_fault(exc)
             if fault is not None:
@@ -209,6 +232,15 @@ class GridwatchService:
         if self.delivery is not None:
             self.delivery.wake()
         return result
+
+    def _store(self, event: ViolationEvent, frame: EvidenceFrame | None, fencing: int | None) -> None:
+        """An event of our cameras or camera workers; one whose camera has moved to another
+        worker since (a stale fencing number) is refused and counted, never filed."""
+        try:
+            self.ingest(event, frame, fencing)
+        except StaleLeaseError as exc:
+            self.counters["events_fenced"] += 1
+            log.warning("event %s (%s) refused: %s", event.event_id, event.type, exc)
 
     def on_sample(self, sample: LabellingSample) -> None:
         """An unsure frame into the labelling queue. Unlike an event it is not retried: the
@@ -224,7 +256,7 @@ class GridwatchService:
         with self._held_lock:
             while (item := self._held.first()) is not None:
                 try:
-                    self.ingest(*item)
+                    self._store(*item)
                 except Exception as exc:  # noqa: BLE001
                     if held_fault(exc) is not None:
                         return False
@@ -263,6 +295,8 @@ class GridwatchService:
         checks.update(camera_faults(self.cameras.health()))
         if len(self._held):
             checks["events"] = f"{len(self._held)} held until they can be stored"
+        if self.coordinator is not None:
+            checks["cluster"] = self.coordinator.error or "ok"
         return checks
 
     def metrics(self) -> dict[str, Any]:
@@ -279,6 +313,7 @@ class GridwatchService:
             "cameras": self.cameras.health(),
             "pending_events": len(self._held),
             "held_frames_dropped": self._held.frames_dropped,
+            "cluster": self.coordinator.status() if self.coordinator is not None else None,
             "model": {"version": self.detector.version, "swaps": self.detector.swaps},
             "rechecks": recheck_counts(self.db),
         }

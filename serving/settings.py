@@ -125,6 +125,23 @@ class Settings(BaseSettings):
     # default: data_dir/media. Config-file cameras may name any path.
     media_roots: list[Path] = Field(default_factory=list)
 
+    # Cluster mode (serving/cluster/): cameras run in camera-worker actors on a Ray cluster,
+    # cases stay in this process. GRIDWATCH_RAY_ADDRESS or `serve --cluster ADDRESS` ("auto":
+    # the cluster `ray start` made on this machine); unset: one process, as without a cluster.
+    ray_address: str | None = None
+    cluster_cpus_per_worker: float = Field(1.0, gt=0)  # Ray CPUs each camera worker reserves
+    cluster_heartbeat_s: float = Field(1.0, gt=0)
+    # A worker silent this long (dead node, hung process, partition) loses its cameras' leases
+    # and they start on other workers.
+    cluster_lease_timeout_s: float = Field(10.0, gt=0)
+    # Events per pull from a worker, the bound of its queue, and the backlog of events the
+    # database has not taken at which pulling pauses (back-pressure down to the readers).
+    cluster_events_in_flight: int = Field(64, ge=1)
+    cluster_max_moves: int = Field(8, ge=0)  # cameras a new worker takes from the loaded ones
+    # File sources replayed at this multiple of real time in workers (archived footage
+    # standing in for live cameras: tests, `bench --cluster`); unset: as fast as they go.
+    cluster_replay_speed: float | None = Field(None, gt=0)
+
     # Cases (serving/cases/): a new event for the same camera + violation + place joins
     # the open case; after the case ends, re-detections within the cooldown are the same
     # violation; later ones reopen the case or file a new one.

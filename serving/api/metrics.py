@@ -49,4 +49,34 @@ def render(m: dict[str, Any]) -> str:
     metric("gridwatch_camera_errors_total", "counter", "Stream errors per camera.",
            [({"camera": cid}, h.get("errors", 0) if isinstance(h.get("errors"), (int, float)) else 0)
             for cid, h in sorted(cams.items())])
+    cluster = m.get("cluster")
+    if cluster:  # cluster mode: each camera worker's figures, merged here
+        workers = cluster["workers"]
+
+        def per_worker(key: str) -> list[tuple[dict[str, Any], float]]:
+            return [({"worker": w["worker"], "node": w["node"]}, w[key]) for w in workers]
+
+        metric("gridwatch_worker_up", "gauge", "1 if the camera worker answers its heartbeat.",
+               [({"worker": w["worker"], "node": w["node"]}, 1 if w["state"] == "up" else 0) for w in workers])
+        metric("gridwatch_worker_cameras", "gauge", "Cameras a worker holds the lease of.",
+               [({"worker": w["worker"], "node": w["node"]}, len(w["cameras"])) for w in workers])
+        metric("gridwatch_worker_frames_per_second", "gauge", "Frames a worker analysed per second.",
+               per_worker("frames_per_s"))
+        metric("gridwatch_worker_queue_depth", "gauge", "Events waiting in a worker for the case store.",
+               per_worker("queue_depth"))
+        metric("gridwatch_worker_detect_ms", "gauge", "Mean detector call of a worker, ms.", per_worker("detect_ms"))
+        metric("gridwatch_worker_restarts_total", "counter", "Times a worker lost its leases and came back.",
+               per_worker("restarts"))
+        moves = cluster["counters"]
+        metric("gridwatch_cluster_workers_lost_total", "counter", "Workers whose leases timed out.",
+               [({}, moves["workers_lost"])])
+        metric("gridwatch_cluster_workers_dead_total", "counter", "Workers Ray reported dead.",
+               [({}, moves["workers_dead"])])
+        metric("gridwatch_cluster_cameras_moved_total", "counter", "Cameras started on another worker.",
+               [({}, moves["cameras_moved"])])
+        metric("gridwatch_cluster_cameras_unplaced", "gauge", "Cameras no worker runs now.",
+               [({}, len(cluster["unplaced"]))])
+    metric("gridwatch_events_fenced_total", "counter",
+           "Events refused because their camera's lease had moved to another worker.",
+           [({}, counters.get("events_fenced", 0))])
     return "\n".join(lines) + "\n"

@@ -134,8 +134,12 @@ class CameraRegistry:
                 self.pipeline = None
 
     def restart(self) -> None:
-        self.stop()
-        self.start()
+        with self._lock:
+            if hasattr(self.pipeline, "set_cameras"):  # cluster mode: the workers take the change
+                self.pipeline.set_cameras(list(self.all().values()))
+                return
+            self.stop()
+            self.start()
 
     def stats(self) -> dict[str, int]:
         return dict(getattr(self.pipeline, "stats", {}) or {})

@@ -35,7 +35,8 @@ def compact(frame: EvidenceFrame) -> EvidenceFrame:
 class HeldEvents:
     def __init__(self, max_frame_bytes: int) -> None:
         self.max_frame_bytes = max_frame_bytes
-        self._items: deque[tuple[ViolationEvent, EvidenceFrame | None]] = deque()
+        # (event, its frame, the fencing number of the camera lease it ran under: cluster mode)
+        self._items: deque[tuple[ViolationEvent, EvidenceFrame | None, int | None]] = deque()
         self._lock = threading.Lock()
         self.frame_bytes = 0
         self.frames_dropped = 0  # frames let go past the bound (their events were kept)
@@ -43,7 +44,7 @@ class HeldEvents:
     def __len__(self) -> int:
         return len(self._items)
 
-    def append(self, event: ViolationEvent, frame: EvidenceFrame | None) -> None:
+    def append(self, event: ViolationEvent, frame: EvidenceFrame | None, fencing: int | None = None) -> None:
         if frame is not None:
             frame = compact(frame)
             size = len(frame.encoded or b"")
@@ -57,14 +58,14 @@ class HeldEvents:
             else:
                 self.frame_bytes += size
         with self._lock:
-            self._items.append((event, frame))
+            self._items.append((event, frame, fencing))
 
-    def first(self) -> tuple[ViolationEvent, EvidenceFrame | None] | None:
+    def first(self) -> tuple[ViolationEvent, EvidenceFrame | None, int | None] | None:
         with self._lock:
             return self._items[0] if self._items else None
 
     def pop_first(self) -> None:
         with self._lock:
-            _event, frame = self._items.popleft()
+            _event, frame, _fencing = self._items.popleft()
             if frame is not None:
                 self.frame_bytes -= len(frame.encoded or b"")

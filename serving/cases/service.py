@@ -23,6 +23,7 @@ from serving.cases.public import CasePublic
 from serving.cases.recheck import Look, RecheckOutcome, apply_look, cancel, plan
 from serving.cases.review import apply_review, apply_status, review_snapshot
 from serving.cases.thresholds import ThresholdBook
+from serving.cluster import leases as camera_leases
 from serving.events import ViolationEvent
 from serving.evidence import EvidenceFrame, EvidenceStore
 from serving.settings import RecheckSettings
@@ -75,10 +76,15 @@ class CaseService:
         self.cameras = cameras
         self.thresholds = thresholds
 
-    def ingest(self, event: ViolationEvent, frame: EvidenceFrame | None = None) -> IngestResult:
+    def ingest(self, event: ViolationEvent, frame: EvidenceFrame | None = None, *,
+               fencing: int | None = None) -> IngestResult:
+        """`fencing`: the lease number a camera worker (cluster mode) ran the camera under;
+        an event under a number the camera no longer holds raises StaleLeaseError."""
         if event.violation not in self.taxonomy:
             raise CaseError(f"unknown violation {event.violation!r}", status=422)
         with self._lock, self.db.transaction() as session:
+            if fencing is not None:
+                camera_leases.check(session, event.camera, fencing)
             self.counts["events"] += 1
             result = self._ingest.apply(session, event, frame)
             if result.action == "duplicate":

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from detector.files import SHARED_DIR
 from serving.bench import cameras as camera_bench
+from serving.bench import cluster as cluster_bench
 from serving.bench import review as review_bench
 from serving.bench import soak
 
@@ -20,7 +21,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "bench",
         help="time the detector against Ultralytics (or, with --cameras, a whole machine's streams; "
-        "with --review, the review page in a browser; with --soak-hours, gridwatch serve over simulated days)",
+        "with --review, the review page in a browser; with --soak-hours, gridwatch serve over simulated days; "
+        "with --cluster, camera workers on Ray against one process)",
         description="Detector mode: per-frame latency of gridwatch, the bare ONNX Runtime session and "
         "Ultralytics' predict on the same model and 1080p frames, at batch 1 and 8, with ratios.",
     )
@@ -36,6 +38,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, help="ONNX Runtime threads (default: one per core, as Ultralytics)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     camera_bench.add_arguments(p)
+    cluster_bench.add_arguments(p)
     review_bench.add_arguments(p)
     soak.add_arguments(p)
     p.set_defaults(func=run)
@@ -49,6 +52,8 @@ def _reference_for(model: Path) -> Path:
 def run(args: argparse.Namespace) -> int:
     if args.soak_hours:
         return soak.run(args)
+    if args.cluster:
+        return cluster_bench.run(args)
     if args.cameras:
         return camera_bench.run(args)
     if args.review:

@@ -21,6 +21,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--port", type=int, help="port to listen on (default 8000)")
     parser.add_argument("--data-dir", type=Path, help="database and evidence folder (default ./gridwatch-data)")
     parser.add_argument("--model", type=Path, help="ONNX model (default: the shipped model)")
+    parser.add_argument("--cluster", metavar="ADDRESS", dest="ray_address",
+                        help="run the cameras on the Ray cluster at ADDRESS ('auto': the one `ray start` made "
+                        "here; also GRIDWATCH_RAY_ADDRESS); cases, API and delivery stay in this process; "
+                        "needs PostgreSQL and the cluster extra")
     parser.set_defaults(func=run)
 
 
@@ -85,14 +89,15 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)  # its per-plugin start-up lines bury ours
     try:
-        settings = load_settings(args.config, host=args.host, port=args.port, data_dir=args.data_dir, model=args.model)
+        settings = load_settings(args.config, host=args.host, port=args.port, data_dir=args.data_dir, model=args.model,
+                                 ray_address=args.ray_address)
         settings.resolved_model()
         taxonomy = load_taxonomy(settings.taxonomy_file)
         cameras = file_cameras(args.config, taxonomy)
         if settings.cameras_file is not None:  # a separate cameras YAML named in the settings
             cameras += file_cameras(settings.cameras_file, taxonomy)
         service = GridwatchService(settings, file_cameras=cameras)
-    except (SettingsError, TaxonomyError, ValueError, OSError, yaml.YAMLError) as exc:
+    except (SettingsError, TaxonomyError, ValueError, OSError, yaml.YAMLError, RuntimeError) as exc:
         print(f"gridwatch serve: {exc}", file=sys.stderr)
         return 2
     if service.new_admin_key:

@@ -117,6 +117,7 @@ class Pipeline:
         sampler: UncertaintySampler | None = None,
         on_sample: SampleSink | None = None,
         alert_threshold: AlertThreshold | None = None,
+        persistent: bool = False,
     ) -> None:
         """`live_clock` stamps live cameras' frames (the service's steady clock)."""
         cams = cameras.cameras if isinstance(cameras, CamerasConfig) else tuple(cameras)
@@ -127,7 +128,14 @@ class Pipeline:
         self.motion_gating = motion_gating
         self.sampler = sampler
         self.on_sample = on_sample
-        self.runtimes = {c.id: CameraRuntime(c, taxonomy, clock_start, alert_threshold, live_clock) for c in cams}
+        self.clock_start = clock_start
+        self.alert_threshold = alert_threshold
+        self.live_clock = live_clock
+        # persistent: the loop outlives its cameras and takes new ones (a cluster camera
+        # worker, whose cameras come and go with their leases); else it ends with its files.
+        self.persistent = persistent
+        self.runtimes = {c.id: self._runtime(c) for c in cams}
+        self._changes = threading.Lock()  # cameras added or removed between batches
         # run_until_done() returns what it emitted; a live pipeline runs for months and keeps
         # nothing (its events go to on_event).
         self._collected: list[ViolationEvent] | None = None
@@ -167,10 +175,7 @@ class Pipeline:
         if self._thread is not None:
             return
         for rt in self.runtimes.values():
-            if isinstance(rt.reader, LiveReader):
-                rt.reader.start()
-            else:
-                rt.frames = rt.reader.frames()
+            self._open(rt)
         self._thread = threading.Thread(target=self._loop, name="pipeline", daemon=True)
         self._thread.start()
 
@@ -178,7 +183,7 @@ class Pipeline:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
-        for rt in self.runtimes.values():
+        for rt in list(self.runtimes.values()):
             if isinstance(rt.reader, LiveReader):
                 rt.reader.stop()
             self._finish(rt)
@@ -209,6 +214,38 @@ class Pipeline:
                     waiter.frame = frame
                     waiter.done.set()
 
+    def add_camera(self, camera: Camera) -> None:
+        """Start streaming one more camera (a running pipeline; the next batch includes it)."""
+        rt = self._runtime(camera)
+        self._open(rt)
+        with self._changes:
+            old = self.runtimes.pop(camera.id, None)
+            self.runtimes[camera.id] = rt
+        if old is not None:
+            self._close(old)
+
+    def remove_camera(self, camera_id: str) -> None:
+        """Stop one camera; what it had open closes, as at the end of a file."""
+        with self._changes:
+            rt = self.runtimes.pop(camera_id, None)
+        if rt is not None:
+            self._close(rt)
+
+    def _open(self, rt: CameraRuntime) -> None:
+        if isinstance(rt.reader, LiveReader):
+            rt.reader.start()
+        else:
+            rt.frames = rt.reader.frames()
+
+    def _close(self, rt: CameraRuntime) -> None:
+        if isinstance(rt.reader, LiveReader):
+            rt.reader.stop()
+        with self._changes:  # not inside a batch
+            self._finish(rt)
+
+    def _runtime(self, camera: Camera) -> CameraRuntime:
+        return CameraRuntime(camera, self.taxonomy, self.clock_start, self.alert_threshold, self.live_clock)
+
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the loop ends (all sources were files) or `timeout`; True if it ended."""
         if self._thread is None:
@@ -217,21 +254,24 @@ class Pipeline:
         return not self._thread.is_alive()
 
     def _loop(self) -> None:
-        files = [rt for rt in self.runtimes.values() if rt.frames is not None]
-        lives = [rt for rt in self.runtimes.values() if isinstance(rt.reader, LiveReader)]
-        while not self._stop.is_set() and (files or lives):
-            batch: list[Frame] = []
-            for rt in lives:
-                frame = rt.reader.take()  # type: ignore[union-attr]
-                if frame is not None:
-                    batch.append(frame)
-            batch.extend(self._next_file_frames(files))
-            if batch:
-                try:
-                    self.process(batch)
-                except Exception:  # a bad batch must not end a city's monitoring
-                    log.exception("pipeline: batch failed")
-            else:
+        while not self._stop.is_set():
+            with self._changes:
+                files = [rt for rt in self.runtimes.values() if rt.frames is not None]
+                lives = [rt for rt in self.runtimes.values() if isinstance(rt.reader, LiveReader)]
+                if not (files or lives) and not self.persistent:
+                    return
+                batch: list[Frame] = []
+                for rt in lives:
+                    frame = rt.reader.take()  # type: ignore[union-attr]
+                    if frame is not None:
+                        batch.append(frame)
+                batch.extend(self._next_file_frames(files))
+                if batch:
+                    try:
+                        self.process(batch)
+                    except Exception:  # a bad batch must not end a city's monitoring
+                        log.exception("pipeline: batch failed")
+            if not batch:
                 self._stop.wait(0.05)
 
     def _next_file_frames(self, files: list[CameraRuntime]) -> list[Frame]:
@@ -242,6 +282,7 @@ class Pipeline:
             frame = next(rt.frames, None)  # type: ignore[arg-type]
             if frame is None:
                 files.remove(rt)
+                rt.frames = None
                 self._finish(rt)
             else:
                 batch.append(frame)

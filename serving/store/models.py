@@ -277,6 +277,8 @@ class LabellingItem(Base):
         Index("ix_labelling_status", "status", "id"),
         Index("ix_labelling_camera_taken", "camera", "taken_at"),
     )
+
+
 RECHECK_STATES = ("pending", "verified", "reopened", "cancelled", "failed")
 
 
@@ -348,3 +350,17 @@ class ThresholdChange(Base):
     precision_at_alert: Mapped[float | None] = mapped_column(Float, nullable=True)
 
     __table_args__ = (Index("ix_threshold_history_pair", "camera", "violation", "at"),)
+
+
+class CameraLease(Base):
+    """Cluster mode: which camera worker runs a camera, under which fencing number. The number
+    only grows (a row outlives its camera's removal), so events a worker files after its
+    camera moved carry an older number than the row's and are refused at ingest."""
+
+    __tablename__ = "camera_leases"
+
+    camera: Mapped[str] = mapped_column(String(128), primary_key=True)
+    worker: Mapped[str | None] = mapped_column(String(64), nullable=True)  # None: revoked, held by none
+    node: Mapped[str] = mapped_column(String(64), default="")
+    fencing: Mapped[int] = mapped_column(Integer, default=0)
+    granted_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -19,18 +19,19 @@ def test_held_events_keep_order_and_bound_their_frames(make_event, dataset_image
 
     held.append(first, first_frame)
     held.append(second, EvidenceFrame(box=(1, 1, 50, 50), image=decoded))  # a decoded camera frame
-    held.append(third, third_frame)  # past the bound: kept, without its frame
+    held.append(third, third_frame, fencing=7)  # past the bound: kept, without its frame
     assert len(held) == 3 and held.frames_dropped == 1
 
-    event, frame = held.first()
+    event, frame, fencing = held.first()
     assert event.event_id == "a" and frame.encoded == first_frame.encoded  # an upload's bytes, unaltered
     held.pop_first()
-    event, frame = held.first()
+    event, frame, fencing = held.first()
     # Held as lossless PNG, a fraction of the decoded frame's memory, the same pixels.
     assert event.event_id == "b" and frame.image is None and frame.suffix == ".png"
     assert len(frame.encoded) < decoded.nbytes and np.array_equal(frame.decoded(), decoded)
     held.pop_first()
-    event, frame = held.first()
+    event, frame, fencing = held.first()
     assert event.event_id == "c" and frame is None and event.needs_review  # a person looks, without a picture
+    assert fencing == 7  # a cluster worker's lease number stays with its event
     held.pop_first()
     assert held.first() is None and held.frame_bytes == 0

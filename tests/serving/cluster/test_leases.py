@@ -1,0 +1,89 @@
+"""Camera leases and fencing at ingest, the SQLite refusal and `gridwatch cluster status`:
+no Ray needed (the base install runs these)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from detector.taxonomy import load_taxonomy
+from serving.cases import CasePolicy, CaseService
+from serving.cluster import leases
+from serving.cluster.leases import StaleLeaseError
+from serving.evidence import EvidenceStore
+from serving.store.db import Database
+from serving.store.models import Case, CaseEvent
+
+
+@pytest.fixture
+def cases(db_url: str, tmp_path: Path):
+    db = Database(db_url)
+    yield CaseService(db, EvidenceStore(tmp_path / "evidence"), load_taxonomy(), CasePolicy(),
+                      model_version="test-1", public_url="http://gw.test")
+    db.close()
+
+
+def count(service: CaseService, model) -> int:
+    with service.db.sessions() as session:
+        return session.scalar(select(func.count()).select_from(model))
+
+
+def test_events_under_an_old_fencing_number_are_refused(cases, make_event) -> None:
+    first = leases.grant(cases.db, ["cam-001"], "w1", "node-a")["cam-001"]
+    opened, frame = make_event(type="opened")
+    assert cases.ingest(opened, frame, fencing=first).action == "created"
+    moved = leases.grant(cases.db, ["cam-001"], "w2", "node-b")["cam-001"]
+    assert moved == first + 1
+    late, _ = make_event(type="updated", end_s=120.0)
+    with pytest.raises(StaleLeaseError, match="fencing number 1 refused"):
+        cases.ingest(late, None, fencing=first)  # the old worker, after the camera moved
+    assert count(cases, CaseEvent) == 1
+    assert cases.ingest(late, None, fencing=moved).action == "joined"
+    # The new holder replaying the same footage: the same event id, applied once.
+    assert cases.ingest(opened, frame, fencing=moved).action == "duplicate"
+    assert count(cases, Case) == 1 and count(cases, CaseEvent) == 2
+    leases.grant(cases.db, ["cam-001"], None)  # revoked: held by none, nothing is filed
+    with pytest.raises(StaleLeaseError, match="no lease"):
+        cases.ingest(late, None, fencing=moved + 1)
+
+
+def test_events_of_a_camera_never_leased_are_refused_in_cluster_mode(cases, make_event) -> None:
+    opened, frame = make_event()
+    with pytest.raises(StaleLeaseError):
+        cases.ingest(opened, frame, fencing=1)
+    assert cases.ingest(opened, frame).action == "created"  # one process: no fencing, as before
+
+
+def test_cluster_mode_refuses_sqlite_naming_the_setting(tmp_path: Path) -> None:
+    from serving.service import GridwatchService
+    from serving.settings import Settings
+
+    with pytest.raises(RuntimeError, match="database_url.*GRIDWATCH_DATABASE_URL"):
+        GridwatchService(Settings(data_dir=tmp_path, ray_address="auto"))
+    result = subprocess.run([sys.executable, "-m", "serving.cli", "serve", "--cluster", "auto",
+                             "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "cluster mode needs PostgreSQL" in result.stderr and "database_url" in result.stderr
+
+
+def test_cluster_status_prints_cameras_per_worker(db_url: str, tmp_path: Path) -> None:
+    db = Database(db_url)
+    leases.grant(db, ["cam-a", "cam-b"], "w1", "node-a")
+    leases.grant(db, ["cam-c"], "w2", "node-b")
+    leases.grant(db, ["cam-c"], "w1", "node-a")  # moved: fencing 2
+    leases.grant(db, ["cam-d"], None)
+    db.close()
+    config = tmp_path / "gridwatch.yaml"
+    config.write_text(json.dumps({"settings": {"database_url": db_url}}))
+    run = [sys.executable, "-m", "serving.cli", "cluster", "status", "--config", str(config)]
+    listed = json.loads(subprocess.run(run + ["--json"], capture_output=True, text=True, timeout=120, check=True).stdout)
+    assert [(w["worker"], w["node"], [(c["camera"], c["fencing"]) for c in w["cameras"]]) for w in listed["workers"]] \
+        == [("w1", "node-a", [("cam-a", 1), ("cam-b", 1), ("cam-c", 2)])]
+    assert listed["unheld"] == ["cam-d"]
+    table = subprocess.run(run, capture_output=True, text=True, timeout=120, check=True).stdout
+    assert "w1" in table and "cam-c#2" in table and "cam-d" in table
