@@ -74,6 +74,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, metavar="N", help="first N images of each base source (quick runs)")
     p.add_argument("--val-fraction", type=float, default=0.15)
     p.add_argument("--image-size", type=int, default=640, help="re-encode dataset images larger than this (max side)")
+    p.add_argument("--synthetic", type=int, default=600, metavar="N",
+                   help="synthetic flyer/banner images (default 600, as the shipped model: they are its only flyers)")
+    p.add_argument("--cache", choices=("ram", "disk"), help="cache decoded training images (ram: fastest on CPU)")
     p.add_argument("--pseudo-labels", action=argparse.BooleanOptionalAction, default=True,
                    help="COCO-teacher boxes for the context classes on the base sources (default: on)")
     p.add_argument("--cache-dir", type=Path, help="teacher output cache (default: runs/cache/teacher)")
@@ -166,8 +169,9 @@ def run_retrain(args: argparse.Namespace) -> int:
             device=args.device, workers=args.workers, plots=args.plots, weights_dir=args.weights_dir,
             project=args.project, name=args.name,
             sources=_sources(args.sources, args.root) if (args.sources or args.root) else None,
-            limit=args.limit, val_fraction=args.val_fraction, image_size=args.image_size,
+            limit=args.limit, val_fraction=args.val_fraction, image_size=args.image_size, synthetic=args.synthetic,
             pseudo_labels=args.pseudo_labels, teacher_cache=args.cache_dir,
+            extra={"cache": args.cache} if args.cache else {},
         ), log=lambda line: print(line, flush=True))
     except (TrainError, BuildError, SourceError, ValueError, FileNotFoundError) as exc:
         return _fail(str(exc))

@@ -78,11 +78,15 @@ class LoopDecision:
         return self.base.promote and self.review.promote
 
     def summary(self) -> str:
+        def line(split: str, d: Decision) -> str:
+            champion = "none shipped" if d.champion_score is None else f"{d.champion_score:.4f}"
+            return (f"{split} ({d.metric}): challenger {d.challenger_score:.4f}, champion {champion} -> "
+                    f"{'passes' if d.promote else 'fails'} ({d.reason})")
+
         verdict = "PROMOTE" if self.promote else "KEEP CHAMPION"
-        return "\n".join([f"base real val:  {self.base.summary()}",
-                          f"review val:     {self.review.summary()}",
-                          f"decision: {verdict} (promotes only if not worse on the base split and better "
-                          "on the review split)"])
+        return "\n".join([line("base real val, must not be worse", self.base),
+                          line("review val, must be better", self.review),
+                          f"decision: {verdict}"])
 
 
 def decide_loop(base_challenger: EvalResult, base_champion: EvalResult | None,

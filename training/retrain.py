@@ -51,6 +51,7 @@ class RetrainOptions:
     limit: int | None = None
     val_fraction: float = 0.15
     image_size: int = 640  # re-encode larger images to this max side
+    synthetic: int = 600  # synthetic flyer/banner images, as the shipped model had: without them it forgets both
     pseudo_labels: bool = True
     teacher_cache: Path | None = None
     extra: dict = field(default_factory=dict)
@@ -167,7 +168,7 @@ def retrain(options: RetrainOptions, log: Callable[[str], None] = print) -> Mode
     run_dir = project / name
     built = build(BuildOptions(
         sources=base + reviews, out=run_dir / "dataset", val_fraction=options.val_fraction,
-        pseudo_labels=options.pseudo_labels, imgsz=options.image_size, limit=options.limit,
+        pseudo_labels=options.pseudo_labels, imgsz=options.image_size, limit=options.limit, synthetic=options.synthetic,
         cache_dir=options.teacher_cache, split_groups=groups, fully_labelled=frozenset(names),
     ), log=log)
     review_images = [im for im in built.images if isinstance(im, RealImage) and im.source in names]
