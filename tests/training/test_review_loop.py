@@ -156,8 +156,12 @@ def test_decisions_export_retrain_promote_live(tmp_path, shared_dir) -> None:
         real, _ = split_synthetic(val_set(data))
         base, review = split_sources(real, [reviews.name])
         assert review.images and base.images
-        on_review = evaluate_onnx(champion_dir / "gridwatch-fp32.onnx" if not d["promote"] else SHIPPED[0], review)
-        assert score(on_review, decision_classes(on_review)) == pytest.approx(d["review_champion"], abs=1e-9)
+        # Every score, recomputed here on the same splits: the champion (the shipped file) and the challenger.
+        exported_fp32 = runs / "loop" / "train" / "export" / "gridwatch-fp32.onnx"
+        for model, split, key in ((SHIPPED[0], review, "review_champion"), (SHIPPED[0], base, "champion"),
+                                  (exported_fp32, review, "review_challenger"), (exported_fp32, base, "challenger")):
+            result = evaluate_onnx(model, split)
+            assert score(result, decision_classes(result)) == pytest.approx(d[key], abs=1e-9), key
         challenger = {name: runs / "loop" / "train" / "export" / name for name in ("gridwatch-fp32.onnx", "gridwatch-int8.onnx")}
         after = {p.name: p.read_bytes() for p in champion_dir.iterdir()}
         if d["promote"]:
