@@ -1,6 +1,6 @@
-"""The learning loop end to end on real images: cases -> review decisions through the API ->
-`gridwatch review export` -> `gridwatch retrain` (one epoch on a handful of images) ->
-champion/challenger on the base and review val splits -> the challenger promoted into a
+"""The learning loop end to end on real images: folder cameras -> pipeline -> cases -> review
+decisions through the API -> `gridwatch review export` -> `gridwatch retrain` (one epoch on a
+handful of images) -> champion/challenger on the base and review val splits -> the challenger promoted into a
 running service while a client keeps posting to /v1/detect -> a broken model refused.
 
 A one-epoch challenger at a small input size may well lose, so the decision is checked
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from serving.settings import Settings
-from tests.support.service import RunningService, event_json, pick_port, push, wait_for
+from tests.support.service import RunningService, pick_port, wait_for
 from tests.support.shared_data import DATASETS
 from tests.support.web import add_user, http_sign_in
 from training.yolo_format import label_path, read_labels
@@ -47,6 +47,28 @@ def _frames(count: int) -> list[tuple[Path, list[float]]]:
     pytest.skip("not enough labelled garbage_overflow_cn images")
 
 
+def _street_cameras(folder: Path) -> list:
+    """Three folder cameras, each three real garbage scenes of 80 s (a frame every 10 s) with an
+    empty street of 50 s after each, so every scene's violations open and close."""
+    from serving.cameras.schema import parse_cameras
+
+    street = sorted((DATASETS / "facade_signs_spb" / "images").iterdir())[0]
+    frames = _frames(9)
+    entries = []
+    for c, camera in enumerate(CAMERAS):
+        (folder / camera).mkdir(parents=True)
+        shown = [shot for image, _ in frames[c::3] for shot in [image] * 8 + [street] * 5]
+        for n, image in enumerate(shown):
+            (folder / camera / f"{n:04d}{image.suffix}").symlink_to(image)
+        entries.append({
+            "id": camera, "source": str(folder / camera), "division": "370202", "grid": "370202001001001",
+            "location": {"lat": 36.0671, "lon": 120.3826, "address": "Zhongshan Rd 1"}, "sample_every": 10,
+            "zones": [{"name": "bins", "type": "bin_area", "polygon": [[0, 0], [1, 0], [1, 1], [0, 1]]}],
+            "rules": [{"violation": "exposed_garbage", "zone_types": ["bin_area"], "min_score": 0.3, "dwell": 30}],
+        })
+    return list(parse_cameras({"cameras": entries}, folder).cameras)
+
+
 def _cli(*args: str, timeout: int) -> subprocess.CompletedProcess:
     done = subprocess.run([sys.executable, "-m", "serving.cli", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=REPO)
@@ -66,51 +88,44 @@ def test_decisions_export_retrain_promote_live(tmp_path, shared_dir) -> None:
         shutil.copyfile(model, live / model.name)
     settings = Settings(data_dir=tmp_path / "data", model=live / "gridwatch-int8.onnx", port=pick_port(),
                         model_watch_s=0.2, admin_key="gw_test_admin_key_loop_0001", reopen_policy="new",
-                        dedup_cooldown_s=60)
-    server = RunningService(settings)
+                        dedup_cooldown_s=0)
+    server = RunningService(settings, file_cameras=_street_cameras(tmp_path / "media"))
     try:
-        # Cases from real frames: three cameras, three frames each, over two days (each violation
-        # ends before the camera's next one, so each is a case of its own).
-        frames = _frames(9)
-        numbers = []
-        with server.client(server.key("camera")) as camera:
-            for i, (image, box) in enumerate(frames):
-                start = 3600 * i + (86400 if i >= 6 else 0)
-                event = event_json(f"loop-{i}", camera=CAMERAS[i % 3], start_s=start, end_s=start + 90,
-                                   box=[round(v, 1) for v in box])
-                answer = push(camera, event, image)
-                assert answer.status_code in (200, 201), answer.text
-                numbers.append(answer.json()["case_number"])
-                closed = push(camera, {**event, "type": "closed", "last_seen": event["last_seen"]})
-                assert closed.status_code in (200, 201), closed.text
-        assert len(set(numbers)) == 9
+        # Cases from real frames through the pipeline: three folder cameras replay garbage scenes
+        # through the served model, tracker and rules into cases.
+        assert server.service.cameras.pipeline.wait(120)
+        with server.client(server.key("reviewer")) as api:
+            cases = api.get("/v1/cases", params={"limit": 500}).json()["items"]
+        numbers = [c["case_number"] for c in cases]
+        assert len(numbers) >= 8 and {c["camera"] for c in cases} == set(CAMERAS)
+        assert {c["model_version"] for c in cases} == {server.service.detector.version}
 
         # Decisions through the API (/v1 for machines, the review page's JSON route for a reviewer's
-        # own boxes and reject reasons).
-        with server.client(server.key("reviewer")) as api:
-            for number in numbers[:5]:
-                assert api.post(f"/v1/cases/{number}/review", json={"action": "confirm"}).status_code == 200
-            corrected = api.post(f"/v1/cases/{numbers[5]}/review", json={"action": "correct", "violation": "exposed_garbage"})
-            assert corrected.status_code == 200 and corrected.json()["violation"] == "exposed_garbage"
+        # own boxes and reject reasons): a correction with a redrawn box, a false alarm, an object
+        # that is not a violation where it is, confirmations for the rest.
         add_user(server, "rita")
         with server.client() as page:
             assert http_sign_in(page, "rita").status_code in (200, 303)
             csrf = {"X-CSRF-Token": page.cookies["gw_csrf"]}
-            x1, y1, x2, y2 = frames[6][1]
+            x1, y1, x2, y2 = cases[0]["box"]
             decisions = [
-                (numbers[6], {"action": "confirm", "boxes": [[x1 + 4, y1 + 4, x2 - 4, y2 - 4]]}),
-                (numbers[7], {"action": "reject", "reason": "false_alarm"}),
-                (numbers[8], {"action": "reject", "reason": "not_here"}),
+                (numbers[0], {"action": "correct", "violation": "bin_overflow",
+                              "boxes": [[x1 - 6, y1 - 6, x2 + 6, y2 + 6]]}),
+                (numbers[1], {"action": "reject", "reason": "false_alarm"}),
+                (numbers[2], {"action": "reject", "reason": "not_here"}),
             ]
             for number, body in decisions:
                 answer = page.post(f"/review/cases/{number}/decision", json=body, headers=csrf)
                 assert answer.status_code == 200, answer.text
+        with server.client(server.key("reviewer")) as api:
+            for number in numbers[3:]:
+                assert api.post(f"/v1/cases/{number}/review", json={"action": "confirm"}).status_code == 200
 
         # Export, with the command a city runs.
         reviews = tmp_path / "city-reviews"
         exported = json.loads(_cli("review", "export", "--out", str(reviews), "--data-dir", str(settings.data_dir),
                                    "--model", str(live / "gridwatch-int8.onnx"), timeout=180).stdout)
-        assert exported["written"] == 9 and set(exported["labels_by_camera"]) == set(CAMERAS)
+        assert exported["written"] == len(numbers) and set(exported["labels_by_camera"]) == set(CAMERAS)
         manifest = json.loads((reviews / "manifest.json").read_text())
 
         # Retrain: one epoch, a handful of base images, a small input; its own weights folder.
@@ -135,7 +150,7 @@ def test_decisions_export_retrain_promote_live(tmp_path, shared_dir) -> None:
         for image in built["images"]:
             if image["source"] == reviews.name:
                 sides.setdefault(group_of[Path(image["original"]).stem], set()).add(image["split"])
-        assert len(sides) == 6 and {camera for camera, _ in sides} == set(CAMERAS)
+        assert {camera for camera, _ in sides} == set(CAMERAS)
         assert all(len(s) == 1 for s in sides.values()), sides
         assert {"train", "val"} <= set().union(*sides.values())
 
@@ -144,14 +159,22 @@ def test_decisions_export_retrain_promote_live(tmp_path, shared_dir) -> None:
         d = card["decision"]
         assert d["promote"] == (d["challenger"] >= d["champion"] and d["review_challenger"] > d["review_champion"])
         assert ("decision: PROMOTE" in out) == d["promote"] and ("decision: KEEP CHAMPION" in out) == (not d["promote"])
+        # The card counts the review frames the dataset kept: two cases on one evidence frame export the
+        # same image twice, and the build keeps one copy of byte-identical images (reported).
+        kept = {Path(image["original"]).stem: image["split"] for image in built["images"]
+                if image["source"] == reviews.name}
+        dropped = [name for group in json.loads((runs / "loop" / "dataset" / "report.json").read_text())["exact_duplicates"]
+                   for name in group["dropped"] if name.startswith(f"{reviews.name}/")]
+        assert len(kept) + len(dropped) == len(numbers)
         for camera in CAMERAS:
-            humans = sum(n for cells in card["review_data"][camera].values()
-                         for kind, n in cells.items() if kind.startswith("human"))
-            expected = sum(len(f["human"]) for f in manifest["frames"].values() if f["camera"] == camera)
-            assert humans == expected
-        negatives = [f for f in manifest["frames"].values() if f["negatives"]]
-        assert len(negatives) == 1 and any(
-            kind.startswith("negative") for cells in card["review_data"][negatives[0]["camera"]].values() for kind in cells)
+            for kind, key in (("human", "human"), ("pseudo", "pseudo"), ("negative", "negatives")):
+                for split in ("train", "val"):
+                    counted = sum(cells.get(f"{kind} {split}", 0) for cells in card["review_data"][camera].values())
+                    expected = sum(len(f[key]) for stem, f in manifest["frames"].items()
+                                   if f["camera"] == camera and kept.get(stem) == split)
+                    assert counted == expected, (camera, kind, split)
+        assert sum(n for by_class in card["review_data"].values() for cells in by_class.values()
+                   for kind, n in cells.items() if kind.startswith("human")) > 0
         # The champion's review score, recomputed here on the same review val split.
         real, _ = split_synthetic(val_set(data))
         base, review = split_sources(real, [reviews.name])
@@ -170,7 +193,7 @@ def test_decisions_export_retrain_promote_live(tmp_path, shared_dir) -> None:
             assert after == before  # kept the champion: weights untouched
 
         # Promotion into the running service while a client keeps detecting.
-        image = frames[0][0].read_bytes()
+        image = _frames(1)[0][0].read_bytes()
         versions: list[str] = []
         failures: list[str] = []
         stop = threading.Event()
