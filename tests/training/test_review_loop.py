@@ -76,6 +76,7 @@ def _cli(*args: str, timeout: int) -> subprocess.CompletedProcess:
     return done
 
 
+@pytest.mark.slow
 def test_decisions_export_retrain_promote_live(tmp_path, shared_dir) -> None:
     pytest.importorskip("ultralytics")
     from training.promote import decision_classes, install, score
