@@ -30,6 +30,7 @@ from training.sources import Source, SourceError, all_sources, source_from_file
 from training.train import STEM, TrainError, finish_run, train
 
 CASE_DAY = re.compile(r"^GW(\d{8})-")  # case numbers are GW{yyyymmdd}-{instance}-{row}
+LABELLED_DAY = re.compile(r"-(\d{8})T\d{6}Z-[0-9a-f]+$")  # labelling-mode frames: label-{camera}-{time}-{hash}
 LABEL_KINDS = (("human", "human"), ("pseudo", "pseudo"), ("negative", "negatives"))  # card name, manifest key
 
 
@@ -84,7 +85,7 @@ def review_frames(folder: Path) -> dict[str, ReviewFrame]:
         raise TrainError(f"--review {folder}: unreadable manifest.json ({exc})") from None
     out = {}
     for stem, frame in frames.items():
-        day = CASE_DAY.match(frame.get("case_number", ""))
+        day = CASE_DAY.match(frame.get("case_number") or "") or LABELLED_DAY.search(stem)
         out[stem] = ReviewFrame(stem=stem, camera=frame.get("camera") or "unknown", day=day.group(1) if day else "",
                                 labels={kind: [cls for cls, _ in frame.get(key, [])] for kind, key in LABEL_KINDS})
     return out
