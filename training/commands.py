@@ -76,7 +76,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", type=int, default=640, help="re-encode dataset images larger than this (max side)")
     p.add_argument("--synthetic", type=int, default=600, metavar="N",
                    help="synthetic flyer/banner images (default 600, as the shipped model: they are its only flyers)")
+    p.add_argument("--crops", type=int, default=0, metavar="TILE",
+                   help="native-resolution train crops of small signs, ads, flyers and banners (as `gridwatch "
+                        "dataset build --crops`)")
     p.add_argument("--cache", choices=("ram", "disk"), help="cache decoded training images (ram: fastest on CPU)")
+    p.add_argument("--repeat-threshold", type=float, metavar="T", nargs="?", const=REPEAT_THRESHOLD,
+                   help=f"repeat-factor sampling as for `gridwatch train` (alone: {REPEAT_THRESHOLD}; default: off)")
     p.add_argument("--pseudo-labels", action=argparse.BooleanOptionalAction, default=True,
                    help="COCO-teacher boxes for the context classes on the base sources (default: on)")
     p.add_argument("--cache-dir", type=Path, help="teacher output cache (default: runs/cache/teacher)")
@@ -170,6 +175,7 @@ def run_retrain(args: argparse.Namespace) -> int:
             project=args.project, name=args.name,
             sources=_sources(args.sources, args.root) if (args.sources or args.root) else None,
             limit=args.limit, val_fraction=args.val_fraction, image_size=args.image_size, synthetic=args.synthetic,
+            crops=args.crops, repeat_threshold=args.repeat_threshold,
             pseudo_labels=args.pseudo_labels, teacher_cache=args.cache_dir,
             extra={"cache": args.cache} if args.cache else {},
         ), log=lambda line: print(line, flush=True))

@@ -53,6 +53,8 @@ class RetrainOptions:
     val_fraction: float = 0.15
     image_size: int = 640  # re-encode larger images to this max side
     synthetic: int = 600  # synthetic flyer/banner images, as the shipped model had: without them it forgets both
+    crops: int = 0  # native-resolution crops' tile size (training/crops.py); 0: none
+    repeat_threshold: float | None = None  # repeat-factor sampling (training/sampling.py); None: off
     pseudo_labels: bool = True
     teacher_cache: Path | None = None
     extra: dict = field(default_factory=dict)
@@ -170,6 +172,7 @@ def retrain(options: RetrainOptions, log: Callable[[str], None] = print) -> Mode
     built = build(BuildOptions(
         sources=base + reviews, out=run_dir / "dataset", val_fraction=options.val_fraction,
         pseudo_labels=options.pseudo_labels, imgsz=options.image_size, limit=options.limit, synthetic=options.synthetic,
+        crops=options.crops,
         cache_dir=options.teacher_cache, split_groups=groups, fully_labelled=frozenset(names),
     ), log=log)
     review_images = [im for im in built.images if isinstance(im, RealImage) and im.source in names]
@@ -195,7 +198,7 @@ def retrain(options: RetrainOptions, log: Callable[[str], None] = print) -> Mode
         extra["time"] = options.hours
     result = train(data, start, epochs=options.epochs, imgsz=options.imgsz, batch=options.batch,
                    device=options.device, project=project, name=f"{name}/train", workers=options.workers,
-                   plots=options.plots, extra=extra)
+                   plots=options.plots, repeat_threshold=options.repeat_threshold, extra=extra)
     return finish_run(result, data, promote=True, weights_dir=weights_dir, review_sources=reviews,
                       review_data=counts, log=log)
 

@@ -137,11 +137,14 @@ def test_decisions_export_retrain_promote_live(tmp_path, shared_dir) -> None:
         before = {p.name: p.read_bytes() for p in champion_dir.iterdir()}
         runs = tmp_path / "runs"
         done = _cli("retrain", "--review", str(reviews), "--epochs", "1", "--imgsz", "160", "--batch", "8",
-                    "--limit", "12", "--synthetic", "0", "--device", "cpu", "--workers", "0", "--no-plots", "--weights-dir",
+                    "--limit", "12", "--synthetic", "0", "--crops", "320", "--repeat-threshold", "--device", "cpu",
+                    "--workers", "0", "--no-plots", "--weights-dir",
                     str(champion_dir), "--project", str(runs), "--name", "loop", "--cache-dir",
                     str(tmp_path / "teacher"), timeout=900)
         out = done.stdout
         assert "base real val, must not be worse" in out and "review val, must be better" in out
+        assert "repeat_factor_sampling" in json.dumps(json.loads((runs / "loop" / "train" / "export" / "gridwatch.json")
+                                                                 .read_text())["training"])
 
         # The review frames are split by camera and day: no such group has frames on both sides.
         data = read_data_yaml(runs / "loop" / "dataset" / "data.yaml")
