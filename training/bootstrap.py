@@ -1,9 +1,11 @@
-"""A trainable YOLOv8n rebuilt from the int8 COCO ONNX model: our only pretrained start.
+"""A trainable YOLOv8n rebuilt from an ONNX export: the int8 COCO model (our only pretrained
+start) or a shipped gridwatch model (where `gridwatch retrain` fine-tunes from).
 
-No fp32 COCO checkpoint exists offline. The ONNX file keeps, for each conv, an int8
+No fp32 COCO checkpoint exists offline. The COCO ONNX file keeps, for each conv, an int8
 weight with a per-tensor scale and zero point, and the batch-norm folded into a float
-bias. We dequantise each weight into the matching module of `yolov8n.yaml` and give
-each BatchNorm the folded bias.
+bias; an fp32 export (weights/gridwatch-fp32.onnx) keeps the fused weight and bias as they
+are. We put each weight into the matching module of `yolov8n.yaml` and give each
+BatchNorm the folded bias.
 
 A BatchNorm that merely passes the bias through (weight 1, mean 0, var 1) reproduces
 the ONNX model in eval mode, but in train mode it normalises by batch statistics that
@@ -30,32 +32,59 @@ from detector.boxes import letterbox_into, to_input
 QUANT_SUFFIX = ".weight_quantized"
 
 
-def read_quantised_convs(onnx_path: Path) -> tuple[dict[str, dict[str, np.ndarray]], dict[int, str]]:
-    """{module prefix: {"weight": fp32 array, "bias": array or None}}, and the class names."""
+def read_convs(onnx_path: Path) -> tuple[dict[str, dict[str, np.ndarray]], dict[int, str]]:
+    """{module prefix: {"weight": fp32 array, "bias": array or None}}, and the class names.
+
+    Dynamically quantised weights (`X.weight_quantized` + scale + zero point) are dequantised;
+    fp32 conv weights (`X.weight`, 4-D) are taken as they are.
+    """
     model = onnx.load(str(onnx_path))
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     convs: dict[str, dict[str, np.ndarray]] = {}
     for name, q in inits.items():
-        if not name.endswith(QUANT_SUFFIX):
+        if name.endswith(QUANT_SUFFIX):
+            prefix = name[: -len(QUANT_SUFFIX)]
+            scale = inits[f"{prefix}.weight_scale"].astype(np.float32)
+            zero = inits[f"{prefix}.weight_zero_point"].astype(np.float32)
+            weight = (q.astype(np.float32) - zero) * scale
+        elif name.startswith("model.") and name.endswith(".weight") and q.ndim == 4:
+            prefix, weight = name[: -len(".weight")], q.astype(np.float32)
+        else:
             continue
-        prefix = name[: -len(QUANT_SUFFIX)]
-        scale = inits[f"{prefix}.weight_scale"].astype(np.float32)
-        zero = inits[f"{prefix}.weight_zero_point"].astype(np.float32)
-        convs[prefix] = {
-            "weight": (q.astype(np.float32) - zero) * scale,
-            "bias": inits.get(f"{prefix}.bias"),
-        }
+        convs[prefix] = {"weight": weight, "bias": inits.get(f"{prefix}.bias")}
     meta = {p.key: p.value for p in model.metadata_props}
     names = {int(k): v for k, v in ast.literal_eval(meta["names"]).items()}
     return convs, names
+
+
+def match_head_width(model: torch.nn.Module, convs: dict[str, dict[str, np.ndarray]]) -> None:
+    """Give the class branches (cv3) the hidden width the ONNX model has.
+
+    Ultralytics sizes that width from the class count, but a model fine-tuned from COCO keeps
+    COCO's width (80) with its own number of classes (Ultralytics' `load` carries it over), so
+    the width the yaml gives for 18 classes (64) would not fit the shipped weights.
+    """
+    from ultralytics.nn.modules import Conv
+
+    head = model.model[-1]
+    first = convs.get(f"model.{len(model.model) - 1}.cv3.0.0.conv")
+    if first is None or first["weight"].shape[0] == head.cv3[0][-1].in_channels:
+        return
+    width = first["weight"].shape[0]
+    head.cv3 = torch.nn.ModuleList(
+        torch.nn.Sequential(Conv(branch[0].conv.in_channels, width, 3), Conv(width, width, 3),
+                            torch.nn.Conv2d(width, head.nc, 1))
+        for branch in head.cv3
+    )
 
 
 def rebuild(onnx_path: Path, cfg: str = "yolov8n.yaml") -> torch.nn.Module:
     """An Ultralytics DetectionModel whose eval output matches the ONNX model's weights."""
     from ultralytics.nn.tasks import DetectionModel
 
-    convs, names = read_quantised_convs(onnx_path)
+    convs, names = read_convs(onnx_path)
     model = DetectionModel(cfg, nc=len(names), verbose=False)
+    match_head_width(model, convs)
     modules = dict(model.named_modules())
     unused = set(convs)
     for prefix, tensors in convs.items():
@@ -129,7 +158,8 @@ def calibrate_batchnorm(model: torch.nn.Module, images: list[np.ndarray], size: 
         bn.bias.copy_((mean + folded_bias).float())
 
 
-def save_checkpoint(model: torch.nn.Module, path: Path, source: Path) -> Path:
+def save_checkpoint(model: torch.nn.Module, path: Path, source: Path,
+                    licence: str = "AGPL-3.0 (rebuilt from Ultralytics COCO weights)") -> Path:
     """Write an Ultralytics-loadable .pt (YOLO(path) and YOLO(path).train(...) accept it)."""
     import ultralytics
 
@@ -144,7 +174,7 @@ def save_checkpoint(model: torch.nn.Module, path: Path, source: Path) -> Path:
             "epoch": -1,
             "train_args": {"task": "detect", "imgsz": 640},
             "version": ultralytics.__version__,
-            "license": "AGPL-3.0 (rebuilt from Ultralytics COCO weights)",
+            "license": licence,
             "bootstrap_source": str(source),
         },
         path,

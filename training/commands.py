@@ -1,4 +1,4 @@
-"""`gridwatch train`, `gridwatch eval`, `gridwatch export`.
+"""`gridwatch train`, `gridwatch retrain`, `gridwatch eval`, `gridwatch export`.
 
 Only argparse at import time: torch and Ultralytics load inside the command that needs them.
 """
@@ -48,6 +48,44 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="install the result in weights/ if it is not worse than the current default")
     p.add_argument("--weights-dir", type=Path, default=None, help="where the current default lives (weights/)")
     p.set_defaults(func=run_train)
+
+    p = subparsers.add_parser(
+        "retrain", help="fine-tune the current default on the base sources plus reviewed frames; promote if better",
+        description="Build one dataset from the base sources (datasets/*.yaml) and each --review folder "
+        "(`gridwatch review export`; its frames split train/val by camera and day), fine-tune from the "
+        "current default model in weights/, evaluate challenger and champion on the same base real val "
+        "split and the same review val split, and promote into weights/ only if the challenger is not "
+        "worse on the base split and better on the review split.")
+    p.add_argument("--review", action="append", default=[], type=Path, metavar="DIR",
+                   help="a review export folder (repeatable)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--time", type=float, metavar="HOURS",
+                   help="training budget in hours; overrides --epochs (Ultralytics re-plans the epochs to fit)")
+    p.add_argument("--imgsz", type=int, default=416, help="training input size (the export uses it too)")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--device", help="cpu or a CUDA index such as 0 (default: GPU when present)")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--no-plots", dest="plots", action="store_false", help="skip Ultralytics' training plots")
+    p.add_argument("--weights-dir", type=Path, help="where the current default lives and a promotion goes (weights/)")
+    p.add_argument("--project", type=Path, default=Path("runs/retrain"))
+    p.add_argument("--name", help="run folder under --project (default: timestamped)")
+    p.add_argument("--sources", help="comma-separated base sources (default: all in datasets/)")
+    p.add_argument("--root", type=Path, help="datasets root the base sources are relative to (../shared/datasets)")
+    p.add_argument("--limit", type=int, metavar="N", help="first N images of each base source (quick runs)")
+    p.add_argument("--val-fraction", type=float, default=0.15)
+    p.add_argument("--image-size", type=int, default=640, help="re-encode dataset images larger than this (max side)")
+    p.add_argument("--synthetic", type=int, default=600, metavar="N",
+                   help="synthetic flyer/banner images (default 600, as the shipped model: they are its only flyers)")
+    p.add_argument("--crops", type=int, default=0, metavar="TILE",
+                   help="native-resolution train crops of small signs, ads, flyers and banners (as `gridwatch "
+                        "dataset build --crops`)")
+    p.add_argument("--cache", choices=("ram", "disk"), help="cache decoded training images (ram: fastest on CPU)")
+    p.add_argument("--repeat-threshold", type=float, metavar="T", nargs="?", const=REPEAT_THRESHOLD,
+                   help=f"repeat-factor sampling as for `gridwatch train` (alone: {REPEAT_THRESHOLD}; default: off)")
+    p.add_argument("--pseudo-labels", action=argparse.BooleanOptionalAction, default=True,
+                   help="COCO-teacher boxes for the context classes on the base sources (default: on)")
+    p.add_argument("--cache-dir", type=Path, help="teacher output cache (default: runs/cache/teacher)")
+    p.set_defaults(func=run_retrain)
 
     p = subparsers.add_parser("average", help="average checkpoints of one lineage into a new run's best.pt")
     p.add_argument("--weights", required=True, nargs="+", type=Path, help="two or more .pt checkpoints")
@@ -120,6 +158,30 @@ def run_train(args: argparse.Namespace) -> int:
                    int8=args.int8, notes=notes, imgsz=args.imgsz if args.finish else None)
     except (TrainError, ValueError, FileNotFoundError) as exc:
         return _fail(str(exc))
+    return 0
+
+
+def run_retrain(args: argparse.Namespace) -> int:
+    from training.data_commands import _sources
+    from training.dataset_build import BuildError
+    from training.retrain import RetrainOptions, retrain
+    from training.sources import SourceError
+    from training.train import TrainError
+
+    try:
+        card = retrain(RetrainOptions(
+            reviews=args.review, epochs=args.epochs, hours=args.time, imgsz=args.imgsz, batch=args.batch,
+            device=args.device, workers=args.workers, plots=args.plots, weights_dir=args.weights_dir,
+            project=args.project, name=args.name,
+            sources=_sources(args.sources, args.root) if (args.sources or args.root) else None,
+            limit=args.limit, val_fraction=args.val_fraction, image_size=args.image_size, synthetic=args.synthetic,
+            crops=args.crops, repeat_threshold=args.repeat_threshold,
+            pseudo_labels=args.pseudo_labels, teacher_cache=args.cache_dir,
+            extra={"cache": args.cache} if args.cache else {},
+        ), log=lambda line: print(line, flush=True))
+    except (TrainError, BuildError, SourceError, ValueError, FileNotFoundError) as exc:
+        return _fail(str(exc))
+    print(f"retrain: {'promoted' if card.decision.promote else 'not promoted'} ({card.model_version})")
     return 0
 
 

@@ -9,7 +9,10 @@ Stages, each a plain function over plain values:
 The split is a pure function of the images' names: a near-duplicate cluster goes to val
 iff int(sha1(min file stem in the cluster), 16) % 100 < val_fraction * 100, so a rebuild
 never moves an image between train and val, and a new image can move an old one only by
-being its near-duplicate (the cluster then moves together).
+being its near-duplicate (the cluster then moves together). Images given a split group
+(`split_groups`: review frames by camera and day) are one cluster per group, keyed by the
+group's name; when there are two or more groups and all hash to one side, the one nearest
+the other side crosses, so a handful of groups still leaves something to train and to judge on.
 
 The build writes into a staging folder beside DIR and swaps it in at the end, so a failed
 or interrupted build leaves the previous one as it was.
@@ -23,7 +26,7 @@ import json
 import shutil
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,6 +76,11 @@ class BuildOptions:
     threads: int | None = None
     crops: int = 0  # tile size for native-resolution crops of small things (0: none); training/crops.py
     max_crops: int = DEFAULT_MAX_CROPS
+    # image path -> group name: a group never straddles the split (review frames: camera + day)
+    split_groups: Mapping[Path, str] = field(default_factory=dict)
+    # sources whose frames are labelled in full already (review exports carry the current
+    # model's own pseudo-labels): the teacher adds nothing to them
+    fully_labelled: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -277,23 +285,58 @@ def near_duplicate_clusters(hashes: Sequence[int], max_distance: int) -> list[in
     return [find(i) for i in range(n)]
 
 
+def _bucket(key: str) -> int:
+    return int(hashlib.sha1(key.encode()).hexdigest(), 16) % 100
+
+
 def split_of(stem: str, val_fraction: float) -> str:
-    bucket = int(hashlib.sha1(stem.encode()).hexdigest(), 16) % 100
-    return "val" if bucket < round(val_fraction * 100, 6) else "train"
+    return "val" if _bucket(stem) < round(val_fraction * 100, 6) else "train"
 
 
-def assign_splits(images: list[CheckedImage], val_fraction: float, max_distance: int, report: Report) -> None:
-    roots = near_duplicate_clusters([i.phash for i in images], max_distance)
+def join_groups(roots: list[int], keys: Sequence[str | None]) -> list[int]:
+    """Cluster roots with every image of one group key joined into one cluster."""
+    parent = {r: r for r in roots}
+
+    def find(r: int) -> int:
+        while parent[r] != r:
+            r = parent[r]
+        return r
+
+    first: dict[str, int] = {}
+    for root, key in zip(roots, keys):
+        if key is not None:
+            parent[find(root)] = find(first.setdefault(key, root))
+    return [find(r) for r in roots]
+
+
+def assign_splits(images: list[CheckedImage], val_fraction: float, max_distance: int, report: Report,
+                  groups: Mapping[Path, str] | None = None) -> None:
+    groups = groups or {}
+    near = near_duplicate_clusters([i.phash for i in images], max_distance)
+    roots = join_groups(near, [groups.get(i.image) for i in images])
     members: dict[int, list[CheckedImage]] = defaultdict(list)
     for im, root in zip(images, roots):
         im.cluster = root
         members[root].append(im)
-    for group in members.values():
-        split = split_of(min(i.stem for i in group), val_fraction)
-        for im in group:
-            im.split = split
-        if len(group) > 1:
-            report.near_duplicate_clusters.append(sorted(f"{i.source}/{i.image.name}" for i in group))
+    grouped: dict[str, list[CheckedImage]] = {}
+    for cluster in members.values():
+        keys = [groups[i.image] for i in cluster if i.image in groups]
+        key = min(keys) if keys else min(i.stem for i in cluster)
+        if keys:
+            grouped[key] = cluster
+        for im in cluster:
+            im.split = split_of(key, val_fraction)
+    sides = {c[0].split for c in grouped.values()}
+    if val_fraction > 0 and len(grouped) >= 2 and len(sides) == 1:
+        # All groups on one side: the group whose hash is nearest the other side crosses.
+        move = min(grouped, key=_bucket) if sides == {"train"} else max(grouped, key=_bucket)
+        for im in grouped[move]:
+            im.split = "val" if sides == {"train"} else "train"
+    near_members: dict[int, list[CheckedImage]] = defaultdict(list)
+    for im, root in zip(images, near):
+        near_members[root].append(im)
+    report.near_duplicate_clusters += [sorted(f"{i.source}/{i.image.name}" for i in cluster)
+                                       for cluster in near_members.values() if len(cluster) > 1]
 
 
 # --- write ----------------------------------------------------------------------------
@@ -422,7 +465,7 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> DatasetM
             if result is not None:
                 checked.append(result[0])
     images = drop_exact_duplicates(checked, report)
-    assign_splits(images, options.val_fraction, options.near_duplicate_distance, report)
+    assign_splits(images, options.val_fraction, options.near_duplicate_distance, report, options.split_groups)
     log(f"checked {len(checked)} images in {time.monotonic() - started:.0f} s; {len(images)} after exact dedupe")
 
     out = staging_dir(final)
@@ -431,7 +474,7 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> DatasetM
     pseudo_counts = {"train": Counter(), "val": Counter()}
     for n, im in enumerate(sorted(images, key=lambda i: i.out_name), 1):
         bgr, _, _ = decode(im.image)
-        if teacher is not None:
+        if teacher is not None and im.source not in options.fully_labelled:
             pseudo = teacher.label(im.sha256, bgr, im.boxes, im.classes, options.pseudo_score)
             im.pseudo_boxes, im.pseudo_classes = pseudo.boxes, pseudo.classes
             report.pseudo_suppressed.update(pseudo.suppressed)

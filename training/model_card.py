@@ -7,6 +7,7 @@ Licence and attribution of the training data come from the dataset definitions
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,8 @@ from detector.runtime import DEFAULT_SCORE_THRESHOLD
 from training.dataset_manifest import LabelCounts
 from training.export import ExportResult, SpeedComparison
 from training.metrics import AP_SCORE_THRESHOLD, FEW_INSTANCES, EvalResult
-from training.promote import Decision
-from training.sources import load_source
+from training.promote import Decision, LoopDecision
+from training.sources import Source, load_source
 
 INT8_MAX_MAP50_LOSS_POINTS = 1.5
 
@@ -69,6 +70,25 @@ class Promotion(BaseModel):
     challenger: float
     champion: float | None  # None: no default was shipped
     metric: str
+    # `gridwatch retrain` also judges on the review val split (must be better there)
+    review_challenger: float | None = None
+    review_champion: float | None = None
+    review_metric: str | None = None
+
+    @classmethod
+    def of(cls, decision: Decision | LoopDecision) -> Promotion:
+        base = decision.base if isinstance(decision, LoopDecision) else decision
+        promotion = cls(promote=decision.promote, challenger=base.challenger_score, champion=base.champion_score,
+                        metric=base.metric)
+        if isinstance(decision, LoopDecision):
+            promotion.review_challenger = decision.review.challenger_score
+            promotion.review_champion = decision.review.champion_score
+            promotion.review_metric = decision.review.metric
+        return promotion
+
+
+# camera -> class -> "human train", "pseudo val", "negative train", ... -> boxes
+ReviewCounts = dict[str, dict[str, dict[str, int]]]
 
 
 class ModelCard(BaseModel):
@@ -97,12 +117,16 @@ class ModelCard(BaseModel):
     licence: str = LICENCE
     summary: str | None = None  # the trainer's notes (Markdown) that open the card
     decision: Promotion | None = None
+    review_data: ReviewCounts | None = None  # the city's review frames in the dataset (`gridwatch retrain`)
 
 
-def source_credits(names: list[str]) -> list[SourceCredit]:
+def source_credits(names: list[str], defined: Sequence[Source] = ()) -> list[SourceCredit]:
+    """Each named source's licence and attribution from its definition: datasets/NAME.yaml, or
+    one of `defined` (sources defined elsewhere, such as a review export's source.yaml)."""
+    given = {s.name: s for s in defined}
     credits = []
     for name in names:
-        source = load_source(name)
+        source = given.get(name) or load_source(name)
         credits.append(SourceCredit(name=name, licence=source.licence, attribution=source.attribution))
     return credits
 
@@ -159,9 +183,10 @@ def run_card(
     speed: SpeedComparison | None,
     training: dict[str, Any],
     files: list[Path],
-    decision: Decision,
+    decision: Decision | LoopDecision,
     summary: str | None,
     pseudo_label_audit: dict[str, int] | None = None,
+    review_data: ReviewCounts | None = None,
 ) -> ModelCard:
     """The card of an exported run: `real_val` is the fp32 file's metrics on the real val split,
     `counts` the dataset manifest's (None: not a `gridwatch dataset build` dataset)."""
@@ -186,8 +211,8 @@ def run_card(
         weaknesses=DEFAULT_WEAKNESSES + coverage_weaknesses(instances, real_val),
         summary=summary,
         pseudo_label_audit=pseudo_label_audit or {},
-        decision=Promotion(promote=decision.promote, challenger=decision.challenger_score,
-                           champion=decision.champion_score, metric=decision.metric),
+        decision=Promotion.of(decision),
+        review_data=review_data,
     )
 
 
@@ -203,6 +228,20 @@ def _metrics_table(metrics: EvalJson) -> list[str]:
         )
     lines.append(f"| **all** | | **{metrics['map50']:.3f}** | **{metrics['map50_95']:.3f}** | | |")
     return lines
+
+
+REVIEW_COLUMNS = [f"{kind} {split}" for kind in ("human", "pseudo", "negative") for split in ("train", "val")]
+
+
+def _review_table(counts: ReviewCounts) -> list[str]:
+    lines = ["The city's reviewed frames (`gridwatch review export`), boxes by camera and class: human labels "
+             "from review decisions, pseudo-labels of the model that saw the frame, and hard negatives (the "
+             "reviewer said the class is absent there), in the train and val splits:", "",
+             "| camera | class | " + " | ".join(REVIEW_COLUMNS) + " |", "|---" * (len(REVIEW_COLUMNS) + 2) + "|"]
+    for camera, by_class in counts.items():
+        for name, cells in by_class.items():
+            lines.append(f"| {camera} | {name} | " + " | ".join(str(cells.get(c, 0)) for c in REVIEW_COLUMNS) + " |")
+    return lines + [""]
 
 
 def render_markdown(card: ModelCard) -> str:
@@ -223,6 +262,8 @@ def render_markdown(card: ModelCard) -> str:
     for note in card.data_notes:
         out.append(f"- {note}")
     out.append("")
+    if card.review_data:
+        out += _review_table(card.review_data)
     if card.train_instances:
         kinds = sorted({k for per_kind in card.train_instances.values() for k in per_kind})
         out += ["Boxes per class in the train split, by where the label came from:", "",
@@ -261,8 +302,13 @@ def render_markdown(card: ModelCard) -> str:
         champion = "none shipped" if d.champion is None else f"{d.champion:.4f}"
         out += ["## Champion/challenger", "",
                 f"{d.metric} on the same real val split: this model {d.challenger:.4f}, "
-                f"the default it was compared with {champion}: "
-                f"{'promoted' if d.promote else 'not promoted'}.", ""]
+                f"the default it was compared with {champion}"]
+        if d.review_metric is not None:
+            review_champion = "none shipped" if d.review_champion is None else f"{d.review_champion:.4f}"
+            out[-1] += (f"; {d.review_metric} on the review val split (must be better): this model "
+                        f"{d.review_challenger:.4f}, the default {review_champion}")
+        out[-1] += f": {'promoted' if d.promote else 'not promoted'}."
+        out.append("")
     out += ["## Training arguments", "", "```json", json.dumps(card.training, indent=2), "```", ""]
     out += ["## Files", "", "| file | sha256 | bytes |", "|---|---|---|"]
     for f in card.files:
@@ -273,8 +319,12 @@ def render_markdown(card: ModelCard) -> str:
 
 
 def card_json(card: ModelCard) -> str:
-    # A card without notes has no `summary` key at all, as cards always had.
-    content = card.model_dump(mode="json", exclude={"summary"} if card.summary is None else None)
+    # A card without notes has no `summary` key at all, as cards always had; a `gridwatch train`
+    # card has no review keys.
+    exclude = {k for k in ("summary", "review_data") if getattr(card, k) is None}
+    content = card.model_dump(mode="json", exclude=exclude or None)
+    if content.get("decision") and content["decision"]["review_metric"] is None:
+        content["decision"] = {k: v for k, v in content["decision"].items() if not k.startswith("review_")}
     return json.dumps(content, indent=2, ensure_ascii=False) + "\n"
 
 

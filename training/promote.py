@@ -1,5 +1,9 @@
 """Champion/challenger: a new model replaces the shipped default only if it is not worse.
 
+`gridwatch retrain` judges on two splits: the base sources' real val split (the challenger
+must not be worse there) and the val frames of the city's own reviews (there it must be
+better: a retrain that teaches the city's cameras nothing is not worth a swap).
+
 Both are scored by `gridwatch eval` arithmetic on the same validation split: mAP50-95
 over the classes that split has at least FEW_INSTANCES boxes of (all its classes
 when none has that many). A class with a handful of boxes moves by tens of AP points on
@@ -41,7 +45,8 @@ def score(result: EvalResult, classes: list[str]) -> float:
     return sum(result.classes[c].ap50_95 for c in classes) / len(classes) if classes else 0.0
 
 
-def decide(challenger: EvalResult, champion: EvalResult | None) -> Decision:
+def decide(challenger: EvalResult, champion: EvalResult | None, *, must_beat: bool = False) -> Decision:
+    """Promote when the challenger is not worse (`must_beat`: strictly better) on this split."""
     classes = decision_classes(challenger)
     metric = (f"mAP50-95 over {', '.join(classes)}" if len(classes) < len(challenger.classes)
               else "mAP50-95")
@@ -52,9 +57,42 @@ def decide(challenger: EvalResult, champion: EvalResult | None) -> Decision:
     if missing:
         raise ValueError(f"scores are not on the same split: classes differ {sorted(missing)}")
     cur = score(champion, classes)
+    if must_beat:
+        if ch > cur:
+            return Decision(True, ch, cur, metric, "better than the current default")
+        return Decision(False, ch, cur, metric, "not better than the current default")
     if ch >= cur:
         return Decision(True, ch, cur, metric, "not worse than the current default")
     return Decision(False, ch, cur, metric, "worse than the current default")
+
+
+@dataclass(frozen=True)
+class LoopDecision:
+    """The retrain verdict: not worse on the base split and better on the review split."""
+
+    base: Decision
+    review: Decision
+
+    @property
+    def promote(self) -> bool:
+        return self.base.promote and self.review.promote
+
+    def summary(self) -> str:
+        def line(split: str, d: Decision) -> str:
+            champion = "none shipped" if d.champion_score is None else f"{d.champion_score:.4f}"
+            return (f"{split} ({d.metric}): challenger {d.challenger_score:.4f}, champion {champion} -> "
+                    f"{'passes' if d.promote else 'fails'} ({d.reason})")
+
+        verdict = "PROMOTE" if self.promote else "KEEP CHAMPION"
+        return "\n".join([line("base real val, must not be worse", self.base),
+                          line("review val, must be better", self.review),
+                          f"decision: {verdict}"])
+
+
+def decide_loop(base_challenger: EvalResult, base_champion: EvalResult | None,
+                review_challenger: EvalResult, review_champion: EvalResult | None) -> LoopDecision:
+    return LoopDecision(decide(base_challenger, base_champion),
+                        decide(review_challenger, review_champion, must_beat=True))
 
 
 def install(files: dict[str, Path], weights_dir: Path) -> list[Path]:

@@ -3,12 +3,14 @@
 After training, best.pt is exported (fp32 + int8), both ONNX files are evaluated on the
 dataset's val split through the served runtime, a model card is written into the run
 folder, and the fp32 export meets the current default in weights/ on that same split
-(champion/challenger). `--promote` installs it only when it is not worse.
+(champion/challenger). `--promote` installs it only when it is not worse. With review
+sources (`gridwatch retrain`) the val split is judged in two parts, base and review.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,12 +21,13 @@ from training.dataset_manifest import read_label_counts
 from training.evaluate import EvalSet, eval_set_from_images, evaluate, onnx_predictor
 from training.export import calibration_images, compare_speed, export, load_checkpoint
 from training.metrics import EvalResult
-from training.model_card import ModelCard, int8_check, run_card, source_credits, write_card
+from training.model_card import ModelCard, ReviewCounts, int8_check, run_card, source_credits, write_card
 from training.offline import ultralytics_offline
-from training.promote import decide, install
+from training.promote import decide, decide_loop, install
 from training.pseudo_labels import COCO_TEACHER
 from training.sampling import run_sampling
 from training.trainer import gridwatch_trainer
+from training.sources import Source
 from training.yolo_format import DataYaml, read_data_yaml
 
 WEIGHTS_DIR = REPO_ROOT / "weights"
@@ -163,6 +166,15 @@ def split_synthetic(eval_set: EvalSet) -> tuple[EvalSet, EvalSet | None]:
     return mk(real), mk(synth)
 
 
+def split_sources(eval_set: EvalSet, sources: Sequence[str]) -> tuple[EvalSet, EvalSet]:
+    """(images of other sources, images of `sources`): a built dataset names each image
+    `source__file` (training/dataset_build.py)."""
+    prefixes = tuple(f"{s}__" for s in sources)
+    mine = [im for im in eval_set.images if Path(im.path).name.startswith(prefixes)] if prefixes else []
+    mk = lambda images: EvalSet(root=eval_set.root, source=eval_set.source, images=images, dropped_labels=0)  # noqa: E731
+    return mk([im for im in eval_set.images if im not in mine]), mk(mine)
+
+
 def val_set(data: DataYaml) -> EvalSet:
     """The dataset's val split; a built dataset is in gridwatch classes already."""
     folder = data.file.parent
@@ -197,18 +209,23 @@ def finish_run(
     int8: bool = True,
     notes: str | None = None,
     imgsz: int | None = None,
+    review_sources: Sequence[Source] = (),
+    review_data: ReviewCounts | None = None,
     log=print,
 ) -> ModelCard:
     """Export, evaluate, card, champion/challenger. Returns the card.
 
     `notes` (Markdown) opens the card: what only the trainer knows, such as why this run exists.
     `imgsz` exports for another input size than the run trained at (default: the same).
+    `review_sources` (`gridwatch retrain`): the val images of these sources are the review
+    split, judged apart from the rest (the base real val split); `review_data` goes on the card.
     """
     dataset = data_config(Path(data).resolve())
-    sources = source_credits(dataset.sources)  # a missing dataset definition fails now, not after the export
+    sources = source_credits(dataset.sources, review_sources)  # a missing dataset definition fails now, not after the export
     out = result.run_dir / "export"
     exported = export(result.best, out, imgsz=imgsz, calib=split_dir(dataset, "train"), int8=int8, stem=STEM)
     real, synthetic = split_synthetic(val_set(dataset))
+    real, review = split_sources(real, [s.name for s in review_sources])
 
     fp32_eval = evaluate_onnx(exported.fp32, real)
     metrics = {"real_val": {exported.fp32.name: fp32_eval.to_dict()}}
@@ -229,7 +246,16 @@ def finish_run(
 
     champion_path = weights_dir / f"{STEM}-fp32.onnx"
     champion = evaluate_onnx(champion_path, real) if champion_path.is_file() else None
-    decision = decide(fp32_eval, champion)
+    if review_sources:
+        review_eval = evaluate_onnx(exported.fp32, review)
+        review_champion = evaluate_onnx(champion_path, review) if champion_path.is_file() else None
+        metrics["review_val"] = {exported.fp32.name: review_eval.to_dict()}
+        if review_champion is not None:
+            metrics["review_val"][f"champion {champion_path.name}"] = review_champion.to_dict()
+        log(f"fp32 export on the review val split ({review_eval.images} images):\n{review_eval.table()}")
+        decision = decide_loop(fp32_eval, champion, review_eval, review_champion)
+    else:
+        decision = decide(fp32_eval, champion)
     log(decision.summary())
 
     manifest = dataset.file.parent / "manifest.json"  # written by `gridwatch dataset build`
@@ -240,7 +266,7 @@ def finish_run(
         training={**exported.train_args, "run_dir": str(result.run_dir), **_lineage(load_checkpoint(result.best)),
                   **run_sampling(result.run_dir)},
         files=files, decision=decision, summary=notes.strip() if notes else None,
-        pseudo_label_audit=build_report(dataset.file.parent).get("pseudo_suppressed"),
+        pseudo_label_audit=build_report(dataset.file.parent).get("pseudo_suppressed"), review_data=review_data,
     )
     md, js = write_card(card, out, STEM)
     # The same card again under each model file's own name, so whoever holds one file finds its card.

@@ -69,3 +69,35 @@ def test_rebuilt_model_reproduces_onnx_detections_on_real_images(rebuilt):
             matched += int((iou.max(axis=1) > 0.7).sum())
     assert total >= 5, "the chosen street images should contain confident COCO objects"
     assert matched / total >= 0.9
+
+
+def test_the_shipped_default_rebuilds_as_a_trainable_start(tmp_path):
+    """`gridwatch retrain` fine-tunes from weights/gridwatch-fp32.onnx: rebuilt into a .pt, its raw
+    head matches the ONNX file's on real images (boxes within a few hundredths of a pixel)."""
+    from detector.boxes import letterbox_into, to_input
+    from detector.files import REPO_ROOT
+    from detector.model import open_session
+    from training.offline import prepare
+    from training.retrain import default_start
+
+    prepare()
+    shipped = REPO_ROOT / "weights" / "gridwatch-fp32.onnx"
+    images = source_images("garbage_overflow_cn", 8)
+    pt = default_start(shipped.parent, tmp_path, images)
+    assert default_start(shipped.parent, tmp_path, images) == pt  # built once per file
+    session, info = open_session(shipped)
+    size = info.input_hw[0]
+    model = torch.load(str(pt), map_location="cpu", weights_only=False)["model"].float().eval()
+    assert list(model.names.values())[:3] == ["garbage_bin", "bin_overflow", "garbage_pile"]
+    canvas = np.empty((size, size, 3), np.uint8)
+    for path in images[:3] + source_images("thela_india", 2):
+        letterbox_into(cv2.imread(str(path)), canvas)
+        x = np.empty((1, 3, size, size), np.float32)
+        to_input(canvas, x[0])
+        (expected,) = session.run(None, {info.input_name: x})
+        with torch.no_grad():
+            out = model(torch.from_numpy(x))
+        out = (out[0] if isinstance(out, (list, tuple)) else out).numpy()
+        assert out.shape == expected.shape
+        assert np.abs(out[:, :4] - expected[:, :4]).max() < 0.05  # box coordinates, pixels
+        assert np.abs(out[:, 4:] - expected[:, 4:]).max() < 1e-4  # class scores

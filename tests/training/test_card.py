@@ -12,9 +12,9 @@ from detector.files import REPO_ROOT
 from training.dataset_manifest import ImageCounts, LabelCounts
 from training.export import SpeedComparison
 from training.metrics import ClassMetrics, EvalResult
-from training.model_card import (FileEntry, Int8Check, ModelCard, coverage_weaknesses, render_markdown,
+from training.model_card import (FileEntry, Int8Check, ModelCard, Promotion, coverage_weaknesses, render_markdown,
                                  source_credits, training_instances, write_card)
-from training.promote import decide, install
+from training.promote import decide, decide_loop, install
 
 
 def _metrics(ap50_95: float = 0.5, instances: int = 5) -> ClassMetrics:
@@ -34,6 +34,17 @@ def test_challenger_promoted_only_if_not_worse():
     assert "KEEP CHAMPION" in worse.summary()
     with pytest.raises(ValueError, match="same split"):
         decide(_result(0.5), _result(0.5, classes=("garbage_bin",)))
+
+
+def test_retrain_promotes_only_if_not_worse_on_base_and_better_on_review():
+    def verdict(base: tuple[float, float], review: tuple[float, float]):
+        return decide_loop(_result(base[0]), _result(base[1]), _result(review[0]), _result(review[1]))
+
+    assert verdict((0.5, 0.5), (0.61, 0.6)).promote  # equal on base, better on review
+    assert not verdict((0.5, 0.5), (0.6, 0.6)).promote  # equal on review is not better
+    assert not verdict((0.49, 0.5), (0.9, 0.6)).promote  # worse on base, whatever the review says
+    summary = verdict((0.5, 0.4), (0.55, 0.6)).summary()
+    assert "challenger 0.5500, champion 0.6000 -> fails" in summary and summary.endswith("decision: KEEP CHAMPION")
 
 
 def test_classes_with_a_handful_of_val_boxes_do_not_decide():
@@ -94,6 +105,21 @@ def test_card_json_and_markdown_come_from_one_card(tmp_path):
     for text in ("CC BY 4.0", "公开数据集111", "real_val", "synthetic_val", "flyer", "| push_cart | 5 | 0.700",
                  "1.67x", "ab" * 32, "- w1"):
         assert text in md, text
+
+
+def test_retrain_card_counts_review_data_by_camera_and_class(tmp_path):
+    decision = decide_loop(_result(0.5), _result(0.4), _result(0.7), _result(0.6))
+    review = {"cam-east": {"bin_overflow": {"human train": 3, "negative val": 1}},
+              "cam-north": {"garbage_bin": {"pseudo val": 2}}}
+    card = _card(decision=Promotion.of(decision).model_dump(), review_data=review)
+    md_path, json_path = write_card(card, tmp_path)
+    written = json.loads(json_path.read_text())
+    assert written["review_data"] == review
+    assert written["decision"]["review_challenger"] == 0.7 and written["decision"]["review_champion"] == 0.6
+    md = md_path.read_text()
+    assert "| cam-east | bin_overflow | 3 | 0 | 0 | 0 | 0 | 1 |" in md
+    assert "| cam-north | garbage_bin | 0 | 0 | 0 | 2 | 0 | 0 |" in md
+    assert "review val split (must be better): this model 0.7000, the default 0.6000: promoted" in md
 
 
 def test_card_json_keeps_the_shipped_field_names(tmp_path):

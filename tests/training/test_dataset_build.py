@@ -142,6 +142,34 @@ def test_split_never_straddles_a_near_duplicate_cluster():
         assert im.split == split_of(min(members), 0.15)
 
 
+def test_split_groups_stay_whole_and_leave_one_for_val():
+    # Review frames: camera + day groups. Two groups whose keys both hash to train, frames of one
+    # group with unrelated looks, and a base image that is a near-duplicate of a review frame.
+    keys = [k for k in (f"review:cam-{i}/20261123" for i in range(50)) if split_of(k, 0.15) == "train"][:2]
+
+    def image(stem: str, phash: int) -> CheckedImage:
+        return CheckedImage(source="s", image=Path(f"{stem}.jpg"), stem=stem, out_name="", size=(1, 1),
+                            boxes=np.zeros((0, 4)), classes=[], sha256=stem, phash=phash)
+
+    rng = np.random.default_rng(1)
+    frames = [image(f"GW-{i}", int(rng.integers(0, 2**63))) for i in range(6)]
+    base = image("base_twin", frames[0].phash ^ 1)
+    groups = {f.image: keys[i % 2] for i, f in enumerate(frames)}
+    assign_splits(frames + [base], 0.15, 6, Report(), groups)
+    by_group = {key: {f.split for f in frames if groups[f.image] == key} for key in keys}
+    assert all(len(splits) == 1 for splits in by_group.values())  # a group is never split
+    assert {next(iter(s)) for s in by_group.values()} == {"train", "val"}  # none hashed to val: one moved there
+    assert base.split == frames[0].split and base.cluster == frames[0].cluster  # near-duplicates stay together
+    # All groups hashing to val: one crosses to train.
+    val_keys = [k for k in (f"review:cam-{i}/20261124" for i in range(80)) if split_of(k, 0.15) == "val"][:2]
+    groups = {f.image: val_keys[i % 2] for i, f in enumerate(frames)}
+    assign_splits(frames, 0.15, 6, Report(), groups)
+    assert {f.split for f in frames if groups[f.image] == val_keys[0]} != {f.split for f in frames if groups[f.image] == val_keys[1]}
+    # Without groups the same frames split one by one, as before.
+    assign_splits(frames, 0.15, 6, Report())
+    assert [f.split for f in frames] == [split_of(f.stem, 0.15) for f in frames]
+
+
 def test_split_rule_matches_the_first_training_run():
     # The first run used: val iff int(sha1(stem), 16) % 100 < 15.
     import hashlib
