@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from detector.files import REPO_ROOT, validation_problems
 from detector.runtime import DEFAULT_IOU_THRESHOLD, DEFAULT_SCORE_THRESHOLD
+from serving.cameras.schedules import known_time_zone
 
 if TYPE_CHECKING:
     from detector.runtime import Detector
@@ -46,16 +47,8 @@ class LabellingSettings(BaseModel):
     min_gap_s: float = Field(300.0, ge=0)  # camera time between two samples of one camera
     timezone: str = "Asia/Shanghai"  # where a camera's day starts and ends
 
-    @field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, value: str) -> str:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+    _known_zone = field_validator("timezone")(known_time_zone)
 
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {value!r}") from None
-        return value
 class RecheckSettings(BaseModel):
     """Step 6 of the case loop (核查): after the case system reports a case handled, the
     camera looks again (serving/cases/recheck.py)."""

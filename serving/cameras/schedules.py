@@ -12,6 +12,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
+
+def known_time_zone(value: str) -> str:
+    """An IANA time zone name this machine knows, or ValueError naming it."""
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {value!r} (use an IANA name like Asia/Shanghai)") from None
+    return value
+
 class ScheduleWindow(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -29,14 +38,7 @@ class ScheduleWindow(BaseModel):
             return time(23, 59, 59, 999999)
         return value
 
-    @field_validator("tz")
-    @classmethod
-    def _known_tz(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {value!r} (use an IANA name like Asia/Shanghai)") from None
-        return value
+    _known_tz = field_validator("tz")(known_time_zone)
 
     @field_validator("days")
     @classmethod

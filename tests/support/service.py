@@ -170,6 +170,35 @@ class RunningService:
 ADMIN = "gw_test_admin_key_for_serve_0001"
 
 
+class DetectingClient:
+    """A client that keeps posting one image to /v1/detect while a test swaps the model under it:
+    the model version of each answer, in order, and every failed request."""
+
+    def __init__(self, server: "RunningService", image: bytes) -> None:
+        self.server, self.image = server, image
+        self.versions: list[str] = []
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run)
+
+    def __enter__(self) -> "DetectingClient":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        with self.server.client(self.server.admin_key) as http:
+            while not self._stop.is_set():
+                response = http.post("/v1/detect", files={"file": ("a.jpg", self.image, "image/jpeg")})
+                if response.status_code == 200:
+                    self.versions.append(response.json()["model_version"])
+                else:
+                    self.failures.append(f"{response.status_code} {response.text[:200]}")
+
+
 class ServeProcess:
     """`python -m serving.cli serve` in a work folder, with its stderr in serve.log."""
 

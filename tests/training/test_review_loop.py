@@ -13,13 +13,12 @@ import json
 import shutil
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 
 from serving.settings import Settings
-from tests.support.service import RunningService, pick_port, wait_for
+from tests.support.service import DetectingClient, RunningService, pick_port, wait_for
 from tests.support.shared_data import DATASETS
 from tests.support.web import add_user, http_sign_in
 from training.yolo_format import label_path, read_labels
@@ -197,23 +196,8 @@ def test_decisions_export_retrain_promote_live(tmp_path, shared_dir) -> None:
             assert after == before  # kept the champion: weights untouched
 
         # Promotion into the running service while a client keeps detecting.
-        image = _frames(1)[0][0].read_bytes()
-        versions: list[str] = []
-        failures: list[str] = []
-        stop = threading.Event()
-
-        def keep_detecting() -> None:
-            with server.client(server.admin_key) as http:
-                while not stop.is_set():
-                    answer = http.post("/v1/detect", files={"file": ("a.jpg", image, "image/jpeg")})
-                    if answer.status_code == 200:
-                        versions.append(answer.json()["model_version"])
-                    else:
-                        failures.append(f"{answer.status_code} {answer.text[:200]}")
-
-        client = threading.Thread(target=keep_detecting)
-        client.start()
-        try:
+        with DetectingClient(server, _frames(1)[0][0].read_bytes()) as client:
+            versions = client.versions
             wait_for(lambda: len(versions) >= 3)
             shipped_version = versions[0]
             install(challenger, live)
@@ -227,10 +211,7 @@ def test_decisions_export_retrain_promote_live(tmp_path, shared_dir) -> None:
                 seen = len(versions)
                 wait_for(lambda: len(versions) >= seen + 3)
                 assert admin.get("/v1/models").json()["model_version"] == card["model_version"]
-        finally:
-            stop.set()
-            client.join(30)
-        assert failures == []
+        assert client.failures == []
         assert versions[-1] == card["model_version"]
     finally:
         server.stop()

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
 from pathlib import Path
 
 from serving.settings import Settings
-from tests.support.service import RunningService, event_json, pick_port, push, wait_for
+from tests.support.service import DetectingClient, RunningService, event_json, pick_port, push, wait_for
 from tests.support.shared_data import COCO_INT8
 
 SHIPPED = Path(__file__).resolve().parents[3] / "weights" / "gridwatch-int8.onnx"
@@ -24,23 +23,8 @@ def test_model_swaps_live_and_broken_models_are_refused(tmp_path, dataset_images
                         admin_key="gw_test_admin_key_swap_0001")
     server = RunningService(settings)
     try:
-        image = dataset_images[0].read_bytes()
-        versions: list[str] = []
-        failures: list[str] = []
-        stop = threading.Event()
-
-        def keep_detecting() -> None:
-            with server.client(server.admin_key) as http:
-                while not stop.is_set():
-                    response = http.post("/v1/detect", files={"file": ("a.jpg", image, "image/jpeg")})
-                    if response.status_code == 200:
-                        versions.append(response.json()["model_version"])
-                    else:
-                        failures.append(f"{response.status_code} {response.text[:200]}")
-
-        client = threading.Thread(target=keep_detecting)
-        client.start()
-        try:
+        with DetectingClient(server, dataset_images[0].read_bytes()) as client:
+            versions = client.versions
             wait_for(lambda: len(versions) >= 3)
             first = versions[0]
             assert set(versions) == {first}
@@ -69,10 +53,7 @@ def test_model_swaps_live_and_broken_models_are_refused(tmp_path, dataset_images
                 assert admin.get("/v1/models").json()["file"] == "model.onnx"
             with server.client(server.key("reviewer")) as reviewer:
                 assert reviewer.post("/v1/models/reload").status_code == 403
-        finally:
-            stop.set()
-            client.join(30)
-        assert failures == []  # not one request failed across the swaps
+        assert client.failures == []  # not one request failed across the swaps
         assert versions[-1] == promoted
         # Cases carry the version: the edge box's own when it says one, else the served model's.
         with server.client(server.key("camera")) as camera:
