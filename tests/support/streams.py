@@ -400,3 +400,12 @@ def seed_props() -> Props:
     if "props" not in _cache:
         _cache["props"] = Props.load(seed_detector())
     return _cache["props"]  # type: ignore[return-value]
+
+
+def standing_bin_stream(detector, duration: float) -> MjpegServer:
+    """A started MJPEG stream of an overflowing bin standing on the pavement for the whole clip
+    (the COCO seed model calls it a fire hydrant; the tests' camera rules map that class to
+    bin_overflow). Stop it when done."""
+    timeline = Timeline(Props.load(detector), duration=duration, fps=4).add(
+        Placement("bin", 170, 0.0, duration, foot=(320, 340)))
+    return MjpegServer(timeline).start()

@@ -206,11 +206,7 @@ def test_evidence_disk_full_clears_without_further_events(small_disk, run_servic
 def flapping_stream(shared_detector):
     if not shared_available():
         pytest.skip("shared datasets or the COCO seed model are missing")
-    props = streaming.Props.load(shared_detector)
-    # An overflowing bin standing there all along (the seed model sees a fire hydrant).
-    timeline = streaming.Timeline(props, duration=120, fps=4).add(
-        streaming.Placement("bin", 170, 0.0, 120.0, foot=(320, 340)))
-    server = streaming.MjpegServer(timeline).start()
+    server = streaming.standing_bin_stream(shared_detector, duration=120)
     yield server
     server.stop()
 

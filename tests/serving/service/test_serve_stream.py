@@ -17,12 +17,7 @@ from tests.support.shared_data import shared_available
 def bin_stream(shared_detector):
     if not shared_available():
         pytest.skip("shared datasets or the COCO seed model are missing")
-    props = streaming.Props.load(shared_detector)
-    # An overflowing bin standing on the pavement for the whole clip (the seed model calls
-    # it a fire hydrant; the camera rule maps that class to bin_overflow).
-    timeline = streaming.Timeline(props, duration=90, fps=4).add(
-        streaming.Placement("bin", 170, 0.0, 90.0, foot=(320, 340)))
-    server = streaming.MjpegServer(timeline).start()
+    server = streaming.standing_bin_stream(shared_detector, duration=90)
     yield server
     server.stop()
 
