@@ -14,13 +14,23 @@ every label is:
   so each frame is fully labelled;
 - rejected as a duplicate or a bad image, or without a reason: not exported.
 
+A frame is exported once, however many cases it is the newest original of (two violations
+in one frame): its labels are those of every exported case on it, in case order (the
+manifest lists them under `cases`; `case_number` is the first, whose day is the frame's
+split day), with pseudo-labels computed once and none where any case labelled an object
+or said it is absent.
+
 Frames labelled in the review page's labelling mode (active learning: frames the model was
 unsure about) follow the case frames: the labeller drew or fixed every box of the frame,
 so all of its labels are human ones and no pseudo-labels are added (a frame saved with no
 box is an image with none of the model's classes in it). Skipped ones are not exported.
 
-Deterministic and incremental: frames are named by case (or camera and time) and content
-hash, taken in case (or item) order, and a frame already in DIR is never written again.
+Deterministic and incremental: frames are named by camera and content hash (labelled ones
+also by time), taken in case (or item) order, and an image already in DIR is never written
+again. A run selects frames by the decisions it is given (--since, --camera) and labels each
+from all of its cases; a frame already there whose cases or decision times changed (a second
+case on it reviewed later, a case decided again) gets its label file and manifest entry
+rewritten, its image kept; with no new decision nothing is rewritten.
 """
 
 from __future__ import annotations
@@ -44,7 +54,7 @@ from detector.taxonomy import Taxonomy
 from serving.evidence import EvidenceFrame, EvidenceStore
 from serving.labelling.queue import labelled_items
 from serving.store.db import Database
-from serving.store.models import Case, LabellingItem
+from serving.store.models import Case, Evidence, LabellingItem
 
 PSEUDO_SCORE = 0.5  # "above a high threshold": below it a pseudo-label teaches more noise than objects
 SAME_OBJECT_IOU = 0.5
@@ -57,18 +67,23 @@ class FrameLabels:
     """One exported frame: YOLO lines and what each kind of label came from."""
 
     stem: str
-    case_number: str  # "" for a labelled frame
+    case_number: str  # the frame's first case ("" for a labelled frame): its day is the frame's split day
     camera: str
-    decision: str  # confirmed, corrected, rejected:<reason>, labelled
+    decision: str  # "cases" for a frame of reviewed cases (see `decisions`), "labelled" for a labelled one
     human: list[tuple[str, list[float]]]
     pseudo: list[tuple[str, list[float]]]
     negatives: list[tuple[str, list[float]]]  # boxes whose class is absent there
+    sha256: str = ""  # a frame of cases: its content, the key it is exported under once
+    cases: list[str] = field(default_factory=list)  # every case whose labels the frame carries, in case order
+    decisions: list[str] = field(default_factory=list)  # per case: confirmed, corrected, rejected:<reason>
+    reviewed_at: list[str] = field(default_factory=list)  # per case: when it was decided (a later one relabels)
 
 
 @dataclass
 class ExportReport:
     out: str
     written: list[str] = field(default_factory=list)
+    relabelled: list[str] = field(default_factory=list)  # frames already there, labels rewritten for new decisions
     labelled: int = 0  # of `written`, frames from the labelling queue
     already_there: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
@@ -91,32 +106,64 @@ def target_class(violation: str, box: Sequence[float], seen: Detections, taxonom
     return classes[0]
 
 
-def frame_labels(case: Case, seen: Detections, taxonomy: Taxonomy, names: Sequence[str], stem: str) -> FrameLabels | None:
-    decision = case.review_status if case.review_status != "rejected" else f"rejected:{case.review_reason}"
-    if case.review_status == "rejected" and case.review_reason in SKIPPED_REASONS:
-        return None
-    boxes = case.review_boxes or ([case.box] if case.box else [])
-    human: list[tuple[str, list[float]]] = []
-    negatives: list[tuple[str, list[float]]] = []
+def decision_of(case: Case) -> str:
+    return case.review_status if case.review_status != "rejected" else f"rejected:{case.review_reason}"
+
+
+def exported(case: Case) -> bool:
+    """Whether the case's decision says something to learn (SKIPPED_REASONS say nothing)."""
+    return not (case.review_status == "rejected" and case.review_reason in SKIPPED_REASONS)
+
+
+def case_labels(case: Case, seen: Detections, taxonomy: Taxonomy, names: Sequence[str]
+                ) -> tuple[list[tuple[str, list[float]]], list[tuple[str, list[float]]]]:
+    """(human labels, hard negatives) that one case's decision gives its frame."""
     if case.review_reason == "false_alarm":
         cls = target_class(case.violation, case.box, seen, taxonomy, names) if case.box else None
-        negatives = [(cls, list(case.box))] if cls else []
-    else:
-        for box in boxes:
-            cls = target_class(case.violation, box, seen, taxonomy, names)
-            if cls is not None:
-                human.append((cls, [float(v) for v in box]))
+        return [], [(cls, [float(v) for v in case.box])] if cls else []
+    human = []
+    for box in case.review_boxes or ([case.box] if case.box else []):
+        cls = target_class(case.violation, box, seen, taxonomy, names)
+        if cls is not None:
+            human.append((cls, [float(v) for v in box]))
+    return human, []
+
+
+def _covered(cls: str, box: Sequence[float], labels: list[tuple[str, list[float]]]) -> bool:
+    """Whether `labels` has the same object: the same class at IoU >= SAME_OBJECT_IOU."""
+    same_class = [b for c, b in labels if c == cls]
+    return bool(same_class) and float(box_iou(np.asarray([box], np.float32),
+                                              np.asarray(same_class, np.float32)).max()) >= SAME_OBJECT_IOU
+
+
+def frame_labels(cases: Sequence[Case], seen: Detections, taxonomy: Taxonomy, names: Sequence[str], stem: str,
+                 sha256: str) -> FrameLabels | None:
+    """The labels of one evidence frame from every exported case on it (in case order): each
+    case's human labels and hard negatives, then pseudo-labels for the rest, computed once.
+    None when no case gives the frame a label."""
+    human: list[tuple[str, list[float]]] = []
+    negatives: list[tuple[str, list[float]]] = []
+    for case in cases:
+        case_human, case_negatives = case_labels(case, seen, taxonomy, names)
+        # Two cases on one object (two violations of one class) label it once: the first case's box.
+        human += [(c, b) for c, b in case_human if not _covered(c, b, human)]
+        negatives += [(c, b) for c, b in case_negatives if not _covered(c, b, negatives)]
     if not human and not negatives:
         return None
+    # A reviewer who labelled the object there outweighs another case's "not there" of the same object.
+    negatives = [(c, b) for c, b in negatives if not _covered(c, b, human)]
     pseudo = []
     for box, cls, score in zip(seen.xyxy, seen.class_names, seen.scores):
-        if score < PSEUDO_SCORE:
-            continue
-        covered = [b for c, b in human + negatives if c == cls]
-        if covered and box_iou(np.asarray([box]), np.asarray(covered, np.float32)).max() >= SAME_OBJECT_IOU:
-            continue  # the reviewer's label (or absence) of this object wins
+        if score < PSEUDO_SCORE or _covered(cls, box, human + negatives):
+            continue  # below it: noise; covered: the reviewers' label (or absence) of this object wins
         pseudo.append((cls, [round(float(v), 1) for v in box]))
-    return FrameLabels(stem, case.case_number, case.camera, decision, human, pseudo, negatives)
+    return FrameLabels(stem, cases[0].case_number, cases[0].camera, "cases", human, pseudo, negatives,
+                       sha256=sha256, cases=[c.case_number for c in cases],
+                       decisions=[decision_of(c) for c in cases], reviewed_at=reviewed_times(cases))
+
+
+def reviewed_times(cases: Sequence[Case]) -> list[str]:
+    return [c.reviewed_at.isoformat() if c.reviewed_at else "" for c in cases]
 
 
 def yolo_lines(labels: FrameLabels, names: Sequence[str], width: int, height: int) -> str:
@@ -128,15 +175,51 @@ def yolo_lines(labels: FrameLabels, names: Sequence[str], width: int, height: in
     return "".join(line + "\n" for line in lines)
 
 
-def reviewed_cases(db: Database, since: datetime | None, cameras: Sequence[str]) -> list[Case]:
-    query = (select(Case).options(selectinload(Case.evidence))
-             .where(Case.review_status.in_(("confirmed", "corrected", "rejected"))).order_by(Case.id))
+REVIEWED = ("confirmed", "corrected", "rejected")
+
+
+def newest_original(case: Case) -> Evidence | None:
+    """The case's newest original evidence frame: the one its box belongs to."""
+    originals = [e for e in case.evidence if e.kind == "original"]
+    return originals[-1] if originals else None
+
+
+def reviewed(since: datetime | None, cameras: Sequence[str]) -> list:
+    """The conditions selecting the cases a run is given: reviewed, by --since and --camera."""
+    conditions = [Case.review_status.in_(REVIEWED)]
     if since is not None:
-        query = query.where(Case.reviewed_at >= since)
+        conditions.append(Case.reviewed_at >= since)
     if cameras:
-        query = query.where(Case.camera.in_(cameras))
+        conditions.append(Case.camera.in_(cameras))
+    return conditions
+
+
+def reviewed_cases(db: Database, since: datetime | None, cameras: Sequence[str]) -> list[Case]:
+    query = select(Case).options(selectinload(Case.evidence)).where(*reviewed(since, cameras)).order_by(Case.id)
     with db.sessions() as session:
         return list(session.scalars(query))
+
+
+def cases_by_frame(db: Database, since: datetime | None, cameras: Sequence[str],
+                   touched: Sequence[Case]) -> dict[str, list[Case]]:
+    """Original evidence sha256 -> every reviewed case whose newest original is that frame, in
+    case order, for the frames of `touched` (the cases the run was given): a frame carries the
+    labels of all of its cases, whichever of them --since or --camera selected."""
+    frames = {frame.sha256 for frame in filter(None, map(newest_original, touched))}
+    if not frames:
+        return {}
+    given = select(Case.id).where(*reviewed(since, cameras))
+    shas = select(Evidence.sha256).where(Evidence.kind == "original", Evidence.case_id.in_(given))
+    on_them = select(Evidence.case_id).where(Evidence.kind == "original", Evidence.sha256.in_(shas))
+    query = (select(Case).options(selectinload(Case.evidence))
+             .where(Case.id.in_(on_them), Case.review_status.in_(REVIEWED)).order_by(Case.id))
+    grouped: dict[str, list[Case]] = {}
+    with db.sessions() as session:
+        for case in session.scalars(query):
+            frame = newest_original(case)
+            if frame is not None and frame.sha256 in frames:
+                grouped.setdefault(frame.sha256, []).append(case)
+    return grouped
 
 
 def export_reviews(db: Database, evidence: EvidenceStore, detector: Detector, taxonomy: Taxonomy, out: Path, *,
@@ -146,36 +229,47 @@ def export_reviews(db: Database, evidence: EvidenceStore, detector: Detector, ta
     (out / "labels").mkdir(parents=True, exist_ok=True)
     manifest_path = out / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {"frames": {}}
+    stem_of_sha = {frame["sha256"]: stem for stem, frame in manifest["frames"].items() if frame.get("cases")}
     report = ExportReport(out=str(out))
     skipped: Counter[str] = Counter()
-    for case in reviewed_cases(db, since, cameras):
-        originals = [e for e in case.evidence if e.kind == "original"]
-        if not originals:
-            skipped["no frame"] += 1
+    touched = reviewed_cases(db, since, cameras)
+    if without := sum(newest_original(case) is None for case in touched):
+        skipped["no frame"] += without
+    for sha, on_frame in cases_by_frame(db, since, cameras, touched).items():
+        cases = [case for case in on_frame if exported(case)]
+        skipped.update(f"{case.review_status} {case.review_reason}".strip() for case in on_frame if not exported(case))
+        if not cases:
             continue
-        original = originals[-1]  # the newest: the one the case's box belongs to
+        original = newest_original(cases[0])
         suffix = Path(original.path).suffix
-        stem = f"{case.case_number}-{original.sha256[:12]}"
-        if (out / "images" / f"{stem}{suffix}").exists():
-            report.already_there += 1
+        # Named by camera and content, not by case: the same whichever of its cases a run saw first.
+        stem = stem_of_sha.get(sha) or f"{cases[0].camera}-{sha[:16]}"
+        image_path = out / "images" / f"{stem}{suffix}"
+        there = manifest["frames"].get(stem, {})
+        if image_path.exists() and (there.get("cases"), there.get("reviewed_at")) == (
+                [c.case_number for c in cases], reviewed_times(cases)):
+            report.already_there += 1  # no decision on it since it was written
             continue
         data = evidence.resolve(original.path).read_bytes()
         image = EvidenceFrame(box=None, encoded=data).decoded()
         seen = detector.detect([image])[0]
-        labels = frame_labels(case, seen, taxonomy, names, stem)
+        labels = frame_labels(cases, seen, taxonomy, names, stem, sha)
         if labels is None:
-            skipped[f"{case.review_status} {case.review_reason}".strip()] += 1
+            skipped.update(f"{case.review_status} {case.review_reason}".strip() for case in cases)
             continue
         h, w = image.shape[:2]
         (out / "labels" / f"{stem}.txt").write_text(yolo_lines(labels, names, w, h))
-        (out / "images" / f"{stem}{suffix}").write_bytes(data)  # last: its presence marks the frame done
+        if image_path.exists():
+            report.relabelled.append(stem)  # a new decision on a frame already there: new labels, the same image
+        else:
+            image_path.write_bytes(data)  # last: its presence marks the frame done
+            report.written.append(stem)
         manifest["frames"][stem] = {**asdict(labels), "model_version": detector.info.version}
-        report.written.append(stem)
     for item in labelled_items(db, since, cameras):
         export_labelled(item, evidence, names, out, manifest, report, skipped)
     report.skipped = dict(skipped)
     manifest["names"] = names
-    manifest_path.write_text(json.dumps(manifest, ensure_ascii=False, indent=1, sort_keys=True))
+    write_if_changed(manifest_path, json.dumps(manifest, ensure_ascii=False, indent=1, sort_keys=True))
     report.labels_by_camera = count_labels(manifest["frames"].values())
     write_definitions(out, names, report.labels_by_camera)
     return report
@@ -214,11 +308,17 @@ def count_labels(frames) -> dict[str, dict[str, dict[str, int]]]:  # noqa: ANN00
     return {cam: {kind: dict(c) for kind, c in kinds.items()} for cam, kinds in sorted(counts.items())}
 
 
+def write_if_changed(path: Path, text: str) -> None:
+    """A run with nothing new leaves every file as it was, times included (rsync, backups)."""
+    if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        path.write_text(text, encoding="utf-8")
+
+
 def write_definitions(out: Path, names: list[str], by_camera: dict) -> None:  # noqa: ANN001
-    (out / "data.yaml").write_text(yaml.safe_dump(
+    write_if_changed(out / "data.yaml", yaml.safe_dump(
         {"path": ".", "train": "images", "names": dict(enumerate(names))}, allow_unicode=True, sort_keys=False))
     cameras = ", ".join(by_camera) or "none yet"
-    (out / "source.yaml").write_text(yaml.safe_dump({
+    write_if_changed(out / "source.yaml", yaml.safe_dump({
         "name": out.name,
         "path": ".",
         "format": "yolo",

@@ -265,7 +265,7 @@ def review_case(case_number: CaseNumber, body: ReviewRequest, service: Service,
                 principal: Principal = Depends(require("reviewer"))) -> CasePublic:
     try:
         case = service.cases.review(case_number, body.action, reviewer=principal.name, note=body.note,
-                                    violation=body.violation)
+                                    violation=body.violation, reason=body.reason, boxes=body.boxes)
     except CaseError as exc:
         raise case_error(exc) from None
     if service.delivery is not None:

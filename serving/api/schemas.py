@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, field_validator
 
 from serving.cases import CasePublic
 from serving.events import no_nul
@@ -26,13 +26,20 @@ class DetectResponse(BaseModel):
 
 
 class ReviewRequest(BaseModel):
+    """A reviewer's decision: the body of POST /v1/cases/{case}/review and of the review page's
+    decision route alike, so a rejection's reason and a reviewer's boxes reach the export from both."""
+
     model_config = ConfigDict(extra="forbid")
 
     action: Literal["confirm", "correct", "reject"]
     violation: str | None = Field(None, max_length=64, description="for `correct`: the right violation id")
+    reason: str = Field("", max_length=32, description="with `reject`: why (one of the store's REJECT_REASONS)")
+    boxes: list[list[FiniteFloat]] | None = Field(
+        None, max_length=50, description="the reviewer's own [x1, y1, x2, y2] boxes in the original frame's pixels; "
+                                         "none: the detection's box stands")
     note: str = Field("", max_length=2000)
 
-    _clean = field_validator("violation", "note")(no_nul)
+    _clean = field_validator("violation", "reason", "note")(no_nul)
 
 
 class StatusCallback(BaseModel):

@@ -19,6 +19,7 @@ from serving import audit
 from serving.accounts import Account, AccountError, add_user, check_password, disable_user, list_users
 from serving.api.deps import get_service
 from serving.api.routes import utc
+from serving.api.schemas import ReviewRequest
 from serving.auth import create_key, list_keys, revoke_key
 from serving.cases import CaseError
 from serving.cases.leases import QueueFilter
@@ -167,16 +168,6 @@ class NextRequest(BaseModel):
     min_score: float | None = Field(None, ge=0, le=1)
 
 
-class DecisionRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    action: Literal["confirm", "correct", "reject"]
-    reason: str = Field("", max_length=32, description="with reject: one of REJECT_REASONS")
-    violation: str | None = Field(None, max_length=64)
-    boxes: list[list[float]] | None = Field(None, max_length=50)
-    note: str = Field("", max_length=2000)
-
-
 @pages.get("/review")
 def review_page(request: Request, account: User) -> Response:
     service = get_service(request)
@@ -208,7 +199,7 @@ def renew_leases(request: Request, body: LeaseRequest, account: User) -> dict[st
 
 
 @pages.post("/review/cases/{case_number}/decision", dependencies=[Csrf])
-def decide(request: Request, case_number: str, body: DecisionRequest, account: User) -> dict[str, Any]:
+def decide(request: Request, case_number: str, body: ReviewRequest, account: User) -> dict[str, Any]:
     service = get_service(request)
     try:
         case = service.cases.review(case_number, body.action, reviewer=account.name, note=body.note,

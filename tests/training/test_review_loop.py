@@ -125,8 +125,10 @@ def test_decisions_export_retrain_promote_live(tmp_path, shared_dir) -> None:
         reviews = tmp_path / "city-reviews"
         exported = json.loads(_cli("review", "export", "--out", str(reviews), "--data-dir", str(settings.data_dir),
                                    "--model", str(live / "gridwatch-int8.onnx"), timeout=180).stdout)
-        assert exported["written"] == len(numbers) and set(exported["labels_by_camera"]) == set(CAMERAS)
         manifest = json.loads((reviews / "manifest.json").read_text())
+        # One image per evidence frame, carrying every case on it: each case on exactly one frame.
+        assert exported["written"] == len(manifest["frames"]) and set(exported["labels_by_camera"]) == set(CAMERAS)
+        assert sorted(n for f in manifest["frames"].values() for n in f["cases"]) == sorted(numbers)
 
         # Retrain: one epoch, a handful of base images, a small input; its own weights folder.
         champion_dir = tmp_path / "weights-retrain"
@@ -162,13 +164,13 @@ def test_decisions_export_retrain_promote_live(tmp_path, shared_dir) -> None:
         d = card["decision"]
         assert d["promote"] == (d["challenger"] >= d["champion"] and d["review_challenger"] > d["review_champion"])
         assert ("decision: PROMOTE" in out) == d["promote"] and ("decision: KEEP CHAMPION" in out) == (not d["promote"])
-        # The card counts the review frames the dataset kept: two cases on one evidence frame export the
-        # same image twice, and the build keeps one copy of byte-identical images (reported).
+        # The card counts the review frames the dataset kept: all of them, as no two are the same image
+        # (two cases on one evidence frame are one image), so the build drops none as an exact duplicate.
         kept = {Path(image["original"]).stem: image["split"] for image in built["images"]
                 if image["source"] == reviews.name}
         dropped = [name for group in json.loads((runs / "loop" / "dataset" / "report.json").read_text())["exact_duplicates"]
                    for name in group["dropped"] if name.startswith(f"{reviews.name}/")]
-        assert len(kept) + len(dropped) == len(numbers)
+        assert dropped == [] and set(kept) == set(manifest["frames"])
         for camera in CAMERAS:
             for kind, key in (("human", "human"), ("pseudo", "pseudo"), ("negative", "negatives")):
                 for split in ("train", "val"):

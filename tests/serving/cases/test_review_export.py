@@ -7,13 +7,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 import yaml
+from sqlalchemy import select
 
 from detector import Detector, load_taxonomy
-from serving.review_export import export_reviews
+from serving.review_export import PSEUDO_SCORE, export_reviews
+from serving.store.models import Case
 from tests.support.service import event_json, push
 
 SHIPPED = Path(__file__).resolve().parents[3] / "weights" / "gridwatch-int8.onnx"
@@ -61,10 +64,12 @@ def test_decisions_export_as_a_labelled_source(run_service, dataset_images, ship
         # Nothing of a negative's class is labelled where the reviewer said it is not.
         for cls, box in frame["negatives"]:
             assert not any(c == cls and _iou(b, box) >= 0.5 for c, b in frame["pseudo"])
-    image = next((out / "images").iterdir())
-    original = server.service.evidence.resolve(
-        next(e for e in cases.get(image.stem.rsplit("-", 1)[0]).evidence if e.kind == "original").path)
-    assert image.read_bytes() == original.read_bytes()  # the evidence unaltered
+    for frame in (confirmed, corrected, false_alarm):
+        assert frame["cases"] == [frame["case_number"]]  # one case on each of these frames
+        original = next(e for e in cases.get(frame["case_number"]).evidence if e.kind == "original")
+        assert frame["stem"] == f"{frame['camera']}-{original.sha256[:16]}" and frame["sha256"] == original.sha256
+        image = next((out / "images").glob(f"{frame['stem']}.*"))
+        assert image.read_bytes() == server.service.evidence.resolve(original.path).read_bytes()  # unaltered
     data = yaml.safe_load((out / "data.yaml").read_text())
     assert list(data["names"].values()) == names
     definition = yaml.safe_load((out / "source.yaml").read_text())
@@ -72,10 +77,10 @@ def test_decisions_export_as_a_labelled_source(run_service, dataset_images, ship
     assert "cam-0" in definition["attribution"] and "cam-1" in definition["attribution"]
     assert set(report.labels_by_camera) == {"cam-0", "cam-1"}
     # Again: nothing written twice, nothing changed.
-    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    before = _files(out)
     again = export_reviews(server.service.db, server.service.evidence, shipped_detector, taxonomy, out)
-    assert again.written == [] and again.already_there == 3
-    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert again.written == [] and again.relabelled == [] and again.already_there == 3
+    assert _files(out) == before
     # The command, filtered to one camera, into a fresh folder.
     cli = subprocess.run(
         [sys.executable, "-m", "serving.cli", "review", "export", "--out", str(tmp_path / "cam0"), "--camera", "cam-0",
@@ -84,6 +89,118 @@ def test_decisions_export_as_a_labelled_source(run_service, dataset_images, ship
     assert cli.returncode == 0, cli.stderr
     summary = json.loads(cli.stdout)
     assert summary["written"] == 2 and set(summary["labels_by_camera"]) == {"cam-0"}
+
+
+def test_cases_on_one_frame_export_one_image_with_all_their_labels(run_service, dataset_images, shipped_detector,
+                                                                   tmp_path) -> None:
+    """Two cases on one real frame: a confirmed one, and a false alarm rejected later through the
+    API. One image; its labels are rewritten when the second decision arrives, the image is not."""
+    import cv2
+
+    names = [shipped_detector.names[i] for i in sorted(shipped_detector.names)]
+    image, alarm_box = _frame_with_a_detected_bin(dataset_images, shipped_detector)
+    h, w = cv2.imread(str(image)).shape[:2]
+    # The confirmed object: the quarter of the frame farthest from the detected bin.
+    cx, cy = (alarm_box[0] + alarm_box[2]) / 2, (alarm_box[1] + alarm_box[3]) / 2
+    x0, y0 = (0.0 if cx > w / 2 else w / 2), (0.0 if cy > h / 2 else h / 2)
+    confirmed_box = [round(x0 + w / 16, 1), round(y0 + h / 16, 1), round(x0 + w * 7 / 16, 1), round(y0 + h * 7 / 16, 1)]
+    assert _iou(confirmed_box, alarm_box) == 0
+    server = run_service()
+    with server.client(server.key("camera")) as camera:
+        numbers = [push(camera, event_json(f"same-{i}", camera="cam-0", box=box), image).json()["case_number"]
+                   for i, box in enumerate((confirmed_box, alarm_box))]
+    cases = server.service.cases
+    shas = {next(e.sha256 for e in cases.get(n).evidence if e.kind == "original") for n in numbers}
+    assert len(set(numbers)) == 2 and len(shas) == 1  # two cases, one original frame
+    cases.review(numbers[0], "confirm", reviewer="amy", boxes=[confirmed_box])
+    taxonomy = load_taxonomy()
+    out = tmp_path / "reviews"
+    first = export_reviews(server.service.db, server.service.evidence, shipped_detector, taxonomy, out)
+    assert len(first.written) == 1 and first.relabelled == []
+    stem = first.written[0]
+    labels = _label_boxes(out / "labels" / f"{stem}.txt", names, w, h)
+    # Before the second decision the detected bin is a pseudo-label: the model's word stands there.
+    assert any(c == "bin_overflow" and _iou(b, alarm_box) >= 0.5 for c, b in labels)
+
+    # The second case, rejected as a false alarm through /v1 with its reason.
+    decided = datetime.now(timezone.utc)
+    with server.client(server.key("reviewer")) as api:
+        answer = api.post(f"/v1/cases/{numbers[1]}/review", json={"action": "reject", "reason": "false_alarm"})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["review_status"] == "rejected"
+    before = _files(out)
+    second = export_reviews(server.service.db, server.service.evidence, shipped_detector, taxonomy, out, since=decided)
+    assert second.written == [] and second.relabelled == [stem]
+    after = _files(out)
+    images = [p for p in after if p.parent.name == "images"]
+    assert set(after) == set(before) and len(images) == 1  # no new file, the one image
+    assert after[images[0]] == before[images[0]]  # the image not written again (bytes and time)
+    assert after[out / "labels" / f"{stem}.txt"] != before[out / "labels" / f"{stem}.txt"]
+    frame = json.loads((out / "manifest.json").read_text())["frames"][stem]
+    assert frame["cases"] == numbers and frame["case_number"] == numbers[0]
+    assert frame["decisions"] == ["confirmed", "rejected:false_alarm"]
+    assert frame["negatives"] == [["bin_overflow", alarm_box]]
+    labels = _label_boxes(out / "labels" / f"{stem}.txt", names, w, h)
+    assert any(c == "bin_overflow" and _iou(b, confirmed_box) > 0.99 for c, b in labels)  # the confirmed box
+    assert not any(c == "bin_overflow" and _iou(b, alarm_box) >= 0.5 for c, b in labels)  # absent where rejected
+    assert len(labels) == len(frame["human"]) + len(frame["pseudo"])
+
+    # The same decisions in one run give the same files.
+    fresh = tmp_path / "fresh" / out.name  # source.yaml names its folder
+    export_reviews(server.service.db, server.service.evidence, shipped_detector, taxonomy, fresh)
+    assert {p.relative_to(fresh): data for p, (data, _) in _files(fresh).items()} == {
+        p.relative_to(out): data for p, (data, _) in after.items()}
+
+    # Nothing new: no file changes, not even its time.
+    third = export_reviews(server.service.db, server.service.evidence, shipped_detector, taxonomy, out)
+    assert third.written == third.relabelled == [] and third.already_there == 1
+    assert _files(out) == after
+
+
+def test_api_review_takes_the_pages_reason_and_boxes(run_service, dataset_images) -> None:
+    server = run_service()
+    with server.client(server.key("camera")) as camera:
+        number = push(camera, event_json("api-1"), dataset_images[0]).json()["case_number"]
+    with server.client(server.key("reviewer")) as api:
+        review = f"/v1/cases/{number}/review"
+        for body in ({"action": "confirm", "reason": "false_alarm"}, {"action": "reject", "reason": "no_such_reason"},
+                     {"action": "confirm", "boxes": [[10, 10, 5, 50]]}, {"action": "confirm", "boxes": [[1, 2, 3]]},
+                     {"action": "reject", "reason": "false\x00alarm"}):
+            refused = api.post(review, json=body)
+            assert refused.status_code == 422 and refused.json()["detail"], (body, refused.text)
+        assert server.service.cases.get(number).review_status == "pending"  # nothing half-applied
+        done = api.post(review, json={"action": "confirm", "boxes": [[10, 20, 110, 220.04]]})
+        assert done.status_code == 200, done.text
+        assert api.post(review, json={"action": "confirm"}).status_code == 200  # both fields optional
+    with server.service.db.sessions() as session:
+        case = session.scalars(select(Case).where(Case.case_number == number)).one()
+        assert case.review_boxes is None and case.review_reason == ""  # the last decision: no boxes, no reason
+
+
+def _frame_with_a_detected_bin(images, detector) -> tuple[Path, list[float]]:
+    """A real frame and a bin_overflow the model finds in it above the pseudo-label score."""
+    import cv2
+
+    for image in images[:40]:
+        seen = detector.detect([cv2.imread(str(image))])[0]
+        found = [[round(float(v), 1) for v in box] for box, cls, score in zip(seen.xyxy, seen.class_names, seen.scores)
+                 if cls == "bin_overflow" and score >= PSEUDO_SCORE]
+        if found:
+            return image, found[0]
+    pytest.skip("no frame with a confidently detected bin_overflow")
+
+
+def _label_boxes(path: Path, names: list[str], width: int, height: int) -> list[tuple[str, list[float]]]:
+    out = []
+    for line in path.read_text().splitlines():
+        cls, cx, cy, bw, bh = line.split()
+        cx, cy, bw, bh = float(cx) * width, float(cy) * height, float(bw) * width, float(bh) * height
+        out.append((names[int(cls)], [cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2]))
+    return out
+
+
+def _files(folder: Path) -> dict[Path, tuple[bytes, int]]:
+    return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def _iou(a, b) -> float:
