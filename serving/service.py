@@ -89,8 +89,9 @@ class GridwatchService:
         self.new_admin_key = ensure_admin_key(self.db, settings.admin_key)
         self.faults = Faults()
         self.probes = Probes(self.faults, self.db, self.evidence, self.steady_clock)
-        # Events of our cameras the database or the evidence disk refused: retried in order.
-        self._held = HeldEvents(settings.held_frames_max_mb * 2**20)
+        # Events of our cameras the database or the evidence disk refused: retried in order,
+        # and spooled to disk so that a restart during an outage finds them again.
+        self._held = HeldEvents(settings.held_frames_max_mb * 2**20, spool=settings.data_dir / "held")
         self._held_lock = threading.Lock()  # one drainer at a time, and no event overtakes the held
         self._stop = threading.Event()
         self._retrier: threading.Thread | None = None

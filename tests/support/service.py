@@ -166,10 +166,6 @@ class RunningService:
         self.service.stop()
 
 
-# -- `gridwatch serve` as a real subprocess ------------------------------------------------------
-ADMIN = "gw_test_admin_key_for_serve_0001"
-
-
 class DetectingClient:
     """A client that keeps posting one image to /v1/detect while a test swaps the model under it:
     the model version of each answer, in order, and every failed request."""
@@ -197,6 +193,10 @@ class DetectingClient:
                     self.versions.append(response.json()["model_version"])
                 else:
                     self.failures.append(f"{response.status_code} {response.text[:200]}")
+
+
+# -- `gridwatch serve` as a real subprocess ------------------------------------------------------
+ADMIN = "gw_test_admin_key_for_serve_0001"
 
 
 class ServeProcess:

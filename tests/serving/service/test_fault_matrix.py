@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from serving.settings import Settings
 from serving.store.models import Case, CaseEvent, Evidence
 from tests.support import streams as streaming
 from tests.support.postgres import PrivatePostgres, postgres_bin
-from tests.support.service import event_json, push, wait_for
+from tests.support.service import RunningService, event_json, pick_port, push, wait_for
 from tests.support.shared_data import shared_available
 
 OUTAGE_S = 30  # as the issue asks: the database away for half a minute
@@ -115,6 +116,33 @@ def test_postgresql_stopped_for_30_s(private_postgres, run_service, receiver, ma
     assert len(log_lines(caplog, "fault database: unreachable")) == 1
     assert len(log_lines(caplog, "fault database over after")) == 1
     assert len(log_lines(caplog, "delivery pass failed")) <= 1
+
+
+@pytest.mark.slow
+def test_events_held_during_an_outage_survive_a_restart(private_postgres, make_event, shared_detector,
+                                                        tmp_path) -> None:
+    """The service is stopped (or killed) while the database is away: what it held is on disk,
+    and the next process stores it, in order, once the database answers."""
+    settings = dict(data_dir=tmp_path / "data", database_url=private_postgres.url,
+                    admin_key="gw_test_admin_key_0123456789")
+    first = RunningService(Settings(port=pick_port(), **settings), detector=shared_detector)
+    try:
+        private_postgres.stop()
+        for n, camera in enumerate(["cam-e", "cam-f"]):
+            first.service.on_event(*make_event("opened", event_id=f"held-{camera}", camera=camera, image=n))
+        assert readyz(first)[1]["events"].startswith("2 held")
+    finally:
+        first.stop()  # cannot store them: they stay in the spool
+    assert len(list((tmp_path / "data" / "held").glob("*.npz"))) == 2
+    private_postgres.start()
+    second = RunningService(Settings(port=pick_port(), **settings), detector=shared_detector)
+    try:
+        wait_for(lambda: len(stored_cases(second.service)) == 2, timeout=30)
+        cases = stored_cases(second.service)
+        assert [c.camera for c in cases] == ["cam-e", "cam-f"] and [len(c.evidence) for c in cases] == [3, 3]
+        wait_for(lambda: not list((tmp_path / "data" / "held").glob("*.npz")))
+    finally:
+        second.stop()
 
 
 def checks_all_ok(checks: dict) -> bool:
