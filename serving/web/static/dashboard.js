@@ -53,6 +53,13 @@
       const from = times.indexOf(Date.parse(c.at) / 1000);
       for (let i = from; i < times.length; i++) columns[p][i] = c.alert;  // until its next change
     }
+    // The last thresholds are in force now: the steps run on to the present (and a lone change
+    // is a line, not a point that uPlot would centre in a range of years).
+    const now = Date.now() / 1000;
+    if (now > times[times.length - 1]) {
+      times.push(now);
+      for (const column of columns) column.push(column[column.length - 1]);
+    }
     const series = [{}].concat(pairs.map((name, i) => ({ label: name, stroke: PALETTE[i % PALETTE.length], width: 2, paths: uPlot.paths.stepped({ align: 1 }), points: { size: 6 } })));
     const width = Math.max(320, element.clientWidth - 10);
     if (thresholdChart) thresholdChart.destroy();
