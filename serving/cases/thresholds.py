@@ -25,6 +25,7 @@ policy the auto-confirm one in place of settings.auto_confirm; every change is a
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -32,12 +33,15 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from serving.audit import record
 from serving.settings import ThresholdSettings
 from serving.store.db import Database
 from serving.store.models import Case, Threshold, ThresholdChange, ThresholdDecision
+
+log = logging.getLogger("gridwatch.cases")
 
 ACTOR = "thresholds"
 SILENT_REASONS = ("duplicate", "bad_image")  # rejections that say nothing about the score
@@ -120,10 +124,15 @@ class ThresholdBook:
             return None, None
         if time.monotonic() - self._loaded_at > self.refresh_s:
             with self._lock:
-                with self.db.sessions() as session:
-                    rows = session.execute(select(Threshold.camera, Threshold.violation, Threshold.alert,
-                                                  Threshold.auto_confirm)).all()
-                self._values = {(c, v): (a, ac) for c, v, a, ac in rows}
+                try:
+                    with self.db.sessions() as session:
+                        rows = session.execute(select(Threshold.camera, Threshold.violation, Threshold.alert,
+                                                      Threshold.auto_confirm)).all()
+                    self._values = {(c, v): (a, ac) for c, v, a, ac in rows}
+                except SQLAlchemyError as exc:
+                    # The rules ask on every analysed frame: with the database away they go on
+                    # with the last thresholds read, and the next read is tried in refresh_s.
+                    log.warning("thresholds not read again, the last ones stay in force: %s", type(exc).__name__)
                 self._loaded_at = time.monotonic()
         return self._values.get((camera, violation), (None, None))
 

@@ -90,9 +90,13 @@ class DailyBudget:
         key = (camera, day)
         if key not in self._used:
             # A new day for this camera: forget older days, ask the store what today cost.
+            try:
+                spent = self.spent(camera, day)
+            except Exception:  # noqa: BLE001 - the store away: no sample now, ask again on the next frame
+                return False
             for old in [k for k in self._used if k[0] == camera]:
                 del self._used[old]
-            self._used[key] = self.spent(camera, day)
+            self._used[key] = spent
         if self._used[key] >= self.per_camera:
             return False
         last = self._last.get(camera)

@@ -117,3 +117,19 @@ def test_reviews_move_the_pair_thresholds_into_rules_and_policy(book_and_cases, 
     taxonomy = load_taxonomy()
     assert [RuleEngine(c, taxonomy, book.alert).min_score(RuleEngine(c, taxonomy).rules[0]) for c in cameras] \
         == [0.5, 0.4]
+
+
+def test_rules_keep_the_last_thresholds_while_the_database_cannot_be_read(tmp_path: Path, caplog) -> None:
+    from sqlalchemy import text
+
+    db = Database(f"sqlite:///{tmp_path / 'gw.db'}")
+    with db.transaction() as session:
+        session.add(Threshold(camera="cam-1", violation="bin_overflow", confirmed=20, rejected=2,
+                              alert=0.42, auto_confirm=0.6))
+    book = ThresholdBook(db, ThresholdSettings(), refresh_s=0)
+    assert book.alert("cam-1", "bin_overflow") == 0.42
+    with db.engine.begin() as conn:
+        conn.execute(text("DROP TABLE thresholds"))  # every read from now on fails
+    assert book.alert("cam-1", "bin_overflow") == 0.42 and book.auto_confirm("cam-1", "bin_overflow") == 0.6
+    assert "the last ones stay in force" in caplog.text
+    db.close()

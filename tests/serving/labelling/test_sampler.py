@@ -126,3 +126,19 @@ def test_budget_spreads_samples_over_the_day() -> None:
     budget = DailyBudget(per_camera=20, tz=SHANGHAI, min_gap_s=300)
     taken = [budget.take("cam-a", T0 + timedelta(seconds=s)) for s in (0, 2, 100, 299, 300, 302, 700)]
     assert taken == [True, False, False, False, True, False, True]
+
+
+def test_budget_takes_nothing_while_the_store_cannot_say_what_today_cost() -> None:
+    answers = iter([RuntimeError("database away"), 3])
+
+    def spent(camera, day):
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    budget = DailyBudget(per_camera=4, tz=ZoneInfo("Asia/Shanghai"), spent=spent)
+    when = datetime(2026, 11, 25, 4, 0, tzinfo=timezone.utc)
+    assert budget.take("cam-1", when) is False  # no frame sampled blind, and no error for the pipeline
+    assert budget.take("cam-1", when) is True  # asked again: 3 of 4 spent, one left
+    assert budget.take("cam-1", when) is False
