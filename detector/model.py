@@ -35,6 +35,9 @@ class ModelInfo:
     stride: int
     end2end: bool  # output already NMS-ed: (B, K, 6) x1 y1 x2 y2 score class
     metadata: dict[str, str] = field(default_factory=dict)
+    # Height and width left free at export: each frame runs at its own letterboxed shape
+    # (detector.boxes.rect_canvas) up to input_hw, instead of always the full square.
+    dynamic_hw: bool = False
 
     @property
     def version(self) -> str:
@@ -159,4 +162,5 @@ def describe(session: ort.InferenceSession, path: Path) -> ModelInfo:
         stride=int(stride) if isinstance(stride, (int, float)) else 32,
         end2end=end2end,
         metadata=meta,
+        dynamic_hw=not (isinstance(h_dim, int) and isinstance(w_dim, int)),
     )

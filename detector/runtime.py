@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 
-from detector.boxes import decode_end2end, decode_raw, letterbox_into, to_input, unletterbox
+from detector.boxes import decode_end2end, decode_raw, letterbox_into, rect_canvas, to_input, unletterbox
 from detector.detections import Detections
-from detector.model import InvalidImageError, ModelInfo, open_session
+from detector.model import InvalidImageError, ModelInfo, ModelLoadError, open_session
 from detector.tiling import DEFAULT_OVERLAP, detect_tiled
 
 
@@ -33,6 +34,20 @@ def check_frame(frame: object, index: int = 0) -> np.ndarray:
 # evaluation start from these.
 DEFAULT_SCORE_THRESHOLD = 0.25
 DEFAULT_IOU_THRESHOLD = 0.7
+_MAX_INPUT_SHAPES = 4
+
+
+def _other_input_size(info: ModelInfo, imgsz: int) -> tuple[int, int]:
+    """A dynamic-shape model can run at another longest side than it was exported for
+    (a smaller one for a cheaper motion path); a static one cannot."""
+    if not info.dynamic_hw:
+        raise ModelLoadError(
+            f"{info.path} takes a fixed {info.input_hw[0]}x{info.input_hw[1]} input; "
+            f"export it with dynamic height and width to run it at {imgsz}"
+        )
+    if imgsz < info.stride or imgsz % info.stride:
+        raise ModelLoadError(f"imgsz {imgsz} must be a positive multiple of the model's stride {info.stride}")
+    return imgsz, imgsz
 
 
 class Detector:
@@ -53,23 +68,25 @@ class Detector:
         providers: list[str] | None = None,
         spinning: bool = True,
         max_batch: int = 8,
+        imgsz: int | None = None,
     ) -> None:
         if not 0 <= score_threshold <= 1 or not 0 <= iou_threshold <= 1:
             raise ValueError("score_threshold and iou_threshold must be within 0..1")
         self.session, self.info = open_session(
             model_path, threads=threads, providers=providers, spinning=spinning
         )
+        if imgsz is not None and (imgsz, imgsz) != self.info.input_hw:
+            self.info = replace(self.info, input_hw=_other_input_size(self.info, imgsz))
         self.score_threshold = score_threshold
         self.iou_threshold = iou_threshold
         self.max_detections = max_detections
         # A static-batch model takes exactly its batch; a dynamic one takes up to max_batch.
         self.batch_size = self.info.batch or max(1, max_batch)
-        h, w = self.info.input_hw
-        dtype = np.float16 if self.info.input_dtype == "float16" else np.float32
-        self._inputs = np.zeros((self.batch_size, 3, h, w), dtype)
-        self._canvas = np.empty((h, w, 3), np.uint8)
-        # The buffers above are reused across calls; one lock makes a Detector safe to
-        # share between the stream pipeline and API threads.
+        self._dtype = np.float16 if self.info.input_dtype == "float16" else np.float32
+        # Input buffers per input shape, reused across calls (one shape for a static model, one
+        # per frame shape seen for a dynamic one); one lock makes a Detector safe to share
+        # between the stream pipeline and API threads.
+        self._buffers: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
         self._buffers_lock = threading.Lock()
 
     @property
@@ -85,10 +102,20 @@ class Detector:
         if isinstance(frames, np.ndarray) and frames.ndim == 3:
             frames = [frames]
         frames = [check_frame(f, i) for i, f in enumerate(frames)]
-        results: list[Detections] = []
+        plans = [self.input_plan(frame) for frame in frames]
+        by_shape: dict[tuple[int, int], list[int]] = {}
+        for i, (hw, _) in enumerate(plans):
+            by_shape.setdefault(hw, []).append(i)
+        # Frames are batched with others of the same input shape, so a frame's detections do
+        # not depend on what else was in the call.
+        results: list[Detections] = [None] * len(frames)  # type: ignore[list-item]
         with self._buffers_lock:
-            for start in range(0, len(frames), self.batch_size):
-                results.extend(self._detect_chunk(frames[start : start + self.batch_size]))
+            for hw, indices in by_shape.items():
+                for start in range(0, len(indices), self.batch_size):
+                    part = indices[start : start + self.batch_size]
+                    found = self._detect_chunk([frames[i] for i in part], hw, [plans[i][1] for i in part])
+                    for i, detections in zip(part, found):
+                        results[i] = detections
         return results
 
     def __call__(self, frame: np.ndarray) -> Detections:
@@ -100,13 +127,35 @@ class Detector:
         (see detector.tiling). Costs one inference per tile; meant for occasional checks."""
         return detect_tiled(self, check_frame(frame, 0), tile=tile, overlap=overlap)
 
-    def _detect_chunk(self, frames: list[np.ndarray]) -> list[Detections]:
+    def input_plan(self, frame: np.ndarray) -> tuple[tuple[int, int], float | None]:
+        """The (height, width) this frame runs at, and the gain it is fitted with (None: the
+        model's fixed input, fitted by letterbox_into itself)."""
+        if not self.info.dynamic_hw:
+            return self.info.input_hw, None
+        return rect_canvas(frame.shape[:2], self.info.input_hw, self.info.stride)
+
+    def _buffers_for(self, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        buffers = self._buffers.get(hw)
+        if buffers is None:
+            if len(self._buffers) >= _MAX_INPUT_SHAPES:
+                # API uploads come in any aspect ratio; cameras in a few. Bound the memory.
+                self._buffers.clear()
+            buffers = self._buffers[hw] = (
+                np.zeros((self.batch_size, 3, *hw), self._dtype),
+                np.empty((*hw, 3), np.uint8),
+            )
+        return buffers
+
+    def _detect_chunk(
+        self, frames: list[np.ndarray], hw: tuple[int, int], gains: list[float | None]
+    ) -> list[Detections]:
         n = len(frames)
+        inputs, canvas = self._buffers_for(hw)
         geometry = []
-        for i, frame in enumerate(frames):
-            geometry.append(letterbox_into(frame, self._canvas))
-            to_input(self._canvas, self._inputs[i])
-        batch = self._inputs if self.info.batch else self._inputs[:n]
+        for i, (frame, gain) in enumerate(zip(frames, gains)):
+            geometry.append(letterbox_into(frame, canvas, gain))
+            to_input(canvas, inputs[i])
+        batch = inputs if self.info.batch else inputs[:n]
         (output,) = self.session.run(None, {self.info.input_name: batch})
         output = output.astype(np.float32, copy=False)
         results = []

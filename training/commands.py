@@ -100,7 +100,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, type=Path, help="folder with images/, labels/, data.yaml")
     p.add_argument("--source", help="dataset definition whose class mapping applies (default: folder name)")
     p.add_argument("--json", action="store_true", help="print one JSON object and nothing else on stdout")
-    p.add_argument("--imgsz", type=int, help="input size for a .pt model (an ONNX model has its own)")
+    p.add_argument("--imgsz", type=int, help="input size for a .pt model; for an ONNX model exported with dynamic height and width, another longest side (a static one refuses)")
     p.add_argument("--plots", type=Path, help="write PR_curve.png and confusion_matrix.png here")
     p.add_argument("--score-threshold", type=float, default=None,
                    help="operating threshold for precision/recall (default: the model's, else 0.25)")
@@ -110,7 +110,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "model's input) and report both ways")
     p.set_defaults(func=run_eval)
 
-    p = subparsers.add_parser("export", help="export a trained .pt to fp32 and static int8 ONNX")
+    p = subparsers.add_parser("export", help="export a trained .pt to fp32 and static-quantized int8 ONNX")
     p.add_argument("--weights", required=True, type=Path, help="trained Ultralytics .pt (best.pt)")
     p.add_argument("--imgsz", type=int, help="input size (default: the training imgsz)")
     p.add_argument("--out", type=Path, default=Path("weights"), help="output folder")
@@ -118,6 +118,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--int8", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--name", default="gridwatch", help="file stem: NAME-fp32.onnx, NAME-int8.onnx")
     p.add_argument("--version", help="gridwatch_model_version (default: stem-date-sha)")
+    p.add_argument("--static", action="store_true",
+                   help="fixed 1x3xIMGSZxIMGSZ input (default: batch, height and width free, so each frame "
+                        "runs at its own letterboxed shape)")
     p.set_defaults(func=run_export)
 
 
@@ -224,10 +227,7 @@ def run_eval(args: argparse.Namespace) -> int:
             predict = ultralytics_predictor(args.model, imgsz)
             threshold = DEFAULT_SCORE_THRESHOLD
         else:
-            predict, metadata = onnx_predictor(args.model, threads=args.threads)
-            hw = predict.info.input_hw
-            if args.imgsz and (args.imgsz, args.imgsz) != tuple(hw):
-                return _fail(f"{args.model} takes {hw[0]}x{hw[1]} input; export it at {args.imgsz} instead")
+            predict, metadata = onnx_predictor(args.model, threads=args.threads, imgsz=args.imgsz)
             threshold = operating_threshold_of(metadata)
         if args.score_threshold is not None:
             threshold = args.score_threshold
@@ -263,7 +263,7 @@ def run_export(args: argparse.Namespace) -> int:
 
     try:
         result = export(args.weights, args.out, imgsz=args.imgsz, calib=args.calib, int8=args.int8,
-                        stem=args.name, model_version=args.version)
+                        stem=args.name, model_version=args.version, dynamic=not args.static)
     except (ExportError, FileNotFoundError) as exc:
         return _fail(str(exc))
     print(f"fp32: {result.fp32}")

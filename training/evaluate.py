@@ -150,10 +150,13 @@ def evaluate(predict: Predictor, eval_set: EvalSet, operating_threshold: float =
     return evaluate_predictions(eval_set.images, predictions(), operating_threshold)
 
 
-def onnx_predictor(model_path: str | Path, threads: int | None = None) -> tuple[Predictor, dict[str, str]]:
-    """The served runtime at AP's score threshold; returns it and the model's metadata."""
+def onnx_predictor(
+    model_path: str | Path, threads: int | None = None, imgsz: int | None = None
+) -> tuple[Predictor, dict[str, str]]:
+    """The served runtime at AP's score threshold; returns it and the model's metadata.
+    imgsz: another longest side for a dynamic-shape model (the Detector refuses it otherwise)."""
     detector = Detector(model_path, score_threshold=AP_SCORE_THRESHOLD, iou_threshold=DEFAULT_IOU_THRESHOLD,
-                        max_detections=MAX_DETECTIONS, threads=threads)
+                        max_detections=MAX_DETECTIONS, threads=threads, imgsz=imgsz)
     return detector, dict(detector.info.metadata)
 
 

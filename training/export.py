@@ -115,8 +115,14 @@ def letterboxed_inputs(paths: Sequence[Path], hw: tuple[int, int]) -> Iterator[n
 # ---------------------------------------------------------------- fp32
 
 
-def export_fp32(weights: Path, imgsz: int, out: Path, extra_metadata: dict[str, str]) -> tuple[Path, dict[str, str]]:
-    """Ultralytics' ONNX export (static 1x3xHxW, simplified) plus gridwatch metadata."""
+def export_fp32(
+    weights: Path, imgsz: int, out: Path, extra_metadata: dict[str, str], dynamic: bool = True
+) -> tuple[Path, dict[str, str]]:
+    """Ultralytics' ONNX export (simplified) plus gridwatch metadata.
+
+    dynamic: batch, height and width left free, so a 16:9 camera frame runs at 448x256 rather
+    than padded to 448x448 (detector.boxes.rect_canvas); imgsz stays the largest side. False
+    gives the old static 1x3ximgszximgsz graph."""
     from training.offline import ultralytics_offline
 
     YOLO = ultralytics_offline()
@@ -128,7 +134,7 @@ def export_fp32(weights: Path, imgsz: int, out: Path, extra_metadata: dict[str, 
         staged = Path(tmp) / weights.name
         shutil.copyfile(weights, staged)
         exported = Path(
-            YOLO(str(staged)).export(format="onnx", imgsz=imgsz, simplify=True, dynamic=False,
+            YOLO(str(staged)).export(format="onnx", imgsz=imgsz, simplify=True, dynamic=dynamic,
                                      batch=1, nms=False, device="cpu", verbose=False)
         )
         proto = onnx.load(str(exported))
@@ -237,6 +243,15 @@ class _Calibration:
         return None if x is None else {self._input_name: x}
 
 
+def _has_dynamic_hw(model: Path) -> bool:
+    """A model exported with dynamic height and width (rect inputs) defeats ORT's symbolic
+    shape inference on the head's anchor arithmetic; ONNX's own inference is enough there."""
+    import onnx
+
+    dims = onnx.load(str(model), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+    return any(not d.HasField("dim_value") for d in dims[2:])
+
+
 def quantize_int8(
     fp32: Path, out: Path, calibration: Sequence[Path], metadata: dict[str, str], per_channel: bool = True
 ) -> list[str]:
@@ -251,11 +266,14 @@ def quantize_int8(
         )
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
-        quant_pre_process(str(fp32), str(pre))
+        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=_has_dynamic_hw(fp32))
         proto = onnx.load(str(pre))
         excluded = head_postprocess_nodes(proto)
         inp = proto.graph.input[0]
         dims = [d.dim_value for d in inp.type.tensor_type.shape.dim]
+        if not (dims[2] and dims[3]):  # dynamic: calibrate at the size the model was exported for
+            imgsz = ast.literal_eval({p.key: p.value for p in proto.metadata_props}.get("imgsz", "[640, 640]"))
+            dims[2:] = imgsz if isinstance(imgsz, (list, tuple)) else (imgsz, imgsz)
         reader = _Calibration(inp.name, calibration, (dims[2], dims[3]))
         quantized = Path(tmp) / "int8.onnx"
         quantize_static(
@@ -357,6 +375,7 @@ def export(
     stem: str = "gridwatch",
     model_version: str | None = None,
     calibration_count: int = 64,
+    dynamic: bool = True,
 ) -> ExportResult:
     from detector.taxonomy import load_taxonomy
 
@@ -374,7 +393,7 @@ def export(
         "gridwatch_dataset_hash": dataset_hash(args.get("data")),
         "gridwatch_train_args": json.dumps(train_args),
     }
-    fp32, full_meta = export_fp32(weights, imgsz, out_dir / f"{stem}-fp32.onnx", metadata)
+    fp32, full_meta = export_fp32(weights, imgsz, out_dir / f"{stem}-fp32.onnx", metadata, dynamic=dynamic)
     result = ExportResult(fp32=fp32, int8=None, metadata=full_meta, imgsz=imgsz, train_args=train_args)
     if int8:
         folder = Path(calib) if calib else default_calibration_dir(args)

@@ -64,13 +64,15 @@ def _batches(frames: list[np.ndarray], size: int) -> list[list[np.ndarray]]:
 
 
 def bare_session_fn(detector: Detector) -> Callable[[list[np.ndarray]], object]:
-    """The floor: session.run alone on an already prepared input, at the model's batch size."""
-    h, w = detector.input_size
+    """The floor: session.run alone on an already prepared input, at the model's batch size
+    and the input shape the detector gives a camera frame."""
+    frame = np.full((FRAME_SIZE[1], FRAME_SIZE[0], 3), 90, np.uint8)
+    (h, w), gain = detector.input_plan(frame)
     canvas = np.empty((h, w, 3), np.uint8)
     session, name = detector.session, detector.info.input_name
     static = detector.info.batch
     dtype = np.float16 if detector.info.input_dtype == "float16" else np.float32
-    letterbox_into(np.full((FRAME_SIZE[1], FRAME_SIZE[0], 3), 90, np.uint8), canvas)
+    letterbox_into(frame, canvas, gain)
     one = np.empty((3, h, w), np.float32)
     to_input(canvas, one)
 
@@ -110,8 +112,9 @@ def run_benchmark(
     threads: int | None,
     rounds: int,
     batch_sizes: tuple[int, ...] = (1, 8),
+    imgsz: int | None = None,
 ) -> list[Timing]:
-    detector = Detector(model, threads=threads)
+    detector = Detector(model, threads=threads, imgsz=imgsz)
     bare = bare_session_fn(detector)
     ours = detector.detect
     theirs = ultralytics_fn(reference_model, detector.input_size, detector.score_threshold, detector.iou_threshold)

@@ -37,6 +37,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--rounds", type=int, default=3, help="passes over the frames")
     p.add_argument("--threads", type=int, help="ONNX Runtime threads (default: one per core, as Ultralytics)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--imgsz", type=int,
+                   help="longest input side for both runtimes (a model with dynamic height and width only; "
+                        "default: the model's own)")
     camera_bench.add_arguments(p)
     cluster_bench.add_arguments(p)
     review_bench.add_arguments(p)
@@ -67,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
         model = load_settings(model=args.model).resolved_model()
         reference = args.reference_model or _reference_for(model)
         frames = bench_frames(args.images, args.frames)
-        timings = run_benchmark(model, reference, frames, threads=args.threads, rounds=args.rounds)
+        timings = run_benchmark(model, reference, frames, threads=args.threads, rounds=args.rounds,
+                                imgsz=args.imgsz)
     except (SettingsError, DetectorError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

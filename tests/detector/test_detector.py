@@ -159,25 +159,83 @@ def dynamic_fp32_model(tmp_path_factory):
     return exported
 
 
-def test_dynamic_batch_runs_as_one_inference(dynamic_fp32_model, street_frames):
-    det = Detector(dynamic_fp32_model, max_batch=8)
-    assert det.info.batch is None and det.input_size == (320, 320)
-    calls = []
+def _spy_on_runs(det: Detector) -> list[tuple[int, ...]]:
+    calls: list[tuple[int, ...]] = []
     real_run = det.session.run
 
     class Spy:
         def run(self, names, feeds):
-            calls.append(next(iter(feeds.values())).shape[0])
+            calls.append(next(iter(feeds.values())).shape)
             return real_run(names, feeds)
 
     det.session = Spy()
-    batched = det.detect(street_frames[:5])
-    assert calls == [5]
-    det.session = type("S", (), {"run": staticmethod(real_run)})()
-    for frame, result in zip(street_frames[:5], batched):
-        single = det(frame)
+    return calls
+
+
+def _camera_frame(image: np.ndarray) -> np.ndarray:
+    """A real image as a 1920x1080 camera frame (scaled and centre-cropped)."""
+    h, w = image.shape[:2]
+    scale = max(1920 / w, 1080 / h)
+    image = cv2.resize(image, (round(w * scale), round(h * scale)))
+    y0, x0 = (image.shape[0] - 1080) // 2, (image.shape[1] - 1920) // 2
+    return np.ascontiguousarray(image[y0 : y0 + 1080, x0 : x0 + 1920])
+
+
+def test_dynamic_batch_runs_as_one_inference(dynamic_fp32_model, street_frames):
+    det = Detector(dynamic_fp32_model, max_batch=8)
+    assert det.info.batch is None and det.info.dynamic_hw and det.input_size == (320, 320)
+    frames = [_camera_frame(f) for f in street_frames[:5]]
+    singles = [det(frame) for frame in frames]
+    calls = _spy_on_runs(det)
+    batched = det.detect(frames)
+    # 16:9 frames at 320 need 320x192 (180 rounded up to the stride), not the padded square.
+    assert calls == [(5, 3, 192, 320)]
+    for single, result in zip(singles, batched):
         np.testing.assert_allclose(single.xyxy, result.xyxy, atol=0.05)
         np.testing.assert_allclose(single.scores, result.scores, atol=1e-3)
+
+
+def test_mixed_frame_shapes_batch_by_input_shape(dynamic_fp32_model, street_frames):
+    det = Detector(dynamic_fp32_model, max_batch=8)
+    frames = [_camera_frame(street_frames[0]), street_frames[1], _camera_frame(street_frames[2]), street_frames[3]]
+    singles = [det(frame) for frame in frames]
+    plans = [det.input_plan(frame)[0] for frame in frames]
+    calls = _spy_on_runs(det)
+    results = det.detect(frames)
+    assert sorted(c[2:] for c in calls) == sorted(set(plans)) and sum(c[0] for c in calls) == len(frames)
+    for single, result in zip(singles, results):  # results come back in the caller's order
+        np.testing.assert_allclose(single.xyxy, result.xyxy, atol=0.05)
+
+
+def test_dynamic_model_runs_at_another_size_static_refuses(dynamic_fp32_model, coco, street_frames):
+    small = Detector(dynamic_fp32_model, imgsz=256)
+    frame = _camera_frame(street_frames[0])
+    assert small.input_size == (256, 256) and small.input_plan(frame)[0] == (160, 256)
+    calls = _spy_on_runs(small)
+    small(frame)
+    assert calls == [(1, 3, 160, 256)]
+    with pytest.raises(ModelLoadError, match="fixed 640x640 input"):
+        Detector(COCO_INT8, imgsz=320)
+    with pytest.raises(ModelLoadError, match="multiple of the model's stride"):
+        Detector(dynamic_fp32_model, imgsz=300)
+
+
+def test_rect_input_matches_ultralytics_predict(dynamic_fp32_model, street_frames):
+    """Ultralytics' predict also letterboxes a dynamic model's frame to the stride only."""
+    from ultralytics import YOLO
+
+    det = Detector(dynamic_fp32_model)
+    reference = YOLO(str(dynamic_fp32_model), task="detect")
+    compared = 0
+    for frame in [_camera_frame(f) for f in street_frames[:4]] + street_frames[10:14]:
+        ours = det(frame)
+        r = reference.predict(frame, imgsz=320, conf=0.25, iou=0.7, verbose=False)[0].boxes
+        assert len(ours) == len(r)
+        order = np.argsort(-r.conf.numpy(), kind="stable")
+        np.testing.assert_allclose(ours.scores, r.conf.numpy()[order], atol=1e-3)
+        np.testing.assert_allclose(ours.xyxy, r.xyxy.numpy()[order], atol=0.1)
+        compared += len(ours)
+    assert compared > 10
 
 
 def test_degenerate_head_is_bounded_and_ordered():

@@ -46,6 +46,8 @@ def test_files_and_metadata(exported):
         # The served runtime opens it and reads the same facts.
         info = Detector(path).info
         assert info.input_hw == (640, 640) and info.version == "test-1"
+        # Batch, height and width are free, int8 included: a 16:9 frame runs at 640x384.
+        assert info.dynamic_hw and info.batch is None
 
 
 def test_int8_is_qdq_with_head_postprocessing_in_fp32(exported):
