@@ -146,9 +146,15 @@ def summarise(timings: list[Timing]) -> dict:
             "tiled_static_check_ms": by.get(("gridwatch_tiled", 1))}
 
 
+def frame_input(model: Path, frame: np.ndarray, imgsz: int | None = None) -> str:
+    """The input shape the detector gives a camera frame ("448x256" for a dynamic model)."""
+    (h, w), _ = Detector(model, threads=1, imgsz=imgsz).input_plan(frame)
+    return f"{w}x{h}"
+
+
 def format_table(summary: dict, model: Path, reference_model: Path) -> str:
     lines = [
-        f"model: {model}",
+        f"model: {model}" + (f" (a 1080p frame runs at {summary['frame_input']})" if summary.get("frame_input") else ""),
         f"ultralytics runs: {reference_model}",
         f"{'batch':>5}  {'session ms':>10}  {'gridwatch ms':>12}  {'ultralytics ms':>14}  "
         f"{'ours/session':>12}  {'ultra/ours':>10}",
@@ -162,6 +168,10 @@ def format_table(summary: dict, model: Path, reference_model: Path) -> str:
             f"{fmt(row['ultralytics_over_gridwatch'], '9.2f')}x"
         )
     lines.append("ms are per frame (median); ours/session: overhead over the bare session; ultra/ours: our speed-up.")
+    one = summary["by_batch"].get(1, {}).get("ultralytics_over_gridwatch")
+    if one is not None:
+        lines.append(f"batch 1, end to end: {model.name} is {one:.2f}x as fast as Ultralytics' predict on "
+                     f"{reference_model.name}")
     if summary.get("tiled_static_check_ms") is not None:
         lines.append(f"tiled static check (tiles of the model's input size plus the whole frame, batch 1): "
                      f"{summary['tiled_static_check_ms']:.1f} ms per frame")

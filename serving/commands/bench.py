@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         return review_bench.run(args)
 
     from detector import DetectorError
-    from serving.bench.detector import bench_frames, format_table, run_benchmark, summarise
+    from serving.bench.detector import bench_frames, format_table, frame_input, run_benchmark, summarise
     from serving.settings import SettingsError, load_settings
 
     try:
@@ -72,10 +72,10 @@ def run(args: argparse.Namespace) -> int:
         frames = bench_frames(args.images, args.frames)
         timings = run_benchmark(model, reference, frames, threads=args.threads, rounds=args.rounds,
                                 imgsz=args.imgsz)
+        summary = {**summarise(timings), "frame_input": frame_input(model, frames[0], args.imgsz)}
     except (SettingsError, DetectorError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    summary = summarise(timings)
     if args.json:
         print(json.dumps({"model": str(model), "reference_model": str(reference), **summary}))
     else:

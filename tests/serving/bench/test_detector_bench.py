@@ -1,0 +1,45 @@
+"""`gridwatch bench` (detector mode) on the shipped model: the int8 ratio at batch 1."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from detector import Detector
+from tests.support.shared_data import shared_available
+from tests.support.streams import DATASETS
+
+pytestmark = pytest.mark.skipif(not shared_available(), reason="../shared datasets/weights not found")
+
+SHIPPED = Path(__file__).resolve().parents[3] / "weights" / "gridwatch-int8.onnx"
+
+
+def _bench(*extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "serving.cli", "bench", "--frames", "2", "--rounds", "1", "--threads", "2",
+         "--images", str(DATASETS / "thela_india" / "images"), *extra],
+        capture_output=True, text=True, timeout=300,
+    )
+
+
+def test_bench_prints_the_int8_ratio_against_the_fp32_twin() -> None:
+    result = _bench("--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout.strip().splitlines()[-1])
+    assert Path(data["model"]) == SHIPPED and Path(data["reference_model"]).name == "gridwatch-fp32.onnx"
+    one = data["by_batch"]["1"]
+    assert one["ultralytics_over_gridwatch"] == pytest.approx(one["ultralytics_ms"] / one["gridwatch_ms"])
+    assert one["session_ms"] > 0 and one["gridwatch_ms"] > 0
+    (h, w), _ = Detector(SHIPPED).input_plan(np.zeros((1080, 1920, 3), np.uint8))
+    assert data["frame_input"] == f"{w}x{h}"
+    assert data["tiled_static_check_ms"] > one["gridwatch_ms"]  # many tiles cost more than one frame
+
+    table = _bench()
+    assert table.returncode == 0, table.stderr
+    assert "batch 1, end to end: gridwatch-int8.onnx is " in table.stdout
+    assert "as fast as Ultralytics' predict on gridwatch-fp32.onnx" in table.stdout
