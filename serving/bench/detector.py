@@ -176,3 +176,61 @@ def format_table(summary: dict, model: Path, reference_model: Path) -> str:
         lines.append(f"tiled static check (tiles of the model's input size plus the whole frame, batch 1): "
                      f"{summary['tiled_static_check_ms']:.1f} ms per frame")
     return "\n".join(lines)
+
+
+@dataclass
+class Option:
+    """One runtime option in a side-by-side comparison: a model file, at a size."""
+
+    model: Path
+    imgsz: int | None = None
+
+    @classmethod
+    def parse(cls, spec: str) -> Option:
+        path, _, size = spec.partition("@")
+        return cls(Path(path), int(size) if size else None)
+
+    @property
+    def label(self) -> str:
+        return f"{self.model}" + (f"@{self.imgsz}" if self.imgsz else "")
+
+
+def compare_options(options: list[Option], references: list[Path], frames: list[np.ndarray], *,
+                    threads: int | None, rounds: int) -> list[dict]:
+    """Each option through our Detector and Ultralytics' predict on its reference at the same
+    size, batch 1, the options interleaved round by round so the machine's drift hits all alike."""
+    runners = []
+    for option, reference in zip(options, references):
+        detector = Detector(option.model, threads=threads, imgsz=option.imgsz)
+        theirs = ultralytics_fn(reference, detector.input_size, detector.score_threshold, detector.iou_threshold)
+        (h, w), _ = detector.input_plan(frames[0])
+        runners.append((option, reference, f"{w}x{h}", detector.detect, theirs))
+    batches = _batches(frames, 1)
+    samples: dict[str, dict[str, list[float]]] = {o.label: {"ours": [], "theirs": []} for o in options}
+    for _ in range(rounds):
+        for option, _, _, ours, theirs in runners:
+            samples[option.label]["ours"].append(_time_per_frame(ours, batches, 1))
+            if theirs is not None:
+                samples[option.label]["theirs"].append(_time_per_frame(theirs, batches, 1))
+    first_theirs = statistics.median(samples[options[0].label]["theirs"] or [float("nan")])
+    rows = []
+    for option, reference, shape, _, _ in runners:
+        ours = statistics.median(samples[option.label]["ours"])
+        theirs = statistics.median(samples[option.label]["theirs"]) if samples[option.label]["theirs"] else None
+        rows.append({"option": option.label, "frame_input": shape, "gridwatch_ms": ours,
+                     "reference_model": str(reference), "ultralytics_ms": theirs,
+                     "ultralytics_over_gridwatch": theirs / ours if theirs else None,
+                     "first_ultralytics_over_gridwatch": first_theirs / ours})
+    return rows
+
+
+def format_options(rows: list[dict]) -> str:
+    lines = [f"{'option':<48} {'1080p in':>9} {'ours ms':>8} {'ultra ms':>9} {'ultra/ours':>10} {'row1 ultra/ours':>15}"]
+    for r in rows:
+        theirs = f"{r['ultralytics_ms']:9.1f}" if r["ultralytics_ms"] else f"{'-':>9}"
+        ratio = f"{r['ultralytics_over_gridwatch']:9.2f}x" if r["ultralytics_over_gridwatch"] else f"{'-':>10}"
+        lines.append(f"{r['option']:<48} {r['frame_input']:>9} {r['gridwatch_ms']:8.1f} {theirs} {ratio} "
+                     f"{r['first_ultralytics_over_gridwatch']:14.2f}x")
+    lines.append("batch 1, medians over the rounds; ultra: Ultralytics' predict on the option's fp32 twin at the "
+                 "same size; row1 ultra/ours: against the first option's Ultralytics time (another size or shape).")
+    return "\n".join(lines)

@@ -40,6 +40,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--imgsz", type=int,
                    help="longest input side for both runtimes (a model with dynamic height and width only; "
                         "default: the model's own)")
+    p.add_argument("--compare", nargs="+", metavar="MODEL[@IMGSZ]",
+                   help="runtime options side by side in one run: each ONNX model (at another longest side "
+                        "with @IMGSZ) through gridwatch and through Ultralytics on its fp32 twin, batch 1")
     camera_bench.add_arguments(p)
     cluster_bench.add_arguments(p)
     review_bench.add_arguments(p)
@@ -66,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
     from serving.bench.detector import bench_frames, format_table, frame_input, run_benchmark, summarise
     from serving.settings import SettingsError, load_settings
 
+    if args.compare:
+        return _compare(args)
     try:
         model = load_settings(model=args.model).resolved_model()
         reference = args.reference_model or _reference_for(model)
@@ -80,4 +85,23 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({"model": str(model), "reference_model": str(reference), **summary}))
     else:
         print(format_table(summary, model, reference))
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from detector import DetectorError
+    from serving.bench.detector import Option, bench_frames, compare_options, format_options
+
+    options = [Option.parse(spec) for spec in args.compare]
+    try:
+        missing = [str(o.model) for o in options if not o.model.is_file()]
+        if missing:
+            raise ValueError(f"no such model: {', '.join(missing)}")
+        frames = bench_frames(args.images, args.frames)
+        rows = compare_options(options, [_reference_for(o.model) for o in options], frames,
+                               threads=args.threads, rounds=args.rounds)
+    except (DetectorError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"options": rows}) if args.json else format_options(rows))
     return 0

@@ -43,3 +43,18 @@ def test_bench_prints_the_int8_ratio_against_the_fp32_twin() -> None:
     assert table.returncode == 0, table.stderr
     assert "batch 1, end to end: gridwatch-int8.onnx is " in table.stdout
     assert "as fast as Ultralytics' predict on gridwatch-fp32.onnx" in table.stdout
+
+
+def test_compare_runs_options_side_by_side() -> None:
+    result = _bench("--json", "--compare", str(SHIPPED), f"{SHIPPED}@384")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout.strip().splitlines()[-1])["options"]
+    assert [r["option"] for r in rows] == [str(SHIPPED), f"{SHIPPED}@384"]
+    # The shipped model leaves height and width free: a 1080p frame runs letterboxed to the stride.
+    assert [r["frame_input"] for r in rows] == ["448x256", "384x224"]
+    for row in rows:
+        assert Path(row["reference_model"]).name == "gridwatch-fp32.onnx"
+        assert row["ultralytics_over_gridwatch"] == pytest.approx(row["ultralytics_ms"] / row["gridwatch_ms"])
+
+    missing = _bench("--compare", "no/such-int8.onnx")
+    assert missing.returncode == 2 and "no such model: no/such-int8.onnx" in missing.stderr

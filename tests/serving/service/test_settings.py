@@ -53,3 +53,21 @@ def test_grouped_settings_merge_key_by_key(tmp_path: Path, monkeypatch):
     config.write_text("settings:\n  recheck: {delay: 5}\n", encoding="utf-8")
     with pytest.raises(SettingsError, match="delay"):
         load_settings(config)
+
+
+def test_imgsz_runs_the_shipped_model_smaller_and_a_fixed_model_refuses(tmp_path: Path, monkeypatch):
+    import numpy as np
+
+    from detector import ModelLoadError
+    from serving.settings import load_detector
+    from tests.support.shared_data import COCO_INT8
+
+    monkeypatch.setenv("GRIDWATCH_IMGSZ", "384")
+    detector = load_detector(load_settings())
+    assert detector.input_size == (384, 384)
+    assert detector.input_plan(np.zeros((1080, 1920, 3), np.uint8))[0] == (224, 384)
+    with pytest.raises(ModelLoadError, match="fixed 640x640 input"):
+        load_detector(load_settings(model=COCO_INT8))
+    monkeypatch.setenv("GRIDWATCH_IMGSZ", "400")
+    with pytest.raises(SettingsError, match="imgsz"):
+        load_settings()
