@@ -128,7 +128,8 @@ class GridwatchService:
 
         if self.coordinator is None:
             self.coordinator = ClusterCoordinator(self.settings, self.db, self.on_event,
-                                                  backlog=lambda: len(self._held))
+                                                  backlog=lambda: len(self._held),
+                                                  learned_alerts=self.thresholds.alerts_for)
             self.coordinator.connect()
         self.coordinator.set_cameras(cameras)
         return self.coordinator

@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -115,6 +115,17 @@ class ThresholdBook:
 
     def auto_confirm(self, camera: str, violation: str) -> float | None:
         return self._get(camera, violation)[1]
+
+    def alerts_for(self, cameras: Iterable[str]) -> dict[str, dict[str, float]]:
+        """camera -> violation -> learned alert threshold, for these cameras (what a cluster
+        worker's rules need; it has no database of its own to ask)."""
+        self._get("", "")  # refreshes when due
+        wanted = set(cameras)
+        out: dict[str, dict[str, float]] = {}
+        for (camera, violation), (alert, _) in self._values.items():
+            if camera in wanted and alert is not None:
+                out.setdefault(camera, {})[violation] = alert
+        return out
 
     def invalidate(self) -> None:
         self._loaded_at = -float("inf")

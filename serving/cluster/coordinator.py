@@ -29,7 +29,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -89,10 +89,14 @@ class WorkerHandle:
 
 class ClusterCoordinator:
     def __init__(self, settings: Settings, db: Database, on_event: ClusterSink,
-                 backlog: Callable[[], int] = lambda: 0) -> None:
+                 backlog: Callable[[], int] = lambda: 0,
+                 learned_alerts: Callable[[Iterable[str]], dict[str, dict[str, float]]] | None = None) -> None:
+        """`learned_alerts(cameras)`: the learned alert thresholds of those cameras
+        (ThresholdBook.alerts_for), sent to each worker with its heartbeat."""
         require_cluster_database(settings)
         self.settings = settings
         self.db = db
+        self.learned_alerts = learned_alerts
         self.on_event = on_event
         self.backlog = backlog
         self.cameras: dict[str, Camera] = {}
@@ -264,12 +268,21 @@ class ClusterCoordinator:
         room = self.backlog() < self.settings.cluster_events_in_flight
         for w in self.workers.values():
             if w.beat is None and now - w.beat_sent >= self.settings.cluster_heartbeat_s:
-                w.beat, w.beat_sent = w.actor.report.remote(), now
+                w.beat, w.beat_sent = w.actor.report.remote(self._learned_for(w)), now
                 self._calls[w.beat] = (w, "beat")
             if w.take is None and room and w.state in ("up", "lost"):
                 w.take = w.actor.take_events.remote(self.settings.cluster_events_in_flight, 0.2)
                 self._calls[w.take] = (w, "take")
         return list(self._calls)
+
+    def _learned_for(self, worker: WorkerHandle) -> dict[str, dict[str, float]] | None:
+        if self.learned_alerts is None:
+            return None
+        try:
+            return self.learned_alerts(list(worker.cameras))
+        except Exception as exc:  # noqa: BLE001 - a heartbeat must go out whatever the thresholds do
+            log.warning("learned thresholds not sent to worker %s: %s", worker.id, exc)
+            return None
 
     def _finish_call(self, ref: Any) -> None:
         import ray

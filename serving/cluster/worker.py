@@ -156,12 +156,18 @@ class CameraWorker:
         self.detector = TimedDetector(load_detector(settings))
         self.fencing: dict[str, int] = {}
         self.out: queue.Queue[FencedEvent] = queue.Queue(maxsize=max(1, queue_limit))
+        # Learned alert thresholds of this worker's cameras, as the coordinator last sent them.
+        self.learned: dict[str, dict[str, float]] = {}
         self.pipeline = WorkerPipeline([], self.detector, load_taxonomy(settings.taxonomy_file),
-                                       on_event=self._hand_over, replay_speed=replay_speed)
+                                       on_event=self._hand_over, replay_speed=replay_speed,
+                                       alert_threshold=self._learned_alert)
         self.pipeline.start()
         self._lock = threading.Lock()
         self._last = (time.monotonic(), {})  # for per-second costs between reports
         self._detect_mark = (0, 0.0)
+
+    def _learned_alert(self, camera: str, violation: str) -> float | None:
+        return self.learned.get(camera, {}).get(violation)
 
     def _hand_over(self, event: ViolationEvent, frame: EvidenceFrame | None) -> None:
         # Blocks while the queue is full: that is the back-pressure on the readers.
@@ -197,7 +203,11 @@ class CameraWorker:
             pass
         return taken
 
-    def report(self) -> WorkerReport:
+    def report(self, learned: dict[str, dict[str, float]] | None = None) -> WorkerReport:
+        """How this worker is doing; `learned`, the learned alert thresholds of its cameras
+        (serving/cases/thresholds.py), replaces the last ones the heartbeat brought."""
+        if learned is not None:
+            self.learned = learned
         now = time.monotonic()
         then, busy_then = self._last
         busy = dict(self.pipeline.busy)

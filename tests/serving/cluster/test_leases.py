@@ -87,3 +87,40 @@ def test_cluster_status_prints_cameras_per_worker(db_url: str, tmp_path: Path) -
     assert listed["unheld"] == ["cam-d"]
     table = subprocess.run(run, capture_output=True, text=True, timeout=120, check=True).stdout
     assert "w1" in table and "cam-c#2" in table and "cam-d" in table
+
+
+def test_learned_alert_thresholds_reach_a_camera_workers_rules(db_url: str, tmp_path: Path) -> None:
+    """The coordinator's heartbeat carries the thresholds learned from reviews (ThresholdBook,
+    in the serving process) to the worker, whose rules have no database to read them from."""
+    from serving.cameras import parse_cameras
+    from serving.cases.thresholds import ThresholdBook
+    from serving.cluster.worker import CameraWorker
+    from serving.settings import Settings, ThresholdSettings
+    from serving.store.models import Threshold
+
+    db = Database(db_url)
+    with db.transaction() as session:
+        session.add(Threshold(camera="cam-001", violation="bin_overflow", confirmed=20, rejected=2,
+                              alert=0.62, auto_confirm=None))
+        session.add(Threshold(camera="cam-009", violation="bin_overflow", confirmed=20, rejected=2,
+                              alert=0.3, auto_confirm=None))
+    book = ThresholdBook(db, ThresholdSettings(), refresh_s=0)
+    assert book.alerts_for(["cam-001", "cam-002"]) == {"cam-001": {"bin_overflow": 0.62}}
+
+    camera = parse_cameras({"cameras": [
+        {"id": "cam-001", "source": "rtsp://127.0.0.1:9/none", "division": "370202", "grid": "370202001001001",
+         "zones": [{"name": "bins", "type": "bin_area", "polygon": [[0, 0], [1, 0], [1, 1]]}],
+         "rules": [{"violation": "bin_overflow", "zone_types": ["bin_area"], "min_score": 0.4}]}]},
+        Path(".")).cameras[0]
+    worker = CameraWorker("w1", Settings(data_dir=tmp_path))
+    try:
+        worker.assign([(camera, 1)])
+        rules = worker.pipeline.runtimes["cam-001"].rules
+        assert rules.min_score(rules.rules[0]) == 0.4  # nothing learned reached it yet
+        worker.report(book.alerts_for(worker.fencing))
+        assert rules.min_score(rules.rules[0]) == 0.62
+        worker.report(None)  # a heartbeat without thresholds (none to send) keeps the last ones
+        assert rules.min_score(rules.rules[0]) == 0.62
+    finally:
+        worker.stop()
+        db.close()
