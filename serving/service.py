@@ -129,7 +129,8 @@ class GridwatchService:
         if self.coordinator is None:
             self.coordinator = ClusterCoordinator(self.settings, self.db, self.on_event,
                                                   backlog=lambda: len(self._held),
-                                                  learned_alerts=self.thresholds.alerts_for)
+                                                  learned_alerts=self.thresholds.alerts_for,
+                                                  on_sample=self.on_cluster_sample)
             self.coordinator.connect()
         self.coordinator.set_cameras(cameras)
         return self.coordinator
@@ -252,6 +253,12 @@ class GridwatchService:
         except Exception:  # noqa: BLE001 - the database or disk may be away
             self.counters["sample_failures"] += 1
             log.exception("labelling sample of %s at %s not stored", sample.camera, sample.taken_at)
+
+    def on_cluster_sample(self, sample: LabellingSample) -> None:
+        """A camera worker's unsure frame: the workers only space samples out; the daily
+        budget per camera is this process's, which knows what the queue already holds."""
+        if self.sampler.budget.take(sample.camera, sample.taken_at):
+            self.on_sample(sample)
 
     def _drain_retries(self) -> bool:
         """Store held events in order until one is refused; True when none is left."""

@@ -67,6 +67,9 @@ def render(m: dict[str, Any]) -> str:
         metric("gridwatch_worker_detect_ms", "gauge", "Mean detector call of a worker, ms.", per_worker("detect_ms"))
         metric("gridwatch_worker_restarts_total", "counter", "Times a worker lost its leases and came back.",
                per_worker("restarts"))
+        metric("gridwatch_worker_samples_dropped_total", "counter",
+               "Labelling samples a worker turned away because its hand-over queue was full.",
+               per_worker("samples_dropped"))
         moves = cluster["counters"]
         metric("gridwatch_cluster_workers_lost_total", "counter", "Workers whose leases timed out.",
                [({}, moves["workers_lost"])])

@@ -38,6 +38,7 @@ from serving.cluster import leases
 from serving.cluster.worker import CameraWorker, FencedEvent, WorkerReport
 from serving.events import ViolationEvent
 from serving.evidence import EvidenceFrame
+from serving.pipeline.uncertainty import LabellingSample
 from serving.settings import Settings
 from serving.store.db import Database
 
@@ -90,13 +91,16 @@ class WorkerHandle:
 class ClusterCoordinator:
     def __init__(self, settings: Settings, db: Database, on_event: ClusterSink,
                  backlog: Callable[[], int] = lambda: 0,
-                 learned_alerts: Callable[[Iterable[str]], dict[str, dict[str, float]]] | None = None) -> None:
+                 learned_alerts: Callable[[Iterable[str]], dict[str, dict[str, float]]] | None = None,
+                 on_sample: Callable[[LabellingSample], None] | None = None) -> None:
         """`learned_alerts(cameras)`: the learned alert thresholds of those cameras
-        (ThresholdBook.alerts_for), sent to each worker with its heartbeat."""
+        (ThresholdBook.alerts_for), sent to each worker with its heartbeat. `on_sample`: where
+        the workers' labelling samples go (the serving process applies the daily budget)."""
         require_cluster_database(settings)
         self.settings = settings
         self.db = db
         self.learned_alerts = learned_alerts
+        self.on_sample = on_sample
         self.on_event = on_event
         self.backlog = backlog
         self.cameras: dict[str, Camera] = {}
@@ -104,7 +108,7 @@ class ClusterCoordinator:
         self.cost: dict[str, float] = {}
         self.workers: dict[str, WorkerHandle] = {}
         self.counters = {"workers_started": 0, "workers_lost": 0, "workers_dead": 0, "cameras_moved": 0,
-                         "events_taken": 0}
+                         "events_taken": 0, "samples_taken": 0}
         self._ids = itertools.count(1)
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -214,6 +218,7 @@ class ClusterCoordinator:
                     "cameras": sorted(w.cameras), "frames_per_s": round(w.frames_rate, 3),
                     "queue_depth": r.queue_depth if r else 0, "detect_ms": round(r.detect_ms, 2) if r else 0.0,
                     "restarts": w.losses, "load": round(self._load(w.id), 4),
+                    "samples_dropped": r.samples_dropped if r else 0,
                 })
             unplaced = sorted(cid for cid, owner in self.owner.items() if owner is None)
             return {"workers": workers, "unplaced": unplaced, "counters": dict(self.counters), "error": self.error}
@@ -304,8 +309,17 @@ class ClusterCoordinator:
         if is_beat:
             with self._lock:
                 self._heard(worker, result)
+            self._take_samples(result)
         else:
             self._collect(worker, result)
+
+    def _take_samples(self, report: WorkerReport) -> None:
+        """Labelling samples out of a heartbeat, outside the lock (they are stored)."""
+        samples, report.samples = report.samples, []  # the report is kept: not its frames
+        for sample in samples:
+            self.counters["samples_taken"] += 1
+            if self.on_sample is not None:
+                self.on_sample(sample)
 
     def _collect(self, worker: WorkerHandle, events: list[FencedEvent] | None) -> None:
         for item in events or ():

@@ -23,14 +23,19 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from serving.cameras import Camera
 from serving.events import ViolationEvent
 from serving.evidence import EvidenceFrame
 from serving.pipeline import Pipeline
+from serving.pipeline.uncertainty import DailyBudget, LabellingSample, UncertaintySampler
 from serving.settings import Settings, load_detector
 
 log = logging.getLogger("gridwatch.cluster.worker")
+
+# Labelling samples carried back per heartbeat: each holds a full frame.
+SAMPLES_PER_REPORT = 4
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,10 @@ class WorkerReport:
     # Seconds of this worker's time each camera took (decode of file sources + detect +
     # track) per second of wall time: the measured cost assignment balances on.
     camera_cost: dict[str, float] = field(default_factory=dict)
+    # Unsure frames for the labelling queue since the last report (the serving process holds
+    # the cities' daily budget and stores them), and those a full hand-over queue turned away.
+    samples: list[LabellingSample] = field(default_factory=list)
+    samples_dropped: int = 0
 
 
 class TimedDetector:
@@ -158,9 +167,18 @@ class CameraWorker:
         self.out: queue.Queue[FencedEvent] = queue.Queue(maxsize=max(1, queue_limit))
         # Learned alert thresholds of this worker's cameras, as the coordinator last sent them.
         self.learned: dict[str, dict[str, float]] = {}
+        # Active learning as in one process, but the budget here only spaces samples out: the
+        # per-camera daily budget is the serving process's (it knows what was spent before the
+        # camera came to this worker).
+        labelling = settings.labelling
+        sampler = UncertaintySampler(labelling.band, DailyBudget(
+            labelling.daily_budget_per_camera, ZoneInfo(labelling.timezone), labelling.min_gap_s))
+        self.samples: queue.Queue[LabellingSample] = queue.Queue(maxsize=max(1, queue_limit))
+        self.samples_dropped = 0
         self.pipeline = WorkerPipeline([], self.detector, load_taxonomy(settings.taxonomy_file),
                                        on_event=self._hand_over, replay_speed=replay_speed,
-                                       alert_threshold=self._learned_alert)
+                                       alert_threshold=self._learned_alert,
+                                       sampler=sampler, on_sample=self._hand_over_sample)
         self.pipeline.start()
         self._lock = threading.Lock()
         self._last = (time.monotonic(), {})  # for per-second costs between reports
@@ -168,6 +186,13 @@ class CameraWorker:
 
     def _learned_alert(self, camera: str, violation: str) -> float | None:
         return self.learned.get(camera, {}).get(violation)
+
+    def _hand_over_sample(self, sample: LabellingSample) -> None:
+        # Never blocks the cameras: a sample is optional (the next unsure frame serves as well).
+        try:
+            self.samples.put_nowait(sample)
+        except queue.Full:
+            self.samples_dropped += 1
 
     def _hand_over(self, event: ViolationEvent, frame: EvidenceFrame | None) -> None:
         # Blocks while the queue is full: that is the back-pressure on the readers.
@@ -219,10 +244,17 @@ class CameraWorker:
         detect_ms = 1000 * (seconds - self._detect_mark[1]) / done if done else 0.0
         self._detect_mark = (calls, seconds)
         health = {cid: h.to_json() for cid, h in self.pipeline.health.items() if cid in self.fencing}
+        samples: list[LabellingSample] = []
+        try:
+            while len(samples) < SAMPLES_PER_REPORT:
+                samples.append(self.samples.get_nowait())
+        except queue.Empty:
+            pass
         return WorkerReport(worker=self.worker_id, node=self.node, pid=os.getpid(), cameras=dict(self.fencing),
                             health=health, frames=self.pipeline.stats["frames"],
                             detected=self.pipeline.stats["detected"], queue_depth=self.out.qsize(),
-                            detect_ms=detect_ms, camera_cost=cost)
+                            detect_ms=detect_ms, camera_cost=cost, samples=samples,
+                            samples_dropped=self.samples_dropped)
 
     def stop(self) -> None:
         self.pipeline.stop()

@@ -124,3 +124,44 @@ def test_learned_alert_thresholds_reach_a_camera_workers_rules(db_url: str, tmp_
     finally:
         worker.stop()
         db.close()
+
+
+def test_a_camera_workers_unsure_frames_reach_the_labelling_queue_within_the_budget(db_url: str,
+                                                                                    tmp_path: Path) -> None:
+    """Active learning in cluster mode: the worker samples unsure frames of its cameras and
+    hands them back with its heartbeat; the serving process applies the camera's daily
+    budget (it knows what the queue holds already, e.g. from before a move) and stores them."""
+    import time as clock
+
+    from serving.cluster.worker import CameraWorker
+    from serving.service import GridwatchService
+    from serving.settings import Settings
+    from tests.serving.labelling.test_labelling_pipeline import cameras, street_folder
+
+    camera = cameras(street_folder(tmp_path, 12), tmp_path).cameras[0]
+    labelling = {"daily_budget_per_camera": 3, "band": 1.0, "min_gap_s": 0}
+    worker = CameraWorker("w1", Settings(data_dir=tmp_path / "worker", labelling=labelling))
+    samples = []
+    try:
+        worker.assign([(camera, 1)])
+        deadline = clock.monotonic() + 120
+        while clock.monotonic() < deadline and worker.pipeline.stats["frames"] < 12:
+            samples += worker.report().samples
+            clock.sleep(0.2)
+        samples += worker.report().samples
+    finally:
+        worker.stop()
+    # Every frame with a watched class is unsure at band 1.0; the worker's own budget caps them.
+    assert len(samples) == 3 and all(s.camera == "cam-lab" and s.reasons for s in samples)
+
+    service = GridwatchService(Settings(data_dir=tmp_path / "data", database_url=db_url, labelling=labelling))
+    try:
+        service.on_sample(samples[0])  # queued earlier today, before the camera moved to this worker
+        service.on_sample(samples[1])
+        service.db.close()
+        service = GridwatchService(Settings(data_dir=tmp_path / "data", database_url=db_url, labelling=labelling))
+        for sample in samples:
+            service.on_cluster_sample(sample)
+        assert len(service.labelling.list()) == 3  # 3 a day: one more was kept, two turned away
+    finally:
+        service.db.close()
