@@ -76,6 +76,7 @@ LABELS: dict[str, tuple[str, str]] = {
                        "标出或修正模型各类别的所有目标；不会生成案件。"),
     "key_label_save": ("save this frame's boxes", "保存本帧标注"),
     "key_label_skip": ("skip the frame (not worth labelling)", "跳过本帧（不值得标注）"),
+    "key_label_undo": ("undo the last save or skip (within a few seconds)", "撤销上一次保存或跳过（几秒内）"),
     "key_label_class": ("the selected box's class: pick by number, or step through all",
                         "所选框的类别：按编号选择，或逐个切换"),
     "labels_saved": ("Labels saved", "标注已保存"),

@@ -29,7 +29,8 @@
   };
   // Labelling mode's own queue: items leased like cases, with their boxes' classes.
   const lab = { queue: [], index: 0, exhausted: false, classes: [], lastClass: null, fetching: null, recheck: null,
-                sending: new Set() };  // ids whose save or skip is on its way: not to be leased again
+                sending: new Set(),  // ids whose save or skip is on its way: not to be leased again
+                pending: null };     // {item, action, body, timer}: a save or skip waiting out its undo time
   window.gwReview = { timings: [], sent: 0, failed: 0, labelled: 0 };  // read by tests and the benchmark
 
   function filters() {
@@ -327,6 +328,7 @@
   const LABEL_ACTIONS = {
     y: () => finishLabelling("save"), Enter: () => finishLabelling("save"),
     s: () => finishLabelling("skip"),
+    z: undoLabelling,
     c: openClassMenu,
     "[": () => stepClass(-1), "]": () => stepClass(1),
     "?": ACTIONS["?"],
@@ -352,7 +354,9 @@
     setMode(state.mode === "labelling" ? "review" : "labelling");
   });
 
-  function labelHeld() { return lab.queue.map((item) => item.label.id).concat([...lab.sending]); }
+  function labelHeld() {
+    return lab.queue.map((item) => item.label.id).concat([...lab.sending], lab.pending ? [lab.pending.item.label.id] : []);
+  }
 
   function fillLabelling() {
     if (lab.fetching || lab.exhausted || lab.queue.length - lab.index >= 2) return lab.fetching;
@@ -470,20 +474,41 @@
     const body = action === "save" ? {
       boxes: item.boxes.map((b, i) => ({ class_name: item.classes[i], box: b.map((v) => Math.round(v * 10) / 10) })),
     } : {};
+    flushLabelling();
     lab.queue.splice(lab.index, 1);
-    lab.sending.add(id);
+    // Like a case decision: it waits out the undo time (Z) before it is sent.
+    lab.pending = { item, action, body, timer: setTimeout(flushLabelling, config.undo_ms) };
+    toast(`${action === "save" ? config.t.saved : config.t.skipped} #${id} · ${config.t.press_z}`);
     showLabelling();
-    post(`/review/labelling/${id}/${action}`, body)
-      .then(() => {
-        window.gwReview.labelled += 1;
-        toast(`${action === "save" ? config.t.saved : config.t.skipped} #${id}`);
-      })
+  }
+
+  function flushLabelling(keepalive) {
+    const pending = lab.pending;
+    if (!pending) return;
+    clearTimeout(pending.timer);
+    lab.pending = null;
+    const id = pending.item.label.id;
+    lab.sending.add(id);
+    post(`/review/labelling/${id}/${pending.action}`, pending.body, keepalive)
+      .then(() => { window.gwReview.labelled += 1; })
       .catch((error) => {
         window.gwReview.failed += 1;
         toast((error.status === 409 ? config.t.labelling_taken : config.t.error) + ` (#${id})`);
       })
       .finally(() => lab.sending.delete(id));
   }
+
+  function undoLabelling() {
+    const pending = lab.pending;
+    if (!pending) return;
+    clearTimeout(pending.timer);
+    lab.pending = null;
+    lab.queue.splice(lab.index, 0, pending.item);  // back on screen, boxes as they were left
+    toast(`${config.t.undone}: #${pending.item.label.id}`);
+    showLabelling();
+  }
+
+  window.addEventListener("pagehide", () => flushLabelling(true));
 
   function move(step) {
     const next = state.index + step;

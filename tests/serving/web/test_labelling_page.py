@@ -1,6 +1,7 @@
 """Labelling mode on the review page, in Debian's Chromium: L switches to the frames the
 model was unsure about, the model's boxes are there to fix, a box is added, moved, resized
-and given a class with the keyboard alone, Y saves it (no case is made), S skips a frame."""
+and given a class with the keyboard alone, Y saves it (no case is made), Z takes a save back
+within the undo time, S skips a frame."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ def test_label_a_frame_with_the_keyboard(run_service, dataset_images, chromium, 
 
     import cv2
 
-    server = run_service()
+    server = run_service(review_undo_s=1.5)
     # Photos in which the (COCO seed) model found at least two things: boxes to fix.
     found = (p for p in dataset_images[:60] if len(server.service.detector.detect([cv2.imread(str(p))])[0]) >= 2)
     busy = [image for image, _ in zip(found, range(2))]
@@ -54,6 +55,16 @@ def test_label_a_frame_with_the_keyboard(run_service, dataset_images, chromium, 
     page.keyboard.press("Tab")  # from the new (last) box round to the first
     page.keyboard.press("x")
     assert page.locator("#overlay rect").count() == model_boxes
+    page.keyboard.press("y")
+    page.wait_for_selector(f'#review[data-label-shown="{ids[1]}"]')
+    # Z within the undo time: the frame is back as it was left, nothing was sent.
+    page.keyboard.press("z")
+    page.wait_for_selector(f'#review[data-label-shown="{ids[0]}"]')
+    assert page.locator("#overlay rect").count() == model_boxes
+    assert "person" in page.locator("#overlay text").all_text_contents()  # the class given before the save
+    page.wait_for_timeout(2000)  # past the undo time: still nothing sent
+    assert page.evaluate("() => window.gwReview.labelled") == 0
+    assert server.service.labelling.get(ids[0]).status == "pending"
     page.keyboard.press("y")
     page.wait_for_selector(f'#review[data-label-shown="{ids[1]}"]')
     page.wait_for_function("() => window.gwReview.labelled === 1")
