@@ -12,7 +12,8 @@ every label is:
   detection of it is removed);
 - the other objects in the frame: pseudo-labels from the current model above a high score,
   so each frame is fully labelled;
-- rejected as a duplicate or a bad image, or without a reason: not exported.
+- rejected as a duplicate or a bad image, or without a reason: not exported (and a frame
+  exported before whose every case is now such is taken out of the folder again).
 
 A frame is exported once, however many cases it is the newest original of (two violations
 in one frame): its labels are those of every exported case on it, in case order (the
@@ -84,6 +85,9 @@ class ExportReport:
     out: str
     written: list[str] = field(default_factory=list)
     relabelled: list[str] = field(default_factory=list)  # frames already there, labels rewritten for new decisions
+    # Frames exported earlier whose every case was since re-decided into what is not exported
+    # (a duplicate, a bad image): taken out again, so no stale label teaches the next model.
+    withdrawn: list[str] = field(default_factory=list)
     labelled: int = 0  # of `written`, frames from the labelling queue
     already_there: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
@@ -239,6 +243,7 @@ def export_reviews(db: Database, evidence: EvidenceStore, detector: Detector, ta
         cases = [case for case in on_frame if exported(case)]
         skipped.update(f"{case.review_status} {case.review_reason}".strip() for case in on_frame if not exported(case))
         if not cases:
+            withdraw(out, stem_of_sha.get(sha), manifest, report)
             continue
         original = newest_original(cases[0])
         suffix = Path(original.path).suffix
@@ -256,6 +261,7 @@ def export_reviews(db: Database, evidence: EvidenceStore, detector: Detector, ta
         labels = frame_labels(cases, seen, taxonomy, names, stem, sha)
         if labels is None:
             skipped.update(f"{case.review_status} {case.review_reason}".strip() for case in cases)
+            withdraw(out, stem_of_sha.get(sha), manifest, report)
             continue
         h, w = image.shape[:2]
         (out / "labels" / f"{stem}.txt").write_text(yolo_lines(labels, names, w, h))
@@ -273,6 +279,18 @@ def export_reviews(db: Database, evidence: EvidenceStore, detector: Detector, ta
     report.labels_by_camera = count_labels(manifest["frames"].values())
     write_definitions(out, names, report.labels_by_camera)
     return report
+
+
+def withdraw(out: Path, stem: str | None, manifest: dict, report: ExportReport) -> None:
+    """Take an earlier-exported frame out: its image first (its presence marks a frame done),
+    then its labels and its manifest entry."""
+    if stem is None or stem not in manifest["frames"]:
+        return
+    for image in (out / "images").glob(f"{stem}.*"):
+        image.unlink()
+    (out / "labels" / f"{stem}.txt").unlink(missing_ok=True)
+    del manifest["frames"][stem]
+    report.withdrawn.append(stem)
 
 
 def export_labelled(item: LabellingItem, evidence: EvidenceStore, names: list[str], out: Path, manifest: dict,

@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"gridwatch review export: {exc}", file=sys.stderr)
         return 2
     print(json.dumps({"out": report.out, "written": len(report.written), "labelled": report.labelled,
-                      "relabelled": len(report.relabelled), "already_there": report.already_there,
+                      "relabelled": len(report.relabelled), "withdrawn": len(report.withdrawn),
+                      "already_there": report.already_there,
                       "skipped": report.skipped, "labels_by_camera": report.labels_by_camera}, ensure_ascii=False))
     return 0

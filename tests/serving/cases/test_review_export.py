@@ -156,6 +156,19 @@ def test_cases_on_one_frame_export_one_image_with_all_their_labels(run_service, 
     assert third.written == third.relabelled == [] and third.already_there == 1
     assert _files(out) == after
 
+    # Both decisions taken back: a duplicate and a bad image teach nothing, so the frame leaves
+    # the folder again (image, labels and manifest entry); the next run has nothing to do.
+    redecided = datetime.now(timezone.utc)
+    cases.review(numbers[0], "reject", reviewer="amy", reason="duplicate")
+    cases.review(numbers[1], "reject", reviewer="amy", reason="bad_image")
+    fourth = export_reviews(server.service.db, server.service.evidence, shipped_detector, taxonomy, out,
+                            since=redecided)
+    assert fourth.withdrawn == [stem] and fourth.written == fourth.relabelled == []
+    assert not [p for p in _files(out) if p.stem == stem]
+    assert stem not in json.loads((out / "manifest.json").read_text())["frames"]
+    fifth = export_reviews(server.service.db, server.service.evidence, shipped_detector, taxonomy, out)
+    assert fifth.withdrawn == fifth.written == [] and not [p for p in _files(out) if p.stem == stem]
+
 
 def test_api_review_takes_the_pages_reason_and_boxes(run_service, dataset_images) -> None:
     server = run_service()
