@@ -259,7 +259,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from training.export import ExportError, compare_speed, export
+    from training.export import ExportError, camera_input_hw, compare_speed, export
 
     try:
         result = export(args.weights, args.out, imgsz=args.imgsz, calib=args.calib, int8=args.int8,
@@ -268,7 +268,7 @@ def run_export(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     print(f"fp32: {result.fp32}")
     if result.int8:
-        speed = compare_speed(result.fp32, result.int8, (result.imgsz, result.imgsz))
+        speed = compare_speed(result.fp32, result.int8, camera_input_hw(result.int8))
         print(f"int8: {result.int8} (calibrated on {result.calibration_images} images, "
               f"{len(result.excluded_nodes)} head post-processing nodes kept in fp32)")
         print(f"session ms at 2 threads: fp32 {speed.fp32_ms:.1f}, int8 {speed.int8_ms:.1f} "

@@ -19,7 +19,7 @@ from detector.files import REPO_ROOT
 from detector.runtime import DEFAULT_SCORE_THRESHOLD
 from training.dataset_manifest import read_label_counts
 from training.evaluate import EvalSet, eval_set_from_images, evaluate, onnx_predictor
-from training.export import calibration_images, compare_speed, export, load_checkpoint
+from training.export import calibration_images, camera_input_hw, compare_speed, export, load_checkpoint
 from training.metrics import EvalResult
 from training.model_card import ModelCard, ReviewCounts, int8_check, run_card, source_credits, write_card
 from training.offline import ultralytics_offline
@@ -236,7 +236,7 @@ def finish_run(
         metrics["real_val"][exported.int8.name] = int8_eval.to_dict()
         log(f"int8 export on the real val split:\n{int8_eval.table()}")
         quantised = int8_check(exported, fp32_eval, int8_eval)
-        speed = compare_speed(exported.fp32, exported.int8, (exported.imgsz, exported.imgsz))
+        speed = compare_speed(exported.fp32, exported.int8, camera_input_hw(exported.int8))
         log(f"int8 vs fp32: mAP50 {quantised.map50_delta_points:+.2f} points, session "
             f"{speed.fp32_ms:.1f} -> {speed.int8_ms:.1f} ms ({speed.ratio:.2f}x)")
         if not quantised.within_1_5_points or not speed.meets_1_5x:
