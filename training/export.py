@@ -334,7 +334,8 @@ def compare_speed(fp32: Path, int8: Path, hw: tuple[int, int], threads: int = 2,
         a.append(session_ms(fp32, hw, threads, runs=10))
         b.append(session_ms(int8, hw, threads, runs=10))
     fp32_ms, int8_ms = float(np.median(a)), float(np.median(b))
-    return SpeedComparison(threads=threads, hw=f"{hw[1]}x{hw[0]}",  # width x height, as the bench writes it fp32_ms=round(fp32_ms, 2),
+    # hw is written width x height, as the bench writes it.
+    return SpeedComparison(threads=threads, hw=f"{hw[1]}x{hw[0]}", fp32_ms=round(fp32_ms, 2),
                            int8_ms=round(int8_ms, 2), ratio=round(fp32_ms / int8_ms, 2),
                            meets_1_5x=fp32_ms / int8_ms >= 1.5)
 
