@@ -34,6 +34,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="repeat-factor sampling (LVIS): images of classes and sources held by fewer than this "
                         f"fraction of train images are drawn more often (alone: {REPEAT_THRESHOLD}; "
                         "default: off, every image once per epoch)")
+    p.add_argument("--activation", choices=("silu", "relu"),
+                   help="convert the start model's activations before training (relu: faster int8 on CPU, "
+                        "needs a fine-tune to recover accuracy; default: keep the start's)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--cache", choices=("ram", "disk"), help="cache decoded training images (ram: fastest on CPU)")
     p.add_argument("--close-mosaic", type=int, help="last epochs trained without mosaic augmentation")
@@ -149,7 +152,7 @@ def run_train(args: argparse.Namespace) -> int:
                 args.data, args.model, epochs=args.epochs, imgsz=args.imgsz or 416, batch=args.batch,
                 device=args.device, project=args.project, name=args.name, resume=args.resume,
                 fraction=args.fraction, workers=args.workers, plots=args.plots,
-                repeat_threshold=args.repeat_threshold, extra={k: v for k, v in (("cache", args.cache), ("close_mosaic", args.close_mosaic),
+                repeat_threshold=args.repeat_threshold, activation=args.activation, extra={k: v for k, v in (("cache", args.cache), ("close_mosaic", args.close_mosaic),
                                          ("optimizer", args.optimizer), ("lr0", args.lr0)) if v is not None},
             )
         data = args.data

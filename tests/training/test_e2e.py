@@ -182,13 +182,24 @@ def test_second_run_meets_the_champion(env, trained):
     proc = gridwatch(env, "train", "--data", env["data"], "--model", trained["run"] / "weights" / "best.pt",
                      "--epochs", 1, "--imgsz", 192, "--batch", 8, "--project", env["tmp"] / "runs",
                      "--name", "ci2", "--no-int8", "--no-plots", "--weights-dir", trained["weights"],
-                     "--cache", "ram", "--close-mosaic", "1", "--optimizer", "SGD", "--lr0", "0.002")
+                     "--cache", "ram", "--close-mosaic", "1", "--optimizer", "SGD", "--lr0", "0.002",
+                     "--activation", "relu")
     out = proc.stdout + proc.stderr
-    from training.export import read_checkpoint_args
+    import onnx
+    import torch
 
-    args = read_checkpoint_args(env["tmp"] / "runs" / "ci2" / "weights" / "best.pt")
+    from training.export import load_checkpoint, read_checkpoint_args
+
+    run = env["tmp"] / "runs" / "ci2"
+    args = read_checkpoint_args(run / "weights" / "best.pt")
     assert args["close_mosaic"] == 1 and args["cache"] == "ram"  # the flags reach Ultralytics
     assert args["optimizer"] == "SGD" and args["lr0"] == 0.002
+    # --activation survives Ultralytics rebuilding the network from its yaml, and the export
+    trained_model = load_checkpoint(run / "weights" / "best.pt")["model"]
+    assert not any(isinstance(m, torch.nn.SiLU) for m in trained_model.modules())
+    assert any(isinstance(m, torch.nn.ReLU) for m in trained_model.modules())
+    ops = [n.op_type for n in onnx.load(str(run / "export" / "gridwatch-fp32.onnx")).graph.node]
+    assert ops.count("Relu") > 50 and ops.count("Sigmoid") <= 1  # the class scores' sigmoid only
     line = next(l for l in out.splitlines() if "champion/challenger" in l)
     assert "champion none" not in line  # the promoted first model was scored on the same split
     assert "not promoted" in out  # no --promote: weights/ untouched

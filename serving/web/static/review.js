@@ -151,26 +151,32 @@
   }
 
   // -- decisions and undo --------------------------------------------------------------------
-  function decide(body) {
-    const item = current();
-    if (!item) return;
-    state.decidedAt = performance.now();
-    item.note = $("note").value;
-    if (JSON.stringify(item.boxes) !== item.original) body.boxes = item.boxes.map((b) => b.map((v) => Math.round(v * 10) / 10));
-    if (item.note) body.note = item.note;
-    flush();
-    state.queue.splice(state.index, 1);
-    state.pending = { item, body, timer: setTimeout(flush, config.undo_ms) };
-    const label = { confirm: config.t.confirmed, reject: config.t.rejected, correct: config.t.corrected }[body.action];
-    toast(`${label} ${item.case.case_number} · ${config.t.press_z}`);
-    show();
+  // A decision (or a labelling save/skip) waits out config.undo_ms before it is sent, so Z can
+  // take it back; the next decision, the timer or leaving the page sends it.
+  function undoWindow(owner, send, restore) {
+    function flush(keepalive) {
+      const pending = owner.pending;
+      if (!pending) return;
+      clearTimeout(pending.timer);
+      owner.pending = null;
+      send(pending, keepalive);
+    }
+    function hold(pending) {
+      flush();
+      owner.pending = { ...pending, timer: setTimeout(flush, config.undo_ms) };
+    }
+    function undo() {
+      const pending = owner.pending;
+      if (!pending) return;
+      clearTimeout(pending.timer);
+      owner.pending = null;
+      restore(pending);
+    }
+    window.addEventListener("pagehide", () => flush(true));
+    return { hold, undo };
   }
 
-  function flush(keepalive) {
-    const pending = state.pending;
-    if (!pending) return;
-    clearTimeout(pending.timer);
-    state.pending = null;
+  const decisions = undoWindow(state, (pending, keepalive) => {
     const number = pending.item.case.case_number;
     state.sending.add(number);
     post(`/review/cases/${encodeURIComponent(number)}/decision`, pending.body, keepalive)
@@ -180,20 +186,26 @@
         toast((error.status === 409 ? config.t.taken : config.t.error) + ` (${number})`);
       })
       .finally(() => state.sending.delete(number));
-  }
-
-  function undo() {
-    const pending = state.pending;
-    if (!pending) return;
-    clearTimeout(pending.timer);
-    state.pending = null;
+  }, (pending) => {
     state.decidedAt = null;
     state.queue.splice(state.index, 0, pending.item);
     toast(`${config.t.undone}: ${pending.item.case.case_number}`);
     show();
-  }
+  });
 
-  window.addEventListener("pagehide", () => flush(true));
+  function decide(body) {
+    const item = current();
+    if (!item) return;
+    state.decidedAt = performance.now();
+    item.note = $("note").value;
+    if (JSON.stringify(item.boxes) !== item.original) body.boxes = item.boxes.map((b) => b.map((v) => Math.round(v * 10) / 10));
+    if (item.note) body.note = item.note;
+    state.queue.splice(state.index, 1);
+    decisions.hold({ item, body });
+    const label = { confirm: config.t.confirmed, reject: config.t.rejected, correct: config.t.corrected }[body.action];
+    toast(`${label} ${item.case.case_number} · ${config.t.press_z}`);
+    show();
+  }
 
   // -- menus -----------------------------------------------------------------------------------
   function openMenu(kind) {
@@ -317,7 +329,7 @@
     j: () => move(1), ArrowDown: () => move(1),
     k: () => move(-1), ArrowUp: () => move(-1),
     b: () => setBoxMode(!state.boxMode),
-    z: undo,
+    z: () => decisions.undo(),
     m: () => $("note").focus(),
     "?": () => { $("help").hidden = !$("help").hidden; },
     Escape: () => { closeMenu(); setBoxMode(false); $("help").hidden = true; },
@@ -328,7 +340,7 @@
   const LABEL_ACTIONS = {
     y: () => finishLabelling("save"), Enter: () => finishLabelling("save"),
     s: () => finishLabelling("skip"),
-    z: undoLabelling,
+    z: () => labellings.undo(),
     c: openClassMenu,
     "[": () => stepClass(-1), "]": () => stepClass(1),
     "?": ACTIONS["?"],
@@ -474,19 +486,13 @@
     const body = action === "save" ? {
       boxes: item.boxes.map((b, i) => ({ class_name: item.classes[i], box: b.map((v) => Math.round(v * 10) / 10) })),
     } : {};
-    flushLabelling();
     lab.queue.splice(lab.index, 1);
-    // Like a case decision: it waits out the undo time (Z) before it is sent.
-    lab.pending = { item, action, body, timer: setTimeout(flushLabelling, config.undo_ms) };
+    labellings.hold({ item, action, body });
     toast(`${action === "save" ? config.t.saved : config.t.skipped} #${id} · ${config.t.press_z}`);
     showLabelling();
   }
 
-  function flushLabelling(keepalive) {
-    const pending = lab.pending;
-    if (!pending) return;
-    clearTimeout(pending.timer);
-    lab.pending = null;
+  const labellings = undoWindow(lab, (pending, keepalive) => {
     const id = pending.item.label.id;
     lab.sending.add(id);
     post(`/review/labelling/${id}/${pending.action}`, pending.body, keepalive)
@@ -496,19 +502,11 @@
         toast((error.status === 409 ? config.t.labelling_taken : config.t.error) + ` (#${id})`);
       })
       .finally(() => lab.sending.delete(id));
-  }
-
-  function undoLabelling() {
-    const pending = lab.pending;
-    if (!pending) return;
-    clearTimeout(pending.timer);
-    lab.pending = null;
+  }, (pending) => {
     lab.queue.splice(lab.index, 0, pending.item);  // back on screen, boxes as they were left
     toast(`${config.t.undone}: #${pending.item.label.id}`);
     showLabelling();
-  }
-
-  window.addEventListener("pagehide", () => flushLabelling(true));
+  });
 
   function move(step) {
     const next = state.index + step;
