@@ -37,6 +37,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--activation", choices=("silu", "relu"),
                    help="convert the start model's activations before training (relu: faster int8 on CPU, "
                         "needs a fine-tune to recover accuracy; default: keep the start's)")
+    p.add_argument("--distill", type=Path, metavar="TEACHER",
+                   help="feature distillation from this .pt (Ultralytics' distill_model): the neck features the "
+                        "teacher's detection head reads are taught to the student, e.g. the SiLU default "
+                        "teaching its ReLU conversion")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--cache", choices=("ram", "disk"), help="cache decoded training images (ram: fastest on CPU)")
     p.add_argument("--close-mosaic", type=int, help="last epochs trained without mosaic augmentation")
@@ -140,6 +144,8 @@ def run_train(args: argparse.Namespace) -> int:
     if args.lr0 is not None and args.optimizer == "auto":
         # Ultralytics silently replaces lr0 when it picks the optimizer itself.
         return _fail("--lr0 has no effect with --optimizer auto; name the optimizer, e.g. --optimizer SGD")
+    if args.distill is not None and not args.distill.is_file():
+        return _fail(f"--distill: no teacher checkpoint at {args.distill}")
     try:  # read now: a typo must not surface only after hours of training
         notes = args.card_notes.read_text(encoding="utf-8") if args.card_notes else None
     except (OSError, UnicodeDecodeError) as exc:
@@ -153,7 +159,9 @@ def run_train(args: argparse.Namespace) -> int:
                 device=args.device, project=args.project, name=args.name, resume=args.resume,
                 fraction=args.fraction, workers=args.workers, plots=args.plots,
                 repeat_threshold=args.repeat_threshold, activation=args.activation, extra={k: v for k, v in (("cache", args.cache), ("close_mosaic", args.close_mosaic),
-                                         ("optimizer", args.optimizer), ("lr0", args.lr0)) if v is not None},
+                                         ("optimizer", args.optimizer), ("lr0", args.lr0),
+                                         ("distill_model", args.distill and str(args.distill.resolve())))
+                                         if v is not None},
             )
         data = args.data
         if data is None:  # the data is what the run was started with

@@ -183,7 +183,7 @@ def test_second_run_meets_the_champion(env, trained):
                      "--epochs", 1, "--imgsz", 192, "--batch", 8, "--project", env["tmp"] / "runs",
                      "--name", "ci2", "--no-int8", "--no-plots", "--weights-dir", trained["weights"],
                      "--cache", "ram", "--close-mosaic", "1", "--optimizer", "SGD", "--lr0", "0.002",
-                     "--activation", "relu")
+                     "--activation", "relu", "--distill", trained["run"] / "weights" / "best.pt")
     out = proc.stdout + proc.stderr
     import onnx
     import torch
@@ -194,8 +194,12 @@ def test_second_run_meets_the_champion(env, trained):
     args = read_checkpoint_args(run / "weights" / "best.pt")
     assert args["close_mosaic"] == 1 and args["cache"] == "ram"  # the flags reach Ultralytics
     assert args["optimizer"] == "SGD" and args["lr0"] == 0.002
+    # the SiLU first run taught its ReLU conversion, and the teacher is not shipped inside the student
+    assert args["distill_model"] == str((trained["run"] / "weights" / "best.pt").resolve())
+    assert "train/dis_loss" in (run / "results.csv").read_text().splitlines()[0]
     # --activation survives Ultralytics rebuilding the network from its yaml, and the export
     trained_model = load_checkpoint(run / "weights" / "best.pt")["model"]
+    assert type(trained_model).__name__ == "DetectionModel"
     assert not any(isinstance(m, torch.nn.SiLU) for m in trained_model.modules())
     assert any(isinstance(m, torch.nn.ReLU) for m in trained_model.modules())
     ops = [n.op_type for n in onnx.load(str(run / "export" / "gridwatch-fp32.onnx")).graph.node]
