@@ -123,6 +123,45 @@ def decode_raw(
     return boxes[keep].astype(np.float32), scores[keep].astype(np.float32), class_ids[keep].astype(np.int64)
 
 
+def decode_levels(
+    levels: list[tuple[np.ndarray, np.ndarray]], input_hw: tuple[int, int],
+    score_threshold: float, iou_threshold: float, max_detections: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One image's per-level head [(box distributions (4*bins, h, w), class logits (C, h, w))]
+    -> the same boxes, scores and classes decode_raw gives for Ultralytics' decoded output.
+
+    Ultralytics' Detect: anchors at cell centres, stride = input / level size, each side's
+    distance the expectation of a softmax over its bins (DFL). Only cells whose best class
+    clears the threshold are decoded, found on the logits (sigmoid is monotonic) and checked
+    again on the score; cell order (level, row, column) is kept, so NMS breaks ties as it does
+    on the decoded tensor."""
+    # A hair below the threshold's logit: the exact comparison is made on the scores.
+    logit_floor = -np.inf if score_threshold <= 0 else np.log(score_threshold / max(1 - score_threshold, 1e-12)) - 1e-3
+    found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    for distributions, classes in levels:
+        n_classes, h, w = classes.shape
+        logits = classes.reshape(n_classes, h * w)
+        best = logits.max(axis=0)
+        cells = np.flatnonzero(best > logit_floor)
+        scores = 1 / (1 + np.exp(-best[cells]))
+        cells, scores = cells[scores > score_threshold], scores[scores > score_threshold]
+        if cells.size == 0:
+            continue
+        bins = distributions.reshape(4, -1, h * w)[:, :, cells]  # (4 sides, bins, cells)
+        # floored: far-off bins would otherwise give float32 denormals, which are 100x slower
+        weights = np.exp(np.maximum(bins - bins.max(axis=1, keepdims=True), -50))
+        left, top, right, bottom = (weights * np.arange(bins.shape[1], dtype=np.float32)[:, None]).sum(axis=1) / weights.sum(axis=1)
+        x, y = cells % w + 0.5, cells // w + 0.5
+        stride_x, stride_y = input_hw[1] / w, input_hw[0] / h
+        boxes = np.stack([(x - left) * stride_x, (y - top) * stride_y, (x + right) * stride_x, (y + bottom) * stride_y], axis=1)
+        found.append((boxes, scores, logits[:, cells].argmax(axis=0)))
+    if not found:
+        return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)
+    boxes, scores, class_ids = (np.concatenate(parts) for parts in zip(*found))
+    keep = nms(boxes + (class_ids * _CLASS_OFFSET)[:, None], scores, iou_threshold, max_detections)
+    return boxes[keep].astype(np.float32), scores[keep].astype(np.float32), class_ids[keep].astype(np.int64)
+
+
 def decode_end2end(
     rows: np.ndarray, score_threshold: float, max_detections: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -7,7 +7,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import onnxruntime as ort
 
@@ -24,6 +24,19 @@ class InvalidImageError(DetectorError):
     """A frame handed to the detector is not an HxWx3 uint8 BGR array."""
 
 
+# What the session's outputs hold:
+# - "decoded": Ultralytics' export, one (B, 4+C, anchors) tensor of pixel boxes and class scores;
+# - "end2end": already NMS-ed, (B, K, 6) x1 y1 x2 y2 score class;
+# - "levels": the detection head's last convolutions per feature level, named
+#   box_distribution_{i} (B, 4*bins, h, w) and class_logits_{i} (B, C, h, w), decoded by the
+#   runtime (detector.boxes.decode_levels). gridwatch's int8 export cuts its graph there: the
+#   decode in the graph (DFL, anchors built from runtime shapes, layout transposes) cost 0.6 ms
+#   of a 7.5 ms int8 session, and the runtime only needs it for the few anchors above threshold.
+HeadFormat = Literal["decoded", "end2end", "levels"]
+LEVEL_BOXES = "box_distribution_{}"
+LEVEL_CLASSES = "class_logits_{}"
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     path: Path
@@ -33,7 +46,7 @@ class ModelInfo:
     input_dtype: str  # "float32" or "float16"
     batch: int | None  # None: dynamic batch
     stride: int
-    end2end: bool  # output already NMS-ed: (B, K, 6) x1 y1 x2 y2 score class
+    head: HeadFormat
     metadata: dict[str, str] = field(default_factory=dict)
     # Height and width left free at export: each frame runs at its own letterboxed shape
     # (detector.boxes.rect_canvas) up to input_hw, instead of always the full square.
@@ -114,13 +127,6 @@ def describe(session: ort.InferenceSession, path: Path) -> ModelInfo:
     if len(inputs) != 1 or len(inputs[0].shape) != 4:
         raise ModelLoadError(f"{path} is not a detection model: expected one NCHW image input")
     inp = inputs[0]
-    outputs = session.get_outputs()
-    if len(outputs) != 1 or len(outputs[0].shape) != 3:
-        raise ModelLoadError(
-            f"{path} is not a detection model: expected one (batch, 4+classes, anchors) output, "
-            f"got {[o.shape for o in outputs]}"
-        )
-
     batch_dim, _, h_dim, w_dim = inp.shape
     imgsz = _literal(meta.get("imgsz"))
     if isinstance(h_dim, int) and isinstance(w_dim, int):
@@ -132,20 +138,29 @@ def describe(session: ort.InferenceSession, path: Path) -> ModelInfo:
     else:
         input_hw = (640, 640)
 
-    out_shape = outputs[0].shape
     raw_names = _literal(meta.get("names"))
-    channels = out_shape[1] if isinstance(out_shape[1], int) else None
-    last = out_shape[2] if isinstance(out_shape[2], int) else None
     n_from_names = len(raw_names) if isinstance(raw_names, (dict, list, tuple)) else None
-    end2end = str(meta.get("end2end", "")).lower() == "true" or (
-        last == 6 and (n_from_names is None or channels != 4 + n_from_names)
-    )
-    if end2end:
-        n_classes = n_from_names
+    outputs = session.get_outputs()
+    head: HeadFormat
+    if any(o.name == LEVEL_CLASSES.format(0) for o in outputs):
+        head, n_classes = "levels", _level_classes(path, outputs)
+    elif len(outputs) != 1 or len(outputs[0].shape) != 3:
+        raise ModelLoadError(
+            f"{path} is not a detection model: expected one (batch, 4+classes, anchors) output, "
+            f"got {[o.shape for o in outputs]}"
+        )
     else:
-        n_classes = channels - 4 if channels is not None else n_from_names
+        out_shape = outputs[0].shape
+        channels = out_shape[1] if isinstance(out_shape[1], int) else None
+        last = out_shape[2] if isinstance(out_shape[2], int) else None
+        end2end = str(meta.get("end2end", "")).lower() == "true" or (
+            last == 6 and (n_from_names is None or channels != 4 + n_from_names)
+        )
+        head = "end2end" if end2end else "decoded"
+        n_classes = n_from_names if end2end else (channels - 4 if channels is not None else n_from_names)
+    if head != "end2end":
         if n_classes is not None and n_classes < 1:
-            raise ModelLoadError(f"{path} output has {channels} channels; not a detection head")
+            raise ModelLoadError(f"{path}: the head outputs {n_classes} classes; not a detection head")
         if n_from_names is not None and n_classes is not None and n_from_names != n_classes:
             raise ModelLoadError(
                 f"{path}: metadata names {n_from_names} classes but the head outputs {n_classes}"
@@ -160,7 +175,24 @@ def describe(session: ort.InferenceSession, path: Path) -> ModelInfo:
         input_dtype="float16" if "float16" in inp.type else "float32",
         batch=batch_dim if isinstance(batch_dim, int) else None,
         stride=int(stride) if isinstance(stride, (int, float)) else 32,
-        end2end=end2end,
+        head=head,
         metadata=meta,
         dynamic_hw=not (isinstance(h_dim, int) and isinstance(w_dim, int)),
     )
+
+
+def _level_classes(path: Path, outputs: list) -> int | None:
+    """A per-level head must come in pairs with one class count; returns it."""
+    names = {o.name: o for o in outputs}
+    levels = sum(1 for name in names if name.startswith(LEVEL_CLASSES.format("")))
+    for i in range(levels):
+        for pattern in (LEVEL_BOXES, LEVEL_CLASSES):
+            output = names.get(pattern.format(i))
+            if output is None or len(output.shape) != 4:
+                raise ModelLoadError(f"{path}: per-level head without a 4-D {pattern.format(i)} output")
+    classes = {names[LEVEL_CLASSES.format(i)].shape[1] for i in range(levels)}
+    bins = {names[LEVEL_BOXES.format(i)].shape[1] for i in range(levels)}
+    if len(classes) != 1 or len(bins) != 1 or any(isinstance(b, int) and b % 4 for b in bins):
+        raise ModelLoadError(f"{path}: per-level head outputs disagree (classes {classes}, box bins {bins})")
+    (n,) = classes
+    return n if isinstance(n, int) else None

@@ -9,9 +9,9 @@ from dataclasses import replace
 
 import numpy as np
 
-from detector.boxes import decode_end2end, decode_raw, letterbox_into, rect_canvas, to_input, unletterbox
+from detector.boxes import decode_end2end, decode_levels, decode_raw, letterbox_into, rect_canvas, to_input, unletterbox
 from detector.detections import Detections
-from detector.model import InvalidImageError, ModelInfo, ModelLoadError, open_session
+from detector.model import LEVEL_BOXES, LEVEL_CLASSES, InvalidImageError, ModelInfo, ModelLoadError, open_session
 from detector.tiling import DEFAULT_OVERLAP, detect_tiled
 
 
@@ -88,6 +88,8 @@ class Detector:
         # between the stream pipeline and API threads.
         self._buffers: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
         self._buffers_lock = threading.Lock()
+        self._output_names = [o.name for o in self.session.get_outputs()]
+        self._levels = sum(1 for name in self._output_names if name.startswith(LEVEL_CLASSES.format("")))
 
     @property
     def names(self) -> dict[int, str]:
@@ -156,24 +158,17 @@ class Detector:
             geometry.append(letterbox_into(frame, canvas, gain))
             to_input(canvas, inputs[i])
         batch = inputs if self.info.batch else inputs[:n]
-        (output,) = self.session.run(None, {self.info.input_name: batch})
-        output = output.astype(np.float32, copy=False)
-        results = []
-        for i in range(n):
-            if self.info.end2end:
-                boxes, scores, class_ids = decode_end2end(
-                    output[i], self.score_threshold, self.max_detections
-                )
-            else:
-                boxes, scores, class_ids = decode_raw(
-                    output[i], self.score_threshold, self.iou_threshold, self.max_detections
-                )
-            results.append(
-                Detections(
-                    xyxy=unletterbox(boxes, geometry[i]),
-                    scores=scores,
-                    class_ids=class_ids,
-                    names=self.info.names,
-                )
-            )
-        return results
+        outputs = [o.astype(np.float32, copy=False) for o in self.session.run(None, {self.info.input_name: batch})]
+        limits = (self.score_threshold, self.iou_threshold, self.max_detections)
+        if self.info.head == "levels":
+            named = dict(zip(self._output_names, outputs))
+            levels = [(named[LEVEL_BOXES.format(k)], named[LEVEL_CLASSES.format(k)]) for k in range(self._levels)]
+            decoded = [decode_levels([(b[i], c[i]) for b, c in levels], hw, *limits) for i in range(n)]
+        elif self.info.head == "end2end":
+            decoded = [decode_end2end(outputs[0][i], self.score_threshold, self.max_detections) for i in range(n)]
+        else:
+            decoded = [decode_raw(outputs[0][i], *limits) for i in range(n)]
+        return [
+            Detections(xyxy=unletterbox(boxes, geometry[i]), scores=scores, class_ids=class_ids, names=self.info.names)
+            for i, (boxes, scores, class_ids) in enumerate(decoded)
+        ]

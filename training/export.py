@@ -215,6 +215,13 @@ def _set_metadata(proto, values: dict[str, str]) -> None:
 # ---------------------------------------------------------------- int8
 
 
+def _head_prefix(proto) -> str:
+    indices = [int(m.group(1)) for n in proto.graph.node if (m := re.match(r"^/model\.(\d+)/", n.name))]
+    if not indices:
+        raise ExportError("cannot find the detection head: node names do not follow /model.N/...")
+    return f"/model.{max(indices)}/"
+
+
 def head_postprocess_nodes(proto) -> list[str]:
     """Nodes of the detection head after the last Conv of each branch.
 
@@ -223,12 +230,87 @@ def head_postprocess_nodes(proto) -> list[str]:
     are quantised; everything else in it (concats, DFL softmax and conv, anchors, sigmoid)
     is arithmetic on outputs with very different ranges and stays fp32.
     """
-    indices = [int(m.group(1)) for n in proto.graph.node if (m := re.match(r"^/model\.(\d+)/", n.name))]
-    if not indices:
-        raise ExportError("cannot find the detection head: node names do not follow /model.N/...")
-    head = f"/model.{max(indices)}/"
+    head = _head_prefix(proto)
     branches = (f"{head}cv2.", f"{head}cv3.", f"{head}one2one_cv2.", f"{head}one2one_cv3.")
     return [n.name for n in proto.graph.node if n.name.startswith(head) and not n.name.startswith(branches)]
+
+
+def cut_at_head_levels(proto) -> int:
+    """Make the per-level outputs of the head's last convolutions the graph's outputs, in
+    place, and drop the decode after them (detector.model's "levels" head; the runtime decodes).
+
+    Each level's box branch (`cv2.i`) and class branch (`cv3.i`) ends in a 1x1 Conv, followed in
+    a QDQ graph by its Quantize/Dequantize pair; the output is taken after the pair, in float.
+    Returns the number of levels."""
+    from onnx import TensorProto, helper
+
+    from detector.model import LEVEL_BOXES, LEVEL_CLASSES
+
+    graph = proto.graph
+    head = _head_prefix(proto)
+    by_name = {n.name: n for n in graph.node}
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    weights = {t.name: t for t in graph.initializer}
+
+    def level_output(branch: str, level: int) -> tuple[str, int] | None:
+        conv = by_name.get(f"{head}{branch}.{level}/{branch}.{level}.2/Conv")
+        if conv is None:
+            return None
+        channels = _conv_channels(conv, weights, by_name)
+        tensor = conv.output[0]
+        for op in ("QuantizeLinear", "DequantizeLinear"):
+            follow = [c for c in consumers.get(tensor, []) if c.op_type == op]
+            if not follow:
+                break
+            tensor = follow[0].output[0]
+        return tensor, channels
+
+    outputs = []
+    while (boxes := level_output("cv2", len(outputs))) and (classes := level_output("cv3", len(outputs))):
+        outputs.append((boxes, classes))
+    if not outputs:
+        raise ExportError(f"cannot find the head's per-level convolutions ({head}cv2.0/cv2.0.2/Conv)")
+    renamed = {}
+    for level, ((boxes, box_channels), (classes, class_channels)) in enumerate(outputs):
+        renamed[boxes] = (LEVEL_BOXES.format(level), box_channels)
+        renamed[classes] = (LEVEL_CLASSES.format(level), class_channels)
+    needed, kept = set(renamed), []
+    for node in reversed(list(graph.node)):
+        if any(name in needed for name in node.output):
+            kept.append(node)
+            needed.update(name for name in node.input if name)
+    kept.reverse()
+    for node in kept:
+        for i, name in enumerate(node.output):
+            if name in renamed:
+                node.output[i] = renamed[name][0]
+    del graph.node[:]
+    graph.node.extend(kept)
+    initializers = [t for t in graph.initializer if t.name in needed]
+    del graph.initializer[:]
+    graph.initializer.extend(initializers)
+    del graph.value_info[:]
+    del graph.output[:]
+    for level in range(len(outputs)):
+        for name, channels in (renamed[outputs[level][0][0]], renamed[outputs[level][1][0]]):
+            graph.output.append(helper.make_tensor_value_info(
+                name, TensorProto.FLOAT, ["batch", channels, f"height_{level}", f"width_{level}"]))
+    return len(outputs)
+
+
+def _conv_channels(conv, weights: dict, by_name: dict) -> int:
+    """Output channels of a Conv whose weight is an initializer, directly or through a
+    DequantizeLinear (QDQ weights)."""
+    name = conv.input[1]
+    if name not in weights:
+        producer = next((n for n in by_name.values() if name in n.output), None)
+        name = producer.input[0] if producer is not None else name
+    if name not in weights:
+        raise ExportError(f"{conv.name}: weight {name} is not an initializer")
+    return int(weights[name].dims[0])
 
 
 class _Calibration:
@@ -253,9 +335,13 @@ def _has_dynamic_hw(model: Path) -> bool:
 
 
 def quantize_int8(
-    fp32: Path, out: Path, calibration: Sequence[Path], metadata: dict[str, str], per_channel: bool = True
+    fp32: Path, out: Path, calibration: Sequence[Path], metadata: dict[str, str], per_channel: bool = True,
+    levels_head: bool = True,
 ) -> list[str]:
-    """Static QDQ U8S8 with the head's post-processing excluded; returns the excluded nodes."""
+    """Static QDQ U8S8 with the head's post-processing excluded; returns the excluded nodes.
+
+    levels_head: cut the graph at the head's per-level convolutions (cut_at_head_levels), so the
+    detector decodes them; False keeps Ultralytics' decoded output, which Ultralytics can run."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -290,7 +376,10 @@ def quantize_int8(
             extra_options={"CalibPercentile": CALIBRATION_PERCENTILE},
         )
         proto = onnx.load(str(quantized))
+    if levels_head:
+        cut_at_head_levels(proto)
     _set_metadata(proto, {**metadata, "gridwatch_precision": "int8-qdq-u8s8",
+                          "gridwatch_head": "levels" if levels_head else "decoded",
                           "gridwatch_calibration": f"percentile {CALIBRATION_PERCENTILE}, {len(calibration)} images"})
     out.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(proto, str(out))
@@ -386,6 +475,7 @@ def export(
     model_version: str | None = None,
     calibration_count: int = 64,
     dynamic: bool = True,
+    int8_levels_head: bool = True,
 ) -> ExportResult:
     from detector.taxonomy import load_taxonomy
 
@@ -411,7 +501,7 @@ def export(
             raise ExportError("int8 needs real calibration images: pass --calib DIR (or --no-int8)")
         paths = calibration_images(folder, calibration_count)
         int8_path = out_dir / f"{stem}-int8.onnx"
-        result.excluded_nodes = quantize_int8(fp32, int8_path, paths, full_meta)
+        result.excluded_nodes = quantize_int8(fp32, int8_path, paths, full_meta, levels_head=int8_levels_head)
         result.int8 = int8_path
         result.calibration_images = len(paths)
     return result

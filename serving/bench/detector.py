@@ -91,7 +91,13 @@ def bare_session_fn(detector: Detector) -> Callable[[list[np.ndarray]], object]:
     return run
 
 
-def ultralytics_fn(model_path: Path, imgsz: tuple[int, int], score: float, iou: float):
+def ultralytics_fn(model_path: Path, detector: Detector):
+    """Ultralytics' predict on model_path at the detector's size and thresholds (None without
+    Ultralytics installed)."""
+    if Path(model_path).resolve() == detector.info.path.resolve() and detector.info.head == "levels":
+        raise ValueError(f"Ultralytics cannot run {model_path}: its graph ends at the detection head's per-level "
+                         "outputs, which gridwatch decodes itself; put its fp32 twin beside it (-fp32 for -int8) "
+                         "or pass the twin as --reference-model")
     try:
         from ultralytics import YOLO
     except ImportError:
@@ -99,7 +105,8 @@ def ultralytics_fn(model_path: Path, imgsz: tuple[int, int], score: float, iou: 
     model = YOLO(str(model_path), task="detect")
 
     def run(batch: list[np.ndarray]) -> None:
-        model.predict(batch, imgsz=list(imgsz), conf=score, iou=iou, verbose=False)
+        model.predict(batch, imgsz=list(detector.input_size), conf=detector.score_threshold,
+                      iou=detector.iou_threshold, verbose=False)
 
     return run
 
@@ -117,7 +124,7 @@ def run_benchmark(
     detector = Detector(model, threads=threads, imgsz=imgsz)
     bare = bare_session_fn(detector)
     ours = detector.detect
-    theirs = ultralytics_fn(reference_model, detector.input_size, detector.score_threshold, detector.iou_threshold)
+    theirs = ultralytics_fn(reference_model, detector)
     timings = []
     for size in batch_sizes:
         batches = _batches(frames, size)
@@ -202,7 +209,7 @@ def compare_options(options: list[Option], references: list[Path], frames: list[
     runners = []
     for option, reference in zip(options, references):
         detector = Detector(option.model, threads=threads, imgsz=option.imgsz)
-        theirs = ultralytics_fn(reference, detector.input_size, detector.score_threshold, detector.iou_threshold)
+        theirs = ultralytics_fn(reference, detector)
         (h, w), _ = detector.input_plan(frames[0])
         runners.append((option, reference, f"{w}x{h}", detector.detect, theirs))
     batches = _batches(frames, 1)

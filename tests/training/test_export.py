@@ -50,19 +50,49 @@ def test_files_and_metadata(exported):
         assert info.dynamic_hw and info.batch is None
 
 
-def test_int8_is_qdq_with_head_postprocessing_in_fp32(exported):
-    graph = onnx.load(str(exported.int8)).graph
-    ops = {n.op_type for n in graph.node}
-    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+def test_int8_is_qdq_and_ends_at_the_head_levels(exported):
+    from detector.model import LEVEL_BOXES, LEVEL_CLASSES
+
+    proto = onnx.load(str(exported.int8))
+    graph = proto.graph
+    ops = [n.op_type for n in graph.node]
+    assert {"QuantizeLinear", "DequantizeLinear"} <= set(ops)
+    # The decode (DFL softmax, anchors, sigmoid, the final concat) is cut away: the runtime does it.
+    assert "Softmax" not in ops and not set(exported.excluded_nodes) & {n.name for n in graph.node}
+    names = [o.name for o in graph.output]
+    assert names == [pattern.format(i) for i in range(3) for pattern in (LEVEL_BOXES, LEVEL_CLASSES)]
     by_output = {o: n for n in graph.node for o in n.output}
-    final = by_output[graph.output[0].name]
-    assert final.op_type == "Concat" and final.name in exported.excluded_nodes
-    # Neither input of the final concat (pixel boxes, 0..1 scores) passes through a quantiser.
-    for name in final.input:
-        assert by_output[name].op_type != "DequantizeLinear"
+    # Each level's branch conv is quantised; its output leaves the graph in float.
+    assert all(by_output[name].op_type == "DequantizeLinear" for name in names)
+    channels = [o.type.tensor_type.shape.dim[1].dim_value for o in graph.output]
+    assert channels == [64, 80] * 3  # 4 sides x 16 DFL bins; COCO's 80 classes
+    # Quantisation still kept the head's post-processing in float before the cut.
     excluded = set(exported.excluded_nodes)
     assert any("Sigmoid" in n for n in excluded) and any("dfl" in n for n in excluded)
     assert not any("/cv2." in n or "/cv3." in n for n in excluded)  # the branch convs are quantised
+    assert {p.key: p.value for p in proto.metadata_props}["gridwatch_head"] == "levels"
+    assert Detector(exported.int8).info.head == "levels"
+
+
+def test_level_outputs_decode_exactly_like_ultralytics_decoded_graph(exported, tmp_path):
+    """The same fp32 graph, cut at the head's levels, gives the decoded graph's detections."""
+    from training.export import cut_at_head_levels
+
+    proto = onnx.load(str(exported.fp32))
+    assert cut_at_head_levels(proto) == 3
+    cut = tmp_path / "levels.onnx"
+    onnx.save(proto, str(cut))
+    frames = [cv2.imread(str(p)) for p in source_images("thela_india", 4) + source_images("garbage_overflow_cn", 4)]
+    frames.append(cv2.resize(frames[0], (1920, 1080)))  # another shape, batched beside the others
+    for threshold in (0.25, 0.05):
+        decoded = Detector(exported.fp32, score_threshold=threshold).detect(frames)
+        levels = Detector(cut, score_threshold=threshold).detect(frames)
+        assert Detector(cut).info.head == "levels" and sum(map(len, decoded)) > 10
+        for a, b in zip(decoded, levels):
+            assert len(a) == len(b) and (a.class_ids == b.class_ids).all()
+            np.testing.assert_allclose(b.xyxy, a.xyxy, atol=1e-3)
+            np.testing.assert_allclose(b.scores, a.scores, atol=1e-5)
+            assert (b.scores > threshold).all()
 
 
 def test_int8_scores_not_degenerate_and_agree_with_fp32(exported):

@@ -58,3 +58,15 @@ def test_compare_runs_options_side_by_side() -> None:
 
     missing = _bench("--compare", "no/such-int8.onnx")
     assert missing.returncode == 2 and "no such model: no/such-int8.onnx" in missing.stderr
+
+
+def test_a_levels_head_model_without_its_fp32_twin_is_refused_with_the_way_out(tmp_path) -> None:
+    """Ultralytics cannot run gridwatch's per-level int8 graph: say so, do not crash inside it."""
+    from tests.detector.test_levels_head import _pooling_model
+
+    alone = tmp_path / "alone-int8.onnx"
+    _pooling_model(alone, {"box_distribution_0": 64, "class_logits_0": 2})
+    for args in (("--model", str(alone)), ("--compare", str(alone))):
+        proc = _bench(*args)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert "Ultralytics cannot run" in proc.stderr and "--reference-model" in proc.stderr
