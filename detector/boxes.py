@@ -137,27 +137,31 @@ def decode_levels(
     on the decoded tensor."""
     # A hair below the threshold's logit: the exact comparison is made on the scores.
     logit_floor = -np.inf if score_threshold <= 0 else np.log(score_threshold / max(1 - score_threshold, 1e-12)) - 1e-3
-    found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    for distributions, classes in levels:
-        n_classes, h, w = classes.shape
-        logits = classes.reshape(n_classes, h * w)
-        best = logits.max(axis=0)
-        cells = np.flatnonzero(best > logit_floor)
-        scores = 1 / (1 + np.exp(-best[cells]))
-        cells, scores = cells[scores > score_threshold], scores[scores > score_threshold]
-        if cells.size == 0:
-            continue
-        bins = distributions.reshape(4, -1, h * w)[:, :, cells]  # (4 sides, bins, cells)
-        # floored: far-off bins would otherwise give float32 denormals, which are 100x slower
-        weights = np.exp(np.maximum(bins - bins.max(axis=1, keepdims=True), -50))
-        left, top, right, bottom = (weights * np.arange(bins.shape[1], dtype=np.float32)[:, None]).sum(axis=1) / weights.sum(axis=1)
-        x, y = cells % w + 0.5, cells // w + 0.5
-        stride_x, stride_y = input_hw[1] / w, input_hw[0] / h
-        boxes = np.stack([(x - left) * stride_x, (y - top) * stride_y, (x + right) * stride_x, (y + bottom) * stride_y], axis=1)
-        found.append((boxes, scores, logits[:, cells].argmax(axis=0)))
-    if not found:
+    # Candidates gathered level by level, then decoded in one pass: numpy's per-call cost, not
+    # the arithmetic, is what a few dozen cells cost.
+    gathered: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+    for level, (distributions, classes) in enumerate(levels):
+        logits = classes.reshape(classes.shape[0], -1)
+        cells = np.flatnonzero(logits.max(axis=0) > logit_floor)
+        if cells.size:
+            bins = distributions.reshape(4, -1, logits.shape[1])[:, :, cells]  # (4 sides, bins, cells)
+            gathered.append((logits[:, cells], bins, cells, np.full(cells.size, level)))
+    if not gathered:
         return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)
-    boxes, scores, class_ids = (np.concatenate(parts) for parts in zip(*found))
+    logits, bins, cells, level = (np.concatenate(parts, axis=-1) for parts in zip(*gathered))
+    scores = 1 / (1 + np.exp(-logits.max(axis=0)))
+    above = scores > score_threshold
+    if not above.all():
+        logits, bins, cells, level, scores = logits[:, above], bins[:, :, above], cells[above], level[above], scores[above]
+    # floored: far-off bins would otherwise give float32 denormals, which are 100x slower
+    weights = np.exp(np.maximum(bins - bins.max(axis=1, keepdims=True), -50))
+    left, top, right, bottom = (weights * np.arange(bins.shape[1], dtype=np.float32)[:, None]).sum(axis=1) / weights.sum(axis=1)
+    heights, widths = np.array([classes.shape[1:] for _, classes in levels]).T
+    w = widths[level]
+    x, y = cells % w + 0.5, cells // w + 0.5
+    stride_x, stride_y = input_hw[1] / w, input_hw[0] / heights[level]
+    boxes = np.stack([(x - left) * stride_x, (y - top) * stride_y, (x + right) * stride_x, (y + bottom) * stride_y], axis=1)
+    class_ids = logits.argmax(axis=0)
     keep = nms(boxes + (class_ids * _CLASS_OFFSET)[:, None], scores, iou_threshold, max_detections)
     return boxes[keep].astype(np.float32), scores[keep].astype(np.float32), class_ids[keep].astype(np.int64)
 
