@@ -43,7 +43,9 @@ class ModelInfo:
     names: dict[int, str]
     input_name: str
     input_hw: tuple[int, int]
-    input_dtype: str  # "float32" or "float16"
+    # "float32" or "float16": 0..1 RGB planes, (B, 3, H, W); "uint8": the letterboxed BGR canvas
+    # itself, (B, H, W, 3) (gridwatch's int8 export, training.export.take_pixels).
+    input_dtype: str
     batch: int | None  # None: dynamic batch
     stride: int
     head: HeadFormat
@@ -127,7 +129,10 @@ def describe(session: ort.InferenceSession, path: Path) -> ModelInfo:
     if len(inputs) != 1 or len(inputs[0].shape) != 4:
         raise ModelLoadError(f"{path} is not a detection model: expected one NCHW image input")
     inp = inputs[0]
-    batch_dim, _, h_dim, w_dim = inp.shape
+    pixels = inp.type == "tensor(uint8)"
+    if pixels and inp.shape[3] != 3:
+        raise ModelLoadError(f"{path}: a uint8 input must be (batch, height, width, 3) BGR pixels, got {inp.shape}")
+    batch_dim, h_dim, w_dim = (inp.shape[0], *inp.shape[1:3]) if pixels else (inp.shape[0], *inp.shape[2:4])
     imgsz = _literal(meta.get("imgsz"))
     if isinstance(h_dim, int) and isinstance(w_dim, int):
         input_hw = (h_dim, w_dim)
@@ -172,7 +177,7 @@ def describe(session: ort.InferenceSession, path: Path) -> ModelInfo:
         names=names,
         input_name=inp.name,
         input_hw=input_hw,
-        input_dtype="float16" if "float16" in inp.type else "float32",
+        input_dtype="uint8" if pixels else "float16" if "float16" in inp.type else "float32",
         batch=batch_dim if isinstance(batch_dim, int) else None,
         stride=int(stride) if isinstance(stride, (int, float)) else 32,
         head=head,

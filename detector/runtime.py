@@ -9,7 +9,9 @@ from dataclasses import replace
 
 import numpy as np
 
-from detector.boxes import decode_end2end, decode_levels, decode_raw, letterbox_into, rect_canvas, to_input, unletterbox
+from detector.boxes import (
+    Letterbox, decode_end2end, decode_levels, decode_raw, letterbox_into, rect_canvas, to_input, unletterbox,
+)
 from detector.detections import Detections
 from detector.model import LEVEL_BOXES, LEVEL_CLASSES, InvalidImageError, ModelInfo, ModelLoadError, open_session
 from detector.tiling import DEFAULT_OVERLAP, detect_tiled
@@ -136,27 +138,49 @@ class Detector:
             return self.info.input_hw, None
         return rect_canvas(frame.shape[:2], self.info.input_hw, self.info.stride)
 
+    def session_input(self, frames: Sequence[np.ndarray]) -> np.ndarray:
+        """Frames of one input shape as the array the session takes (a new one): what detect()
+        feeds it, for benchmarks and tests."""
+        frames = [check_frame(f, i) for i, f in enumerate(frames)]
+        plans = [self.input_plan(frame) for frame in frames]
+        if len({hw for hw, _ in plans}) != 1:
+            raise ValueError("session_input takes frames of one input shape; see input_plan()")
+        inputs, canvas = self._new_buffers(plans[0][0], len(frames))
+        self._prepare(frames, inputs, canvas, [gain for _, gain in plans])
+        return inputs
+
+    def _new_buffers(self, hw: tuple[int, int], batch: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.info.input_dtype == "uint8":  # the model takes the letterboxed canvas itself
+            return np.zeros((batch, *hw, 3), np.uint8), np.empty(0, np.uint8)
+        return np.zeros((batch, 3, *hw), self._dtype), np.empty((*hw, 3), np.uint8)
+
     def _buffers_for(self, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         buffers = self._buffers.get(hw)
         if buffers is None:
             if len(self._buffers) >= _MAX_INPUT_SHAPES:
                 # API uploads come in any aspect ratio; cameras in a few. Bound the memory.
                 self._buffers.clear()
-            buffers = self._buffers[hw] = (
-                np.zeros((self.batch_size, 3, *hw), self._dtype),
-                np.empty((*hw, 3), np.uint8),
-            )
+            buffers = self._buffers[hw] = self._new_buffers(hw, self.batch_size)
         return buffers
+
+    def _prepare(self, frames: Sequence[np.ndarray], inputs: np.ndarray, canvas: np.ndarray,
+                 gains: Sequence[float | None]) -> list[Letterbox]:
+        """Letterbox frames into the input batch (canvas: scratch space for a float input)."""
+        geometry = []
+        for i, (frame, gain) in enumerate(zip(frames, gains)):
+            if self.info.input_dtype == "uint8":
+                geometry.append(letterbox_into(frame, inputs[i], gain))
+            else:
+                geometry.append(letterbox_into(frame, canvas, gain))
+                to_input(canvas, inputs[i])
+        return geometry
 
     def _detect_chunk(
         self, frames: list[np.ndarray], hw: tuple[int, int], gains: list[float | None]
     ) -> list[Detections]:
         n = len(frames)
         inputs, canvas = self._buffers_for(hw)
-        geometry = []
-        for i, (frame, gain) in enumerate(zip(frames, gains)):
-            geometry.append(letterbox_into(frame, canvas, gain))
-            to_input(canvas, inputs[i])
+        geometry = self._prepare(frames, inputs, canvas, gains)
         batch = inputs if self.info.batch else inputs[:n]
         outputs = [o.astype(np.float32, copy=False) for o in self.session.run(None, {self.info.input_name: batch})]
         limits = (self.score_threshold, self.iou_threshold, self.max_detections)

@@ -301,6 +301,60 @@ def cut_at_head_levels(proto) -> int:
     return len(outputs)
 
 
+def take_pixels(proto) -> bool:
+    """Make a QDQ graph take the letterboxed BGR canvas itself, (batch, H, W, 3) uint8, in place
+    of the 0..1 RGB planes; True if done.
+
+    The input's calibrated quantiser maps pixel p to round(p / 255 / scale) + zero_point, which
+    is p itself when the zero point is 0 and the scale within 0.5/255 of 1/255 (calibration
+    lands there: the input spans 0..1). The quantiser is then dropped and the pixels go straight
+    to its DequantizeLinear, through an NHWC->NCHW Transpose that ONNX Runtime cancels against
+    its own NHWC layout; the first convolution's input channels are reversed for BGR. Outputs
+    are bit-identical, and the detector skips the float conversion (0.2 ms per 1080p frame) and
+    the graph its quantiser. Returns False (graph unchanged) when those conditions do not hold."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = proto.graph
+    if len(graph.input) != 1:
+        return False
+    name = graph.input[0].name
+    readers = [n for n in graph.node if name in n.input]
+    if len(readers) != 1 or readers[0].op_type != "QuantizeLinear":
+        return False
+    quantiser = readers[0]
+    weights = {t.name: t for t in graph.initializer}
+    scale, zero_point = (numpy_helper.to_array(weights[i]) if i in weights else None for i in quantiser.input[1:3])
+    if scale is None or zero_point is None or scale.size != 1 or zero_point.dtype != np.uint8 or int(zero_point) != 0:
+        return False
+    if 255 * abs(1 / (255 * float(scale)) - 1) >= 0.5:
+        return False
+    dequantisers = [n for n in graph.node if quantiser.output[0] in n.input]
+    if not dequantisers or any(n.op_type != "DequantizeLinear" for n in dequantisers):
+        return False
+    convs = [n for n in graph.node if any(d.output[0] in n.input for d in dequantisers)]
+    producers = {o: n for n in graph.node for o in n.output}
+    flipped = set()
+    for conv in convs:
+        weight_dq = producers.get(conv.input[1]) if conv.op_type == "Conv" else None
+        if weight_dq is None or weight_dq.op_type != "DequantizeLinear" or weight_dq.input[0] not in weights:
+            return False
+        if weight_dq.input[0] not in flipped:
+            tensor = weights[weight_dq.input[0]]
+            w = numpy_helper.to_array(tensor)
+            tensor.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(w[:, ::-1]), tensor.name))
+            flipped.add(weight_dq.input[0])
+    dims = graph.input[0].type.tensor_type.shape.dim
+    batch, _, height, width = (d.dim_param or d.dim_value for d in dims)
+    for dq in dequantisers:
+        dq.input[0] = f"{name}_nchw"
+    graph.node.remove(quantiser)
+    graph.node.insert(0, helper.make_node("Transpose", [name], [f"{name}_nchw"], perm=[0, 3, 1, 2],
+                                          name=f"{name}_to_nchw"))
+    del graph.input[:]
+    graph.input.append(helper.make_tensor_value_info(name, TensorProto.UINT8, [batch, height, width, 3]))
+    return True
+
+
 def _conv_channels(conv, weights: dict, by_name: dict) -> int:
     """Output channels of a Conv whose weight is an initializer, directly or through a
     DequantizeLinear (QDQ weights)."""
@@ -336,12 +390,13 @@ def _has_dynamic_hw(model: Path) -> bool:
 
 def quantize_int8(
     fp32: Path, out: Path, calibration: Sequence[Path], metadata: dict[str, str], per_channel: bool = True,
-    levels_head: bool = True,
+    for_ultralytics: bool = False,
 ) -> list[str]:
     """Static QDQ U8S8 with the head's post-processing excluded; returns the excluded nodes.
 
-    levels_head: cut the graph at the head's per-level convolutions (cut_at_head_levels), so the
-    detector decodes them; False keeps Ultralytics' decoded output, which Ultralytics can run."""
+    By default the file is for gridwatch's detector alone: cut at the head's per-level
+    convolutions (cut_at_head_levels) and taking the letterboxed BGR pixels (take_pixels).
+    for_ultralytics keeps Ultralytics' input and decoded output, so Ultralytics can run it."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -376,10 +431,11 @@ def quantize_int8(
             extra_options={"CalibPercentile": CALIBRATION_PERCENTILE},
         )
         proto = onnx.load(str(quantized))
-    if levels_head:
-        cut_at_head_levels(proto)
+    levels = not for_ultralytics and cut_at_head_levels(proto) > 0
+    pixels = not for_ultralytics and take_pixels(proto)
     _set_metadata(proto, {**metadata, "gridwatch_precision": "int8-qdq-u8s8",
-                          "gridwatch_head": "levels" if levels_head else "decoded",
+                          "gridwatch_head": "levels" if levels else "decoded",
+                          "gridwatch_input": "bgr-pixels" if pixels else "rgb-float",
                           "gridwatch_calibration": f"percentile {CALIBRATION_PERCENTILE}, {len(calibration)} images"})
     out.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(proto, str(out))
@@ -388,14 +444,12 @@ def quantize_int8(
 
 def session_ms(model: Path, hw: tuple[int, int], threads: int = 2, runs: int = 20) -> float:
     """Median ms of one bare session run: the number performance.md compares."""
-    import onnxruntime as ort
+    from detector.runtime import Detector
 
-    from detector.model import session_options
-
-    session = ort.InferenceSession(str(model), sess_options=session_options(threads, True),
-                                   providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    x = np.random.default_rng(0).random((1, 3, *hw), dtype=np.float32)
+    detector = Detector(model, threads=threads)
+    frame = np.random.default_rng(0).integers(0, 256, (*hw, 3), dtype=np.uint8)
+    x = detector.session_input([frame])  # float planes or pixels, as the model takes them
+    session, name = detector.session, detector.info.input_name
     for _ in range(3):
         session.run(None, {name: x})
     times = []
@@ -475,7 +529,7 @@ def export(
     model_version: str | None = None,
     calibration_count: int = 64,
     dynamic: bool = True,
-    int8_levels_head: bool = True,
+    int8_for_ultralytics: bool = False,
 ) -> ExportResult:
     from detector.taxonomy import load_taxonomy
 
@@ -501,7 +555,8 @@ def export(
             raise ExportError("int8 needs real calibration images: pass --calib DIR (or --no-int8)")
         paths = calibration_images(folder, calibration_count)
         int8_path = out_dir / f"{stem}-int8.onnx"
-        result.excluded_nodes = quantize_int8(fp32, int8_path, paths, full_meta, levels_head=int8_levels_head)
+        result.excluded_nodes = quantize_int8(fp32, int8_path, paths, full_meta,
+                                              for_ultralytics=int8_for_ultralytics)
         result.int8 = int8_path
         result.calibration_images = len(paths)
     return result

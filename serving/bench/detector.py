@@ -16,7 +16,6 @@ import cv2
 import numpy as np
 
 from detector import Detector
-from detector.boxes import letterbox_into, to_input
 from detector.files import is_image
 from serving.streams.media import read_image
 
@@ -67,26 +66,18 @@ def bare_session_fn(detector: Detector) -> Callable[[list[np.ndarray]], object]:
     """The floor: session.run alone on an already prepared input, at the model's batch size
     and the input shape the detector gives a camera frame."""
     frame = np.full((FRAME_SIZE[1], FRAME_SIZE[0], 3), 90, np.uint8)
-    (h, w), gain = detector.input_plan(frame)
-    canvas = np.empty((h, w, 3), np.uint8)
     session, name = detector.session, detector.info.input_name
     static = detector.info.batch
-    dtype = np.float16 if detector.info.input_dtype == "float16" else np.float32
-    letterbox_into(frame, canvas, gain)
-    one = np.empty((3, h, w), np.float32)
-    to_input(canvas, one)
-
-    def prepared(n: int) -> np.ndarray:
-        return np.repeat(one[None], n, axis=0).astype(dtype)
-
-    inputs = {n: prepared(n) for n in {1, static or 8}}
+    inputs = {n: detector.session_input([frame] * n) for n in {1, static or 8}}
 
     def run(batch: list[np.ndarray]) -> None:
         if static:
             for _ in range(0, len(batch), static):
                 session.run(None, {name: inputs[static]})
         else:
-            session.run(None, {name: inputs[len(batch)] if len(batch) in inputs else prepared(len(batch))})
+            if len(batch) not in inputs:
+                inputs[len(batch)] = detector.session_input([frame] * len(batch))
+            session.run(None, {name: inputs[len(batch)]})
 
     return run
 

@@ -70,8 +70,38 @@ def test_int8_is_qdq_and_ends_at_the_head_levels(exported):
     excluded = set(exported.excluded_nodes)
     assert any("Sigmoid" in n for n in excluded) and any("dfl" in n for n in excluded)
     assert not any("/cv2." in n or "/cv3." in n for n in excluded)  # the branch convs are quantised
-    assert {p.key: p.value for p in proto.metadata_props}["gridwatch_head"] == "levels"
-    assert Detector(exported.int8).info.head == "levels"
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert meta["gridwatch_head"] == "levels" and meta["gridwatch_input"] == "bgr-pixels"
+    info = Detector(exported.int8).info
+    assert info.head == "levels" and info.input_dtype == "uint8" and info.input_hw == (640, 640)
+    shape = graph.input[0].type.tensor_type.shape.dim
+    assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8 and shape[3].dim_value == 3
+
+
+def test_pixel_input_is_bit_identical_to_float_planes_and_ultralytics_form_is_kept_on_request(exported, tmp_path):
+    from training.export import cut_at_head_levels, quantize_int8, take_pixels
+
+    plain = tmp_path / "plain-int8.onnx"
+    quantize_int8(exported.fp32, plain, source_images("garbage_overflow_cn", 32, offset=1), {}, for_ultralytics=True)
+    info = Detector(plain).info
+    assert info.head == "decoded" and info.input_dtype == "float32"  # what Ultralytics can run
+    proto = onnx.load(str(plain))
+    cut_at_head_levels(proto)
+    planes, pixels = tmp_path / "planes.onnx", tmp_path / "pixels.onnx"
+    onnx.save(proto, str(planes))
+    assert take_pixels(proto)
+    onnx.save(proto, str(pixels))
+    assert not take_pixels(onnx.load(str(exported.fp32)))  # no input quantiser: nothing to take
+    a, b = Detector(planes, score_threshold=0.001), Detector(pixels, score_threshold=0.001)
+    frames = [cv2.imread(str(p)) for p in source_images("thela_india", 3) + source_images("garbage_overflow_cn", 3)]
+    for frame in frames:
+        x, y = a.session_input([frame]), b.session_input([frame])
+        assert x.dtype == np.float32 and x.shape[1] == 3 and y.dtype == np.uint8 and y.shape[3] == 3
+        for u, v in zip(a.session.run(None, {"images": x}), b.session.run(None, {"images": y})):
+            assert np.array_equal(u, v)
+        found_a, found_b = a(frame), b(frame)
+        assert len(found_a) and np.array_equal(found_a.xyxy, found_b.xyxy)
+        assert np.array_equal(found_a.scores, found_b.scores)
 
 
 def test_level_outputs_decode_exactly_like_ultralytics_decoded_graph(exported, tmp_path):
