@@ -57,6 +57,9 @@ class Int8Check(BaseModel):
     map50_int8: float
     map50_delta_points: float
     within_1_5_points: bool
+    # "levels+pixels": for gridwatch's detector alone (training.export.quantize_int8);
+    # "ultralytics": decoded output and float input, as Ultralytics exports (older cards: absent).
+    graph_form: str = "ultralytics"
 
 
 class FileEntry(BaseModel):
@@ -160,8 +163,13 @@ def coverage_weaknesses(instances: dict[str, dict[str, int]], real_val: EvalResu
 
 
 def int8_check(exported: ExportResult, fp32: EvalResult, int8: EvalResult) -> Int8Check:
+    from detector.model import open_session
+
     delta = round(100 * (int8.map50 - fp32.map50), 2)
+    _, info = open_session(exported.int8, threads=1)
     return Int8Check(
+        graph_form="levels+pixels" if (info.head, info.input_dtype) == ("levels", "uint8") else
+        "levels" if info.head == "levels" else "ultralytics",
         calibration_images=exported.calibration_images,
         excluded_nodes=exported.excluded_nodes,
         map50_fp32=fp32.map50,
@@ -292,6 +300,12 @@ def render_markdown(card: ModelCard) -> str:
                 f"{q.calibration_images} real training images, head post-processing (DFL, sigmoid, "
                 f"concat) in fp32. mAP50 fp32 {q.map50_fp32:.3f} vs int8 "
                 f"{q.map50_int8:.3f} (delta {q.map50_delta_points:+.2f} points).", ""]
+        if q.graph_form != "ultralytics":
+            out += ["The int8 file is for gridwatch's detector alone: its graph ends at the detection head's "
+                    "per-level convolutions, which the detector decodes"
+                    + (", and it takes the letterboxed BGR pixels" if q.graph_form == "levels+pixels" else "")
+                    + ". Ultralytics runs the fp32 file; `gridwatch export --for-ultralytics` writes an int8 "
+                    "file it can run.", ""]
     if card.speed:
         s = card.speed
         out += ["## Speed", "",
