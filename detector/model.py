@@ -53,6 +53,7 @@ class ModelInfo:
     # Height and width left free at export: each frame runs at its own letterboxed shape
     # (detector.boxes.rect_canvas) up to input_hw, instead of always the full square.
     dynamic_hw: bool = False
+    levels: int = 0  # feature levels of a "levels" head
 
     @property
     def version(self) -> str:
@@ -147,8 +148,10 @@ def describe(session: ort.InferenceSession, path: Path) -> ModelInfo:
     n_from_names = len(raw_names) if isinstance(raw_names, (dict, list, tuple)) else None
     outputs = session.get_outputs()
     head: HeadFormat
+    levels = 0
     if any(o.name == LEVEL_CLASSES.format(0) for o in outputs):
-        head, n_classes = "levels", _level_classes(path, outputs)
+        head = "levels"
+        levels, n_classes = _level_classes(path, outputs)
     elif len(outputs) != 1 or len(outputs[0].shape) != 3:
         raise ModelLoadError(
             f"{path} is not a detection model: expected one (batch, 4+classes, anchors) output, "
@@ -183,11 +186,12 @@ def describe(session: ort.InferenceSession, path: Path) -> ModelInfo:
         head=head,
         metadata=meta,
         dynamic_hw=not (isinstance(h_dim, int) and isinstance(w_dim, int)),
+        levels=levels,
     )
 
 
-def _level_classes(path: Path, outputs: list) -> int | None:
-    """A per-level head must come in pairs with one class count; returns it."""
+def _level_classes(path: Path, outputs: list) -> tuple[int, int | None]:
+    """A per-level head must come in pairs with one class count; returns (levels, classes)."""
     names = {o.name: o for o in outputs}
     levels = sum(1 for name in names if name.startswith(LEVEL_CLASSES.format("")))
     for i in range(levels):
@@ -200,4 +204,4 @@ def _level_classes(path: Path, outputs: list) -> int | None:
     if len(classes) != 1 or len(bins) != 1 or any(isinstance(b, int) and b % 4 for b in bins):
         raise ModelLoadError(f"{path}: per-level head outputs disagree (classes {classes}, box bins {bins})")
     (n,) = classes
-    return n if isinstance(n, int) else None
+    return levels, n if isinstance(n, int) else None

@@ -91,7 +91,6 @@ class Detector:
         self._buffers: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
         self._buffers_lock = threading.Lock()
         self._output_names = [o.name for o in self.session.get_outputs()]
-        self._levels = sum(1 for name in self._output_names if name.startswith(LEVEL_CLASSES.format("")))
 
     @property
     def names(self) -> dict[int, str]:
@@ -186,7 +185,7 @@ class Detector:
         limits = (self.score_threshold, self.iou_threshold, self.max_detections)
         if self.info.head == "levels":
             named = dict(zip(self._output_names, outputs))
-            levels = [(named[LEVEL_BOXES.format(k)], named[LEVEL_CLASSES.format(k)]) for k in range(self._levels)]
+            levels = [(named[LEVEL_BOXES.format(k)], named[LEVEL_CLASSES.format(k)]) for k in range(self.info.levels)]
             decoded = [decode_levels([(b[i], c[i]) for b, c in levels], hw, *limits) for i in range(n)]
         elif self.info.head == "end2end":
             decoded = [decode_end2end(outputs[0][i], self.score_threshold, self.max_detections) for i in range(n)]
