@@ -12,6 +12,7 @@ shares one scale and every score reads 0.
 from __future__ import annotations
 
 import ast
+import contextlib
 import hashlib
 import json
 import re
@@ -407,7 +408,10 @@ def quantize_int8(
         )
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
-        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=_has_dynamic_hw(fp32))
+        # ONNX Runtime's symbolic shape inference dumps sym_shape_infer_temp.onnx and its external
+        # data into the working directory when it gives up; keep that in the temporary folder.
+        with contextlib.chdir(tmp):
+            quant_pre_process(str(Path(fp32).resolve()), str(pre), skip_symbolic_shape=_has_dynamic_hw(fp32))
         proto = onnx.load(str(pre))
         excluded = head_postprocess_nodes(proto)
         inp = proto.graph.input[0]
