@@ -90,7 +90,10 @@ class Detector:
         # between the stream pipeline and API threads.
         self._buffers: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
         self._buffers_lock = threading.Lock()
-        self._output_names = [o.name for o in self.session.get_outputs()]
+        # Positions of each level's (box, class) outputs in the session's output list.
+        names = [o.name for o in self.session.get_outputs()]
+        self._level_outputs = [(names.index(LEVEL_BOXES.format(k)), names.index(LEVEL_CLASSES.format(k)))
+                               for k in range(self.info.levels)]
 
     @property
     def names(self) -> dict[int, str]:
@@ -184,8 +187,7 @@ class Detector:
         outputs = [o.astype(np.float32, copy=False) for o in self.session.run(None, {self.info.input_name: batch})]
         limits = (self.score_threshold, self.iou_threshold, self.max_detections)
         if self.info.head == "levels":
-            named = dict(zip(self._output_names, outputs))
-            levels = [(named[LEVEL_BOXES.format(k)], named[LEVEL_CLASSES.format(k)]) for k in range(self.info.levels)]
+            levels = [(outputs[b], outputs[c]) for b, c in self._level_outputs]
             decoded = [decode_levels([(b[i], c[i]) for b, c in levels], hw, *limits) for i in range(n)]
         elif self.info.head == "end2end":
             decoded = [decode_end2end(outputs[0][i], self.score_threshold, self.max_detections) for i in range(n)]

@@ -250,6 +250,7 @@ def cut_at_head_levels(proto) -> int:
     graph = proto.graph
     head = _head_prefix(proto)
     by_name = {n.name: n for n in graph.node}
+    producers = {o: n for n in graph.node for o in n.output}
     consumers: dict[str, list] = {}
     for node in graph.node:
         for name in node.input:
@@ -260,7 +261,7 @@ def cut_at_head_levels(proto) -> int:
         conv = by_name.get(f"{head}{branch}.{level}/{branch}.{level}.2/Conv")
         if conv is None:
             return None
-        channels = _conv_channels(conv, weights, by_name)
+        channels = _conv_channels(conv, weights, producers)
         tensor = conv.output[0]
         for op in ("QuantizeLinear", "DequantizeLinear"):
             follow = [c for c in consumers.get(tensor, []) if c.op_type == op]
@@ -274,10 +275,13 @@ def cut_at_head_levels(proto) -> int:
         outputs.append((boxes, classes))
     if not outputs:
         raise ExportError(f"cannot find the head's per-level convolutions ({head}cv2.0/cv2.0.2/Conv)")
-    renamed = {}
-    for level, ((boxes, box_channels), (classes, class_channels)) in enumerate(outputs):
-        renamed[boxes] = (LEVEL_BOXES.format(level), box_channels)
-        renamed[classes] = (LEVEL_CLASSES.format(level), class_channels)
+    renamed: dict[str, str] = {}
+    new_outputs = []
+    for level, pair in enumerate(outputs):
+        for pattern, (tensor, channels) in zip((LEVEL_BOXES, LEVEL_CLASSES), pair):
+            renamed[tensor] = pattern.format(level)
+            new_outputs.append(helper.make_tensor_value_info(
+                renamed[tensor], TensorProto.FLOAT, ["batch", channels, f"height_{level}", f"width_{level}"]))
     needed, kept = set(renamed), []
     for node in reversed(list(graph.node)):
         if any(name in needed for name in node.output):
@@ -286,8 +290,7 @@ def cut_at_head_levels(proto) -> int:
     kept.reverse()
     for node in kept:
         for i, name in enumerate(node.output):
-            if name in renamed:
-                node.output[i] = renamed[name][0]
+            node.output[i] = renamed.get(name, name)
     del graph.node[:]
     graph.node.extend(kept)
     initializers = [t for t in graph.initializer if t.name in needed]
@@ -295,10 +298,7 @@ def cut_at_head_levels(proto) -> int:
     graph.initializer.extend(initializers)
     del graph.value_info[:]
     del graph.output[:]
-    for level in range(len(outputs)):
-        for name, channels in (renamed[outputs[level][0][0]], renamed[outputs[level][1][0]]):
-            graph.output.append(helper.make_tensor_value_info(
-                name, TensorProto.FLOAT, ["batch", channels, f"height_{level}", f"width_{level}"]))
+    graph.output.extend(new_outputs)
     return len(outputs)
 
 
@@ -334,16 +334,12 @@ def take_pixels(proto) -> bool:
         return False
     convs = [n for n in graph.node if any(d.output[0] in n.input for d in dequantisers)]
     producers = {o: n for n in graph.node for o in n.output}
-    flipped = set()
-    for conv in convs:
-        weight_dq = producers.get(conv.input[1]) if conv.op_type == "Conv" else None
-        if weight_dq is None or weight_dq.op_type != "DequantizeLinear" or weight_dq.input[0] not in weights:
-            return False
-        if weight_dq.input[0] not in flipped:
-            tensor = weights[weight_dq.input[0]]
-            w = numpy_helper.to_array(tensor)
-            tensor.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(w[:, ::-1]), tensor.name))
-            flipped.add(weight_dq.input[0])
+    weight_dqs = [producers.get(conv.input[1]) if conv.op_type == "Conv" else None for conv in convs]
+    if any(dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in weights for dq in weight_dqs):
+        return False  # checked before anything changes: False leaves the graph as it was
+    for weight in {dq.input[0] for dq in weight_dqs}:
+        w = numpy_helper.to_array(weights[weight])
+        weights[weight].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(w[:, ::-1]), weight))
     dims = graph.input[0].type.tensor_type.shape.dim
     batch, _, height, width = (d.dim_param or d.dim_value for d in dims)
     for dq in dequantisers:
@@ -356,13 +352,12 @@ def take_pixels(proto) -> bool:
     return True
 
 
-def _conv_channels(conv, weights: dict, by_name: dict) -> int:
+def _conv_channels(conv, weights: dict, producers: dict) -> int:
     """Output channels of a Conv whose weight is an initializer, directly or through a
     DequantizeLinear (QDQ weights)."""
     name = conv.input[1]
-    if name not in weights:
-        producer = next((n for n in by_name.values() if name in n.output), None)
-        name = producer.input[0] if producer is not None else name
+    if name not in weights and name in producers:
+        name = producers[name].input[0]
     if name not in weights:
         raise ExportError(f"{conv.name}: weight {name} is not an initializer")
     return int(weights[name].dims[0])
