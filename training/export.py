@@ -157,12 +157,7 @@ def dfl_softmax_on_last_axis(proto) -> int:
     from onnx import helper, numpy_helper
 
     graph = proto.graph
-    by_output = {o: n for n in graph.node for o in n.output}
-    consumers: dict[str, list] = {}
-    for n in graph.node:
-        for name in n.input:
-            consumers.setdefault(name, []).append(n)
-    initializers = {i.name: i for i in graph.initializer}
+    by_output, consumers, initializers = _graph_index(graph)
 
     def attribute(node, name):
         return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), None)
@@ -201,6 +196,15 @@ def dfl_softmax_on_last_axis(proto) -> int:
         # Shapes recorded for the rewritten tensors no longer hold; ONNX Runtime infers them again.
         del graph.value_info[:]
     return rewritten
+
+
+def _graph_index(graph) -> tuple[dict, dict[str, list], dict]:
+    """(node producing each tensor, nodes reading each tensor, initializers by name)."""
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    return {o: n for n in graph.node for o in n.output}, consumers, {t.name: t for t in graph.initializer}
 
 
 def _set_metadata(proto, values: dict[str, str]) -> None:
@@ -250,12 +254,7 @@ def cut_at_head_levels(proto) -> int:
     graph = proto.graph
     head = _head_prefix(proto)
     by_name = {n.name: n for n in graph.node}
-    producers = {o: n for n in graph.node for o in n.output}
-    consumers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    weights = {t.name: t for t in graph.initializer}
+    producers, consumers, weights = _graph_index(graph)
 
     def level_output(branch: str, level: int) -> tuple[str, int] | None:
         conv = by_name.get(f"{head}{branch}.{level}/{branch}.{level}.2/Conv")
