@@ -11,7 +11,8 @@ from pathlib import Path
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("dataset", help="build the training dataset from the data sources")
+    parser = subparsers.add_parser(
+        "dataset", help="build the training dataset from the data sources, pack it for a training machine")
     commands = parser.add_subparsers(dest="dataset_command", metavar="SUBCOMMAND", required=True)
 
     b = commands.add_parser(
@@ -47,6 +48,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--threads", type=int, help="ONNX Runtime threads for the teacher")
     b.add_argument("--cache-dir", type=Path, help="teacher output cache (default: runs/cache/teacher)")
     b.set_defaults(func=run_build)
+
+    k = commands.add_parser(
+        "pack",
+        help="re-encode a built dataset at the training size, to carry it to a training machine",
+        description="Write the dataset's images as WebP no larger than --imgsz a side, with its labels, "
+        "manifest and a data.yaml that works wherever the folder is copied (OUT/part-1). With --parts N "
+        "the train images of each source are dealt over N folders: part-1 trains alone on its share, "
+        "and copying every part's images/ into part-1 gives the whole pack.",
+    )
+    k.add_argument("--data", type=Path, required=True, help="data.yaml of a built dataset")
+    k.add_argument("--out", type=Path, required=True, help="new folder for the pack")
+    k.add_argument("--imgsz", type=int, default=416, help="longest side after packing: the training size")
+    k.add_argument("--quality", type=int, default=75, help="WebP quality, 1-100")
+    k.add_argument("--parts", type=int, default=1, help="folders to deal the train images over")
+    k.set_defaults(func=run_pack)
 
     s = commands.add_parser("sources", help="list the data sources with licence and class mapping")
     s.add_argument("--root", type=Path)
@@ -87,6 +103,19 @@ def run_build(args: argparse.Namespace) -> int:
         build(options, log=lambda line: print(line, flush=True))
     except (BuildError, SourceError, SyntheticError, FileNotFoundError, ValueError) as exc:
         print(f"gridwatch dataset build: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run_pack(args: argparse.Namespace) -> int:
+    from training.pack import PackError, pack
+    from training.yolo_format import YoloFormatError
+
+    try:
+        pack(args.data, args.out, imgsz=args.imgsz, quality=args.quality, parts=args.parts,
+             log=lambda line: print(line, flush=True))
+    except (PackError, YoloFormatError, ValueError) as exc:
+        print(f"gridwatch dataset pack: {exc}", file=sys.stderr)
         return 2
     return 0
 
