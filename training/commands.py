@@ -44,6 +44,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--cache", choices=("ram", "disk"), help="cache decoded training images (ram: fastest on CPU)")
     p.add_argument("--close-mosaic", type=int, help="last epochs trained without mosaic augmentation")
+    p.add_argument("--time", type=float, metavar="HOURS",
+                   help="training budget in hours; overrides --epochs (Ultralytics re-plans the epochs to fit): "
+                        "a GPU lent for minutes trains to its limit and still returns best.pt")
+    p.add_argument("--warmup-epochs", type=float, help="epochs of learning-rate warm-up (Ultralytics' default 3)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="auto",
                    help="auto lets Ultralytics pick (AdamW on short runs) and set its own learning rate")
     p.add_argument("--lr0", type=float, help="initial learning rate; needs an explicit --optimizer")
@@ -140,6 +144,14 @@ def _fail(message: str) -> int:
     return 2
 
 
+def ultralytics_options(args: argparse.Namespace) -> dict:
+    """The `train` options Ultralytics takes as they are, those given."""
+    given = {"cache": args.cache, "close_mosaic": args.close_mosaic, "time": args.time,
+             "warmup_epochs": args.warmup_epochs, "optimizer": args.optimizer, "lr0": args.lr0,
+             "distill_model": args.distill and str(args.distill.resolve())}
+    return {k: v for k, v in given.items() if v is not None}
+
+
 def run_train(args: argparse.Namespace) -> int:
     from training.train import WEIGHTS_DIR, TrainError, existing_run, finish_run, train
 
@@ -162,10 +174,7 @@ def run_train(args: argparse.Namespace) -> int:
                 args.data, args.model, epochs=args.epochs, imgsz=args.imgsz or 416, batch=args.batch,
                 device=args.device, project=args.project, name=args.name, resume=args.resume,
                 fraction=args.fraction, workers=args.workers, plots=args.plots,
-                repeat_threshold=args.repeat_threshold, activation=args.activation, extra={k: v for k, v in (("cache", args.cache), ("close_mosaic", args.close_mosaic),
-                                         ("optimizer", args.optimizer), ("lr0", args.lr0),
-                                         ("distill_model", args.distill and str(args.distill.resolve())))
-                                         if v is not None},
+                repeat_threshold=args.repeat_threshold, activation=args.activation, extra=ultralytics_options(args),
             )
         data = args.data
         if data is None:  # the data is what the run was started with

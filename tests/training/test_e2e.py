@@ -184,7 +184,7 @@ def test_second_run_meets_the_champion(env, trained):
     proc = gridwatch(env, "train", "--data", env["data"], "--model", trained["run"] / "weights" / "best.pt",
                      "--epochs", 1, "--imgsz", 192, "--batch", 8, "--project", env["tmp"] / "runs",
                      "--name", "ci2", "--no-int8", "--no-plots", "--weights-dir", trained["weights"],
-                     "--cache", "ram", "--close-mosaic", "1", "--optimizer", "SGD", "--lr0", "0.002",
+                     "--cache", "ram", "--close-mosaic", "1", "--optimizer", "SGD", "--lr0", "0.002", "--warmup-epochs", 0.5,
                      "--activation", "relu", "--distill", trained["run"] / "weights" / "best.pt")
     out = proc.stdout + proc.stderr
     import onnx
@@ -195,7 +195,7 @@ def test_second_run_meets_the_champion(env, trained):
     run = env["tmp"] / "runs" / "ci2"
     args = read_checkpoint_args(run / "weights" / "best.pt")
     assert args["close_mosaic"] == 1 and args["cache"] == "ram"  # the flags reach Ultralytics
-    assert args["optimizer"] == "SGD" and args["lr0"] == 0.002
+    assert args["optimizer"] == "SGD" and args["lr0"] == 0.002 and args["warmup_epochs"] == 0.5
     # the SiLU first run taught its ReLU conversion, and the teacher is not shipped inside the student
     assert args["distill_model"] == str((trained["run"] / "weights" / "best.pt").resolve())
     assert "train/dis_loss" in (run / "results.csv").read_text().splitlines()[0]
