@@ -16,10 +16,11 @@ from pydantic import BaseModel
 
 from detector.files import sha256_file
 from detector.runtime import DEFAULT_SCORE_THRESHOLD
+from detector.taxonomy import load_taxonomy
 from training.dataset_manifest import LabelCounts
 from training.export import ExportResult, SpeedComparison
 from training.metrics import AP_SCORE_THRESHOLD, FEW_INSTANCES, EvalResult
-from training.promote import Decision, LoopDecision
+from training.promote import DROP_POINTS, Decision, LoopDecision
 from training.sources import Source, load_source
 
 INT8_MAX_MAP50_LOSS_POINTS = 1.5
@@ -68,6 +69,16 @@ class FileEntry(BaseModel):
     bytes: int
 
 
+class ClassFell(BaseModel):
+    """A class whose AP50 fell by more than DROP_POINTS against the default, with the rules it feeds."""
+
+    name: str
+    instances: int
+    champion_ap50: float
+    challenger_ap50: float
+    rules: list[str]  # violation ids whose detector classes include it
+
+
 class Promotion(BaseModel):
     promote: bool
     challenger: float
@@ -77,12 +88,18 @@ class Promotion(BaseModel):
     review_challenger: float | None = None
     review_champion: float | None = None
     review_metric: str | None = None
+    fell: list[ClassFell] = []  # on the base split; older cards: absent
 
     @classmethod
     def of(cls, decision: Decision | LoopDecision) -> Promotion:
         base = decision.base if isinstance(decision, LoopDecision) else decision
+        taxonomy = load_taxonomy()
+        fell = [ClassFell(name=d.name, instances=d.instances, champion_ap50=round(d.champion_ap50, 4),
+                          challenger_ap50=round(d.challenger_ap50, 4),
+                          rules=[v.id for v in taxonomy.violations if d.name in v.detector_classes])
+                for d in base.drops]
         promotion = cls(promote=decision.promote, challenger=base.challenger_score, champion=base.champion_score,
-                        metric=base.metric)
+                        metric=base.metric, fell=fell)
         if isinstance(decision, LoopDecision):
             promotion.review_challenger = decision.review.challenger_score
             promotion.review_champion = decision.review.champion_score
@@ -323,6 +340,14 @@ def render_markdown(card: ModelCard) -> str:
                         f"{d.review_challenger:.4f}, the default {review_champion}")
         out[-1] += f": {'promoted' if d.promote else 'not promoted'}."
         out.append("")
+        if d.fell:
+            out += [f"Classes whose AP50 fell by more than {DROP_POINTS:g} points against that default (those with "
+                    f"fewer than {FEW_INSTANCES} val boxes are too noisy for the metric above, but the rules that "
+                    "use them see the change):", "",
+                    "| class | val boxes | default | this model | rules that use it |", "|---|---|---|---|---|"]
+            out += [f"| {f.name} | {f.instances} | {f.champion_ap50:.3f} | {f.challenger_ap50:.3f} | "
+                    f"{', '.join(f.rules) or 'none'} |" for f in d.fell]
+            out.append("")
     out += ["## Training arguments", "", "```json", json.dumps(card.training, indent=2), "```", ""]
     out += ["## Files", "", "| file | sha256 | bytes |", "|---|---|---|"]
     for f in card.files:
@@ -337,8 +362,11 @@ def card_json(card: ModelCard) -> str:
     # card has no review keys.
     exclude = {k for k in ("summary", "review_data") if getattr(card, k) is None}
     content = card.model_dump(mode="json", exclude=exclude or None)
-    if content.get("decision") and content["decision"]["review_metric"] is None:
-        content["decision"] = {k: v for k, v in content["decision"].items() if not k.startswith("review_")}
+    if content.get("decision"):
+        # keys that say nothing are left out, as cards before them had none
+        content["decision"] = {k: v for k, v in content["decision"].items()
+                               if not (k.startswith("review_") and content["decision"]["review_metric"] is None)
+                               and not (k == "fell" and not v)}
     return json.dumps(content, indent=2, ensure_ascii=False) + "\n"
 
 

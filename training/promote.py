@@ -18,6 +18,17 @@ from pathlib import Path
 
 from training.metrics import FEW_INSTANCES, EvalResult
 
+# AP50 points a class may lose against the champion before the decision names it.
+DROP_POINTS = 5.0
+
+
+@dataclass(frozen=True)
+class ClassDrop:
+    name: str
+    instances: int  # val boxes of the class
+    champion_ap50: float
+    challenger_ap50: float
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -26,14 +37,27 @@ class Decision:
     champion_score: float | None
     metric: str
     reason: str
+    drops: tuple[ClassDrop, ...] = ()
 
     def summary(self) -> str:
         champion = "none shipped" if self.champion_score is None else f"{self.champion_score:.4f}"
         verdict = "PROMOTE" if self.promote else "KEEP CHAMPION"
-        return (
+        line = (
             f"champion/challenger on the same split ({self.metric}): challenger {self.challenger_score:.4f}, "
             f"champion {champion} -> {verdict} ({self.reason})"
         )
+        if self.drops:
+            line += f"\nAP50 fell by more than {DROP_POINTS:g} points: " + ", ".join(
+                f"{d.name} {d.champion_ap50:.3f} -> {d.challenger_ap50:.3f} ({d.instances} val boxes)" for d in self.drops)
+        return line
+
+
+def class_drops(challenger: EvalResult, champion: EvalResult, points: float = DROP_POINTS) -> tuple[ClassDrop, ...]:
+    """Classes whose AP50 fell by more than `points` against the champion, those with a handful of
+    val boxes too: too noisy to decide a promotion, but a rule that uses one should hear of it."""
+    return tuple(ClassDrop(name, m.instances, champion.classes[name].ap50, m.ap50)
+                 for name, m in sorted(challenger.classes.items())
+                 if name in champion.classes and (champion.classes[name].ap50 - m.ap50) * 100 > points)
 
 
 def decision_classes(result: EvalResult) -> list[str]:
@@ -58,12 +82,12 @@ def decide(challenger: EvalResult, champion: EvalResult | None, *, must_beat: bo
         raise ValueError(f"scores are not on the same split: classes differ {sorted(missing)}")
     cur = score(champion, classes)
     if must_beat:
-        if ch > cur:
-            return Decision(True, ch, cur, metric, "better than the current default")
-        return Decision(False, ch, cur, metric, "not better than the current default")
-    if ch >= cur:
-        return Decision(True, ch, cur, metric, "not worse than the current default")
-    return Decision(False, ch, cur, metric, "worse than the current default")
+        promote = ch > cur
+        reason = "better than the current default" if promote else "not better than the current default"
+    else:
+        promote = ch >= cur
+        reason = "not worse than the current default" if promote else "worse than the current default"
+    return Decision(promote, ch, cur, metric, reason, class_drops(challenger, champion))
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,29 @@ def test_classes_with_a_handful_of_val_boxes_do_not_decide():
     assert not decide(result(0.58, 0.9), result(0.60, 0.0)).promote
 
 
+def test_classes_that_fell_are_named_with_the_rules_that_use_them(tmp_path):
+    def result(truck_ap50: float, bin_ap50: float) -> EvalResult:
+        per = {"bin_overflow": ClassMetrics(ap50=bin_ap50, ap50_95=0.6, precision=0.8, recall=0.8, instances=400),
+               "truck": ClassMetrics(ap50=truck_ap50, ap50_95=0.5, precision=0.5, recall=0.6, instances=16)}
+        return EvalResult(classes=per, map50=0.7, map50_95=0.55)
+
+    # truck (16 boxes) is not in the metric, yet its 12-point fall is named; bin_overflow's 4 are not
+    decision = decide(result(0.576, 0.86), result(0.701, 0.90))
+    assert decision.promote and decision.metric == "mAP50-95 over bin_overflow"
+    assert [(d.name, d.instances) for d in decision.drops] == [("truck", 16)]
+    assert "truck 0.701 -> 0.576 (16 val boxes)" in decision.summary()
+    assert not decide(result(0.70, 0.90), result(0.701, 0.90)).drops
+
+    card = _card(decision=Promotion.of(decision))
+    assert card.decision.fell[0].rules == ["muck_truck_uncovered"]  # from the taxonomy
+    md_path, json_path = write_card(card, tmp_path)
+    assert "| truck | 16 | 0.701 | 0.576 | muck_truck_uncovered |" in md_path.read_text()
+    assert json.loads(json_path.read_text())["decision"]["fell"][0]["name"] == "truck"
+    quiet = json.loads(write_card(_card(decision=Promotion.of(decide(result(0.7, 0.9), result(0.7, 0.9)))),
+                                  tmp_path)[1].read_text())
+    assert "fell" not in quiet["decision"]  # as cards before the field
+
+
 def test_install_replaces_files_and_leaves_no_staging(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
