@@ -31,9 +31,37 @@ from detector.boxes import letterbox_into, to_input
 
 QUANT_SUFFIX = ".weight_quantized"
 
+# Activations a network can be converted to. ReLU is what ONNX Runtime folds into the int8
+# convolution (QDQ Conv + Relu -> one QLinearConv); SiLU becomes QLinearSigmoid + QLinearMul,
+# profiled at 23% of an int8 session (issue #16). Values: the torch.nn class, as Ultralytics'
+# model yaml names it ("nn.ReLU()").
+ACTIVATIONS = {"silu": "SiLU", "relu": "ReLU"}
 
-def read_convs(onnx_path: Path) -> tuple[dict[str, dict[str, np.ndarray]], dict[int, str]]:
-    """{module prefix: {"weight": fp32 array, "bias": array or None}}, and the class names.
+
+def convert_activation(model: torch.nn.Module, activation: str) -> None:
+    """Every convertible activation of `model` becomes `activation`, the weights untouched.
+
+    The model's yaml changes too: Ultralytics' trainer rebuilds the network from the yaml and
+    loads the weights into it, so a yaml still naming SiLU would undo the swap."""
+    class_name = ACTIVATIONS[activation]
+    target = getattr(torch.nn, class_name)
+    convertible = tuple(getattr(torch.nn, name) for name in ACTIVATIONS.values())
+    for module in model.modules():
+        for name, child in module.named_children():
+            if isinstance(child, convertible) and not isinstance(child, target):
+                setattr(module, name, target(inplace=True))
+    model.yaml = {**model.yaml, "activation": f"nn.{class_name}()"}
+
+
+def graph_activation(graph: onnx.GraphProto) -> str:
+    """The activation an exported YOLOv8 uses: its convolutions feed Relu nodes after
+    `gridwatch train --activation relu`, a Sigmoid and a Mul (SiLU) otherwise."""
+    return "relu" if any(node.op_type == "Relu" for node in graph.node) else "silu"
+
+
+def read_convs(onnx_path: Path) -> tuple[dict[str, dict[str, np.ndarray]], dict[int, str], str]:
+    """{module prefix: {"weight": fp32 array, "bias": array or None}}, the class names, and the
+    activation (`graph_activation`).
 
     Dynamically quantised weights (`X.weight_quantized` + scale + zero point) are dequantised;
     fp32 conv weights (`X.weight`, 4-D) are taken as they are.
@@ -54,7 +82,7 @@ def read_convs(onnx_path: Path) -> tuple[dict[str, dict[str, np.ndarray]], dict[
         convs[prefix] = {"weight": weight, "bias": inits.get(f"{prefix}.bias")}
     meta = {p.key: p.value for p in model.metadata_props}
     names = {int(k): v for k, v in ast.literal_eval(meta["names"]).items()}
-    return convs, names
+    return convs, names, graph_activation(model.graph)
 
 
 def match_head_width(model: torch.nn.Module, convs: dict[str, dict[str, np.ndarray]]) -> None:
@@ -82,9 +110,11 @@ def rebuild(onnx_path: Path, cfg: str = "yolov8n.yaml") -> torch.nn.Module:
     """An Ultralytics DetectionModel whose eval output matches the ONNX model's weights."""
     from ultralytics.nn.tasks import DetectionModel
 
-    convs, names = read_convs(onnx_path)
+    convs, names, activation = read_convs(onnx_path)
     model = DetectionModel(cfg, nc=len(names), verbose=False)
     match_head_width(model, convs)
+    if activation != "silu":  # the yaml's default
+        convert_activation(model, activation)
     modules = dict(model.named_modules())
     unused = set(convs)
     for prefix, tensors in convs.items():

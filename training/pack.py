@@ -133,9 +133,7 @@ def pack(data_file: Path, out: Path, *, imgsz: int = 416, quality: int = 75, par
         manifest = _packed_manifest(data.file.parent / "manifest.json")
         if manifest is not None:
             write_manifest(manifest, first / "manifest.json")
-        # root = the yaml's own folder: no `path` is written, so Ultralytics finds the splits
-        # wherever the pack is copied to
-        write_data_yaml(replace(data, file=first / "data.yaml", root=first))
+        write_data_yaml(replace(data, file=first / "data.yaml", root=first), portable=True)
         if out.exists():
             out.rmdir()
         staging.rename(out)

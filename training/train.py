@@ -84,35 +84,20 @@ def bootstrap_start(cache_dir: Path, calibration_dir: Path | None, count: int = 
     return bootstrap(COCO_TEACHER, target, images)
 
 
-# Activations a start checkpoint can be converted to before training. ReLU is what ONNX Runtime
-# folds into the int8 convolution (QDQ Conv + Relu -> one QLinearConv); SiLU becomes
-# QLinearSigmoid + QLinearMul, profiled at 23% of the shipped int8 session (issue #16).
-# Values: the torch.nn class, as Ultralytics' model yaml names it ("nn.ReLU()").
-ACTIVATIONS = {"silu": "SiLU", "relu": "ReLU"}
-
-
 def with_activation(start: Path, activation: str, out_dir: Path) -> Path:
-    """A copy of `start` whose convolutions use `activation`, its weights kept.
-
-    Both the modules and the model's yaml change: Ultralytics' trainer rebuilds the network from
-    the yaml and loads the weights into it, so a yaml still naming SiLU would undo the swap.
-    """
+    """A copy of `start` whose convolutions use `activation`, its weights kept
+    (training.bootstrap.convert_activation)."""
     import torch
 
-    class_name = ACTIVATIONS.get(activation)
-    if class_name is None:
+    from training.bootstrap import ACTIVATIONS, convert_activation
+
+    if activation not in ACTIVATIONS:
         raise TrainError(f"unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
     checkpoint = load_checkpoint(start)
     model = checkpoint.get("ema") or checkpoint.get("model")
     if model is None:
         raise TrainError(f"{start}: no model in this checkpoint")
-    target = getattr(torch.nn, class_name)
-    convertible = tuple(getattr(torch.nn, name) for name in ACTIVATIONS.values())
-    for module in model.modules():
-        for name, child in module.named_children():
-            if isinstance(child, convertible) and not isinstance(child, target):
-                setattr(module, name, target(inplace=True))
-    model.yaml = {**model.yaml, "activation": f"nn.{class_name}()"}
+    convert_activation(model, activation)
     checkpoint.update(model=model, ema=None, optimizer=None, epoch=-1)
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / f"{Path(start).stem}-{activation}.pt"

@@ -64,11 +64,11 @@ def read_data_yaml(path: Path) -> DataYaml:
     )
 
 
-def write_data_yaml(data: DataYaml) -> None:
-    """`path` is written as given: a build writes the folder the dataset will end up in. A root
-    that is the yaml's own folder is left out, so the folder can move: Ultralytics and
-    `read_data_yaml` then take the yaml's folder."""
-    content = {**({} if data.root == data.file.parent else {"path": str(data.root)}), **data.splits, "names": data.names}
+def write_data_yaml(data: DataYaml, *, portable: bool = False) -> None:
+    """`path` is written as given: a build writes the folder the dataset will end up in.
+    `portable` leaves it out instead, so the folder can move: Ultralytics and `read_data_yaml`
+    then take the yaml's own folder as the root."""
+    content = {**({} if portable else {"path": str(data.root)}), **data.splits, "names": data.names}
     if data.sources:
         content["sources"] = data.sources
     if data.dataset_hash:

@@ -206,6 +206,19 @@ def test_second_run_meets_the_champion(env, trained):
     assert any(isinstance(m, torch.nn.ReLU) for m in trained_model.modules())
     ops = [n.op_type for n in onnx.load(str(run / "export" / "gridwatch-fp32.onnx")).graph.node]
     assert ops.count("Relu") > 50 and ops.count("Sigmoid") <= 1  # the class scores' sigmoid only
+    # `gridwatch retrain` rebuilds a shipped ReLU model with ReLU: its head matches the ONNX file's
+    from detector.model import open_session
+    from training.bootstrap import rebuild
+
+    rebuilt = rebuild(run / "export" / "gridwatch-fp32.onnx")
+    assert not any(isinstance(m, torch.nn.SiLU) for m in rebuilt.modules())
+    session, info = open_session(run / "export" / "gridwatch-fp32.onnx")
+    x = np.random.default_rng(0).random((1, 3, 192, 192), dtype=np.float32)
+    (expected,) = session.run(None, {info.input_name: x})
+    with torch.no_grad():
+        head = rebuilt(torch.from_numpy(x))
+    head = (head[0] if isinstance(head, (list, tuple)) else head).numpy()
+    assert np.abs(head[:, :4] - expected[:, :4]).max() < 0.05 and np.abs(head[:, 4:] - expected[:, 4:]).max() < 1e-4
     line = next(l for l in out.splitlines() if "champion/challenger" in l)
     assert "champion none" not in line  # the promoted first model was scored on the same split
     assert "not promoted" in out  # no --promote: weights/ untouched
