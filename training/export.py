@@ -318,21 +318,20 @@ def take_pixels(proto) -> bool:
     if len(graph.input) != 1:
         return False
     name = graph.input[0].name
-    readers = [n for n in graph.node if name in n.input]
+    producers, consumers, weights = _graph_index(graph)
+    readers = consumers.get(name, [])
     if len(readers) != 1 or readers[0].op_type != "QuantizeLinear":
         return False
     quantiser = readers[0]
-    weights = {t.name: t for t in graph.initializer}
     scale, zero_point = (numpy_helper.to_array(weights[i]) if i in weights else None for i in quantiser.input[1:3])
     if scale is None or zero_point is None or scale.size != 1 or zero_point.dtype != np.uint8 or int(zero_point) != 0:
         return False
     if 255 * abs(1 / (255 * float(scale)) - 1) >= 0.5:
         return False
-    dequantisers = [n for n in graph.node if quantiser.output[0] in n.input]
+    dequantisers = consumers.get(quantiser.output[0], [])
     if not dequantisers or any(n.op_type != "DequantizeLinear" for n in dequantisers):
         return False
-    convs = [n for n in graph.node if any(d.output[0] in n.input for d in dequantisers)]
-    producers = {o: n for n in graph.node for o in n.output}
+    convs = [conv for dq in dequantisers for conv in consumers.get(dq.output[0], [])]
     weight_dqs = [producers.get(conv.input[1]) if conv.op_type == "Conv" else None for conv in convs]
     if any(dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in weights for dq in weight_dqs):
         return False  # checked before anything changes: False leaves the graph as it was
