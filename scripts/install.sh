@@ -24,14 +24,15 @@ fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 . .venv/bin/activate
-python -m pip install -q --upgrade pip
 # Playwright drives Debian's chromium (launched with executable_path=/usr/bin/chromium):
 # it must never fetch a browser of its own.
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
-if [ "$mode" = test ]; then
-  # torch first and pinned: pip takes this CUDA build (which also runs on CPU) from the local disk.
-  pip install -q torch==2.14.1 torchvision==0.29.1
-  pip install -q -e ".[train,cluster,dev]"
-else
-  pip install -q -e .
-fi
+# Everything comes from the lock file (exact versions, hashes, no resolution at install time;
+# torch's pinned build is found where pip is configured to look): a fresh machine gets what
+# the tests last passed with. `python scripts/lock.py write` refreshes it.
+lock=requirements/test.lock.txt
+[ "$mode" = test ] || lock=requirements/base.lock.txt
+python3 scripts/lock.py check
+python -m pip install -q --no-deps --require-hashes -r "$lock"
+# The project itself, built with the locked setuptools rather than a freshly fetched one.
+pip install -q --no-deps --no-build-isolation -e .
