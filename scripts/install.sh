@@ -3,14 +3,15 @@
 #   scripts/install.sh          base: serving + detector, no torch
 #   scripts/install.sh test     + training extra (torch, ultralytics), cluster extra (Ray), test tools,
 #                               PostgreSQL, GStreamer RTSP,
-#                               Debian's chromium for the review page's browser tests
+#                               Debian's chromium for the review page's browser tests,
+#                               openssl for the evidence bundle and local time-stamping authority tests
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-base}
 
 debs=(ffmpeg fonts-noto-cjk)
 if [ "$mode" = test ]; then
-  debs+=(chromium postgresql gstreamer1.0-tools gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 python3-gi
+  debs+=(chromium openssl postgresql gstreamer1.0-tools gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 python3-gi
          gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
          gstreamer1.0-plugins-ugly gstreamer1.0-libav)
 fi
@@ -35,4 +36,4 @@ lock=requirements/test.lock.txt
 python3 scripts/lock.py check
 python -m pip install -q --no-deps --require-hashes -r "$lock"
 # The project itself, built with the locked setuptools rather than a freshly fetched one.
-pip install -q --no-deps --no-build-isolation -e .
+PYTHONWARNINGS=ignore pip install -q --no-deps --no-build-isolation -e .
