@@ -14,6 +14,7 @@ from detector.boxes import (
 )
 from detector.detections import Detections
 from detector.model import LEVEL_BOXES, LEVEL_CLASSES, InvalidImageError, ModelInfo, ModelLoadError, open_session
+from detector.second_stage import CropClassifier, CropLabel
 from detector.tiling import DEFAULT_OVERLAP, detect_tiled
 
 
@@ -71,7 +72,10 @@ class Detector:
         spinning: bool = True,
         max_batch: int = 8,
         imgsz: int | None = None,
+        second_stage: Sequence[CropClassifier] = (),
     ) -> None:
+        """`second_stage`: crop classifiers, each run by `classify_crops` on the boxes of its own
+        detector class only (detector.second_stage; e.g. the load decision on trucks)."""
         if not 0 <= score_threshold <= 1 or not 0 <= iou_threshold <= 1:
             raise ValueError("score_threshold and iou_threshold must be within 0..1")
         self.session, self.info = open_session(
@@ -94,6 +98,12 @@ class Detector:
         names = [o.name for o in self.session.get_outputs()]
         self._level_outputs = [(names.index(LEVEL_BOXES.format(k)), names.index(LEVEL_CLASSES.format(k)))
                                for k in range(self.info.levels)]
+        self.second_stage: dict[str, CropClassifier] = {}
+        for stage in second_stage:
+            if stage.stage_class not in self.info.names.values():
+                raise ModelLoadError(f"second stage for {stage.stage_class!r}: the detector has no such class "
+                                     f"({sorted(self.info.names.values())})")
+            self.second_stage[stage.stage_class] = stage
 
     @property
     def names(self) -> dict[int, str]:
@@ -126,6 +136,18 @@ class Detector:
 
     def __call__(self, frame: np.ndarray) -> Detections:
         return self.detect([frame])[0]
+
+    def classify_crops(self, frame: np.ndarray, detections: Detections) -> dict[int, CropLabel]:
+        """index in `detections` -> the second stage's label, for the boxes of a class that has a
+        stage (none else: a person or a bin is never cropped and classified)."""
+        out: dict[int, CropLabel] = {}
+        names = detections.class_names
+        for cls, stage in self.second_stage.items():
+            picked = [i for i, n in enumerate(names) if n == cls]
+            if picked:
+                labels = stage.classify(check_frame(frame, 0), detections.xyxy[picked])
+                out.update(zip(picked, labels))
+        return out
 
     def detect_tiled(self, frame: np.ndarray, *, tile: int | None = None,
                      overlap: float = DEFAULT_OVERLAP) -> Detections:

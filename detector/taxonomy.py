@@ -42,12 +42,17 @@ class Violation(BaseModel):
     name_zh: str
     name_en: str
     category: str = "other"
-    matter_code: str  # 5-digit class, GB/T 47678.5-2026
+    # 5-digit class, GB/T 47678.5-2026. null: a kind the code transcriptions this file comes from do
+    # not list; it waits in Taxonomy.pending until a city's file gives the code (never a guessed one).
+    matter_code: str | None
     alt_matter_codes: tuple[str, ...] = ()
     legacy_code: str | None = None  # 4-digit, CJ/T 214-2007
     alt_legacy_codes: tuple[str, ...] = ()
     detector_classes: tuple[str, ...] = ()
     scene_change: str | None = None  # zone type where a new persistent patch is a candidate
+    # A second stage on the crop that decides the violation (detector.second_stage), e.g.
+    # load_decision for trucks: until one is trained for the city, every case goes to review.
+    second_stage: str | None = None
     min_score: float = Field(0.4, ge=0, le=1)
     dwell_s: float = Field(60, ge=0)
     review_note: str | None = None
@@ -72,6 +77,8 @@ class Violation(BaseModel):
 
     def full_matter_code(self, division: str) -> str:
         """The 11-digit code a platform receives: 6-digit division + 5-digit class."""
+        if self.matter_code is None:
+            raise ValueError(f"violation {self.id!r} has no matter code yet; set matter_code in the taxonomy_file")
         if not re.match(r"^[0-9]{6}$", division):
             raise ValueError(f"administrative division must be 6 digits, got {division!r}")
         return division + self.matter_code
@@ -82,7 +89,10 @@ class Taxonomy(BaseModel):
 
     version: str
     detector_classes: dict[str, tuple[str, ...]] = {}
-    violations: tuple[Violation, ...]
+    violations: tuple[Violation, ...]  # every one with its matter code: cases can be filed
+    # Kinds defined but without a matter code (matter_code: null): nothing files them until a
+    # city's taxonomy_file gives the code its platform uses.
+    pending: tuple[Violation, ...] = ()
 
     @cached_property
     def by_id(self) -> dict[str, Violation]:
@@ -92,7 +102,16 @@ class Taxonomy(BaseModel):
         try:
             return self.by_id[violation_id]
         except KeyError:
-            raise KeyError(f"unknown violation {violation_id!r}; known: {sorted(self.by_id)}") from None
+            raise KeyError(self.why_unknown(violation_id)) from None
+
+    def why_unknown(self, violation_id: str) -> str:
+        """What to tell someone who names a violation this taxonomy cannot file."""
+        if any(v.id == violation_id for v in self.pending):
+            return (f"violation {violation_id!r} has no matter code yet (the code transcriptions behind the built-in "
+                    "taxonomy do not list it): give it `matter_code` (and `legacy_code`) as your platform files it, "
+                    f"in a city taxonomy file (setting taxonomy_file): violations: [{{id: {violation_id}, "
+                    "matter_code: \"NNNNN\"}]")
+        return f"unknown violation {violation_id!r}; known: {sorted(self.by_id)}"
 
     def __contains__(self, violation_id: object) -> bool:
         return violation_id in self.by_id
@@ -144,6 +163,11 @@ def _validated(data: dict[str, Any], source: str) -> Taxonomy:
         if v.id in seen:
             raise TaxonomyError(f"{source}: violation {v.id!r} is defined twice")
         seen.add(v.id)
+    pending = tuple(v for v in taxonomy.violations if v.matter_code is None)
+    if pending:
+        taxonomy = Taxonomy(version=taxonomy.version, detector_classes=taxonomy.detector_classes,
+                            violations=tuple(v for v in taxonomy.violations if v.matter_code is not None),
+                            pending=pending)
     return taxonomy
 
 

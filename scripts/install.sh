@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-base}
 
-debs=(ffmpeg fonts-noto-cjk)
+debs=(ffmpeg fonts-noto-cjk libjemalloc2)  # jemalloc: gridwatch serve's allocator (a flat footprint over months)
 if [ "$mode" = test ]; then
   debs+=(chromium openssl postgresql gstreamer1.0-tools gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 python3-gi
          gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad

@@ -20,8 +20,10 @@ COMMAND_MODULES = (
     "serving.commands.cases",
     "serving.commands.users",
     "serving.commands.review",
+    "serving.commands.evidence",
     "training.commands",
     "training.data_commands",
+    "training.model_commands",
 )
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from sqlalchemy import func, or_, select, update
 
+from serving.cases.outbox import coalesce
 from serving.clock import SYSTEM_CLOCK, WallClock, beyond_horizon
 from serving.store.db import Database
 from serving.store.models import Case, OutboxMessage
@@ -85,10 +86,14 @@ class DeliveryConfig:
 
 
 class DeliveryWorker:
-    def __init__(self, db: Database, config: DeliveryConfig, clock: WallClock = SYSTEM_CLOCK) -> None:
+    def __init__(self, db: Database, config: DeliveryConfig, clock: WallClock = SYSTEM_CLOCK,
+                 faults: Any = None) -> None:
+        """`faults`: the service's `serving.health.Faults`; a pass that fails because the
+        database is away enters that fault (one line per outage) instead of logging here."""
         import httpx
 
         self.db = db
+        self.faults = faults
         self.config = config
         self.clock = clock  # due times are stored, shared with other processes: wall-clock
         self._lease_s = config.timeout_s * 2 + 5  # a claimed message's next try is pushed this far
@@ -124,10 +129,16 @@ class DeliveryWorker:
                 if failing:
                     log.info("delivery passes work again")
                 failing = False
-            except Exception:  # the database may be briefly away; keep the worker alive
-                if not failing:
-                    log.exception("delivery pass failed; retrying quietly until one works")
-                failing = True
+            except Exception as exc:  # the database may be briefly away; keep the worker alive
+                from serving.health import held_fault
+
+                fault = held_fault(exc) if self.faults is not None else None
+                if fault is not None:
+                    self.faults.enter(*fault)  # its end is logged when the service sees the part back
+                else:
+                    if not failing:
+                        log.exception("delivery pass failed; retrying quietly until one works")
+                    failing = True
                 busy = 0
             if not busy:
                 self._wake.wait(self.config.poll_s)
@@ -152,10 +163,27 @@ class DeliveryWorker:
             if message.next_attempt_at > now and not beyond_horizon(message.next_attempt_at, now, self._horizon_s):
                 blocked.add(message.case_id)  # later versions wait for this one
                 continue
+            verdict, to_send = self._coalesce(message)
+            if verdict == "skip":
+                continue  # superseded by a newer version of its case: that one goes instead
+            if to_send is None:
+                blocked.add(message.case_id)
+                continue
             attempted += 1
-            if not self._send(message):
+            if not self._send(to_send):
                 blocked.add(message.case_id)
         return attempted
+
+    def _due(self, now: datetime):  # noqa: ANN202
+        """A pending message no one is sending now: due, or due beyond the horizon (see _claim)."""
+        return or_(OutboxMessage.next_attempt_at <= now,
+                   OutboxMessage.next_attempt_at > now + timedelta(seconds=self._horizon_s))
+
+    def _coalesce(self, message: OutboxMessage) -> tuple[str, OutboxMessage | None]:
+        """Only the newest version of a case is sent (serving/cases/outbox.py `coalesce`): a case
+        that changed again before this version went out sends the newer one alone."""
+        with self.db.transaction() as session:
+            return coalesce(session, message.id, self._due(self.clock.now()))
 
     def _claim(self, message: OutboxMessage) -> bool:
         """Lease the message by moving its next try past this send's timeout. The update is
@@ -166,9 +194,7 @@ class DeliveryWorker:
         with self.db.transaction() as session:
             result = session.execute(
                 update(OutboxMessage)
-                .where(OutboxMessage.id == message.id, OutboxMessage.state == "pending",
-                       or_(OutboxMessage.next_attempt_at <= now,
-                           OutboxMessage.next_attempt_at > now + timedelta(seconds=self._horizon_s)))
+                .where(OutboxMessage.id == message.id, OutboxMessage.state == "pending", self._due(now))
                 .values(next_attempt_at=now + lease)
             )
             return result.rowcount == 1

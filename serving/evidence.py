@@ -14,7 +14,7 @@ import hashlib
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -25,7 +25,8 @@ from detector.annotate import clip_box, draw_boxes
 from detector.detections import Detections
 from detector.files import sha256_file
 
-EvidenceKind = Literal["original", "annotated", "crop", "after", "after_annotated"]
+# "masked": a copy of an original (or after photo) with people pixelated (serving/privacy.py)
+EvidenceKind = Literal["original", "annotated", "crop", "after", "after_annotated", "masked"]
 MEDIA_TYPES = {".jpg": "image/jpeg", ".png": "image/png", ".webp": "image/webp", ".bmp": "image/bmp"}
 JPEG_QUALITY = 92
 PARTIAL_PREFIX = ".incoming-"  # a file being written; renamed into place (linked) when complete
@@ -56,6 +57,9 @@ class EvidenceFrame:
     # Everything the model found in the frame, as it saw it: with the reviewer's decision,
     # the frame becomes a fully labelled training image. None when unknown (an upload).
     detections: Detections | None = None
+    # Boxes to pixelate in every copy made from the frame (people: serving/privacy.py); the
+    # original itself is kept as it came, and a masked copy of it is stored beside it.
+    mask: tuple[tuple[float, float, float, float], ...] = ()
 
     def decoded(self) -> np.ndarray:
         if self.image is not None:
@@ -75,6 +79,7 @@ class StoredEvidence:
     sha256: str
     size: int
     media_type: str
+    masks: str = ""  # a masked copy: the SHA-256 of the original it stands in for
 
 
 def _jpeg(image: np.ndarray) -> bytes:
@@ -117,6 +122,11 @@ class EvidenceStore:
         image = frame.decoded()
         h, w = image.shape[:2]
         items: list[tuple[EvidenceKind, bytes, str]] = [("after" if after else "original", *_original(frame))]
+        if frame.mask:
+            from serving.privacy import pixelate
+
+            image = pixelate(image, frame.mask)  # every copy below is made from the masked frame
+            items.append(("masked", _jpeg(image), ".jpg"))
         boxes = [frame.box] if frame.box is not None else []
         items.append(("after_annotated" if after else "annotated",
                       _jpeg(draw_boxes(image, boxes, [frame.label])), ".jpg"))
@@ -124,7 +134,10 @@ class EvidenceStore:
             x1, y1, x2, y2 = clip_box(frame.box, w, h)
             if x2 > x1 and y2 > y1:
                 items.append(("crop", _jpeg(image[y1:y2, x1:x2]), ".jpg"))
-        return self._write_set(owner, items)
+        stored = self._write_set(owner, items)
+        if frame.mask:
+            stored[1] = replace(stored[1], masks=stored[0].sha256)
+        return stored
 
     def write_original(self, owner: str, frame: EvidenceFrame) -> StoredEvidence:
         """The original alone (a frame for labelling: no violation box to draw or cut)."""

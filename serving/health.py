@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
+from serving.cameras.credentials import redact
 from serving.clock import SteadyClock
 from serving.evidence import EvidenceStorageError, EvidenceStore
 from serving.store.db import Database
@@ -41,7 +42,9 @@ class Faults:
         self._lock = threading.Lock()
 
     def enter(self, name: str, reason: str) -> None:
-        """`name` is failing; logged only if it was not already."""
+        """`name` is failing; logged only if it was not already. The reason is shown on the
+        unauthenticated /readyz: stream passwords in it are masked."""
+        reason = redact(reason)
         with self._lock:
             if name in self._faults:
                 return
@@ -91,7 +94,7 @@ def ready(checks: dict[str, str]) -> bool:
 def camera_faults(health: dict[str, dict]) -> dict[str, str]:
     """`camera:<id>` for each live camera that lost its stream and is reconnecting."""
     return {f"camera:{cid}": f"reconnecting since {h['reconnecting_since']} ({h['reconnects']} tries): "
-                             f"{h['last_error']}"
+                             f"{redact(str(h['last_error']))}"
             for cid, h in sorted(health.items()) if h.get("reconnecting_since") and h.get("state") != "stopped"}
 
 

@@ -53,6 +53,7 @@ from detector.detections import Detections
 from detector.runtime import Detector
 from detector.taxonomy import Taxonomy
 from serving.evidence import EvidenceFrame, EvidenceStore
+from serving.frame_boxes import unit_box
 from serving.labelling.queue import labelled_items
 from serving.store.db import Database
 from serving.store.models import Case, Evidence, LabellingItem
@@ -140,6 +141,12 @@ def _covered(cls: str, box: Sequence[float], labels: list[tuple[str, list[float]
                                               np.asarray(same_class, np.float32)).max()) >= SAME_OBJECT_IOU
 
 
+def _overlaps(box: Sequence[float], boxes: list[list[float]]) -> bool:
+    """Whether `box` is the same object as one of `boxes` (IoU >= SAME_OBJECT_IOU), any class."""
+    return bool(boxes) and float(box_iou(np.asarray([box], np.float32),
+                                         np.asarray(boxes, np.float32)).max()) >= SAME_OBJECT_IOU
+
+
 def frame_labels(cases: Sequence[Case], seen: Detections, taxonomy: Taxonomy, names: Sequence[str], stem: str,
                  sha256: str) -> FrameLabels | None:
     """The labels of one evidence frame from every exported case on it (in case order): each
@@ -157,9 +164,16 @@ def frame_labels(cases: Sequence[Case], seen: Detections, taxonomy: Taxonomy, na
     # A reviewer who labelled the object there outweighs another case's "not there" of the same object.
     negatives = [(c, b) for c, b in negatives if not _covered(c, b, human)]
     pseudo = []
+    # Where a person decided, the model's box for that object does not survive, whatever it called
+    # it: a correction (exposed garbage -> overflowing bin) must not keep the model's garbage_pile
+    # box on the same object. Violation classes only: a person or a car beside the object is another one.
+    decided = [b for _, b in human + negatives] + [[float(v) for v in c.box] for c in cases if c.box]
+    violation_classes = set(taxonomy.detector_classes.get("violation", ()))
     for box, cls, score in zip(seen.xyxy, seen.class_names, seen.scores):
         if score < PSEUDO_SCORE or _covered(cls, box, human + negatives):
             continue  # below it: noise; covered: the reviewers' label (or absence) of this object wins
+        if cls in violation_classes and _overlaps(box, decided):
+            continue
         pseudo.append((cls, [round(float(v), 1) for v in box]))
     return FrameLabels(stem, cases[0].case_number, cases[0].camera, "cases", human, pseudo, negatives,
                        sha256=sha256, cases=[c.case_number for c in cases],
@@ -173,8 +187,12 @@ def reviewed_times(cases: Sequence[Case]) -> list[str]:
 def yolo_lines(labels: FrameLabels, names: Sequence[str], width: int, height: int) -> str:
     lines = []
     for cls, (x1, y1, x2, y2) in labels.human + labels.pseudo:
-        cx, cy = (x1 + x2) / 2 / width, (y1 + y2) / 2 / height
-        w, h = (x2 - x1) / width, (y2 - y1) / height
+        # Cut to the image: a label outside [0, 1] would poison training; a box stored before
+        # boxes were clipped at every entry point may still reach past the frame.
+        inside = unit_box((x1 + x2) / 2 / width, (y1 + y2) / 2 / height, (x2 - x1) / width, (y2 - y1) / height)
+        if inside is None:
+            continue
+        cx, cy, w, h = inside
         lines.append(f"{names.index(cls)} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}")
     return "".join(line + "\n" for line in lines)
 

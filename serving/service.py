@@ -8,6 +8,7 @@ case writer and the delivery worker finish what is in flight, then closes the da
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 import threading
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from serving.audit import record
 from serving.auth import ensure_admin_key
 from serving.cameras import Camera
 from serving.cameras.registry import CameraRegistry
+from serving.chain import MIRROR_NAME, ChainSigner, EvidenceChain, enrol_unchained, load_or_create_key
 from serving.cases import CasePolicy, CaseService
 from serving.cases.held import HeldEvents
 from serving.cases.ingest import IngestResult
@@ -33,10 +35,12 @@ from serving.cases.thresholds import ThresholdBook
 from serving.clock import SYSTEM_CLOCK, SteadyClock, WallClock
 from serving.delivery import DeliveryConfig, DeliveryWorker, outbox_stats
 from serving.events import ViolationEvent
-from serving.evidence import EvidenceFrame, EvidenceStore
+from serving.evidence import EvidenceError, EvidenceFrame, EvidenceStore
 from serving.health import Faults, Probes, camera_faults, held_fault
 from serving.labelling.queue import LabellingQueue
-from serving.live_model import LiveDetector
+from serving.live_model import LiveDetector, ModelSwapError
+from serving.privacy import PrivacyPolicy
+from serving.retention import Retention
 from serving.pipeline.uncertainty import DailyBudget, LabellingSample, UncertaintySampler
 from serving.settings import Settings, load_detector
 from serving.store.db import Database, schema_is_current
@@ -63,32 +67,45 @@ class GridwatchService:
         self._schema_current = schema_is_current(self.db.engine)  # migrated just now
         self.taxonomy = load_taxonomy(settings.taxonomy_file)
         self.evidence = EvidenceStore(settings.resolved_evidence_dir)
+        # Every evidence item and case decision into the hash chain (serving/chain.py).
+        self.chain = EvidenceChain(settings.data_dir / MIRROR_NAME)
+        self.chain.install(self.db)
         self.detector = LiveDetector(detector if detector is not None else load_detector(settings),
                                      load=lambda path: load_detector(settings, model=path),
                                      smoke_frames=self._recent_evidence_frames)
         public_url = settings.public_url or f"http://{settings.host}:{settings.port}"
-        self.thresholds = ThresholdBook(self.db, settings.thresholds)
+        self.faults = Faults()  # before the parts that report into it
+        self.thresholds = ThresholdBook(self.db, settings.thresholds, faults=self.faults)
+        self.privacy = PrivacyPolicy.from_settings(settings.privacy)
         self.cases = CaseService(self.db, self.evidence, self.taxonomy,
                                  CasePolicy.from_settings(settings, self.thresholds.auto_confirm),
                                  model_version=lambda: self.detector.version, public_url=public_url,
                                  instance=settings.instance_id, recheck=settings.recheck,
-                                 cameras=lambda: self.cameras.all(), thresholds=self.thresholds, clock=clock)
+                                 cameras=lambda: self.cameras.all(), thresholds=self.thresholds, clock=clock,
+                                 decisions_per_min=settings.review_max_per_min,
+                                 privacy=self.privacy)
         # Active learning: the sampler (and its day's budget) outlives pipeline restarts.
         zone = ZoneInfo(settings.labelling.timezone)
         self.labelling = LabellingQueue(self.db, self.evidence, lambda: list(self.detector.info.names.values()), zone)
         self.sampler = UncertaintySampler(settings.labelling.band, DailyBudget(
             settings.labelling.daily_budget_per_camera, zone, settings.labelling.min_gap_s, self.labelling.spent))
         delivery = DeliveryConfig.from_settings(settings)
-        self.delivery = DeliveryWorker(self.db, delivery, clock) if delivery else None
+        self.delivery = DeliveryWorker(self.db, delivery, clock, faults=self.faults) if delivery else None
         self.cameras = CameraRegistry(self.db, self.taxonomy, settings.data_dir.resolve(), file_cameras or [],
                                       self._start_pipeline, settings.resolved_media_roots)
         self.rechecks = RecheckWorker(self.cases, self.cameras.all, self.detector, self._fresh_frame, self.taxonomy,
                                       settings.recheck, alert_threshold=self.thresholds.alert,
-                                      notify=self._wake_delivery) \
+                                      notify=self._wake_delivery, faults=self.faults) \
             if self.cases.recheck is not None else None
         self.new_admin_key = ensure_admin_key(self.db, settings.admin_key)
-        self.faults = Faults()
+        self.signer = ChainSigner(self.db, load_or_create_key(settings.resolved_evidence_key), self.cases.instance,
+                                  timestamp_url=settings.timestamp_url)
+        # The case writer's lock: a purge's tombstone and an ingest never draw the same chain position.
+        self.retention = Retention(self.db, self.evidence, self.chain, settings.retention, lock=self.cases._lock)
+        self._evidence_figures: dict[str, Any] = {}
         self.probes = Probes(self.faults, self.db, self.evidence, self.steady_clock)
+        self._db_figures: dict[str, Any] = {"cases_by_state": {}, "cases_by_review": {}, "rechecks": {},
+                                            "outbox": {"pending": 0, "delivered": 0, "dead": 0, "lag_s": 0.0}}
         # Events of our cameras the database or the evidence disk refused: retried in order,
         # and spooled to disk so that a restart during an outage finds them again.
         self._held = HeldEvents(settings.held_frames_max_mb * 2**20, spool=settings.data_dir / "held")
@@ -144,12 +161,37 @@ class GridwatchService:
         live; audited. ModelSwapError, and the old model keeps serving, when it is refused."""
         current = self.detector.info
         target = current.path if file is None else current.path.parent / Path(file).name
-        info = self.detector.reload(target)
+        try:
+            info = self.detector.reload(target)
+        except ModelSwapError as exc:
+            # A refusal is an admin's act too: logged and audited like a swap.
+            log.warning("model reload by %s refused, %s keeps running: %s", actor, current.version, exc)
+            with self.db.transaction() as session:
+                record(session, actor, "model.reload_refused", f"model:{Path(file).name if file else current.path.name}",
+                       {"version": current.version, "file": current.path.name}, {"refused": str(exc)})
+            raise
         with self.db.transaction() as session:
             record(session, actor, "model.reload", f"model:{info.path.name}",
                    {"version": current.version, "file": current.path.name},
                    {"version": info.version, "file": info.path.name})
         return info
+
+    def bundle(self, case: Case, principal: Any, *, originals: bool = False, reason: str = "") -> bytes:
+        """The case's evidence bundle (serving/bundle.py); with `originals`, the sealed
+        originals too: an admin's, with a reason, audited."""
+        from serving.bundle import build_bundle
+        from serving.privacy import SealedError
+
+        if originals:
+            if principal.role != "admin":
+                raise SealedError("only an admin may bundle the sealed originals")
+            if not reason.strip():
+                raise SealedError("bundling the sealed originals needs a reason (?reason=...)", 422)
+            with self.db.transaction() as session:
+                record(session, principal.name, "evidence.bundle_originals", f"case:{case.case_number}", None,
+                       {"reason": reason.strip()[:500]})
+        return build_bundle(self.db, self.evidence.root, self.signer, case.case_number,
+                            self.cases.public(case).model_dump(mode="json"), originals=originals)
 
     def _recent_evidence_frames(self, count: int = 3) -> list[np.ndarray]:
         """The last original evidence frames stored: what a new model is smoke-checked on."""
@@ -166,6 +208,13 @@ class GridwatchService:
             self.delivery.start()
         self._retrier = threading.Thread(target=self._retry_loop, name="gridwatch-event-retry", daemon=True)
         self._retrier.start()
+        self.chain.sync_mirror(self.db)
+        enrolled = enrol_unchained(self.db, self.chain)
+        if enrolled:
+            log.info("%d evidence item(s) stored before the evidence chain existed joined it", enrolled)
+        self._signing = threading.Thread(target=self._sign_loop, name="gridwatch-chain-sign", daemon=True)
+        self._signing.start()
+        self.retention.start()
         removed = self.evidence.remove_stale_partials()
         if removed:
             log.info("removed %d partial evidence file(s) left by an earlier process", removed)
@@ -198,7 +247,19 @@ class GridwatchService:
             log.error("%d event(s) could not be stored before stopping: %s", len(self._held), self.faults.current())
         if self.delivery is not None:
             self.delivery.stop()
+        self.retention.stop()
+        self._sign_head()  # at shutdown: the last entries leave under a signature
         self.db.close()
+
+    def _sign_loop(self) -> None:
+        while not self._stop.wait(self.settings.chain_sign_every_s):
+            self._sign_head()
+
+    def _sign_head(self) -> None:
+        try:
+            self.signer.sign_head()
+        except Exception:  # noqa: BLE001 - the database may be away; the next interval signs
+            log.exception("evidence chain head not signed")
 
     # -- events ----------------------------------------------------------------------------
     def on_event(self, event: ViolationEvent, frame: EvidenceFrame | None = None, fencing: int | None = None) -> None:
@@ -222,6 +283,7 @@ class GridwatchService:
         """One event into its case. A failure because a part is away (database, evidence
         disk) enters that fault and is raised; success ends the faults it proves over."""
         writes = self.evidence.writes
+        frame = self._find_people(event, frame)
         try:
             result = self.cases.ingest(event, frame, fencing=fencing)
         except Exception as exc:
@@ -235,6 +297,18 @@ class GridwatchService:
         if self.delivery is not None:
             self.delivery.wake()
         return result
+
+    def _find_people(self, event: ViolationEvent, frame: EvidenceFrame | None) -> EvidenceFrame | None:
+        """An uploaded frame comes without the model's view of it: the model looks for people
+        in it here, so they are masked as on the service's own cameras (serving/privacy.py)."""
+        if frame is None or frame.detections is not None or frame.mask or not self.privacy.wants(event.violation):
+            return frame
+        try:
+            image = frame.decoded()
+        except EvidenceError:
+            return frame  # the case stage files the event without a picture
+        people = self.privacy.people(self.detector.current.detect([image])[0])
+        return replace(frame, mask=tuple(people)) if people else frame
 
     def _store(self, event: ViolationEvent, frame: EvidenceFrame | None, fencing: int | None) -> None:
         """An event of our cameras or camera workers; one whose camera has moved to another
@@ -308,22 +382,49 @@ class GridwatchService:
             checks["cluster"] = self.coordinator.error or "ok"
         return checks
 
+    def _database_figures(self) -> tuple[dict[str, Any], bool]:
+        """Case, outbox and re-check counts from the database, and whether they are fresh.
+        With the database away (a current fault, or the queries fail) the last figures read
+        stand in: metrics are most needed during an outage and never wait on or fail with it."""
+        if "database" not in self.faults:
+            try:
+                with self.db.sessions() as session:
+                    by_state = dict(session.execute(select(Case.state, func.count()).group_by(Case.state)).all())
+                    by_review = dict(session.execute(
+                        select(Case.review_status, func.count()).group_by(Case.review_status)).all())
+                self._db_figures = {"cases_by_state": by_state, "cases_by_review": by_review,
+                                    "outbox": outbox_stats(self.db), "rechecks": recheck_counts(self.db)}
+                return self._db_figures, True
+            except Exception as exc:  # noqa: BLE001
+                fault = held_fault(exc)
+                if fault is None:
+                    raise
+                self.faults.enter(*fault)
+        return self._db_figures, False
+
     def metrics(self) -> dict[str, Any]:
-        with self.db.sessions() as session:
-            by_state = dict(session.execute(select(Case.state, func.count()).group_by(Case.state)).all())
-            by_review = dict(session.execute(select(Case.review_status, func.count()).group_by(Case.review_status)).all())
+        figures, fresh = self._database_figures()
         return {
+            **figures,
+            "database_up": fresh,
             "pipeline": self.cameras.stats(),
             "counters": dict(self.counters),
-            "cases_by_state": by_state,
-            "cases_by_review": by_review,
             "case_counts": dict(self.cases.counts),
-            "outbox": outbox_stats(self.db),
             "cameras": self.cameras.health(),
             "pending_events": len(self._held),
             "held_frames_dropped": self._held.frames_dropped,
             "cluster": self.coordinator.status() if self.coordinator is not None else None,
             "model": {"version": self.detector.version, "swaps": self.detector.swaps},
-            "rechecks": recheck_counts(self.db),
+            "evidence": self._evidence_store_figures(fresh),
         }
+
+    def _evidence_store_figures(self, database_up: bool) -> dict[str, Any]:
+        """Evidence on disk, the chain and the purge schedule; the last figures while the database is away."""
+        if database_up:
+            try:
+                self._evidence_figures = {**self.retention.figures(), "signed_heads": self.signer.signed,
+                                          "timestamp_failures": self.signer.timestamp_failures}
+            except Exception:  # noqa: BLE001 - metrics never fail with the database
+                log.debug("evidence figures not read", exc_info=True)
+        return self._evidence_figures
 

@@ -6,7 +6,7 @@ No other module reads environment variables.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from detector.files import REPO_ROOT, validation_problems
 from detector.runtime import DEFAULT_IOU_THRESHOLD, DEFAULT_SCORE_THRESHOLD
 from serving.cameras.schedules import known_time_zone
+from serving.web.hotkeys import check_hotkeys
 
 if TYPE_CHECKING:
     from detector.runtime import Detector
@@ -93,6 +94,31 @@ class ThresholdSettings(BaseModel):
         return self
 
 
+class PrivacySettings(BaseModel):
+    """People are not the violation (serving/privacy.py): in every copy that leaves the
+    service, the boxes of these classes are pixelated; the original stays sealed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mask: bool = True
+    classes: list[str] = Field(default_factory=lambda: ["person"])
+    # Violations for which a person must stay visible (e.g. a city's street_stall rule names
+    # the vendor): their copies are not masked.
+    keep_visible: list[str] = Field(default_factory=list)
+    min_score: float = Field(0.25, ge=0, le=1)  # a person found at this score or above is masked
+
+
+class RetentionSettings(BaseModel):
+    """How long each outcome's evidence is kept (serving/retention.py), in days after the
+    case's last sighting or decision; an outcome not listed is kept."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    keep_days: dict[Literal["pending", "confirmed", "corrected", "rejected"], Annotated[float, Field(gt=0)]] = \
+        Field(default_factory=dict)
+    purge_every_s: float = Field(3600.0, gt=0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GRIDWATCH_", extra="forbid", env_nested_delimiter="__")
 
@@ -158,6 +184,15 @@ class Settings(BaseSettings):
     # the events wait without their frame (marked for review).
     held_frames_max_mb: int = Field(256, ge=0)
 
+    # Evidence integrity (serving/chain.py): the chain head is signed with the instance's
+    # Ed25519 key (made on first start; default data_dir/evidence-signing.key) this often and
+    # at shutdown; with timestamp_url, each signed head is also time-stamped (RFC 3161).
+    evidence_key_file: Path | None = None
+    chain_sign_every_s: float = Field(300.0, gt=0)
+    timestamp_url: str | None = None
+    privacy: PrivacySettings = Field(default_factory=PrivacySettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
+
     # Delivery (serving/delivery.py): a signed JSON webhook per case version.
     webhook_url: str | None = None
     webhook_secret: str | None = None
@@ -177,6 +212,15 @@ class Settings(BaseSettings):
     login_window_s: float = Field(300.0, gt=0)
     review_lease_s: float = Field(120.0, gt=0)
     review_undo_s: float = Field(4.0, ge=0)
+    # Decisions (first, re-decisions, undos) one person may make in any minute, page and API
+    # alike (0: no limit); past it 429. 120 is a decision every half second, sustained.
+    review_max_per_min: int = Field(120, ge=0)
+    # How long after it was sent a decision can still be undone from the page's undo stack
+    # (the last 10 of the session); later, re-decide with a reason.
+    review_undo_window_s: float = Field(300.0, ge=0)
+    # Re-mapped review page keys, action -> key (serving/web/hotkeys.py lists the actions).
+    review_hotkeys: dict[str, str] = Field(default_factory=dict)
+    _hotkeys = field_validator("review_hotkeys")(check_hotkeys)
     labelling: LabellingSettings = Field(default_factory=LabellingSettings)
 
     # API uploads (POST /v1/detect, /v1/events): checked before decoding, against decompression bombs.
@@ -190,6 +234,24 @@ class Settings(BaseSettings):
     # past it 429 with Retry-After. 600/min is 10 frames a second per camera box.
     rate_limit_per_minute: int = Field(600, ge=0)
     rate_limit_burst: int = Field(60, ge=1)
+    # A request's whole body must arrive within this; one that stalls or trickles gets 408
+    # and frees its upload slot (serving/api/guard.py).
+    body_timeout_s: float = Field(60.0, gt=0)
+    # Addresses or networks (CIDR) of reverse proxies whose X-Forwarded-For is believed; from
+    # anyone else the connection's own address counts (login limits are per address).
+    trusted_proxies: list[str] = Field(default_factory=list)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for item in value:
+            try:
+                ipaddress.ip_network(item.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or network (e.g. 10.0.0.5 or 10.0.0.0/24)") from None
+        return value
     # Decoding memory: at most max_concurrent_decodes images decode at once, each taking up
     # to DECODE_PEAK_BYTES_PER_PIXEL x its pixels; the pixel limit must keep that within the
     # budget (checked at start). Defaults: 2 x 40 Mpx x 6.5 B = 496 MiB <= 512 MiB.
@@ -227,6 +289,10 @@ class Settings(BaseSettings):
     @property
     def resolved_evidence_dir(self) -> Path:
         return self.evidence_dir or self.data_dir / "evidence"
+
+    @property
+    def resolved_evidence_key(self) -> Path:
+        return self.evidence_key_file or self.data_dir / "evidence-signing.key"
 
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:

@@ -58,6 +58,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--promote", action="store_true",
                    help="install the result in weights/ if it is not worse than the current default")
     p.add_argument("--weights-dir", type=Path, default=None, help="where the current default lives (weights/)")
+    p.add_argument("--force-reason", metavar="TEXT",
+                   help="promote even though a class that a violation rule uses fell by more than 5 AP50 points "
+                        "(the reason goes on the model card and the log)")
     p.set_defaults(func=run_train)
 
     p = subparsers.add_parser(
@@ -96,6 +99,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--pseudo-labels", action=argparse.BooleanOptionalAction, default=True,
                    help="COCO-teacher boxes for the context classes on the base sources (default: on)")
     p.add_argument("--cache-dir", type=Path, help="teacher output cache (default: runs/cache/teacher)")
+    p.add_argument("--force-reason", metavar="TEXT",
+                   help="promote even though a class that a violation rule uses fell by more than 5 AP50 points "
+                        "(the reason goes on the model card and the log)")
     p.set_defaults(func=run_retrain)
 
     p = subparsers.add_parser("average", help="average checkpoints of one lineage into a new run's best.pt")
@@ -119,12 +125,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tiles", nargs="?", const=0, type=int, metavar="SIZE",
                    help="ONNX only: also evaluate tiled at native resolution (tiles of SIZE px, default the "
                         "model's input) and report both ways")
+    p.add_argument("--split", choices=("train", "val", "test"),
+                   help="the data.yaml split to score (default: val, else test, else train; the report names it)")
+    p.add_argument("--save-errors", type=Path, metavar="DIR",
+                   help="write each image's false positives and misses at the operating threshold, worst first: "
+                        "DIR/errors.json and the images drawn with them")
+    p.add_argument("--place-folds", type=int, metavar="K",
+                   help="also per-class AP50 on K folds of whole places (the folder's places.json, written by "
+                        "`gridwatch dataset build --split-by place`, else perceptual-hash clusters): mean, min "
+                        "and max over the folds, beside the figure over all images")
     p.set_defaults(func=run_eval)
 
     p = subparsers.add_parser("export", help="export a trained .pt to fp32 and static-quantized int8 ONNX")
     p.add_argument("--weights", required=True, type=Path, help="trained Ultralytics .pt (best.pt)")
     p.add_argument("--imgsz", type=int, help="input size (default: the training imgsz)")
-    p.add_argument("--out", type=Path, default=Path("weights"), help="output folder")
+    p.add_argument("--out", type=Path, help="output folder (default: runs/export/NAME-TIME; never the served "
+                   "model's folder: `gridwatch models promote` puts a model in service)")
+    p.add_argument("--weights-dir", type=Path, help="the served model's folder, to compare with and never write to "
+                   "(default: weights/)")
     p.add_argument("--calib", type=Path, help="folder of real images for int8 calibration (32+)")
     p.add_argument("--int8", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--name", default="gridwatch", help="file stem: NAME-fp32.onnx, NAME-int8.onnx")
@@ -162,6 +180,8 @@ def run_train(args: argparse.Namespace) -> int:
         return _fail("--lr0 has no effect with --optimizer auto; name the optimizer, e.g. --optimizer SGD")
     if args.distill is not None and not args.distill.is_file():
         return _fail(f"--distill: no teacher checkpoint at {args.distill}")
+    if args.force_reason is not None and not args.force_reason.strip():
+        return _fail("--force-reason needs a reason: say why the fall is acceptable")
     try:  # read now: a typo must not surface only after hours of training
         notes = args.card_notes.read_text(encoding="utf-8") if args.card_notes else None
     except (OSError, UnicodeDecodeError) as exc:
@@ -182,7 +202,8 @@ def run_train(args: argparse.Namespace) -> int:
 
             data = Path(read_checkpoint_args(result.best)["data"])
         finish_run(result, data, promote=args.promote, weights_dir=args.weights_dir or WEIGHTS_DIR,
-                   int8=args.int8, notes=notes, imgsz=args.imgsz if args.finish else None)
+                   int8=args.int8, notes=notes, imgsz=args.imgsz if args.finish else None,
+                   force_reason=args.force_reason)
     except (TrainError, ValueError, FileNotFoundError) as exc:
         return _fail(str(exc))
     return 0
@@ -195,6 +216,8 @@ def run_retrain(args: argparse.Namespace) -> int:
     from training.sources import SourceError
     from training.train import TrainError
 
+    if args.force_reason is not None and not args.force_reason.strip():
+        return _fail("--force-reason needs a reason: say why the fall is acceptable")
     try:
         card = retrain(RetrainOptions(
             reviews=args.review, epochs=args.epochs, hours=args.time, imgsz=args.imgsz, batch=args.batch,
@@ -204,7 +227,7 @@ def run_retrain(args: argparse.Namespace) -> int:
             limit=args.limit, val_fraction=args.val_fraction, image_size=args.image_size, synthetic=args.synthetic,
             crops=args.crops, repeat_threshold=args.repeat_threshold,
             pseudo_labels=args.pseudo_labels, teacher_cache=args.cache_dir,
-            extra={"cache": args.cache} if args.cache else {},
+            extra={"cache": args.cache} if args.cache else {}, force_reason=args.force_reason,
         ), log=lambda line: print(line, flush=True))
     except (TrainError, BuildError, SourceError, ValueError, FileNotFoundError) as exc:
         return _fail(str(exc))
@@ -235,6 +258,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from training.evaluate import (
         EvalError,
         evaluate,
+        evaluate_place_folds,
         load_eval_set,
         onnx_predictor,
         operating_threshold_of,
@@ -242,8 +266,17 @@ def run_eval(args: argparse.Namespace) -> int:
         ultralytics_predictor,
     )
 
+    from training.eval_audit import Recorder, image_errors, save_errors, training_overlap
+
+    say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731 - stdout may be --json
+    if args.save_errors is not None and args.place_folds is not None:
+        return _fail("--save-errors and --place-folds: one at a time")
     try:
-        eval_set = load_eval_set(args.data, args.source)
+        eval_set = load_eval_set(args.data, args.source, args.split)
+        say(f"scoring the {eval_set.split} split of {args.data} ({len(eval_set.images)} images)")
+        overlap = training_overlap(args.model, eval_set)
+        if overlap is not None:
+            say(overlap.warning())
         if args.model.suffix == ".pt":
             from training.export import read_checkpoint_args
 
@@ -255,7 +288,16 @@ def run_eval(args: argparse.Namespace) -> int:
             threshold = operating_threshold_of(metadata)
         if args.score_threshold is not None:
             threshold = args.score_threshold
-        result = evaluate(predict, eval_set, threshold)
+        folds = None
+        if args.place_folds is not None:
+            result, folds = evaluate_place_folds(predict, eval_set, args.place_folds, threshold)
+        else:
+            recorder = Recorder(predict, len(eval_set.images), say, keep=args.save_errors is not None)
+            result = evaluate(recorder, eval_set, threshold)
+            if args.save_errors is not None:
+                errors = save_errors(image_errors(eval_set, recorder.found, threshold), args.save_errors,
+                                     eval_set.split)
+                say(f"errors, worst first: {errors}")
         tiled = None
         if args.tiles is not None:
             if args.model.suffix == ".pt":
@@ -268,36 +310,40 @@ def run_eval(args: argparse.Namespace) -> int:
         if not args.json:
             print("plots: " + ", ".join(map(str, written)))
     if args.json:
-        print(json.dumps(result.to_dict() if tiled is None
-                         else {"whole_frame": result.to_dict(), "tiled": tiled.to_dict()}))
+        answer = (result.to_dict() if tiled is None
+                  else {"whole_frame": result.to_dict(), "tiled": tiled.to_dict()})
+        answer = {**answer, "split": eval_set.split}  # which split these numbers are of
+        if folds is not None:  # an extra key: the plain object's fields stay where they were
+            answer = {**answer, "place_folds": folds.to_dict()}
+        print(json.dumps(answer))
     else:
         if eval_set.dropped_labels:
             print(f"{eval_set.dropped_labels} labels of classes the '{eval_set.source}' mapping drops")
+        print(f"split: {eval_set.split} of {args.data}" + (" (NOT held out: see the warning)" if overlap else ""))
         if tiled is not None:
             print("whole frame:")
         print(result.table())
         if tiled is not None:
             print(f"\ntiled at native resolution (tiles of {args.tiles or max(predict.input_size)} px plus the whole frame):")
             print(tiled.table())
+        if folds is not None:
+            print(f"\nheld out by place: AP50 on {folds.k} folds of whole places ({folds.groups} places)")
+            for line in folds.grouping:
+                print(f"  {line}")
+            print(folds.table(result))
     return 0
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from training.export import ExportError, camera_input_hw, compare_speed, export
+    from training.export import ExportError
+    from training.export_run import export_run
+    from training.train import WEIGHTS_DIR
 
     try:
-        result = export(args.weights, args.out, imgsz=args.imgsz, calib=args.calib, int8=args.int8,
-                        stem=args.name, model_version=args.version, dynamic=not args.static,
-                        int8_for_ultralytics=args.for_ultralytics)
+        export_run(args.weights, args.out, weights_dir=args.weights_dir or WEIGHTS_DIR, stem=args.name,
+                   imgsz=args.imgsz, calib=args.calib, int8=args.int8, model_version=args.version,
+                   dynamic=not args.static, int8_for_ultralytics=args.for_ultralytics,
+                   log=lambda line: print(line, flush=True))
     except (ExportError, FileNotFoundError) as exc:
         return _fail(str(exc))
-    print(f"fp32: {result.fp32}")
-    if result.int8:
-        speed = compare_speed(result.fp32, result.int8, camera_input_hw(result.int8))
-        print(f"int8: {result.int8} (calibrated on {result.calibration_images} images, "
-              f"{len(result.excluded_nodes)} head post-processing nodes kept in fp32)")
-        print(f"session ms at 2 threads: fp32 {speed.fp32_ms:.1f}, int8 {speed.int8_ms:.1f} "
-              f"({speed.ratio:.2f}x)")
-    print(f"version: {result.metadata['gridwatch_model_version']}, "
-          f"dataset hash: {result.metadata['gridwatch_dataset_hash']}")
     return 0

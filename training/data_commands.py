@@ -27,6 +27,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--out", type=Path, help="output folder (default: runs/datasets/default)")
     b.add_argument("--root", type=Path, help="datasets root the sources are relative to (default: ../shared/datasets)")
     b.add_argument("--val-fraction", type=float, default=0.15)
+    b.add_argument("--split-by", choices=("image", "place"), default="image",
+                   help="place: whole places (location metadata, else perceptual-hash clusters) go to one side, "
+                        "so val holds streets and buildings train never saw (default: image)")
     b.add_argument(
         "--pseudo-labels", action=argparse.BooleanOptionalAction, default=True,
         help="add COCO-teacher boxes for the context classes (default: on)",
@@ -64,6 +67,26 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     k.add_argument("--parts", type=int, default=1, help="folders to deal the train images over")
     k.set_defaults(func=run_pack)
 
+    i = commands.add_parser(
+        "import",
+        help="turn a labelling tool's export (folder or zip) into a source definition",
+        description="Detect the export's layout (CVAT for images, CVAT COCO, CVAT Pascal VOC, CVAT Ultralytics "
+        "YOLO, CVAT YOLO 1.1, Label Studio JSON, COCO and YOLO), count its classes, and write a source "
+        "definition whose path works from any folder: `gridwatch dataset build --sources DEF.yaml`.",
+    )
+    i.add_argument("export", type=Path, metavar="EXPORT", help="the export: a folder, a .zip, or its annotation file")
+    i.add_argument("--name", required=True, help="the source's name (prefixes its files in a build)")
+    i.add_argument("--out", required=True, type=Path, metavar="DEF.yaml", help="the source definition to write")
+    i.add_argument("--format", default="auto", choices=("auto", "yolo", "coco", "voc", "labelstudio", "cvat"),
+                   help="the annotation format (default: detected)")
+    i.add_argument("--map", action="append", default=[], metavar="SRC=DST",
+                   help="map the export's class SRC to gridwatch class DST; SRC= drops it on purpose (repeatable)")
+    i.add_argument("--licence", help="the labels' licence (default: own labels, not for redistribution)")
+    i.add_argument("--attribution", help="who labelled them (goes into the model card)")
+    i.add_argument("--images", type=Path, metavar="DIR",
+                   help="where the images are when the export holds none (Label Studio JSON: its upload folder)")
+    i.set_defaults(func=run_import)
+
     s = commands.add_parser("sources", help="list the data sources with licence and class mapping")
     s.add_argument("--root", type=Path)
     s.set_defaults(func=run_sources)
@@ -87,6 +110,7 @@ def run_build(args: argparse.Namespace) -> int:
             sources=_sources(args.sources, args.root),
             out=args.out or DEFAULT_OUT,
             val_fraction=args.val_fraction,
+            split_by=args.split_by,
             pseudo_labels=args.pseudo_labels,
             pseudo_score=args.pseudo_score,
             synthetic=args.synthetic,
@@ -103,6 +127,18 @@ def run_build(args: argparse.Namespace) -> int:
         build(options, log=lambda line: print(line, flush=True))
     except (BuildError, SourceError, SyntheticError, FileNotFoundError, ValueError) as exc:
         print(f"gridwatch dataset build: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run_import(args: argparse.Namespace) -> int:
+    from training.dataset_import import DatasetImportError, import_export
+
+    try:
+        import_export(args.export, args.name, args.out, fmt=args.format, maps=args.map, licence=args.licence,
+                      attribution=args.attribution, images=args.images, log=lambda line: print(line, flush=True))
+    except DatasetImportError as exc:
+        print(f"gridwatch dataset import: {exc}", file=sys.stderr)
         return 2
     return 0
 

@@ -53,6 +53,7 @@ from training.yolo_format import DataYaml, label_path, label_text, write_data_ya
 DEFAULT_OUT = REPO_ROOT / "runs" / "datasets" / "default"
 NEAR_DUPLICATE_DISTANCE = 6  # of 64 phash bits; see near_duplicate_clusters
 MIN_BOX_PIXELS = 2.0  # narrower or shorter than this (after clipping) is not an object
+SHOWN_PROBLEMS = 50  # files named in the build's log per kind of problem; report.json names every one
 
 
 class BuildError(RuntimeError):
@@ -81,6 +82,9 @@ class BuildOptions:
     # sources whose frames are labelled in full already (review exports carry the current
     # model's own pseudo-labels): the teacher adds nothing to them
     fully_labelled: frozenset[str] = frozenset()
+    # "image": near-duplicate clusters (and split_groups) decide; "place": whole places
+    # (training/places.py) go to one side, so val holds streets and buildings train never saw
+    split_by: str = "image"
 
 
 @dataclass
@@ -116,11 +120,15 @@ class Report:
     boxes_dropped_by_map: Counter = field(default_factory=Counter)  # mapped to null on purpose
     unknown_classes: Counter = field(default_factory=Counter)  # "source:label" -> n
     annotation_problems: list[str] = field(default_factory=list)
+    # every file with a box clipped, outside or degenerate: "source: file: 1 clipped, 2 outside"
+    boxes_out_of_range: list[str] = field(default_factory=list)
     exact_duplicates: list[dict] = field(default_factory=list)  # {kept, dropped, labels_agree}
     near_duplicate_clusters: list[list[str]] = field(default_factory=list)
     pseudo_suppressed: Counter = field(default_factory=Counter)  # "truck~push_cart" -> n
     crops: Counter = field(default_factory=Counter)  # source -> native-resolution crops written
     synthetic: dict = field(default_factory=dict)
+    # `split_by="place"`: how each source's images were grouped into places (training/places.py)
+    places: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
         out = {}
@@ -150,6 +158,15 @@ class Report:
             lines.append(f"unknown classes: {dict(self.unknown_classes)}")
         for name in (self.missing_images + self.unreadable_images)[:10]:
             lines.append(f"  - {name}")
+        more = len(self.missing_images) + len(self.unreadable_images) - 10
+        if more > 0:
+            lines.append(f"  ... and {more} more (report.json lists them all)")
+        # Files whose labels were changed or refused are named (all of them in report.json): the
+        # trainer fixes them at the source.
+        for kind, found in (("box problem", self.boxes_out_of_range), ("annotation problem", self.annotation_problems)):
+            lines += [f"  {kind}: {line}" for line in found[:SHOWN_PROBLEMS]]
+            if len(found) > SHOWN_PROBLEMS:
+                lines.append(f"  ... and {len(found) - SHOWN_PROBLEMS} more {kind}s, each named in report.json")
         return lines
 
 
@@ -215,6 +232,10 @@ def check(item: LabelledImage, report: Report) -> tuple[CheckedImage, np.ndarray
     report.boxes_clipped[src] += n_clipped
     report.boxes_dropped_outside[src] += n_out
     report.boxes_dropped_degenerate[src] += n_degenerate
+    if n_clipped or n_out or n_degenerate:
+        what = [f"{n} {kind}" for n, kind in ((n_clipped, "clipped to the image"), (n_out, "outside the image, dropped"),
+                                              (n_degenerate, "degenerate, dropped")) if n]
+        report.boxes_out_of_range.append(f"{src}: {item.image}: {', '.join(what)}")
     checked = CheckedImage(
         source=src,
         image=item.image,
@@ -433,6 +454,8 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> DatasetM
         raise BuildError("no sources to build from")
     if not 0 <= options.val_fraction < 1:
         raise BuildError(f"--val-fraction must be in [0, 1), got {options.val_fraction}")
+    if options.split_by not in ("image", "place"):
+        raise BuildError(f"--split-by must be image or place, got {options.split_by!r}")
     classes = list(gridwatch_classes())
     ids = {c: i for i, c in enumerate(classes)}
     final = Path(options.out).resolve()
@@ -460,12 +483,31 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> DatasetM
         if options.limit:
             items = sorted(items, key=lambda s: s.image.name)[: options.limit]
         log(f"{source.name}: {len(items)} images ({source.format}, {source.path})")
+        before = len(checked)
         for item in items:
             result = check(item, report)
             if result is not None:
                 checked.append(result[0])
+        if len(checked) == before:
+            # A source that gives nothing is a wrong path or layout, never an empty success.
+            bad = [m for m in report.missing_images + report.unreadable_images if m.startswith(f"{source.name}: ")]
+            raise BuildError(f"source {source.name}: none of its {len(items)} images could be used "
+                             f"({len(bad)} missing or unreadable{'; first: ' + bad[0] if bad else ''})")
     images = drop_exact_duplicates(checked, report)
-    assign_splits(images, options.val_fraction, options.near_duplicate_distance, report, options.split_groups)
+    groups = options.split_groups
+    if options.split_by == "place":
+        from training.places import PlacedImage, place_groups
+
+        try:
+            places, grouped = place_groups([PlacedImage(i.source, i.image, i.phash) for i in images],
+                                           {s.name: s.path for s in options.sources})
+        except ValueError as exc:
+            raise BuildError(str(exc)) from None
+        groups = {**options.split_groups, **places}
+        report.places = [g.line() for g in grouped]
+        for line in report.places:
+            log(f"places: {line}")
+    assign_splits(images, options.val_fraction, options.near_duplicate_distance, report, groups)
     log(f"checked {len(checked)} images in {time.monotonic() - started:.0f} s; {len(images)} after exact dedupe")
 
     out = staging_dir(final)
@@ -543,6 +585,13 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> DatasetM
     )
     write_manifest(manifest, out / "manifest.json")
     (out / "report.json").write_text(json.dumps(report.to_json(), indent=1, ensure_ascii=False))
+    if options.split_by == "place":
+        # The places travel with the build: `gridwatch eval --place-folds` and the card's
+        # held-out-by-place figures deal the same places into folds (training/places.py).
+        from training.places import PLACES_FILE
+
+        places = {im.out_name: groups[im.image] for im in images if im.image in groups}
+        (out / PLACES_FILE).write_text(json.dumps(dict(sorted(places.items())), indent=0, ensure_ascii=False))
     publish(out, final)
     for line in report.summary_lines():
         log(line)

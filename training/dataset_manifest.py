@@ -140,3 +140,13 @@ def write_manifest(manifest: DatasetManifest, path: Path) -> None:
 def read_label_counts(path: Path) -> LabelCounts:
     """The label counts of a built dataset's manifest.json."""
     return LabelCounts.model_validate(json.loads(path.read_text(encoding="utf-8")).get("counts", {}))
+
+
+def read_sources(path: Path) -> list[ManifestSource]:
+    """The sources a built dataset's manifest.json records, with their licence and attribution as
+    they were at build time: a source given by file path has no name to look it up by later."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    return [ManifestSource.model_validate(s) for s in data.get("sources", [])]

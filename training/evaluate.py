@@ -7,7 +7,8 @@ Ultralytics' own predict with the same settings. The arithmetic is in training.m
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +43,7 @@ class EvalSet:
     source: str
     images: list[LabelledImage]
     dropped_labels: int  # boxes of source classes the mapping drops
+    split: str = ""  # which split of the folder was scored (val, test, train, or "images/": no splits)
 
 
 # ---------------------------------------------------------------- reading the folder
@@ -69,9 +71,12 @@ def class_mapping(source: str, names: Mapping[int, str], explicit: bool = True) 
     return mapping
 
 
-def load_eval_set(root: str | Path, source: str | None = None) -> EvalSet:
+def load_eval_set(root: str | Path, source: str | None = None, split: str | None = None) -> EvalSet:
+    """The folder's `split` (default: val, else test, else train, else images/), named in the result."""
     root = Path(root)
     yaml_path = root / "data.yaml"
+    if root.is_file() and root.suffix in (".yaml", ".yml") and _is_source_definition(root):
+        return source_eval_set(root, split)
     if root.is_file() and root.suffix in (".yaml", ".yml"):  # DIR/data.yaml works as well as DIR
         yaml_path, root = root, root.parent
     elif not root.is_dir():
@@ -83,16 +88,57 @@ def load_eval_set(root: str | Path, source: str | None = None) -> EvalSet:
     except YoloFormatError as exc:
         raise EvalError(str(exc)) from None
     mapping = class_mapping(source or root.name, data.names, explicit=source is not None)
-    return eval_set_from_images(_image_dir(data), data.names, mapping, root=root, source=source or root.name)
+    scored, folder = _image_dir(data, split)
+    found = eval_set_from_images(folder, data.names, mapping, root=root, source=source or root.name)
+    return dataclasses.replace(found, split=scored)
 
 
-def _image_dir(data: DataYaml) -> Path:
-    for split in ("val", "test", "train"):
+def _is_source_definition(path: Path) -> bool:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(data, dict) and {"format", "classes"} <= set(data) and "names" not in data
+
+
+def source_eval_set(definition: Path, split: str | None = None) -> EvalSet:
+    """Every image of a source definition (`gridwatch dataset import`'s DEF.yaml), in its own
+    format, with its boxes mapped to gridwatch classes: a source has no splits."""
+    from training.importers import AnnotationError
+    from training.sources import load_source
+
+    if split is not None:
+        raise EvalError(f"{definition}: a source definition has no '{split}' split (build it to get one)")
+    try:
+        source = load_source(str(definition))
+        samples = source.samples()
+    except (ValueError, AnnotationError, OSError) as exc:
+        raise EvalError(str(exc)) from None
+    images = [LabelledImage(path=s.image, boxes=s.boxes.astype(np.float32), classes=list(s.classes))
+              for s in samples if s.image.is_file()]
+    if not images:
+        raise EvalError(f"{definition}: none of the source's {len(samples)} images is there")
+    return EvalSet(root=source.path, source=source.name, images=images,
+                   dropped_labels=sum(s.dropped + len(s.unknown) for s in samples),
+                   split=f"all images of source {source.name}")
+
+
+def _image_dir(data: DataYaml, split: str | None = None) -> tuple[str, Path]:
+    if split is not None:
         folder = data.split_dir(split)
+        if folder is None:
+            raise EvalError(f"{data.file}: no '{split}' split (it has {', '.join(data.splits) or 'none'})")
+        if not folder.is_dir():
+            raise EvalError(f"{data.file}: the {split} folder {folder} does not exist")
+        return split, folder
+    for name in ("val", "test", "train"):
+        folder = data.split_dir(name)
         if folder is not None and folder.is_dir():
-            return folder
+            return name, folder
     if (data.file.parent / "images").is_dir():
-        return data.file.parent / "images"
+        return "images/", data.file.parent / "images"
     raise EvalError(f"{data.file.parent}: no image folder (data.yaml val/train, or images/)")
 
 
@@ -193,3 +239,100 @@ def operating_threshold_of(metadata: Mapping[str, str]) -> float:
         return float(metadata.get("gridwatch_score_threshold", DEFAULT_SCORE_THRESHOLD))
     except ValueError:
         return DEFAULT_SCORE_THRESHOLD
+
+
+# ---------------------------------------------------------------- held out by place
+
+
+@dataclass(frozen=True)
+class PlaceFolds:
+    """Per-class AP on K folds of whole places (training/places.py): one building or street is
+    in one fold only, so the spread across folds is how much the figure depends on the place."""
+
+    k: int
+    groups: int
+    folds: list[EvalResult]
+    grouping: list[str]  # how each source was grouped (SourcePlaces.line)
+
+    def per_class(self) -> dict[str, dict[str, float | int]]:
+        """class -> mean, min and max AP50 over the folds that hold the class, and how many do."""
+        out: dict[str, dict[str, float | int]] = {}
+        names = sorted({c for f in self.folds for c, m in f.classes.items() if m.instances})
+        for name in names:
+            aps = [f.classes[name].ap50 for f in self.folds if name in f.classes and f.classes[name].instances]
+            out[name] = {"mean_ap50": float(np.mean(aps)), "min_ap50": float(min(aps)), "max_ap50": float(max(aps)),
+                         "folds": len(aps)}
+        return out
+
+    def to_dict(self) -> dict:
+        return {"k": self.k, "groups": self.groups, "grouping": self.grouping, "classes": self.per_class()}
+
+    def table(self, whole: EvalResult | None = None) -> str:
+        lines = [f"{'class':<16}{'AP50 all':>9}{'mean':>8}{'min':>8}{'max':>8}{'folds':>7}"]
+        for name, s in self.per_class().items():
+            overall = f"{whole.classes[name].ap50:>9.3f}" if whole is not None and name in whole.classes else f"{'':>9}"
+            lines.append(f"{name:<16}{overall}{s['mean_ap50']:>8.3f}{s['min_ap50']:>8.3f}{s['max_ap50']:>8.3f}"
+                         f"{s['folds']:>7}")
+        return "\n".join(lines)
+
+
+def place_folds_of(groups: Mapping[Path, str], k: int) -> dict[Path, int]:
+    """image -> fold: whole places dealt largest first to the fold with the fewest images,
+    ties by place name, so the folds are balanced and the same on every run."""
+    if k < 2:
+        raise EvalError(f"place folds: k must be 2 or more, got {k}")
+    sizes: dict[str, int] = {}
+    for place in groups.values():
+        sizes[place] = sizes.get(place, 0) + 1
+    if len(sizes) < k:
+        raise EvalError(f"place folds: {len(sizes)} places cannot fill {k} folds (use fewer folds)")
+    load = [0] * k
+    fold_of: dict[str, int] = {}
+    for place in sorted(sizes, key=lambda p: (-sizes[p], p)):
+        f = min(range(k), key=lambda i: (load[i], i))
+        fold_of[place] = f
+        load[f] += sizes[place]
+    return {path: fold_of[place] for path, place in groups.items()}
+
+
+def eval_set_places(eval_set: EvalSet) -> tuple[dict[Path, str], list[str]]:
+    """Each eval image's place: the folder's places.json where it has one, else perceptual-hash
+    clusters per source (a built dataset's images are named `source__file`)."""
+    import imagehash
+    from PIL import Image
+
+    from training.places import PlacedImage, place_groups
+
+    placed = []
+    for image in eval_set.images:
+        name = image.path.name
+        source = name.split("__", 1)[0] if "__" in name else eval_set.source
+        with Image.open(image.path) as pil:
+            placed.append(PlacedImage(source, image.path, int(str(imagehash.phash(pil.convert("RGB"))), 16)))
+    try:
+        groups, report = place_groups(placed, {s: eval_set.root for s in {p.source for p in placed}})
+    except ValueError as exc:
+        raise EvalError(str(exc)) from None
+    return groups, [r.line() for r in report]
+
+
+def evaluate_place_folds(predict: Predictor, eval_set: EvalSet, k: int,
+                         operating_threshold: float = DEFAULT_SCORE_THRESHOLD,
+                         places: Mapping[Path, str] | None = None,
+                         grouping: Sequence[str] = ("places given",)) -> tuple[EvalResult, PlaceFolds]:
+    """The whole set's result and its K place folds, from one prediction per image. `places`
+    (image -> place) and `grouping` (how they were found, for the report): given, else found here."""
+    groups, grouping = (dict(places), list(grouping)) if places is not None else eval_set_places(eval_set)
+    folds = place_folds_of(groups, k)
+    predictions = []
+    for image in eval_set.images:
+        frame = cv2.imread(str(image.path), cv2.IMREAD_COLOR)
+        if frame is None:
+            raise EvalError(f"{image.path}: unreadable image")
+        predictions.append(predict(frame))
+    whole = evaluate_predictions(eval_set.images, predictions, operating_threshold)
+    results = []
+    for f in range(k):
+        picked = [(im, p) for im, p in zip(eval_set.images, predictions) if folds[im.path] == f]
+        results.append(evaluate_predictions([im for im, _ in picked], [p for _, p in picked], operating_threshold))
+    return whole, PlaceFolds(k=k, groups=len(set(groups.values())), folds=results, grouping=grouping)

@@ -535,7 +535,8 @@ def export(
         raise ExportError(f"weights not found: {weights}")
     args = read_checkpoint_args(weights)
     imgsz = int(imgsz or args.get("imgsz") or 640)
-    out_dir = Path(out_dir)
+    # Absolute: the int8 step runs in a temporary working folder, where a relative path would not resolve.
+    out_dir = Path(out_dir).resolve()
     version = model_version or f"{stem}-{datetime.now(timezone.utc):%Y%m%d-%H%M}-{sha256_file(weights)[:8]}"
     train_args = {k: args[k] for k in ("data", "epochs", "imgsz", "batch", "model", "fraction", "seed") if k in args}
     metadata = {

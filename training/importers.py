@@ -62,7 +62,7 @@ def read_yolo(
 
     A missing label file means an image with no objects (Ultralytics' convention).
     """
-    names = names if names is not None else read_data_yaml(root / "data.yaml").names
+    names = names if names is not None else _yolo_names(root)
     image_dir, label_dir = root / images, root / labels
     if not image_dir.is_dir():
         raise AnnotationError(f"{image_dir}: no images folder")
@@ -72,7 +72,10 @@ def read_yolo(
         sample = Sample(image=image, boxes=np.zeros((0, 4)), labels=[])
         rows = []
         for line in read_labels(label_file):
-            if line.is_box:
+            if line.is_box and (line.box[2] <= 0 or line.box[3] <= 0):
+                # `1 0.5 0.5 -0.2 0.3` is no box: turning it into one would invent an object.
+                sample.problems.append(f"{label_file}:{line.number}: width or height not positive, refused {line.text!r}")
+            elif line.is_box:
                 rows.append((names.get(line.class_id, f"<class id {line.class_id}>"), line.box))
             else:
                 sample.problems.append(f"{label_file.name}:{line.number}: malformed line {line.text!r}")
@@ -89,6 +92,19 @@ def read_yolo(
     return samples
 
 
+def _yolo_names(root: Path) -> dict[int, str]:
+    """Class names of a YOLO folder: data.yaml, else classes.txt (Label Studio's YOLO export) or
+    obj.names (Darknet), one name a line in id order."""
+    if (root / "data.yaml").is_file():
+        return read_data_yaml(root / "data.yaml").names
+    for listing in ("classes.txt", "obj.names"):
+        if (root / listing).is_file():
+            lines = [n.strip() for n in (root / listing).read_text(encoding="utf-8").splitlines() if n.strip()]
+            return dict(enumerate(lines))
+    raise AnnotationError(f"{root}: no data.yaml, classes.txt or obj.names to name the classes; add them to the "
+                          "source definition as options.names: [name0, name1, ...] (in class id order)")
+
+
 # --- COCO JSON ------------------------------------------------------------------------
 
 
@@ -99,6 +115,17 @@ def _load_json(path: Path):
         raise AnnotationError(f"{path}: cannot read JSON: {exc}") from exc
 
 
+def _coco_image(file_name: str, images: Path, annotations: Path) -> Path:
+    """Where a COCO `file_name` is. Tools disagree about what it is relative to: the images
+    folder (the COCO convention), the annotation file's folder (Label Studio writes
+    `images/<hash>-<name>.jpg` beside result.json), or the subset's folder (CVAT writes
+    annotations/instances_<subset>.json with images under images/<subset>/)."""
+    subset = annotations.stem.removeprefix("instances_")
+    candidates = [images / file_name, annotations.parent / file_name, annotations.parent.parent / file_name,
+                  images / subset / file_name, images / Path(file_name).name]
+    return next((c for c in candidates if c.is_file()), candidates[0])
+
+
 def read_coco(annotations: Path, images: Path) -> list[Sample]:
     """COCO detection JSON: bbox = [x, y, w, h] in pixels; file_name relative to images/."""
     data = _load_json(annotations)
@@ -106,7 +133,7 @@ def read_coco(annotations: Path, images: Path) -> list[Sample]:
         categories = {c["id"]: c["name"] for c in data["categories"]}
         by_id = {
             im["id"]: Sample(
-                image=images / im["file_name"],
+                image=_coco_image(str(im["file_name"]), images, annotations),
                 boxes=np.zeros((0, 4)),
                 labels=[],
                 size=(int(im["width"]), int(im["height"])) if "width" in im and "height" in im else None,

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from detector.files import sha256_file
 from detector.runtime import DEFAULT_SCORE_THRESHOLD
 from detector.taxonomy import load_taxonomy
-from training.dataset_manifest import LabelCounts
+from training.dataset_manifest import LabelCounts, ManifestSource
 from training.export import ExportResult, SpeedComparison
 from training.metrics import AP_SCORE_THRESHOLD, FEW_INSTANCES, EvalResult
 from training.promote import DROP_POINTS, Decision, LoopDecision
@@ -89,6 +89,10 @@ class Promotion(BaseModel):
     review_champion: float | None = None
     review_metric: str | None = None
     fell: list[ClassFell] = []  # on the base split; older cards: absent
+    # Classes of `fell` a violation rule uses: they block the promotion (training.promote
+    # guard_rule_classes) unless a person forced it with a reason. Older cards: absent.
+    blocked_by: list[str] = []
+    forced_reason: str | None = None
 
     @classmethod
     def of(cls, decision: Decision | LoopDecision) -> Promotion:
@@ -96,10 +100,11 @@ class Promotion(BaseModel):
         taxonomy = load_taxonomy()
         fell = [ClassFell(name=d.name, instances=d.instances, champion_ap50=round(d.champion_ap50, 4),
                           challenger_ap50=round(d.challenger_ap50, 4),
-                          rules=[v.id for v in taxonomy.violations if d.name in v.detector_classes])
+                          rules=[v.id for v in (*taxonomy.violations, *taxonomy.pending) if d.name in v.detector_classes])
                 for d in base.drops]
         promotion = cls(promote=decision.promote, challenger=base.challenger_score, champion=base.champion_score,
-                        metric=base.metric, fell=fell)
+                        metric=base.metric, fell=fell, blocked_by=[d.name for d in base.blocked_by],
+                        forced_reason=base.forced_reason)
         if isinstance(decision, LoopDecision):
             promotion.review_challenger = decision.review.challenger_score
             promotion.review_champion = decision.review.champion_score
@@ -138,11 +143,15 @@ class ModelCard(BaseModel):
     summary: str | None = None  # the trainer's notes (Markdown) that open the card
     decision: Promotion | None = None
     review_data: ReviewCounts | None = None  # the city's review frames in the dataset (`gridwatch retrain`)
+    # the fp32 file on K folds of whole places of the real val split (training.evaluate.PlaceFolds
+    # to_dict), when the dataset was built `--split-by place`; older cards and image splits: absent
+    place_folds: dict[str, Any] | None = None
 
 
-def source_credits(names: list[str], defined: Sequence[Source] = ()) -> list[SourceCredit]:
+def source_credits(names: list[str], defined: Sequence[Source | ManifestSource] = ()) -> list[SourceCredit]:
     """Each named source's licence and attribution from its definition: datasets/NAME.yaml, or
-    one of `defined` (sources defined elsewhere, such as a review export's source.yaml)."""
+    one of `defined` (sources defined elsewhere, such as a review export's source.yaml, or as a
+    built dataset's manifest recorded them)."""
     given = {s.name: s for s in defined}
     credits = []
     for name in names:
@@ -192,7 +201,7 @@ def int8_check(exported: ExportResult, fp32: EvalResult, int8: EvalResult) -> In
         map50_fp32=fp32.map50,
         map50_int8=int8.map50,
         map50_delta_points=delta,
-        within_1_5_points=abs(delta) <= INT8_MAX_MAP50_LOSS_POINTS,
+        within_1_5_points=delta >= -INT8_MAX_MAP50_LOSS_POINTS,  # a loss is the target; a gain never misses it
     )
 
 
@@ -203,15 +212,16 @@ def run_card(
     sources: list[SourceCredit],
     counts: LabelCounts | None,
     metrics: dict[str, dict[str, EvalJson]],
-    real_val: EvalResult,
+    real_val: EvalResult | None,
     int8: Int8Check | None,
     speed: SpeedComparison | None,
     training: dict[str, Any],
     files: list[Path],
-    decision: Decision | LoopDecision,
+    decision: Decision | LoopDecision | None,
     summary: str | None,
     pseudo_label_audit: dict[str, int] | None = None,
     review_data: ReviewCounts | None = None,
+    place_folds: dict[str, Any] | None = None,
 ) -> ModelCard:
     """The card of an exported run: `real_val` is the fp32 file's metrics on the real val split,
     `counts` the dataset manifest's (None: not a `gridwatch dataset build` dataset)."""
@@ -236,8 +246,9 @@ def run_card(
         weaknesses=DEFAULT_WEAKNESSES + coverage_weaknesses(instances, real_val),
         summary=summary,
         pseudo_label_audit=pseudo_label_audit or {},
-        decision=Promotion.of(decision),
+        decision=Promotion.of(decision) if decision is not None else None,  # None: `gridwatch export` alone
         review_data=review_data,
+        place_folds=place_folds,
     )
 
 
@@ -310,6 +321,8 @@ def render_markdown(card: ModelCard) -> str:
     for split, by_file in card.metrics.items():
         for file, metrics in by_file.items():
             out += [f"### {split}: {file}", ""] + _metrics_table(metrics) + [""]
+    out += _synthetic_only(card)
+    out += _place_folds(card)
     if card.int8:
         q = card.int8
         out += ["## Int8", "",
@@ -348,6 +361,12 @@ def render_markdown(card: ModelCard) -> str:
             out += [f"| {f.name} | {f.instances} | {f.champion_ap50:.3f} | {f.challenger_ap50:.3f} | "
                     f"{', '.join(f.rules) or 'none'} |" for f in d.fell]
             out.append("")
+        if d.blocked_by and d.forced_reason is not None:
+            out += [f"**Promoted by force** although rule classes fell ({', '.join(d.blocked_by)}); the reason "
+                    f"given: {d.forced_reason}", ""]
+        elif d.blocked_by:
+            out += [f"**Blocked**: rule classes fell by more than {DROP_POINTS:g} AP50 points "
+                    f"({', '.join(d.blocked_by)}); only `--force-reason TEXT` promotes such a model.", ""]
     out += ["## Training arguments", "", "```json", json.dumps(card.training, indent=2), "```", ""]
     out += ["## Files", "", "| file | sha256 | bytes |", "|---|---|---|"]
     for f in card.files:
@@ -357,16 +376,50 @@ def render_markdown(card: ModelCard) -> str:
     return "\n".join(out)
 
 
+SYNTHETIC_ONLY = ("flyer", "banner")  # no real labelled image of either exists in the sources
+
+
+def _synthetic_only(card: ModelCard) -> list[str]:
+    """Say it where the figures are: flyer and banner AP comes from synthetic composites alone."""
+    real = {c for by_file in card.metrics.get("real_val", {}).values() for c, m in by_file.get("classes", {}).items()
+            if m.get("instances")}
+    named = [c for c in SYNTHETIC_ONLY if c in card.classes and c not in real]
+    if not named:
+        return []
+    return [f"**{' and '.join(named)}: figures from synthetic images only.** No real labelled image of "
+            f"{'either' if len(named) > 1 else 'it'} exists in the training sources, so the synthetic_val "
+            "figures say how well the model finds our own composites, not real flyers or banners; the "
+            "labelling mode asks reviewers first for frames where the wall scene-change rule fired, to "
+            "gather real ones.", ""]
+
+
+def _place_folds(card: ModelCard) -> list[str]:
+    if not card.place_folds:
+        return []
+    folds = card.place_folds
+    real = next(iter(card.metrics.get("real_val", {}).values()), None)
+    out = ["## Held out by place", "",
+           f"The real val split holds whole places (`gridwatch dataset build --split-by place`); AP50 of the fp32 "
+           f"file on {folds['k']} folds of its {folds['groups']} places, beside the figure over all of it:", ""]
+    out += [f"- {line}" for line in folds.get("grouping", [])] + [""]
+    out += ["| class | AP50 real val | fold mean | fold min | fold max | folds |", "|---|---|---|---|---|---|"]
+    for name, f in folds["classes"].items():
+        whole = f"{real['classes'][name]['ap50']:.3f}" if real is not None and name in real.get("classes", {}) else ""
+        out.append(f"| {name} | {whole} | {f['mean_ap50']:.3f} | {f['min_ap50']:.3f} | {f['max_ap50']:.3f} | "
+                   f"{f['folds']} |")
+    return out + [""]
+
+
 def card_json(card: ModelCard) -> str:
     # A card without notes has no `summary` key at all, as cards always had; a `gridwatch train`
     # card has no review keys.
-    exclude = {k for k in ("summary", "review_data") if getattr(card, k) is None}
+    exclude = {k for k in ("summary", "review_data", "place_folds") if getattr(card, k) is None}
     content = card.model_dump(mode="json", exclude=exclude or None)
     if content.get("decision"):
         # keys that say nothing are left out, as cards before them had none
         content["decision"] = {k: v for k, v in content["decision"].items()
                                if not (k.startswith("review_") and content["decision"]["review_metric"] is None)
-                               and not (k == "fell" and not v)}
+                               and not (k in ("fell", "blocked_by", "forced_reason") and not v)}
     return json.dumps(content, indent=2, ensure_ascii=False) + "\n"
 
 

@@ -13,7 +13,8 @@ one hit or miss; with equal weight in the mean it would decide the promotion by 
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from training.metrics import FEW_INSTANCES, EvalResult
@@ -38,6 +39,9 @@ class Decision:
     metric: str
     reason: str
     drops: tuple[ClassDrop, ...] = ()
+    # Drops of classes a violation rule uses: each blocks promotion (see `guard_rule_classes`).
+    blocked_by: tuple[ClassDrop, ...] = ()
+    forced_reason: str | None = None  # the person's reason for promoting despite `blocked_by`
 
     def summary(self) -> str:
         champion = "none shipped" if self.champion_score is None else f"{self.champion_score:.4f}"
@@ -49,7 +53,17 @@ class Decision:
         if self.drops:
             line += f"\nAP50 fell by more than {DROP_POINTS:g} points: " + ", ".join(
                 f"{d.name} {d.champion_ap50:.3f} -> {d.challenger_ap50:.3f} ({d.instances} val boxes)" for d in self.drops)
-        return line
+        return line + _guard_lines(self)
+
+
+def _guard_lines(d: Decision) -> str:
+    if not d.blocked_by:
+        return ""
+    names = ", ".join(c.name for c in d.blocked_by)
+    if d.forced_reason is not None:
+        return f"\nFORCED past the rule-class guard ({names} fell): {d.forced_reason}"
+    return (f"\nBLOCKED: a class a violation rule uses fell by more than {DROP_POINTS:g} AP50 points ({names}); "
+            "promote anyway only with --force-reason TEXT")
 
 
 def class_drops(challenger: EvalResult, champion: EvalResult, points: float = DROP_POINTS) -> tuple[ClassDrop, ...]:
@@ -58,6 +72,39 @@ def class_drops(challenger: EvalResult, champion: EvalResult, points: float = DR
     return tuple(ClassDrop(name, m.instances, champion.classes[name].ap50, m.ap50)
                  for name, m in sorted(challenger.classes.items())
                  if name in champion.classes and (champion.classes[name].ap50 - m.ap50) * 100 > points)
+
+
+def rule_classes(taxonomy=None) -> frozenset[str]:
+    """Detector classes some violation kind is evidenced by (detector/taxonomy.yaml): the classes
+    whose fall a reviewer or a city would feel as missed cases."""
+    if taxonomy is None:
+        from detector.taxonomy import load_taxonomy
+
+        taxonomy = load_taxonomy()
+    # pending kinds too: they file cases as soon as a city gives their matter code
+    return frozenset(c for v in (*taxonomy.violations, *taxonomy.pending) for c in v.detector_classes)
+
+
+def guard_rule_classes(decision: Decision, rules_use: Iterable[str], force_reason: str | None = None) -> Decision:
+    """Block a promotion when a class in `rules_use` fell by more than DROP_POINTS AP50 points.
+
+    Unlike the promotion metric, a class with a handful of val boxes blocks too: truck, the only
+    class behind muck_truck_uncovered, had 16 val boxes when it fell 0.701 -> 0.576 and the
+    default kept shipping. A person may still promote, but only by giving a reason, which the
+    decision (and so the model card) carries.
+    """
+    if force_reason is not None and not force_reason.strip():
+        raise ValueError("--force-reason needs a reason: say why the fall is acceptable")
+    used = frozenset(rules_use)
+    blocked = tuple(d for d in decision.drops if d.name in used)
+    if not blocked:
+        return decision
+    names = ", ".join(d.name for d in blocked)
+    if force_reason is not None:
+        return replace(decision, blocked_by=blocked, forced_reason=force_reason.strip(),
+                       reason=f"{decision.reason}; forced past the fall of {names}")
+    return replace(decision, promote=False, blocked_by=blocked,
+                   reason=f"{decision.reason}, but rule classes fell: {names}")
 
 
 def decision_classes(result: EvalResult) -> list[str]:
@@ -108,15 +155,25 @@ class LoopDecision:
                     f"{'passes' if d.promote else 'fails'} ({d.reason})")
 
         verdict = "PROMOTE" if self.promote else "KEEP CHAMPION"
-        return "\n".join([line("base real val, must not be worse", self.base),
-                          line("review val, must be better", self.review),
-                          f"decision: {verdict}"])
+        guard = _guard_lines(self.base).lstrip("\n")
+        # The classes that fell are named in retrain's log too, as `train` and the card name them.
+        fell = [f"AP50 fell by more than {DROP_POINTS:g} points on the base split: " + ", ".join(
+            f"{d.name} {d.champion_ap50:.3f} -> {d.challenger_ap50:.3f} ({d.instances} val boxes)"
+            for d in self.base.drops)] if self.base.drops else []
+        return "\n".join([line("base real val, must not be worse", self.base), *fell,
+                          line("review val, must be better", self.review)]
+                         + ([guard] if guard else []) + [f"decision: {verdict}"])
 
 
 def decide_loop(base_challenger: EvalResult, base_champion: EvalResult | None,
                 review_challenger: EvalResult, review_champion: EvalResult | None) -> LoopDecision:
     return LoopDecision(decide(base_challenger, base_champion),
                         decide(review_challenger, review_champion, must_beat=True))
+
+
+def guard_loop(decision: LoopDecision, rules_use: Iterable[str], force_reason: str | None = None) -> LoopDecision:
+    """The rule-class guard on the base split, where the whole city's classes are measured."""
+    return replace(decision, base=guard_rule_classes(decision.base, rules_use, force_reason))
 
 
 def install(files: dict[str, Path], weights_dir: Path) -> list[Path]:

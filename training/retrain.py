@@ -58,6 +58,7 @@ class RetrainOptions:
     pseudo_labels: bool = True
     teacher_cache: Path | None = None
     extra: dict = field(default_factory=dict)
+    force_reason: str | None = None  # promote although a rule class fell (training.promote); goes on the card
 
 
 @dataclass(frozen=True)
@@ -200,5 +201,5 @@ def retrain(options: RetrainOptions, log: Callable[[str], None] = print) -> Mode
                    device=options.device, project=project, name=f"{name}/train", workers=options.workers,
                    plots=options.plots, repeat_threshold=options.repeat_threshold, extra=extra)
     return finish_run(result, data, promote=True, weights_dir=weights_dir, review_sources=reviews,
-                      review_data=counts, log=log)
+                      review_data=counts, force_reason=options.force_reason, log=log)
 

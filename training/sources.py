@@ -71,8 +71,10 @@ class Source:
                 names = dict(enumerate(names))
             return READERS["yolo"](self.path, names=names, **opts)
         images = self.path / opts.pop("images", "images")
-        annotations = self.path / opts.pop("annotations")
-        return READERS[self.format](annotations, images, **opts)
+        annotations = opts.pop("annotations")
+        # A list: one file per subset (CVAT COCO writes annotations/instances_<subset>.json).
+        files = annotations if isinstance(annotations, list) else [annotations]
+        return [s for f in files for s in READERS[self.format](self.path / str(f), images, **opts)]
 
     def map(self, sample: Sample) -> LabelledImage:
         keep, classes, unknown, dropped = [], [], [], 0

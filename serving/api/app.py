@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from serving.api.deps import RefusalLog
 from serving.api.guard import GateLimits, RequestGate, security_headers
 from serving.api.uploads import UploadDecoder
 from serving.evidence import EvidenceStorageError
@@ -33,11 +34,14 @@ def create_app(service: GridwatchService) -> FastAPI:
     app.state.service = service
 
     settings = service.settings
-    app.state.decoder = UploadDecoder(settings.max_concurrent_decodes, settings.upload_max_pixels)
+    app.state.refusals = RefusalLog()
+    app.state.decoder = UploadDecoder(settings.max_concurrent_decodes, settings.upload_max_pixels,
+                                      settings.decode_memory_budget_mb * 2**20)
     app.add_middleware(RequestGate, db=service.db, limits=GateLimits(
         upload_max_bytes=settings.upload_max_bytes, json_max_bytes=settings.json_max_bytes,
         max_concurrent_uploads=settings.max_concurrent_uploads, rate_per_minute=settings.rate_limit_per_minute,
-        rate_burst=settings.rate_limit_burst))
+        rate_burst=settings.rate_limit_burst, body_timeout_s=settings.body_timeout_s,
+        trusted_proxies=tuple(settings.trusted_proxies)))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -1,21 +1,32 @@
-"""The API's front gate, below FastAPI: who is calling, and how much they may send.
+"""The service's front gate, below FastAPI: who is calling, and how much they may send.
 
-A pure ASGI middleware, so it runs before any route reads a byte of the body:
+A pure ASGI middleware, so it runs before any route reads a byte of the body, and before
+a request takes any upload slot:
 
 - every `/v1/` request needs a valid key, checked from the `Authorization` header alone;
   without one the answer is 401 and the body is never read (the connection is closed, so
   the rest of it is not even received);
-- while the database (where keys live) is unreachable the answer is 503 with `Retry-After`,
-  not a 401 that would tell a client its good key is wrong;
+- a state-changing request to the review page needs a live session (its cookie), except the
+  sign-in form itself; without one, 401 before the body is read;
+- while the database (where keys and sessions live) is unreachable the answer is 503 with
+  `Retry-After`, not a 401 that would tell a client its good key is wrong;
 - the body is counted as it streams, whether or not `Content-Length` was sent (a chunked
-  body has none), and the request stops with 413 at the limit: multipart uploads get the
-  upload limit plus room for the form framing, anything else (JSON) a small one;
-- at most `max_concurrent_uploads` multipart requests are in flight at once; the next one
-  gets 503 with `Retry-After` instead of a spool file;
+  body has none), and the request stops with 413 at the limit: multipart uploads to `/v1/`
+  get the upload limit plus room for the form framing, a body from someone not signed in
+  (the sign-in form) `ANONYMOUS_MAX_BYTES`, the page's other forms (admin) `FORM_MAX_BYTES`,
+  anything else (JSON) `json_max_bytes`;
+- the whole body must arrive within `body_timeout_s`: one that stalls or trickles (slow
+  loris) gets 408 and gives back what it held;
+- at most `max_concurrent_uploads` multipart uploads are in flight at once, only from
+  authenticated keys, a share of them kept for camera keys (`CAMERA_UPLOAD_SHARE`): the next
+  one gets 503 with `Retry-After` instead of a spool file;
 - each key may send `rate_limit_per_minute` requests to /v1/detect and /v1/events (bursts
   of `rate_limit_burst`); past that, 429 with `Retry-After`;
+- the caller's address is the connection's peer; `X-Forwarded-For` is believed only from
+  `trusted_proxies` (the login limit counts per address);
 - every response carries security headers (nosniff, no framing, no referrer; API responses
-  also a script-less CSP and no-store).
+  also a script-less CSP and no-store), and a redirect never names a host (the `Host`
+  header is the client's to make up).
 
 Roles (403) stay with each route (`serving.api.deps.require`), which reads the caller
 this gate found.
@@ -23,6 +34,8 @@ this gate found.
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import json
 import math
 import time
@@ -34,9 +47,12 @@ from sqlalchemy.exc import DBAPIError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
+from starlette.requests import cookie_parser
 
+from serving.audit import Actor, current_actor
 from serving.auth import Principal, authenticate
 from serving.store.db import Database
+from serving.web.sessions import SESSION_COOKIE, session_account
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -49,6 +65,17 @@ MAX_KEY_LENGTH = 256
 MULTIPART_FRAMING_BYTES = 1024 * 1024  # form boundaries and part headers around the file
 BUSY_RETRY_AFTER_S = 1
 DATABASE_RETRY_AFTER_S = 5
+# Forms are a few fields: the sign-in form a name and a password, so a body from someone
+# not signed in gets 64 KiB; the admin forms at most a camera entry of 64 KiB characters,
+# which URL-encoding may triple.
+ANONYMOUS_MAX_BYTES = 64 * 1024
+FORM_MAX_BYTES = 256 * 1024
+# Of the upload slots, this share is only for camera keys: people's /v1/detect calls
+# cannot crowd out the cameras' events.
+CAMERA_UPLOAD_SHARE = 0.25
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# The only state-changing page request someone not signed in may send.
+OPEN_FORM_PATHS = frozenset({"/login"})
 
 
 # Expensive per request (a decode and a detector run, or a case write): limited per key.
@@ -69,6 +96,14 @@ class GateLimits:
     max_concurrent_uploads: int
     rate_per_minute: int = 0  # per key on RATE_LIMITED_PATHS; 0: unlimited
     rate_burst: int = 1
+    body_timeout_s: float = 60.0  # the whole body must have arrived by then
+    trusted_proxies: tuple[str, ...] = ()  # addresses or networks whose X-Forwarded-For is believed
+
+    @property
+    def camera_reserved_uploads(self) -> int:
+        if self.max_concurrent_uploads < 2:
+            return 0
+        return max(1, round(self.max_concurrent_uploads * CAMERA_UPLOAD_SHARE))
 
 
 @dataclass
@@ -97,13 +132,26 @@ def security_headers(path: str) -> list[tuple[bytes, bytes]]:
     return SECURITY_HEADERS if path in DOC_PATHS else SECURITY_HEADERS + API_HEADERS
 
 
+def relative_location(value: bytes) -> bytes:
+    """A redirect target without scheme and host: Starlette builds absolute ones from the
+    request's Host header (the trailing-slash redirect), which the client chose."""
+    text = value.decode("latin-1")
+    scheme, sep, rest = text.partition("://")
+    if not sep or "/" in scheme:
+        return value if not text.startswith("//") else b"/" + value.lstrip(b"/")
+    _host, slash, path = rest.partition("/")
+    return ("/" + path if slash else "/").encode("latin-1")
+
+
 def with_security_headers(send: Send, path: str) -> Send:
-    """`send`, adding the security headers to the response's start."""
+    """`send`, adding the security headers to the response's start, redirects made relative."""
     extra = security_headers(path)
 
     async def send_with_headers(message: Message) -> None:
         if message["type"] == "http.response.start":
-            message = {**message, "headers": [*message.get("headers", []), *extra]}
+            headers = [(k, relative_location(v) if k.lower() == b"location" else v)
+                       for k, v in message.get("headers", [])]
+            message = {**message, "headers": [*headers, *extra]}
         await send(message)
 
     return send_with_headers
@@ -115,6 +163,15 @@ class BodyTooLarge(HTTPException):
 
     def __init__(self, limit: int) -> None:
         super().__init__(413, f"request body over {limit} bytes", headers={"Connection": "close"})
+
+
+class BodyTimeout(HTTPException):
+    """Raised from inside `receive` when the body has not arrived in time: 408, and the
+    request (with the upload slot it holds) ends."""
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(408, f"request body not received within {timeout_s:g} s",
+                         headers={"Connection": "close"})
 
 
 async def answer(send: Send, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
@@ -134,14 +191,28 @@ def bearer_key(headers: Headers) -> str | None:
     return key if scheme.lower() == "bearer" and key else None
 
 
-def counted(receive: Receive, limit: int) -> Receive:
-    """`receive`, raising BodyTooLarge as soon as the body passes `limit` bytes."""
+def counted(receive: Receive, limit: int, timeout_s: float | None = None) -> Receive:
+    """`receive`, raising BodyTooLarge as soon as the body passes `limit` bytes, and
+    BodyTimeout when it is not all there `timeout_s` after the first call. Once the body is
+    complete, calls wait as long as they like (a streaming response listens for the client
+    going away)."""
     seen = 0
+    deadline: float | None = None
+    complete = False
 
     async def receive_counted() -> Message:
-        nonlocal seen
-        message = await receive()
+        nonlocal seen, deadline, complete
+        if timeout_s is None or complete:
+            message = await receive()
+        else:
+            now = time.monotonic()
+            deadline = deadline if deadline is not None else now + timeout_s
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - now))
+            except asyncio.TimeoutError:
+                raise BodyTimeout(timeout_s) from None
         if message["type"] == "http.request":
+            complete = complete or not message.get("more_body", False)
             seen += len(message.get("body", b""))
             if seen > limit:
                 raise BodyTooLarge(limit)
@@ -150,11 +221,44 @@ def counted(receive: Receive, limit: int) -> Receive:
     return receive_counted
 
 
+def parse_networks(values: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """Addresses or CIDR networks; a ValueError names the bad one."""
+    networks = []
+    for value in values:
+        try:
+            networks.append(ipaddress.ip_network(value.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"trusted_proxies: {value!r} is not an IP address or network") from None
+    return tuple(networks)
+
+
+def _in(address: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in networks)
+
+
+def client_address(peer: str, forwarded_for: str | None,
+                   trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> str:
+    """The connection's peer; only when that is a trusted proxy, the nearest address in
+    `X-Forwarded-For` that is not one (the header's left part is the client's to invent)."""
+    if not trusted or not forwarded_for or not _in(peer, trusted):
+        return peer
+    hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
+    for hop in reversed(hops):
+        if not _in(hop, trusted):
+            return hop
+    return hops[0] if hops else peer
+
+
 class RequestGate:
     def __init__(self, app: App, db: Database, limits: GateLimits) -> None:
         self.app = app
         self.db = db
         self.limits = limits
+        self.trusted = parse_networks(limits.trusted_proxies)
         # One event loop runs every request, so the counter and the buckets need no lock.
         self.uploads_in_flight = 0
         self.buckets = TokenBuckets(limits.rate_per_minute, limits.rate_burst)
@@ -167,25 +271,45 @@ class RequestGate:
 
     async def _gate(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = Headers(scope=scope)
-        if scope["path"].startswith(PROTECTED_PREFIX):
-            try:
+        state = scope.setdefault("state", {})
+        peer = scope["client"][0] if scope.get("client") else "?"
+        state["client_address"] = client_address(peer, headers.get("x-forwarded-for"), self.trusted)
+        path = scope["path"]
+        api = path.startswith(PROTECTED_PREFIX)
+        signed_in = False
+        try:
+            if api:
                 refusal = await self._identify(scope, headers)
-            except DBAPIError as exc:  # keys live in the database: it is away, not the key wrong
-                await answer(send, 503, f"database unreachable ({type(exc.orig or exc).__name__}): "
-                                        "the key cannot be checked; nothing was stored, retry later",
-                             {"Retry-After": str(DATABASE_RETRY_AFTER_S)})
-                return
-            if refusal is not None:
-                await answer(send, 401, refusal, {"WWW-Authenticate": "Bearer"})
-                return
-            if scope["path"] in RATE_LIMITED_PATHS:
-                wait_s = self.buckets.take(scope["state"]["principal"].key_id, time.monotonic())
-                if wait_s > 0:
-                    await answer(send, 429, "rate limit for this key reached; retry later",
-                                 {"Retry-After": str(math.ceil(wait_s))})
+                if refusal is not None:
+                    await answer(send, 401, refusal, {"WWW-Authenticate": "Bearer"})
                     return
-        multipart = headers.get("content-type", "").lower().startswith("multipart/form-data")
-        limit = self.limits.upload_max_bytes + MULTIPART_FRAMING_BYTES if multipart else self.limits.json_max_bytes
+                signed_in = True
+            elif scope["method"] not in SAFE_METHODS:
+                signed_in = await self._identify_session(scope, headers)
+                if not signed_in and path not in OPEN_FORM_PATHS:
+                    await answer(send, 401, "not signed in")
+                    return
+        except DBAPIError as exc:  # keys live in the database: it is away, not the key wrong
+            await answer(send, 503, f"database unreachable ({type(exc.orig or exc).__name__}): "
+                                    "the caller cannot be checked; nothing was stored, retry later",
+                         {"Retry-After": str(DATABASE_RETRY_AFTER_S)})
+            return
+        if api and path in RATE_LIMITED_PATHS:
+            wait_s = self.buckets.take(state["principal"].key_id, time.monotonic())
+            if wait_s > 0:
+                await answer(send, 429, "rate limit for this key reached; retry later",
+                             {"Retry-After": str(math.ceil(wait_s))})
+                return
+        content_type = headers.get("content-type", "").lower()
+        upload = api and content_type.startswith("multipart/form-data")
+        if upload:
+            limit = self.limits.upload_max_bytes + MULTIPART_FRAMING_BYTES
+        elif not signed_in:
+            limit = ANONYMOUS_MAX_BYTES
+        elif not api and content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
+            limit = FORM_MAX_BYTES
+        else:
+            limit = self.limits.json_max_bytes
         length = headers.get("content-length")
         if length is not None and not length.isdigit():
             await answer(send, 400, "invalid Content-Length")
@@ -193,18 +317,28 @@ class RequestGate:
         if length is not None and int(length) > limit:  # refused before a byte is read
             await answer(send, 413, f"request body over {limit} bytes")
             return
-        if not multipart:
-            await self.app(scope, counted(receive, limit), send)
+        body = counted(receive, limit, self.limits.body_timeout_s)
+        if not upload:
+            await self.app(scope, body, send)
             return
-        if self.uploads_in_flight >= self.limits.max_concurrent_uploads:
+        if not self._take_upload_slot(state["principal"]):
             await answer(send, 503, "too many uploads in progress; retry shortly",
                          {"Retry-After": str(BUSY_RETRY_AFTER_S)})
             return
-        self.uploads_in_flight += 1
         try:
-            await self.app(scope, counted(receive, limit), send)
+            await self.app(scope, body, send)
         finally:
             self.uploads_in_flight -= 1
+
+    def _take_upload_slot(self, principal: Principal) -> bool:
+        """Camera keys may fill every slot; other keys leave the cameras' share free."""
+        slots = self.limits.max_concurrent_uploads
+        if principal.role != "camera":
+            slots -= self.limits.camera_reserved_uploads
+        if self.uploads_in_flight >= slots:
+            return False
+        self.uploads_in_flight += 1
+        return True
 
     async def _identify(self, scope: Scope, headers: Headers) -> str | None:
         """Puts the caller in the request state; returns why not (for a 401) otherwise."""
@@ -216,5 +350,18 @@ class RequestGate:
             principal = await run_in_threadpool(authenticate, self.db, key)
         if principal is None:
             return "invalid API key"
-        scope.setdefault("state", {})["principal"] = principal
+        scope["state"]["principal"] = principal
+        current_actor.set(Actor("key", str(principal.key_id), principal.name))
         return None
+
+    async def _identify_session(self, scope: Scope, headers: Headers) -> bool:
+        """A live review-page session: its account in the request state."""
+        token = cookie_parser(headers.get("cookie", "")).get(SESSION_COOKIE)
+        if not token:
+            return False
+        account = await run_in_threadpool(session_account, self.db, token)
+        if account is None:
+            return False
+        scope["state"]["account"] = account
+        current_actor.set(Actor("user", str(account.id), account.name))
+        return True

@@ -26,6 +26,9 @@ def render(m: dict[str, Any]) -> str:
     metric("gridwatch_detections_total", "counter", "Boxes returned by POST /v1/detect.", [({}, counters["detections"])])
     metric("gridwatch_events_total", "counter", "Violation events received by the case layer.", [({}, m["case_counts"]["events"])])
     metric("gridwatch_events_pending", "gauge", "Events waiting for the database.", [({}, m["pending_events"])])
+    metric("gridwatch_database_up", "gauge",
+           "1 if the case, outbox and re-check figures here were read from the database just now; 0: "
+           "it is away and they are the last ones read.", [({}, 1 if m.get("database_up", True) else 0)])
     metric("gridwatch_cases_created_total", "counter", "Cases created since start.", [({}, m["case_counts"]["cases_created"])])
     metric("gridwatch_cases", "gauge", "Cases by state.", [({"state": k}, v) for k, v in sorted(m["cases_by_state"].items())])
     metric("gridwatch_cases_review", "gauge", "Cases by review status.", [({"review_status": k}, v) for k, v in sorted(m["cases_by_review"].items())])
@@ -56,7 +59,7 @@ def render(m: dict[str, Any]) -> str:
         def per_worker(key: str) -> list[tuple[dict[str, Any], float]]:
             return [({"worker": w["worker"], "node": w["node"]}, w[key]) for w in workers]
 
-        metric("gridwatch_worker_up", "gauge", "1 if the camera worker answers its heartbeat.",
+        metric("gridwatch_worker_up", "gauge", "1 if the camera worker answers its heartbeat; 0 if not, or dead.",
                [({"worker": w["worker"], "node": w["node"]}, 1 if w["state"] == "up" else 0) for w in workers])
         metric("gridwatch_worker_cameras", "gauge", "Cameras a worker holds the lease of.",
                [({"worker": w["worker"], "node": w["node"]}, len(w["cameras"])) for w in workers])
@@ -79,7 +82,25 @@ def render(m: dict[str, Any]) -> str:
                [({}, moves["cameras_moved"])])
         metric("gridwatch_cluster_cameras_unplaced", "gauge", "Cameras no worker runs now.",
                [({}, len(cluster["unplaced"]))])
+        metric("gridwatch_cluster_cameras_handing_off", "gauge",
+               "Cameras leaving a worker: their events being filed before their lease moves.",
+               [({}, len(cluster.get("handing_off", ())))])
     metric("gridwatch_events_fenced_total", "counter",
            "Events refused because their camera's lease had moved to another worker.",
            [({}, counters.get("events_fenced", 0))])
+    evidence = m.get("evidence") or {}
+    if evidence:  # serving/retention.py, serving/chain.py
+        metric("gridwatch_evidence_bytes", "gauge", "Bytes of evidence files kept.", [({}, evidence["bytes"])])
+        metric("gridwatch_evidence_files", "gauge", "Evidence files kept.", [({}, evidence["files"])])
+        metric("gridwatch_evidence_chain_entries", "gauge", "Entries in the evidence chain.",
+               [({}, evidence["chain_entries"])])
+        metric("gridwatch_evidence_purged_bytes_total", "counter", "Evidence bytes purged by retention.",
+               [({}, evidence["purged_bytes"])])
+        metric("gridwatch_evidence_keep_days", "gauge", "Days each outcome's evidence is kept (retention).",
+               [({"outcome": k}, v) for k, v in sorted(evidence["keep_days"].items())])
+        for name, key, text in (("gridwatch_evidence_last_purge_timestamp_seconds", "last_purge", "last"),
+                                ("gridwatch_evidence_next_purge_timestamp_seconds", "next_purge", "next")):
+            if evidence.get(key) is not None:
+                metric(name, "gauge", f"When the {text} retention purge ran or runs (Unix time).",
+                       [({}, evidence[key])])
     return "\n".join(lines) + "\n"

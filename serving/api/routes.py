@@ -8,13 +8,14 @@ from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Body, Depends, File, Form, HTTPException, Path, Query, UploadFile
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from serving.api.deps import get_decoder, get_service, require
+from serving.api.deps import decode_holds, get_service, require
 from serving.api.schemas import (
     CasePage,
+    DecisionConflictBody,
     DetectResponse,
     EventResult,
     KeyCreated,
@@ -22,18 +23,25 @@ from serving.api.schemas import (
     KeyRotation,
     ModelReload,
     ModelState,
+    RedecideRequest,
     ReviewRequest,
     StatusCallback,
 )
-from serving.api.uploads import DETECT_MIN_SIDE, UploadDecoder, UploadError, check_image, original_size
+from serving.api.uploads import DETECT_MIN_SIDE, DecodeHolds, UploadError, check_image, original_size
+from serving.audit import AuditQuery
+from serving.audit import page as audit_page
 from serving.auth import Principal, create_key, revoke_key, rotate_key
 
 from serving.cameras.registry import CameraError
+from serving.bundle import BundleError
 from serving.cases import CaseError, CaseFilter, CasePublic
+from serving.cases.review import DecisionConflict, Throttled
 from serving.events import CAMERA_ID, ViolationEvent, division_problem
 from serving.evidence import EvidenceFrame
+from serving.frame_boxes import BoxError, clip_box
 from serving.health import ready as service_ready
 from serving.live_model import ModelSwapError
+from serving.privacy import SealedError, unseal
 from serving.service import GridwatchService
 from serving.store.models import ApiKey
 
@@ -41,7 +49,7 @@ CASE_NUMBER = r"^[A-Za-z0-9-]{1,32}$"
 MAX_ID = 2**31 - 1
 
 Service = Annotated[GridwatchService, Depends(get_service)]
-Decoder = Annotated[UploadDecoder, Depends(get_decoder)]
+Decoder = Annotated[DecodeHolds, Depends(decode_holds)]
 CaseNumber = Annotated[str, Path(pattern=CASE_NUMBER)]
 CameraId = Annotated[str, Path(pattern=CAMERA_ID)]
 
@@ -74,10 +82,12 @@ async def read_upload(upload: UploadFile, service: GridwatchService) -> tuple[by
     return data, media_type, size
 
 
-async def decode_upload(decoder: UploadDecoder, data: bytes, *, min_side: int | None = None) -> np.ndarray:
-    """Decoded off the event loop, at most settings.max_concurrent_decodes at a time."""
+async def decode_upload(decoder: DecodeHolds, data: bytes, header_size: tuple[int, int], *,
+                        min_side: int | None = None) -> np.ndarray:
+    """Decoded off the event loop, at most settings.max_concurrent_decodes at a time, its
+    share of the decode budget held until the request ends (one budget for every route)."""
     try:
-        return await run_in_threadpool(decoder.decode, data, min_side=min_side)
+        return await decoder.decode(data, header_size, min_side=min_side)
     except UploadError as exc:
         raise case_error(exc) from None
 
@@ -114,7 +124,7 @@ async def detect(
     _: Principal = Depends(require("camera", "reviewer")),
 ) -> dict[str, Any]:
     data, _media, header_size = await read_upload(file, service)
-    image = await decode_upload(decoder, data, min_side=DETECT_MIN_SIDE)
+    image = await decode_upload(decoder, data, header_size, min_side=DETECT_MIN_SIDE)
     found, version = await run_in_threadpool(service.detect, image)
     width, height = original_size(image, header_size)
     # Boxes in the original's pixels, whatever size it was decoded at.
@@ -124,6 +134,18 @@ async def detect(
 
 
 # -- events from edge boxes ------------------------------------------------------------------------
+def bounded_event_box(box: tuple[float, float, float, float] | None,
+                      frame: tuple[int, int] | None) -> tuple[float, float, float, float] | None:
+    """The event's box cut to its frame (width, height); 422 when it is not finite, absurd,
+    or wholly outside the frame. Without a frame only the sanity checks and the lower bound hold."""
+    if box is None:
+        return None
+    try:
+        return tuple(clip_box(box, *(frame or (None, None)), what="box"))
+    except BoxError as exc:
+        raise HTTPException(422, f"invalid event: {exc}") from None
+
+
 @v1.post("/events", response_model=EventResult, tags=["events"])
 async def push_event(
     service: Service,
@@ -150,14 +172,17 @@ async def push_event(
         "first_seen": first_seen, "last_seen": last_seen, "evidence": (),
         "division": parsed.division or parsed.matter_code[:6],
     })
+    event_box = bounded_event_box(parsed.box, None)  # refused before any upload is read
     evidence = None
     if frame is not None:
-        data, media_type, _size = await read_upload(frame, service)
+        data, media_type, size = await read_upload(frame, service)
         # Decoded here, in full (the annotated copy and crop use the box's pixels), so a frame
         # that cannot be decoded is refused like on /v1/detect before anything is stored.
-        image = await decode_upload(decoder, data)
+        image = await decode_upload(decoder, data, size)
+        event_box = bounded_event_box(parsed.box, (image.shape[1], image.shape[0]))
         suffix = {"image/png": ".png", "image/webp": ".webp", "image/bmp": ".bmp"}.get(media_type, ".jpg")
-        evidence = EvidenceFrame(box=parsed.box, label=parsed.violation, image=image, encoded=data, suffix=suffix)
+        evidence = EvidenceFrame(box=event_box, label=parsed.violation, image=image, encoded=data, suffix=suffix)
+    violation_event = violation_event.model_copy(update={"box": event_box})
     try:
         result = await run_in_threadpool(service.ingest, violation_event, evidence)
     except CaseError as exc:
@@ -167,17 +192,18 @@ async def push_event(
 
 # -- cameras ------------------------------------------------------------------------------------
 @v1.get("/cameras", tags=["cameras"])
-def list_cameras(service: Service, _: Principal = Depends(require("reviewer", "camera"))) -> list[dict[str, Any]]:
-    return [service.cameras.describe(c) for c in service.cameras.all().values()]
+def list_cameras(service: Service, principal: Principal = Depends(require("reviewer", "camera"))) -> list[dict[str, Any]]:
+    """Sources (which may carry a stream's credentials) are shown to admins only, masked."""
+    return [service.cameras.describe(c, show_source=principal.role == "admin") for c in service.cameras.all().values()]
 
 
 @v1.get("/cameras/{camera_id}", tags=["cameras"])
 def get_camera(camera_id: CameraId, service: Service,
-               _: Principal = Depends(require("reviewer", "camera"))) -> dict[str, Any]:
+               principal: Principal = Depends(require("reviewer", "camera"))) -> dict[str, Any]:
     camera = service.cameras.all().get(camera_id)
     if camera is None:
         raise HTTPException(404, f"no camera {camera_id!r}")
-    return service.cameras.describe(camera)
+    return service.cameras.describe(camera, show_source=principal.role == "admin")
 
 
 @v1.post("/cameras", status_code=201, tags=["cameras"])
@@ -187,7 +213,7 @@ def add_camera(service: Service, config: Annotated[dict[str, Any], Body(descript
         camera = service.cameras.add(config, actor=principal.name)
     except CameraError as exc:
         raise case_error(exc) from None
-    return service.cameras.describe(camera)
+    return service.cameras.describe(camera, show_source=True)  # admins only here
 
 
 @v1.put("/cameras/{camera_id}", tags=["cameras"])
@@ -199,7 +225,7 @@ def replace_camera(camera_id: CameraId, service: Service, config: Annotated[dict
         camera = service.cameras.add({**config, "id": camera_id}, replace=True, actor=principal.name)
     except CameraError as exc:
         raise case_error(exc) from None
-    return service.cameras.describe(camera)
+    return service.cameras.describe(camera, show_source=True)  # admins only here
 
 
 @v1.delete("/cameras/{camera_id}", status_code=204, tags=["cameras"])
@@ -249,25 +275,80 @@ def get_case(case_number: CaseNumber, service: Service,
 
 @v1.get("/cases/{case_number}/evidence/{evidence_id}", tags=["cases"], response_class=FileResponse)
 def get_evidence(case_number: CaseNumber, evidence_id: Annotated[int, Path(ge=1, le=MAX_ID)], service: Service,
-                 principal: Principal = Depends(require("reviewer", "case_system"))) -> FileResponse:
+                 principal: Principal = Depends(require("reviewer", "case_system")),
+                 reason: Annotated[str, Query(max_length=500, description="why an admin reads a sealed "
+                                                                             "original (audited)")] = "") -> FileResponse:
     case = _visible_case(service, case_number, principal)
     item = next((e for e in case.evidence if e.id == evidence_id), None)
     if item is None:
         raise HTTPException(404, f"case {case_number} has no evidence {evidence_id}")
+    try:
+        unseal(service.db, case, item, principal, reason)
+    except SealedError as exc:
+        raise HTTPException(exc.status, str(exc)) from None
     path = service.evidence.resolve(item.path)
     if not path.is_file():
         raise HTTPException(410, f"evidence file {item.path} is missing from the store")
     return FileResponse(path, media_type=item.media_type, headers={"X-Content-SHA256": item.sha256})
 
 
-@v1.post("/cases/{case_number}/review", response_model=CasePublic, tags=["cases"])
+@v1.get("/cases/{case_number}/bundle", tags=["cases"], response_class=Response,
+        responses={200: {"content": {"application/zip": {}}}})
+def get_bundle(case_number: CaseNumber, service: Service,
+               principal: Principal = Depends(require("reviewer", "case_system")),
+               originals: Annotated[bool, Query(description="include sealed originals (admins, with a reason)")] = False,
+               reason: Annotated[str, Query(max_length=500)] = "") -> Response:
+    """The case's evidence bundle: checkable with sha256sum and openssl alone (its README says how)."""
+    case = _visible_case(service, case_number, principal)
+    try:
+        data = service.bundle(case, principal, originals=originals, reason=reason)
+    except (SealedError, BundleError) as exc:
+        raise HTTPException(exc.status, str(exc)) from None
+    return Response(data, media_type="application/zip",
+                    headers={"Content-Disposition": f'attachment; filename="{case_number}.zip"'})
+
+
+def decision_refused(exc: CaseError) -> JSONResponse:
+    """A refused decision: a conflict says who holds the case and its version; too many
+    decisions say when to try again."""
+    if isinstance(exc, DecisionConflict):
+        return JSONResponse(exc.to_json(), status_code=409)
+    headers = {"Retry-After": str(int(exc.retry_after_s) + 1)} if isinstance(exc, Throttled) else None
+    return JSONResponse({"detail": str(exc)}, status_code=exc.status, headers=headers)
+
+
+DECISION_RESPONSES: dict[int | str, dict[str, Any]] = {
+    409: {"model": DecisionConflictBody, "description": "leased to someone else, already decided, or a stale version"},
+    429: {"description": "too many decisions a minute (settings.review_max_per_min); Retry-After says when"}}
+
+
+@v1.post("/cases/{case_number}/review", response_model=CasePublic, tags=["cases"], responses=DECISION_RESPONSES)
 def review_case(case_number: CaseNumber, body: ReviewRequest, service: Service,
-                principal: Principal = Depends(require("reviewer"))) -> CasePublic:
+                principal: Principal = Depends(require("reviewer"))) -> CasePublic | JSONResponse:
+    """The first decision on a pending case. A second one is a 409: change a decision with
+    /redecide. `version` (optional here) is checked when given."""
     try:
         case = service.cases.review(case_number, body.action, reviewer=principal.name, note=body.note,
-                                    violation=body.violation, reason=body.reason, boxes=body.boxes)
+                                    violation=body.violation, reason=body.reason, boxes=body.boxes,
+                                    version=body.version)
     except CaseError as exc:
-        raise case_error(exc) from None
+        return decision_refused(exc)
+    if service.delivery is not None:
+        service.delivery.wake()
+    return case
+
+
+@v1.post("/cases/{case_number}/redecide", response_model=CasePublic, tags=["cases"], responses=DECISION_RESPONSES)
+def redecide_case(case_number: CaseNumber, body: RedecideRequest, service: Service,
+                  principal: Principal = Depends(require("reviewer"))) -> CasePublic | JSONResponse:
+    """Change a decided case's decision, saying why (`why`), on the version it was seen at;
+    audited as review.redecide and sent to the case system as a new version."""
+    try:
+        case = service.cases.redecide(case_number, body.action, reviewer=principal.name, why=body.why,
+                                      version=body.version, note=body.note, violation=body.violation,
+                                      reason=body.reason, boxes=body.boxes)
+    except CaseError as exc:
+        return decision_refused(exc)
     if service.delivery is not None:
         service.delivery.wake()
     return case
@@ -282,6 +363,25 @@ def status_callback(case_number: CaseNumber, body: StatusCallback, service: Serv
         return service.cases.set_status(case_number, body.status, external_id=body.external_id)
     except CaseError as exc:
         raise case_error(exc) from None
+
+
+# -- audit ------------------------------------------------------------------------------------------
+@v1.get("/audit", tags=["audit"])
+def audit_log(
+    service: Service,
+    _: Principal = Depends(require()),
+    actor: Annotated[str | None, Query(max_length=64)] = None,
+    action: Annotated[str | None, Query(max_length=33, description="exact, or a prefix ending in * (review.*)")] = None,
+    case: Annotated[str | None, Query(pattern=CASE_NUMBER)] = None,
+    since: Annotated[datetime | None, Query(description="entries at or after this time (ISO-8601)")] = None,
+    until: Annotated[datetime | None, Query(description="entries before this time")] = None,
+    cursor: Annotated[int | None, Query(ge=1, le=MAX_ID, description="next_cursor of the previous page")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> dict[str, Any]:
+    """The audit log, newest first, filtered by actor, action, case and time, paged by cursor."""
+    where = AuditQuery(actor=actor, action=action, case=case, since=utc(since), until=utc(until), before=cursor)
+    records, older = audit_page(service.db, where, limit)
+    return {"items": [r.to_json() for r in records], "next_cursor": older}
 
 
 # -- models -----------------------------------------------------------------------------------------

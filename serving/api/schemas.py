@@ -38,8 +38,31 @@ class ReviewRequest(BaseModel):
         None, max_length=50, description="the reviewer's own [x1, y1, x2, y2] boxes in the original frame's pixels; "
                                          "none: the detection's box stands")
     note: str = Field("", max_length=2000)
+    version: int | None = Field(
+        None, ge=0, description="the case version (CasePublic.version) the decision was made on; a case that has "
+                                "moved on since gets 409. The review page always sends it; optional for API keys "
+                                "(then the case must still be pending and not leased to someone else)")
 
     _clean = field_validator("violation", "reason", "note")(no_nul)
+
+
+class RedecideRequest(ReviewRequest):
+    """POST /v1/cases/{case}/redecide (and the page's re-decide): change a decision on
+    purpose, saying why; audited as review.redecide and sent to the case system as a new version."""
+
+    version: int = Field(ge=0, description="the case version the new decision was made on (required)")
+    why: str = Field(min_length=1, max_length=500, description="why the decision changes (required, audited)")
+
+    _clean_why = field_validator("why")(no_nul)
+
+
+class DecisionConflictBody(BaseModel):
+    """The 409 of a decision: who holds the case and its version now."""
+
+    detail: str
+    holder: str
+    version: int
+    review_status: str
 
 
 class StatusCallback(BaseModel):

@@ -5,9 +5,11 @@ status to answer."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 
 import numpy as np
+from starlette.concurrency import run_in_threadpool
 
 from serving.streams.media import MediaError, probe_image
 from serving.streams.media import decode_image as _decode
@@ -54,14 +56,72 @@ def check_image(data: bytes, declared_type: str | None, *, max_bytes: int, max_p
     return ALLOWED_FORMATS[kind], (width, height)
 
 
+# What an image costs while a request holds it, per pixel of its header size: the decode's
+# peak (settings.DECODE_PEAK_BYTES_PER_PIXEL), which also covers what follows it (the pixels
+# themselves, and on /v1/events the annotated copy and crop made from them).
+HELD_BYTES_PER_PIXEL = 6.5
+
+
+class DecodeBudget:
+    """Bytes of decoding memory (settings.decode_memory_budget_mb), shared by every route
+    that decodes. A request reserves its image's cost before decoding and keeps it until it
+    is done with the pixels, so images decoded one after another but held at once (eight
+    /v1/events frames going through their evidence writes) count together. A request over
+    the budget waits on the event loop, holding no worker thread, for others to finish."""
+
+    def __init__(self, total_bytes: int) -> None:
+        self.total_bytes = total_bytes
+        self.in_use = 0
+        self.peak = 0
+        self._changed = asyncio.Condition()
+
+    async def acquire(self, amount: int) -> None:
+        amount = min(amount, self.total_bytes)  # one image alone always fits (the settings check its pixels)
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.in_use + amount <= self.total_bytes)
+            self.in_use += amount
+            self.peak = max(self.peak, self.in_use)
+
+    async def release(self, amount: int) -> None:
+        amount = min(amount, self.total_bytes)
+        async with self._changed:
+            self.in_use -= amount
+            self._changed.notify_all()
+
+
+class Reservation:
+    """One image's share of the budget: acquired before decoding, released once, however
+    the request ends."""
+
+    def __init__(self, budget: DecodeBudget, amount: int) -> None:
+        self.budget, self.amount = budget, amount
+        self._held = False
+
+    async def acquire(self) -> None:
+        await self.budget.acquire(self.amount)
+        self._held = True  # no await in between: a cancelled request either holds it here or never got it
+
+    async def release(self) -> None:
+        held, self._held = self._held, False
+        if held:
+            await self.budget.release(self.amount)
+
+
 class UploadDecoder:
-    """Decodes checked uploads, at most `concurrent` at a time: with the pixel limit, that
-    bounds decoding memory (settings.decode_memory_budget_mb). Blocking: call it from a
+    """Decodes checked uploads, at most `concurrent` at a time (decoding is CPU work), each
+    inside its request's reservation of the shared `budget`. Blocking: call it from a
     worker thread; callers past the limit wait their turn."""
 
-    def __init__(self, concurrent: int, max_pixels: int) -> None:
+    def __init__(self, concurrent: int, max_pixels: int, budget_bytes: int | None = None) -> None:
         self._slots = threading.BoundedSemaphore(concurrent)
         self.max_pixels = max_pixels
+        self.budget = DecodeBudget(budget_bytes if budget_bytes is not None
+                                   else int(concurrent * max_pixels * HELD_BYTES_PER_PIXEL))
+
+    def reservation(self, header_size: tuple[int, int]) -> Reservation:
+        """What an image of this (header) size holds of the budget; not yet acquired."""
+        width, height = header_size
+        return Reservation(self.budget, int(width * height * HELD_BYTES_PER_PIXEL))
 
     def decode(self, data: bytes, *, min_side: int | None = None) -> np.ndarray:
         """Full size, or reduced as far as the longest side stays >= min_side."""
@@ -70,6 +130,27 @@ class UploadDecoder:
                 return _decode(data, max_pixels=self.max_pixels, name="upload", min_side=min_side)
             except MediaError as exc:
                 raise UploadError(f"the image cannot be decoded: {exc}") from None
+
+
+class DecodeHolds:
+    """What one request holds of the decode budget: each image it decodes reserves its cost
+    first, and all of it is given back when the request ends (serving.api.deps.decode_holds),
+    after the route is done with the pixels, however it ends."""
+
+    def __init__(self, decoder: UploadDecoder) -> None:
+        self.decoder = decoder
+        self.held: list[Reservation] = []
+
+    async def decode(self, data: bytes, header_size: tuple[int, int], *, min_side: int | None = None) -> np.ndarray:
+        """Waits for budget, then decodes in a worker thread (waiting there for a decode slot)."""
+        hold = self.decoder.reservation(header_size)
+        self.held.append(hold)
+        await hold.acquire()
+        return await run_in_threadpool(self.decoder.decode, data, min_side=min_side)
+
+    async def release(self) -> None:
+        for hold in self.held:
+            await hold.release()
 
 
 def original_size(image: np.ndarray, header_size: tuple[int, int]) -> tuple[int, int]:

@@ -139,6 +139,9 @@ def summarise(timings: list[Timing]) -> dict:
             "ultralytics_ms": theirs,
             "gridwatch_over_session": ours / bare if bare else None,
             "ultralytics_over_gridwatch": theirs / ours if theirs and ours else None,
+            # Our detector runs that very session plus its own pre- and post-processing: timed
+            # faster than it, the machine was busy with something else during one of them.
+            "noisy": bool(ours and bare and ours < bare),
         }
     return {"timings": [asdict(t) for t in timings], "by_batch": rows,
             "tiled_static_check_ms": by.get(("gridwatch_tiled", 1))}
@@ -160,12 +163,18 @@ def format_table(summary: dict, model: Path, reference_model: Path) -> str:
     for batch, row in summary["by_batch"].items():
         def fmt(v, spec):
             return format(v, spec) if v is not None else "-"
+        overhead = f"{'noisy':>12}" if row.get("noisy") else f"{fmt(row['gridwatch_over_session'], '11.2f')}x"
         lines.append(
             f"{batch:>5}  {fmt(row['session_ms'], '10.1f')}  {fmt(row['gridwatch_ms'], '12.1f')}  "
-            f"{fmt(row['ultralytics_ms'], '14.1f')}  {fmt(row['gridwatch_over_session'], '11.2f')}x  "
+            f"{fmt(row['ultralytics_ms'], '14.1f')}  {overhead}  "
             f"{fmt(row['ultralytics_over_gridwatch'], '9.2f')}x"
         )
     lines.append("ms are per frame (median); ours/session: overhead over the bare session; ultra/ours: our speed-up.")
+    noisy = [str(batch) for batch, row in summary["by_batch"].items() if row.get("noisy")]
+    if noisy:
+        lines.append(f"NOISY RUN: at batch {', '.join(noisy)} gridwatch timed faster than the bare session it "
+                     "wraps (ours/session below 1.0): the machine was busy with other work; run again on an idle "
+                     "machine before quoting these figures")
     one = summary["by_batch"].get(1, {}).get("ultralytics_over_gridwatch")
     if one is not None:
         lines.append(f"batch 1, end to end: {model.name} is {one:.2f}x as fast as Ultralytics' predict on "

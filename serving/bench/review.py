@@ -136,7 +136,9 @@ def run(args: argparse.Namespace) -> int:
 
     count = max(2, args.review)
     with tempfile.TemporaryDirectory(prefix="gridwatch-review-bench-") as tmp:
-        settings = load_settings(data_dir=Path(tmp), port=free_port(), admin_key="gw_bench_admin_key_0000000000")
+        # One reviewer at key-repeat speed: the per-person decision limit would be what is measured.
+        settings = load_settings(data_dir=Path(tmp), port=free_port(), admin_key="gw_bench_admin_key_0000000000",
+                                 review_max_per_min=0)
         service = GridwatchService(settings)
         synthetic_cases(service, count)
         add_user(service.db, "bench", "reviewer", BENCH_PASSWORD, actor="bench")

@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     from serving.cameras.schema import Camera
 
 GRID_CODE = re.compile(GRID_PATTERN)
+# A city's grid map is a few MB at most; a bigger file is not one, and is not read whole.
+GRID_MAP_MAX_BYTES = 16 * 1024 * 1024
 
 
 class GridMap:
@@ -26,23 +28,36 @@ class GridMap:
 
     @classmethod
     def load(cls, path: Path) -> GridMap:
+        """Errors name the file and the feature, never a value from it: a path that is not a
+        grid map (any host file) must not be read back through the error."""
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"cannot read GeoJSON {path}: {exc}") from None
+            with path.open("rb") as f:  # no more than the limit is read, whatever the file's size
+                raw = f.read(GRID_MAP_MAX_BYTES + 1)
+        except OSError as exc:
+            raise ValueError(f"cannot read GeoJSON {path}: {exc.strerror or type(exc).__name__}") from None
+        if len(raw) > GRID_MAP_MAX_BYTES:
+            raise ValueError(f"{path} is over the {GRID_MAP_MAX_BYTES}-byte limit of a grid map")
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+            raise ValueError(f"{path} is not a GeoJSON file (not UTF-8 JSON)") from None
         features = []
         for i, feature in enumerate(data.get("features", []) if isinstance(data, dict) else []):
-            props = feature.get("properties") or {}
+            feature = feature if isinstance(feature, dict) else {}
+            props = feature.get("properties") if isinstance(feature.get("properties"), dict) else {}
             code = props.get("code") or props.get("grid")
             if not isinstance(code, str) or not GRID_CODE.match(code):
-                raise ValueError(f"{path}: features.{i}.properties.code must be a 15-char grid code, got {code!r}")
-            geometry = feature.get("geometry") or {}
+                raise ValueError(f"{path}: features.{i}.properties.code must be a 15-char grid code")
+            geometry = feature.get("geometry") if isinstance(feature.get("geometry"), dict) else {}
             kind, coords = geometry.get("type"), geometry.get("coordinates")
             polygons = [coords] if kind == "Polygon" else coords if kind == "MultiPolygon" else None
             if not polygons:
                 raise ValueError(f"{path}: features.{i}.geometry must be a Polygon or MultiPolygon")
-            for polygon in polygons:
-                features.append((code, [[(float(p[0]), float(p[1])) for p in ring] for ring in polygon]))
+            try:
+                for polygon in polygons:
+                    features.append((code, [[(float(p[0]), float(p[1])) for p in ring] for ring in polygon]))
+            except (TypeError, ValueError, IndexError, KeyError):
+                raise ValueError(f"{path}: features.{i}.geometry.coordinates must be rings of [lon, lat] numbers") from None
         if not features:
             raise ValueError(f"{path}: no grid polygons (expected a FeatureCollection)")
         return cls(features)

@@ -4,6 +4,7 @@ the API (stored in the database), and the one pipeline that streams them."""
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -12,12 +13,14 @@ from typing import Any
 from sqlalchemy import select
 
 from detector.taxonomy import Taxonomy
-from serving.audit import record
+from serving.audit import record, record_alone
+from serving.cameras.credentials import has_clear_password, install_log_redaction, redact
 from serving.cameras.schema import Camera, parse_cameras
 from serving.store.db import Database
 from serving.store.models import CameraRecord
 
 log = logging.getLogger("gridwatch.cameras")
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]+")
 
 
 class CameraError(ValueError):
@@ -29,8 +32,9 @@ class CameraError(ValueError):
 class CameraRegistry:
     """Cameras from the config file (read-only) and from the API (stored), run by one pipeline.
 
-    A change through the API rebuilds the pipeline with the new camera list: simple, and
-    changes are rare next to frames."""
+    A change through the API touches that camera only: the running pipeline adds, replaces
+    or removes it between batches, and every other camera keeps its stream, tracks and open
+    events (a restart of all of them would close and reopen their events as new sightings)."""
 
     def __init__(self, db: Database, taxonomy: Taxonomy, base_dir: Path, file_cameras: list[Camera],
                  start_pipeline: Callable[[list[Camera]], Any], media_roots: tuple[Path, ...] = ()) -> None:
@@ -43,6 +47,7 @@ class CameraRegistry:
         self.pipeline: Any = None
         self._lock = threading.RLock()
         self.pipeline_error = ""
+        install_log_redaction()  # stream readers log the URLs they fail to open
 
     def _validate(self, config: dict[str, Any]) -> Camera:
         try:
@@ -67,12 +72,23 @@ class CameraRegistry:
     def all(self) -> dict[str, Any]:
         return {**self.stored(), **self.file_cameras}
 
-    def describe(self, camera: Any) -> dict[str, Any]:
+    def describe(self, camera: Any, *, show_source: bool = False) -> dict[str, Any]:
+        """A camera as shown: its source (as configured, password masked) only with
+        `show_source` (admins); the others see no source at all."""
         health = self.health().get(camera.id)
+        config = camera.model_dump(mode="json")
+        if show_source:
+            config["source"] = redact(camera.configured_source)
+        else:
+            config.pop("source", None)
+            if health is not None:
+                health.pop("source", None)
+                if isinstance(health.get("last_error"), str):  # stream errors quote the URL
+                    health["last_error"] = _URL.sub("<source>", health["last_error"])
         return {
             "id": camera.id,
             "origin": "file" if camera.id in self.file_cameras else "api",
-            "config": camera.model_dump(mode="json"),
+            "config": config,
             "health": health,
         }
 
@@ -81,12 +97,24 @@ class CameraRegistry:
         if pipeline is None:
             return {}
         try:
-            return {cid: h.to_json() for cid, h in pipeline.health.items()}
+            return {cid: _shown(h.to_json()) for cid, h in pipeline.health.items()}
         except Exception:  # noqa: BLE001 - health is best-effort, never an error page
             return {}
 
     def add(self, config: dict[str, Any], *, replace: bool = False, actor: str = "system") -> Any:
+        try:
+            return self._add(config, replace=replace, actor=actor)
+        except CameraError as exc:  # a refused add is audited too: who tried what, and why not
+            record_alone(self.db, actor, "camera.add_refused", f"camera:{str(config.get('id'))[:128]}",
+                         {"status": exc.status, "error": redact(str(exc))[:500]})
+            raise
+
+    def _add(self, config: dict[str, Any], *, replace: bool, actor: str) -> Any:
         camera = self._validate(config)
+        if has_clear_password(camera.configured_source):  # the entry is stored as given
+            raise CameraError(f"camera {camera.id!r}, field source: a password written into the source would be "
+                              "stored in the database in clear; name an environment variable instead, "
+                              "e.g. rtsp://USER:${CAMERA_GATE_PW}@HOST/PATH (see serving/cameras/credentials.py)")
         with self._lock:
             if camera.id in self.file_cameras:
                 raise CameraError(f"camera {camera.id!r} comes from the config file; edit it there", 409)
@@ -100,7 +128,7 @@ class CameraRegistry:
                     session.add(CameraRecord(id=camera.id, config=config))
                 else:
                     row.config = config
-            self.restart()
+            self._apply(camera.id, camera)
         return camera
 
     def remove(self, camera_id: str, *, actor: str = "system") -> None:
@@ -113,7 +141,7 @@ class CameraRegistry:
                     raise CameraError(f"no camera {camera_id!r}", 404)
                 record(session, actor, "camera.remove", f"camera:{camera_id}", row.config, None)
                 session.delete(row)
-            self.restart()
+            self._apply(camera_id, None)
 
     def start(self) -> None:
         with self._lock:
@@ -124,7 +152,7 @@ class CameraRegistry:
                 self.pipeline = self.start_pipeline(cameras)
                 self.pipeline_error = ""
             except Exception as exc:  # noqa: BLE001 - the API and delivery keep running
-                self.pipeline, self.pipeline_error = None, f"{type(exc).__name__}: {exc}"
+                self.pipeline, self.pipeline_error = None, redact(f"{type(exc).__name__}: {exc}")
                 log.exception("pipeline failed to start")
 
     def stop(self) -> None:
@@ -132,6 +160,20 @@ class CameraRegistry:
             if self.pipeline is not None:
                 self.pipeline.stop()
                 self.pipeline = None
+
+    def _apply(self, camera_id: str, camera: Camera | None) -> None:
+        """One camera added or changed (`camera`) or removed (None), in the running pipeline."""
+        with self._lock:
+            pipeline = self.pipeline
+            if hasattr(pipeline, "set_cameras") or not hasattr(pipeline, "add_camera") or pipeline.wait(0):
+                self.restart()  # cluster mode, or no loop running (none yet, or its files all ended)
+                return
+            if camera is None:
+                pipeline.remove_camera(camera_id)
+            else:
+                pipeline.add_camera(camera)
+            if pipeline.wait(0):  # the loop ended just before the camera came in
+                self.restart()
 
     def restart(self) -> None:
         with self._lock:
@@ -143,3 +185,11 @@ class CameraRegistry:
 
     def stats(self) -> dict[str, int]:
         return dict(getattr(self.pipeline, "stats", {}) or {})
+
+
+def _shown(health: dict[str, Any]) -> dict[str, Any]:
+    """A stream's health with its source's password and any in its last error masked."""
+    for key in ("source", "last_error"):
+        if isinstance(health.get(key), str):
+            health[key] = redact(health[key])
+    return health

@@ -7,7 +7,8 @@ so a city editing a file of 300 cameras finds the line. Relative `source:` and `
 paths are resolved against the YAML file's folder.
 
 Beyond the issue's example, a camera entry may carry: `start:` (clock of a file without a
-recorded start, with offset), `decode: auto|keyframes|all`, `close_after:` (grace seconds
+recorded start, with offset; without it the file's, or a folder's first image's, modification
+time, so a replay after a restart makes the same event ids), `decode: auto|keyframes|all`, `close_after:` (grace seconds
 before an event closes; default max(30, 3 samples)), `update_every:` (heartbeat of an open
 event), `read_timeout:`, `homography:` (3x3, normalised image -> lon/lat, picks the grid per
 event from `grid_map`). A rule may carry `classes:` (detector classes instead of the
@@ -30,10 +31,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from detector.files import validation_problems
 from detector.taxonomy import read_yaml_file
+from serving.cameras.credentials import CredentialError, expand, references
 from serving.cameras.geometry import GRID_CODE, GridMap, resolve_grid
 from serving.cameras.schedules import ScheduleWindow, in_schedule
 from serving.events import CAMERA_ID, Location, division_problem
@@ -117,6 +119,9 @@ class Camera(BaseModel):
     close_after: float | None = Field(None, gt=0)  # grace before closing; default max(30, 3 samples)
     update_every: float = Field(300, gt=0)  # re-send an open event at least this often
     read_timeout: float = Field(10, gt=0)  # seconds without a packet before reconnecting
+    # The source as written, where `source` has its `${NAME}` references filled in (see
+    # serving.cameras.credentials): what is shown and stored; None when it had none.
+    _configured_source: str | None = PrivateAttr(None)
 
     @field_validator("division")
     @classmethod
@@ -168,6 +173,11 @@ class Camera(BaseModel):
                     f"(zone types here: {sorted(zone_types) or 'none'})"
                 )
         return self
+
+    @property
+    def configured_source(self) -> str:
+        """The source as configured: references, not the secrets they name."""
+        return self._configured_source or self.source
 
     @property
     def is_live(self) -> bool:
@@ -241,7 +251,18 @@ def parse_cameras(data: Any, base_dir: Path, source: str = "<config>", taxonomy:
     except ValidationError as exc:
         raise CameraConfigError(f"{source}: {validation_problems(exc, lambda loc: _where(entries, loc))}") from None
     problems = []
+    cameras = []
     for camera in config.cameras:
+        try:
+            camera = with_credentials(camera)
+        except CredentialError as exc:
+            problems.append(f"camera {camera.id!r}, field source: {exc}")
+        cameras.append(camera)
+        if camera.grid_map is not None and media_roots is not None and outside_roots(str(camera.grid_map), media_roots):
+            # Checked before the file is opened: an API key must not make the service read any host file.
+            problems.append(f"camera {camera.id!r}, field grid_map: a grid map must be under a media root "
+                            f"({', '.join(map(str, media_roots))}; setting media_roots)")
+            continue
         if not camera.is_live and media_roots is not None and outside_roots(camera.source, media_roots):
             problems.append(f"camera {camera.id!r}, field source: a file source must be under a media root "
                             f"({', '.join(map(str, media_roots))}; setting media_roots)")
@@ -260,13 +281,27 @@ def parse_cameras(data: Any, base_dir: Path, source: str = "<config>", taxonomy:
         if taxonomy is not None:
             for i, rule in enumerate(camera.rules):
                 if rule.violation not in taxonomy:
-                    problems.append(
-                        f"camera {camera.id!r}, field rules.{i}.violation: unknown violation "
-                        f"{rule.violation!r}; known: {sorted(taxonomy.by_id)}"
-                    )
+                    # why_unknown: also says when the kind exists but waits for its matter code
+                    problems.append(f"camera {camera.id!r}, field rules.{i}.violation: "
+                                    f"{taxonomy.why_unknown(rule.violation)}")
+                elif not (rule.scene_change or rule.classes or taxonomy[rule.violation].detector_classes):
+                    # e.g. goods_piled_on_sidewalk: no detector class, so without scene change it never fires
+                    problems.append(f"camera {camera.id!r}, field rules.{i}: violation {rule.violation!r} has no "
+                                    "detector classes; its rule needs scene_change: true (a new persistent patch "
+                                    "in the zone) or classes")
     if problems:
         raise CameraConfigError(f"{source}: " + "; ".join(problems))
-    return config
+    return config.model_copy(update={"cameras": tuple(cameras)})
+
+
+def with_credentials(camera: Camera) -> Camera:
+    """The camera with its source's `${NAME}` references filled in from the environment
+    (the written form kept as `configured_source`); CredentialError says what is wrong."""
+    if not references(camera.source):
+        return camera
+    opened = camera.model_copy(update={"source": expand(camera.source)})
+    opened._configured_source = camera.source
+    return opened
 
 
 def load_cameras(path: str | Path, taxonomy: Any = None) -> CamerasConfig:

@@ -24,6 +24,7 @@ from serving.cases.outbox import queue_version
 from serving.cases.policy import CasePolicy
 from serving.events import ViolationEvent
 from serving.evidence import EvidenceError, EvidenceFrame, EvidenceStore
+from serving.privacy import PrivacyPolicy
 from serving.store.models import Case, CaseEvent, Evidence
 
 IngestAction = Literal["created", "joined", "reopened", "ended", "duplicate"]
@@ -55,6 +56,7 @@ class CaseIngest:
     model_version: Callable[[], str]  # the served model's, for events that do not say theirs
     base_url: str
     instance: str  # this database's code (serving.store.models.Instance), in every case number
+    privacy: PrivacyPolicy | None = None  # people masked in every copy that leaves (serving/privacy.py)
 
     def apply(self, session: Session, event: ViolationEvent, frame: EvidenceFrame | None) -> IngestResult:
         if session.bind.dialect.name == "postgresql":
@@ -162,6 +164,8 @@ class CaseIngest:
                      after: bool = False) -> bool:
         """The frame's files among the case's evidence (`after`: a re-check's photo).
         False when the frame could not be stored."""
+        if self.privacy is not None:
+            frame = self.privacy.apply(frame, case.violation)
         try:
             stored = self.evidence.write(case.case_number, frame, after=after)
         except EvidenceError:
@@ -174,7 +178,7 @@ class CaseIngest:
             if (item.kind, item.sha256) not in have:
                 seen = frame.detections if item.kind in ("original", "after") else None
                 case.evidence.append(Evidence(kind=item.kind, path=item.path, sha256=item.sha256,
-                                              size=item.size, media_type=item.media_type,
+                                              size=item.size, media_type=item.media_type, masks=item.masks,
                                               detections=seen.to_records() if seen is not None else None,
                                               model_version=model_version if item.kind in ("original", "after") else ""))
         session.flush()

@@ -58,10 +58,8 @@ def lease_first(session: Session, table: Any, ids: Select, holder: str, lease_s:
     return None
 
 
-def claim(session: Session, holder: str, where: QueueFilter, skip: list[str], lease_s: float,
-          clock: WallClock = SYSTEM_CLOCK) -> Case | None:
-    """Lease the first pending case `where` selects that nobody else holds; None when none is left."""
-    query = select(Case.id).where(Case.review_status == "pending")
+def filtered(query: Select, where: QueueFilter) -> Select:
+    """`query` narrowed to the cases the queue filter selects."""
     for column, value in ((Case.camera, where.camera), (Case.violation, where.violation), (Case.grid, where.grid)):
         if value:
             query = query.where(column == value)
@@ -71,6 +69,13 @@ def claim(session: Session, holder: str, where: QueueFilter, skip: list[str], le
         query = query.where(Case.first_seen < where.until)
     if where.min_score is not None:
         query = query.where(Case.score >= where.min_score)
+    return query
+
+
+def claim(session: Session, holder: str, where: QueueFilter, skip: list[str], lease_s: float,
+          clock: WallClock = SYSTEM_CLOCK) -> Case | None:
+    """Lease the first pending case `where` selects that nobody else holds; None when none is left."""
+    query = filtered(select(Case.id).where(Case.review_status == "pending"), where)
     if skip:
         query = query.where(Case.case_number.not_in(skip))
     order = (Case.score.desc(), Case.id) if where.order == "score" else (Case.first_seen, Case.id)

@@ -26,6 +26,9 @@ class EvidencePublic(BaseModel):
     size: int
     media_type: str
     url: str
+    # Its position in the evidence chain (serving/chain.py): with the bundle
+    # (GET /v1/cases/{case}/bundle) the case system checks the hash against the signed chain.
+    chain_seq: int | None = None
 
 
 class CasePublic(BaseModel):
@@ -80,7 +83,8 @@ class CasePublic(BaseModel):
             external_id=case.external_id, updated_at=case.updated_at,
             evidence=[
                 EvidencePublic(id=e.id, kind=e.kind, sha256=e.sha256, size=e.size, media_type=e.media_type,
-                               url=f"{base_url}/v1/cases/{case.case_number}/evidence/{e.id}")
+                               url=f"{base_url}/v1/cases/{case.case_number}/evidence/{e.id}",
+                               chain_seq=e.chain_seq)
                 for e in case.evidence
             ],
         )

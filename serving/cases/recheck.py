@@ -34,6 +34,7 @@ from serving.cameras import Camera, Rule
 from serving.cameras.schedules import next_in_schedule
 from serving.cases.outbox import queue_version
 from serving.evidence import EvidenceFrame
+from serving.health import Faults, held_fault
 from serving.pipeline.rules import ActiveRule
 from serving.settings import RecheckSettings
 from serving.store.db import Database
@@ -161,8 +162,11 @@ class RecheckWorker:
     def __init__(self, cases: Any, cameras: Callable[[], dict[str, Camera]], detector: Any, grab: FrameSource,
                  taxonomy: Taxonomy, config: RecheckSettings,
                  alert_threshold: Callable[[str, str], float | None] = lambda camera, violation: None,
-                 notify: Callable[[], None] = lambda: None) -> None:
+                 notify: Callable[[], None] = lambda: None, faults: Faults | None = None) -> None:
         self.cases = cases
+        # The service's faults: a pass the database (or evidence disk) refuses enters that
+        # fault, logged once per outage, instead of a traceback per pass.
+        self.faults = faults
         self.cameras = cameras
         self.detector = detector
         self.grab = grab
@@ -190,12 +194,21 @@ class RecheckWorker:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            try:
-                self.run_due()
-            except Exception:  # the database may be briefly away; keep the worker alive
-                log.exception("re-check pass failed")
+            self.run_pass()
             self._wake.wait(self.config.poll_s)
             self._wake.clear()
+
+    def run_pass(self) -> None:
+        """One pass over the due re-checks; a failure keeps the worker alive (the next pass
+        retries): a part away is a fault, anything else is logged with its traceback."""
+        try:
+            self.run_due()
+        except Exception as exc:  # noqa: BLE001
+            fault = held_fault(exc) if self.faults is not None else None
+            if fault is None:
+                log.exception("re-check pass failed")
+            else:
+                self.faults.enter(*fault)
 
     def run_due(self, now: datetime | None = None) -> list[tuple[str, str]]:
         """Every re-check due by `now`, oldest first: [(case number, what happened)]."""

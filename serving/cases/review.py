@@ -1,15 +1,75 @@
-"""What people and the case system do to a case: review it, and report its progress."""
+"""What people and the case system do to a case: review it, and report its progress.
+
+A decision is exclusive: it names the case version it was made on, and one made on a
+stale version, on a case leased to someone else, or on a case already decided is refused
+with who holds it (DecisionConflict, a 409). Changing a decision is its own audited action
+(redecide, undo), never a second decision. Decisions per person are throttled."""
 
 from __future__ import annotations
 
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
 from datetime import datetime, timezone
 
 from detector.taxonomy import Taxonomy
 from serving.cases.outbox import queue_version
 from serving.cases.policy import STATUS_ORDER, CaseError
+from serving.frame_boxes import BoxError, clip_box
 from serving.store.models import REJECT_REASONS, Case
 
 REVIEW_ACTIONS = ("confirm", "correct", "reject")
+
+
+class DecisionConflict(CaseError):
+    """A decision that may not be made now: someone else holds the case (a lease, or their
+    decision already stands) or it changed since the version the decision was made on."""
+
+    def __init__(self, message: str, *, holder: str, version: int, review_status: str) -> None:
+        super().__init__(message, status=409)
+        self.holder = holder
+        self.version = version
+        self.review_status = review_status
+
+    def to_json(self) -> dict:
+        return {"detail": str(self), "holder": self.holder, "version": self.version,
+                "review_status": self.review_status}
+
+
+class Throttled(CaseError):
+    """Too many decisions from one person in a minute (a 429)."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message, status=429)
+        self.retry_after_s = retry_after_s
+
+
+class DecisionThrottle:
+    """At most `per_minute` decisions (first decisions, re-decisions and undos alike) per
+    person in any 60 s; 0 turns it off. In the process: decisions all pass through it."""
+
+    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.per_minute = per_minute
+        self._clock = clock
+        self._times: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, who: str) -> None:
+        if self.per_minute <= 0:
+            return
+        now = self._clock()
+        with self._lock:
+            times = self._times.setdefault(who, deque())
+            while times and times[0] <= now - 60.0:
+                times.popleft()
+            if len(times) >= self.per_minute:
+                wait = times[0] + 60.0 - now
+                raise Throttled(f"more than {self.per_minute} decisions a minute; try again in {wait:.0f} s", wait)
+            times.append(now)
+            # People who stopped deciding are forgotten, so the map stays as small as the team.
+            for name in [n for n, t in self._times.items() if t and t[-1] <= now - 60.0]:
+                del self._times[name]
 
 
 def review_snapshot(case: Case) -> dict:
@@ -18,30 +78,72 @@ def review_snapshot(case: Case) -> dict:
             "reason": case.review_reason, "boxes": case.review_boxes, "note": case.review_note}
 
 
-def check_boxes(boxes: list[list[float]] | None) -> list[list[float]] | None:
+def check_boxes(boxes: list[list[float]] | None,
+                frame: tuple[int, int] | None = None) -> list[list[float]] | None:
+    """The reviewer's boxes, cut to the frame (width, height) they were drawn on; a box not
+    finite, absurd, or wholly outside the frame is refused (422)."""
     if boxes is None:
         return None
-    if len(boxes) > 50 or any(len(b) != 4 or not (0 <= b[0] < b[2] and 0 <= b[1] < b[3]) for b in boxes):
-        raise CaseError("boxes must be [x1, y1, x2, y2] with x1 < x2 and y1 < y2, at most 50", status=422)
-    return [[round(float(v), 1) for v in b] for b in boxes]
+    if len(boxes) > 50:
+        raise CaseError("at most 50 boxes", status=422)
+    width, height = frame if frame is not None else (None, None)
+    try:
+        clipped = [clip_box(b, width, height, what=f"boxes[{i}]") for i, b in enumerate(boxes)]
+    except BoxError as exc:
+        raise CaseError(str(exc), status=422) from None
+    return [[round(v, 1) for v in b] for b in clipped]
 
 
-def apply_review(session, case: Case, action: str, taxonomy: Taxonomy, base_url: str, *,  # noqa: ANN001
-                 reviewer: str = "", note: str = "", violation: str | None = None, reason: str = "",
-                 boxes: list[list[float]] | None = None) -> None:
-    """A reviewer's decision. What was already sent is followed by an update or a retraction;
-    a first confirmation reports the case. `reason` says why a case was rejected; `boxes`
-    are the reviewer's own boxes (None leaves the detection's box as the answer)."""
+def check_decision(case: Case, action: str, taxonomy: Taxonomy, violation: str | None, reason: str) -> None:
+    """What a decision may say, before anything changes (422s)."""
     if action not in REVIEW_ACTIONS:
         raise CaseError(f"unknown review action {action!r}", status=422)
     if reason and (action != "reject" or reason not in REJECT_REASONS):
         raise CaseError(f"a reason goes with reject and is one of {', '.join(REJECT_REASONS)}", status=422)
-    case.review_boxes = check_boxes(boxes)
-    case.review_reason = reason
-    was_queued = case.version > 0
     if action == "correct":
         if violation is None or violation not in taxonomy:
             raise CaseError("correct needs a known 'violation'", status=422)
+        if violation == case.violation:
+            # Before and after would be the same: not a correction (confirm it instead).
+            raise CaseError(f"case {case.case_number} already is {violation}; "
+                            "correct needs a different violation (or confirm it)", status=422)
+
+
+def conflict_of(case: Case, holder: str, version: int | None, *, decided_ok: bool = False,
+                now: datetime | None = None) -> DecisionConflict | None:
+    """Why `holder` may not decide `case` now, or None. `decided_ok`: a re-decision, which
+    needs the case decided instead of pending."""
+    now = now or datetime.now(timezone.utc)
+    kwargs = {"version": case.version, "review_status": case.review_status}
+    if case.leased_by and case.leased_by != holder and case.lease_until is not None and case.lease_until > now:
+        return DecisionConflict(f"case {case.case_number} is being reviewed by {case.leased_by}",
+                                holder=case.leased_by, **kwargs)
+    if not decided_ok and case.review_status != "pending":
+        return DecisionConflict(f"case {case.case_number} was already decided ({case.review_status}) by "
+                                f"{case.reviewed_by or 'someone'}; to change it, re-decide it with a reason",
+                                holder=case.reviewed_by, **kwargs)
+    if decided_ok and case.review_status == "pending":
+        return DecisionConflict(f"case {case.case_number} has no decision to change; review it",
+                                holder="", **kwargs)
+    if version is not None and version != case.version:
+        return DecisionConflict(f"case {case.case_number} changed: it is at version {case.version}, "
+                                f"the decision was made on version {version}",
+                                holder=case.reviewed_by or case.leased_by, **kwargs)
+    return None
+
+
+def apply_review(session, case: Case, action: str, taxonomy: Taxonomy, base_url: str, *,  # noqa: ANN001
+                 reviewer: str = "", note: str = "", violation: str | None = None, reason: str = "",
+                 boxes: list[list[float]] | None = None, frame: tuple[int, int] | None = None) -> None:
+    """A reviewer's decision. What was already sent is followed by an update or a retraction;
+    a first confirmation reports the case. `reason` says why a case was rejected; `boxes`
+    are the reviewer's own boxes (None leaves the detection's box as the answer), cut to the
+    evidence `frame` (width, height) when its size is known."""
+    check_decision(case, action, taxonomy, violation, reason)
+    case.review_boxes = check_boxes(boxes, frame)
+    case.review_reason = reason
+    was_queued = case.version > 0
+    if action == "correct":
         entry = taxonomy[violation]
         case.violation = violation
         case.matter_code = (case.division or case.matter_code[:6]) + entry.matter_code
@@ -70,3 +172,25 @@ def apply_status(case: Case, status: str, external_id: str = "") -> None:
     if external_id:
         case.external_id = external_id[:128]
     case.updated_at = datetime.now(timezone.utc)
+
+
+def restore_review(session, case: Case, before: dict, taxonomy: Taxonomy, base_url: str, *,  # noqa: ANN001
+                   deliverable: Callable[[Case], bool]) -> None:
+    """Undo: the case's review as it was before a decision (`before`, the decision's audit
+    snapshot). What the case system was sent is followed by a new version: an update if
+    the case still goes out without that decision (auto-confirm), else a retraction."""
+    violation = before.get("violation") or case.violation
+    entry = taxonomy.by_id.get(violation)
+    case.violation = violation
+    case.matter_code = before.get("matter_code") or case.matter_code
+    if entry is not None:
+        case.matter_name, case.legacy_code = entry.name_zh, entry.legacy_code
+    case.review_status = before.get("review_status") or "pending"
+    case.review_reason = before.get("reason") or ""
+    case.review_boxes = before.get("boxes")
+    case.review_note = before.get("note") or ""
+    if case.review_status == "pending":
+        case.reviewed_by, case.reviewed_at = "", None
+    case.updated_at = datetime.now(timezone.utc)
+    if case.version > 0:
+        queue_version(session, case, "case.updated" if deliverable(case) else "case.retracted", base_url)

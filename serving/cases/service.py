@@ -7,28 +7,39 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from detector.taxonomy import Taxonomy
 from serving.audit import record
 from serving.cases.ingest import CaseIngest, IngestResult
-from serving.cases.leases import QueueFilter, claim, held_by_other, release, renew
+from serving.cases.leases import QueueFilter, claim, free_for, release, renew
 from serving.cases.listing import CaseFilter, find_case, page_of_cases
 from serving.cases.policy import CaseError, CasePolicy
 from serving.clock import SYSTEM_CLOCK, WallClock
 from serving.cases.public import CasePublic
 from serving.cases.recheck import Look, RecheckOutcome, apply_look, cancel, plan
-from serving.cases.review import apply_review, apply_status, review_snapshot
+from serving.cases.review import (
+    DecisionConflict,
+    DecisionThrottle,
+    apply_review,
+    apply_status,
+    check_decision,
+    conflict_of,
+    restore_review,
+    review_snapshot,
+)
 from serving.cases.thresholds import ThresholdBook
 from serving.cluster import leases as camera_leases
 from serving.events import ViolationEvent
 from serving.evidence import EvidenceFrame, EvidenceStore
+from serving.privacy import PrivacyPolicy
 from serving.settings import RecheckSettings
 from serving.store.db import Database
-from serving.store.models import Case, Instance, Recheck
+from serving.store.models import AuditEntry, Case, Instance, Recheck
+from serving.streams.media import probe_image
 
 
 def stored_instance(db: Database) -> str:
@@ -53,12 +64,15 @@ class CaseService:
         cameras: Callable[[], dict[str, Any]] = dict,
         thresholds: ThresholdBook | None = None,
         clock: WallClock = SYSTEM_CLOCK,
+        privacy: PrivacyPolicy | None = None,
+        decisions_per_min: int = 0,
     ) -> None:
         """`model_version`: the served model's version, or a function that says it now (the
         model can be swapped while the service runs); an event's own version comes first.
         `recheck`: re-check handled cases (None or disabled: the case system's "handled" is
         the end of it); `cameras()` the cameras run now, whose schedules the re-checks keep;
-        `thresholds`: each review refits its camera x violation's thresholds."""
+        `thresholds`: each review refits its camera x violation's thresholds;
+        `decisions_per_min`: decisions one person may make in a minute (0: no limit)."""
         self.db = db
         self.clock = clock
         self.evidence = evidence
@@ -67,7 +81,8 @@ class CaseService:
         self.base_url = public_url.rstrip("/")
         current_version = model_version if callable(model_version) else lambda: model_version
         self.instance = instance or stored_instance(db)
-        self._ingest = CaseIngest(taxonomy, self.policy, evidence, current_version, self.base_url, self.instance)
+        self._ingest = CaseIngest(taxonomy, self.policy, evidence, current_version, self.base_url, self.instance,
+                                  privacy)
         # Matching is read-then-write; one writer at a time keeps two events for the same
         # place from both missing each other's new case.
         self._lock = threading.Lock()
@@ -75,6 +90,7 @@ class CaseService:
         self.recheck = recheck if recheck is not None and recheck.enabled else None
         self.cameras = cameras
         self.thresholds = thresholds
+        self.throttle = DecisionThrottle(decisions_per_min)
 
     def ingest(self, event: ViolationEvent, frame: EvidenceFrame | None = None, *,
                fencing: int | None = None) -> IngestResult:
@@ -108,25 +124,117 @@ class CaseService:
 
     def review(self, case_number: str, action: str, *, reviewer: str = "", note: str = "",
                violation: str | None = None, reason: str = "", boxes: list[list[float]] | None = None,
-               lease_holder: str | None = None) -> CasePublic:
-        """A decision, from the API or the review page alike. With `lease_holder` (the page)
-        a case leased by someone else is refused, and the lease ends with the decision."""
+               lease_holder: str | None = None, version: int | None = None) -> CasePublic:
+        """The first decision on a pending case, from the API or the review page alike. It is
+        refused (DecisionConflict) when the case is leased to someone other than
+        `lease_holder` (default: the reviewer), already decided, or no longer at `version`
+        (None: not checked, for API clients that predate versions); the lease ends with it."""
+        self.throttle.take(reviewer)
+        return self._decide(case_number, action, f"review.{action}", reviewer=reviewer, note=note,
+                            violation=violation, reason=reason, boxes=boxes,
+                            holder=lease_holder if lease_holder is not None else reviewer, version=version)
+
+    def redecide(self, case_number: str, action: str, *, reviewer: str, why: str, version: int, note: str = "",
+                 violation: str | None = None, reason: str = "", boxes: list[list[float]] | None = None,
+                 lease_holder: str | None = None) -> CasePublic:
+        """Change a decision: explicit, with `why`, on the version the reviewer saw; audited
+        as review.redecide and sent to the case system as a new version."""
+        if not why.strip():
+            raise CaseError("a re-decision needs a reason (why the decision changes)", status=422)
+        self.throttle.take(reviewer)
+        return self._decide(case_number, action, "review.redecide", reviewer=reviewer, note=note,
+                            violation=violation, reason=reason, boxes=boxes,
+                            holder=lease_holder if lease_holder is not None else reviewer, version=version,
+                            why=why.strip()[:500])
+
+    def _decide(self, case_number: str, action: str, audit_action: str, *, reviewer: str, note: str,
+                violation: str | None, reason: str, boxes: list[list[float]] | None, holder: str,
+                version: int | None, why: str | None = None) -> CasePublic:
         with self._lock, self.db.transaction() as session:
             case = self._existing(session, case_number)
-            if lease_holder is not None and held_by_other(case, lease_holder):
-                raise CaseError(f"case {case_number} is being reviewed by someone else", status=409)
+            check_decision(case, action, self.taxonomy, violation, reason)  # a malformed decision: 422 first
+            self._take(session, case, holder, version, redecide=why is not None)
             before = review_snapshot(case)
             detected = case.violation
             apply_review(session, case, action, self.taxonomy, self.base_url, reviewer=reviewer, note=note,
-                         violation=violation, reason=reason, boxes=boxes)
+                         violation=violation, reason=reason, boxes=boxes,
+                         frame=self._frame_size(case) if boxes is not None else None)
+            after = review_snapshot(case)
+            if why is not None:
+                if after == before:
+                    raise CaseError(f"case {case_number} already has this decision; nothing to change", status=422)
+                after = {**after, "action": action, "why": why}
             release(case)
-            record(session, reviewer, f"review.{action}", f"case:{case_number}", before, review_snapshot(case))
+            record(session, reviewer, audit_action, f"case:{case_number}", before, after)
             moved = self.thresholds.record(session, case, detected) if self.thresholds is not None else None
             session.flush()
             answer = self.public(case)
         if moved is not None:
             self.thresholds.invalidate()
         return answer
+
+    def undo(self, case_number: str, *, reviewer: str, version: int, within_s: float,
+             lease_s: float) -> CasePublic:
+        """Take back `reviewer`'s own latest decision on the case, made less than `within_s`
+        ago and still the case's newest change (`version`): the review returns to what it was
+        (a first decision: pending, leased back to the reviewer for `lease_s`), audited as
+        review.undo, and what the case system was sent is followed by a new version."""
+        self.throttle.take(reviewer)
+        with self._lock, self.db.transaction() as session:
+            case = self._existing(session, case_number)
+            self._take(session, case, reviewer, version, redecide=True)
+            last = session.scalars(select(AuditEntry).where(
+                AuditEntry.target == f"case:{case_number}", AuditEntry.action.like("review.%"))
+                .order_by(AuditEntry.id.desc()).limit(1)).first()
+            now = datetime.now(timezone.utc)
+            if (last is None or last.action == "review.undo" or last.actor != reviewer[:64]
+                    or last.at < now - timedelta(seconds=within_s) or last.before is None):
+                raise CaseError(f"case {case_number}: only your own latest decision of the last "
+                                f"{within_s:g} s can be undone; re-decide it with a reason instead", status=409)
+            before = review_snapshot(case)
+            restore_review(session, case, last.before, self.taxonomy, self.base_url,
+                           deliverable=self.policy.deliverable)
+            if case.review_status == "pending":
+                case.leased_by, case.lease_until = reviewer[:64], now + timedelta(seconds=lease_s)
+            record(session, reviewer, "review.undo", f"case:{case_number}", before,
+                   {**review_snapshot(case), "undid": last.action})
+            moved = self.thresholds.record(session, case, case.violation) if self.thresholds is not None else None
+            session.flush()
+            answer = self.public(case)
+        if moved is not None:
+            self.thresholds.invalidate()
+        return answer
+
+    def _take(self, session, case: Case, holder: str, version: int | None, *, redecide: bool) -> None:  # noqa: ANN001
+        """Make this transaction the case's one decider, or raise DecisionConflict. The
+        conditional UPDATE is what makes it exclusive across processes: on PostgreSQL a second
+        decider waits on the row and then finds it no longer matching; SQLite has one writer."""
+        conflict = conflict_of(case, holder, version, decided_ok=redecide)
+        if conflict is not None:
+            raise conflict
+        now = datetime.now(timezone.utc)
+        status_now = Case.review_status != "pending" if redecide else Case.review_status == "pending"
+        won = session.execute(
+            update(Case).where(Case.id == case.id, Case.version == case.version, status_now,
+                               free_for(Case, holder, now))
+            .values(version=Case.version).execution_options(synchronize_session=False)).rowcount
+        session.refresh(case)
+        if not won:
+            raise conflict_of(case, holder, version, decided_ok=redecide) or DecisionConflict(
+                f"case {case.case_number} changed while this decision was made",
+                holder=case.reviewed_by or case.leased_by, version=case.version, review_status=case.review_status)
+
+    def _frame_size(self, case: Case) -> tuple[int, int] | None:
+        """(width, height) of the newest original frame, whose pixels a reviewer's boxes are in."""
+        originals = [e for e in case.evidence if e.kind == "original"]
+        if not originals:
+            return None
+        try:
+            data = self.evidence.resolve(max(originals, key=lambda e: e.id).path).read_bytes()
+            _kind, width, height = probe_image(data, name="evidence")
+        except (OSError, ValueError):  # a missing or unreadable frame: the boxes keep only their sanity checks
+            return None
+        return width, height
 
     def claim_next(self, holder: str, where: QueueFilter, skip: list[str], lease_s: float) -> Case | None:
         """Lease the next pending case for `holder`, with its evidence loaded."""

@@ -37,6 +37,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from serving.audit import record
+from serving.health import Faults, held_fault
 from serving.settings import ThresholdSettings
 from serving.store.db import Database
 from serving.store.models import Case, Threshold, ThresholdChange, ThresholdDecision
@@ -102,8 +103,12 @@ class ThresholdBook:
     re-checks; kept in memory and read again from the database every `refresh_s` (another
     process on the same database may have moved them) or after a change here."""
 
-    def __init__(self, db: Database, config: ThresholdSettings, refresh_s: float = 10.0) -> None:
+    def __init__(self, db: Database, config: ThresholdSettings, refresh_s: float = 10.0,
+                 faults: Faults | None = None) -> None:
+        """`faults`: the service's; a read the database refuses enters its fault (one line
+        per outage) rather than a warning every `refresh_s`."""
         self.db = db
+        self.faults = faults
         self.config = config
         self.refresh_s = refresh_s
         self._lock = threading.Lock()
@@ -143,7 +148,12 @@ class ThresholdBook:
                 except SQLAlchemyError as exc:
                     # The rules ask on every analysed frame: with the database away they go on
                     # with the last thresholds read, and the next read is tried in refresh_s.
-                    log.warning("thresholds not read again, the last ones stay in force: %s", type(exc).__name__)
+                    fault = held_fault(exc) if self.faults is not None else None
+                    if fault is not None:
+                        self.faults.enter(*fault)
+                    else:
+                        log.warning("thresholds not read again, the last ones stay in force: %s",
+                                    type(exc).__name__)
                 self._loaded_at = time.monotonic()
         return self._values.get((camera, violation), (None, None))
 

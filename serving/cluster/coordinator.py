@@ -45,7 +45,8 @@ from serving.store.db import Database
 log = logging.getLogger("gridwatch.cluster")
 
 ClusterSink = Callable[[ViolationEvent, EvidenceFrame | None, int], None]
-WorkerState = Literal["starting", "up", "lost"]
+WorkerState = Literal["starting", "up", "lost"]  # and "dead" in status(), for workers gone
+GONE_KEPT = 32  # dead workers still listed by status() (their metrics read 0)
 DEFAULT_CAMERA_COST = 0.02  # seconds of work per second, until a camera is measured
 
 
@@ -86,6 +87,23 @@ class WorkerHandle:
     frames_rate: float = 0.0
     _frames_mark: tuple[float, int] = (0.0, 0)
     losses: int = 0  # times it was declared lost and came back
+    take_sent: float = 0.0  # when the take_events call in flight went out
+
+
+@dataclass
+class Handoff:
+    """A camera leaving a live worker. Until its events are in, the lease stays the donor's:
+    the donor stops the camera and hands back what it still queued for it (the release
+    call), any pull already in flight from the donor comes back, the service's own backlog
+    empties; only then does the lease move (to `target`, or to whichever worker placement
+    picks, or to no one when the camera was removed)."""
+
+    camera: str
+    donor: WorkerHandle
+    release: Any  # the release call in flight; None once it answered
+    target: str | None = None
+    remove: bool = False
+    released_at: float | None = None  # monotonic, when the release answered
 
 
 class ClusterCoordinator:
@@ -107,6 +125,7 @@ class ClusterCoordinator:
         self.owner: dict[str, str | None] = {}
         self.cost: dict[str, float] = {}
         self.workers: dict[str, WorkerHandle] = {}
+        self._gone: dict[str, dict[str, Any]] = {}  # dead workers as last seen, oldest first
         self.counters = {"workers_started": 0, "workers_lost": 0, "workers_dead": 0, "cameras_moved": 0,
                          "events_taken": 0, "samples_taken": 0}
         self._ids = itertools.count(1)
@@ -114,7 +133,9 @@ class ClusterCoordinator:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._next_spawn_check = 0.0
+        self._next_renewal = 0.0
         self._calls: dict[Any, tuple[WorkerHandle, str]] = {}  # Ray call in flight -> whose, which
+        self.handoffs: dict[str, Handoff] = {}  # camera -> its hand-off under way
         self.error = ""
 
     # -- life cycle --------------------------------------------------------------------------------
@@ -138,15 +159,16 @@ class ClusterCoordinator:
             wanted = {c.id: c for c in cameras}
             for cid, old in list(self.cameras.items()):
                 if cid not in wanted or wanted[cid] != old:
-                    self._unplace(cid)
+                    self._unplace(cid, remove=cid not in wanted)
                     if cid not in wanted:
                         del self.cameras[cid]
-                        self.owner.pop(cid, None)
-                        leases.grant(self.db, [cid], None)
             for cid, camera in wanted.items():
                 if self.cameras.get(cid) != camera:
                     self.cameras[cid] = camera
-                    self.owner[cid] = None
+                    if cid in self.handoffs:
+                        self.handoffs[cid].remove = False  # back (or changed again) while draining
+                    else:
+                        self.owner[cid] = None
 
     def stop(self, drain_s: float = 20.0) -> None:
         """Stop every camera (open events close and are filed), then end the workers."""
@@ -158,9 +180,10 @@ class ClusterCoordinator:
         with self._lock:
             # Pulls still in flight carry events already out of the workers' queues.
             for ref, (worker, kind) in list(self._calls.items()):
-                if kind == "take" and worker.state == "up":
+                if kind in ("take", "release") and worker.state == "up":
                     self._collect(worker, self._call(ref, 10.0, worker))
             self._calls.clear()
+            self.handoffs.clear()
             up = [w for w in self.workers.values() if w.state == "up"]
             releases = [w.actor.release_all.remote() for w in up]
             deadline = time.monotonic() + drain_s
@@ -210,18 +233,21 @@ class ClusterCoordinator:
     def status(self) -> dict[str, Any]:
         """Per worker: state, node, cameras, analysed frames per second, queue depth, detect ms."""
         with self._lock:
-            workers = []
-            for w in sorted(self.workers.values(), key=lambda w: w.id):
-                r = w.report
-                workers.append({
-                    "worker": w.id, "state": w.state, "node": r.node if r else "",
-                    "cameras": sorted(w.cameras), "frames_per_s": round(w.frames_rate, 3),
-                    "queue_depth": r.queue_depth if r else 0, "detect_ms": round(r.detect_ms, 2) if r else 0.0,
-                    "restarts": w.losses, "load": round(self._load(w.id), 4),
-                    "samples_dropped": r.samples_dropped if r else 0,
-                })
+            workers = [self._describe(w) for w in sorted(self.workers.values(), key=lambda w: w.id)]
+            workers += [dict(gone) for _, gone in sorted(self._gone.items())]
             unplaced = sorted(cid for cid, owner in self.owner.items() if owner is None)
-            return {"workers": workers, "unplaced": unplaced, "counters": dict(self.counters), "error": self.error}
+            return {"workers": workers, "unplaced": unplaced, "handing_off": sorted(self.handoffs),
+                    "counters": dict(self.counters), "error": self.error}
+
+    def _describe(self, w: WorkerHandle) -> dict[str, Any]:
+        r = w.report
+        return {
+            "worker": w.id, "state": w.state, "node": r.node if r else "",
+            "cameras": sorted(w.cameras), "frames_per_s": round(w.frames_rate, 3),
+            "queue_depth": r.queue_depth if r else 0, "detect_ms": round(r.detect_ms, 2) if r else 0.0,
+            "restarts": w.losses, "load": round(self._load(w.id), 4),
+            "samples_dropped": r.samples_dropped if r else 0,
+        }
 
     # -- the loop ---------------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -240,12 +266,38 @@ class ClusterCoordinator:
                         self._finish_call(ref)
                 with self._lock:
                     self._expire_leases()
+                    self._finish_handoffs()
                     self._place_unowned()
+                    self._renew_leases()
+                if self.error:
+                    log.info("cluster coordinator rounds work again")
                 self.error = ""
             except Exception as exc:  # noqa: BLE001 - the database may be away: try again next round
+                from serving.health import held_fault
+
+                if held_fault(exc) is not None:  # a part away: one line per outage, no traceback
+                    if not self.error:
+                        log.warning("cluster coordinator rounds fail until the database is back: %s",
+                                    held_fault(exc)[1])
+                else:
+                    log.exception("cluster coordinator round failed")
                 self.error = f"{type(exc).__name__}: {exc}"
-                log.exception("cluster coordinator round failed")
                 self._stop.wait(1.0)
+
+    def _renew_leases(self) -> None:
+        """Stamp the live workers' leases: `gridwatch cluster status` tells a running service
+        from one that is gone by how old the stamps are."""
+        now = time.monotonic()
+        if now < self._next_renewal:
+            return
+        self._next_renewal = now + leases.renewal_interval(self.settings.cluster_lease_timeout_s)
+        try:
+            leases.renew(self.db, [w.id for w in self._up()])
+        except Exception as exc:  # noqa: BLE001 - the database away: the round goes on, stamps wait
+            from serving.health import held_fault
+
+            if held_fault(exc) is None:
+                raise
 
     def _spawn_if_capacity(self) -> None:
         import ray
@@ -276,7 +328,7 @@ class ClusterCoordinator:
                 w.beat, w.beat_sent = w.actor.report.remote(self._learned_for(w)), now
                 self._calls[w.beat] = (w, "beat")
             if w.take is None and room and w.state in ("up", "lost"):
-                w.take = w.actor.take_events.remote(self.settings.cluster_events_in_flight, 0.2)
+                w.take, w.take_sent = w.actor.take_events.remote(self.settings.cluster_events_in_flight, 0.2), now
                 self._calls[w.take] = (w, "take")
         return list(self._calls)
 
@@ -297,7 +349,7 @@ class ClusterCoordinator:
         is_beat = kind == "beat"
         if is_beat:
             worker.beat = None
-        else:
+        elif kind == "take":
             worker.take = None
         try:
             result = ray.get(ref)
@@ -311,7 +363,12 @@ class ClusterCoordinator:
                 self._heard(worker, result)
             self._take_samples(result)
         else:
-            self._collect(worker, result)
+            self._collect(worker, result)  # a release's are the moving camera's last events
+            if kind == "release":
+                with self._lock:
+                    for handoff in self.handoffs.values():
+                        if handoff.release == ref:
+                            handoff.release, handoff.released_at = None, time.monotonic()
 
     def _take_samples(self, report: WorkerReport) -> None:
         """Labelling samples out of a heartbeat, outside the lock (they are stored)."""
@@ -355,6 +412,12 @@ class ClusterCoordinator:
         self.counters["workers_dead"] += 1
         self._revoke(worker)
         self.workers.pop(worker.id, None)
+        # Still listed, as dead, so its series read 0 rather than vanish (an alert on
+        # gridwatch_worker_up == 0 must see it); only the latest few are kept.
+        self._gone[worker.id] = {**self._describe(worker), "state": "dead", "frames_per_s": 0.0,
+                                 "queue_depth": 0, "detect_ms": 0.0, "load": 0.0}
+        while len(self._gone) > GONE_KEPT:
+            del self._gone[next(iter(self._gone))]
         try:
             ray.kill(worker.actor)
         except Exception:  # noqa: BLE001
@@ -373,6 +436,15 @@ class ClusterCoordinator:
                 self._dead(worker, TimeoutError("never came up"))
 
     def _revoke(self, worker: WorkerHandle) -> None:
+        # Cameras it was handing off: it cannot finish, the lease goes at once like the rest.
+        draining = [cid for cid, h in self.handoffs.items() if h.donor is worker]
+        for cid in draining:
+            handoff = self.handoffs.pop(cid)
+            if handoff.remove:
+                leases.grant(self.db, [cid], None)
+                self.owner.pop(cid, None)
+            else:
+                worker.cameras.add(cid)  # revoked with the others below
         moved = [cid for cid in worker.cameras if self.owner.get(cid) == worker.id]
         worker.cameras.clear()
         if moved:
@@ -422,19 +494,58 @@ class ClusterCoordinator:
         worker.actor.assign.remote([(self.cameras[cid], granted[cid]) for cid in cids])
         log.info("cameras %s -> worker %s", ", ".join(cids), worker.id)
 
-    def _unplace(self, cid: str) -> None:
-        wid = self.owner.get(cid)
-        worker = self.workers.get(wid or "")
+    def _unplace(self, cid: str, remove: bool = False) -> None:
+        """The camera leaves its worker (removed, or changed and to be placed again): handed
+        off, so what it had open is filed under its lease first."""
+        if cid in self.handoffs:
+            self.handoffs[cid].remove = remove
+            return
+        worker = self.workers.get(self.owner.get(cid) or "")
+        if worker is not None and worker.state == "up":
+            self._hand_off(cid, worker, target=None, remove=remove)
+            return
         if worker is not None:
             worker.cameras.discard(cid)
-            leases.grant(self.db, [cid], None)
-            worker.actor.release.remote([cid])
-        self.owner[cid] = None
+        leases.grant(self.db, [cid], None)
+        if remove:
+            self.owner.pop(cid, None)
+        else:
+            self.owner[cid] = None
+
+    def _hand_off(self, cid: str, donor: WorkerHandle, target: str | None, remove: bool = False) -> None:
+        donor.cameras.discard(cid)
+        ref = donor.actor.release.remote([cid], True)
+        self._calls[ref] = (donor, "release")
+        self.handoffs[cid] = Handoff(cid, donor, ref, target=target, remove=remove)
+        log.info("camera %s leaving worker %s: its events first, then the lease", cid, donor.id)
+
+    def _finish_handoffs(self) -> None:
+        """Move the lease of each camera whose hand-off has drained (see Handoff)."""
+        for cid, handoff in list(self.handoffs.items()):
+            if handoff.released_at is None:
+                continue
+            donor = handoff.donor
+            if donor.take is not None and donor.take_sent <= handoff.released_at:
+                continue  # a pull from before the release may still carry its events
+            if self.backlog():
+                continue  # events held for the database go in under the lease they came with
+            del self.handoffs[cid]
+            target = self.workers.get(handoff.target or "")
+            if handoff.remove:
+                leases.grant(self.db, [cid], None)
+                self.owner.pop(cid, None)
+            elif target is not None and target.state == "up" and cid in self.cameras:
+                self._start_on(target, [cid])
+                self.counters["cameras_moved"] += 1
+            else:
+                leases.grant(self.db, [cid], None)
+                self.owner[cid] = None  # placed again by the next round
 
     def _rebalance_onto(self, new: WorkerHandle) -> None:
         """A new worker takes cameras from the most loaded ones while that evens the load, at
-        most `cluster_max_moves` (each move restarts a stream)."""
-        moves = 0
+        most `cluster_max_moves` (each move restarts a stream). Each move is a hand-off: the
+        camera's events are filed under the donor's lease before the new worker gets it."""
+        moves, incoming = 0, 0.0
         while moves < self.settings.cluster_max_moves:
             donors = [w for w in self._up() if w is not new and w.cameras]
             if not donors:
@@ -442,11 +553,8 @@ class ClusterCoordinator:
             donor = max(donors, key=lambda w: self._load(w.id))
             cid = min(donor.cameras, key=self._camera_cost)
             cost = self._camera_cost(cid)
-            if self._load(donor.id) - cost < self._load(new.id) + cost - 1e-9:
+            if self._load(donor.id) - cost < self._load(new.id) + incoming + cost - 1e-9:
                 return
-            donor.cameras.discard(cid)
-            leases.grant(self.db, [cid], None)
-            donor.actor.release.remote([cid])
-            self._start_on(new, [cid])
-            self.counters["cameras_moved"] += 1
+            self._hand_off(cid, donor, target=new.id)
+            incoming += cost
             moves += 1

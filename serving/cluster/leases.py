@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime, timezone
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from serving.store.db import Database
@@ -28,6 +28,29 @@ class StaleLeaseError(RuntimeError):
         self.camera, self.fencing, self.current = camera, fencing, current
 
 
+def renewal_interval(lease_timeout_s: float) -> float:
+    """How often the serving process renews the leases of its live workers."""
+    return lease_timeout_s / 2
+
+
+def stale_after(lease_timeout_s: float) -> float:
+    """A held lease not renewed for this long: the serving process that held it is gone
+    (three renewals missed; one slow database round does not make it look gone)."""
+    return 3 * renewal_interval(lease_timeout_s)
+
+
+def renew(db: Database, workers: Iterable[str]) -> int:
+    """Stamp the leases these workers hold as renewed now (the serving process is alive and
+    hears them); how many rows."""
+    wanted = list(workers)
+    if not wanted:
+        return 0
+    with db.transaction() as session:
+        result = session.execute(update(CameraLease).where(CameraLease.worker.in_(wanted))
+                                 .values(renewed_at=datetime.now(timezone.utc)))
+        return result.rowcount or 0
+
+
 def grant(db: Database, cameras: Iterable[str], worker: str | None, node: str = "") -> dict[str, int]:
     """Give the cameras to `worker` (None: revoke, to no one); their new fencing numbers."""
     granted = {}
@@ -39,7 +62,7 @@ def grant(db: Database, cameras: Iterable[str], worker: str | None, node: str = 
                 session.add(row)
             row.fencing = (row.fencing or 0) + 1
             row.worker, row.node = worker, node if worker else ""
-            row.granted_at = datetime.now(timezone.utc)
+            row.granted_at = row.renewed_at = datetime.now(timezone.utc)
             granted[camera] = row.fencing
     return granted
 

@@ -206,13 +206,26 @@ class CameraWorker:
                 self.pipeline.add_camera(camera)
                 log.info("worker %s: camera %s under fencing %d", self.worker_id, camera.id, fencing)
 
-    def release(self, camera_ids: list[str]) -> None:
-        """Stop cameras that moved away; what they had open closes under the old lease (and
-        is refused at ingest if the camera is already held elsewhere)."""
+    def release(self, camera_ids: list[str], drain: bool = False) -> list[FencedEvent]:
+        """Stop cameras that are moving away; what they had open closes under their lease.
+
+        `drain` (a hand-off: the lease is still theirs): their events still queued here come
+        back with this answer, so the serving process files them before the lease moves.
+        Without it (a lease already gone) they stay queued and are refused at ingest."""
         with self._lock:
             for camera_id in camera_ids:
-                self.pipeline.remove_camera(camera_id)
+                self.pipeline.remove_camera(camera_id)  # may wait while the queue is full
                 self.fencing.pop(camera_id, None)
+        if not drain:
+            return []
+        wanted = set(camera_ids)
+        with self.out.mutex:  # take them out, the other cameras' events keep their order
+            drained = [item for item in self.out.queue if item.event.camera in wanted]
+            kept = [item for item in self.out.queue if item.event.camera not in wanted]
+            self.out.queue.clear()
+            self.out.queue.extend(kept)
+            self.out.not_full.notify_all()
+        return drained
 
     def release_all(self) -> None:
         self.release(list(self.fencing))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -72,10 +73,37 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
         return
 
 
+# Dirty pages go back to the system after 5 s, from jemalloc's own thread: a service that
+# decodes frames for months keeps a steady footprint instead of its peak.
+JEMALLOC_CONF = "background_thread:true,dirty_decay_ms:5000,muzzy_decay_ms:0"
+
+
+def reexec_with_jemalloc() -> None:
+    """Run the service on jemalloc where Debian's libjemalloc2 is installed: the soak grew
+    +9.7 MB per simulated hour (20 cameras) on glibc with two arenas, +3.9 on jemalloc.
+    An allocator is chosen before the first allocation, so the process replaces itself
+    (same pid) with LD_PRELOAD set. GRIDWATCH_ALLOCATOR=system keeps glibc."""
+    import ctypes.util
+
+    if os.environ.get("GRIDWATCH_ALLOCATOR", "jemalloc") == "system":
+        return
+    library = ctypes.util.find_library("jemalloc")  # a soname the dynamic loader finds itself
+    maps = Path("/proc/self/maps")
+    if library is None or not maps.is_file() or "libjemalloc" in maps.read_text():
+        return
+    env = dict(os.environ)
+    env["LD_PRELOAD"] = " ".join(filter(None, [library, env.get("LD_PRELOAD", "")]))
+    env.setdefault("MALLOC_CONF", JEMALLOC_CONF)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, list(sys.orig_argv), env)
+
+
 def run(args: argparse.Namespace) -> int:
     import logging
     import signal
 
+    reexec_with_jemalloc()
     limit_malloc_arenas()
 
     import uvicorn
@@ -103,8 +131,10 @@ def run(args: argparse.Namespace) -> int:
     if service.new_admin_key:
         print(f"admin API key (shown once, store it now): {service.new_admin_key}", flush=True)
     app = create_app(service)
+    # proxy_headers off: uvicorn would believe X-Forwarded-For from loopback; the gate reads it
+    # itself, from settings.trusted_proxies only.
     server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info",
-                                           timeout_graceful_shutdown=10, access_log=False))
+                                           timeout_graceful_shutdown=10, access_log=False, proxy_headers=False))
     # uvicorn re-raises the stop signal once it has shut down; with these handlers in place
     # that is a no-op, so the service's own shutdown below still runs.
     for stop_signal in (signal.SIGINT, signal.SIGTERM):

@@ -12,12 +12,12 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy import func, select, update
+from sqlalchemy import String, case, cast, func, select, update
 
 from serving.audit import record
 from serving.cases.leases import held_by_other, lease_first, release
 from serving.evidence import EvidenceFrame, EvidenceStore
-from serving.pipeline.uncertainty import LabellingSample
+from serving.pipeline.uncertainty import FIRST_ASKED, LabellingSample
 from serving.store.db import Database
 from serving.store.models import LabellingItem
 
@@ -111,7 +111,11 @@ class LabellingQueue:
         if skip:
             query = query.where(LabellingItem.id.not_in(skip))
         with self.db.transaction() as session:
-            item_id = lease_first(session, LabellingItem, query.order_by(LabellingItem.taken_at, LabellingItem.id),
+            # Frames where the wall's scene-change rule fired first (flyers and banners have no real
+            # labelled image at all), then the oldest. reasons is a JSON list: matched as its text.
+            first = case((cast(LabellingItem.reasons, String).like(f'%"{FIRST_ASKED}"%'), 0), else_=1)
+            item_id = lease_first(session, LabellingItem,
+                                  query.order_by(first, LabellingItem.taken_at, LabellingItem.id),
                                   holder, lease_s, LabellingItem.status == "pending")
             return None if item_id is None else session.get(LabellingItem, item_id)
 

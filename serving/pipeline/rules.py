@@ -13,7 +13,8 @@ This module decides; it does no I/O. The pipeline writes evidence and builds the
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Literal
@@ -25,6 +26,8 @@ from detector.taxonomy import Taxonomy, Violation
 from serving.cameras import Camera, Rule
 from serving.pipeline.tracking import Track
 from serving.pipeline.zones import PixelZone, ZoneMap
+
+log = logging.getLogger(__name__)
 
 SCENE_CLASS = "new_object"  # the class scene-change blobs carry through the tracker
 EVIDENCE_GAIN = 0.05  # a new best frame must beat the last one written by this much
@@ -46,9 +49,12 @@ class ActiveRule:
     after_classes: frozenset[str]
     after_within: float
     auto_confirm_score: float | None
+    # The violation's second stage (taxonomy `second_stage`) is not trained for this city: the
+    # detector class alone cannot decide it, so every case of this rule goes to a reviewer.
+    stage_missing: bool = False
 
     @classmethod
-    def resolve(cls, rule: Rule, taxonomy: Taxonomy) -> ActiveRule:
+    def resolve(cls, rule: Rule, taxonomy: Taxonomy, stages: Collection[str] = ()) -> ActiveRule:
         violation = taxonomy[rule.violation]
         classes = (SCENE_CLASS,) if rule.scene_change else rule.classes or violation.detector_classes
         return cls(
@@ -62,6 +68,7 @@ class ActiveRule:
             after_classes=frozenset(rule.after_classes),
             after_within=rule.after_within,
             auto_confirm_score=rule.auto_confirm_score,
+            stage_missing=violation.second_stage is not None and violation.second_stage not in stages,
         )
 
 
@@ -100,7 +107,7 @@ class Candidate:
 
     @property
     def needs_review(self) -> bool:
-        if self.rule.scene_change:
+        if self.rule.scene_change or self.rule.stage_missing:
             return True
         # A rule's own bar is optional: without one, whether the case goes out unreviewed is
         # the case stage's call (settings.auto_confirm), so one setting is enough.
@@ -118,18 +125,29 @@ class Transition:
 class RuleEngine:
     """One camera's rules over its tracks."""
 
-    def __init__(self, camera: Camera, taxonomy: Taxonomy, alert_threshold: AlertThreshold | None = None) -> None:
+    def __init__(self, camera: Camera, taxonomy: Taxonomy, alert_threshold: AlertThreshold | None = None,
+                 stages: Collection[str] = ()) -> None:
         """`alert_threshold`: learned scores (serving/cases/thresholds.py) that replace a
-        rule's `min_score` for this camera once its reviews have moved them."""
+        rule's `min_score` for this camera once its reviews have moved them. `stages`: the
+        second stages (detector.second_stage) trained for this city, by name."""
         self.camera = camera
         self.alert_threshold = alert_threshold
-        self.rules = [ActiveRule.resolve(r, taxonomy) for r in camera.rules]
+        self.rules = [ActiveRule.resolve(r, taxonomy, stages) for r in camera.rules]
+        for rule in self.rules:
+            if rule.stage_missing:
+                # Said once at start, so nobody reads a flood of truck cases as the model's verdict.
+                log.warning("camera %s, rule %s: its %s stage is not trained for this city, so the detector "
+                            "cannot tell a violation from a %s; every case goes to review", camera.id,
+                            rule.violation.id, rule.violation.second_stage, "/".join(sorted(rule.classes)))
         self.candidates: dict[tuple[int, int], Candidate] = {}
         self.class_last_seen: dict[str, datetime] = {}
         self.watched_classes = frozenset(c for r in self.rules for c in r.classes | r.after_classes)
         # Of the last update: candidates that stayed long enough, in schedule, and were held
         # back only by their median score (what active learning samples as "dropped_for_score").
         self.dropped_for_score: list[Candidate] = []
+        # Of the last update: zone types where a scene-change candidate was seen (active learning
+        # asks first for frames where the wall's fired: "wall_scene_change").
+        self.scene_zone_types: frozenset[str] = frozenset()
         # Detector class -> the lowest `min_score` a rule applies to it.
         self.score_thresholds: dict[str, float] = {}
         for rule in self.rules:
@@ -203,6 +221,8 @@ class RuleEngine:
     def _transitions(self, when: datetime) -> list[Transition]:
         out: list[Transition] = []
         self.dropped_for_score = []
+        self.scene_zone_types = frozenset(c.zone.type for c in self.candidates.values()
+                                          if c.rule.scene_change and c.last_seen == when)
         grace = self.camera.grace_s
         for key, cand in list(self.candidates.items()):
             if (when - cand.last_seen).total_seconds() > grace:

@@ -38,7 +38,10 @@ the events (a callback that raises is logged, like on_event).
 from __future__ import annotations
 
 import logging
+import math
 import threading
+import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from typing import Any
@@ -64,6 +67,32 @@ SampleSink = Callable[[LabellingSample], None]
 log = logging.getLogger(__name__)
 
 
+# Tiled static checks are the heaviest work on the frame path (a 1080p frame is some 19
+# inferences): at most this many per batch, and at most TILED_SHARE of the pipeline
+# thread's wall time over a window, so they never hold up the cameras' ordinary frames.
+MAX_TILED_PER_BATCH = 1
+TILED_SHARE = 0.25
+
+
+class TiledBudget:
+    """Seconds of tiled work allowed: `share` of each wall-clock second accrues, up to
+    `burst` seconds; a check may start while any is left and its duration is spent after."""
+
+    def __init__(self, share: float = TILED_SHARE, burst: float = 2.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.share, self.burst, self.clock = share, burst, clock
+        self._left, self._at = burst, clock()
+
+    def available(self) -> bool:
+        now = self.clock()
+        self._left = min(self.burst, self._left + (now - self._at) * self.share)
+        self._at = now
+        return self._left > 0
+
+    def spend(self, seconds: float) -> None:
+        self._left -= seconds
+
+
 class CameraRuntime:
     """Everything one camera keeps between frames."""
 
@@ -79,6 +108,7 @@ class CameraRuntime:
         self.zones: ZoneMap | None = None
         self.last_detect: datetime | None = None
         self.last_tiled: datetime | None = None
+        self.tiled_period: int | None = None  # the period (see tiled_check_due) last checked, or first seen
         self.frames: Iterator[Frame] | None = None  # file/folder sources
 
     def zone_map(self, image: np.ndarray) -> ZoneMap:
@@ -93,13 +123,35 @@ class CameraRuntime:
             return True
         return (frame.timestamp - self.last_detect).total_seconds() >= self.camera.static_check_every
 
+    @property
+    def tiled_phase(self) -> float:
+        """Seconds into each `tiled_check_every` period at which this camera's tiled check
+        falls: fixed per camera id (stable across restarts), spread evenly over cameras."""
+        return zlib.crc32(self.camera.id.encode()) / 2**32 * self.camera.tiled_check_every
+
+    def tiled_period_of(self, when: datetime) -> int:
+        """Which `tiled_check_every` period (counted from the epoch, at this camera's phase) `when` is in."""
+        return math.floor((when.timestamp() - self.tiled_phase) / self.camera.tiled_check_every)
+
+    def next_tiled_check(self, after: datetime) -> datetime:
+        """When this camera's next tiled check falls due after `after`."""
+        every = self.camera.tiled_check_every
+        return datetime.fromtimestamp((self.tiled_period_of(after) + 1) * every + self.tiled_phase, after.tzinfo)
+
     def tiled_check_due(self, frame: Frame) -> bool:
         """The check at full resolution, once per `tiled_check_every`: small static things
-        (flyers, window ads, signs) vanish when a 1080p frame is shrunk, and stay for days."""
+        (flyers, window ads, signs) vanish when a 1080p frame is shrunk, and stay for days.
+
+        Each camera's check falls at its own phase of the period, never on its first frame:
+        100 cameras starting together would otherwise queue 100 tiled checks (over 10 s of
+        work) in front of everyone's next frames."""
         if not self.camera.tiled_static_checks:
             return False
-        return (self.last_tiled is None
-                or (frame.timestamp - self.last_tiled).total_seconds() >= self.camera.tiled_check_every)
+        period = self.tiled_period_of(frame.timestamp)
+        if self.tiled_period is None:
+            self.tiled_period = period  # the first frame: the first check at the next phase
+            return False
+        return period > self.tiled_period
 
 
 class Pipeline:
@@ -142,6 +194,7 @@ class Pipeline:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.stats = {"frames": 0, "detected": 0, "batches": 0, "tiled": 0, "sampled": 0}
+        self.tiled_budget = TiledBudget()
         # Frames asked for by others (a case re-check): camera -> waiters for its next frame.
         # Only asked-for frames are kept; holding every camera's last frame would cost a
         # 1080p frame (6 MB) per camera.
@@ -298,7 +351,10 @@ class Pipeline:
             i for i, (rt, f) in enumerate(zip(runtimes, frames))
             if not self.motion_gating or rt.needs_detection(f)
         ]
-        tiled = [i for i in wanted if runtimes[i].tiled_check_due(frames[i])]
+        # At most one tiled check per batch and within the tiled budget; a camera whose check
+        # must wait gets its ordinary detection now and stays due for the next batch.
+        tiled = [i for i in wanted if runtimes[i].tiled_check_due(frames[i])][:MAX_TILED_PER_BATCH]
+        tiled = tiled if self.tiled_budget.available() else []
         batched = [i for i in wanted if i not in tiled]
         results: dict[int, Detections] = {}
         if batched:
@@ -306,8 +362,11 @@ class Pipeline:
             results = dict(zip(batched, found))
             self.stats["batches"] += 1
         for i in tiled:
+            started = time.monotonic()
             results[i] = self.detector.detect_tiled(frames[i].image, tile=runtimes[i].camera.tile_size)
+            self.tiled_budget.spend(time.monotonic() - started)
             runtimes[i].last_tiled = frames[i].timestamp
+            runtimes[i].tiled_period = runtimes[i].tiled_period_of(frames[i].timestamp)
         self.stats["detected"] += len(wanted)
         self.stats["tiled"] += len(tiled)
         self.stats["frames"] += len(frames)
@@ -337,7 +396,8 @@ class Pipeline:
             return
         sample = self.sampler.consider(rt.camera.id, frame.timestamp, frame.image, dets, rt.rules.score_thresholds,
                                        self.detector.info.version, flips=rt.tracker.flips,
-                                       dropped_for_score=len(rt.rules.dropped_for_score))
+                                       dropped_for_score=len(rt.rules.dropped_for_score),
+                                       scene_zone_types=rt.rules.scene_zone_types)
         if sample is None:
             return
         self.stats["sampled"] += 1

@@ -8,7 +8,11 @@ A frame is *unsure* when, for a class a rule of its camera watches:
 - `class_flip`: a track's object is called by another class than at the last detection
   (the tracker's `ClassFlip`);
 - `dropped_for_score`: the rules held a candidate back only for its median score (it stayed
-  long enough, in schedule).
+  long enough, in schedule);
+- `wall_scene_change`: a scene-change rule watching a wall has a candidate in the frame (a new
+  patch on a facade: a flyer or banner the model cannot name yet). Flyers and banners have no
+  real labelled image at all, so these frames are what a labeller is asked for first
+  (serving/labelling/queue.py `claim_next`).
 
 Unsure frames are taken within a per-camera budget per local day (`daily_budget_per_camera`),
 at least `min_gap_s` of camera time apart, so one long unsure scene does not spend the day's
@@ -19,7 +23,7 @@ from `spent(camera, day)`, asked once per camera and day.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Literal
@@ -30,7 +34,9 @@ import numpy as np
 from detector.detections import Detections
 from serving.pipeline.tracking import ClassFlip
 
-Reason = Literal["score_band", "class_flip", "dropped_for_score"]
+Reason = Literal["score_band", "class_flip", "dropped_for_score", "wall_scene_change"]
+FIRST_ASKED: Reason = "wall_scene_change"  # the labelling queue hands these frames out before the rest
+WALL = "wall"  # the zone type of facades, where flyers and banners are posted
 
 
 @dataclass(frozen=True)
@@ -46,9 +52,11 @@ class LabellingSample:
 
 
 def unsure_reasons(detections: Detections, thresholds: Mapping[str, float], band: float,
-                   flips: Iterable[ClassFlip] = (), dropped_for_score: int = 0) -> tuple[Reason, ...]:
+                   flips: Iterable[ClassFlip] = (), dropped_for_score: int = 0,
+                   scene_zone_types: Collection[str] = ()) -> tuple[Reason, ...]:
     """Why this frame is worth a human's boxes (empty: it is not). `thresholds`: detector
-    class -> the `min_score` a rule applies to it; other classes are not the camera's concern."""
+    class -> the `min_score` a rule applies to it; other classes are not the camera's concern.
+    `scene_zone_types`: zone types where a scene-change rule has a candidate in this frame."""
     reasons: list[Reason] = []
     top: dict[str, float] = {}
     for name, score in zip(detections.class_names, detections.scores):
@@ -60,6 +68,8 @@ def unsure_reasons(detections: Detections, thresholds: Mapping[str, float], band
         reasons.append("class_flip")
     if dropped_for_score:
         reasons.append("dropped_for_score")
+    if WALL in scene_zone_types:
+        reasons.append("wall_scene_change")
     return tuple(reasons)
 
 
@@ -114,9 +124,9 @@ class UncertaintySampler:
 
     def consider(self, camera: str, when: datetime, image: np.ndarray, detections: Detections,
                  thresholds: Mapping[str, float], model_version: str, flips: Iterable[ClassFlip] = (),
-                 dropped_for_score: int = 0) -> LabellingSample | None:
+                 dropped_for_score: int = 0, scene_zone_types: Collection[str] = ()) -> LabellingSample | None:
         """The frame as a sample when it is unsure and the budget allows, else None."""
-        reasons = unsure_reasons(detections, thresholds, self.band, flips, dropped_for_score)
+        reasons = unsure_reasons(detections, thresholds, self.band, flips, dropped_for_score, scene_zone_types)
         if not reasons or not self.budget.take(camera, when):
             return None
         return LabellingSample(camera=camera, taken_at=when, reasons=reasons, image=image,

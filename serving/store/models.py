@@ -13,6 +13,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -143,6 +144,10 @@ class Evidence(Base):
     # and that model's version, so a reviewed frame can be exported fully labelled.
     detections: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
     model_version: Mapped[str] = mapped_column(String(64), default="")
+    # Its entry in the evidence chain (serving/chain.py): where the case system finds its proof.
+    chain_seq: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # On a masked copy (serving/privacy.py): the SHA-256 of the sealed original it stands in for.
+    masks: Mapped[str] = mapped_column(String(64), default="")
 
     case: Mapped[Case] = relationship(back_populates="evidence")
 
@@ -236,6 +241,10 @@ class AuditEntry(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     actor: Mapped[str] = mapped_column(String(64))
+    # Who the actor is, not just a name (an API key may be named like a user): "user" + the
+    # user's id, "key" + the API key's id, or "system" (commands, the service itself).
+    actor_kind: Mapped[str] = mapped_column(String(16), default="system", server_default="system")
+    actor_id: Mapped[str] = mapped_column(String(64), default="", server_default="")
     action: Mapped[str] = mapped_column(String(32))
     target: Mapped[str] = mapped_column(String(160), index=True)
     before: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
@@ -364,3 +373,40 @@ class CameraLease(Base):
     node: Mapped[str] = mapped_column(String(64), default="")
     fencing: Mapped[int] = mapped_column(Integer, default=0)
     granted_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Renewed by the serving process while it runs the worker: a lease not renewed for long
+    # means that process is gone (`gridwatch cluster status` says so). None: never renewed.
+    renewed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class ChainEntry(Base):
+    """One link of the evidence chain (serving/chain.py): an evidence item, a decision or a
+    tombstone, holding the hash of the entry before it. Rows are only ever inserted."""
+
+    __tablename__ = "evidence_chain"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    at: Mapped[str] = mapped_column(String(40))  # ISO time as hashed, kept as text so it hashes alike anywhere
+    case_number: Mapped[str] = mapped_column(String(32))
+    kind: Mapped[str] = mapped_column(String(24))
+    sha256: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(String(512), default="")
+    detail: Mapped[str] = mapped_column(Text, default="{}")  # canonical JSON, as hashed
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    entry_hash: Mapped[str] = mapped_column(String(64))
+
+    __table_args__ = (Index("ix_evidence_chain_case", "case_number", "seq"),)
+
+
+class ChainHead(Base):
+    """The chain's head at one moment, signed with the instance's Ed25519 key (and, when a
+    time-stamping authority is set, its RFC 3161 token over the same text)."""
+
+    __tablename__ = "chain_heads"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    seq: Mapped[int] = mapped_column(Integer, index=True)
+    entry_hash: Mapped[str] = mapped_column(String(64))
+    text: Mapped[str] = mapped_column(Text)  # the exact bytes signed
+    signature: Mapped[str] = mapped_column(String(128))  # hex
+    timestamp_token: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    signed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -1,9 +1,11 @@
 """Stream readers: one per camera, frames out at the camera's sampling interval.
 
 - `FileReader`: a video file, read to the end as fast as it decodes; its clock is the file's
-  recorded start (container `creation_time`), else the camera's `start:`, else now, plus
-  the frame's media time, so archived footage lands in the right schedule window.
-- `FolderReader`: an image folder in name order, one image per sample.
+  recorded start (container `creation_time`), else the camera's `start:`, else the file's
+  own modification time, plus the frame's media time, so archived footage lands in the right
+  schedule window and a replay after any restart stamps the same times (the same event ids).
+- `FolderReader`: an image folder in name order, one image per sample; its clock is the
+  camera's `start:`, else the first image's modification time.
 - `LiveReader`: rtsp:// or http(s):// (MJPEG, HLS) in a background thread. It keeps only the
   newest sampled frame (no backlog can grow), times frames by the steady clock it is given
   (serving/clock.py: wall time that a jump of the system clock does not move; the wall clock
@@ -86,6 +88,16 @@ class StreamHealth:
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def file_origin(path: str | Path) -> datetime:
+    """A recording's stable time origin when nothing better says when it began: the file's
+    modification time. "Now" would give every replay (each restart of the service) new
+    frame times and so new event ids, filing the same footage twice."""
+    try:
+        return datetime.fromtimestamp(Path(path).stat().st_mtime, timezone.utc)
+    except OSError:  # gone since it was configured: the reader reports that itself
+        return _now()
 
 
 def recorded_start(container: Any) -> datetime | None:
@@ -251,7 +263,8 @@ class FileReader:
         try:
             if not container.streams.video:
                 raise ValueError("no video stream in the file")
-            start = start or recorded_start(container) or self.camera.start or self._clock_start or _now()
+            start = (start or recorded_start(container) or self.camera.start or self._clock_start
+                     or file_origin(self.camera.source))
             self.health.state, self.health.connected = "connected", True
             mode = self.camera.decode
             if mode == "auto" and keyframe_gap(container, max(30.0, 3 * self.camera.sample_every)) \
@@ -292,7 +305,7 @@ class FolderReader:
             self.health.state = "failed"
             self.health.error(f"no images in folder {self.camera.source}")
             return
-        start = self.camera.start or self._clock_start or _now()
+        start = self.camera.start or self._clock_start or file_origin(files[0])
         self.health.state, self.health.connected = "connected", True
         index = 0
         for i, path in enumerate(files):

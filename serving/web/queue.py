@@ -1,22 +1,57 @@
-"""The review queue's view of a case: everything a reviewer needs on one screen."""
+"""The review queue's view of a case: everything a reviewer needs on one screen, with its
+times in the camera's local time and its audit trail in words; and the queue's own
+bookkeeping (counts for the current filter, leases given back when a page closes,
+rejecting a case's open duplicates at once)."""
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 
 from detector.taxonomy import Taxonomy
 from serving.audit import entries
+from serving.cases.leases import QueueFilter, filtered, free_for
 from serving.store.db import Database
-from serving.store.models import Case, CaseEvent, Recheck
+from serving.store.models import AuditEntry, Case, CaseEvent, LabellingItem, Recheck
+from serving.web.audit_view import AuditWords, audit_lines
+from serving.web.localtime import CameraZones
+
+NEARBY_DAYS = 7  # "cases at the same place in the last days"
+SAME_PLACE_IOU = 0.3  # boxes of one camera overlapping this much are the same place
+CASE_NUMBER = re.compile(r"GW\d{8}-[A-Z0-9-]+")
 
 
 class Occurrence(BaseModel):
     type: str
     last_seen: str
     score: float
+    at: str = ""  # last_seen in the camera's local time, with its zone
+    type_label: str = ""  # the sighting type in the page's language
+
+
+class FrameView(BaseModel):
+    """One frame of the event's life, for the strip under the image."""
+
+    url: str
+    kind: str  # original (the best so far when it was stored), after (re-check)
+    at: str  # local time it was stored
+
+
+class CaseLink(BaseModel):
+    """Another case beside this one: the one it duplicates, or one at the same place."""
+
+    case_number: str
+    violation: str
+    name: str
+    review_status: str
+    first_seen: str
+    url: str
+    image_url: str | None
 
 
 class RecheckView(BaseModel):
@@ -29,6 +64,8 @@ class RecheckView(BaseModel):
     detail: str
     before_url: str | None
     after_url: str | None
+    due_at_local: str = ""
+    checked_at_local: str = ""
 
 
 class ReviewCase(BaseModel):
@@ -55,21 +92,38 @@ class ReviewCase(BaseModel):
     timeline: list[Occurrence]
     history: list[dict[str, Any]]
     status: str = "new"  # the case system's status
+    version: int = 0  # the case version a decision on this view names (serving/cases/review.py)
     recheck: RecheckView | None = None
+    annotated_url: str | None = None  # the frame with the detection's box drawn in (the case page)
+    first_seen_local: str = ""
+    last_seen_local: str = ""
+    audit: list[dict[str, Any]] = []  # the history as lines of changed fields, in the page's language
+    frames: list[FrameView] = []
+    duplicate_of: CaseLink | None = None
+    nearby: list[CaseLink] = []
 
 
 def evidence_url(case_number: str, evidence_id: int) -> str:
     return f"/review/evidence/{case_number}/{evidence_id}"
 
 
-def review_case(db: Database, taxonomy: Taxonomy, case: Case) -> ReviewCase:
-    """`case` with its evidence loaded."""
+def review_case(db: Database, taxonomy: Taxonomy, case: Case, *, zones: CameraZones | None = None,
+                words: AuditWords | None = None) -> ReviewCase:
+    """`case` with its evidence loaded; times in `zones` (default: Asia/Shanghai), words for
+    the audit trail and sighting types in `words`' language (default: English labels)."""
+    if zones is None:
+        zones = CameraZones({}, "Asia/Shanghai")
+    if words is None:
+        from serving.web.i18n import labels
+
+        words = AuditWords(labels("en"), taxonomy, "en")
     by_kind = {e.kind: e.id for e in case.evidence}
     entry = taxonomy.by_id.get(case.violation)
     with db.sessions() as session:
         events = session.scalars(select(CaseEvent).where(CaseEvent.case_id == case.id).order_by(CaseEvent.id)).all()
         latest = session.scalars(select(Recheck).where(Recheck.case_id == case.id)
                                  .order_by(Recheck.id.desc()).limit(1)).first()
+    history = entries(db, target=f"case:{case.case_number}", limit=50)
     recheck = None
     if latest is not None:
         before = by_kind.get("annotated", by_kind.get("original"))
@@ -78,7 +132,8 @@ def review_case(db: Database, taxonomy: Taxonomy, case: Case) -> ReviewCase:
             state=latest.state, due_at=latest.due_at.isoformat(),
             checked_at=latest.checked_at.isoformat() if latest.checked_at else None, score=latest.score,
             detail=latest.detail, before_url=evidence_url(case.case_number, before) if before else None,
-            after_url=evidence_url(case.case_number, after) if after and latest.checked_at else None)
+            after_url=evidence_url(case.case_number, after) if after and latest.checked_at else None,
+            due_at_local=zones.show(latest.due_at, case.camera), checked_at_local=zones.show(latest.checked_at, case.camera))
     return ReviewCase(
         case_number=case.case_number, violation=case.violation,
         name_zh=entry.name_zh if entry else case.matter_name, name_en=entry.name_en if entry else case.violation,
@@ -88,10 +143,157 @@ def review_case(db: Database, taxonomy: Taxonomy, case: Case) -> ReviewCase:
         review_status=case.review_status, box=case.box, review_boxes=case.review_boxes,
         image_url=evidence_url(case.case_number, by_kind["original"]) if "original" in by_kind else None,
         crop_url=evidence_url(case.case_number, by_kind["crop"]) if "crop" in by_kind else None,
-        timeline=[Occurrence(type=e.event_type, last_seen=e.last_seen.isoformat(), score=e.score) for e in events],
-        history=[r.to_json() for r in entries(db, target=f"case:{case.case_number}", limit=50)],
-        status=case.status, recheck=recheck,
+        timeline=[Occurrence(type=e.event_type, last_seen=e.last_seen.isoformat(), score=e.score,
+                             at=zones.show(e.last_seen, case.camera),
+                             type_label=words.t.get(f"event_{e.event_type}", e.event_type)) for e in events],
+        history=[r.to_json() for r in history],
+        status=case.status, recheck=recheck, version=case.version,
+        annotated_url=evidence_url(case.case_number, by_kind["annotated"]) if "annotated" in by_kind else None,
+        first_seen_local=zones.show(case.first_seen, case.camera), last_seen_local=zones.show(case.last_seen, case.camera),
+        audit=[line.to_json() for line in audit_lines(db, history, words, zones)],
+        frames=[FrameView(url=evidence_url(case.case_number, e.id), kind=e.kind, at=zones.show(e.created_at, case.camera))
+                for e in sorted(case.evidence, key=lambda e: e.id) if e.kind in ("original", "after")],
+        duplicate_of=link(duplicate_of(db, case), taxonomy, words.lang, zones),
+        nearby=[link(c, taxonomy, words.lang, zones) for c in nearby_cases(db, case)],
     )
+
+
+def link(case: Case | None, taxonomy: Taxonomy, lang: str, zones: CameraZones) -> CaseLink | None:
+    if case is None:
+        return None
+    entry = taxonomy.by_id.get(case.violation)
+    name = (entry.name_zh if lang == "zh-CN" else entry.name_en) if entry else case.violation
+    original = max((e.id for e in case.evidence if e.kind == "original"), default=None)
+    return CaseLink(case_number=case.case_number, violation=case.violation, name=name,
+                    review_status=case.review_status, first_seen=zones.show(case.first_seen, case.camera),
+                    url=f"/review/cases/{case.case_number}",
+                    image_url=evidence_url(case.case_number, original) if original else None)
+
+
+def iou(a: list[float] | None, b: list[float] | None) -> float:
+    if not a or not b:
+        return 0.0
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    if w <= 0 or h <= 0:
+        return 0.0
+    inter = w * h
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def _loaded(session, ids: list[int]) -> list[Case]:  # noqa: ANN001
+    from sqlalchemy.orm import selectinload
+
+    if not ids:
+        return []
+    return list(session.scalars(select(Case).where(Case.id.in_(ids)).options(selectinload(Case.evidence))
+                                .order_by(Case.first_seen.desc())).all())
+
+
+def nearby_cases(db: Database, case: Case, limit: int = 8) -> list[Case]:
+    """Other cases of this camera whose box overlaps this one's, first seen in the last
+    NEARBY_DAYS days before this case (or since): what happened at the same place."""
+    since = case.first_seen - timedelta(days=NEARBY_DAYS)
+    with db.sessions() as session:
+        rows = session.execute(select(Case.id, Case.box).where(Case.camera == case.camera, Case.id != case.id,
+                                                               Case.first_seen >= since)
+                               .order_by(Case.first_seen.desc()).limit(500)).all()
+        ids = [row_id for row_id, box in rows if iou(box, case.box) >= 0.1][:limit]
+        return _loaded(session, ids)
+
+
+def duplicate_of(db: Database, case: Case) -> Case | None:
+    """The case a "duplicate" rejection points to: one named in the note, else the oldest
+    other case of the camera and violation at the same place that is not a duplicate itself."""
+    if case.review_status != "rejected" or case.review_reason != "duplicate":
+        return None
+    with db.sessions() as session:
+        named = [n for n in CASE_NUMBER.findall(case.review_note or "") if n != case.case_number]
+        if named:
+            row = session.scalar(select(Case.id).where(Case.case_number == named[0]))
+        else:
+            rows = session.execute(select(Case.id, Case.box, Case.review_reason)
+                                   .where(Case.camera == case.camera, Case.violation == case.violation,
+                                          Case.id != case.id).order_by(Case.first_seen).limit(500)).all()
+            row = next((i for i, box, reason in rows if reason != "duplicate" and iou(box, case.box) >= SAME_PLACE_IOU),
+                       None)
+        found = _loaded(session, [row] if row else [])
+    return found[0] if found else None
+
+
+def open_duplicates(db: Database, case: Case, holder: str) -> list[str]:
+    """Pending cases of the same camera, violation and place as `case`, that no one else is
+    reviewing now: what "reject all as duplicates" takes."""
+    now = datetime.now(timezone.utc)
+    with db.sessions() as session:
+        rows = session.execute(select(Case.case_number, Case.box, Case.leased_by, Case.lease_until)
+                               .where(Case.camera == case.camera, Case.violation == case.violation,
+                                      Case.review_status == "pending", Case.id != case.id)
+                               .order_by(Case.first_seen)).all()
+    return [n for n, box, by, until in rows
+            if iou(box, case.box) >= SAME_PLACE_IOU and not (by and by != holder and until is not None and until > now)]
+
+
+@dataclass(frozen=True)
+class QueueCounts:
+    pending: int  # pending cases the filter selects
+    leased_to_others: int  # of those, held by other reviewers right now
+    mine_today: int  # decisions this reviewer made since local midnight
+
+
+def queue_counts(db: Database, holder: str, where: QueueFilter, zones: CameraZones,
+                 now: datetime | None = None) -> QueueCounts:
+    now = now or datetime.now(timezone.utc)
+    busy = (Case.leased_by != "") & (Case.leased_by != holder) & (Case.lease_until > now)
+    with db.sessions() as session:
+        pending = session.scalar(filtered(select(func.count()).select_from(Case), where)
+                                 .where(Case.review_status == "pending")) or 0
+        others = session.scalar(filtered(select(func.count()).select_from(Case), where)
+                                .where(Case.review_status == "pending", busy)) or 0
+        mine = session.scalar(select(func.count()).select_from(AuditEntry).where(
+            AuditEntry.actor == holder, AuditEntry.action.like("review.%"),
+            AuditEntry.at >= zones.day_start(now).astimezone(timezone.utc))) or 0
+    return QueueCounts(pending=int(pending), leased_to_others=int(others), mine_today=int(mine))
+
+
+def queue_cameras(db: Database, registered: list[str]) -> list[str]:
+    """The camera filter's choices: the configured cameras and any that posted cases through
+    the API (so a filter on one of those survives a reload or the language switch)."""
+    with db.sessions() as session:
+        posted = session.scalars(select(Case.camera).where(Case.review_status == "pending").distinct()).all()
+    return sorted(set(registered) | set(posted))
+
+
+def renew_or_retake(db: Database, holder: str, case_numbers: list[str], lease_s: float) -> int:
+    """Extend `holder`'s leases on the cases the page holds, taking back any that are free
+    again: a page that was hidden (or the page before it, on a navigation within the site)
+    released them, and nobody else has taken them since. Returns how many are `holder`'s now."""
+    if not case_numbers:
+        return 0
+    now = datetime.now(timezone.utc)
+    with db.transaction() as session:
+        return session.execute(
+            update(Case).where(Case.case_number.in_(case_numbers), Case.review_status == "pending",
+                               free_for(Case, holder, now))
+            .values(leased_by=holder, lease_until=now + timedelta(seconds=lease_s), updated_at=Case.updated_at)
+            .execution_options(synchronize_session=False)).rowcount
+
+
+def release_leases(db: Database, holder: str, case_numbers: list[str], item_ids: list[int]) -> int:
+    """The page was closed or hidden: give back `holder`'s leases at once instead of letting
+    them time out, so other reviewers get these cases now. Returns how many were released."""
+    released = 0
+    with db.transaction() as session:
+        if case_numbers:
+            released += session.execute(
+                update(Case).where(Case.case_number.in_(case_numbers), Case.leased_by == holder)
+                .values(leased_by="", lease_until=None, updated_at=Case.updated_at)
+                .execution_options(synchronize_session=False)).rowcount
+        if item_ids:
+            released += session.execute(
+                update(LabellingItem).where(LabellingItem.id.in_(item_ids), LabellingItem.leased_by == holder)
+                .values(leased_by="", lease_until=None).execution_options(synchronize_session=False)).rowcount
+    return released
 
 
 def violation_menu(taxonomy: Taxonomy) -> list[dict[str, str]]:

@@ -5,12 +5,14 @@ Pages need a signed-in user (else a redirect to /login); every POST needs the CS
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
-from fastapi.responses import FileResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.templating import Jinja2Templates
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -18,19 +20,24 @@ from pydantic import BaseModel, ConfigDict, Field
 from serving import audit
 from serving.accounts import Account, AccountError, add_user, check_password, disable_user, list_users
 from serving.api.deps import get_service
-from serving.api.routes import utc
-from serving.api.schemas import ReviewRequest
+from serving.api.routes import decision_refused, utc
+from serving.api.schemas import RedecideRequest, ReviewRequest
 from serving.auth import create_key, list_keys, revoke_key
 from serving.cases import CaseError
 from serving.cases.leases import QueueFilter
 from serving.cameras.registry import CameraError
 from serving.labelling.queue import LabelBox, LabellingError, LabellingView
 from serving.live_model import ModelSwapError
+from serving.privacy import outgoing
 from serving.store.models import REJECT_REASONS, ROLES, USER_ROLES
 from serving.web import sessions
-from serving.web.dashboard import dashboard_data
-from serving.web.i18n import LANGUAGES, labels, pick_language
-from serving.web.queue import review_case, violation_menu
+from serving.web.audit_view import AuditWords, audit_lines
+from serving.web.dashboard import dashboard_data, evaluation, evaluation_csv
+from serving.web.hotkeys import DEFAULT_HOTKEYS
+from serving.web.i18n import LANGUAGES, class_names, labels, pick_language
+from serving.web.localtime import CameraZones, zone_label
+from serving.web.queue import (open_duplicates, queue_cameras, queue_counts, release_leases, renew_or_retake,
+                               review_case, violation_menu)
 
 WEB_DIR = Path(__file__).parent
 templates = Jinja2Templates(directory=WEB_DIR / "templates")
@@ -38,7 +45,8 @@ pages = APIRouter(include_in_schema=False)
 # Settings an admin may see; secrets (webhook secret, admin key, database URL) stay out.
 SHOWN_SETTINGS = ("host", "port", "public_url", "webhook_url", "auto_confirm", "reopen_policy", "dedup_cooldown_s",
                   "delivery_max_tries", "session_ttl_s", "login_max_failures", "login_window_s",
-                  "review_lease_s", "review_undo_s", "score_threshold", "iou_threshold", "labelling")
+                  "review_lease_s", "review_undo_s", "review_hotkeys", "score_threshold", "iou_threshold",
+                  "labelling")
 
 
 class LoginRequired(Exception):
@@ -50,7 +58,9 @@ class NotAllowed(Exception):
 
 
 def signed_in(request: Request) -> Account:
-    account = sessions.session_account(get_service(request).db, request.cookies.get(sessions.SESSION_COOKIE))
+    # The gate (serving/api/guard.py) found it already for a state-changing request.
+    account = getattr(request.state, "account", None) or sessions.session_account(
+        get_service(request).db, request.cookies.get(sessions.SESSION_COOKIE))
     if account is None:
         raise LoginRequired()
     return account
@@ -63,10 +73,13 @@ def admin(account: Annotated[Account, Depends(signed_in)]) -> Account:
 
 
 async def csrf_checked(request: Request) -> None:
+    """The token must be the one derived from this request's session (or, signing in, its
+    pre-session): the gw_csrf cookie is never what it is checked against."""
     given = request.headers.get(sessions.CSRF_HEADER)
-    if given is None and request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+    if given is None and request.headers.get("content-type", "").startswith(
+            ("application/x-www-form-urlencoded", "multipart/form-data")):
         given = (await request.form()).get(sessions.CSRF_FIELD)
-    if not sessions.tokens_match(request.cookies.get(sessions.CSRF_COOKIE), given if isinstance(given, str) else None):
+    if not sessions.csrf_valid(request.cookies, given if isinstance(given, str) else None):
         raise HTTPException(403, "missing or wrong CSRF token")
 
 
@@ -80,15 +93,37 @@ def language(request: Request) -> str:
                          request.headers.get("accept-language"))
 
 
+def zones(request: Request) -> CameraZones:
+    """Each camera's zone for showing times (serving/web/localtime.py)."""
+    service = get_service(request)
+    return CameraZones(service.cameras.all(), service.settings.labelling.timezone)
+
+
+def words(request: Request) -> AuditWords:
+    lang = language(request)
+    return AuditWords(labels(lang), get_service(request).taxonomy, lang)
+
+
+def switch_url(request: Request, lang: str) -> str:
+    """This page in the other language, its filters kept (only `lang` changes)."""
+    query = [(k, v) for k, v in request.query_params.multi_items() if k != "lang"] + [("lang", lang)]
+    return f"{request.url.path}?{urlencode(query)}"
+
+
 def render(request: Request, template: str, account: Account | None, status_code: int = 200,
            **context: Any) -> Response:
     """A page in the reader's language, carrying the CSRF token its forms and scripts send."""
     lang = language(request)
-    token = request.cookies.get(sessions.CSRF_COOKIE) or sessions.new_token()
+    base = sessions.csrf_base(request.cookies)
+    presession = None if base else sessions.new_token()  # not signed in: the login form's token comes from this
+    token = sessions.csrf_token(base or presession)
+    other = LANGUAGES[1 - LANGUAGES.index(lang)]
     response = templates.TemplateResponse(request, template, {
-        "t": labels(lang), "lang": lang, "other_lang": LANGUAGES[1 - LANGUAGES.index(lang)],
+        "t": labels(lang), "lang": lang, "other_lang": other, "switch_url": switch_url(request, other),
         "user": account, "csrf": token, **context}, status_code=status_code)
     set_cookie(request, response, sessions.CSRF_COOKIE, token, http_only=False)
+    if presession:
+        set_cookie(request, response, sessions.PRESESSION_COOKIE, presession)
     if request.query_params.get("lang") in LANGUAGES:
         set_cookie(request, response, "lang", lang, http_only=False)
     return response
@@ -101,7 +136,9 @@ def set_cookie(request: Request, response: Response, name: str, value: str, *, h
 
 
 def client_address(request: Request) -> str:
-    return request.client.host if request.client else "?"
+    """The caller's address as the gate found it (X-Forwarded-For only from trusted_proxies)."""
+    found = getattr(request.state, "client_address", None)
+    return found or (request.client.host if request.client else "?")
 
 
 def forbidden(request: Request) -> Response:
@@ -127,30 +164,44 @@ def login(request: Request, username: Annotated[str, Form(max_length=64)],
     service = get_service(request)
     limiter: sessions.LoginLimiter = request.app.state.login_limiter
     address = client_address(request)
-    wait = limiter.retry_after(username, address)
-    if wait > 0:
+    caller = audit.Actor("anonymous", address, username)  # not signed in: the address is who
+    attempt = limiter.begin(username, address)  # counted before the password is checked
+    if attempt.wait_s > 0:
+        if attempt.newly_locked:
+            audit.record_alone(service.db, username, "user.locked_out", f"user:{username}",
+                               {"address": address, "retry_after_s": int(attempt.wait_s) + 1}, caller)
         response = render(request, "login.html", None, status_code=429, error="too_many")
-        response.headers["Retry-After"] = str(int(wait) + 1)
+        response.headers["Retry-After"] = str(int(attempt.wait_s) + 1)
         return response
     account = check_password(service.db, username, password)
     if account is None:
-        limiter.failed(username, address)
+        audit.record_alone(service.db, username, "user.sign_in_failed", f"user:{username}", {"address": address},
+                           caller)
         return render(request, "login.html", None, status_code=401, error="bad_login")
-    limiter.succeeded(username)
+    limiter.succeeded(username, address)
     ttl = service.settings.session_ttl_s
+    token = sessions.open_session(service.db, account, ttl)
+    audit.record_alone(service.db, account.name, "user.sign_in", f"user:{account.name}", {"address": address},
+                       audit.Actor("user", str(account.id), account.name))
     response = RedirectResponse("/review", status_code=303)
-    set_cookie(request, response, sessions.SESSION_COOKIE, sessions.open_session(service.db, account, ttl),
-               max_age=int(ttl))
-    # A fresh CSRF token with the new session, so one planted before sign-in is useless.
-    set_cookie(request, response, sessions.CSRF_COOKIE, sessions.new_token(), http_only=False)
+    set_cookie(request, response, sessions.SESSION_COOKIE, token, max_age=int(ttl))
+    # The new session's CSRF token: one planted before sign-in is useless.
+    set_cookie(request, response, sessions.CSRF_COOKIE, sessions.csrf_token(token), http_only=False)
+    response.delete_cookie(sessions.PRESESSION_COOKIE, path="/")
     return response
 
 
 @pages.post("/logout", dependencies=[Csrf])
 def logout(request: Request) -> RedirectResponse:
-    sessions.close_session(get_service(request).db, request.cookies.get(sessions.SESSION_COOKIE))
+    service = get_service(request)
+    account: Account | None = getattr(request.state, "account", None)
+    sessions.close_session(service.db, request.cookies.get(sessions.SESSION_COOKIE))
+    if account is not None:
+        audit.record_alone(service.db, account.name, "user.sign_out", f"user:{account.name}",
+                           {"address": client_address(request)})
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(sessions.SESSION_COOKIE, path="/")
+    response.delete_cookie(sessions.CSRF_COOKIE, path="/")
     return response
 
 
@@ -171,18 +222,67 @@ class NextRequest(BaseModel):
 @pages.get("/review")
 def review_page(request: Request, account: User) -> Response:
     service = get_service(request)
+    lang = language(request)
     return render(request, "review.html", account, kinds=violation_menu(service.taxonomy),
                   reasons=REJECT_REASONS, undo_ms=int(service.settings.review_undo_s * 1000),
                   lease_ms=int(service.settings.review_lease_s * 1000),
-                  cameras=sorted(service.cameras.all()), filters=request.query_params)
+                  hotkeys={**DEFAULT_HOTKEYS, **service.settings.review_hotkeys},
+                  day_offset=zone_label(datetime.now(zones(request).default))[3:],
+                  class_names=class_names(list(service.detector.info.names.values()), lang),
+                  cameras=queue_cameras(service.db, list(service.cameras.all())), filters=request.query_params,
+                  undo_window_ms=int(service.settings.review_undo_window_s * 1000))
+
+
+def queue_filter(body: NextRequest) -> QueueFilter:
+    return QueueFilter(**{**body.model_dump(exclude={"skip"}), "since": utc(body.since), "until": utc(body.until)})
 
 
 @pages.post("/review/next", dependencies=[Csrf])
 def next_case(request: Request, body: NextRequest, account: User) -> dict[str, Any]:
     service = get_service(request)
-    where = QueueFilter(**{**body.model_dump(exclude={"skip"}), "since": utc(body.since), "until": utc(body.until)})
-    case = service.cases.claim_next(account.name, where, body.skip, service.settings.review_lease_s)
-    return {"case": review_case(service.db, service.taxonomy, case).model_dump() if case else None}
+    case = service.cases.claim_next(account.name, queue_filter(body), body.skip, service.settings.review_lease_s)
+    return {"case": review_case(service.db, service.taxonomy, case, zones=zones(request),
+                                words=words(request)).model_dump() if case else None}
+
+
+@pages.post("/review/counts", dependencies=[Csrf])
+def counts(request: Request, body: NextRequest, account: User) -> dict[str, int]:
+    """Pending cases for the page's filter, how many of them other reviewers hold, and this
+    reviewer's decisions today (local day)."""
+    counted = queue_counts(get_service(request).db, account.name, queue_filter(body), zones(request))
+    return {"pending": counted.pending, "leased_to_others": counted.leased_to_others, "mine_today": counted.mine_today}
+
+
+@pages.post("/review/leases/release", dependencies=[Csrf])
+def give_back_leases(request: Request, account: User,
+                     cases: Annotated[list[str], Form()] = [],  # noqa: B006
+                     items: Annotated[list[int], Form()] = []) -> dict[str, int]:  # noqa: B006
+    """The page is hidden or closed (navigator.sendBeacon, a form body carrying the CSRF
+    token): its leases end now, not review_lease_s later."""
+    if len(cases) > 50 or len(items) > 50 or any(len(c) > 32 for c in cases):
+        raise HTTPException(422, "at most 50 cases and 50 items, case numbers of at most 32 characters")
+    return {"released": release_leases(get_service(request).db, account.name, cases, items)}
+
+
+@pages.post("/review/cases/{case_number}/duplicates", dependencies=[Csrf])
+def reject_duplicates(request: Request, case_number: str, account: User) -> dict[str, Any]:
+    """Every other open case of this one's camera, violation and place, rejected as a
+    duplicate of it in one action (cases another reviewer holds are left to them)."""
+    service = get_service(request)
+    case = service.cases.get(case_number)
+    if case is None:
+        raise HTTPException(404, f"no case {case_number!r}")
+    rejected = []
+    for number in open_duplicates(service.db, case, account.name):
+        try:
+            service.cases.review(number, "reject", reviewer=account.name, reason="duplicate",
+                                 note=f"duplicate of {case_number}", lease_holder=account.name)
+        except CaseError:
+            continue  # decided or taken meanwhile: not ours to change
+        rejected.append(number)
+    if rejected and service.delivery is not None:
+        service.delivery.wake()
+    return {"case_number": case_number, "rejected": rejected}
 
 
 class LeaseRequest(BaseModel):
@@ -195,21 +295,63 @@ class LeaseRequest(BaseModel):
 def renew_leases(request: Request, body: LeaseRequest, account: User) -> dict[str, int]:
     """The page still has these cases open: keep them from timing out to another reviewer."""
     service = get_service(request)
-    return {"renewed": service.cases.renew_leases(account.name, body.cases, service.settings.review_lease_s)}
+    return {"renewed": renew_or_retake(service.db, account.name, body.cases, service.settings.review_lease_s)}
 
 
 @pages.post("/review/cases/{case_number}/decision", dependencies=[Csrf])
-def decide(request: Request, case_number: str, body: ReviewRequest, account: User) -> dict[str, Any]:
+def decide(request: Request, case_number: str, body: ReviewRequest, account: User) -> Any:
+    """The page's first decision on a case; it always names the version it was shown (a
+    second tab, or a case that moved on, gets the 409 with who holds it)."""
+    if body.version is None:
+        raise HTTPException(422, "the page's decisions name the case version they were made on ('version')")
     service = get_service(request)
     try:
         case = service.cases.review(case_number, body.action, reviewer=account.name, note=body.note,
                                     violation=body.violation, reason=body.reason, boxes=body.boxes,
-                                    lease_holder=account.name)
+                                    lease_holder=account.name, version=body.version)
     except CaseError as exc:
-        raise HTTPException(exc.status, str(exc)) from None
+        return decision_refused(exc)
+    return decided(service, case)
+
+
+def decided(service: Any, case: Any) -> dict[str, Any]:
     if service.delivery is not None:
         service.delivery.wake()
-    return {"case_number": case.case_number, "review_status": case.review_status, "violation": case.violation}
+    return {"case_number": case.case_number, "review_status": case.review_status, "violation": case.violation,
+            "version": case.version}
+
+
+@pages.post("/review/cases/{case_number}/redecide", dependencies=[Csrf])
+def redecide(request: Request, case_number: str, body: RedecideRequest, account: User) -> Any:
+    """Change a decided case's decision from its page or from My history, saying why."""
+    service = get_service(request)
+    try:
+        case = service.cases.redecide(case_number, body.action, reviewer=account.name, why=body.why,
+                                      version=body.version, note=body.note, violation=body.violation,
+                                      reason=body.reason, boxes=body.boxes)
+    except CaseError as exc:
+        return decision_refused(exc)
+    return decided(service, case)
+
+
+class UndoRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(ge=0)  # the version the decision left the case at
+
+
+@pages.post("/review/cases/{case_number}/undo", dependencies=[Csrf])
+def undo(request: Request, case_number: str, body: UndoRequest, account: User) -> Any:
+    """Take back one of this reviewer's recent decisions (the page's undo stack), audited as
+    review.undo; a first decision's case comes back to the queue leased to them."""
+    service = get_service(request)
+    try:
+        case = service.cases.undo(case_number, reviewer=account.name, version=body.version,
+                                  within_s=service.settings.review_undo_window_s,
+                                  lease_s=service.settings.review_lease_s)
+    except CaseError as exc:
+        return decision_refused(exc)
+    return decided(service, case)
 
 
 @pages.get("/review/cases/{case_number}")
@@ -219,7 +361,9 @@ def case_page(request: Request, case_number: str, account: User) -> Response:
     case = service.cases.get(case_number)
     if case is None:
         raise HTTPException(404, f"no case {case_number!r}")
-    return render(request, "case.html", account, case=review_case(service.db, service.taxonomy, case))
+    return render(request, "case.html", account,
+                  case=review_case(service.db, service.taxonomy, case, zones=zones(request), words=words(request)),
+                  kinds=violation_menu(service.taxonomy), reasons=REJECT_REASONS)
 
 
 @pages.get("/review/evidence/{case_number}/{evidence_id}")
@@ -229,6 +373,7 @@ def evidence(request: Request, case_number: str, evidence_id: int, _: User) -> F
     item = next((e for e in case.evidence if e.id == evidence_id), None) if case else None
     if item is None:
         raise HTTPException(404, "no such evidence")
+    item = outgoing(case, item)  # a sealed original: reviewers see its masked copy (serving/privacy.py)
     # Evidence never changes, so the preloaded next image is served from the browser's cache.
     return FileResponse(service.evidence.resolve(item.path), media_type=item.media_type,
                         headers={"Cache-Control": "private, max-age=86400, immutable"})
@@ -269,7 +414,10 @@ def labelling_items(request: Request, _: User, status: Literal["pending", "label
 def next_labelling_item(request: Request, body: LabellingNextRequest, account: User) -> dict[str, Any]:
     service = get_service(request)
     item = service.labelling.claim_next(account.name, body.skip, service.settings.review_lease_s, body.camera)
-    return {"item": LabellingView.of(item).model_dump() if item else None,
+    view = LabellingView.of(item).model_dump() if item else None
+    if item is not None:  # when the frame was taken, in its camera's own time
+        view["taken_at_local"] = zones(request).show(item.taken_at, item.camera)
+    return {"item": view,
             "classes": list(service.detector.info.names.values())}
 
 
@@ -307,22 +455,85 @@ def labelling_frame(request: Request, item_id: int, _: User) -> FileResponse:
                         headers={"Cache-Control": "private, max-age=86400, immutable"})
 
 
+AUDIT_PAGE = 100  # entries per page of /admin/audit and /review/history
+
+
+class AuditFilter(BaseModel):
+    """The audit views' query: filters and the page (`before`: an entry id)."""
+
+    actor: str | None = Field(None, max_length=64)
+    action: str | None = Field(None, max_length=33)
+    case: str | None = Field(None, max_length=32)
+    since: datetime | None = None
+    until: datetime | None = None
+    before: int | None = Field(None, ge=1)
+
+
+def audit_query(request: Request, given: AuditFilter, **fixed: Any) -> audit.AuditQuery:
+    """Times without a zone are the service's local time (as the pages show them)."""
+    zone = ZoneInfo(get_service(request).settings.labelling.timezone)
+
+    def local(value: datetime | None) -> datetime | None:
+        return utc(value if value is None or value.tzinfo else value.replace(tzinfo=zone))
+
+    values = {**given.model_dump(), "since": local(given.since), "until": local(given.until), **fixed}
+    return audit.AuditQuery(**{k: (v or None) if isinstance(v, str) else v for k, v in values.items()})
+
+
+def audit_view(request: Request, account: Account, where: audit.AuditQuery, csv_link: str | None) -> Response:
+    db = get_service(request).db
+    records, older = audit.page(db, where, AUDIT_PAGE)
+    query = [(k, v) for k, v in request.query_params.multi_items() if k not in ("before", "format")]
+    older_link = f"{request.url.path}?{urlencode(query + [('before', str(older))])}" if older else None
+    return render(request, "audit.html", account, entries=audit_lines(db, records, words(request), zones(request)),
+                  csv_link=csv_link, filters=request.query_params, older_link=older_link,
+                  newest_link=f"{request.url.path}?{urlencode(query)}" if where.before else None)
+
+
 @pages.get("/review/history")
-def history(request: Request, account: User) -> Response:
-    return render(request, "audit.html", account, entries=audit.entries(get_service(request).db, actor=account.name),
-                  csv_link=None)
+def history(request: Request, account: User, given: Annotated[AuditFilter, Query()]) -> Response:
+    """This reviewer's own entries, paged and filtered like the audit log."""
+    return audit_view(request, account, audit_query(request, given, actor=account.name), None)
 
 
 # -- dashboard --------------------------------------------------------------------------------------
 @pages.get("/dashboard")
 def dashboard(request: Request, account: User) -> Response:
-    return render(request, "dashboard.html", account)
+    lang = language(request)
+    t = labels(lang)
+    names = {v.id: v.name_zh if lang == "zh-CN" else v.name_en for v in get_service(request).taxonomy.violations}
+    states = {k[6:]: v for k, v in t.items() if k.startswith("state_")}
+    shown = [(k, v) for k, v in request.query_params.items() if k in ("since", "until", "deadline_h") and v]
+    return render(request, "dashboard.html", account, names=names, states=states, query=request.query_params,
+                  evaluation_query=urlencode(shown))
 
 
 @pages.get("/dashboard/data")
 def dashboard_json(request: Request, _: User) -> dict[str, Any]:
     service = get_service(request)
-    return dashboard_data(service.db, service.cameras.health(), service.cameras.stats())
+    shown = zones(request)
+    data = dashboard_data(service.db, service.cameras.health(), service.cameras.stats(), shown.default)
+    for camera in data["cameras"]:  # the reader's wall-clock time, in the camera's own zone
+        last = camera.get("last_frame")
+        camera["last_frame_local"] = shown.show(datetime.fromtimestamp(last, timezone.utc), camera["camera"]) \
+            if isinstance(last, (int, float)) else shown.show(last, camera["camera"]) if last else "-"
+    return data
+
+
+@pages.get("/dashboard/evaluation")
+def dashboard_evaluation(request: Request, _: User, since: date | None = None, until: date | None = None,
+                         deadline_h: float = Query(24.0, gt=0, le=24 * 365),
+                         format: Literal["json", "csv"] = "json") -> Response:
+    """综合评价 per grid unit and division for [since, until] (local days, inclusive); CSV
+    with a UTF-8 BOM so spreadsheet programs read the Chinese."""
+    if since and until and since > until:
+        raise HTTPException(422, "since is after until")
+    service = get_service(request)
+    report = evaluation(service.db, zones(request), since, until, deadline_h)
+    if format == "csv":
+        return Response(evaluation_csv(report, labels(language(request))), media_type="text/csv; charset=utf-8",
+                        headers={"Content-Disposition": 'attachment; filename="gridwatch-evaluation.csv"'})
+    return JSONResponse(report)
 
 
 # -- admin ------------------------------------------------------------------------------------------
@@ -336,7 +547,7 @@ def admin_view(request: Request, account: Account, new_key: str | None = None,
     service = get_service(request)
     shown = {k: getattr(service.settings, k) for k in SHOWN_SETTINGS}
     return render(request, "admin.html", account, users=list_users(service.db), keys=list_keys(service.db),
-                  cameras=[service.cameras.describe(c) for c in service.cameras.all().values()],
+                  cameras=[service.cameras.describe(c, show_source=True) for c in service.cameras.all().values()],
                   settings=shown, user_roles=USER_ROLES, key_roles=ROLES, new_key=new_key,
                   model=service.detector, model_error=model_error, camera_error=camera_error)
 
@@ -417,9 +628,13 @@ def admin_revoke_key(request: Request, key_id: int, account: Admin) -> Response:
 
 
 @pages.get("/admin/audit")
-def audit_page(request: Request, account: Admin, format: Literal["html", "csv"] = "html") -> Response:
-    records = audit.entries(get_service(request).db, limit=10_000 if format == "csv" else 500)
+def audit_page(request: Request, account: Admin, given: Annotated[AuditFilter, Query()],
+               format: Literal["html", "csv"] = "html") -> Response:
+    """The whole log, paged (AUDIT_PAGE a page) and filtered by actor, action, case and time;
+    the CSV holds every entry the filter selects, streamed."""
+    where = audit_query(request, given)
     if format == "csv":
-        return Response(audit.to_csv(records), media_type="text/csv; charset=utf-8",
-                        headers={"Content-Disposition": 'attachment; filename="gridwatch-audit.csv"'})
-    return render(request, "audit.html", account, entries=records, csv_link="/admin/audit?format=csv")
+        return StreamingResponse(audit.csv_chunks(get_service(request).db, where), media_type="text/csv; charset=utf-8",
+                                 headers={"Content-Disposition": 'attachment; filename="gridwatch-audit.csv"'})
+    query = [(k, v) for k, v in request.query_params.multi_items() if k not in ("before", "format")]
+    return audit_view(request, account, where, f"/admin/audit?{urlencode(query + [('format', 'csv')])}")

@@ -1,8 +1,10 @@
 """Signed-in browsers: session cookies, CSRF tokens and login throttling.
 
-Session tokens are random and stored hashed (like API keys). The CSRF token is a
-double-submit cookie, renewed at sign-in: every state-changing request from the page
-carries it back in a form field or header, which another site cannot read to copy."""
+Session tokens are random and stored hashed (like API keys). The CSRF token is derived
+from the session's token (an HMAC keyed by it), so it is bound to the session: every
+state-changing request from the page carries it back in a form field or header, which
+another site cannot read, and a made-up value fails even when a cookie says the same. Before
+sign-in the login form's token is derived the same way from a random pre-session cookie."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import secrets
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import delete, select
@@ -21,7 +24,9 @@ from serving.store.db import Database
 from serving.store.models import User, WebSession
 
 SESSION_COOKIE = "gw_session"
-CSRF_COOKIE = "gw_csrf"
+PRESESSION_COOKIE = "gw_presession"  # HttpOnly; the login form's CSRF token is derived from it
+CSRF_COOKIE = "gw_csrf"  # the current token, readable by scripts; never what a request is checked against
+MAX_TOKEN_LENGTH = 128
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "x-csrf-token"
 
@@ -38,6 +43,22 @@ def tokens_match(expected: str | None, given: str | None) -> bool:
     return bool(expected) and bool(given) and hmac.compare_digest(expected, given)
 
 
+def csrf_token(secret_token: str) -> str:
+    """The CSRF token that goes with a session (or pre-session) token."""
+    return hmac.new(secret_token.encode(), b"gridwatch csrf", hashlib.sha256).hexdigest()
+
+
+def csrf_base(cookies: dict[str, str]) -> str | None:
+    """The secret a request's CSRF token must be derived from: its session, else its pre-session."""
+    token = cookies.get(SESSION_COOKIE) or cookies.get(PRESESSION_COOKIE)
+    return token if token and len(token) <= MAX_TOKEN_LENGTH else None
+
+
+def csrf_valid(cookies: dict[str, str], given: str | None) -> bool:
+    base = csrf_base(cookies)
+    return base is not None and tokens_match(csrf_token(base), given)
+
+
 def open_session(db: Database, account: Account, ttl_s: float) -> str:
     """A new session for `account`; returns the cookie value (only its hash is stored)."""
     token = new_token()
@@ -50,7 +71,7 @@ def open_session(db: Database, account: Account, ttl_s: float) -> str:
 
 def session_account(db: Database, token: str | None) -> Account | None:
     """The signed-in account of a live session, or None (expired, disabled, unknown)."""
-    if not token or len(token) > 128:
+    if not token or len(token) > MAX_TOKEN_LENGTH:
         return None
     now = datetime.now(timezone.utc)
     with db.sessions() as session:
@@ -67,14 +88,23 @@ def close_session(db: Database, token: str | None) -> None:
             session.execute(delete(WebSession).where(WebSession.token_hash == _hash(token)))
 
 
+@dataclass(frozen=True)
+class LoginTry:
+    wait_s: float  # 0: go ahead (counted as a failure until it succeeds); else refused for this long
+    newly_locked: bool = False  # the first refusal of this lock-out: audited once, not once per try
+
+
 class LoginLimiter:
-    """Failed sign-ins per user name and per address in a sliding window; at the limit,
-    further tries are refused until the oldest failure leaves the window."""
+    """Sign-in tries per user name and per address in a sliding window. A try is counted
+    before its password is checked (`begin`) and forgiven when it succeeds, under one lock,
+    so concurrent guesses cannot all pass the check before any of them is counted: at most
+    `max_failures` passwords are ever checked per window, however many arrive at once."""
 
     def __init__(self, max_failures: int, window_s: float) -> None:
         self.max_failures = max_failures
         self.window_s = window_s
         self._failures: dict[str, deque[float]] = {}
+        self._reported: dict[str, float] = {}  # key -> the oldest failure of the lock-out already reported
         self._lock = threading.Lock()
 
     def _recent(self, key: str, now: float) -> deque[float]:
@@ -83,20 +113,42 @@ class LoginLimiter:
             times.popleft()
         return times
 
+    @staticmethod
+    def _keys(name: str, address: str) -> tuple[str, str]:
+        return f"user:{name}", f"addr:{address}"
+
+    def _full(self, name: str, address: str, now: float) -> list[str]:
+        return [key for key in self._keys(name, address) if len(self._recent(key, now)) >= self.max_failures]
+
     def retry_after(self, name: str, address: str) -> float:
-        """Seconds to wait before another try is allowed (0: go ahead)."""
+        """Seconds to wait before another try is allowed (0: go ahead); counts nothing."""
         now = time.monotonic()
         with self._lock:
-            waits = [times[0] + self.window_s - now for key in (f"user:{name}", f"addr:{address}")
-                     if len(times := self._recent(key, now)) >= self.max_failures]
-        return max(waits, default=0.0)
+            return max((self._failures[key][0] + self.window_s - now for key in self._full(name, address, now)),
+                       default=0.0)
 
-    def failed(self, name: str, address: str) -> None:
+    def begin(self, name: str, address: str) -> LoginTry:
+        """Before a password is checked: go ahead, the try counted as a failure; or refused
+        (nothing counted, the password must not be checked)."""
         now = time.monotonic()
         with self._lock:
-            for key in (f"user:{name}", f"addr:{address}"):
+            full = self._full(name, address, now)
+            if full:
+                wait = max(self._failures[key][0] + self.window_s - now for key in full)
+                new = [key for key in full if self._reported.get(key) != self._failures[key][0]]
+                for key in new:
+                    self._reported[key] = self._failures[key][0]
+                return LoginTry(wait, newly_locked=bool(new))
+            for key in self._keys(name, address):
                 self._recent(key, now).append(now)
+            return LoginTry(0.0)
 
-    def succeeded(self, name: str) -> None:
+    def succeeded(self, name: str, address: str) -> None:
+        """The try `begin` counted was right: the name's failures are forgiven, and the
+        address is charged only for its wrong tries."""
+        user_key, address_key = self._keys(name, address)
         with self._lock:
-            self._failures.pop(f"user:{name}", None)
+            self._failures.pop(user_key, None)
+            times = self._failures.get(address_key)
+            if times:
+                times.pop()

@@ -142,7 +142,7 @@ class RunningService:
         self.admin_key = settings.admin_key or self.service.new_admin_key
         self.url = f"http://127.0.0.1:{settings.port}"
         self.server = uvicorn.Server(uvicorn.Config(create_app(self.service), host="127.0.0.1",
-                                                    port=settings.port, log_level="warning"))
+                                                    port=settings.port, log_level="warning", proxy_headers=False))
         self.service.start()
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()

@@ -162,7 +162,7 @@ def test_eval_cli_json_and_plots_on_onnx(coco_export, teacher_labelled, tmp_path
     )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)  # exactly one JSON object on stdout
-    assert set(out) == {"classes", "map50", "map50_95"}
+    assert set(out) == {"classes", "map50", "map50_95", "split"}  # the split scored is named
     assert "person" in out["classes"]
     assert set(out["classes"]["person"]) == {"ap50", "ap50_95", "precision", "recall", "instances"}
     for name in ("PR_curve.png", "confusion_matrix.png"):
@@ -203,8 +203,8 @@ def test_eval_cli_tiles_reports_both_ways_on_real_facades(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
-    assert set(out) == {"whole_frame", "tiled"}
-    for way in out.values():
+    assert set(out) == {"whole_frame", "tiled", "split"} and out["split"] == "train"  # the folder's only split
+    for way in (out["whole_frame"], out["tiled"]):
         assert way["classes"]["shop_sign"]["instances"] > 0 and 0 <= way["map50"] <= 1
     table = subprocess.run(
         [sys.executable, "-m", "serving.cli", "eval", "--model", str(model), "--data", str(root), "--tiles", "640"],

@@ -115,7 +115,8 @@ def test_decisions_export_retrain_promote_live(tmp_path, shared_dir) -> None:
                 (numbers[2], {"action": "reject", "reason": "not_here"}),
             ]
             for number, body in decisions:
-                answer = page.post(f"/review/cases/{number}/decision", json=body, headers=csrf)
+                version = next(c["version"] for c in cases if c["case_number"] == number)  # the page names it
+                answer = page.post(f"/review/cases/{number}/decision", json={**body, "version": version}, headers=csrf)
                 assert answer.status_code == 200, answer.text
         with server.client(server.key("reviewer")) as api:
             for number in numbers[3:]:
@@ -135,9 +136,19 @@ def test_decisions_export_retrain_promote_live(tmp_path, shared_dir) -> None:
         champion_dir.mkdir()
         for model in SHIPPED:
             shutil.copyfile(model, champion_dir / model.name)
-        before = {p.name: p.read_bytes() for p in champion_dir.iterdir()}
+        before = {p.name: p.read_bytes() for p in champion_dir.iterdir() if p.is_file()}
         runs = tmp_path / "runs"
+        # One base source given by its definition's path (as `gridwatch dataset import` writes one):
+        # it must reach the card, not fail at the end with "no source named".
+        import yaml
+
+        own = yaml.safe_load((REPO / "datasets" / "garbage_overflow_cn.yaml").read_text(encoding="utf-8"))
+        own.update(name="city_bins", path=str(DATASETS / "garbage_overflow_cn"), licence="city's own")
+        definition = tmp_path / "defs" / "city_bins.yaml"
+        definition.parent.mkdir()
+        definition.write_text(yaml.safe_dump(own, allow_unicode=True), encoding="utf-8")
         done = _cli("retrain", "--review", str(reviews), "--epochs", "1", "--imgsz", "160", "--batch", "8",
+                    "--sources", f"{definition},thela_india,facade_signs_spb",
                     "--limit", "12", "--synthetic", "0", "--crops", "320", "--repeat-threshold", "--device", "cpu",
                     "--workers", "0", "--no-plots", "--weights-dir",
                     str(champion_dir), "--project", str(runs), "--name", "loop", "--cache-dir",
@@ -161,6 +172,7 @@ def test_decisions_export_retrain_promote_live(tmp_path, shared_dir) -> None:
 
         # The card: the decision follows from its scores, and the review data is counted by camera and class.
         card = json.loads((runs / "loop" / "train" / "export" / "gridwatch.json").read_text())
+        assert {s["name"]: s["licence"] for s in card["sources"]}["city_bins"] == "city's own"
         d = card["decision"]
         assert d["promote"] == (d["challenger"] >= d["champion"] and d["review_challenger"] > d["review_champion"])
         assert ("decision: PROMOTE" in out) == d["promote"] and ("decision: KEEP CHAMPION" in out) == (not d["promote"])
@@ -186,12 +198,18 @@ def test_decisions_export_retrain_promote_live(tmp_path, shared_dir) -> None:
         assert review.images and base.images
         # Every score, recomputed here on the same splits: the champion (the shipped file) and the challenger.
         exported_fp32 = runs / "loop" / "train" / "export" / "gridwatch-fp32.onnx"
+        # The review split is judged on the reviewers' labels only (training/review_judging.py).
+        from training.retrain import review_source
+        from training.review_judging import human_review_split
+
+        judged = human_review_split(review, [review_source(reviews)])
+        assert "review val split judged on human labels only" in out
         for model, split, key in ((SHIPPED[0], review, "review_champion"), (SHIPPED[0], base, "champion"),
                                   (exported_fp32, review, "review_challenger"), (exported_fp32, base, "challenger")):
-            result = evaluate_onnx(model, split)
+            result = judged.evaluate(model) if split is review else evaluate_onnx(model, split)
             assert score(result, decision_classes(result)) == pytest.approx(d[key], abs=1e-9), key
         challenger = {name: runs / "loop" / "train" / "export" / name for name in ("gridwatch-fp32.onnx", "gridwatch-int8.onnx")}
-        after = {p.name: p.read_bytes() for p in champion_dir.iterdir()}
+        after = {p.name: p.read_bytes() for p in champion_dir.iterdir() if p.is_file()}  # history/ beside them
         if d["promote"]:
             assert after["gridwatch-int8.onnx"] == challenger["gridwatch-int8.onnx"].read_bytes()
         else:

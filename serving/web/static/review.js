@@ -4,6 +4,8 @@
 // L switches to labelling mode: frames the model was unsure about (active learning), each
 // shown with the model's boxes to fix, delete or add and give a detector class; the same
 // box keys and drawing as box mode, one save per frame, no case made.
+// The frame is fitted to the stage (scaled up too) and can be zoomed and panned; a case's
+// frames across the event's life step with ←/→. Keys are the city's (settings review_hotkeys).
 "use strict";
 
 (function () {
@@ -13,6 +15,10 @@
   const img = $("evidence"), overlay = $("overlay"), root = $("review");
   const SVG = "http://www.w3.org/2000/svg";
   const REASONS = config.reasons;
+  const HOTKEYS = config.hotkeys;  // action -> key
+  const CLASS_NAMES = config.class_names || {};  // detector class -> the page's word for it
+  const className = (name) => CLASS_NAMES[name] || name;
+  const view = { zoom: 1, x: 0, y: 0, fit: 1 };  // zoom over the fitted size, pan in screen px
 
   const state = {
     queue: [],        // leased cases, in the order shown
@@ -38,8 +44,9 @@
     const body = {};
     for (const key of ["order", "camera", "violation", "grid"]) if (params.get(key)) body[key] = params.get(key);
     if (params.get("min_score")) body.min_score = Number(params.get("min_score"));
-    if (params.get("since")) body.since = params.get("since") + "T00:00:00Z";
-    if (params.get("until")) body.until = params.get("until") + "T23:59:59Z";
+    // Dates are local days (the service's zone, e.g. +08:00), as the times on the page are.
+    if (params.get("since")) body.since = params.get("since") + "T00:00:00" + config.day_offset;
+    if (params.get("until")) body.until = params.get("until") + "T23:59:59" + config.day_offset;
     return body;
   }
 
@@ -107,6 +114,11 @@
       root.dataset.state = state.exhausted ? "empty" : "loading";
       $("empty").hidden = !state.exhausted;
       $("frame").hidden = true;
+      // Nothing on screen: the details beside it must not be the case just decided.
+      $("case-details").hidden = true;
+      delete root.dataset.case;
+      delete root.dataset.shown;
+      refreshCounts();
       if (!state.exhausted) fill();
       else if (!recheck) recheck = setTimeout(() => { recheck = null; state.exhausted = false; fill(); }, 15000);
       return;
@@ -116,9 +128,9 @@
     root.dataset.case = c.case_number;
     $("empty").hidden = true;
     $("frame").hidden = false;
+    $("case-details").hidden = false;
     $("case-number").textContent = c.case_number;
-    $("name-zh").textContent = c.name_zh;
-    $("name-en").textContent = c.name_en;
+    $("kind-name").textContent = config.lang === "zh-CN" ? c.name_zh : `${c.name_en} · ${c.name_zh}`;
     $("matter-code").textContent = c.matter_code;
     $("camera").textContent = c.camera;
     $("grid").textContent = c.grid;
@@ -129,11 +141,19 @@
     $("note").value = item.note;
     $("crop").src = c.crop_url || "";
     $("crop").hidden = !c.crop_url;
-    list($("timeline"), c.timeline.map((o) => `${o.last_seen.replace("T", " ").slice(0, 19)} · ${o.type} · ${o.score.toFixed(2)}`));
-    list($("history"), c.history.map((h) => `${h.at.replace("T", " ").slice(0, 19)} · ${h.actor} · ${h.action}`));
+    $("first-seen").textContent = c.first_seen_local;
+    list($("timeline"), c.timeline.map((o) => `${o.at} · ${o.type_label} · ${o.score.toFixed(2)}`));
+    list($("history"), c.audit.map((h) => `${h.at} · ${h.actor} · ${h.action}` +
+      (h.changes.length ? ": " + h.changes.map((ch) => `${ch.field} ${ch.before} → ${ch.after}`).join("; ") : "")));
+    showContext(item);
+    item.frame = item.frameCount - 1;  // the best frame, the one the boxes belong to
+    overlay.removeAttribute("hidden");
+    delete root.dataset.frame;
     img.src = c.image_url || "";
+    resetView();
     item.loaded.then(() => {
       if (current() !== item) return;
+      layout();
       drawBoxes();
       img.decode().catch(() => null).then(() => requestAnimationFrame(() => {
         if (state.decidedAt !== null && current() === item) {
@@ -144,7 +164,115 @@
       }));
     });
     fill();
+    refreshCounts();
   }
+
+  // The event over time (its frames, ←/→), the case a duplicate points to, the same place's recent cases.
+  function showContext(item) {
+    const c = item.case;
+    const frames = c.frames || [];
+    item.frameCount = frames.length;
+    $("frames").replaceChildren(...frames.map((f, i) => {
+      const thumb = Object.assign(document.createElement("img"), { src: f.url, alt: f.at, title: f.at });
+      thumb.dataset.index = String(i);
+      return thumb;
+    }));
+    $("frames-block").hidden = frames.length < 2;
+    const links = (c.duplicate_of ? [["dup", c.duplicate_of]] : []).concat((c.nearby || []).map((n) => ["near", n]));
+    $("related").replaceChildren(...links.map(([kind, n]) => {
+      const li = document.createElement("li");
+      const a = Object.assign(document.createElement("a"), { href: n.url, textContent: n.case_number, target: "_blank" });
+      li.append(kind === "dup" ? config.t.duplicate_of + " " : "", a, ` · ${n.name} · ${config.t["status_" + n.review_status] || n.review_status} · ${n.first_seen}`);
+      return li;
+    }));
+    $("related-block").hidden = !links.length;
+  }
+
+  function stepFrame(step) {
+    const item = current();
+    if (state.mode !== "review" || !item || item.frameCount < 2) return;
+    item.frame = Math.max(0, Math.min(item.frameCount - 1, item.frame + step));
+    const frame = item.case.frames[item.frame];
+    const best = item.frame === item.frameCount - 1;
+    img.src = best ? item.case.image_url : frame.url;
+    overlay.toggleAttribute("hidden", !best);  // the boxes were drawn on the best frame only
+    root.dataset.frame = String(item.frame);
+    for (const thumb of $("frames").children) thumb.classList.toggle("selected", thumb.dataset.index === String(item.frame));
+  }
+
+  // -- counts: this filter's pending cases, those others hold, my decisions today ------------------
+  let counting = null;
+  function refreshCounts() {
+    if (counting) return;
+    counting = post("/review/counts", filters()).then((n) => {
+      counting = null;
+      $("count-pending").textContent = n.pending;
+      $("count-mine").textContent = n.mine_today;
+      const others = config.t.leased_others.replace("{n}", n.leased_to_others);
+      $("count-others").textContent = n.leased_to_others ? others : "";
+      $("empty-others").textContent = n.leased_to_others ? others : "";
+      root.dataset.pending = String(n.pending);
+      root.dataset.leasedToOthers = String(n.leased_to_others);
+      root.dataset.mineToday = String(n.mine_today);
+    }).catch(() => { counting = null; });
+  }
+
+  // -- fitting, zoom and pan -----------------------------------------------------------------
+  // The frame fills the stage at the largest scale that shows all of it (up as well as down);
+  // zoom and pan are a CSS transform over that, so boxes and drawing stay in image pixels.
+  function layout() {
+    const w = img.naturalWidth, h = img.naturalHeight;
+    const stage = $("stage");
+    if (!w || !h || !stage.clientWidth) return;
+    view.fit = Math.min(stage.clientWidth / w, stage.clientHeight / h);
+    $("frame").style.width = `${Math.floor(w * view.fit)}px`;
+    $("frame").style.height = `${Math.floor(h * view.fit)}px`;
+    applyView();
+  }
+
+  function applyView() {
+    $("frame").style.transform = `translate(${view.x}px, ${view.y}px) scale(${view.zoom})`;
+    root.dataset.zoom = view.zoom.toFixed(2);
+  }
+
+  function resetView() { view.zoom = 1; view.x = 0; view.y = 0; applyView(); }
+
+  function zoomBy(factor, cx, cy) {
+    // Keep the point under (cx, cy) (stage px from its centre) where it is.
+    const zoom = Math.max(1, Math.min(16, view.zoom * factor));
+    const k = zoom / view.zoom;
+    view.x = (cx || 0) - ((cx || 0) - view.x) * k;
+    view.y = (cy || 0) - ((cy || 0) - view.y) * k;
+    view.zoom = zoom;
+    if (zoom === 1) { view.x = 0; view.y = 0; }
+    applyView();
+  }
+
+  function pan(dx, dy) {
+    if (view.zoom === 1) return;
+    view.x += dx; view.y += dy;
+    applyView();
+  }
+
+  $("stage").addEventListener("wheel", (event) => {
+    if (!current()) return;
+    event.preventDefault();
+    const rect = $("stage").getBoundingClientRect();
+    zoomBy(event.deltaY < 0 ? 1.25 : 0.8, event.clientX - rect.left - rect.width / 2, event.clientY - rect.top - rect.height / 2);
+  }, { passive: false });
+
+  let panning = null;
+  $("stage").addEventListener("pointerdown", (event) => {
+    if (state.boxMode || view.zoom === 1) return;
+    panning = { x: event.clientX, y: event.clientY };
+    $("stage").setPointerCapture(event.pointerId);
+  });
+  $("stage").addEventListener("pointermove", (event) => {
+    if (!panning) return;
+    pan(event.clientX - panning.x, event.clientY - panning.y);
+    panning = { x: event.clientX, y: event.clientY };
+  });
+  $("stage").addEventListener("pointerup", () => { panning = null; });
 
   function list(element, lines) {
     element.replaceChildren(...lines.map((line) => Object.assign(document.createElement("li"), { textContent: line })));
@@ -176,14 +304,29 @@
     return { hold, undo };
   }
 
+  // Decisions already sent: the last DECIDE.undo_depth of this page, each undoable for
+  // DECIDE.undo_window_ms by the server (audited as review.undo), newest last.
+  const DECIDE = JSON.parse(document.getElementById("decision-config").textContent);
+  const sent = [];
   const decisions = undoWindow(state, (pending, keepalive) => {
     const number = pending.item.case.case_number;
     state.sending.add(number);
     post(`/review/cases/${encodeURIComponent(number)}/decision`, pending.body, keepalive)
-      .then(() => { window.gwReview.sent += 1; })
+      .then((answer) => {
+        window.gwReview.sent += 1;
+        sent.push({ item: pending.item, version: answer.version, at: Date.now() });
+        if (sent.length > DECIDE.undo_depth) sent.shift();
+      })
       .catch((error) => {
         window.gwReview.failed += 1;
-        toast((error.status === 409 ? config.t.taken : config.t.error) + ` (${number})`);
+        if (error.status === 429) {  // not lost: back in front of the reviewer
+          state.queue.splice(state.index, 0, pending.item);
+          show();
+        }
+        // 409: another tab, another reviewer or the case system moved it on; this page already has.
+        const said = { 409: DECIDE.t.conflict, 429: DECIDE.t.throttled }[error.status] || config.t.error;
+        toast(`${said} (${number})`);
+        root.dataset.conflict = error.status === 409 ? number : "";
       })
       .finally(() => state.sending.delete(number));
   }, (pending) => {
@@ -193,9 +336,30 @@
     show();
   });
 
+  // Z with nothing waiting: take back the newest decision already sent (while the server allows).
+  function undoSent() {
+    const last = sent[sent.length - 1];
+    if (!last || Date.now() - last.at > DECIDE.undo_window_ms) { toast(DECIDE.t.nothing_to_undo); return; }
+    sent.pop();
+    const number = last.item.case.case_number;
+    post(`/review/cases/${encodeURIComponent(number)}/undo`, { version: last.version }).then((answer) => {
+      last.item.case.version = answer.version;
+      last.item.case.review_status = answer.review_status;
+      if (answer.review_status === "pending") state.queue.splice(state.index, 0, last.item);
+      toast(`${config.t.undone}: ${number}`);
+      show();
+    }).catch((error) => toast(`${error.status === 409 ? DECIDE.t.conflict : config.t.error} (${number})`));
+  }
+
   function decide(body) {
     const item = current();
     if (!item) return;
+    if (body.action === "correct" && body.violation === item.case.violation) {
+      closeMenu();  // the same kind is no correction: the server refuses it too
+      toast(DECIDE.t.same_kind);
+      return;
+    }
+    body.version = item.case.version;
     state.decidedAt = performance.now();
     item.note = $("note").value;
     if (JSON.stringify(item.boxes) !== item.original) body.boxes = item.boxes.map((b) => b.map((v) => Math.round(v * 10) / 10));
@@ -208,12 +372,18 @@
   }
 
   // -- menus -----------------------------------------------------------------------------------
+  // More than ten kinds: the kind's number is typed in full (12, then Enter where 1 could
+  // still become 12); up to ten, one key as before (0 is the tenth).
+  const MANY_KINDS = config.kinds.length > 10;
+  let typed = "";
   function openMenu(kind) {
     state.menu = kind;
+    typed = "";
     const menu = $("menu");
+    const kindName = (k) => (config.lang === "zh-CN" ? k.name_zh : `${k.name_en} · ${k.name_zh}`);
     const entries = kind === "reason"
       ? REASONS.map((r, i) => [String(i + 1), config.t[r]])
-      : config.kinds.map((k, i) => [String((i + 1) % 10), `${k.name_zh} · ${k.name_en} (${k.matter_code})`]);
+      : config.kinds.map((k, i) => [String(MANY_KINDS ? i + 1 : (i + 1) % 10), `${kindName(k)} (${k.matter_code})`]);
     menu.replaceChildren(...entries.map(([key, text]) => {
       const row = document.createElement("div");
       row.append(Object.assign(document.createElement("kbd"), { textContent: key }), " " + text);
@@ -225,10 +395,33 @@
   function closeMenu() { state.menu = null; $("menu").hidden = true; }
 
   function menuKey(key) {
+    if (state.menu === "kind" && MANY_KINDS) { kindDigits(key); return; }
     if (!/^[0-9]$/.test(key)) { closeMenu(); return; }
     const n = key === "0" ? 10 : Number(key);
     if (state.menu === "reason" && n <= REASONS.length) decide({ action: "reject", reason: REASONS[n - 1] });
     else if (state.menu === "kind" && n <= config.kinds.length) decide({ action: "correct", violation: config.kinds[n - 1].id });
+    else closeMenu();
+  }
+
+  function kindDigits(key) {
+    const count = config.kinds.length;
+    if (key === "Backspace") { typed = typed.slice(0, -1); markTyped(); return; }
+    if (key === "Enter" && typed) { pickKind(Number(typed)); return; }
+    if (!/^[0-9]$/.test(key) || (!typed && key === "0")) { closeMenu(); return; }
+    typed += key;
+    const n = Number(typed);
+    if (n > count) { closeMenu(); return; }
+    // Decided as soon as no longer number starts with these digits.
+    if (n * 10 > count) pickKind(n); else markTyped();
+  }
+
+  function markTyped() {
+    $("menu").dataset.typed = typed;
+    for (const row of $("menu").children) row.classList.toggle("typed", !!typed && row.firstChild.textContent.startsWith(typed));
+  }
+
+  function pickKind(n) {
+    if (n >= 1 && n <= config.kinds.length) decide({ action: "correct", violation: config.kinds[n - 1].id });
     else closeMenu();
   }
 
@@ -246,13 +439,41 @@
       rect.setAttribute("vector-effect", "non-scaling-stroke");
       if (!item.classes) return [rect];
       const label = document.createElementNS(SVG, "text");
-      label.setAttribute("x", b[0] + 4); label.setAttribute("y", Math.max(b[1] - 6, 16 * w / (img.clientWidth || w)));
       label.setAttribute("font-size", 16 * w / (img.clientWidth || w));
       label.setAttribute("class", selected ? "box-label selected" : "box-label");
-      label.textContent = item.classes[i];
+      label.dataset.class = item.classes[i];
+      label.textContent = className(item.classes[i]);
       return [rect, label];
     }));
-    if (item && item.classes) listLabelBoxes(item);
+    if (item && item.classes) { placeLabels(item); listLabelBoxes(item); }
+  }
+
+  // Class labels on a busy frame: each goes above its box, else inside its top, else below,
+  // stepping down a line until it clears the labels already placed.
+  function placeLabels(item) {
+    const w = img.naturalWidth || 1, h = img.naturalHeight || 1;
+    const size = 16 * w / (img.clientWidth || w), line = size * 1.25;
+    const placed = [];
+    const hits = (r) => placed.some((p) => r.x < p.x + p.w && p.x < r.x + r.w && r.y < p.y + p.h && p.y < r.y + r.h);
+    [...overlay.querySelectorAll("text")].forEach((label, i) => {
+      const b = item.boxes[i];
+      let width = size * 0.6 * label.textContent.length;
+      try { width = label.getComputedTextLength() || width; } catch (e) { /* not rendered yet */ }
+      const x = Math.max(0, Math.min(b[0] + 4, w - width));
+      const starts = [b[1] - line, b[1] + 2, b[3] + 2];
+      let spot = null;
+      for (const top of starts) {
+        for (let y = Math.max(0, top), n = 0; n < 40 && y + line <= h; y += line, n++) {
+          const r = { x, y, w: width + 4, h: line };
+          if (!hits(r)) { spot = r; break; }
+        }
+        if (spot) break;
+      }
+      spot = spot || { x, y: Math.max(0, b[1] - line), w: width + 4, h: line };
+      placed.push(spot);
+      label.setAttribute("x", spot.x);
+      label.setAttribute("y", spot.y + size);  // text y is its baseline
+    });
   }
 
   // A box added (A, or drawn): in labelling mode it gets the class last given.
@@ -322,31 +543,70 @@
   });
 
   // -- keys ------------------------------------------------------------------------------------
+  // A key as the maps hold it: letters in lower case, named keys as the browser names them.
+  const norm = (key) => (key.length === 1 ? key.toLowerCase() : key);
+  function keyMap(actions) {
+    const map = {};
+    for (const [action, run] of Object.entries(actions)) if (HOTKEYS[action]) map[norm(HOTKEYS[action])] = run;
+    return map;
+  }
+  const VIEW_ACTIONS = {
+    zoom_in: () => zoomBy(1.25), zoom_out: () => zoomBy(0.8),
+    fit: resetView, reset_zoom: resetView,
+  };
   const ACTIONS = {
-    y: () => decide({ action: "confirm" }),
-    n: () => openMenu("reason"),
-    c: () => openMenu("kind"),
-    j: () => move(1), ArrowDown: () => move(1),
-    k: () => move(-1), ArrowUp: () => move(-1),
-    b: () => setBoxMode(!state.boxMode),
-    z: () => decisions.undo(),
-    m: () => $("note").focus(),
-    "?": () => { $("help").hidden = !$("help").hidden; },
+    ...keyMap({
+      confirm: () => decide({ action: "confirm" }),
+      reject: () => openMenu("reason"),
+      correct: () => openMenu("kind"),
+      next: () => move(1), previous: () => move(-1),
+      box: () => setBoxMode(!state.boxMode),
+      undo: () => (state.pending ? decisions.undo() : undoSent()),
+      note: () => $("note").focus(),
+      help: () => { $("help").hidden = !$("help").hidden; },
+      labelling: () => setMode("labelling"),
+      frame_previous: () => stepFrame(-1), frame_next: () => stepFrame(1),
+      duplicates: () => rejectDuplicates(),
+      ...VIEW_ACTIONS,
+    }),
+    ArrowDown: () => move(1), ArrowUp: () => move(-1),
+    "=": () => zoomBy(1.25),  // + without Shift on most keyboards
     Escape: () => { closeMenu(); setBoxMode(false); $("help").hidden = true; },
-    l: () => setMode("labelling"),
   };
 
   // -- labelling mode ----------------------------------------------------------------------------
   const LABEL_ACTIONS = {
-    y: () => finishLabelling("save"), Enter: () => finishLabelling("save"),
     s: () => finishLabelling("skip"),
-    z: () => labellings.undo(),
-    c: openClassMenu,
+    ...keyMap({
+      confirm: () => finishLabelling("save"),
+      undo: () => labellings.undo(),
+      correct: openClassMenu,
+      help: () => { $("help").hidden = !$("help").hidden; },
+      labelling: () => setMode("review"),
+      ...VIEW_ACTIONS,
+    }),
+    Enter: () => finishLabelling("save"),
     "[": () => stepClass(-1), "]": () => stepClass(1),
-    "?": ACTIONS["?"],
+    "=": () => zoomBy(1.25),
     Escape: () => { closeMenu(); $("help").hidden = true; },
-    l: () => setMode("review"),
   };
+
+  // D: every other open case of this camera, kind and place rejected as a duplicate of this one.
+  function rejectDuplicates() {
+    const item = current();
+    if (!item) return;
+    const number = item.case.case_number;
+    post(`/review/cases/${encodeURIComponent(number)}/duplicates`, {}).then((answer) => {
+      const gone = new Set(answer.rejected);
+      const before = state.queue[state.index];
+      state.queue = state.queue.filter((q) => !gone.has(q.case.case_number));
+      state.index = Math.max(0, state.queue.indexOf(before));
+      window.gwReview.duplicates = (window.gwReview.duplicates || 0) + gone.size;
+      toast(`${config.t.duplicates_rejected}: ${gone.size}`);
+      fill();
+      refreshCounts();
+    }).catch((error) => toast(config.t.error + ": " + error.message));
+  }
 
   function setMode(mode) {
     state.mode = mode;
@@ -421,11 +681,14 @@
     $("labelling-id").textContent = "#" + v.id;
     $("labelling-reasons").textContent = v.reasons.map((r) => config.t["reason_" + r] || r).join(" · ");
     $("labelling-camera").textContent = v.camera;
-    $("labelling-time").textContent = v.taken_at.replace("T", " ").slice(0, 19);
+    $("labelling-time").textContent = v.taken_at_local || v.taken_at.replace("T", " ").slice(0, 19);
     $("labelling-model").textContent = v.model_version || "-";
     img.src = v.image_url;
+    overlay.removeAttribute("hidden");
+    resetView();
     item.loaded.then(() => {
       if (current() !== item) return;
+      layout();
       drawBoxes();
       img.decode().catch(() => null).then(() => requestAnimationFrame(() => {
         if (current() === item) root.dataset.labelShown = String(v.id);
@@ -437,7 +700,7 @@
   function listLabelBoxes(item) {
     const rows = item.boxes.map((b, i) => {
       const row = Object.assign(document.createElement("li"), {
-        textContent: `${item.classes[i]} · ${b.map((v) => Math.round(v)).join(", ")}` });
+        textContent: `${className(item.classes[i])} · ${b.map((v) => Math.round(v)).join(", ")}` });
       if (i === state.selected) row.className = "selected";
       return row;
     });
@@ -467,7 +730,7 @@
     const menu = $("menu");
     menu.replaceChildren(...lab.classes.slice(0, CLASS_KEYS.length).map((name, i) => {
       const row = document.createElement("div");
-      row.append(Object.assign(document.createElement("kbd"), { textContent: CLASS_KEYS[i] }), " " + name);
+      row.append(Object.assign(document.createElement("kbd"), { textContent: CLASS_KEYS[i] }), " " + className(name));
       return row;
     }));
     menu.hidden = false;
@@ -525,8 +788,11 @@
     if (state.menu === "class") { event.preventDefault(); classMenuKey(event.key); return; }
     if (state.menu) { event.preventDefault(); menuKey(event.key); return; }
     if (state.boxMode && current() && boxKey(event)) { event.preventDefault(); return; }
+    // Shift+arrows pan a zoomed frame (outside box mode, where they resize a box).
+    const pans = { ArrowLeft: [60, 0], ArrowRight: [-60, 0], ArrowUp: [0, 60], ArrowDown: [0, -60] };
+    if (event.shiftKey && event.key in pans) { event.preventDefault(); pan(...pans[event.key]); return; }
     const keys = state.mode === "labelling" ? LABEL_ACTIONS : ACTIONS;
-    const action = keys[event.key] || keys[event.key.toLowerCase()];
+    const action = keys[event.key] || keys[norm(event.key)];
     if (action) { event.preventDefault(); action(); }
   });
 
@@ -539,13 +805,44 @@
     toastTimer = setTimeout(() => { element.hidden = true; }, Math.max(config.undo_ms, 2500));
   }
 
-  window.addEventListener("resize", drawBoxes);
+  window.addEventListener("resize", () => { layout(); drawBoxes(); });
+  img.addEventListener("load", layout);
+
+  // A hidden or closed page gives its leases back at once (a beacon survives the page), so
+  // other reviewers are not told "no pending cases" while this tab sits on them. Cases with a
+  // decision on its way keep theirs: the decision ends it. Back on screen, the queue is leased anew.
+  function releaseAll() {
+    const busy = new Set([...state.sending].concat(state.pending ? [state.pending.item.case.case_number] : []));
+    const cases = state.queue.map((item) => item.case.case_number).filter((n) => !busy.has(n));
+    const labBusy = new Set([...lab.sending].concat(lab.pending ? [lab.pending.item.label.id] : []));
+    const items = lab.queue.map((item) => item.label.id).filter((id) => !labBusy.has(id));
+    if (!cases.length && !items.length) return false;
+    const form = new URLSearchParams({ csrf_token: csrf });
+    for (const n of cases) form.append("cases", n);
+    for (const id of items) form.append("items", String(id));
+    return navigator.sendBeacon("/review/leases/release", form);
+  }
+  let released = false;
+  window.addEventListener("pagehide", () => { released = releaseAll() || released; });
+  document.addEventListener("visibilitychange", () => {
+    if (document.visibilityState === "hidden") { released = releaseAll() || released; return; }
+    if (!released) return;
+    released = false;
+    state.queue = []; state.index = 0; state.exhausted = false;
+    lab.queue = []; lab.index = 0; lab.exhausted = false;
+    if (state.mode === "labelling") showLabelling(); else show();
+  });
   // Leases time out (review_lease_s) so a closed tab frees its cases; an open one renews them.
-  setInterval(() => {
+  function renew() {
     const numbers = held();
     if (numbers.length) post("/review/leases", { cases: numbers }).catch(() => null);
     const items = labelHeld();
     if (items.length) post("/review/labelling/leases", { items }).catch(() => null);
-  }, Math.max(1000, config.lease_ms / 3));
+  }
+  setInterval(renew, Math.max(1000, config.lease_ms / 3));
+  // The page this one replaced gave its leases back as it went (a language switch, new
+  // filters): take back, soon, those of them this page holds now.
+  setTimeout(renew, 1500);
+  setInterval(() => { if (state.mode === "review" && document.visibilityState === "visible") refreshCounts(); }, 5000);
   fill();
 })();

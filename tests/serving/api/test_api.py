@@ -196,8 +196,8 @@ def test_cameras_crud_with_health(run_service, tmp_path) -> None:
 
     trail = entries(server.service.db, target="camera:cam-dead")
     assert [(e.actor, e.action) for e in reversed(trail)] == [
-        ("admin (environment)", "camera.add"), ("admin (environment)", "camera.replace"),
-        ("admin (environment)", "camera.remove")]
+        ("admin (environment)", "camera.add"), ("admin (environment)", "camera.add_refused"),  # the second POST: 409
+        ("admin (environment)", "camera.replace"), ("admin (environment)", "camera.remove")]
     assert trail[0].before["sample_every"] == 5 and trail[0].after is None
 
 

@@ -70,3 +70,16 @@ def test_a_levels_head_model_without_its_fp32_twin_is_refused_with_the_way_out(t
         proc = _bench(*args)
         assert proc.returncode == 2, proc.stderr[-2000:]
         assert "Ultralytics cannot run" in proc.stderr and "--reference-model" in proc.stderr
+
+
+def test_a_run_whose_ours_over_session_is_below_1_is_flagged_not_printed_as_a_figure() -> None:
+    from serving.bench.detector import Timing, format_table, summarise
+
+    summary = summarise([Timing("session", 1, 4.0), Timing("gridwatch", 1, 3.6), Timing("ultralytics", 1, 10.0),
+                         Timing("session", 8, 3.0), Timing("gridwatch", 8, 3.3), Timing("ultralytics", 8, 7.0)])
+    assert summary["by_batch"][1]["noisy"] and not summary["by_batch"][8]["noisy"]
+    table = format_table(summary, Path("gridwatch-int8.onnx"), Path("gridwatch-fp32.onnx"))
+    one, eight = (line for line in table.splitlines() if line.lstrip().startswith(("1 ", "8 ")))
+    assert "noisy" in one and "0.90x" not in one
+    assert "1.10x" in eight
+    assert "NOISY RUN: at batch 1 gridwatch timed faster than the bare session" in table

@@ -136,7 +136,8 @@ def test_outbox_follows_policy_and_reviews(service_factory, make_event) -> None:
     assert body["case"]["evidence"][0]["url"].startswith(f"http://gw.test/v1/cases/{high.case_number}/evidence/")
     cases.review(low.case_number, "confirm", reviewer="amy")
     cases.review(high.case_number, "correct", violation="exposed_garbage")
-    cases.review(high.case_number, "reject")
+    # Changing a decision is a re-decision (a second review is a 409: tests/serving/cases/test_decision_exclusivity.py).
+    cases.redecide(high.case_number, "reject", reviewer="amy", why="not garbage after all", version=2)
     events = [(m.idempotency_key, m.event) for m in outbox(cases)]
     assert events[1:] == [
         (f"{low.case_number}-v1", "case.reported"),

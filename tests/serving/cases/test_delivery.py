@@ -5,26 +5,14 @@ from __future__ import annotations
 
 import random
 import time
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
 from tests.support.service import wait_for
-from detector.taxonomy import load_taxonomy
-from serving.cases import CasePolicy, CaseService
+from serving.cases import CaseService
 from serving.delivery import DeliveryConfig, DeliveryWorker, backoff_delay, outbox_stats, replay, sign, verify
-from serving.evidence import EvidenceStore
-from serving.store.db import Database
 from serving.store.models import OutboxMessage
-
-
-@pytest.fixture
-def cases(db_url: str, tmp_path: Path):
-    db = Database(db_url)
-    yield CaseService(db, EvidenceStore(tmp_path / "ev"), load_taxonomy(),
-                      CasePolicy(auto_confirm={"bin_overflow": 0.5}), public_url="http://gw.test")
-    db.close()
 
 
 def worker_for(cases: CaseService, receiver, **overrides) -> DeliveryWorker:
@@ -99,8 +87,6 @@ def test_dead_letter_after_max_tries_then_replay(cases, receiver, make_event) ->
 
 def test_versions_of_one_case_go_out_in_order(cases, receiver, make_event) -> None:
     number = cases.ingest(*make_event("opened")).case_number
-    cases.review(number, "correct", violation="exposed_garbage")
-    cases.review(number, "reject")
     order: list[str] = []
     receiver.start()
     worker = worker_for(cases, receiver)
@@ -113,6 +99,10 @@ def test_versions_of_one_case_go_out_in_order(cases, receiver, make_event) -> No
     worker._send = record
     worker.start()
     try:
+        wait_for(lambda: outbox_stats(cases.db)["delivered"] == 1)
+        cases.review(number, "correct", violation="exposed_garbage")
+        wait_for(lambda: outbox_stats(cases.db)["delivered"] == 2)
+        cases.redecide(number, "reject", reviewer="amy", why="not a violation", version=2)
         wait_for(lambda: outbox_stats(cases.db)["delivered"] == 3)
     finally:
         worker.stop()

@@ -159,8 +159,9 @@ def test_cases_on_one_frame_export_one_image_with_all_their_labels(run_service, 
     # Both decisions taken back: a duplicate and a bad image teach nothing, so the frame leaves
     # the folder again (image, labels and manifest entry); the next run has nothing to do.
     redecided = datetime.now(timezone.utc)
-    cases.review(numbers[0], "reject", reviewer="amy", reason="duplicate")
-    cases.review(numbers[1], "reject", reviewer="amy", reason="bad_image")
+    for number, reason in ((numbers[0], "duplicate"), (numbers[1], "bad_image")):
+        cases.redecide(number, "reject", reviewer="amy", why="looked again", reason=reason,
+                       version=cases.get(number).version)
     fourth = export_reviews(server.service.db, server.service.evidence, shipped_detector, taxonomy, out,
                             since=redecided)
     assert fourth.withdrawn == [stem] and fourth.written == fourth.relabelled == []
@@ -184,7 +185,10 @@ def test_api_review_takes_the_pages_reason_and_boxes(run_service, dataset_images
         assert server.service.cases.get(number).review_status == "pending"  # nothing half-applied
         done = api.post(review, json={"action": "confirm", "boxes": [[10, 20, 110, 220.04]]})
         assert done.status_code == 200, done.text
-        assert api.post(review, json={"action": "confirm"}).status_code == 200  # both fields optional
+        assert api.post(review, json={"action": "confirm"}).status_code == 409  # decided: re-decide instead
+        again = api.post(f"/v1/cases/{number}/redecide", json={"action": "confirm", "why": "the box was wrong",
+                                                                "version": done.json()["version"]})
+        assert again.status_code == 200, again.text  # reason and boxes optional here too
     with server.service.db.sessions() as session:
         case = session.scalars(select(Case).where(Case.case_number == number)).one()
         assert case.review_boxes is None and case.review_reason == ""  # the last decision: no boxes, no reason
@@ -221,3 +225,30 @@ def _iou(a, b) -> float:
     iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - ix * iy
     return ix * iy / union if union else 0.0
+
+
+def test_a_correction_never_keeps_the_models_contradicting_box() -> None:
+    """exposed_garbage corrected to bin_overflow: the reviewer's bin_overflow box is the label, and
+    the model's garbage_pile box on the same object is not kept as a pseudo-label beside it; the
+    model's boxes of other objects (a person, a bin elsewhere) still are."""
+    import numpy as np
+
+    from detector.detections import Detections
+    from serving.review_export import frame_labels
+
+    taxonomy = load_taxonomy()
+    names = taxonomy.all_detector_classes
+    ids = {n: i for i, n in enumerate(names)}
+    seen = Detections(
+        xyxy=np.array([[100, 100, 300, 300], [102, 98, 301, 303], [400, 50, 460, 200], [500, 300, 600, 400]],
+                      np.float32),
+        scores=np.array([0.9, 0.7, 0.8, 0.85], np.float32),
+        class_ids=np.array([ids["garbage_pile"], ids["garbage_bin"], ids["person"], ids["garbage_bin"]]),
+        names=dict(enumerate(names)))
+    corrected = Case(case_number="GW20261205-ABCDEF-000001", camera="cam-1", violation="bin_overflow",
+                     box=[100.0, 100.0, 300.0, 300.0], review_status="corrected", review_reason="",
+                     review_boxes=[[100.0, 100.0, 300.0, 300.0]], reviewed_at=datetime(2026, 12, 5, tzinfo=timezone.utc))
+    labels = frame_labels([corrected], seen, taxonomy, names, "cam-1-abc", "abc")
+    assert labels.human == [("bin_overflow", [100.0, 100.0, 300.0, 300.0])]
+    assert [c for c, _ in labels.pseudo] == ["person", "garbage_bin"]  # the other objects only
+    assert all(_iou(b, [100, 100, 300, 300]) < 0.5 for _, b in labels.pseudo)

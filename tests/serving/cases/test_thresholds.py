@@ -74,8 +74,8 @@ def test_reviews_move_the_pair_thresholds_into_rules_and_policy(book_and_cases, 
     cases.review(numbers[3], "correct", reviewer="ann", violation="exposed_garbage")  # right, as bin_overflow
     # 0.5 right, 0.6 wrong, 0.7 right, 0.8 right: t=0.5 3/4, t=0.6 2/3, t=0.7 2/2 -> 0.7 for both targets.
     assert (book.alert("cam-001", "bin_overflow"), book.auto_confirm("cam-001", "bin_overflow")) == (0.7, 0.7)
-    # A second decision on a case replaces its first: now all four are right -> 0.5.
-    cases.review(numbers[1], "confirm", reviewer="bob")
+    # A re-decision on a case replaces its first decision: now all four are right -> 0.5.
+    cases.redecide(numbers[1], "confirm", reviewer="bob", why="it was garbage", version=cases.get(numbers[1]).version)
     assert (book.alert("cam-001", "bin_overflow"), book.auto_confirm("cam-001", "bin_overflow")) == (0.5, 0.5)
 
     with cases.db.sessions() as session:

@@ -257,7 +257,8 @@ def test_camera_changes_through_the_api_reach_the_workers(cluster, postgres, foo
             metrics = http.get("/metrics").text
             assert f'gridwatch_worker_cameras{{worker="{owner[0]}"' in metrics
             assert http.delete("/v1/cameras/cam-4").status_code == 204
-            wait_for(lambda: "cam-4" not in placed_of(service), timeout=30)
+            # Its events filed first (a hand-off), then its lease revoked.
+            wait_for(lambda: next(r for r in current(service.db) if r.camera == "cam-4").worker is None, timeout=30)
         held = {row.camera: (row.worker, row.fencing) for row in current(service.db)}
         assert held["cam-4"][0] is None  # revoked: anything still on its way is refused
         # The other cameras ran on, under the leases they had (not restarted by the change).
@@ -285,9 +286,9 @@ def test_a_new_node_takes_a_bounded_share_of_cameras(postgres, footage, test_mod
             made.add_node(num_cpus=1)
 
             def arrived():
-                up = {w["worker"]: w for w in service.coordinator.status()["workers"]
-                      if w["state"] == "up" and w["cameras"]}
-                return len(up) == 2 and up
+                status = service.coordinator.status()
+                up = {w["worker"]: w for w in status["workers"] if w["state"] == "up" and w["cameras"]}
+                return len(up) == 2 and not status["handing_off"] and up  # moves drain, then land
 
             workers = wait_for(arrived, timeout=120)
             new = next(w for w in workers.values() if w["worker"] != first["worker"])

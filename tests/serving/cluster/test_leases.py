@@ -165,3 +165,70 @@ def test_a_camera_workers_unsure_frames_reach_the_labelling_queue_within_the_bud
         assert len(service.labelling.list()) == 3  # 3 a day: one more was kept, two turned away
     finally:
         service.db.close()
+
+
+def test_a_dead_workers_up_series_reads_0_instead_of_vanishing(tmp_path: Path) -> None:
+    from serving.api.metrics import render
+    from serving.cluster.coordinator import ClusterCoordinator, WorkerHandle
+    from serving.cluster.worker import WorkerReport
+    from serving.settings import Settings
+
+    settings = Settings(data_dir=tmp_path, database_url="postgresql+psycopg2://gridwatch@127.0.0.1:1/none")
+    coordinator = ClusterCoordinator(settings, db=None, on_event=lambda *a: None)  # no camera: no lease to revoke
+    for wid, node in (("w1", "node-a"), ("w2", "node-b")):
+        worker = WorkerHandle(wid, actor=None, state="up")
+        worker.report = WorkerReport(worker=wid, node=node, pid=1, cameras={}, health={}, frames=10, detected=5,
+                                     queue_depth=0, detect_ms=3.0)
+        coordinator.workers[wid] = worker
+    coordinator._dead(coordinator.workers["w2"], RuntimeError("node gone"))
+
+    status = coordinator.status()
+    assert [(w["worker"], w["state"]) for w in status["workers"]] == [("w1", "up"), ("w2", "dead")]
+    text = render({"pipeline": {}, "counters": {"detect_requests": 0, "detections": 0},
+                   "case_counts": {"events": 0, "cases_created": 0}, "pending_events": 0, "cases_by_state": {},
+                   "cases_by_review": {}, "outbox": {"pending": 0, "delivered": 0, "dead": 0, "lag_s": 0.0},
+                   "model": {"version": "v", "swaps": 0}, "rechecks": {}, "cameras": {}, "cluster": status})
+    assert 'gridwatch_worker_up{worker="w1",node="node-a"} 1.0' in text
+    assert 'gridwatch_worker_up{worker="w2",node="node-b"} 0.0' in text
+
+
+def cluster_status(config: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "serving.cli", "cluster", "status", "--config", str(config), *extra],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cluster_status_says_when_the_serving_process_is_gone(db_url: str, tmp_path: Path) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from sqlalchemy import update
+
+    from serving.store.models import CameraLease
+
+    db = Database(db_url)
+    leases.grant(db, ["cam-a", "cam-b"], "w1", "node-a")
+    config = tmp_path / "gridwatch.yaml"
+    config.write_text(json.dumps({"settings": {"database_url": db_url, "cluster_lease_timeout_s": 10}}))
+    running = json.loads(cluster_status(config, "--json").stdout)
+    assert running["service"] == "running" and running["stale_after_s"] == 15
+    assert running["workers"][0]["since"] == running["workers"][0]["cameras"][0]["since"]
+    table = cluster_status(config)
+    assert "since" in table.stdout.splitlines()[0] and "gone" not in table.stderr
+
+    with db.transaction() as session:  # the serving process stopped renewing ten minutes ago (SIGKILL)
+        session.execute(update(CameraLease).values(renewed_at=datetime.now(timezone.utc) - timedelta(minutes=10)))
+    assert json.loads(cluster_status(config, "--json").stdout)["service"] == "gone"
+    table = cluster_status(config)
+    assert table.returncode == 0 and "the serving process is gone" in table.stderr and "10 min ago" in table.stdout
+    leases.renew(db, ["w1"])  # it runs again
+    assert json.loads(cluster_status(config, "--json").stdout)["service"] == "running"
+    db.close()
+
+
+def test_cluster_status_without_the_database_is_one_clear_line(tmp_path: Path, free_port: int) -> None:
+    config = tmp_path / "gridwatch.yaml"
+    config.write_text(json.dumps({"settings": {
+        "database_url": f"postgresql+psycopg2://gridwatch@127.0.0.1:{free_port}/gridwatch"}}))
+    result = cluster_status(config)
+    assert result.returncode == 2
+    assert "the database is away (OperationalError" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1

@@ -336,10 +336,70 @@ def test_static_checks_run_tiled_at_full_resolution(taxonomy, tiled: bool) -> No
     frame[900:900 + person.shape[0], 1500:1500 + person.shape[1]] = person
     pipeline = Pipeline([example_camera(tiled_static_checks=tiled, tiled_check_every=60)], seed_detector(),
                         taxonomy, motion_gating=False)
-    for seconds in (0, 5, 61):
-        pipeline.process([Frame("cam-001", T0 + timedelta(seconds=seconds), frame, 0)])
-    # The first look and the re-check 60 s later run tiled; the sample in between does not.
-    assert pipeline.stats["tiled"] == (2 if tiled else 0) and pipeline.stats["detected"] == 3
+    from serving.pipeline.runner import TiledBudget
+
+    pipeline.tiled_budget = TiledBudget(burst=float("inf"))  # what a check sees; its budget is tested apart
+    due = pipeline.runtimes["cam-001"].next_tiled_check(T0)  # the camera's own phase, within 60 s
+    assert T0 < due <= T0 + timedelta(seconds=60)
+    for at in (T0, due, due + timedelta(seconds=5), due + timedelta(seconds=61)):
+        pipeline.process([Frame("cam-001", at, frame, 0)])
+    # The look at the camera's phase and the one a period later run tiled; the first frame
+    # and the sample in between do not.
+    assert pipeline.stats["tiled"] == (2 if tiled else 0) and pipeline.stats["detected"] == 4
     people = [t for t in pipeline.runtimes["cam-001"].tracker.tracks
               if t.class_name == "person" and t.box[0] >= 1490 and t.box[1] >= 890 and t.box[3] <= 990]
     assert bool(people) is tiled
+
+
+class _NoDetections:
+    """A detector that finds nothing, and counts its tiled checks (the batching under test)."""
+
+    def __init__(self) -> None:
+        self.info = type("Info", (), {"version": "none", "names": {0: "person"}})()
+        self.tiled = 0
+
+    def detect(self, images):
+        return [Detections.empty({0: "person"}) for _ in images]
+
+    def detect_tiled(self, image, **options):
+        self.tiled += 1
+        return Detections.empty({0: "person"})
+
+
+def test_tiled_checks_of_many_cameras_spread_over_their_interval(taxonomy) -> None:
+    """100 cameras starting together: no tiled check on a first frame, each camera's check at
+    its own phase of the 300 s period, and never more than one per batch."""
+    import numpy as np
+
+    from serving.streams.readers import Frame
+
+    cams = [example_camera(id=f"cam-{n:03d}", tiled_check_every=300) for n in range(100)]
+    detector = _NoDetections()
+    pipeline = Pipeline(cams, detector, taxonomy, motion_gating=False)
+    image = np.zeros((72, 128, 3), np.uint8)
+    pipeline.process([Frame(c.id, T0, image, 0) for c in cams])
+    assert detector.tiled == 0
+    phases = sorted((pipeline.runtimes[c.id].next_tiled_check(T0) - T0).total_seconds() for c in cams)
+    assert 0 < phases[0] and phases[-1] <= 300
+    assert max(sum(1 for p in phases if start <= p < start + 30) for start in range(0, 300, 5)) <= 25  # ~10 each
+    # Every camera a frame each 2 s for one period: each checked about once, at most one per batch.
+    for step in range(1, 151):
+        before = detector.tiled
+        pipeline.process([Frame(c.id, T0 + timedelta(seconds=2 * step), image, 0) for c in cams])
+        assert detector.tiled - before <= 1
+    assert detector.tiled == pipeline.stats["tiled"] and 90 <= detector.tiled <= 100
+    assert len({rt.last_tiled for rt in pipeline.runtimes.values() if rt.last_tiled}) >= 50
+
+
+def test_tiled_budget_is_a_share_of_wall_time() -> None:
+    from serving.pipeline.runner import TiledBudget
+
+    now = [0.0]
+    budget = TiledBudget(share=0.25, burst=1.0, clock=lambda: now[0])
+    assert budget.available()
+    budget.spend(1.5)  # one long tiled check overdraws the burst
+    assert not budget.available()
+    now[0] += 1.0  # 0.25 s earned: still 0.25 s in debt
+    assert not budget.available()
+    now[0] += 1.2
+    assert budget.available()

@@ -12,6 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import select
 
@@ -29,6 +30,13 @@ def readyz(running) -> tuple[int, dict]:
     with running.client() as http:
         response = http.get("/readyz")
     return response.status_code, response.json()["checks"]
+
+
+def gauge(running, series: str) -> float:
+    """One series of GET /metrics (which must answer 200 whatever the database does)."""
+    response = httpx.get(f"{running.url}/metrics")
+    assert response.status_code == 200
+    return next(float(line.rsplit(" ", 1)[1]) for line in response.text.splitlines() if line.rsplit(" ", 1)[0] == series)
 
 
 def log_lines(caplog, text: str) -> list[str]:
@@ -78,8 +86,13 @@ def test_postgresql_stopped_for_30_s(private_postgres, run_service, receiver, ma
     with running.client(camera_key) as http:
         assert push(http, event_json("before", camera="cam-a"), dataset_images[0]).json()["action"] == "created"
 
+        assert gauge(running, "gridwatch_database_up") == 1.0
+
         private_postgres.stop()
         stopped = time.monotonic()
+        # Metrics answer from memory, with the last case figures read: most needed now.
+        assert gauge(running, 'gridwatch_cases{state="active"}') == 1.0
+        assert gauge(running, "gridwatch_database_up") == 0.0
         status, checks = readyz(running)
         assert status == 503 and checks["database"].startswith("unreachable: OperationalError")
         # An edge box's event: refused with 503 and Retry-After (never 500), nothing stored;
@@ -95,6 +108,7 @@ def test_postgresql_stopped_for_30_s(private_postgres, run_service, receiver, ma
         status, checks = readyz(running)
         assert status == 503 and checks["events"].startswith("3 held")
         assert "unreachable" in checks["database"]
+        assert gauge(running, "gridwatch_events_pending") == 3.0
         time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - stopped)))
         private_postgres.start()
 
@@ -115,7 +129,9 @@ def test_postgresql_stopped_for_30_s(private_postgres, run_service, receiver, ma
     # One line when it went, one when it came back; not one per retry.
     assert len(log_lines(caplog, "fault database: unreachable")) == 1
     assert len(log_lines(caplog, "fault database over after")) == 1
-    assert len(log_lines(caplog, "delivery pass failed")) <= 1
+    assert len(log_lines(caplog, "delivery pass failed")) == 0
+    assert not [r.getMessage() for r in caplog.records if r.exc_info]  # no traceback for an outage
+    assert gauge(running, 'gridwatch_cases{state="active"}') == 3.0 and gauge(running, "gridwatch_database_up") == 1.0
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ from tests.support.shared_data import COCO_INT8
 SHIPPED = Path(__file__).resolve().parents[3] / "weights" / "gridwatch-int8.onnx"
 
 
-def test_model_swaps_live_and_broken_models_are_refused(tmp_path, dataset_images) -> None:
+def test_model_swaps_live_and_broken_models_are_refused(tmp_path, dataset_images, caplog) -> None:
     weights = tmp_path / "weights"
     weights.mkdir()
     served = weights / "model.onnx"
@@ -40,6 +40,19 @@ def test_model_swaps_live_and_broken_models_are_refused(tmp_path, dataset_images
                 refused = admin.post("/v1/models/reload", json={"file": "broken.onnx"})
                 assert refused.status_code == 422 and "cannot load" in refused.json()["detail"]
                 assert admin.post("/v1/models/reload", json={"file": "../etc/passwd"}).status_code == 422
+                assert admin.post("/v1/models/reload", json={"file": "missing.onnx"}).status_code == 422
+                # Each refusal is logged and audited, as a swap is.
+                from sqlalchemy import select
+
+                from serving.store.models import AuditEntry
+
+                with server.service.db.sessions() as session:
+                    refusals = session.scalars(select(AuditEntry).where(
+                        AuditEntry.action == "model.reload_refused").order_by(AuditEntry.id)).all()
+                    assert [r.target for r in refusals] == ["model:broken.onnx", "model:missing.onnx"]
+                    assert "cannot load" in refusals[0].after["refused"]
+                assert sum("model reload by" in r.getMessage() and "refused" in r.getMessage()
+                           for r in caplog.records) == 2
                 (weights / ".incoming.onnx").write_bytes(b"\0" * 1000)
                 os.replace(weights / ".incoming.onnx", served)
                 seen = len(versions)

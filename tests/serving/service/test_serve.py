@@ -117,3 +117,19 @@ def test_data_folder_is_out_of_gits_way() -> None:
     script = (REPO_ROOT / "scripts" / "serve.sh").read_text()
     # The service runs in the caller's folder (the install alone runs in the repository).
     assert '(cd "$root" && scripts/install.sh base)' in script and 'exec "$root/.venv/bin/gridwatch" serve' in script
+
+
+def test_serve_runs_on_jemalloc_unless_told_otherwise(serve, free_port) -> None:
+    """The allocator that keeps a months-long footprint flat (see the README's soak): the
+    process replaces itself once with jemalloc preloaded, keeping its pid."""
+    from pathlib import Path
+
+    def allocator(process) -> bool:
+        return "libjemalloc" in Path(f"/proc/{process.proc.pid}/maps").read_text()
+
+    default = serve(free_port, env={"GRIDWATCH_ADMIN_KEY": ADMIN}).start()
+    assert allocator(default)
+    assert default.terminate() == 0
+    system = serve(free_port, env={"GRIDWATCH_ADMIN_KEY": ADMIN, "GRIDWATCH_ALLOCATOR": "system"}).start()
+    assert not allocator(system)
+    assert system.terminate() == 0

@@ -3,6 +3,8 @@ streams on loopback (GStreamer RTSP server, HTTP MJPEG) through the whole pipeli
 
 from __future__ import annotations
 
+import os
+
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -109,12 +111,24 @@ def test_file_with_one_keyframe_is_decoded_in_full(tmp_path: Path) -> None:
     assert reader.health.decode_mode == "all"
 
 
-def test_clock_falls_back_to_start_then_now(tmp_path: Path) -> None:
+def test_clock_falls_back_to_start_then_the_files_own_time(tmp_path: Path) -> None:
     bare = write_video(tmp_path / "bare.mp4", street_scene(seed_props(), duration=4, cart_at=None, walker_at=None))
     start = datetime(2026, 5, 1, 9, 0, tzinfo=timezone(timedelta(hours=8)))
     assert next(FileReader(camera(bare, start=start)).frames()).timestamp == start
-    before = datetime.now(timezone.utc)
-    assert next(FileReader(camera(bare)).frames()).timestamp >= before
+    # Without either, the file's modification time: every replay (a restart) stamps the same
+    # times, where "now" made new event ids each time.
+    written = datetime(2026, 3, 2, 7, 30, 15, tzinfo=timezone.utc)
+    os.utime(bare, (written.timestamp(), written.timestamp()))
+    stamps = [[f.timestamp for f in FileReader(camera(bare, sample_every=1.0)).frames()] for _ in range(2)]
+    assert stamps[0] == stamps[1] and stamps[0][0] == written
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    for i in range(2):
+        cv2.imwrite(str(folder / f"{i:03d}.jpg"), street_scene(seed_props(), duration=2, cart_at=None,
+                                                              walker_at=None).frame(i))
+        os.utime(folder / f"{i:03d}.jpg", (written.timestamp() + 60 * i,) * 2)
+    shots = [f.timestamp for f in FolderReader(camera(folder, sample_every=5.0)).frames()]
+    assert shots == [written, written + timedelta(seconds=5)]
 
 
 def test_folder_reader_one_image_per_sample(tmp_path: Path) -> None:

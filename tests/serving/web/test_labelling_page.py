@@ -74,7 +74,8 @@ def test_label_a_frame_with_the_keyboard(run_service, dataset_images, chromium, 
     assert page.evaluate("() => window.gwReview.failed") == 0
     page.click("#labelling-toggle")  # and back to the cases
     page.wait_for_selector('#review[data-mode="review"]')
-    assert page.is_visible("#case-details")
+    assert page.is_hidden("#labelling-details")  # the queue is empty: no case details either (issue #29)
+    assert page.is_hidden("#case-details")
     page.context.close()
 
     with server.service.db.sessions() as session:

@@ -37,10 +37,11 @@ def test_leases_time_out_unless_renewed(run_service, db_url, dataset_images) -> 
         assert claim(bob) is None
         time.sleep(1.2)  # alice went away: the lease runs out
         assert claim(bob) == number
-        decided = alice.post(f"/review/cases/{number}/decision", json={"action": "confirm"},
+        decided = alice.post(f"/review/cases/{number}/decision", json={"action": "confirm", "version": 0},
                              headers={"X-CSRF-Token": alice.cookies["gw_csrf"]})
-        assert decided.status_code == 409  # bob has it now
-        decided = bob.post(f"/review/cases/{number}/decision", json={"action": "reject", "reason": "duplicate"},
+        assert decided.status_code == 409 and decided.json()["holder"] == "bob"  # bob has it now
+        decided = bob.post(f"/review/cases/{number}/decision",
+                           json={"action": "reject", "reason": "duplicate", "version": 0},
                            headers={"X-CSRF-Token": bob.cookies["gw_csrf"]})
         assert decided.json()["review_status"] == "rejected"
         assert claim(alice) is None

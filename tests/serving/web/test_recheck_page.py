@@ -44,7 +44,7 @@ def test_before_and_after_side_by_side_and_threshold_history(run_service, datase
     rows = page.locator("#thresholds tr").all_inner_texts()
     # One review per camera: a confirmation at 0.50 holds 0.90 at 0.50; a false alarm never
     # does, so the ceiling (0.95).
-    assert [r.split("\t") for r in rows] == [["cam-000", "bin_overflow", "1 / 0", "0.50", "0.50"],
-                                            ["cam-001", "bin_overflow", "0 / 1", "0.95", "0.95"],
-                                            ["cam-002", "bin_overflow", "1 / 0", "0.56", "0.56"]]
+    assert [r.split("\t") for r in rows] == [["cam-000", "Overflowing bin", "1 / 0", "0.50", "0.50"],
+                                            ["cam-001", "Overflowing bin", "0 / 1", "0.95", "0.95"],
+                                            ["cam-002", "Overflowing bin", "1 / 0", "0.56", "0.56"]]
     page.context.close()

@@ -1,0 +1,56 @@
+"""Times on the review pages in each camera's own local time, with its zone written out.
+
+The database keeps UTC; a reviewer in a 城管 bureau reads the wall clock of the street the
+camera looks at. A camera's zone is the `tz` of its schedule (the one place a camera file
+names a zone); a camera without one, or one the service does not know (events posted
+through the API), uses the service's local zone (`labelling.timezone`, Asia/Shanghai)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+FORMAT = "%Y-%m-%d %H:%M:%S"
+
+
+def zone_label(when: datetime) -> str:
+    """"UTC+08:00": an offset reads the same in both languages, unlike CST."""
+    offset = when.utcoffset() or timedelta(0)
+    minutes = int(offset.total_seconds() // 60)
+    sign = "+" if minutes >= 0 else "-"
+    return f"UTC{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+
+
+class CameraZones:
+    """Which zone each camera's times are shown in."""
+
+    def __init__(self, cameras: Mapping[str, Any], default: str) -> None:
+        self.default = ZoneInfo(default)
+        self._zones: dict[str, ZoneInfo] = {}
+        for camera_id, camera in cameras.items():
+            # The schedule's default tz is UTC: only a zone someone wrote down says where the camera is.
+            named = [w.tz for w in getattr(camera, "schedule", ()) if w.tz and w.tz != "UTC"]
+            if named:
+                self._zones[camera_id] = ZoneInfo(named[0])
+
+    def zone(self, camera: str | None) -> ZoneInfo:
+        return self._zones.get(camera or "", self.default)
+
+    def local(self, when: datetime, camera: str | None) -> datetime:
+        return when.astimezone(self.zone(camera))
+
+    def show(self, when: datetime | str | None, camera: str | None) -> str:
+        """"2026-12-05 16:30:12 UTC+08:00"; "-" for no time."""
+        if when is None or when == "":
+            return "-"
+        if isinstance(when, str):
+            when = datetime.fromisoformat(when)
+        local = self.local(when, camera)
+        return f"{local.strftime(FORMAT)} {zone_label(local)}"
+
+    def day_start(self, when: datetime, camera: str | None = None) -> datetime:
+        """Midnight of `when`'s local day, as an aware time (counts "today" where the reviewer works)."""
+        local = self.local(when, camera)
+        return local.replace(hour=0, minute=0, second=0, microsecond=0)

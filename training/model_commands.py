@@ -1,0 +1,90 @@
+"""`gridwatch models list`, `gridwatch models rollback`, `gridwatch models promote`: the served
+model's history (training/model_history.py). Only argparse at import time."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("models", help="the served model's history: list, roll back, force a promotion")
+    commands = parser.add_subparsers(dest="models_command", metavar="SUBCOMMAND", required=True)
+
+    p = commands.add_parser("list", help="every model promoted into weights/: version, date, data hash, "
+                                         "headline AP, who promoted it and why")
+    p.add_argument("--weights-dir", type=Path, help="the served model's folder (default: weights/)")
+    p.add_argument("--json", action="store_true", help="one JSON object: the kept models and the events")
+    p.set_defaults(func=run_list)
+
+    p = commands.add_parser("rollback", help="put a kept model back in service (the running service takes it live)")
+    p.add_argument("version", nargs="?", metavar="VERSION",
+                   help="the version to put back (default: the one promoted before the current one)")
+    p.add_argument("--reason", default="rollback", help="why (kept in the history)")
+    p.add_argument("--weights-dir", type=Path, help="the served model's folder (default: weights/)")
+    p.set_defaults(func=run_rollback)
+
+    p = commands.add_parser(
+        "promote", help="force a model into service without champion/challenger; needs a reason, kept in the history",
+        description="Install an export folder's model (gridwatch-fp32.onnx, gridwatch-int8.onnx and their cards, as "
+        "`gridwatch export` or a training run's export/ writes them) into weights/, keeping the model it replaces. "
+        "Champion/challenger (`gridwatch train --promote`, `gridwatch retrain`) is the normal way; this is for "
+        "when a person decides otherwise, and says why.")
+    p.add_argument("folder", type=Path, metavar="DIR", help="the export folder")
+    p.add_argument("--reason", required=True, help="why this model goes in service without the comparison")
+    p.add_argument("--weights-dir", type=Path, help="the served model's folder (default: weights/)")
+    p.set_defaults(func=run_promote)
+
+
+def _weights(args: argparse.Namespace) -> Path:
+    from training.train import WEIGHTS_DIR
+
+    return (args.weights_dir or WEIGHTS_DIR).resolve()
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from training.model_history import current, entries, events, table
+
+    weights = _weights(args)
+    if args.json:
+        now = current(weights)
+        print(json.dumps({"current": now.version if now else None,
+                          "models": [e.model_dump() for e in entries(weights)],
+                          "events": [e.model_dump() for e in events(weights)]}, ensure_ascii=False))
+        return 0
+    for line in table(weights):
+        print(line)
+    return 0
+
+
+def run_rollback(args: argparse.Namespace) -> int:
+    from training.model_history import HistoryError, rollback
+
+    try:
+        rollback(_weights(args), args.version, reason=args.reason, log=lambda line: print(line, flush=True))
+    except HistoryError as exc:
+        return _fail(str(exc))
+    return 0
+
+
+def run_promote(args: argparse.Namespace) -> int:
+    from training.model_history import HistoryError, model_files, promote
+
+    if not args.reason.strip():
+        return _fail("--reason needs a reason: say why this model skips champion/challenger")
+    files = model_files(args.folder)
+    if not any(name.endswith(".onnx") for name in files):
+        return _fail(f"{args.folder}: no gridwatch-*.onnx model files (an export folder of `gridwatch export`)")
+    try:
+        promote(files, _weights(args), how="forced", reason=args.reason.strip(),
+                log=lambda line: print(line, flush=True))
+    except HistoryError as exc:
+        return _fail(str(exc))
+    return 0
