@@ -517,7 +517,15 @@ def dashboard_json(request: Request, _: User) -> dict[str, Any]:
         last = camera.get("last_frame")
         camera["last_frame_local"] = shown.show(datetime.fromtimestamp(last, timezone.utc), camera["camera"]) \
             if isinstance(last, (int, float)) else shown.show(last, camera["camera"]) if last else "-"
+    data["evidence"] = evidence_store(service.retention.figures(), shown)
     return data
+
+
+def evidence_store(figures: dict[str, Any], shown: Any) -> dict[str, Any]:
+    """Disk use and the purge schedule, the purge times in the page's default zone."""
+    local = {f"{key}_local": shown.show(datetime.fromtimestamp(figures[key], timezone.utc), None)
+             if figures.get(key) else "-" for key in ("last_purge", "next_purge")}
+    return {**figures, **local}
 
 
 @pages.get("/dashboard/evaluation")

@@ -136,6 +136,12 @@
     $("r-reopened").textContent = data.rechecks.reopened;
     $("r-pending").textContent = data.rechecks.pending;
     $("r-failed").textContent = data.rechecks.failed;
+    const store = data.evidence;  // serving/retention.py: disk use and the purge schedule
+    $("e-bytes").textContent = (store.bytes / 1048576).toFixed(1) + " MiB";
+    $("e-files").textContent = store.files;
+    $("e-purged").textContent = `${store.purged_items} · ${(store.purged_bytes / 1048576).toFixed(1)} MiB`;
+    $("e-last").textContent = store.last_purge_local;
+    $("e-next").textContent = store.next_purge_local;
     thresholdsInForce(data.thresholds.in_force);
     thresholdHistory(data.thresholds.history);
     cameras(data.cameras, previous ? (started - previous.at) / 1000 : 0);

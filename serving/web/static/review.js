@@ -554,7 +554,11 @@
     zoom_in: () => zoomBy(1.25), zoom_out: () => zoomBy(0.8),
     fit: resetView, reset_zoom: resetView,
   };
+  // "=" is + without Shift on most keyboards: zoom in there too while zoom_in is "+", and let a
+  // city's own map take "=" for something else (its keys come after, so they win).
+  const PLUS_WITHOUT_SHIFT = HOTKEYS.zoom_in === "+" ? { "=": () => zoomBy(1.25) } : {};
   const ACTIONS = {
+    ...PLUS_WITHOUT_SHIFT,
     ...keyMap({
       confirm: () => decide({ action: "confirm" }),
       reject: () => openMenu("reason"),
@@ -570,12 +574,12 @@
       ...VIEW_ACTIONS,
     }),
     ArrowDown: () => move(1), ArrowUp: () => move(-1),
-    "=": () => zoomBy(1.25),  // + without Shift on most keyboards
     Escape: () => { closeMenu(); setBoxMode(false); $("help").hidden = true; },
   };
 
   // -- labelling mode ----------------------------------------------------------------------------
   const LABEL_ACTIONS = {
+    ...PLUS_WITHOUT_SHIFT,
     s: () => finishLabelling("skip"),
     ...keyMap({
       confirm: () => finishLabelling("save"),
@@ -587,7 +591,6 @@
     }),
     Enter: () => finishLabelling("save"),
     "[": () => stepClass(-1), "]": () => stepClass(1),
-    "=": () => zoomBy(1.25),
     Escape: () => { closeMenu(); $("help").hidden = true; },
   };
 

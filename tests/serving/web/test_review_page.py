@@ -138,7 +138,7 @@ def test_two_reviewers_never_share_a_case(run_service, db_url, dataset_images, c
 
 
 def test_dashboard_draws_from_json(run_service, dataset_images, chromium, tmp_path) -> None:
-    server = run_service()
+    server = run_service(retention={"keep_days": {"rejected": 30}})
     queue_cases(server, dataset_images, 3)
     add_user(server, "carol")
     page = chromium.new_context(viewport={"width": 1300, "height": 900}, locale="zh-CN").new_page()
@@ -147,6 +147,11 @@ def test_dashboard_draws_from_json(run_service, dataset_images, chromium, tmp_pa
     page.wait_for_selector("body[data-loaded] #per-day canvas")
     assert page.inner_text("#backlog") == "3"
     assert "每日案件数" in page.inner_text("main")  # the browser asked for Chinese
+    # Evidence on disk and the retention schedule (issue #30 item 4), as /metrics has them.
+    assert "证据存储" in page.inner_text("#evidence-store")
+    assert int(page.inner_text("#e-files")) >= 9  # original, annotated copy and crop per case
+    assert page.inner_text("#e-bytes").endswith("MiB") and "UTC+08:00" in page.inner_text("#e-last")
+    assert "UTC+08:00" in page.inner_text("#e-next")  # rejected cases' evidence is kept 30 days
     page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
 
 
