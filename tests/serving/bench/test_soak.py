@@ -28,7 +28,9 @@ def test_short_soak_holds_steady(tmp_path) -> None:
     # each loop joins again (a new occurrence), so nothing is filed twice.
     assert samples[-1]["cases"] == 3
     growth = soak["growth_per_simulated_h"]
-    assert growth["rss_mb"] < 30, growth  # a leak of a frame per event would be hundreds of MB
+    # On jemalloc (what `serve` runs on) four runs gave -1.3 to +0.6 MB per simulated hour, glibc
+    # with two arenas +1.6 and +3.2; a leak of a frame per event would be hundreds of MB.
+    assert growth["rss_mb"] < 3, growth
     assert growth["fds"] < 3 and growth["threads"] < 10, growth
     assert growth["evidence_mb"] < 0.1, growth  # the same best frame is never stored again
     assert growth["db_mb"] < 0.5, growth  # case_events rows only: a few KB an hour
