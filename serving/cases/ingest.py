@@ -87,7 +87,10 @@ class CaseIngest:
                 if case.version > 0 and self.policy.deliverable(case):
                     queued = queue_version(session, case, "case.reopened", self.base_url)
         else:
-            self._observe(session, case, event, frame)
+            # An opening of an event id this case already opened is the same sighting sent again
+            # (a camera replayed after a move to another node), not a new occurrence.
+            self._observe(session, case, event, frame,
+                          sent_again=any(e.event_type == "opened" for e in seen) and event.type == "opened")
             action = "ended" if event.type == "closed" else "joined"
         if action == "created" and self.policy.deliverable(case):
             queued = queue_version(session, case, "case.reported", self.base_url)
@@ -140,8 +143,9 @@ class CaseIngest:
         self._observe(session, case, event, frame)
         return case
 
-    def _observe(self, session: Session, case: Case, event: ViolationEvent, frame: EvidenceFrame | None) -> None:
-        if event.type == "opened" or case.occurrences == 0:
+    def _observe(self, session: Session, case: Case, event: ViolationEvent, frame: EvidenceFrame | None,
+                 sent_again: bool = False) -> None:
+        if (event.type == "opened" and not sent_again) or case.occurrences == 0:
             case.occurrences += 1
         case.first_seen = min(case.first_seen, event.first_seen)
         case.last_seen = max(case.last_seen, event.last_seen)

@@ -33,4 +33,6 @@ def test_short_soak_holds_steady(tmp_path) -> None:
     assert growth["rss_mb"] < 3, growth
     assert growth["fds"] < 3 and growth["threads"] < 10, growth
     assert growth["evidence_mb"] < 0.1, growth  # the same best frame is never stored again
-    assert growth["db_mb"] < 0.5, growth  # case_events rows only: a few KB an hour
+    # case_events and evidence-chain rows: a few KB an hour, but the file grows in steps when
+    # SQLite checkpoints its 4 MB WAL, and one 0.25 MB step in a one-hour window reads 0.4-0.5.
+    assert growth["db_mb"] < 1.0, growth

@@ -65,6 +65,18 @@ def test_one_case_per_violation_instance(service_factory, make_event) -> None:
     assert case.case_number.startswith("GW20261123-")
 
 
+def test_an_opening_sent_again_is_not_a_new_occurrence(service_factory, make_event) -> None:
+    """A file camera moved to another node replays its footage: the same event id opens again,
+    its dwell crossing seen on another sampled frame (another last_seen)."""
+    cases = service_factory()
+    made = cases.ingest(*make_event("opened", end_s=60))
+    cases.ingest(*make_event("closed", end_s=90))
+    again = cases.ingest(*make_event("opened", end_s=62))
+    assert again.case_number == made.case_number and again.action == "joined"
+    cases.ingest(*make_event("closed", end_s=90))
+    assert cases.get(made.case_number).occurrences == 1 and count(cases) == 1
+
+
 def test_dedup_survives_restart(service_factory, make_event) -> None:
     before = service_factory()
     made = before.ingest(*make_event("opened"))
