@@ -6,6 +6,7 @@ class-offset NMS, scale_boxes' padding) so our boxes match theirs on the same mo
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import cv2
@@ -49,8 +50,14 @@ def letterbox_into(frame: np.ndarray, canvas: np.ndarray, resize_gain: float | N
     new_w, new_h = int(round(w0 * (resize_gain or gain))), int(round(h0 * (resize_gain or gain)))
     dw, dh = (W - new_w) / 2, (H - new_h) / 2
     top, left = int(round(dh - 0.1)), int(round(dw - 0.1))
-    canvas[...] = PAD_VALUE
-    target = canvas[top : top + new_h, left : left + new_w]
+    # Only the border is grey: the resize writes the rest, so filling it first is a wasted pass
+    # over the whole input.
+    bottom, right = top + new_h, left + new_w
+    canvas[:top] = PAD_VALUE
+    canvas[bottom:] = PAD_VALUE
+    canvas[top:bottom, :left] = PAD_VALUE
+    canvas[top:bottom, right:] = PAD_VALUE
+    target = canvas[top:bottom, left:right]
     if (new_w, new_h) == (w0, h0):
         target[...] = frame
     else:
@@ -71,6 +78,11 @@ def to_input(canvas: np.ndarray, out: np.ndarray) -> None:
         np.multiply(plane, np.float32(1 / 255), out=target, casting="unsafe")
 
 
+# Up to this many candidates NMS works on their whole IoU matrix (a 512x512 float64 matrix is
+# 2 MB); a degenerate head that scores thousands of boxes falls back to suppressing box by box.
+_NMS_MATRIX_MAX = 512
+
+
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, max_keep: int | None = None) -> np.ndarray:
     """Greedy NMS; returns kept indices in descending score order.
 
@@ -78,10 +90,14 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, max_keep: i
     high, and keeps the same boxes as NMS-then-truncate would.
     """
     order = np.argsort(-scores, kind="stable")
+    limit = max_keep if max_keep is not None else len(order)
+    if limit <= 0:
+        return np.zeros(0, np.int64)
+    if len(order) <= _NMS_MATRIX_MAX:
+        return _nms_matrix(boxes[order], order, iou_threshold, limit)
     x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
     areas = (x2 - x1) * (y2 - y1)
     keep: list[int] = []
-    limit = max_keep if max_keep is not None else len(order)
     while order.size and len(keep) < limit:
         i = order[0]
         keep.append(int(i))
@@ -92,6 +108,29 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, max_keep: i
         iou = inter / (areas[i] + areas[rest] - inter + 1e-9)
         order = rest[iou <= iou_threshold]
     return np.asarray(keep, dtype=np.int64)
+
+
+def _nms_matrix(ranked: np.ndarray, order: np.ndarray, iou_threshold: float, limit: int) -> np.ndarray:
+    """nms() for a few boxes, already in score order: every pair's IoU in a dozen array calls,
+    then only a cheap walk over the rows of the boxes kept. The same IoU arithmetic, element by
+    element, as the box-by-box loop, so the same boxes survive."""
+    x1, y1, x2, y2 = ranked[:, 0], ranked[:, 1], ranked[:, 2], ranked[:, 3]
+    areas = (x2 - x1) * (y2 - y1)
+    # np.maximum(.., 0): np.clip's arithmetic (NaN stays NaN) without its Python wrapper.
+    w = np.maximum(np.minimum(x2[:, None], x2[None, :]) - np.maximum(x1[:, None], x1[None, :]), 0.0)
+    h = np.maximum(np.minimum(y2[:, None], y2[None, :]) - np.maximum(y1[:, None], y1[None, :]), 0.0)
+    inter = w * h
+    # "<=", as the loop keeps a box: a NaN IoU suppresses in both.
+    survives = inter / (areas[:, None] + areas[None, :] - inter + 1e-9) <= iou_threshold
+    keep: list[int] = []
+    alive = np.ones(len(ranked), bool)
+    for i in range(len(ranked)):
+        if alive[i]:
+            keep.append(i)
+            if len(keep) >= limit:
+                break
+            alive &= survives[i]
+    return order[np.asarray(keep, dtype=np.int64)]
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -123,6 +162,30 @@ def decode_raw(
     return boxes[keep].astype(np.float32), scores[keep].astype(np.float32), class_ids[keep].astype(np.int64)
 
 
+@functools.lru_cache(maxsize=16)
+def _anchor_table(input_hw: tuple[int, int], level_hw: tuple[tuple[int, int], ...]) -> tuple[np.ndarray, tuple[int, ...]]:
+    """Every cell of the levels in (level, row, column) order as rows x, y (the cell centre, in
+    cells) and stride x, stride y: (4, cells) float64; and where each level starts. Built once
+    per input shape: per frame, a candidate's anchor is then one lookup."""
+    columns, starts, start = [], [], 0
+    for h, w in level_hw:
+        cells = np.arange(h * w)
+        columns.append(np.stack([cells % w + 0.5, cells // w + 0.5,
+                                 np.full(h * w, input_hw[1] / w), np.full(h * w, input_hw[0] / h)]))
+        starts.append(start)
+        start += h * w
+    table = np.concatenate(columns, axis=1)
+    table.flags.writeable = False  # shared by every call through the cache
+    return table, tuple(starts)
+
+
+@functools.lru_cache(maxsize=4)
+def _bin_values(bins: int) -> np.ndarray:
+    values = np.arange(bins, dtype=np.float32)[:, None]
+    values.flags.writeable = False
+    return values
+
+
 def decode_levels(
     levels: list[tuple[np.ndarray, np.ndarray]], input_hw: tuple[int, int],
     score_threshold: float, iou_threshold: float, max_detections: int,
@@ -137,33 +200,35 @@ def decode_levels(
     on the decoded tensor."""
     # A hair below the threshold's logit: the exact comparison is made on the scores.
     logit_floor = -np.inf if score_threshold <= 0 else np.log(score_threshold / max(1 - score_threshold, 1e-12)) - 1e-3
+    anchors, starts = _anchor_table(tuple(input_hw), tuple(classes.shape[1:] for _, classes in levels))
     # Candidates gathered level by level, then decoded in one pass: numpy's per-call cost, not
-    # the arithmetic, is what a few dozen cells cost.
-    gathered: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
-    for level, (distributions, classes) in enumerate(levels):
+    # the arithmetic, is what a few dozen cells cost, so every step below is one call for all.
+    gathered: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    for start, (distributions, classes) in zip(starts, levels):
         logits = classes.reshape(classes.shape[0], -1)
-        cells = np.flatnonzero(logits.max(axis=0) > logit_floor)
+        (cells,) = (logits.max(axis=0) > logit_floor).nonzero()
         if cells.size:
             bins = distributions.reshape(4, -1, logits.shape[1])[:, :, cells]  # (4 sides, bins, cells)
-            gathered.append((logits[:, cells], bins, cells, np.full(cells.size, level)))
+            gathered.append((logits[:, cells], bins, cells + start))
     if not gathered:
         return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)
-    logits, bins, cells, level = (np.concatenate(parts, axis=-1) for parts in zip(*gathered))
+    if len(gathered) == 1:
+        logits, bins, index = gathered[0]
+    else:
+        logits, bins, index = (np.concatenate(parts, axis=-1) for parts in zip(*gathered))
     scores = 1 / (1 + np.exp(-logits.max(axis=0)))
     above = scores > score_threshold
     if not above.all():
-        logits, bins, cells, level, scores = logits[:, above], bins[:, :, above], cells[above], level[above], scores[above]
+        logits, bins, index, scores = logits[:, above], bins[:, :, above], index[above], scores[above]
     # floored: far-off bins would otherwise give float32 denormals, which are 100x slower
     weights = np.exp(np.maximum(bins - bins.max(axis=1, keepdims=True), -50))
-    left, top, right, bottom = (weights * np.arange(bins.shape[1], dtype=np.float32)[:, None]).sum(axis=1) / weights.sum(axis=1)
-    heights, widths = np.array([classes.shape[1:] for _, classes in levels]).T
-    w = widths[level]
-    x, y = cells % w + 0.5, cells // w + 0.5
-    stride_x, stride_y = input_hw[1] / w, input_hw[0] / heights[level]
-    boxes = np.stack([(x - left) * stride_x, (y - top) * stride_y, (x + right) * stride_x, (y + bottom) * stride_y], axis=1)
+    distances = (weights * _bin_values(bins.shape[1])).sum(axis=1) / weights.sum(axis=1)  # left, top, right, bottom
+    centre, stride = anchors[:2, index], anchors[2:, index]
+    boxes = np.concatenate([(centre - distances[:2]) * stride, (centre + distances[2:]) * stride]).T
     class_ids = logits.argmax(axis=0)
     keep = nms(boxes + (class_ids * _CLASS_OFFSET)[:, None], scores, iou_threshold, max_detections)
-    return boxes[keep].astype(np.float32), scores[keep].astype(np.float32), class_ids[keep].astype(np.int64)
+    return (np.ascontiguousarray(boxes[keep], dtype=np.float32), scores[keep].astype(np.float32),
+            class_ids[keep].astype(np.int64))
 
 
 def decode_end2end(
@@ -176,11 +241,9 @@ def decode_end2end(
 
 def unletterbox(boxes: np.ndarray, geometry: Letterbox) -> np.ndarray:
     """Input-pixel boxes -> original-frame pixels, clipped to the frame."""
-    out = boxes.copy()
-    out[:, [0, 2]] -= geometry.pad_x
-    out[:, [1, 3]] -= geometry.pad_y
-    out[:, [0, 2]] /= geometry.gain_x
-    out[:, [1, 3]] /= geometry.gain_y
-    out[:, [0, 2]] = out[:, [0, 2]].clip(0, geometry.width)
-    out[:, [1, 3]] = out[:, [1, 3]].clip(0, geometry.height)
-    return out
+    g = geometry
+    # float32 throughout, as the boxes: each coordinate gets the very arithmetic it got one
+    # column at a time, in three array calls instead of eight.
+    out = (boxes - np.array([g.pad_x, g.pad_y, g.pad_x, g.pad_y], np.float32)) / np.array(
+        [g.gain_x, g.gain_y, g.gain_x, g.gain_y], np.float32)
+    return np.clip(out, np.float32(0), np.array([g.width, g.height, g.width, g.height], np.float32), out=out)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 
 import cv2
@@ -23,7 +24,27 @@ from detector.model import ModelLoadError
 
 LOAD_DECISION = "load_decision"  # the stage muck_truck_uncovered names in the taxonomy
 LOAD_LABELS = ("open", "mesh", "tarp", "cannot_tell")
+OPEN, UNSURE = "open", "cannot_tell"
+# A reviewer's "not a violation here" on a truck case says the load is covered, not how: a
+# classifier trained from reviews alone knows `open` and `covered`.
+COVERED = "covered"
 CROP_MARGIN = 0.05  # of the box's size on each side: the tarp's edge lies on the box's border
+
+
+def crop_batch(frame: np.ndarray, boxes: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """(N, 3, H, W) float RGB in 0..1: each box (xyxy, the frame's pixels) with its margin, resized.
+    Training (training/second_stage) crops with this same function, so train and serve agree."""
+    h, w = hw
+    batch = np.empty((len(boxes), 3, h, w), np.float32)
+    H, W = frame.shape[:2]
+    for i, (x1, y1, x2, y2) in enumerate(np.asarray(boxes, np.float32)):
+        mx, my = (x2 - x1) * CROP_MARGIN, (y2 - y1) * CROP_MARGIN
+        xa, ya = min(max(0, int(x1 - mx)), W - 1), min(max(0, int(y1 - my)), H - 1)
+        xb, yb = min(W, int(np.ceil(x2 + mx))), min(H, int(np.ceil(y2 + my)))
+        crop = frame[ya:max(yb, ya + 1), xa:max(xb, xa + 1)]
+        rgb = cv2.cvtColor(cv2.resize(crop, (w, h), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
+        batch[i] = rgb.transpose(2, 0, 1) / 255.0
+    return batch
 
 
 @dataclass(frozen=True)
@@ -49,11 +70,15 @@ class CropClassifier:
         try:
             labels = json.loads(meta["gridwatch_labels"])
             self.stage_class = meta["gridwatch_stage_class"]
+            self.stage = meta.get("gridwatch_stage", LOAD_DECISION)
         except (KeyError, ValueError):
             raise ModelLoadError(f"{path}: a second-stage classifier needs metadata gridwatch_labels (a JSON list) "
                                  "and gridwatch_stage_class (the detector class it judges)") from None
-        if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
-            raise ModelLoadError(f"{path}: gridwatch_labels must be a non-empty JSON list of names")
+        # Names as events carry them (`stage_label`): lower case, digits and underscores.
+        if not isinstance(labels, list) or not labels or not all(
+                isinstance(x, str) and re.fullmatch(r"[a-z][a-z0-9_]{0,31}", x) for x in labels):
+            raise ModelLoadError(f"{path}: gridwatch_labels must be a non-empty JSON list of names "
+                                 "like 'open' or 'cannot_tell' (lower case, digits, _)")
         self.labels = tuple(labels)
         self.version = meta.get("gridwatch_model_version", os.path.basename(str(path)))
         inp = self.session.get_inputs()[0]
@@ -67,16 +92,7 @@ class CropClassifier:
         """One label per box (xyxy, the frame's pixels), at its best score."""
         if len(boxes) == 0:
             return []
-        h, w = self.hw
-        batch = np.empty((len(boxes), 3, h, w), np.float32)
-        H, W = frame.shape[:2]
-        for i, (x1, y1, x2, y2) in enumerate(np.asarray(boxes, np.float32)):
-            mx, my = (x2 - x1) * CROP_MARGIN, (y2 - y1) * CROP_MARGIN
-            xa, ya = max(0, int(x1 - mx)), max(0, int(y1 - my))
-            xb, yb = min(W, int(np.ceil(x2 + mx))), min(H, int(np.ceil(y2 + my)))
-            crop = frame[ya:max(yb, ya + 1), xa:max(xb, xa + 1)]
-            rgb = cv2.cvtColor(cv2.resize(crop, (w, h), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
-            batch[i] = rgb.transpose(2, 0, 1) / 255.0
+        batch = crop_batch(frame, boxes, self.hw)
         (out,) = self.session.run(None, {self.input_name: batch})
         out = np.asarray(out, np.float32).reshape(len(boxes), -1)
         if out.shape[1] != len(self.labels):

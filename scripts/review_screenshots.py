@@ -124,11 +124,17 @@ def main() -> None:
                     response = push(http, event, image)
                     response.raise_for_status()
                     numbers.append(response.json()["case_number"])
-                    if i % 4 == 0:  # a later, better frame of the same event: the strip has two
+                    extra = [photos[args.cases + (i // 4 + k) % 4][0] for k in range(4)]
+                    if i % 4 in (0, 3):  # the event over time: the strip shows its frames
+                        # A later frame: better (the new photo) or only the latest sighting (a moment).
+                        gain = 0.05 if i % 4 == 0 else -0.1
                         last = datetime.fromisoformat(event["last_seen"]) + timedelta(seconds=300)
                         later = dict(event, type="updated", last_seen=last.isoformat(), dwell_s=event["dwell_s"] + 300,
-                                     score=min(0.97, event["score"] + 0.05), best_score=min(0.97, event["score"] + 0.05))
-                        push(http, later, photos[args.cases + (i // 4) % 4][0]).raise_for_status()
+                                     score=min(0.97, event["score"] + gain), best_score=min(0.97, event["score"] + gain))
+                        push(http, later, extra[0 if i % 4 == 0 else 2]).raise_for_status()
+                        closed = dict(later, type="closed", last_seen=(last + timedelta(seconds=420)).isoformat(),
+                                      dwell_s=later["dwell_s"] + 420)
+                        push(http, closed, extra[1 if i % 4 == 0 else 3]).raise_for_status()
             add_user(server, "wangfang")
             add_user(server, "admin", role="admin")
             cases = server.service.cases
@@ -161,7 +167,10 @@ def main() -> None:
                     save(page.screenshot(), args.out / f"queue-{width}x{height}.png")
                     page.goto(f"{server.url}/review/cases/{decided[3]}")
                     page.wait_for_load_state("networkidle")
-                    save(page.screenshot(), args.out / f"case-{width}x{height}.png")
+                    page.keyboard.press("ArrowRight")  # the strip: the next moment of the event, with its time
+                    page.wait_for_selector("body[data-frame]")
+                    page.wait_for_timeout(300)
+                    save(page.screenshot(full_page=True), args.out / f"case-{width}x{height}.png")
                     page.goto(f"{server.url}/review/history")
                     save(page.screenshot(), args.out / f"history-{width}x{height}.png")
                     page.goto(f"{server.url}/dashboard")

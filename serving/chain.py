@@ -139,6 +139,9 @@ class EvidenceChain:
                 detail = {}
                 if obj.masks:  # a masked copy names the sealed original it came from
                     detail = {"of": self._seq_of(session, obj.case.case_number, obj.masks), "of_sha256": obj.masks}
+                if obj.kind.startswith("moment"):  # a timeline frame: which moment of the event, seen when
+                    detail = {**detail, "moment": obj.moment,
+                              "seen_at": obj.seen_at.isoformat() if obj.seen_at else None}
                 entry = self.append(session, obj.case.case_number, obj.kind, obj.sha256, path=obj.path,
                                     detail=detail)
                 obj.chain_seq = entry.seq

@@ -88,6 +88,10 @@ class ViolationEvent(BaseModel):
     location: Location = Location()
     source: Literal["detector", "scene_change"] = "detector"
     model_version: str = Field("", max_length=64)  # the model that saw it ("" from older edge boxes)
+    # The violation's second stage on the object's crop (detector.second_stage), e.g. the load
+    # decision on a truck: "open", "mesh", "tarp", "covered" or "cannot_tell"; None without one.
+    stage_label: str | None = Field(None, pattern=r"^[a-z][a-z0-9_]{0,31}$")
+    stage_score: Annotated[float, Field(ge=0, le=1), rounded(4)] | None = None
 
     _clean = field_validator("zone", "zone_type")(no_nul)
 
@@ -113,5 +117,10 @@ class ViolationEvent(BaseModel):
         return value if value is not None and value[0] < value[2] and value[1] < value[3] else None
 
     def to_json(self) -> dict:
-        """The event-line contract as a JSON-ready dict."""
-        return self.model_dump(mode="json")
+        """The event-line contract as a JSON-ready dict. The second stage's fields appear only
+        when a stage labelled the object: a line without one stays as it always was."""
+        line = self.model_dump(mode="json")
+        if self.stage_label is None:
+            line.pop("stage_label")
+            line.pop("stage_score")
+        return line

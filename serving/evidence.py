@@ -15,6 +15,7 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
@@ -25,8 +26,11 @@ from detector.annotate import clip_box, draw_boxes
 from detector.detections import Detections
 from detector.files import sha256_file
 
-# "masked": a copy of an original (or after photo) with people pixelated (serving/privacy.py)
-EvidenceKind = Literal["original", "annotated", "crop", "after", "after_annotated", "masked"]
+# "masked": a copy of an original (or after photo) with people pixelated (serving/privacy.py);
+# "moment", "moment_annotated": a frame of the event's life that was not its best (opened,
+# latest update, closed), kept for the case's timeline strip.
+EvidenceKind = Literal["original", "annotated", "crop", "after", "after_annotated", "masked", "moment",
+                       "moment_annotated"]
 MEDIA_TYPES = {".jpg": "image/jpeg", ".png": "image/png", ".webp": "image/webp", ".bmp": "image/bmp"}
 JPEG_QUALITY = 92
 PARTIAL_PREFIX = ".incoming-"  # a file being written; renamed into place (linked) when complete
@@ -60,6 +64,10 @@ class EvidenceFrame:
     # Boxes to pixelate in every copy made from the frame (people: serving/privacy.py); the
     # original itself is kept as it came, and a masked copy of it is stored beside it.
     mask: tuple[tuple[float, float, float, float], ...] = ()
+    # True: the best frame of its event so far (the case may take it as its evidence photo);
+    # False: the frame of the latest sighting, kept only as a moment of the event's timeline.
+    best: bool = True
+    taken_at: datetime | None = None  # camera time of the frame; None: the event's last_seen
 
     def decoded(self) -> np.ndarray:
         if self.image is not None:
@@ -112,25 +120,28 @@ class EvidenceStore:
             path.unlink(missing_ok=True)
         return len(stale)
 
-    def write(self, owner: str, frame: EvidenceFrame, *, after: bool = False) -> list[StoredEvidence]:
+    def write(self, owner: str, frame: EvidenceFrame, *, after: bool = False,
+              moment: bool = False) -> list[StoredEvidence]:
         """Original, annotated copy and crop (when the box has an area) under `owner` (a
         case number, or CAMERA/EVENT_ID for `gridwatch watch`). Decodes and encodes before
         writing anything, so a bad frame leaves no half set behind; a folder that refuses a
         write (disk full) gets back what this call wrote, and EvidenceStorageError is raised.
         `after`: the frame of a re-check, kept as "after" and "after_annotated" (the case's box
-        drawn where the camera looked again), no crop."""
+        drawn where the camera looked again), no crop. `moment`: a frame of the event's timeline
+        that is not its best, kept as "moment" and "moment_annotated", no crop."""
         image = frame.decoded()
         h, w = image.shape[:2]
-        items: list[tuple[EvidenceKind, bytes, str]] = [("after" if after else "original", *_original(frame))]
+        first, drawn = ("after", "after_annotated") if after else ("moment", "moment_annotated") if moment \
+            else ("original", "annotated")
+        items: list[tuple[EvidenceKind, bytes, str]] = [(first, *_original(frame))]
         if frame.mask:
             from serving.privacy import pixelate
 
             image = pixelate(image, frame.mask)  # every copy below is made from the masked frame
             items.append(("masked", _jpeg(image), ".jpg"))
         boxes = [frame.box] if frame.box is not None else []
-        items.append(("after_annotated" if after else "annotated",
-                      _jpeg(draw_boxes(image, boxes, [frame.label])), ".jpg"))
-        if frame.box is not None and not after:
+        items.append((drawn, _jpeg(draw_boxes(image, boxes, [frame.label])), ".jpg"))
+        if frame.box is not None and first == "original":
             x1, y1, x2, y2 = clip_box(frame.box, w, h)
             if x2 > x1 and y2 > y1:
                 items.append(("crop", _jpeg(image[y1:y2, x1:x2]), ".jpg"))

@@ -51,10 +51,12 @@ class ModelFile:
 class LiveDetector:
     """A `Detector` stand-in for every stage (same `detect`, `detect_tiled`, `info`)."""
 
-    def __init__(self, detector: Detector, load: Callable[[Path], Detector], smoke_frames: SmokeFrames) -> None:
+    def __init__(self, detector: Detector, load: Callable[[Path], Detector], smoke_frames: SmokeFrames,
+                 on_swap: Callable[[ModelInfo], None] | None = None) -> None:
         self._current = detector
         self._load = load
         self._smoke_frames = smoke_frames
+        self._on_swap = on_swap  # after each model put live, by the watcher or on request
         self._swap_lock = threading.Lock()  # one reload at a time; detection never waits on it
         self._watched = ModelFile.of(detector.info.path)
         self.swaps = 0
@@ -68,6 +70,11 @@ class LiveDetector:
     @property
     def info(self) -> ModelInfo:
         return self._current.info
+
+    @property
+    def second_stage(self) -> dict:
+        """The current detector's crop classifiers (the pipeline runs them on their class's tracks)."""
+        return self._current.second_stage
 
     @property
     def version(self) -> str:
@@ -94,6 +101,11 @@ class LiveDetector:
             self._watched = seen
             self.swaps += 1
             log.info("model %s is live (was %s)", candidate.info.version, previous)
+            if self._on_swap is not None:  # under the lock: two swaps' follow-ups never interleave
+                try:
+                    self._on_swap(candidate.info)
+                except Exception:  # noqa: BLE001 - the new model is live; a failed follow-up must not undo that
+                    log.exception("after model %s went live", candidate.info.version)
             return candidate.info
 
     # -- watching the file ---------------------------------------------------------------

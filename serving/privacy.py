@@ -80,12 +80,12 @@ def pixelate(image: np.ndarray, boxes: Sequence[Box]) -> np.ndarray:
 
 
 def sealed_originals(case: Case) -> dict[int, Evidence]:
-    """Evidence id of each sealed original (or re-check photo) -> its masked copy."""
+    """Evidence id of each sealed original (or re-check photo, or timeline frame) -> its masked copy."""
     by_hash = {(e.kind, e.sha256): e for e in case.evidence}
     masked = {}
     for item in case.evidence:
         if item.kind == "masked" and item.masks:
-            for kind in ("original", "after"):
+            for kind in ("original", "after", "moment"):
                 original = by_hash.get((kind, item.masks))
                 if original is not None:
                     masked[original.id] = item

@@ -39,8 +39,10 @@ from serving.evidence import EvidenceError, EvidenceFrame, EvidenceStore
 from serving.health import Faults, Probes, camera_faults, held_fault
 from serving.labelling.queue import LabellingQueue
 from serving.live_model import LiveDetector, ModelSwapError
+from serving.model_history import audit_history
 from serving.privacy import PrivacyPolicy
 from serving.retention import Retention
+from serving.pipeline.outlet import Outlet
 from serving.pipeline.uncertainty import DailyBudget, LabellingSample, UncertaintySampler
 from serving.settings import Settings, load_detector
 from serving.store.db import Database, schema_is_current
@@ -63,7 +65,7 @@ class GridwatchService:
             require_cluster_database(settings)
         self.coordinator: Any = None  # cluster mode: serving.cluster.coordinator.ClusterCoordinator
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        self.db = Database(settings.resolved_database_url)
+        self.db = Database(settings.resolved_database_url, connect_timeout_s=settings.database_connect_timeout_s)
         self._schema_current = schema_is_current(self.db.engine)  # migrated just now
         self.taxonomy = load_taxonomy(settings.taxonomy_file)
         self.evidence = EvidenceStore(settings.resolved_evidence_dir)
@@ -72,7 +74,8 @@ class GridwatchService:
         self.chain.install(self.db)
         self.detector = LiveDetector(detector if detector is not None else load_detector(settings),
                                      load=lambda path: load_detector(settings, model=path),
-                                     smoke_frames=self._recent_evidence_frames)
+                                     smoke_frames=self._recent_evidence_frames,
+                                     on_swap=lambda info: audit_history(self.db, info.path.parent))
         public_url = settings.public_url or f"http://{settings.host}:{settings.port}"
         self.faults = Faults()  # before the parts that report into it
         self.thresholds = ThresholdBook(self.db, settings.thresholds, faults=self.faults)
@@ -83,12 +86,16 @@ class GridwatchService:
                                  instance=settings.instance_id, recheck=settings.recheck,
                                  cameras=lambda: self.cameras.all(), thresholds=self.thresholds, clock=clock,
                                  decisions_per_min=settings.review_max_per_min,
-                                 privacy=self.privacy)
+                                 privacy=self.privacy, chain=self.chain)
         # Active learning: the sampler (and its day's budget) outlives pipeline restarts.
         zone = ZoneInfo(settings.labelling.timezone)
         self.labelling = LabellingQueue(self.db, self.evidence, lambda: list(self.detector.info.names.values()), zone)
         self.sampler = UncertaintySampler(settings.labelling.band, DailyBudget(
             settings.labelling.daily_budget_per_camera, zone, settings.labelling.min_gap_s, self.labelling.spent))
+        # The pipeline's own sampler asks no database on the frame path: its budget only spaces
+        # samples out; the day's budget (what the queue holds) is applied on the outlet's thread.
+        self.frame_sampler = UncertaintySampler(settings.labelling.band, DailyBudget(
+            settings.labelling.daily_budget_per_camera, zone, settings.labelling.min_gap_s))
         delivery = DeliveryConfig.from_settings(settings)
         self.delivery = DeliveryWorker(self.db, delivery, clock, faults=self.faults) if delivery else None
         self.cameras = CameraRegistry(self.db, self.taxonomy, settings.data_dir.resolve(), file_cameras or [],
@@ -110,6 +117,11 @@ class GridwatchService:
         # and spooled to disk so that a restart during an outage finds them again.
         self._held = HeldEvents(settings.held_frames_max_mb * 2**20, spool=settings.data_dir / "held")
         self._held_lock = threading.Lock()  # one drainer at a time, and no event overtakes the held
+        # The pipeline's events and samples leave its thread here, stored by one writer thread
+        # (serving/pipeline/outlet.py): a frame never waits on the database.
+        self.outlet = Outlet(self.on_event, self.on_cluster_sample,
+                             HeldEvents(settings.held_frames_max_mb * 2**20, spool=settings.data_dir / "queued"),
+                             faults=self.faults)
         self._stop = threading.Event()
         self._retrier: threading.Thread | None = None
         self.counters = {"detect_requests": 0, "detections": 0, "events": 0, "event_failures": 0,
@@ -120,8 +132,9 @@ class GridwatchService:
             return self._start_cluster(cameras)
         from serving.pipeline import Pipeline
 
-        pipeline = Pipeline(cameras, self.detector, self.taxonomy, on_event=self.on_event,
-                            sampler=self.sampler, on_sample=self.on_sample,
+        pipeline = Pipeline(cameras, self.detector, self.taxonomy, on_event=self.outlet.event,
+                            sampler=self.frame_sampler, on_sample=self.outlet.sample,
+                            on_end=self.outlet.flush,
                             alert_threshold=self.thresholds.alert, live_clock=self.steady_clock)
         pipeline.start()
         return pipeline
@@ -164,17 +177,25 @@ class GridwatchService:
         try:
             info = self.detector.reload(target)
         except ModelSwapError as exc:
-            # A refusal is an admin's act too: logged and audited like a swap.
-            log.warning("model reload by %s refused, %s keeps running: %s", actor, current.version, exc)
-            with self.db.transaction() as session:
-                record(session, actor, "model.reload_refused", f"model:{Path(file).name if file else current.path.name}",
-                       {"version": current.version, "file": current.path.name}, {"refused": str(exc)})
+            self.refuse_reload(actor, str(exc), file=Path(file).name if file else current.path.name)
             raise
         with self.db.transaction() as session:
             record(session, actor, "model.reload", f"model:{info.path.name}",
                    {"version": current.version, "file": current.path.name},
                    {"version": info.version, "file": info.path.name})
         return info
+
+    def refuse_reload(self, actor: str, reason: str, *, file: str | None = None, requested: Any = None) -> None:
+        """A refused reload is an admin's act too: logged and audited like a swap, whether the
+        service refused the file or the request never named a valid one (`requested`: what it sent)."""
+        current = self.detector.info
+        log.warning("model reload by %s refused, %s keeps running: %s", actor, current.version, reason)
+        after: dict[str, Any] = {"refused": reason[:1000]}
+        if requested is not None:
+            after["requested"] = repr(requested)[:200]
+        with self.db.transaction() as session:
+            record(session, actor, "model.reload_refused", f"model:{file or current.path.name}"[:160],
+                   {"version": current.version, "file": current.path.name}, after)
 
     def bundle(self, case: Case, principal: Any, *, originals: bool = False, reason: str = "") -> bytes:
         """The case's evidence bundle (serving/bundle.py); with `originals`, the sealed
@@ -203,9 +224,13 @@ class GridwatchService:
 
     # -- life cycle ------------------------------------------------------------------------
     def start(self) -> None:
+        # Promotions and rollbacks made with the CLI while no service ran (weights/history/).
+        audit_history(self.db, self.detector.info.path.parent)
         self.detector.watch(self.settings.model_watch_s)
         if self.delivery is not None:
             self.delivery.start()
+        self.thresholds.start()
+        self.outlet.start()
         self._retrier = threading.Thread(target=self._retry_loop, name="gridwatch-event-retry", daemon=True)
         self._retrier.start()
         self.chain.sync_mirror(self.db)
@@ -240,6 +265,8 @@ class GridwatchService:
         if self.rechecks is not None:
             self.rechecks.stop()
         self.cameras.stop()  # intake first: the pipeline closes open events into cases
+        self.outlet.close()  # what the pipeline handed over, stored (or held, spooled) before going on
+        self.thresholds.stop()
         self._stop.set()
         if self._retrier is not None:
             self._retrier.join(5)
@@ -329,8 +356,9 @@ class GridwatchService:
             log.exception("labelling sample of %s at %s not stored", sample.camera, sample.taken_at)
 
     def on_cluster_sample(self, sample: LabellingSample) -> None:
-        """A camera worker's unsure frame: the workers only space samples out; the daily
-        budget per camera is this process's, which knows what the queue already holds."""
+        """A camera worker's (or, through the outlet, the local pipeline's) unsure frame: they
+        only space samples out; the daily budget per camera is applied here, off the frame
+        path, by the one who knows what the queue already holds."""
         if self.sampler.budget.take(sample.camera, sample.taken_at):
             self.on_sample(sample)
 
@@ -352,7 +380,7 @@ class GridwatchService:
             self.probes.clock()
             if self._drain_retries():  # nothing held to prove a part is back: look another way
                 if "database" in self.faults:
-                    self.probes.database(held=0)
+                    self.probes.database(held=self.outlet.backlog)  # a backlog: its next store ends it
                 if "evidence" in self.faults:
                     self.probes.evidence()
 
@@ -368,7 +396,7 @@ class GridwatchService:
     # -- health and metrics ------------------------------------------------------------------
     def readiness(self) -> dict[str, Any]:
         """Each part's state ("ok" or what is wrong); the faults of the moment by name."""
-        database = self.probes.database(held=len(self._held))
+        database = self.probes.database(held=len(self._held) + self.outlet.backlog)
         checks: dict[str, Any] = {"database": "schema not current" if database == "ok" and not self._schema_current
                                   else database}
         checks["detector"] = "ok"
@@ -411,7 +439,8 @@ class GridwatchService:
             "counters": dict(self.counters),
             "case_counts": dict(self.cases.counts),
             "cameras": self.cameras.health(),
-            "pending_events": len(self._held),
+            "pending_events": len(self._held) + self.outlet.backlog,
+            "outlet": dict(self.outlet.counters),
             "held_frames_dropped": self._held.frames_dropped,
             "cluster": self.coordinator.status() if self.coordinator is not None else None,
             "model": {"version": self.detector.version, "swaps": self.detector.swaps},

@@ -124,10 +124,17 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path("gridwatch-data")
     database_url: str | None = None  # default: SQLite file under data_dir
+    # PostgreSQL: seconds a connection attempt may take before the `database` fault (0: the
+    # system's own, minutes on a host that drops packets); a URL's connect_timeout wins.
+    database_connect_timeout_s: float = Field(5.0, ge=0)
     evidence_dir: Path | None = None  # default: data_dir/evidence
 
     model: Path | None = None  # default: the shipped model in weights/
     taxonomy_file: Path | None = None  # a city's override, merged over the built-in taxonomy
+    # The truck load decision trained for this city (`gridwatch second-stage train`, e.g.
+    # weights/load-decision.onnx): muck_truck_uncovered then files only open loads. None: every
+    # truck goes to review, said at start.
+    load_classifier: Path | None = None
     score_threshold: float = Field(DEFAULT_SCORE_THRESHOLD, ge=0, le=1)
     iou_threshold: float = Field(DEFAULT_IOU_THRESHOLD, ge=0, le=1)
     threads: int | None = Field(None, ge=1)
@@ -171,6 +178,10 @@ class Settings(BaseSettings):
     dedup_cooldown_s: float = Field(600.0, ge=0)
     dedup_min_iou: float = Field(0.1, ge=0, le=1)
     reopen_policy: Literal["reopen", "new"] = "reopen"
+    # The event over time: frames a case keeps from its event's life besides its best ones
+    # (opened, latest updates, closed), each sealed, masked and chained like other evidence;
+    # past this many the oldest update is dropped first (a tombstone in the chain). 0: none.
+    timeline_frames: int = Field(6, ge=0, le=50)
     # The code in new case numbers (GW{date}-{instance}-{row}); default: the one drawn at
     # random for this database by its migration, shared by all its processes.
     instance_id: str | None = Field(None, pattern=r"^[A-Z0-9]{1,8}$")
@@ -334,7 +345,10 @@ def load_detector(settings: Settings, model: Path | None = None, **options: Any)
     file with the same settings; `options` go to `Detector` as they are (e.g.
     spinning=False for benchmarks)."""
     from detector.runtime import Detector
+    from detector.second_stage import CropClassifier
 
+    if settings.load_classifier is not None and "second_stage" not in options:
+        options["second_stage"] = [CropClassifier(settings.load_classifier, threads=settings.threads)]
     return Detector(model or settings.resolved_model(), score_threshold=settings.score_threshold,
                     iou_threshold=settings.iou_threshold, threads=settings.threads, imgsz=settings.imgsz,
                     **options)

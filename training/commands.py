@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from training.sampling import DEFAULT_THRESHOLD as REPEAT_THRESHOLD
+from training.fit.sampling import DEFAULT_THRESHOLD as REPEAT_THRESHOLD
 
 # Ultralytics' optimizer names (ultralytics/engine/trainer.py build_optimizer).
 OPTIMIZERS = ("auto", "SGD", "MuSGD", "Adam", "Adamax", "AdamW", "NAdam", "RAdam", "RMSprop")
@@ -19,21 +19,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="fine-tune the detector on a built dataset (CPU or GPU)")
     p.add_argument("--data", type=Path, help="data.yaml of a built dataset (gridwatch dataset build)")
     p.add_argument("--model", help="start .pt or architecture .yaml (default: YOLOv8n rebuilt from the COCO ONNX)")
-    p.add_argument("--epochs", type=int, default=50)
-    p.add_argument("--imgsz", type=int, help="training input size (default 416); with --finish, the input "
-                   "size of the exported model (default: the training size)")
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--device", help="cpu or a CUDA index such as 0 (default: GPU when present)")
-    p.add_argument("--project", type=Path, default=Path("runs/train"))
-    p.add_argument("--name", help="run folder name under --project (default: timestamped)")
+    add_run_options(p, epochs=50, project="runs/train", imgsz=None,
+                    imgsz_help="training input size (default 416); with --finish, the input size of the exported "
+                    "model (default: the training size)",
+                    time_help="training budget in hours; overrides --epochs (Ultralytics re-plans the epochs to "
+                    "fit): a GPU lent for minutes trains to its limit and still returns best.pt",
+                    repeat_help="repeat-factor sampling (LVIS): images of classes and sources held by fewer than "
+                    f"this fraction of train images are drawn more often (alone: {REPEAT_THRESHOLD}; default: off, "
+                    "every image once per epoch)")
     p.add_argument("--resume", action="store_true", help="continue --project/--name from its last.pt")
     p.add_argument("--finish", action="store_true",
                    help="skip training: export, evaluate, card and champion/challenger for --project/--name")
     p.add_argument("--fraction", type=float, default=1.0, help="train on this fraction of the train split")
-    p.add_argument("--repeat-threshold", type=float, metavar="T", nargs="?", const=REPEAT_THRESHOLD,
-                   help="repeat-factor sampling (LVIS): images of classes and sources held by fewer than this "
-                        f"fraction of train images are drawn more often (alone: {REPEAT_THRESHOLD}; "
-                        "default: off, every image once per epoch)")
     p.add_argument("--activation", choices=("silu", "relu"),
                    help="convert the start model's activations before training (relu: faster int8 on CPU, "
                         "needs a fine-tune to recover accuracy; default: keep the start's)")
@@ -41,26 +38,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="feature distillation from this .pt (Ultralytics' distill_model): the neck features the "
                         "teacher's detection head reads are taught to the student, e.g. the SiLU default "
                         "teaching its ReLU conversion")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--cache", choices=("ram", "disk"), help="cache decoded training images (ram: fastest on CPU)")
     p.add_argument("--close-mosaic", type=int, help="last epochs trained without mosaic augmentation")
-    p.add_argument("--time", type=float, metavar="HOURS",
-                   help="training budget in hours; overrides --epochs (Ultralytics re-plans the epochs to fit): "
-                        "a GPU lent for minutes trains to its limit and still returns best.pt")
     p.add_argument("--warmup-epochs", type=float, help="epochs of learning-rate warm-up (Ultralytics' default 3)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="auto",
                    help="auto lets Ultralytics pick (AdamW on short runs) and set its own learning rate")
     p.add_argument("--lr0", type=float, help="initial learning rate; needs an explicit --optimizer")
-    p.add_argument("--no-plots", dest="plots", action="store_false", help="skip Ultralytics' training plots")
     p.add_argument("--no-int8", dest="int8", action="store_false", help="export fp32 only after training")
     p.add_argument("--card-notes", type=Path,
                    help="Markdown file whose text opens the model card (the run's history, comparisons)")
     p.add_argument("--promote", action="store_true",
                    help="install the result in weights/ if it is not worse than the current default")
-    p.add_argument("--weights-dir", type=Path, default=None, help="where the current default lives (weights/)")
-    p.add_argument("--force-reason", metavar="TEXT",
-                   help="promote even though a class that a violation rule uses fell by more than 5 AP50 points "
-                        "(the reason goes on the model card and the log)")
+    add_weights_dir(p, "where the current default lives (weights/)")
+    add_force_reason(p)
     p.set_defaults(func=run_train)
 
     p = subparsers.add_parser(
@@ -72,17 +61,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "worse on the base split and better on the review split.")
     p.add_argument("--review", action="append", default=[], type=Path, metavar="DIR",
                    help="a review export folder (repeatable)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--time", type=float, metavar="HOURS",
-                   help="training budget in hours; overrides --epochs (Ultralytics re-plans the epochs to fit)")
-    p.add_argument("--imgsz", type=int, default=416, help="training input size (the export uses it too)")
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--device", help="cpu or a CUDA index such as 0 (default: GPU when present)")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--no-plots", dest="plots", action="store_false", help="skip Ultralytics' training plots")
-    p.add_argument("--weights-dir", type=Path, help="where the current default lives and a promotion goes (weights/)")
-    p.add_argument("--project", type=Path, default=Path("runs/retrain"))
-    p.add_argument("--name", help="run folder under --project (default: timestamped)")
+    add_run_options(p, epochs=10, project="runs/retrain", imgsz=416,
+                    imgsz_help="training input size (the export uses it too)",
+                    time_help="training budget in hours; overrides --epochs (Ultralytics re-plans the epochs to fit)",
+                    repeat_help=f"repeat-factor sampling as for `gridwatch train` (alone: {REPEAT_THRESHOLD}; "
+                    "default: off)")
+    add_weights_dir(p, "where the current default lives and a promotion goes (weights/)")
     p.add_argument("--sources", help="comma-separated base sources (default: all in datasets/)")
     p.add_argument("--root", type=Path, help="datasets root the base sources are relative to (../shared/datasets)")
     p.add_argument("--limit", type=int, metavar="N", help="first N images of each base source (quick runs)")
@@ -93,15 +77,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--crops", type=int, default=0, metavar="TILE",
                    help="native-resolution train crops of small signs, ads, flyers and banners (as `gridwatch "
                         "dataset build --crops`)")
-    p.add_argument("--cache", choices=("ram", "disk"), help="cache decoded training images (ram: fastest on CPU)")
-    p.add_argument("--repeat-threshold", type=float, metavar="T", nargs="?", const=REPEAT_THRESHOLD,
-                   help=f"repeat-factor sampling as for `gridwatch train` (alone: {REPEAT_THRESHOLD}; default: off)")
     p.add_argument("--pseudo-labels", action=argparse.BooleanOptionalAction, default=True,
                    help="COCO-teacher boxes for the context classes on the base sources (default: on)")
     p.add_argument("--cache-dir", type=Path, help="teacher output cache (default: runs/cache/teacher)")
-    p.add_argument("--force-reason", metavar="TEXT",
-                   help="promote even though a class that a violation rule uses fell by more than 5 AP50 points "
-                        "(the reason goes on the model card and the log)")
+    add_force_reason(p)
     p.set_defaults(func=run_retrain)
 
     p = subparsers.add_parser("average", help="average checkpoints of one lineage into a new run's best.pt")
@@ -141,8 +120,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--imgsz", type=int, help="input size (default: the training imgsz)")
     p.add_argument("--out", type=Path, help="output folder (default: runs/export/NAME-TIME; never the served "
                    "model's folder: `gridwatch models promote` puts a model in service)")
-    p.add_argument("--weights-dir", type=Path, help="the served model's folder, to compare with and never write to "
-                   "(default: weights/)")
+    add_weights_dir(p, "the served model's folder, to compare with and never write to (default: weights/)")
     p.add_argument("--calib", type=Path, help="folder of real images for int8 calibration (32+)")
     p.add_argument("--int8", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--name", default="gridwatch", help="file stem: NAME-fp32.onnx, NAME-int8.onnx")
@@ -156,10 +134,54 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "convolutions (about 0.9 ms faster per 1080p frame)")
     p.set_defaults(func=run_export)
 
+    from training.second_stage.commands import add_parser as add_second_stage  # argparse only, like this module
 
-def _fail(message: str) -> int:
+    add_second_stage(subparsers)
+
+
+# -- options and checks the training commands share (model_commands.py too) -----------------------
+def add_run_options(p: argparse.ArgumentParser, *, epochs: int, project: str, imgsz: int | None, imgsz_help: str,
+                    time_help: str, repeat_help: str) -> None:
+    """A training run's options, as `train` and `retrain` both take them."""
+    p.add_argument("--epochs", type=int, default=epochs)
+    p.add_argument("--time", type=float, metavar="HOURS", help=time_help)
+    p.add_argument("--imgsz", type=int, default=imgsz, help=imgsz_help)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--device", help="cpu or a CUDA index such as 0 (default: GPU when present)")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--project", type=Path, default=Path(project))
+    p.add_argument("--name", help="run folder name under --project (default: timestamped)")
+    p.add_argument("--cache", choices=("ram", "disk"), help="cache decoded training images (ram: fastest on CPU)")
+    p.add_argument("--repeat-threshold", type=float, metavar="T", nargs="?", const=REPEAT_THRESHOLD, help=repeat_help)
+    p.add_argument("--no-plots", dest="plots", action="store_false", help="skip Ultralytics' training plots")
+
+
+def add_weights_dir(p: argparse.ArgumentParser, help: str = "the served model's folder (default: weights/)") -> None:
+    p.add_argument("--weights-dir", type=Path, default=None, help=help)
+
+
+def add_force_reason(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--force-reason", metavar="TEXT",
+                   help="promote even though a class that a violation rule uses fell by more than 5 AP50 points "
+                        "(the reason goes on the model card and the log)")
+
+
+def weights_dir(args: argparse.Namespace) -> Path:
+    """--weights-dir, else the served model's folder (weights/)."""
+    from training.fit.train import WEIGHTS_DIR
+
+    return args.weights_dir or WEIGHTS_DIR
+
+
+def blank_reason(value: str | None, flag: str, why: str) -> str | None:
+    """The error for a reason option given but empty (a promotion outside the rules says why)."""
+    return f"{flag} needs a reason: {why}" if value is not None and not value.strip() else None
+
+
+def fail(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return 2
+
 
 
 def ultralytics_options(args: argparse.Namespace) -> dict:
@@ -171,21 +193,21 @@ def ultralytics_options(args: argparse.Namespace) -> dict:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from training.train import WEIGHTS_DIR, TrainError, existing_run, finish_run, train
+    from training.fit.train import TrainError, existing_run, finish_run, train
 
     if not (args.resume or args.finish) and args.data is None:
-        return _fail("--data is required (unless --resume or --finish)")
+        return fail("--data is required (unless --resume or --finish)")
     if args.lr0 is not None and args.optimizer == "auto":
         # Ultralytics silently replaces lr0 when it picks the optimizer itself.
-        return _fail("--lr0 has no effect with --optimizer auto; name the optimizer, e.g. --optimizer SGD")
+        return fail("--lr0 has no effect with --optimizer auto; name the optimizer, e.g. --optimizer SGD")
     if args.distill is not None and not args.distill.is_file():
-        return _fail(f"--distill: no teacher checkpoint at {args.distill}")
-    if args.force_reason is not None and not args.force_reason.strip():
-        return _fail("--force-reason needs a reason: say why the fall is acceptable")
+        return fail(f"--distill: no teacher checkpoint at {args.distill}")
+    if error := blank_reason(args.force_reason, "--force-reason", "say why the fall is acceptable"):
+        return fail(error)
     try:  # read now: a typo must not surface only after hours of training
         notes = args.card_notes.read_text(encoding="utf-8") if args.card_notes else None
     except (OSError, UnicodeDecodeError) as exc:
-        return _fail(f"--card-notes: {exc}")
+        return fail(f"--card-notes: {exc}")
     try:
         if args.finish:
             result = existing_run(args.project, args.name)
@@ -198,26 +220,26 @@ def run_train(args: argparse.Namespace) -> int:
             )
         data = args.data
         if data is None:  # the data is what the run was started with
-            from training.export import read_checkpoint_args
+            from training.export.export import read_checkpoint_args
 
             data = Path(read_checkpoint_args(result.best)["data"])
-        finish_run(result, data, promote=args.promote, weights_dir=args.weights_dir or WEIGHTS_DIR,
+        finish_run(result, data, promote=args.promote, weights_dir=weights_dir(args),
                    int8=args.int8, notes=notes, imgsz=args.imgsz if args.finish else None,
                    force_reason=args.force_reason)
     except (TrainError, ValueError, FileNotFoundError) as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     return 0
 
 
 def run_retrain(args: argparse.Namespace) -> int:
     from training.data_commands import _sources
-    from training.dataset_build import BuildError
-    from training.retrain import RetrainOptions, retrain
-    from training.sources import SourceError
-    from training.train import TrainError
+    from training.data.dataset_build import BuildError
+    from training.promotion.retrain import RetrainOptions, retrain
+    from training.data.sources import SourceError
+    from training.fit.train import TrainError
 
-    if args.force_reason is not None and not args.force_reason.strip():
-        return _fail("--force-reason needs a reason: say why the fall is acceptable")
+    if error := blank_reason(args.force_reason, "--force-reason", "say why the fall is acceptable"):
+        return fail(error)
     try:
         card = retrain(RetrainOptions(
             reviews=args.review, epochs=args.epochs, hours=args.time, imgsz=args.imgsz, batch=args.batch,
@@ -230,20 +252,20 @@ def run_retrain(args: argparse.Namespace) -> int:
             extra={"cache": args.cache} if args.cache else {}, force_reason=args.force_reason,
         ), log=lambda line: print(line, flush=True))
     except (TrainError, BuildError, SourceError, ValueError, FileNotFoundError) as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     print(f"retrain: {'promoted' if card.decision.promote else 'not promoted'} ({card.model_version})")
     return 0
 
 
 def run_average(args: argparse.Namespace) -> int:
-    from training.average import average_checkpoints
-    from training.export import ExportError
+    from training.fit.average import average_checkpoints
+    from training.export.export import ExportError
 
     out = args.project / args.name / "weights" / "best.pt"
     try:
         average_checkpoints(args.weights, out, args.shares)
     except ExportError as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     print(f"averaged {len(args.weights)} checkpoints -> {out}")
     print(f"next: gridwatch train --finish --project {args.project} --name {args.name} --promote")
     return 0
@@ -254,8 +276,8 @@ def run_eval(args: argparse.Namespace) -> int:
 
     from detector.model import DetectorError
     from detector.runtime import DEFAULT_SCORE_THRESHOLD
-    from training.eval_plots import write_plots
-    from training.evaluate import (
+    from training.evaluation.eval_plots import write_plots
+    from training.evaluation.evaluate import (
         EvalError,
         evaluate,
         evaluate_place_folds,
@@ -266,11 +288,11 @@ def run_eval(args: argparse.Namespace) -> int:
         ultralytics_predictor,
     )
 
-    from training.eval_audit import Recorder, image_errors, save_errors, training_overlap
+    from training.evaluation.eval_audit import Recorder, image_errors, save_errors, training_overlap
 
     say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731 - stdout may be --json
     if args.save_errors is not None and args.place_folds is not None:
-        return _fail("--save-errors and --place-folds: one at a time")
+        return fail("--save-errors and --place-folds: one at a time")
     try:
         eval_set = load_eval_set(args.data, args.source, args.split)
         say(f"scoring the {eval_set.split} split of {args.data} ({len(eval_set.images)} images)")
@@ -278,7 +300,7 @@ def run_eval(args: argparse.Namespace) -> int:
         if overlap is not None:
             say(overlap.warning())
         if args.model.suffix == ".pt":
-            from training.export import read_checkpoint_args
+            from training.export.export import read_checkpoint_args
 
             imgsz = args.imgsz or int(read_checkpoint_args(args.model).get("imgsz") or 640)
             predict = ultralytics_predictor(args.model, imgsz)
@@ -301,10 +323,10 @@ def run_eval(args: argparse.Namespace) -> int:
         tiled = None
         if args.tiles is not None:
             if args.model.suffix == ".pt":
-                return _fail("--tiles evaluates the served runtime: give the .onnx model")
+                return fail("--tiles evaluates the served runtime: give the .onnx model")
             tiled = evaluate(tiled_predictor(predict, args.tiles or None), eval_set, threshold)
     except (EvalError, DetectorError, FileNotFoundError) as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     if args.plots:
         written = write_plots(result, args.plots)
         if not args.json:
@@ -335,15 +357,14 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from training.export import ExportError
-    from training.export_run import export_run
-    from training.train import WEIGHTS_DIR
+    from training.export.export import ExportError
+    from training.export.export_run import export_run
 
     try:
-        export_run(args.weights, args.out, weights_dir=args.weights_dir or WEIGHTS_DIR, stem=args.name,
+        export_run(args.weights, args.out, weights_dir=weights_dir(args), stem=args.name,
                    imgsz=args.imgsz, calib=args.calib, int8=args.int8, model_version=args.version,
                    dynamic=not args.static, int8_for_ultralytics=args.for_ultralytics,
                    log=lambda line: print(line, flush=True))
     except (ExportError, FileNotFoundError) as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     return 0

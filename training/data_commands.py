@@ -93,7 +93,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _sources(arg: str | None, root: Path | None):
-    from training.sources import all_sources, load_source
+    from training.data.sources import all_sources, load_source
 
     if not arg:
         return all_sources(root)
@@ -101,9 +101,9 @@ def _sources(arg: str | None, root: Path | None):
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from training.dataset_build import DEFAULT_OUT, BuildError, BuildOptions, build
-    from training.sources import SourceError
-    from training.synthetic import SyntheticError
+    from training.data.dataset_build import DEFAULT_OUT, BuildError, BuildOptions, build
+    from training.data.sources import SourceError
+    from training.data.synthetic import SyntheticError
 
     try:
         options = BuildOptions(
@@ -132,7 +132,7 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def run_import(args: argparse.Namespace) -> int:
-    from training.dataset_import import DatasetImportError, import_export
+    from training.data.dataset_import import DatasetImportError, import_export
 
     try:
         import_export(args.export, args.name, args.out, fmt=args.format, maps=args.map, licence=args.licence,
@@ -144,8 +144,8 @@ def run_import(args: argparse.Namespace) -> int:
 
 
 def run_pack(args: argparse.Namespace) -> int:
-    from training.pack import PackError, pack
-    from training.yolo_format import YoloFormatError
+    from training.data.pack import PackError, pack
+    from training.data.yolo_format import YoloFormatError
 
     try:
         pack(args.data, args.out, imgsz=args.imgsz, quality=args.quality, parts=args.parts,
@@ -157,7 +157,7 @@ def run_pack(args: argparse.Namespace) -> int:
 
 
 def run_sources(args: argparse.Namespace) -> int:
-    from training.sources import SourceError
+    from training.data.sources import SourceError
 
     try:
         sources = _sources(None, args.root)

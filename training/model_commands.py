@@ -1,12 +1,13 @@
 """`gridwatch models list`, `gridwatch models rollback`, `gridwatch models promote`: the served
-model's history (training/model_history.py). Only argparse at import time."""
+model's history (training/promotion/model_history.py). Only argparse at import time."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
+
+from training.commands import add_weights_dir, blank_reason, fail, weights_dir
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -15,7 +16,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     p = commands.add_parser("list", help="every model promoted into weights/: version, date, data hash, "
                                          "headline AP, who promoted it and why")
-    p.add_argument("--weights-dir", type=Path, help="the served model's folder (default: weights/)")
+    add_weights_dir(p)
     p.add_argument("--json", action="store_true", help="one JSON object: the kept models and the events")
     p.set_defaults(func=run_list)
 
@@ -23,7 +24,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("version", nargs="?", metavar="VERSION",
                    help="the version to put back (default: the one promoted before the current one)")
     p.add_argument("--reason", default="rollback", help="why (kept in the history)")
-    p.add_argument("--weights-dir", type=Path, help="the served model's folder (default: weights/)")
+    add_weights_dir(p)
     p.set_defaults(func=run_rollback)
 
     p = commands.add_parser(
@@ -34,23 +35,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "when a person decides otherwise, and says why.")
     p.add_argument("folder", type=Path, metavar="DIR", help="the export folder")
     p.add_argument("--reason", required=True, help="why this model goes in service without the comparison")
-    p.add_argument("--weights-dir", type=Path, help="the served model's folder (default: weights/)")
+    add_weights_dir(p)
     p.set_defaults(func=run_promote)
 
 
 def _weights(args: argparse.Namespace) -> Path:
-    from training.train import WEIGHTS_DIR
-
-    return (args.weights_dir or WEIGHTS_DIR).resolve()
-
-
-def _fail(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return 2
+    return weights_dir(args).resolve()
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from training.model_history import current, entries, events, table
+    from training.promotion.model_history import current, entries, events, table
 
     weights = _weights(args)
     if args.json:
@@ -65,26 +59,26 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_rollback(args: argparse.Namespace) -> int:
-    from training.model_history import HistoryError, rollback
+    from training.promotion.model_history import HistoryError, rollback
 
     try:
         rollback(_weights(args), args.version, reason=args.reason, log=lambda line: print(line, flush=True))
     except HistoryError as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     return 0
 
 
 def run_promote(args: argparse.Namespace) -> int:
-    from training.model_history import HistoryError, model_files, promote
+    from training.promotion.model_history import HistoryError, model_files, promote
 
-    if not args.reason.strip():
-        return _fail("--reason needs a reason: say why this model skips champion/challenger")
+    if error := blank_reason(args.reason, "--reason", "say why this model skips champion/challenger"):
+        return fail(error)
     files = model_files(args.folder)
     if not any(name.endswith(".onnx") for name in files):
-        return _fail(f"{args.folder}: no gridwatch-*.onnx model files (an export folder of `gridwatch export`)")
+        return fail(f"{args.folder}: no gridwatch-*.onnx model files (an export folder of `gridwatch export`)")
     try:
         promote(files, _weights(args), how="forced", reason=args.reason.strip(),
                 log=lambda line: print(line, flush=True))
     except HistoryError as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     return 0

@@ -7,6 +7,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -18,6 +19,7 @@ from serving.health import held_fault
 from serving.service import GridwatchService
 
 log = logging.getLogger("gridwatch.api")
+RELOAD_ROUTE = "/v1/models/reload"
 RETRY_AFTER_S = 5  # while a part is away (database, evidence disk)
 
 
@@ -47,6 +49,13 @@ def create_app(service: GridwatchService) -> FastAPI:
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", ""))[:500], "type": e.get("type", "")}
                   for e in exc.errors()]
+        if request.method == "POST" and getattr(request.scope.get("route"), "path", None) == RELOAD_ROUTE:
+            # A reload refused by its request's schema (a path for a name, a broken body) is
+            # logged and audited like one the service refused.
+            principal = getattr(request.state, "principal", None)
+            reason = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
+            await run_in_threadpool(service.refuse_reload, principal.name if principal else "unknown",
+                                    f"invalid request: {reason}", requested=exc.body)
         return JSONResponse({"detail": errors}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)

@@ -35,7 +35,7 @@ from serving.auth import Principal, create_key, revoke_key, rotate_key
 from serving.cameras.registry import CameraError
 from serving.bundle import BundleError
 from serving.cases import CaseError, CaseFilter, CasePublic
-from serving.cases.review import DecisionConflict, Throttled
+from serving.cases.review import Decision, DecisionConflict, Throttled
 from serving.events import CAMERA_ID, ViolationEvent, division_problem
 from serving.evidence import EvidenceFrame
 from serving.frame_boxes import BoxError, clip_box
@@ -317,6 +317,18 @@ def decision_refused(exc: CaseError) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=exc.status, headers=headers)
 
 
+def take_decision(service: Any, case_number: str, decision: Decision, reviewer: str) -> CasePublic | JSONResponse:
+    """One decision through CaseService.decide, for the API's and the page's routes alike: the
+    case as it is now, or the refusal as its JSON answer; a decision that goes out wakes delivery."""
+    try:
+        case = service.cases.decide(case_number, decision, reviewer=reviewer)
+    except CaseError as exc:
+        return decision_refused(exc)
+    if service.delivery is not None:
+        service.delivery.wake()
+    return case
+
+
 DECISION_RESPONSES: dict[int | str, dict[str, Any]] = {
     409: {"model": DecisionConflictBody, "description": "leased to someone else, already decided, or a stale version"},
     429: {"description": "too many decisions a minute (settings.review_max_per_min); Retry-After says when"}}
@@ -327,15 +339,7 @@ def review_case(case_number: CaseNumber, body: ReviewRequest, service: Service,
                 principal: Principal = Depends(require("reviewer"))) -> CasePublic | JSONResponse:
     """The first decision on a pending case. A second one is a 409: change a decision with
     /redecide. `version` (optional here) is checked when given."""
-    try:
-        case = service.cases.review(case_number, body.action, reviewer=principal.name, note=body.note,
-                                    violation=body.violation, reason=body.reason, boxes=body.boxes,
-                                    version=body.version)
-    except CaseError as exc:
-        return decision_refused(exc)
-    if service.delivery is not None:
-        service.delivery.wake()
-    return case
+    return take_decision(service, case_number, body.decision(), principal.name)
 
 
 @v1.post("/cases/{case_number}/redecide", response_model=CasePublic, tags=["cases"], responses=DECISION_RESPONSES)
@@ -343,15 +347,7 @@ def redecide_case(case_number: CaseNumber, body: RedecideRequest, service: Servi
                   principal: Principal = Depends(require("reviewer"))) -> CasePublic | JSONResponse:
     """Change a decided case's decision, saying why (`why`), on the version it was seen at;
     audited as review.redecide and sent to the case system as a new version."""
-    try:
-        case = service.cases.redecide(case_number, body.action, reviewer=principal.name, why=body.why,
-                                      version=body.version, note=body.note, violation=body.violation,
-                                      reason=body.reason, boxes=body.boxes)
-    except CaseError as exc:
-        return decision_refused(exc)
-    if service.delivery is not None:
-        service.delivery.wake()
-    return case
+    return take_decision(service, case_number, body.decision(), principal.name)
 
 
 @v1.post("/cases/{case_number}/status", response_model=CasePublic, tags=["cases"])

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, field_validator
 
 from serving.cases import CasePublic
+from serving.cases.review import Decision
 from serving.events import no_nul
 from serving.live_model import LiveDetector
 
@@ -45,6 +47,11 @@ class ReviewRequest(BaseModel):
 
     _clean = field_validator("violation", "reason", "note")(no_nul)
 
+    def decision(self) -> Decision:
+        """The one typed decision CaseService.decide takes, from whichever route got it."""
+        return Decision(action=self.action, violation=self.violation, reason=self.reason, boxes=self.boxes,
+                        note=self.note, version=self.version)
+
 
 class RedecideRequest(ReviewRequest):
     """POST /v1/cases/{case}/redecide (and the page's re-decide): change a decision on
@@ -54,6 +61,9 @@ class RedecideRequest(ReviewRequest):
     why: str = Field(min_length=1, max_length=500, description="why the decision changes (required, audited)")
 
     _clean_why = field_validator("why")(no_nul)
+
+    def decision(self) -> Decision:
+        return replace(super().decision(), why=self.why)
 
 
 class DecisionConflictBody(BaseModel):

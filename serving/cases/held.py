@@ -22,6 +22,7 @@ import logging
 import threading
 from collections import deque
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 
 import cv2
@@ -49,7 +50,8 @@ def write_spooled(path: Path, event: ViolationEvent, frame: EvidenceFrame | None
     arrays: dict[str, np.ndarray] = {"event": np.frombuffer(event.model_dump_json().encode(), np.uint8)}
     meta = {"fencing": fencing, "frame": None}
     if frame is not None:
-        meta["frame"] = {"box": frame.box, "label": frame.label, "suffix": frame.suffix,
+        meta["frame"] = {"box": frame.box, "label": frame.label, "suffix": frame.suffix, "best": frame.best,
+                         "taken_at": frame.taken_at.isoformat() if frame.taken_at else None,
                          "names": None if frame.detections is None else
                          {str(k): v for k, v in frame.detections.names.items()}}
         arrays["encoded"] = np.frombuffer(frame.encoded or b"", np.uint8)
@@ -74,8 +76,10 @@ def read_spooled(path: Path) -> tuple[ViolationEvent, EvidenceFrame | None, int 
             if f["names"] is not None:
                 detections = Detections(xyxy=data["xyxy"], scores=data["scores"], class_ids=data["class_ids"],
                                         names={int(k): v for k, v in f["names"].items()})
+            taken = f.get("taken_at")  # absent in files an older version spooled
             frame = EvidenceFrame(box=tuple(f["box"]) if f["box"] is not None else None, label=f["label"],
-                                  encoded=data["encoded"].tobytes(), suffix=f["suffix"], detections=detections)
+                                  encoded=data["encoded"].tobytes(), suffix=f["suffix"], detections=detections,
+                                  best=f.get("best", True), taken_at=datetime.fromisoformat(taken) if taken else None)
     return event, frame, meta["fencing"]
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Literal
 
@@ -22,6 +22,7 @@ from detector.boxes import box_iou
 from detector.taxonomy import Taxonomy
 from serving.cases.outbox import queue_version
 from serving.cases.policy import CasePolicy
+from serving.chain import TOMBSTONE, EvidenceChain, canonical
 from serving.events import ViolationEvent
 from serving.evidence import EvidenceError, EvidenceFrame, EvidenceStore
 from serving.privacy import PrivacyPolicy
@@ -31,6 +32,8 @@ IngestAction = Literal["created", "joined", "reopened", "ended", "duplicate"]
 # What a new case takes from its first event as it is; the rest is derived below.
 CASE_FIELDS_FROM_EVENT = {"camera", "violation", "zone", "zone_type", "matter_code", "grid", "first_seen",
                           "last_seen", "dwell_s", "score", "needs_review"}
+# The moment of the event each transition's frame shows on the case's timeline.
+MOMENT_OF = {"opened": "opened", "updated": "update", "closed": "closed"}
 
 
 def case_number(first_seen: datetime, instance: str, row_id: int) -> str:
@@ -44,6 +47,9 @@ class IngestResult:
     case_number: str
     action: IngestAction
     queued: str | None = None  # the outbox event written, if any
+    # Evidence files of timeline frames dropped past the bound: deleted once the transaction
+    # that dropped them (and chained their tombstone) has committed.
+    dropped: tuple[str, ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,7 @@ class CaseIngest:
     base_url: str
     instance: str  # this database's code (serving.store.models.Instance), in every case number
     privacy: PrivacyPolicy | None = None  # people masked in every copy that leaves (serving/privacy.py)
+    chain: EvidenceChain | None = None  # where a dropped timeline frame's tombstone goes (serving/chain.py)
 
     def apply(self, session: Session, event: ViolationEvent, frame: EvidenceFrame | None) -> IngestResult:
         if session.bind.dialect.name == "postgresql":
@@ -72,6 +79,7 @@ class CaseIngest:
         case = session.get(Case, seen[0].case_id) if seen else self._match(session, event)
         action: IngestAction
         queued = None
+        session.info["dropped_evidence"] = []
         if case is None:
             case = self._create(session, event, frame)
             action = "created"
@@ -96,7 +104,7 @@ class CaseIngest:
             queued = queue_version(session, case, "case.reported", self.base_url)
         session.add(CaseEvent(case_id=case.id, event_id=event.event_id, event_type=event.type,
                               last_seen=event.last_seen, score=event.score))
-        return IngestResult(case.case_number, action, queued)
+        return IngestResult(case.case_number, action, queued, tuple(session.info.pop("dropped_evidence", [])))
 
     def _match(self, session: Session, event: ViolationEvent) -> Case | None:
         candidates = session.scalars(
@@ -156,34 +164,87 @@ class CaseIngest:
             case.state = "ended"
         elif case.state == "ended":
             case.state = "active"
-        better = max(event.best_score, event.score) > case.best_score
-        if frame is not None and (better or not case.evidence):
+        # A frame that may be the best (the pipeline's best so far, an upload) is the case's photo
+        # when its score beats the case's; the latest sighting's frame never is.
+        better = frame is not None and frame.best and max(event.best_score, event.score) > case.best_score
+        moment = [] if sent_again else [MOMENT_OF[event.type]]
+        version = event.model_version or self.model_version()
+        seen_at = (frame.taken_at or event.last_seen) if frame is not None else None
+        if frame is not None and (better or not any(e.kind == "original" for e in case.evidence)):
             case.best_score = max(case.best_score, event.best_score, event.score)
-            if event.box is not None:
+            if event.box is not None and frame.best:
                 case.box = list(event.box)
-            self.add_evidence(session, case, frame, event.model_version or self.model_version())
+            self.add_evidence(session, case, frame, version, moment=",".join([*moment, "best"]), seen_at=seen_at)
+        elif frame is not None and moment and self.policy.timeline_frames > 0 and not self._stored(case, frame):
+            if self.add_evidence(session, case, frame, version, moment=moment[0], seen_at=seen_at):
+                self._bound_timeline(session, case)
         case.updated_at = datetime.now(timezone.utc)
 
+    @staticmethod
+    def _stored(case: Case, frame: EvidenceFrame) -> bool:
+        """The same picture the case already holds (an edge box sending its frame again with
+        the next transition) is not a new moment of the event."""
+        if frame.encoded is None:
+            return False  # a decoded camera frame: a new sighting
+        digest = hashlib.sha256(frame.encoded).hexdigest()
+        return any(e.sha256 == digest for e in case.evidence if e.kind in ("original", "moment"))
+
+    def _bound_timeline(self, session: Session, case: Case) -> None:
+        """At most `policy.timeline_frames` moment frames: the oldest updates go first, then
+        the oldest openings and closings but the first opening and the latest closing; each
+        drop is a tombstone in the evidence chain, like a retention purge."""
+        frames: dict[tuple, list[Evidence]] = {}
+        for item in case.evidence:
+            if item.moment and item.seen_at is not None:
+                frames.setdefault((item.seen_at, item.moment), []).append(item)
+        timeline = sorted((key for key, items in frames.items() if any(e.kind == "moment" for e in items)),
+                          key=lambda key: key[0])
+        excess = len(timeline) - self.policy.timeline_frames
+        if excess <= 0:
+            return
+        opened = [k for k in timeline if "opened" in k[1].split(",")]
+        closed = [k for k in timeline if "closed" in k[1].split(",")]
+        keep = {opened[0] if opened else None, closed[-1] if closed else None, timeline[-1]}
+        order = ([k for k in timeline if k[1] == "update" and k not in keep]
+                 + [k for k in timeline if k[1] != "update" and k not in keep] + [k for k in timeline if k in keep])
+        items = [item for key in order[:excess] for item in frames[key]]
+        if self.chain is not None:
+            detail = {"rule": f"timeline: keep {self.policy.timeline_frames} frames",
+                      "removed": [e.chain_seq for e in items if e.chain_seq is not None],
+                      "items": [{"seq": e.chain_seq, "kind": e.kind, "sha256": e.sha256, "path": e.path}
+                                for e in items],
+                      "at": datetime.now(timezone.utc).isoformat()}
+            self.chain.append(session, case.case_number, TOMBSTONE,
+                              hashlib.sha256(canonical(detail).encode("utf-8")).hexdigest(), detail=detail)
+        for item in items:
+            case.evidence.remove(item)
+        session.flush()
+        session.info.setdefault("dropped_evidence", []).extend(e.path for e in items)
+
     def add_evidence(self, session: Session, case: Case, frame: EvidenceFrame, model_version: str, *,
-                     after: bool = False) -> bool:
-        """The frame's files among the case's evidence (`after`: a re-check's photo).
-        False when the frame could not be stored."""
+                     after: bool = False, moment: str = "", seen_at: datetime | None = None) -> bool:
+        """The frame's files among the case's evidence (`after`: a re-check's photo), each
+        marked with the event's `moment` it shows and when (`seen_at`): a moment without
+        "best" is a timeline frame, stored as "moment" items. False when it could not be stored."""
         if self.privacy is not None:
             frame = self.privacy.apply(frame, case.violation)
+        timeline_only = bool(moment) and "best" not in moment.split(",")
         try:
-            stored = self.evidence.write(case.case_number, frame, after=after)
+            stored = self.evidence.write(case.case_number, frame, after=after, moment=timeline_only)
         except EvidenceError:
             # A case without a picture still reaches a reviewer; a bad frame must not drop it.
-            if not case.evidence and not after:
+            if not case.evidence and not after and not timeline_only:
                 case.needs_review = True
             return False
         have = {(e.kind, e.sha256) for e in case.evidence}
         for item in stored:
             if (item.kind, item.sha256) not in have:
-                seen = frame.detections if item.kind in ("original", "after") else None
+                frame_kind = item.kind in ("original", "after", "moment")
+                seen = frame.detections if frame_kind else None
                 case.evidence.append(Evidence(kind=item.kind, path=item.path, sha256=item.sha256,
                                               size=item.size, media_type=item.media_type, masks=item.masks,
                                               detections=seen.to_records() if seen is not None else None,
-                                              model_version=model_version if item.kind in ("original", "after") else ""))
+                                              model_version=model_version if frame_kind else "",
+                                              moment=moment, seen_at=seen_at))
         session.flush()
         return True

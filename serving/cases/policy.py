@@ -27,6 +27,7 @@ class CasePolicy:
     cooldown_s: float = 600.0
     min_iou: float = 0.1
     reopen_policy: Literal["reopen", "new"] = "reopen"
+    timeline_frames: int = 6  # moments of the event kept beside the best frame (settings.timeline_frames)
     auto_confirm: dict[str, float] = field(default_factory=dict)
     # (camera, violation) -> the auto-confirm score fitted to that pair's reviews, if any
     # (serving/cases/thresholds.py); it replaces the setting only where the setting is given.
@@ -39,6 +40,7 @@ class CasePolicy:
             cooldown_s=settings.dedup_cooldown_s,
             min_iou=settings.dedup_min_iou,
             reopen_policy=settings.reopen_policy,
+            timeline_frames=settings.timeline_frames,
             auto_confirm=dict(settings.auto_confirm),
             learned_auto_confirm=learned_auto_confirm,
         )

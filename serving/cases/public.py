@@ -9,7 +9,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, PlainSerializer
+from pydantic import BaseModel, PlainSerializer, SerializerFunctionWrapHandler, model_serializer
+from typing_extensions import NotRequired, TypedDict
 
 from serving.events import IsoTime, rounded
 from serving.store.models import Case
@@ -17,6 +18,20 @@ from serving.store.models import Case
 # case.reopened: seen again after it ended, or still there at the re-check after "handled";
 # case.verified: gone at the re-check, closed (both carry the before and after photos).
 CaseEventName = Literal["case.reported", "case.updated", "case.retracted", "case.reopened", "case.verified"]
+
+
+class EvidenceJson(TypedDict):
+    """An evidence item as it is sent (what the API's schema shows)."""
+
+    id: int
+    kind: str
+    sha256: str
+    size: int
+    media_type: str
+    url: str
+    chain_seq: int | None
+    moment: NotRequired[str]
+    seen_at: NotRequired[datetime | str]  # ISO-8601 with its offset when sent as JSON
 
 
 class EvidencePublic(BaseModel):
@@ -29,6 +44,19 @@ class EvidencePublic(BaseModel):
     # Its position in the evidence chain (serving/chain.py): with the bundle
     # (GET /v1/cases/{case}/bundle) the case system checks the hash against the signed chain.
     chain_seq: int | None = None
+    # A timeline frame (kind "moment", "moment_annotated"): which moment of the event it shows
+    # (opened, update, closed) and the camera time it was taken. Absent on other items, so
+    # their JSON is as it always was.
+    moment: str | None = None
+    seen_at: IsoTime | None = None
+
+    @model_serializer(mode="wrap")
+    def _timeline_fields_when_set(self, handler: SerializerFunctionWrapHandler) -> EvidenceJson:
+        data = handler(self)
+        for key in ("moment", "seen_at"):
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
 
 
 class CasePublic(BaseModel):
@@ -84,7 +112,8 @@ class CasePublic(BaseModel):
             evidence=[
                 EvidencePublic(id=e.id, kind=e.kind, sha256=e.sha256, size=e.size, media_type=e.media_type,
                                url=f"{base_url}/v1/cases/{case.case_number}/evidence/{e.id}",
-                               chain_seq=e.chain_seq)
+                               chain_seq=e.chain_seq,
+                               **({"moment": e.moment, "seen_at": e.seen_at} if e.kind.startswith("moment") else {}))
                 for e in case.evidence
             ],
         )

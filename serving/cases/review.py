@@ -11,6 +11,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from detector.taxonomy import Taxonomy
@@ -20,6 +21,21 @@ from serving.frame_boxes import BoxError, clip_box
 from serving.store.models import REJECT_REASONS, Case
 
 REVIEW_ACTIONS = ("confirm", "correct", "reject")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One reviewer's decision on a case as every entry hands it to CaseService.decide (the
+    API's review and redecide, the page's decision and re-decision alike): `why` set makes
+    it a re-decision of a decided case, audited as review.redecide."""
+
+    action: str
+    violation: str | None = None  # for "correct": the right violation id
+    reason: str = ""  # with "reject": one of REJECT_REASONS
+    boxes: list[list[float]] | None = None  # the reviewer's own boxes, in the original frame's pixels
+    note: str = ""
+    version: int | None = None  # the case version it was made on (None: not checked; first decisions only)
+    why: str | None = None  # why a decision changes (a re-decision)
 
 
 class DecisionConflict(CaseError):

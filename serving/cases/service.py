@@ -5,8 +5,10 @@ workflow (`review.py`), reading and paging (`listing.py`), what leaves (`public.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -22,6 +24,7 @@ from serving.clock import SYSTEM_CLOCK, WallClock
 from serving.cases.public import CasePublic
 from serving.cases.recheck import Look, RecheckOutcome, apply_look, cancel, plan
 from serving.cases.review import (
+    Decision,
     DecisionConflict,
     DecisionThrottle,
     apply_review,
@@ -32,6 +35,7 @@ from serving.cases.review import (
     review_snapshot,
 )
 from serving.cases.thresholds import ThresholdBook
+from serving.chain import EvidenceChain
 from serving.cluster import leases as camera_leases
 from serving.events import ViolationEvent
 from serving.evidence import EvidenceFrame, EvidenceStore
@@ -40,6 +44,9 @@ from serving.settings import RecheckSettings
 from serving.store.db import Database
 from serving.store.models import AuditEntry, Case, Instance, Recheck
 from serving.streams.media import probe_image
+
+
+log = logging.getLogger("gridwatch.cases")
 
 
 def stored_instance(db: Database) -> str:
@@ -66,13 +73,15 @@ class CaseService:
         clock: WallClock = SYSTEM_CLOCK,
         privacy: PrivacyPolicy | None = None,
         decisions_per_min: int = 0,
+        chain: EvidenceChain | None = None,
     ) -> None:
         """`model_version`: the served model's version, or a function that says it now (the
         model can be swapped while the service runs); an event's own version comes first.
         `recheck`: re-check handled cases (None or disabled: the case system's "handled" is
         the end of it); `cameras()` the cameras run now, whose schedules the re-checks keep;
         `thresholds`: each review refits its camera x violation's thresholds;
-        `decisions_per_min`: decisions one person may make in a minute (0: no limit)."""
+        `decisions_per_min`: decisions one person may make in a minute (0: no limit);
+        `chain`: the evidence chain a dropped timeline frame's tombstone is appended to."""
         self.db = db
         self.clock = clock
         self.evidence = evidence
@@ -82,7 +91,7 @@ class CaseService:
         current_version = model_version if callable(model_version) else lambda: model_version
         self.instance = instance or stored_instance(db)
         self._ingest = CaseIngest(taxonomy, self.policy, evidence, current_version, self.base_url, self.instance,
-                                  privacy)
+                                  privacy, chain)
         # Matching is read-then-write; one writer at a time keeps two events for the same
         # place from both missing each other's new case.
         self._lock = threading.Lock()
@@ -107,7 +116,12 @@ class CaseService:
                 self.counts["duplicates"] += 1
             elif result.action == "created":
                 self.counts["cases_created"] += 1
-            return result
+        for path in result.dropped:  # timeline frames past the bound, their tombstone committed
+            try:
+                self.evidence.resolve(path).unlink(missing_ok=True)
+            except OSError as exc:  # the chain says it was dropped; verify skips it either way
+                log.warning("timeline frame %s not deleted: %s", path, exc)
+        return result
 
     def end_stale(self, cameras: set[str] | None = None) -> int:
         """At start-up: a previous process may have died with violations open. Nothing watches
@@ -122,34 +136,44 @@ class CaseService:
                 case.state = "ended"
             return len(stale)
 
+    def decide(self, case_number: str, decision: Decision, *, reviewer: str,
+               lease_holder: str | None = None) -> CasePublic:
+        """A reviewer's decision, from the API or the review page alike. A first decision (no
+        `why`) is refused (DecisionConflict) when the case is leased to someone other than
+        `lease_holder` (default: the reviewer), already decided, or no longer at `version`
+        (None: not checked, for API clients that predate versions); the lease ends with it.
+        A re-decision (`why`) changes a decided case on the version the reviewer saw; audited
+        as review.redecide and sent to the case system as a new version."""
+        holder = lease_holder if lease_holder is not None else reviewer
+        if decision.why is None:
+            self.throttle.take(reviewer)
+            return self._decide(case_number, decision, f"review.{decision.action}", reviewer=reviewer, holder=holder)
+        if not decision.why.strip():
+            raise CaseError("a re-decision needs a reason (why the decision changes)", status=422)
+        if decision.version is None:
+            raise CaseError("a re-decision names the case version it was made on", status=422)
+        self.throttle.take(reviewer)
+        return self._decide(case_number, replace(decision, why=decision.why.strip()[:500]), "review.redecide",
+                            reviewer=reviewer, holder=holder)
+
     def review(self, case_number: str, action: str, *, reviewer: str = "", note: str = "",
                violation: str | None = None, reason: str = "", boxes: list[list[float]] | None = None,
                lease_holder: str | None = None, version: int | None = None) -> CasePublic:
-        """The first decision on a pending case, from the API or the review page alike. It is
-        refused (DecisionConflict) when the case is leased to someone other than
-        `lease_holder` (default: the reviewer), already decided, or no longer at `version`
-        (None: not checked, for API clients that predate versions); the lease ends with it."""
-        self.throttle.take(reviewer)
-        return self._decide(case_number, action, f"review.{action}", reviewer=reviewer, note=note,
-                            violation=violation, reason=reason, boxes=boxes,
-                            holder=lease_holder if lease_holder is not None else reviewer, version=version)
+        """The first decision on a pending case (`decide` without `why`)."""
+        return self.decide(case_number, Decision(action, violation, reason, boxes, note, version),
+                           reviewer=reviewer, lease_holder=lease_holder)
 
     def redecide(self, case_number: str, action: str, *, reviewer: str, why: str, version: int, note: str = "",
                  violation: str | None = None, reason: str = "", boxes: list[list[float]] | None = None,
                  lease_holder: str | None = None) -> CasePublic:
-        """Change a decision: explicit, with `why`, on the version the reviewer saw; audited
-        as review.redecide and sent to the case system as a new version."""
-        if not why.strip():
-            raise CaseError("a re-decision needs a reason (why the decision changes)", status=422)
-        self.throttle.take(reviewer)
-        return self._decide(case_number, action, "review.redecide", reviewer=reviewer, note=note,
-                            violation=violation, reason=reason, boxes=boxes,
-                            holder=lease_holder if lease_holder is not None else reviewer, version=version,
-                            why=why.strip()[:500])
+        """Change a decision, saying `why` (`decide` with `why`)."""
+        return self.decide(case_number, Decision(action, violation, reason, boxes, note, version, why),
+                           reviewer=reviewer, lease_holder=lease_holder)
 
-    def _decide(self, case_number: str, action: str, audit_action: str, *, reviewer: str, note: str,
-                violation: str | None, reason: str, boxes: list[list[float]] | None, holder: str,
-                version: int | None, why: str | None = None) -> CasePublic:
+    def _decide(self, case_number: str, decision: Decision, audit_action: str, *, reviewer: str,
+                holder: str) -> CasePublic:
+        action, violation, reason, boxes = decision.action, decision.violation, decision.reason, decision.boxes
+        note, version, why = decision.note, decision.version, decision.why
         with self._lock, self.db.transaction() as session:
             case = self._existing(session, case_number)
             check_decision(case, action, self.taxonomy, violation, reason)  # a malformed decision: 422 first

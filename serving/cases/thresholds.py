@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from types import MappingProxyType
 
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
@@ -100,8 +100,12 @@ def fit(decisions: Sequence[Decision], config: ThresholdSettings) -> Fitted:
 
 class ThresholdBook:
     """The thresholds in force, read by the pipeline's rules, the case policy and the
-    re-checks; kept in memory and read again from the database every `refresh_s` (another
-    process on the same database may have moved them) or after a change here."""
+    re-checks. Readers only look at the last snapshot read (an immutable mapping, replaced
+    whole): the rules ask on every analysed frame, and a frame must never wait on the
+    database. The snapshot is read at construction, again after a change made here
+    (`invalidate`, on the reviewer's thread once the review committed), and, once `start()`ed,
+    every `refresh_s` by a thread of its own (another process on the same database may have
+    moved them)."""
 
     def __init__(self, db: Database, config: ThresholdSettings, refresh_s: float = 10.0,
                  faults: Faults | None = None) -> None:
@@ -111,9 +115,12 @@ class ThresholdBook:
         self.faults = faults
         self.config = config
         self.refresh_s = refresh_s
-        self._lock = threading.Lock()
-        self._values: dict[tuple[str, str], tuple[float | None, float | None]] = {}
-        self._loaded_at = -float("inf")
+        self._lock = threading.Lock()  # one read at a time; readers never take it
+        self._values: Mapping[tuple[str, str], tuple[float | None, float | None]] = MappingProxyType({})
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if config.enabled:
+            self.refresh()
 
     def alert(self, camera: str, violation: str) -> float | None:
         return self._get(camera, violation)[0]
@@ -124,7 +131,8 @@ class ThresholdBook:
     def alerts_for(self, cameras: Iterable[str]) -> dict[str, dict[str, float]]:
         """camera -> violation -> learned alert threshold, for these cameras (what a cluster
         worker's rules need; it has no database of its own to ask)."""
-        self._get("", "")  # refreshes when due
+        if not self.config.enabled:
+            return {}
         wanted = set(cameras)
         out: dict[str, dict[str, float]] = {}
         for (camera, violation), (alert, _) in self._values.items():
@@ -133,29 +141,54 @@ class ThresholdBook:
         return out
 
     def invalidate(self) -> None:
-        self._loaded_at = -float("inf")
+        """A change committed here: read the thresholds again now (not on a frame's time)."""
+        if self.config.enabled:
+            self.refresh()
 
     def _get(self, camera: str, violation: str) -> tuple[float | None, float | None]:
         if not self.config.enabled:
             return None, None
-        if time.monotonic() - self._loaded_at > self.refresh_s:
-            with self._lock:
-                try:
-                    with self.db.sessions() as session:
-                        rows = session.execute(select(Threshold.camera, Threshold.violation, Threshold.alert,
-                                                      Threshold.auto_confirm)).all()
-                    self._values = {(c, v): (a, ac) for c, v, a, ac in rows}
-                except SQLAlchemyError as exc:
-                    # The rules ask on every analysed frame: with the database away they go on
-                    # with the last thresholds read, and the next read is tried in refresh_s.
-                    fault = held_fault(exc) if self.faults is not None else None
-                    if fault is not None:
-                        self.faults.enter(*fault)
-                    else:
-                        log.warning("thresholds not read again, the last ones stay in force: %s",
-                                    type(exc).__name__)
-                self._loaded_at = time.monotonic()
         return self._values.get((camera, violation), (None, None))
+
+    # -- read from the database, never on a reader's time --------------------------------------
+    def refresh(self) -> bool:
+        """Read the thresholds and publish them as the new snapshot; False (the last ones stay
+        in force) when the database refuses."""
+        with self._lock:
+            try:
+                with self.db.sessions() as session:
+                    rows = session.execute(select(Threshold.camera, Threshold.violation, Threshold.alert,
+                                                  Threshold.auto_confirm)).all()
+            except SQLAlchemyError as exc:
+                fault = held_fault(exc) if self.faults is not None else None
+                if fault is not None:
+                    self.faults.enter(*fault)
+                else:
+                    log.warning("thresholds not read again, the last ones stay in force: %s", type(exc).__name__)
+                return False
+            self._values = MappingProxyType({(c, v): (a, ac) for c, v, a, ac in rows})
+            return True
+
+    def start(self) -> None:
+        """Read again every `refresh_s` in a background thread, until stop()."""
+        if self._thread is not None or not self.config.enabled or self.refresh_s <= 0:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._refresh_loop, name="gridwatch-thresholds", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
+
+    def _refresh_loop(self) -> None:
+        while not self._stop.wait(self.refresh_s):
+            try:
+                self.refresh()
+            except Exception:  # noqa: BLE001 - a bad read must not end the refreshing for good
+                log.exception("thresholds not read again")
 
     # -- written with each review ------------------------------------------------------------
     def record(self, session: Session, case: Case, detected_violation: str) -> ThresholdChange | None:

@@ -81,6 +81,10 @@ class TimedDetector:
     def info(self) -> Any:
         return self.detector.info
 
+    @property
+    def second_stage(self) -> Any:
+        return getattr(self.detector, "second_stage", {})
+
     def detect(self, images: list) -> list:
         return self._timed(self.detector.detect, images)
 

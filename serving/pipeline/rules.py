@@ -14,7 +14,7 @@ This module decides; it does no I/O. The pipeline writes evidence and builds the
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Literal
@@ -22,6 +22,7 @@ from typing import Literal
 import numpy as np
 
 from detector.detections import Detections
+from detector.second_stage import OPEN, UNSURE, CropLabel
 from detector.taxonomy import Taxonomy, Violation
 from serving.cameras import Camera, Rule
 from serving.pipeline.tracking import Track
@@ -52,6 +53,9 @@ class ActiveRule:
     # The violation's second stage (taxonomy `second_stage`) is not trained for this city: the
     # detector class alone cannot decide it, so every case of this rule goes to a reviewer.
     stage_missing: bool = False
+    # Trained: its label on the tracks' crops decides; only `open` files, `cannot_tell` (or no
+    # label yet) goes to review, a covered load is not filed (detector.second_stage).
+    stage_trained: bool = False
 
     @classmethod
     def resolve(cls, rule: Rule, taxonomy: Taxonomy, stages: Collection[str] = ()) -> ActiveRule:
@@ -69,6 +73,7 @@ class ActiveRule:
             after_within=rule.after_within,
             auto_confirm_score=rule.auto_confirm_score,
             stage_missing=violation.second_stage is not None and violation.second_stage not in stages,
+            stage_trained=violation.second_stage is not None and violation.second_stage in stages,
         )
 
 
@@ -89,9 +94,17 @@ class Candidate:
     best_frame: np.ndarray | None = None
     best_detections: Detections | None = None  # all the model found in best_frame
     best_at: datetime | None = None
+    # The latest sighting's frame (by reference, like the best): the event's timeline frame
+    # for an update or a closing that brought no better one.
+    last_box: np.ndarray | None = None
+    last_frame: np.ndarray | None = None
+    last_detections: Detections | None = None
+    last_at: datetime | None = None
     written_score: float = -1.0  # best score whose evidence was already written
     evidence: tuple[str, ...] = ()  # paths of the best evidence written so far
     grid: str | None = None  # set by the pipeline when the event opens
+    # The second stage's labels on this track's crops, one vote per detected frame: label -> scores.
+    stage_votes: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def is_open(self) -> bool:
@@ -106,9 +119,26 @@ class Candidate:
         return float(np.median(self.scores)) if self.scores else 0.0
 
     @property
+    def stage_label(self) -> CropLabel | None:
+        """The second stage's verdict: the label most frames gave (as the median score, one
+        odd crop does not decide), ties to the surer; its score is that label's mean."""
+        if not self.stage_votes:
+            return None
+        label, scores = max(self.stage_votes.items(), key=lambda kv: (len(kv[1]), float(np.mean(kv[1]))))
+        return CropLabel(label, float(np.mean(scores)))
+
+    @property
+    def covered(self) -> bool:
+        """The trained stage says the load is covered (mesh, tarp, ...): not a violation."""
+        label = self.stage_label
+        return self.rule.stage_trained and label is not None and label.label not in (OPEN, UNSURE)
+
+    @property
     def needs_review(self) -> bool:
         if self.rule.scene_change or self.rule.stage_missing:
             return True
+        if self.rule.stage_trained and (self.stage_label is None or self.stage_label.label != OPEN):
+            return True  # cannot tell (or never labelled): a person decides
         # A rule's own bar is optional: without one, whether the case goes out unreviewed is
         # the case stage's call (settings.auto_confirm), so one setting is enough.
         threshold = self.rule.auto_confirm_score
@@ -148,6 +178,13 @@ class RuleEngine:
         # Of the last update: zone types where a scene-change candidate was seen (active learning
         # asks first for frames where the wall's fired: "wall_scene_change").
         self.scene_zone_types: frozenset[str] = frozenset()
+        # Trained second stage -> the track classes whose crops it is asked about (the runner
+        # classifies only those: the load decision on trucks, never on a person or a bin).
+        self.stage_classes: dict[str, frozenset[str]] = {}
+        for rule in self.rules:
+            if rule.stage_trained:
+                name = rule.violation.second_stage
+                self.stage_classes[name] = self.stage_classes.get(name, frozenset()) | rule.classes
         # Detector class -> the lowest `min_score` a rule applies to it.
         self.score_thresholds: dict[str, float] = {}
         for rule in self.rules:
@@ -162,10 +199,12 @@ class RuleEngine:
         frame: np.ndarray | None = None,
         detected: bool = True,
         detections: Detections | None = None,
+        crop_labels: Mapping[str, Mapping[int, CropLabel]] | None = None,
     ) -> list[Transition]:
         """Feed the tracks seen at `when`; `detected` False: carried over without a detection.
         `detections`: everything the model found in `frame`, kept with a best frame because
-        a fully labelled frame is what training needs later."""
+        a fully labelled frame is what training needs later. `crop_labels`: second stage name ->
+        track id -> its label on this frame's crop (see `stage_classes`)."""
         for track in tracks:
             if track.class_name in self.watched_classes:
                 self.class_last_seen[track.class_name] = when
@@ -177,6 +216,12 @@ class RuleEngine:
                 zone = self._zone_for(track.id, r, rule, inside)
                 if zone is not None:
                     self._observe(track, r, rule, zone, when, frame if detected else None, detected, detections)
+                    if detected and rule.stage_trained and crop_labels:
+                        label = crop_labels.get(rule.violation.second_stage, {}).get(track.id)
+                        if label is not None:
+                            votes = self.candidates[(track.id, r)].stage_votes.setdefault(label.label, [])
+                            votes.append(label.score)
+                            del votes[:-500]
         return self._transitions(when)
 
     def _zone_for(self, track_id: int, r: int, rule: ActiveRule, inside: list[PixelZone]) -> PixelZone | None:
@@ -217,6 +262,9 @@ class RuleEngine:
                 cand.best_frame = frame
                 cand.best_detections = detections
                 cand.best_at = when
+            if frame is not None:
+                cand.last_box, cand.last_frame, cand.last_detections, cand.last_at = \
+                    track.box.copy(), frame, detections, when
 
     def _transitions(self, when: datetime) -> list[Transition]:
         out: list[Transition] = []
@@ -235,6 +283,7 @@ class RuleEngine:
             if not cand.is_open:
                 if (
                     cand.eligible
+                    and not cand.covered
                     and cand.dwell_s >= cand.rule.dwell
                     and cand.median_score >= self.min_score(cand.rule)
                     and cand.best_frame is not None

@@ -14,10 +14,15 @@ anything with `detect(list_of_frames) -> list[Detections]`); `taxonomy` from
 `detector.load_taxonomy()`; `alert_threshold(camera, violation)`, if given, the learned score
 that replaces a rule's min_score (serving/cases/thresholds.py). `on_event(event, frame)` is
 called from the pipeline's thread, in order, for every transition (opened, updated, closed),
-with the `EvidenceFrame` when the transition brought a better one (else None);
+with an `EvidenceFrame`: the best frame when the transition brought a better one, else the
+latest sighting's frame (`best=False`: a moment of the event's timeline), None if neither;
 `run_until_done()` also returns the events. A callback that raises is logged and does not
-stop the pipeline. A Detector is safe to share with other threads (the API): it guards its
-own buffers.
+stop the pipeline. Callbacks run on the frame path, so none may wait on a database: the
+service passes its outlet's (serving/pipeline/outlet.py: a queue one writer thread stores
+from), and `alert_threshold` reads the thresholds from memory; `on_end()`, when every file
+source of a started pipeline has ended, waits until the outlet has passed everything on, so
+`wait()` reports the end once the events are stored. A Detector is safe to share with other
+threads (the API): it guards its own buffers.
 
 Per sampled frame a camera either runs the detector or, when nothing moved since its last
 detection and the static re-check (`static_check_every`) is not due, carries its tracks over
@@ -33,6 +38,11 @@ Active learning: given a `sampler` (serving/pipeline/uncertainty.py), every dete
 is offered to it with the tracker's class flips and the candidates the rules held back for
 their score; a frame it takes goes to `on_sample(sample)` as a `LabellingSample`, beside
 the events (a callback that raises is logged, like on_event).
+
+Second stages: the crop classifiers the detector carries (`detector.second_stage`, from the
+`load_classifier` setting) or `crop_stages` given here run on the tracks a rule with that
+stage watches, on detected frames only (the load decision on truck boxes, nothing else);
+their labels go to the rules and onto the event (`stage_label`, `stage_score`).
 """
 
 from __future__ import annotations
@@ -42,13 +52,14 @@ import math
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
 import numpy as np
 
 from detector.detections import Detections
+from detector.second_stage import CropClassifier, CropLabel
 from detector.taxonomy import Taxonomy
 from serving.cameras import Camera, CamerasConfig, GridPicker
 from serving.clock import SteadyClock
@@ -56,7 +67,7 @@ from serving.events import ViolationEvent
 from serving.evidence import EvidenceFrame, EvidenceStore
 from serving.pipeline.rules import AlertThreshold, Candidate, RuleEngine, Transition
 from serving.pipeline.scene import MotionGate, SceneWatcher
-from serving.pipeline.tracking import IoUTracker
+from serving.pipeline.tracking import IoUTracker, Track
 from serving.pipeline.uncertainty import LabellingSample, UncertaintySampler
 from serving.pipeline.zones import ZoneMap
 from serving.streams.readers import Frame, LiveReader, StreamHealth, open_reader
@@ -97,12 +108,13 @@ class CameraRuntime:
     """Everything one camera keeps between frames."""
 
     def __init__(self, camera: Camera, taxonomy: Taxonomy, clock_start: datetime | None,
-                 alert_threshold: AlertThreshold | None = None, live_clock: SteadyClock | None = None) -> None:
+                 alert_threshold: AlertThreshold | None = None, live_clock: SteadyClock | None = None,
+                 stages: Iterable[str] = ()) -> None:
         self.camera = camera
         self.grids = GridPicker(camera)
         self.reader = open_reader(camera, clock_start, live_clock)
         self.tracker = IoUTracker(max_age_s=camera.grace_s)
-        self.rules = RuleEngine(camera, taxonomy, alert_threshold)
+        self.rules = RuleEngine(camera, taxonomy, alert_threshold, stages=frozenset(stages))
         self.motion = MotionGate()
         self.scene = SceneWatcher.for_camera(camera) if any(r.scene_change for r in camera.rules) else None
         self.zones: ZoneMap | None = None
@@ -170,10 +182,17 @@ class Pipeline:
         on_sample: SampleSink | None = None,
         alert_threshold: AlertThreshold | None = None,
         persistent: bool = False,
+        crop_stages: Iterable[CropClassifier] | None = None,
+        on_end: Callable[[], None] | None = None,
     ) -> None:
-        """`live_clock` stamps live cameras' frames (the service's steady clock)."""
+        """`live_clock` stamps live cameras' frames (the service's steady clock). `crop_stages`:
+        second-stage classifiers; None takes the detector's own (`detector.second_stage`)."""
         cams = cameras.cameras if isinstance(cameras, CamerasConfig) else tuple(cameras)
         self.detector = detector
+        if crop_stages is None:
+            crop_stages = (getattr(detector, "second_stage", None) or {}).values()
+        # Stage name (taxonomy `second_stage`) -> its classifier.
+        self.crop_stages: dict[str, CropClassifier] = {stage.stage: stage for stage in crop_stages}
         self.taxonomy = taxonomy
         self.evidence = evidence
         self.on_event = on_event
@@ -186,6 +205,7 @@ class Pipeline:
         # persistent: the loop outlives its cameras and takes new ones (a cluster camera
         # worker, whose cameras come and go with their leases); else it ends with its files.
         self.persistent = persistent
+        self.on_end = on_end
         self.runtimes = {c.id: self._runtime(c) for c in cams}
         self._changes = threading.Lock()  # cameras added or removed between batches
         # run_until_done() returns what it emitted; a live pipeline runs for months and keeps
@@ -297,10 +317,12 @@ class Pipeline:
             self._finish(rt)
 
     def _runtime(self, camera: Camera) -> CameraRuntime:
-        return CameraRuntime(camera, self.taxonomy, self.clock_start, self.alert_threshold, self.live_clock)
+        return CameraRuntime(camera, self.taxonomy, self.clock_start, self.alert_threshold, self.live_clock,
+                             stages=self.crop_stages)
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Block until the loop ends (all sources were files) or `timeout`; True if it ended."""
+        """Block until the loop ends (all sources were files, `on_end` returned) or `timeout`;
+        True if it ended."""
         if self._thread is None:
             return True
         self._thread.join(timeout)
@@ -312,6 +334,10 @@ class Pipeline:
                 files = [rt for rt in self.runtimes.values() if rt.frames is not None]
                 lives = [rt for rt in self.runtimes.values() if isinstance(rt.reader, LiveReader)]
                 if not (files or lives) and not self.persistent:
+                    if self.on_end is not None:
+                        # Still holding _changes: a camera added meanwhile comes in after the
+                        # loop has ended, and the registry starts a new one for it.
+                        self.on_end()
                     return
                 batch: list[Frame] = []
                 for rt in lives:
@@ -382,12 +408,25 @@ class Pipeline:
                 if self.motion_gating:
                     rt.motion.reference(frame.image)
                 transitions = rt.rules.update(tracks, zones, frame.timestamp, frame.image, detected=True,
-                                              detections=dets)
+                                              detections=dets, crop_labels=self._crop_labels(rt, frame, tracks))
                 self._offer_sample(rt, frame, results[i])
             else:
                 tracks = rt.tracker.touch(frame.timestamp)
                 transitions = rt.rules.update(tracks, zones, frame.timestamp, None, detected=False)
             out.extend(self._emit(rt, t) for t in transitions)
+        return out
+
+    def _crop_labels(self, rt: CameraRuntime, frame: Frame, tracks: list[Track]) -> dict[str, dict[int, CropLabel]]:
+        """Each trained stage on the crops it judges: tracks seen in this frame, of its own
+        class, watched by a rule that uses it."""
+        out: dict[str, dict[int, CropLabel]] = {}
+        for name, classes in rt.rules.stage_classes.items():
+            stage = self.crop_stages[name]
+            judged = [t for t in tracks if t.class_name == stage.stage_class and t.class_name in classes
+                      and t.last_seen == frame.timestamp]
+            if judged:
+                labels = stage.classify(frame.image, np.stack([t.box for t in judged]))
+                out[name] = {t.id: label for t, label in zip(judged, labels)}
         return out
 
     def _offer_sample(self, rt: CameraRuntime, frame: Frame, dets: Detections) -> None:
@@ -418,10 +457,15 @@ class Pipeline:
         if transition.new_evidence and cand.best_frame is not None and cand.best_box is not None:
             frame = EvidenceFrame(box=tuple(float(v) for v in cand.best_box), image=cand.best_frame,
                                   label=f"{cand.rule.violation.id} {cand.best_score:.2f} {cand.zone.name}",
-                                  detections=cand.best_detections)
-            if self.evidence is not None:
-                stored = self.evidence.write(f"{rt.camera.id}/{cand.event_id}", frame)
-                cand.evidence = tuple(str(self.evidence.root / item.path) for item in stored)
+                                  detections=cand.best_detections, taken_at=cand.best_at)
+        elif cand.last_frame is not None and cand.last_box is not None:
+            # No better frame: the latest sighting's, for the case's timeline (never its photo).
+            frame = EvidenceFrame(box=tuple(float(v) for v in cand.last_box), image=cand.last_frame,
+                                  label=f"{cand.rule.violation.id} {cand.zone.name}",
+                                  detections=cand.last_detections, best=False, taken_at=cand.last_at)
+        if frame is not None and frame.best and self.evidence is not None:
+            stored = self.evidence.write(f"{rt.camera.id}/{cand.event_id}", frame)
+            cand.evidence = tuple(str(self.evidence.root / item.path) for item in stored)
         event = self._event(rt, transition.type, cand)
         if self._collected is not None:
             self._collected.append(event)
@@ -457,6 +501,7 @@ class Pipeline:
             location=camera.location,
             source="scene_change" if cand.rule.scene_change else "detector",
             model_version=self.detector.info.version,
+            **_stage_fields(cand),
         )
 
     def _grid(self, rt: CameraRuntime, cand: Candidate) -> str:
@@ -469,6 +514,11 @@ class Pipeline:
                 box = cand.best_box
                 cand.grid = rt.grids.grid_at(float(box[0] + box[2]) / 2 / w, float(box[3]) / h)
         return cand.grid
+
+
+def _stage_fields(cand: Candidate) -> Mapping[str, object]:
+    label = cand.stage_label if cand.rule.stage_trained else None
+    return {} if label is None else {"stage_label": label.label, "stage_score": min(max(label.score, 0.0), 1.0)}
 
 
 class _FrameWaiter:

@@ -1,11 +1,15 @@
 """Engine, sessions and start-up migrations.
 
 SQLite runs in WAL mode with a busy timeout so the API, the case writer and the delivery
-worker can share one file; PostgreSQL is used as given by its URL.
+worker can share one file; PostgreSQL is used as given by its URL, with a connect timeout
+(`database_connect_timeout_s`) unless the URL sets its own `connect_timeout`: without one a
+host that drops packets holds every connection attempt for minutes (the kernel's TCP retries)
+instead of entering the `database` fault within seconds.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +19,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+CONNECT_TIMEOUT_S = 5.0
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001
@@ -26,7 +31,18 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001
     cursor.close()
 
 
-def make_engine(url: str) -> Engine:
+def connect_args(url: str, connect_timeout_s: float = CONNECT_TIMEOUT_S) -> dict:
+    """The DBAPI connect arguments for PostgreSQL: libpq's `connect_timeout`, in whole seconds
+    (libpq takes at least 2); a `connect_timeout` in the URL's query wins."""
+    parsed = make_url(url)
+    libpq = parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() in ("psycopg2", "psycopg")
+    if not libpq or "connect_timeout" in parsed.query or connect_timeout_s <= 0:
+        return {}
+    return {"connect_timeout": max(2, math.ceil(connect_timeout_s))}
+
+
+def make_engine(url: str, connect_timeout_s: float = CONNECT_TIMEOUT_S) -> Engine:
+    """`connect_timeout_s`: PostgreSQL only (0: wait as long as the system does)."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -34,7 +50,8 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10,
+                         connect_args=connect_args(url, connect_timeout_s))
 
 
 def alembic_config(engine: Engine):  # noqa: ANN201
@@ -69,9 +86,10 @@ def table_names(engine: Engine) -> list[str]:
 class Database:
     """One engine and its session factory for the whole process."""
 
-    def __init__(self, url: str, *, run_migrations: bool = True) -> None:
+    def __init__(self, url: str, *, run_migrations: bool = True,
+                 connect_timeout_s: float = CONNECT_TIMEOUT_S) -> None:
         self.url = url
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, connect_timeout_s)
         if run_migrations:
             migrate(self.engine)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)

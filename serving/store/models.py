@@ -134,7 +134,7 @@ class Evidence(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     case_id: Mapped[int] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"), index=True)
-    kind: Mapped[str] = mapped_column(String(16))  # original, annotated, crop; after, after_annotated (re-check)
+    kind: Mapped[str] = mapped_column(String(16))  # original, annotated, crop; after, after_annotated (re-check); moment, moment_annotated
     path: Mapped[str] = mapped_column(String(512))  # relative to the evidence directory
     sha256: Mapped[str] = mapped_column(String(64))
     size: Mapped[int] = mapped_column(Integer)
@@ -148,6 +148,11 @@ class Evidence(Base):
     chain_seq: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # On a masked copy (serving/privacy.py): the SHA-256 of the sealed original it stands in for.
     masks: Mapped[str] = mapped_column(String(64), default="")
+    # The event over time (serving/cases/ingest.py): which moments of the event this frame's
+    # items show ("opened", "best", "update", "closed", comma-joined) and the camera time the
+    # frame was taken; "" and NULL on evidence stored before, and on re-check photos.
+    moment: Mapped[str] = mapped_column(String(32), default="")
+    seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     case: Mapped[Case] = relationship(back_populates="evidence")
 

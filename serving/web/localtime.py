@@ -7,12 +7,33 @@ through the API), uses the service's local zone (`labelling.timezone`, Asia/Shan
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo
 
 FORMAT = "%Y-%m-%d %H:%M:%S"
+# What a filter's time field takes, whatever the browser's language: a local day, or a local
+# day and time (a "T" as browsers' datetime-local wrote it, and an offset, are accepted too).
+TIME_INPUT = re.compile(r"^\d{4}-\d{2}-\d{2}(?:[ T]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?(?:Z|[+-]\d{2}:\d{2})?)?$")
+
+
+def parse_local_time(text: str | None, zone: tzinfo, *, end: bool = False) -> datetime | None:
+    """A filter bound typed as yyyy-mm-dd or yyyy-mm-dd HH:MM, in `zone` unless it names an
+    offset; a day alone as `end` is the midnight after it (the whole day included). ValueError
+    for anything else (11/23/2026, 2026-13-01, 24:61)."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    if not TIME_INPUT.match(text):
+        raise ValueError(text)
+    when = datetime.fromisoformat(text)  # also refuses a month 13 or an hour 25
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=zone)
+    if end and len(text) == 10:
+        when += timedelta(days=1)
+    return when
 
 
 def zone_label(when: datetime) -> str:

@@ -35,11 +35,14 @@ class Occurrence(BaseModel):
 
 
 class FrameView(BaseModel):
-    """One frame of the event's life, for the strip under the image."""
+    """One frame of the event's life, for the strip under the image, in camera time order."""
 
     url: str
-    kind: str  # original (the best so far when it was stored), after (re-check)
-    at: str  # local time it was stored
+    kind: str  # original (a best frame), moment (opened, update, closed), after (re-check)
+    at: str  # the camera's local time the frame was taken (when it was stored, for older evidence)
+    moments: list[str] = []  # opened, best, update, closed, recheck
+    label: str = ""  # the moments in the page's language
+    best: bool = False  # the case's photo now: the frame its boxes are drawn on
 
 
 class CaseLink(BaseModel):
@@ -151,11 +154,32 @@ def review_case(db: Database, taxonomy: Taxonomy, case: Case, *, zones: CameraZo
         annotated_url=evidence_url(case.case_number, by_kind["annotated"]) if "annotated" in by_kind else None,
         first_seen_local=zones.show(case.first_seen, case.camera), last_seen_local=zones.show(case.last_seen, case.camera),
         audit=[line.to_json() for line in audit_lines(db, history, words, zones)],
-        frames=[FrameView(url=evidence_url(case.case_number, e.id), kind=e.kind, at=zones.show(e.created_at, case.camera))
-                for e in sorted(case.evidence, key=lambda e: e.id) if e.kind in ("original", "after")],
+        frames=timeline_frames(case, zones, words),
         duplicate_of=link(duplicate_of(db, case), taxonomy, words.lang, zones),
         nearby=[link(c, taxonomy, words.lang, zones) for c in nearby_cases(db, case)],
     )
+
+
+def timeline_frames(case: Case, zones: CameraZones, words: AuditWords) -> list[FrameView]:
+    """The event over time: each best frame, each moment kept (serving/cases/ingest.py) and
+    each re-check photo, ordered by when the camera took it. Only the newest best frame is
+    labelled "best": an earlier one is shown as the moment it was taken at."""
+    frames = [e for e in case.evidence if e.kind in ("original", "moment", "after")]
+    photo = max((e.id for e in frames if e.kind == "original"), default=None)
+    out = []
+    for item in sorted(frames, key=lambda e: (e.seen_at or e.created_at, e.id)):
+        moments = [m for m in item.moment.split(",") if m and (m != "best" or item.id == photo)]
+        if item.kind == "after":
+            moments = ["recheck"]
+        elif item.id == photo and "best" not in moments:
+            moments.append("best")  # stored before frames carried their moment
+        elif not moments:
+            moments = ["update"]
+        out.append(FrameView(url=evidence_url(case.case_number, item.id), kind=item.kind,
+                             at=zones.show(item.seen_at or item.created_at, case.camera), moments=moments,
+                             label=" · ".join(words.t.get(f"moment_{m}", m) for m in moments),
+                             best=item.id == photo))
+    return out
 
 
 def link(case: Case | None, taxonomy: Taxonomy, lang: str, zones: CameraZones) -> CaseLink | None:
@@ -254,6 +278,17 @@ def queue_counts(db: Database, holder: str, where: QueueFilter, zones: CameraZon
             AuditEntry.actor == holder, AuditEntry.action.like("review.%"),
             AuditEntry.at >= zones.day_start(now).astimezone(timezone.utc))) or 0
     return QueueCounts(pending=int(pending), leased_to_others=int(others), mine_today=int(mine))
+
+
+def decided_versions(db: Database, case_numbers: list[str]) -> dict[str, int]:
+    """Case number -> its version now, for those of `case_numbers` that are decided: what My
+    history's re-decide buttons name (a case back to pending, after an undo, is not re-decided)."""
+    if not case_numbers:
+        return {}
+    with db.sessions() as session:
+        rows = session.execute(select(Case.case_number, Case.version).where(
+            Case.case_number.in_(set(case_numbers)), Case.review_status != "pending")).all()
+    return {number: version for number, version in rows}
 
 
 def queue_cameras(db: Database, registered: list[str]) -> list[str]:

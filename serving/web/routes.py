@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from serving import audit
 from serving.accounts import Account, AccountError, add_user, check_password, disable_user, list_users
 from serving.api.deps import get_service
-from serving.api.routes import decision_refused, utc
+from serving.api.routes import decision_refused, take_decision, utc
 from serving.api.schemas import RedecideRequest, ReviewRequest
 from serving.auth import create_key, list_keys, revoke_key
 from serving.cases import CaseError
@@ -35,9 +35,9 @@ from serving.web.audit_view import AuditWords, audit_lines
 from serving.web.dashboard import dashboard_data, evaluation, evaluation_csv
 from serving.web.hotkeys import DEFAULT_HOTKEYS
 from serving.web.i18n import LANGUAGES, class_names, labels, pick_language
-from serving.web.localtime import CameraZones, zone_label
-from serving.web.queue import (open_duplicates, queue_cameras, queue_counts, release_leases, renew_or_retake,
-                               review_case, violation_menu)
+from serving.web.localtime import CameraZones, parse_local_time, zone_label
+from serving.web.queue import (decided_versions, open_duplicates, queue_cameras, queue_counts, release_leases,
+                               renew_or_retake, review_case, violation_menu)
 
 WEB_DIR = Path(__file__).parent
 templates = Jinja2Templates(directory=WEB_DIR / "templates")
@@ -304,19 +304,13 @@ def decide(request: Request, case_number: str, body: ReviewRequest, account: Use
     second tab, or a case that moved on, gets the 409 with who holds it)."""
     if body.version is None:
         raise HTTPException(422, "the page's decisions name the case version they were made on ('version')")
-    service = get_service(request)
-    try:
-        case = service.cases.review(case_number, body.action, reviewer=account.name, note=body.note,
-                                    violation=body.violation, reason=body.reason, boxes=body.boxes,
-                                    lease_holder=account.name, version=body.version)
-    except CaseError as exc:
-        return decision_refused(exc)
-    return decided(service, case)
+    return decided(take_decision(get_service(request), case_number, body.decision(), account.name))
 
 
-def decided(service: Any, case: Any) -> dict[str, Any]:
-    if service.delivery is not None:
-        service.delivery.wake()
+def decided(case: Any) -> Any:
+    """What the page needs of the case after a decision (or the refusal as it came)."""
+    if isinstance(case, Response):
+        return case
     return {"case_number": case.case_number, "review_status": case.review_status, "violation": case.violation,
             "version": case.version}
 
@@ -324,14 +318,7 @@ def decided(service: Any, case: Any) -> dict[str, Any]:
 @pages.post("/review/cases/{case_number}/redecide", dependencies=[Csrf])
 def redecide(request: Request, case_number: str, body: RedecideRequest, account: User) -> Any:
     """Change a decided case's decision from its page or from My history, saying why."""
-    service = get_service(request)
-    try:
-        case = service.cases.redecide(case_number, body.action, reviewer=account.name, why=body.why,
-                                      version=body.version, note=body.note, violation=body.violation,
-                                      reason=body.reason, boxes=body.boxes)
-    except CaseError as exc:
-        return decision_refused(exc)
-    return decided(service, case)
+    return decided(take_decision(get_service(request), case_number, body.decision(), account.name))
 
 
 class UndoRequest(BaseModel):
@@ -351,7 +338,9 @@ def undo(request: Request, case_number: str, body: UndoRequest, account: User) -
                                   lease_s=service.settings.review_lease_s)
     except CaseError as exc:
         return decision_refused(exc)
-    return decided(service, case)
+    if service.delivery is not None:
+        service.delivery.wake()
+    return decided(case)
 
 
 @pages.get("/review/cases/{case_number}")
@@ -464,36 +453,71 @@ class AuditFilter(BaseModel):
     actor: str | None = Field(None, max_length=64)
     action: str | None = Field(None, max_length=33)
     case: str | None = Field(None, max_length=32)
-    since: datetime | None = None
-    until: datetime | None = None
+    # Typed as yyyy-mm-dd or yyyy-mm-dd HH:MM in text fields (localtime.parse_local_time): a
+    # browser's date picker would show its own language's order (mm/dd/yyyy) in a Chinese page.
+    since: str | None = Field(None, max_length=40)
+    until: str | None = Field(None, max_length=40)
     before: int | None = Field(None, ge=1)
 
 
+class FilterError(ValueError):
+    """A filter field (`field`) the page cannot read: shown on the page, in its language (422)."""
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 def audit_query(request: Request, given: AuditFilter, **fixed: Any) -> audit.AuditQuery:
-    """Times without a zone are the service's local time (as the pages show them)."""
+    """Times without a zone are the service's local time (as the pages show them); a day
+    alone as `until` includes that day."""
     zone = ZoneInfo(get_service(request).settings.labelling.timezone)
-
-    def local(value: datetime | None) -> datetime | None:
-        return utc(value if value is None or value.tzinfo else value.replace(tzinfo=zone))
-
-    values = {**given.model_dump(), "since": local(given.since), "until": local(given.until), **fixed}
+    t = labels(language(request))
+    bounds = {}
+    for name, field, end in (("since", "from", False), ("until", "to", True)):
+        try:
+            bounds[name] = utc(parse_local_time(getattr(given, name), zone, end=end))
+        except ValueError:
+            raise FilterError(t["time_format_error"].format(field=t[field], value=getattr(given, name)), name) from None
+    values = {**given.model_dump(), **bounds, **fixed}
     return audit.AuditQuery(**{k: (v or None) if isinstance(v, str) else v for k, v in values.items()})
 
 
-def audit_view(request: Request, account: Account, where: audit.AuditQuery, csv_link: str | None) -> Response:
-    db = get_service(request).db
-    records, older = audit.page(db, where, AUDIT_PAGE)
+def audit_view(request: Request, account: Account, where: audit.AuditQuery | FilterError,
+               csv_link: str | None) -> Response:
+    """The entries `where` selects; a filter that could not be read: the page with its error."""
+    service = get_service(request)
+    # My history: each decision row gets its own re-decide button (one dialog form on the page).
+    mine = {"redecide_dialog": True, "kinds": violation_menu(service.taxonomy), "reasons": REJECT_REASONS} \
+        if csv_link is None else {}
+    if isinstance(where, FilterError):
+        return render(request, "audit.html", account, status_code=422, entries=[], csv_link=csv_link,
+                      filters=request.query_params, older_link=None, newest_link=None, filter_error=str(where),
+                      filter_field=where.field, redecidable={}, **mine)
+    records, older = audit.page(service.db, where, AUDIT_PAGE)
+    lines = audit_lines(service.db, records, words(request), zones(request))
+    redecidable = decided_versions(service.db, [line.case_number for line in lines if line.case_number
+                                                and line.action_id.startswith("review.")]) if mine else {}
     query = [(k, v) for k, v in request.query_params.multi_items() if k not in ("before", "format")]
     older_link = f"{request.url.path}?{urlencode(query + [('before', str(older))])}" if older else None
-    return render(request, "audit.html", account, entries=audit_lines(db, records, words(request), zones(request)),
+    return render(request, "audit.html", account, entries=lines,
                   csv_link=csv_link, filters=request.query_params, older_link=older_link,
-                  newest_link=f"{request.url.path}?{urlencode(query)}" if where.before else None)
+                  newest_link=f"{request.url.path}?{urlencode(query)}" if where.before else None,
+                  redecidable=redecidable, **mine)
+
+
+def read_filter(request: Request, given: AuditFilter, **fixed: Any) -> audit.AuditQuery | FilterError:
+    try:
+        return audit_query(request, given, **fixed)
+    except FilterError as exc:
+        return exc
 
 
 @pages.get("/review/history")
 def history(request: Request, account: User, given: Annotated[AuditFilter, Query()]) -> Response:
-    """This reviewer's own entries, paged and filtered like the audit log."""
-    return audit_view(request, account, audit_query(request, given, actor=account.name), None)
+    """This reviewer's own entries, paged and filtered like the audit log; each decision row
+    has its own re-decide button (the form asks why)."""
+    return audit_view(request, account, read_filter(request, given, actor=account.name), None)
 
 
 # -- dashboard --------------------------------------------------------------------------------------
@@ -640,7 +664,9 @@ def audit_page(request: Request, account: Admin, given: Annotated[AuditFilter, Q
                format: Literal["html", "csv"] = "html") -> Response:
     """The whole log, paged (AUDIT_PAGE a page) and filtered by actor, action, case and time;
     the CSV holds every entry the filter selects, streamed."""
-    where = audit_query(request, given)
+    where = read_filter(request, given)
+    if format == "csv" and isinstance(where, FilterError):
+        raise HTTPException(422, str(where))
     if format == "csv":
         return StreamingResponse(audit.csv_chunks(get_service(request).db, where), media_type="text/csv; charset=utf-8",
                                  headers={"Content-Disposition": 'attachment; filename="gridwatch-audit.csv"'})

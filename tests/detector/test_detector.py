@@ -149,7 +149,7 @@ def test_non_detection_model_is_refused(tmp_path):
 @pytest.fixture(scope="module")
 def dynamic_fp32_model(tmp_path_factory):
     """An fp32, dynamic-batch Ultralytics export of the bootstrapped COCO model."""
-    from training.bootstrap import bootstrap
+    from training.fit.bootstrap import bootstrap
 
     out = tmp_path_factory.mktemp("dynamic")
     pt = bootstrap(COCO_INT8, out / "coco.pt")
@@ -160,15 +160,15 @@ def dynamic_fp32_model(tmp_path_factory):
 
 
 def _spy_on_runs(det: Detector) -> list[tuple[int, ...]]:
+    """The input shape of each session run (plain or bound) the detector makes."""
     calls: list[tuple[int, ...]] = []
-    real_run = det.session.run
+    real_run = det._run
 
-    class Spy:
-        def run(self, names, feeds):
-            calls.append(next(iter(feeds.values())).shape)
-            return real_run(names, feeds)
+    def spy(buffers, batch):
+        calls.append(batch.shape)
+        return real_run(buffers, batch)
 
-    det.session = Spy()
+    det._run = spy
     return calls
 
 

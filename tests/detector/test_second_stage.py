@@ -15,7 +15,7 @@ import pytest
 
 from detector import Detections, Detector, load_taxonomy
 from detector.model import ModelLoadError
-from detector.second_stage import LOAD_DECISION, LOAD_LABELS, CropClassifier
+from detector.second_stage import LOAD_DECISION, LOAD_LABELS, CropClassifier, CropLabel
 from tests.support.shared_data import COCO_INT8 as COCO
 from tests.support.shared_data import DATASETS, shared_available
 
@@ -93,7 +93,8 @@ def _truck_rule_engine(stages=()):
     return RuleEngine(camera, load_taxonomy(), stages=stages)
 
 
-def _truck_opened(engine) -> bool:
+def _truck_opened(engine, load: str | None = None) -> bool:
+    """Whether the one truck's case needs review; `load`: the stage's label on each crop."""
     from serving.pipeline.tracking import IoUTracker
     from serving.pipeline.zones import ZoneMap
 
@@ -105,7 +106,9 @@ def _truck_opened(engine) -> bool:
     opened = []
     for s in (0, 2, 4):
         when = t0 + timedelta(seconds=s)
-        opened += [t for t in engine.update(tracker.update(dets, when), zones, when, frame) if t.type == "opened"]
+        tracks = tracker.update(dets, when)
+        labels = {LOAD_DECISION: {t.id: CropLabel(load, 0.9) for t in tracks}} if load else None
+        opened += [t for t in engine.update(tracks, zones, when, frame, crop_labels=labels) if t.type == "opened"]
     assert len(opened) == 1
     return opened[0].candidate.needs_review
 
@@ -117,8 +120,10 @@ def test_untrained_load_stage_is_said_at_start_and_sends_every_truck_to_review(c
     assert any("load_decision stage is not trained" in r.getMessage() and "cam-road" in r.getMessage()
                for r in caplog.records)
     assert _truck_opened(engine) is True
-    # With the stage trained for the city, the rule's usual bar decides again (none here: no review flag).
+    # With the stage trained for the city, an open load is up to the rule's usual bar again (none
+    # here: no review flag); a truck the stage never labelled still goes to a person.
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="serving.pipeline.rules"):
         trained = _truck_rule_engine(stages={LOAD_DECISION})
-    assert not caplog.records and _truck_opened(trained) is False
+    assert not caplog.records and _truck_opened(trained, "open") is False
+    assert _truck_opened(_truck_rule_engine(stages={LOAD_DECISION})) is True

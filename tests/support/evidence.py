@@ -34,7 +34,8 @@ class Chained:
         self.chain = EvidenceChain(data_dir / MIRROR_NAME)
         self.chain.install(self.db)
         self.cases = CaseService(self.db, self.store, load_taxonomy(), CasePolicy(),
-                                 model_version="test-1", public_url="http://gw.test", privacy=privacy)
+                                 model_version="test-1", public_url="http://gw.test", privacy=privacy,
+                                 chain=self.chain)
         self.key = load_or_create_key(data_dir / KEY_NAME)
         self.signer = ChainSigner(self.db, self.key, self.cases.instance, timestamp_url=timestamp_url)
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.support.shared_data import COCO_INT8, DATASETS
-from training.export import ExportResult, export
-from training.yolo_format import DataYaml, label_path, read_data_yaml, read_labels, write_data_yaml
+from training.export.export import ExportResult, export
+from training.data.yolo_format import DataYaml, label_path, read_data_yaml, read_labels, write_data_yaml
 
 
 def source_images(name: str, count: int, offset: int = 0) -> list[Path]:
@@ -26,7 +26,7 @@ def tiny_gridwatch_dataset(root: Path, per_source: dict[str, tuple[int, int]]) -
 
     Class mapping comes from the data helper's dataset definitions (datasets/*.yaml).
     """
-    from training.sources import gridwatch_classes, load_source
+    from training.data.sources import gridwatch_classes, load_source
 
     classes = list(gridwatch_classes())
     index = {c: i for i, c in enumerate(classes)}
@@ -54,10 +54,10 @@ def tiny_gridwatch_dataset(root: Path, per_source: dict[str, tuple[int, int]]) -
 
 
 def bootstrapped_pt(target: Path, n_images: int = 16) -> Path:
-    """The COCO YOLOv8n rebuilt from the shared int8 ONNX (training/bootstrap.py)."""
+    """The COCO YOLOv8n rebuilt from the shared int8 ONNX (training/fit/bootstrap.py)."""
     import cv2
 
-    from training.bootstrap import bootstrap
+    from training.fit.bootstrap import bootstrap
 
     images = [cv2.imread(str(p)) for p in source_images("garbage_overflow_cn", n_images)]
     return bootstrap(COCO_INT8, target, images)

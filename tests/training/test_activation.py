@@ -19,8 +19,8 @@ def _count(model, kind):
 def test_relu_start_keeps_weights_and_survives_a_rebuild_from_yaml(tmp_path):
     from ultralytics.nn.tasks import DetectionModel
 
-    from training.export import load_checkpoint
-    from training.train import with_activation
+    from training.export.export import load_checkpoint
+    from training.fit.train import with_activation
 
     start = bootstrapped_pt(tmp_path / "coco.pt", n_images=4)
     converted = with_activation(start, "relu", tmp_path / "start")
@@ -41,7 +41,7 @@ def test_relu_start_keeps_weights_and_survives_a_rebuild_from_yaml(tmp_path):
 
 
 def test_unknown_activation_is_refused(tmp_path):
-    from training.train import TrainError, with_activation
+    from training.fit.train import TrainError, with_activation
 
     with pytest.raises(TrainError, match="unknown activation 'gelu'"):
         with_activation(tmp_path / "missing.pt", "gelu", tmp_path)

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(not COCO_INT8.is_file(), reason=f"{COCO_INT8} no
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
-    from training.export import load_checkpoint
+    from training.export.export import load_checkpoint
 
     tmp = tmp_path_factory.mktemp("average")
     first = bootstrapped_pt(tmp / "first.pt", n_images=4)
@@ -32,13 +32,13 @@ def pair(tmp_path_factory):
 
 
 def _state(path):
-    from training.export import load_checkpoint
+    from training.export.export import load_checkpoint
 
     return load_checkpoint(path)["model"].float().state_dict()
 
 
 def test_weighted_mean_of_every_weight(pair, tmp_path):
-    from training.average import average_checkpoints
+    from training.fit.average import average_checkpoints
 
     out = average_checkpoints(pair, tmp_path / "avg.pt", shares=[1, 3])
     a, b, mean = _state(pair[0]), _state(pair[1]), _state(out)
@@ -56,7 +56,7 @@ def test_cli_writes_a_run_that_finish_takes_and_rejects_bad_input(pair, tmp_path
     assert ok.returncode == 0, ok.stderr
     best = tmp_path / "soup" / "weights" / "best.pt"
     assert best.is_file() and "gridwatch train --finish" in ok.stdout
-    from training.train import existing_run
+    from training.fit.train import existing_run
 
     assert existing_run(tmp_path, "soup").best == best
     alone = average("--weights", pair[0], "--name", "x", "--project", tmp_path)

@@ -78,7 +78,7 @@ def test_the_shipped_default_rebuilds_as_a_trainable_start(tmp_path):
     from detector.files import REPO_ROOT
     from detector.model import open_session
     from training.offline import prepare
-    from training.retrain import default_start
+    from training.promotion.retrain import default_start
 
     prepare()
     shipped = REPO_ROOT / "weights" / "gridwatch-fp32.onnx"

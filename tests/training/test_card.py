@@ -9,12 +9,12 @@ import sys
 import pytest
 
 from detector.files import REPO_ROOT
-from training.dataset_manifest import ImageCounts, LabelCounts
-from training.export import SpeedComparison
-from training.metrics import ClassMetrics, EvalResult
-from training.model_card import (FileEntry, Int8Check, ModelCard, Promotion, coverage_weaknesses, render_markdown,
+from training.data.dataset_manifest import ImageCounts, LabelCounts
+from training.export.export import SpeedComparison
+from training.evaluation.metrics import ClassMetrics, EvalResult
+from training.promotion.model_card import (FileEntry, Int8Check, ModelCard, Promotion, coverage_weaknesses, render_markdown,
                                  source_credits, training_instances, write_card)
-from training.promote import decide, decide_loop, install
+from training.promotion.promote import decide, decide_loop, install
 
 
 def _metrics(ap50_95: float = 0.5, instances: int = 5) -> ClassMetrics:

@@ -10,8 +10,8 @@ import pytest
 
 from detector.tiling import tile_grid
 from serving.cli import main
-from training.crops import native_crops
-from training.yolo_format import read_labels
+from training.data.crops import native_crops
+from training.data.yolo_format import read_labels
 
 
 def test_crops_follow_the_inference_grid_and_rank_by_whole_small_boxes():

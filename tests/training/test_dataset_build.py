@@ -14,7 +14,7 @@ import yaml
 
 from serving.cli import main
 from tests.support.shared_data import DATASETS
-from training.dataset_build import (
+from training.data.dataset_build import (
     BuildError,
     BuildOptions,
     CheckedImage,
@@ -23,7 +23,7 @@ from training.dataset_build import (
     build,
     split_of,
 )
-from training.sources import gridwatch_classes, load_source
+from training.data.sources import gridwatch_classes, load_source
 
 pytestmark = pytest.mark.skipif(not DATASETS.is_dir(), reason=f"no shared datasets at {DATASETS}")
 
@@ -232,7 +232,7 @@ def test_refuses_to_overwrite_a_folder_that_is_not_a_build(tmp_path, capsys):
 
 
 def test_a_failed_rebuild_leaves_the_previous_build_intact(tmp_path, monkeypatch):
-    import training.dataset_build as dataset_build
+    import training.data.dataset_build as dataset_build
 
     source = load_source("thela_india", DATASETS)
     out = tmp_path / "ds"

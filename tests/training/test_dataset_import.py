@@ -20,9 +20,9 @@ import yaml
 
 from serving.cli import main
 from tests.support.shared_data import DATASETS
-from training.dataset_build import BuildError, BuildOptions, build
-from training.dataset_import import suggest
-from training.sources import gridwatch_classes, load_source
+from training.data.dataset_build import BuildError, BuildOptions, build
+from training.data.dataset_import import suggest
+from training.data.sources import gridwatch_classes, load_source
 
 pytestmark = pytest.mark.skipif(not DATASETS.is_dir(), reason=f"no shared datasets at {DATASETS}")
 
@@ -444,7 +444,7 @@ def test_eval_scores_an_imported_source_in_its_own_format(tmp_path, truth, capsy
 
 
 def test_a_yolo_folder_without_class_names_says_how_to_give_them(tmp_path, truth):
-    from training.importers import AnnotationError, read_yolo
+    from training.data.importers import AnnotationError, read_yolo
 
     root = label_studio_yolo(tmp_path / "yolo", truth)
     assert read_yolo(root)[0].labels  # classes.txt names them (Label Studio's YOLO export)

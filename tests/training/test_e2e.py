@@ -163,7 +163,7 @@ def test_export_command_and_outputs_are_not_degenerate(env, trained):
 
     from detector import Detector
     from detector.model import LEVEL_CLASSES
-    from training.export import cut_at_head_levels
+    from training.export.export import cut_at_head_levels
 
     frame = cv2.imread(str(next((env["data"].parent / "images" / "val").iterdir())))
     # The int8 file ends at the head's levels; the fp32 graph cut there too gives like for like.
@@ -193,7 +193,7 @@ def test_second_run_meets_the_champion(env, trained):
     import onnx
     import torch
 
-    from training.export import load_checkpoint, read_checkpoint_args
+    from training.export.export import load_checkpoint, read_checkpoint_args
 
     run = env["tmp"] / "runs" / "ci2"
     args = read_checkpoint_args(run / "weights" / "best.pt")
@@ -211,7 +211,7 @@ def test_second_run_meets_the_champion(env, trained):
     assert ops.count("Relu") > 50 and ops.count("Sigmoid") <= 1  # the class scores' sigmoid only
     # `gridwatch retrain` rebuilds a shipped ReLU model with ReLU: its head matches the ONNX file's
     from detector.model import open_session
-    from training.bootstrap import rebuild
+    from training.fit.bootstrap import rebuild
 
     rebuilt = rebuild(run / "export" / "gridwatch-fp32.onnx")
     assert not any(isinstance(m, torch.nn.SiLU) for m in rebuilt.modules())

@@ -14,11 +14,11 @@ from detector.detections import Detections
 from detector.files import REPO_ROOT
 from serving.cli import main
 from tests.support.shared_data import DATASETS
-from training.dataset_build import BuildOptions, build
-from training.eval_audit import Recorder, image_errors
-from training.evaluate import EvalSet
-from training.metrics import LabelledImage
-from training.sources import load_source
+from training.data.dataset_build import BuildOptions, build
+from training.evaluation.eval_audit import Recorder, image_errors
+from training.evaluation.evaluate import EvalSet
+from training.evaluation.metrics import LabelledImage
+from training.data.sources import load_source
 
 SHIPPED = REPO_ROOT / "weights" / "gridwatch-int8.onnx"
 pytestmark = pytest.mark.skipif(not DATASETS.is_dir() or not SHIPPED.is_file(), reason="shared data or weights missing")
@@ -109,7 +109,7 @@ def test_save_errors_writes_worst_first_with_images(built, tmp_path, capsys):
     assert counts == sorted(counts, reverse=True) and all(c > 0 for c in counts)
     assert len(list(out.glob("*.jpg"))) == report["images_with_errors"]
     # each labelled box is either found or missed, exactly once
-    from training.evaluate import load_eval_set
+    from training.evaluation.evaluate import load_eval_set
 
     truth = {str(im.path): len(im.classes) for im in load_eval_set(built / "data").images}
     for e in report["worst_first"]:

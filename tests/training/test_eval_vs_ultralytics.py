@@ -12,9 +12,9 @@ import pytest
 
 from tests.support.shared_data import COCO_INT8, DATASETS
 from tests.support.training import bootstrapped_pt, source_images
-from training.evaluate import evaluate, load_eval_set, ultralytics_predictor
-from training.metrics import FEW_INSTANCES
-from training.yolo_format import DataYaml, label_text, write_data_yaml
+from training.evaluation.evaluate import evaluate, load_eval_set, ultralytics_predictor
+from training.evaluation.metrics import FEW_INSTANCES
+from training.data.yolo_format import DataYaml, label_text, write_data_yaml
 
 pytestmark = pytest.mark.skipif(not COCO_INT8.is_file() or not DATASETS.is_dir(), reason="shared data missing")
 IMGSZ = 320

@@ -16,9 +16,9 @@ from detector.boxes import box_iou
 from detector.detections import Detections
 from tests.support.shared_data import COCO_INT8, DATASETS
 from tests.support.training import export_coco, source_images
-from training.evaluate import EvalError, EvalSet, evaluate, load_eval_set, onnx_predictor
-from training.metrics import class_metrics, evaluate_predictions, match_predictions
-from training.yolo_format import DataYaml, label_path, label_text, write_data_yaml
+from training.evaluation.evaluate import EvalError, EvalSet, evaluate, load_eval_set, onnx_predictor
+from training.evaluation.metrics import class_metrics, evaluate_predictions, match_predictions
+from training.data.yolo_format import DataYaml, label_path, label_text, write_data_yaml
 
 
 def test_ap_matches_ultralytics_ap_per_class_on_random_rankings():

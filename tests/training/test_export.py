@@ -79,10 +79,13 @@ def test_int8_is_qdq_and_ends_at_the_head_levels(exported):
 
 
 def test_pixel_input_is_bit_identical_to_float_planes_and_ultralytics_form_is_kept_on_request(exported, tmp_path):
-    from training.export import cut_at_head_levels, quantize_int8, take_pixels
+    from training.export.export import cut_at_head_levels, quantize_int8, take_pixels
 
     plain = tmp_path / "plain-int8.onnx"
-    quantize_int8(exported.fp32, plain, source_images("garbage_overflow_cn", 32, offset=1), {}, for_ultralytics=True)
+    lines: list[str] = []
+    quantize_int8(exported.fp32, plain, source_images("garbage_overflow_cn", 32, offset=1), {}, for_ultralytics=True,
+                  log=lines.append)
+    assert lines and lines[-1].startswith("  int8 calibration: 32/32 images run")  # the end, at least, is said
     info = Detector(plain).info
     assert info.head == "decoded" and info.input_dtype == "float32"  # what Ultralytics can run
     proto = onnx.load(str(plain))
@@ -106,7 +109,7 @@ def test_pixel_input_is_bit_identical_to_float_planes_and_ultralytics_form_is_ke
 
 def test_level_outputs_decode_exactly_like_ultralytics_decoded_graph(exported, tmp_path):
     """The same fp32 graph, cut at the head's levels, gives the decoded graph's detections."""
-    from training.export import cut_at_head_levels
+    from training.export.export import cut_at_head_levels
 
     proto = onnx.load(str(exported.fp32))
     assert cut_at_head_levels(proto) == 3
@@ -145,7 +148,7 @@ def test_int8_scores_not_degenerate_and_agree_with_fp32(exported):
 
 
 def test_export_needs_real_calibration_images(tmp_path, exported):
-    from training.export import ExportError, quantize_int8
+    from training.export.export import ExportError, quantize_int8
 
     few = source_images("garbage_overflow_cn", 5)
     with pytest.raises(ExportError, match="at least 32"):
@@ -158,7 +161,7 @@ def test_dfl_rewrite_keeps_ultralytics_outputs_on_real_images(exported, tmp_path
     equal Ultralytics' own export of the same weights."""
     import onnxruntime as ort
 
-    from training.export import dfl_softmax_on_last_axis, letterboxed_inputs
+    from training.export.export import dfl_softmax_on_last_axis, letterboxed_inputs
     from training.offline import ultralytics_offline
 
     softmaxes = [n for n in onnx.load(str(exported.fp32)).graph.node if n.op_type == "Softmax"]
@@ -181,3 +184,23 @@ def test_dfl_rewrite_keeps_ultralytics_outputs_on_real_images(exported, tmp_path
         b = shipped.run(None, {"images": x})[0]
         assert a.shape == b.shape
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-3)
+
+
+def test_calibration_says_how_many_images_it_has_run(monkeypatch):
+    """Progress while ORT calibrates: N of M images every few seconds, not a line per image."""
+    import training.export.export as export_module
+
+    clock = iter(float(t) for t in range(0, 1000, 4))  # each call 4 s later than the one before
+    monkeypatch.setattr(export_module.time, "monotonic", lambda: next(clock))
+    paths = source_images("garbage_overflow_cn", 6)
+    lines: list[str] = []
+    reader = export_module._Calibration("images", paths, (64, 64), lines.append, every_s=10)
+    handed = 0
+    while reader.get_next() is not None:
+        handed += 1
+    assert handed == 6
+    progress = [line for line in lines if "about" in line]
+    # a line once 10 s have passed since the last, counting the images already run
+    assert progress == ["  int8 calibration: 2/6 images (12 s, about 24 s left)",
+                        "  int8 calibration: 5/6 images (24 s, about 5 s left)"]
+    assert lines[-1].startswith("  int8 calibration: 6/6 images run (28 s)")

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from tests.support.shared_data import DATASETS
-from training.importers import AnnotationError, read_coco, read_cvat, read_label_studio, read_voc, read_yolo
-from training.sources import load_source
+from training.data.importers import AnnotationError, read_coco, read_cvat, read_label_studio, read_voc, read_yolo
+from training.data.sources import load_source
 
 pytestmark = pytest.mark.skipif(not DATASETS.is_dir(), reason=f"no shared datasets at {DATASETS}")
 

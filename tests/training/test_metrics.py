@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from detector.detections import Detections
-from training.metrics import LabelledImage, class_metrics, compute_ap, evaluate_predictions
+from training.evaluation.metrics import LabelledImage, class_metrics, compute_ap, evaluate_predictions
 
 NAMES = {0: "garbage_bin", 1: "push_cart"}
 

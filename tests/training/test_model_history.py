@@ -29,6 +29,15 @@ def listing(weights: Path, capsys) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
+def audited(server: RunningService, action: str) -> list:
+    from sqlalchemy import select
+
+    from serving.store.models import AuditEntry
+
+    with server.service.db.sessions() as session:
+        return session.scalars(select(AuditEntry).where(AuditEntry.action == action).order_by(AuditEntry.id)).all()
+
+
 def test_promote_keeps_the_old_model_and_rollback_goes_live(tmp_path, capsys):
     weights = tmp_path / "weights"
     weights.mkdir()
@@ -47,6 +56,12 @@ def test_promote_keeps_the_old_model_and_rollback_goes_live(tmp_path, capsys):
         assert main(["models", "promote", str(candidate), "--reason", "pilot on the east district",
                      "--weights-dir", str(weights)]) == 0
         wait_for(lambda: server.service.detector.version == shipped_version, timeout=30)
+        # the forced promotion is in the service's audit log: who, why, which version
+        wait_for(lambda: audited(server, "model.promote"))
+        promoted = audited(server, "model.promote")[0]
+        assert promoted.target == f"model:{shipped_version}" and promoted.actor_kind == "cli"
+        assert promoted.after["reason"] == "forced: pilot on the east district"
+        assert promoted.after["version"] == shipped_version and promoted.actor == promoted.actor_id != ""
 
         state = listing(weights, capsys)
         assert state["current"] == shipped_version
@@ -76,6 +91,11 @@ def test_promote_keeps_the_old_model_and_rollback_goes_live(tmp_path, capsys):
         assert [(e["action"], e["version"]) for e in state["events"]] == [
             ("promote", shipped_version), ("rollback", found)]
         assert state["events"][-1]["reason"] == "rollback: misses bins at night"
+        wait_for(lambda: audited(server, "model.rollback"))
+        rolled = audited(server, "model.rollback")[0]
+        assert (rolled.target, rolled.after["reason"]) == (f"model:{found}", "rollback: misses bins at night")
+        assert rolled.before == {"version": shipped_version}
+        assert len(audited(server, "model.promote")) == 1  # each history event audited once
 
         # nothing older: a clear refusal; by version: forward again
         assert main(["models", "rollback", "--weights-dir", str(weights)]) == 2
@@ -86,6 +106,30 @@ def test_promote_keeps_the_old_model_and_rollback_goes_live(tmp_path, capsys):
         assert "no kept model 'nope'" in capsys.readouterr().err
     finally:
         server.stop()
+
+
+def test_a_promotion_made_while_no_service_runs_is_audited_when_one_starts(tmp_path, capsys):
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    shutil.copyfile(COCO_INT8, weights / "gridwatch-int8.onnx")
+    candidate = tmp_path / "candidate"
+    candidate.mkdir()
+    shutil.copyfile(SHIPPED / "gridwatch-int8.onnx", candidate / "gridwatch-int8.onnx")
+    assert main(["models", "promote", str(candidate), "--reason", "night shift model",
+                 "--weights-dir", str(weights)]) == 0
+    # a line that is not an event (an edit by hand) is skipped, not fatal
+    with (weights / "history" / "events.jsonl").open("a", encoding="utf-8") as fh:
+        fh.write("not json\n")
+    settings = Settings(data_dir=tmp_path / "data", model=weights / "gridwatch-int8.onnx", port=pick_port(),
+                        model_watch_s=0, admin_key="gw_test_admin_key_history_02")
+    for _ in range(2):  # a restart does not audit the same event again
+        server = RunningService(settings)
+        try:
+            rows = audited(server, "model.promote")
+        finally:
+            server.stop()
+        assert len(rows) == 1
+        assert rows[0].after["reason"] == "forced: night shift model" and rows[0].actor_kind == "cli"
 
 
 def test_a_promotion_never_leaves_weights_mixed(tmp_path, capsys):
@@ -141,9 +185,9 @@ def test_export_writes_a_run_folder_with_a_card_and_never_weights(tmp_path, caps
 
 
 def test_int8_warning_says_which_target_failed():
-    from training.export import SpeedComparison
-    from training.export_run import int8_misses
-    from training.model_card import Int8Check
+    from training.export.export import SpeedComparison
+    from training.export.export_run import int8_misses
+    from training.promotion.model_card import Int8Check
 
     def check(delta):
         return Int8Check(calibration_images=64, excluded_nodes=[], map50_fp32=0.5, map50_int8=0.5 + delta / 100,

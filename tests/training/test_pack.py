@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 
 from serving.cli import main
-from training.dataset_manifest import DatasetManifest
-from training.sampling import train_images
-from training.yolo_format import find_images, read_data_yaml
+from training.data.dataset_manifest import DatasetManifest
+from training.fit.sampling import train_images
+from training.data.yolo_format import find_images, read_data_yaml
 
 
 @pytest.fixture(scope="module")

@@ -15,10 +15,10 @@ from PIL import Image
 
 from serving.cli import main
 from tests.support.shared_data import DATASETS
-from training.dataset_build import NEAR_DUPLICATE_DISTANCE, BuildOptions, build
-from training.evaluate import EvalError, place_folds_of
-from training.places import PLACE_DISTANCE, PLACES_FILE
-from training.sources import load_source
+from training.data.dataset_build import NEAR_DUPLICATE_DISTANCE, BuildOptions, build
+from training.evaluation.evaluate import EvalError, place_folds_of
+from training.data.places import PLACE_DISTANCE, PLACES_FILE
+from training.data.sources import load_source
 
 pytestmark = pytest.mark.skipif(not DATASETS.is_dir(), reason=f"no shared datasets at {DATASETS}")
 
@@ -128,7 +128,7 @@ def test_real_sources_split_by_place_and_eval_folds(tmp_path, capsys):
     assert "classes" in answer and "map50" in answer  # the plain eval object is still there
 
     # what `gridwatch train` puts on the card for such a build: the same figure, and the folds
-    from training.train import data_config, evaluate_by_place, evaluate_onnx, val_set
+    from training.fit.train import data_config, evaluate_by_place, evaluate_onnx, val_set
 
     model = Path(__file__).parents[2] / "weights" / "gridwatch-int8.onnx"
     val = val_set(data_config(out / "data.yaml"))
@@ -152,7 +152,7 @@ def test_place_folds_keep_places_whole_and_balanced():
 
 def test_card_shows_place_folds_beside_the_val_figure_and_flags_synthetic_only(tmp_path):
     from tests.training.test_card import _card
-    from training.model_card import render_markdown, write_card
+    from training.promotion.model_card import render_markdown, write_card
 
     folds = {"k": 3, "groups": 17, "grouping": ["facade_signs_spb: 40 images in 17 places (0 with 2+ images), by x"],
              "classes": {"push_cart": {"mean_ap50": 0.61, "min_ap50": 0.42, "max_ap50": 0.8, "folds": 3}}}

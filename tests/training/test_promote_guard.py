@@ -12,9 +12,9 @@ from types import SimpleNamespace
 import pytest
 
 from detector.taxonomy import load_taxonomy
-from training.export import ExportResult
-from training.metrics import ClassMetrics, EvalResult
-from training.promote import decide, decide_loop, guard_loop, guard_rule_classes, rule_classes
+from training.export.export import ExportResult
+from training.evaluation.metrics import ClassMetrics, EvalResult
+from training.promotion.promote import decide, decide_loop, guard_loop, guard_rule_classes, rule_classes
 
 
 def _result(truck: float, car: float = 0.8, bins: float = 0.9) -> EvalResult:
@@ -93,7 +93,7 @@ def _version(path: Path) -> str:
 @pytest.fixture
 def finished(tmp_path, monkeypatch):
     """`finish_run` with the export and the evaluations replaced: what reaches weights/ and the card."""
-    import training.train as train_mod
+    import training.fit.train as train_mod
 
     weights = tmp_path / "weights"
     weights.mkdir()

@@ -7,8 +7,8 @@ import pytest
 
 from detector.files import sha256_file
 from tests.support.shared_data import COCO_INT8, DATASETS
-from training.pseudo_labels import CONTEXT_CLASSES, Teacher, conflicting
-from training.sources import load_source
+from training.data.pseudo_labels import CONTEXT_CLASSES, Teacher, conflicting
+from training.data.sources import load_source
 
 
 def test_a_cart_the_teacher_calls_a_truck_stays_a_cart():

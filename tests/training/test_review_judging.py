@@ -13,10 +13,10 @@ import pytest
 from detector.detections import Detections
 from detector.taxonomy import load_taxonomy
 from tests.support.shared_data import DATASETS
-from training.evaluate import EvalSet
-from training.metrics import LabelledImage
-from training.review_judging import human_review_split
-from training.sources import Source
+from training.evaluation.evaluate import EvalSet
+from training.evaluation.metrics import LabelledImage
+from training.evaluation.review_judging import human_review_split
+from training.data.sources import Source
 
 pytestmark = pytest.mark.skipif(not DATASETS.is_dir(), reason="no shared datasets")
 
@@ -69,8 +69,8 @@ def test_human_labels_only_and_decided_regions(tmp_path):
 
 
 def test_retrain_log_names_the_classes_whose_ap50_fell():
-    from training.metrics import ClassMetrics, EvalResult
-    from training.promote import decide_loop
+    from training.evaluation.metrics import ClassMetrics, EvalResult
+    from training.promotion.promote import decide_loop
 
     def result(**ap50):
         classes = {n: ClassMetrics(ap50=v, ap50_95=v / 2, precision=0.5, recall=0.5, instances=40)

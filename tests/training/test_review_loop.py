@@ -21,7 +21,7 @@ from serving.settings import Settings
 from tests.support.service import DetectingClient, RunningService, pick_port, wait_for
 from tests.support.shared_data import DATASETS
 from tests.support.web import add_user, http_sign_in
-from training.yolo_format import label_path, read_labels
+from training.data.yolo_format import label_path, read_labels
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = [REPO / "weights" / f"gridwatch-{kind}.onnx" for kind in ("fp32", "int8")]
@@ -78,9 +78,9 @@ def _cli(*args: str, timeout: int) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_decisions_export_retrain_promote_live(tmp_path, shared_dir) -> None:
     pytest.importorskip("ultralytics")
-    from training.promote import decision_classes, install, score
-    from training.train import evaluate_onnx, split_sources, split_synthetic, val_set
-    from training.yolo_format import read_data_yaml
+    from training.promotion.promote import decision_classes, install, score
+    from training.fit.train import evaluate_onnx, split_sources, split_synthetic, val_set
+    from training.data.yolo_format import read_data_yaml
 
     live = tmp_path / "weights-live"
     live.mkdir()
@@ -198,9 +198,9 @@ def test_decisions_export_retrain_promote_live(tmp_path, shared_dir) -> None:
         assert review.images and base.images
         # Every score, recomputed here on the same splits: the champion (the shipped file) and the challenger.
         exported_fp32 = runs / "loop" / "train" / "export" / "gridwatch-fp32.onnx"
-        # The review split is judged on the reviewers' labels only (training/review_judging.py).
-        from training.retrain import review_source
-        from training.review_judging import human_review_split
+        # The review split is judged on the reviewers' labels only (training/evaluation/review_judging.py).
+        from training.promotion.retrain import review_source
+        from training.evaluation.review_judging import human_review_split
 
         judged = human_review_split(review, [review_source(reviews)])
         assert "review val split judged on human labels only" in out
@@ -243,7 +243,7 @@ def test_retrain_refuses_reviews_it_cannot_judge_on_before_training(tmp_path, sh
     import cv2
 
     from serving.review_export import write_definitions
-    from training.sources import gridwatch_classes
+    from training.data.sources import gridwatch_classes
 
     reviews = tmp_path / "one-camera"
     (reviews / "images").mkdir(parents=True)

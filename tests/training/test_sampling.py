@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from training.sampling import (RepeatedDataset, TrainImage, expanded_indices, repeat_factors, report_lines,
+from training.fit.sampling import (RepeatedDataset, TrainImage, expanded_indices, repeat_factors, report_lines,
                                sampling_report, train_images)
 
 
@@ -48,7 +48,7 @@ def test_expansion_repeats_whole_factors_and_rounds_fractions_stochastically():
 
 
 def test_train_images_take_source_and_pseudo_classes_from_the_manifest(tmp_path):
-    from training.dataset_manifest import (BuildSettings, DatasetManifest, LabelCounts, RealImage,
+    from training.data.dataset_manifest import (BuildSettings, DatasetManifest, LabelCounts, RealImage,
                                            write_manifest)
 
     names = {0: "push_cart", 1: "person", 2: "car"}
@@ -92,8 +92,8 @@ def test_summary_counts_draws_per_category():
 
 
 def test_best_epoch_is_judged_on_the_labelled_classes(tmp_path):
-    from training.dataset_manifest import (BuildSettings, DatasetManifest, LabelCounts, write_manifest)
-    from training.trainer import labelled_fitness, labelled_val_classes
+    from training.data.dataset_manifest import (BuildSettings, DatasetManifest, LabelCounts, write_manifest)
+    from training.fit.trainer import labelled_fitness, labelled_val_classes
 
     manifest = DatasetManifest(
         classes=["push_cart", "person", "flyer"], sources=[], dataset_hash="0", images=[],

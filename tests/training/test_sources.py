@@ -6,7 +6,7 @@ import pytest
 
 from detector import load_taxonomy
 from tests.support.shared_data import DATASETS
-from training.sources import SourceError, all_sources, gridwatch_classes, load_source
+from training.data.sources import SourceError, all_sources, gridwatch_classes, load_source
 
 
 def test_gridwatch_classes_come_from_the_taxonomy_in_order():

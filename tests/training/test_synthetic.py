@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from tests.support.shared_data import DATASETS
-from training.sources import load_source
-from training.synthetic import SyntheticError, compose, load_fonts, render_banner, render_flyer
+from training.data.sources import load_source
+from training.data.synthetic import SyntheticError, compose, load_fonts, render_banner, render_flyer
 
 
 @pytest.fixture(scope="module")

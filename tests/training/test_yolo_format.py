@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.yolo_format import (
+from training.data.yolo_format import (
     DataYaml,
     YoloFormatError,
     boxes_to_pixels,

@@ -1,4 +1,5 @@
-// The case page: the case's boxes drawn over its original frame (no script inline: CSP).
+// The case page: the case's boxes drawn over its original frame, and ←/→ stepping through the
+// event's frames (the strip) in that frame's place (no script inline: CSP).
 "use strict";
 
 (function () {
@@ -19,4 +20,31 @@
     document.body.dataset.boxes = String(overlay.children.length);
   }
   if (img.complete && img.naturalWidth) draw(); else img.addEventListener("load", draw);
+
+  const strip = document.getElementById("frames");
+  if (!strip) return;
+  const frames = Array.from(strip.children);
+  const photo = img.getAttribute("src");  // the best frame, the one the boxes belong to
+  const now = document.getElementById("frame-now");
+  let at = Math.max(0, frames.findIndex((f) => f.dataset.best));
+  function show() {
+    const frame = frames[at];
+    const best = Boolean(frame.dataset.best);
+    img.src = best ? photo : frame.dataset.url;
+    overlay.toggleAttribute("hidden", !best);
+    frames.forEach((f, i) => f.classList.toggle("selected", i === at));
+    const caption = frame.querySelector("figcaption").innerText.replace("\n", " · ");
+    now.textContent = `${caption} (${now.dataset.of.replace("{i}", at + 1).replace("{n}", frames.length)})`;
+    document.body.dataset.frame = String(at);
+    document.body.dataset.moment = frame.dataset.moments;
+  }
+  document.addEventListener("keydown", (event) => {
+    if (event.ctrlKey || event.altKey || event.metaKey || event.shiftKey) return;
+    if (event.target.closest("input, select, textarea")) return;  // the re-decide form keeps its keys
+    const step = { ArrowLeft: -1, ArrowRight: 1 }[event.key];
+    if (!step) return;
+    event.preventDefault();
+    at = Math.max(0, Math.min(frames.length - 1, at + step));
+    show();
+  });
 })();

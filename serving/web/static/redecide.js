@@ -1,5 +1,5 @@
-// Re-decide a decided case from its page (reached from the queue, the audit log or My
-// history): the new decision, why, and the version shown; a 409 says someone changed it first.
+// Re-decide a decided case from its page, or from a My history row's own button (a dialog):
+// the new decision, why (required), and the version shown; a 409 says someone changed it first.
 "use strict";
 
 (function () {
@@ -7,9 +7,35 @@
   if (!form) return;
   const csrf = document.querySelector('meta[name="csrf-token"]').content;
   const result = document.getElementById("redecide-result");
+  const dialog = document.getElementById("redecide-dialog");
+  if (dialog) {
+    // Each history row's button opens the one dialog on its case, at the case's version now.
+    for (const button of document.querySelectorAll("button.redecide-open")) {
+      button.addEventListener("click", () => {
+        form.dataset.case = button.dataset.case;
+        form.dataset.version = button.dataset.version;
+        form.reset();
+        result.textContent = "";
+        delete result.dataset.status;
+        document.getElementById("redecide-case").textContent = button.dataset.case;
+        dialog.returnFocus = button;
+        dialog.showModal();
+        document.getElementById("redecide-action").focus();
+      });
+    }
+    document.getElementById("redecide-cancel").addEventListener("click", () => dialog.close());
+    dialog.addEventListener("close", () => dialog.returnFocus && dialog.returnFocus.focus());
+  }
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     const data = new FormData(form);
+    if (!String(data.get("why") || "").trim()) {  // the reason is required: said in the page's language
+      result.dataset.status = "422";
+      result.textContent = result.dataset.whyNeeded;
+      document.getElementById("redecide-why").setAttribute("aria-invalid", "true");
+      document.getElementById("redecide-why").focus();
+      return;
+    }
     const body = { action: data.get("action"), why: data.get("why"), version: Number(form.dataset.version) };
     if (body.action === "reject" && data.get("reason")) body.reason = data.get("reason");
     if (body.action === "correct") body.violation = data.get("violation");
@@ -19,6 +45,7 @@
     });
     const answer = await response.json().catch(() => ({}));
     if (response.ok) {
+      result.dataset.status = "200";
       result.textContent = result.dataset.done;
       location.reload();
       return;

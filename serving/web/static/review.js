@@ -146,7 +146,8 @@
     list($("history"), c.audit.map((h) => `${h.at} · ${h.actor} · ${h.action}` +
       (h.changes.length ? ": " + h.changes.map((ch) => `${ch.field} ${ch.before} → ${ch.after}`).join("; ") : "")));
     showContext(item);
-    item.frame = item.frameCount - 1;  // the best frame, the one the boxes belong to
+    item.frame = bestFrame(item);  // the best frame, the one the boxes belong to
+    showFrame(item);
     overlay.removeAttribute("hidden");
     delete root.dataset.frame;
     img.src = c.image_url || "";
@@ -172,10 +173,17 @@
     const c = item.case;
     const frames = c.frames || [];
     item.frameCount = frames.length;
+    // In camera time order, each with its moment (opened, best, update, closed) and local time.
     $("frames").replaceChildren(...frames.map((f, i) => {
-      const thumb = Object.assign(document.createElement("img"), { src: f.url, alt: f.at, title: f.at });
-      thumb.dataset.index = String(i);
-      return thumb;
+      const figure = document.createElement("figure");
+      figure.className = "thumb";
+      figure.dataset.index = String(i);
+      figure.dataset.moments = f.moments.join(",");
+      const thumb = Object.assign(document.createElement("img"), { src: f.url, alt: `${f.label} ${f.at}`, title: `${f.label} · ${f.at}` });
+      const caption = document.createElement("figcaption");
+      caption.append(Object.assign(document.createElement("b"), { textContent: f.label }), document.createElement("br"), f.at.split(" ")[1] || f.at);
+      figure.append(thumb, caption);
+      return figure;
     }));
     $("frames-block").hidden = frames.length < 2;
     const links = (c.duplicate_of ? [["dup", c.duplicate_of]] : []).concat((c.nearby || []).map((n) => ["near", n]));
@@ -188,16 +196,31 @@
     $("related-block").hidden = !links.length;
   }
 
+  // The best frame (the case's photo, the one the boxes belong to); the last one if none is marked.
+  function bestFrame(item) {
+    const i = (item.case.frames || []).findIndex((f) => f.best);
+    return i >= 0 ? i : Math.max(0, item.frameCount - 1);
+  }
+
+  function showFrame(item) {
+    const frames = item.case.frames || [];
+    const frame = frames[item.frame];
+    const best = !frame || frame.best || item.frame === bestFrame(item);
+    for (const thumb of $("frames").children) thumb.classList.toggle("selected", thumb.dataset.index === String(item.frame));
+    $("frame-now").textContent = frame && frames.length > 1
+      ? `${frame.label} · ${frame.at} (${config.t.frame_of.replace("{i}", item.frame + 1).replace("{n}", frames.length)})` : "";
+    root.dataset.moment = frame ? frame.moments.join(",") : "";
+    return best;
+  }
+
   function stepFrame(step) {
     const item = current();
     if (state.mode !== "review" || !item || item.frameCount < 2) return;
     item.frame = Math.max(0, Math.min(item.frameCount - 1, item.frame + step));
-    const frame = item.case.frames[item.frame];
-    const best = item.frame === item.frameCount - 1;
-    img.src = best ? item.case.image_url : frame.url;
+    const best = showFrame(item);
+    img.src = best ? item.case.image_url : item.case.frames[item.frame].url;
     overlay.toggleAttribute("hidden", !best);  // the boxes were drawn on the best frame only
     root.dataset.frame = String(item.frame);
-    for (const thumb of $("frames").children) thumb.classList.toggle("selected", thumb.dataset.index === String(item.frame));
   }
 
   // -- counts: this filter's pending cases, those others hold, my decisions today ------------------

@@ -83,3 +83,21 @@ def test_a_run_whose_ours_over_session_is_below_1_is_flagged_not_printed_as_a_fi
     assert "noisy" in one and "0.90x" not in one
     assert "1.10x" in eight
     assert "NOISY RUN: at batch 1 gridwatch timed faster than the bare session" in table
+
+
+def test_session_gridwatch_and_ultralytics_take_turns_on_every_batch() -> None:
+    """Timed one after the other, a busy spell on a shared machine fell on one of them alone and
+    skewed the ratios (ours/session below 1.0); each batch now goes through all three back to
+    back, and which goes first turns."""
+    from serving.bench.detector import time_interleaved
+
+    calls: list[tuple[str, int]] = []
+    fns = {name: (lambda i, name=name: calls.append((name, i))) for name in ("session", "gridwatch", "ultralytics")}
+    medians = time_interleaved(fns, [[np.zeros(1)], [np.zeros(1)]], rounds=2)
+    assert set(medians) == {"session", "gridwatch", "ultralytics"} and all(v >= 0 for v in medians.values())
+    timed = calls[3:]  # after one warm-up call each
+    turns = [timed[k : k + 3] for k in range(0, len(timed), 3)]
+    assert len(turns) == 4  # 2 rounds x 2 batches
+    assert all(sorted(name for name, _ in turn) == ["gridwatch", "session", "ultralytics"] for turn in turns)
+    assert [{i for _, i in turn} for turn in turns] == [{0}, {1}, {0}, {1}]
+    assert {turn[0][0] for turn in turns} == {"session", "gridwatch", "ultralytics"}

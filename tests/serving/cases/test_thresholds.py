@@ -130,6 +130,48 @@ def test_rules_keep_the_last_thresholds_while_the_database_cannot_be_read(tmp_pa
     assert book.alert("cam-1", "bin_overflow") == 0.42
     with db.engine.begin() as conn:
         conn.execute(text("DROP TABLE thresholds"))  # every read from now on fails
+    assert book.refresh() is False  # the refresher's next read
     assert book.alert("cam-1", "bin_overflow") == 0.42 and book.auto_confirm("cam-1", "bin_overflow") == 0.6
     assert "the last ones stay in force" in caplog.text
     db.close()
+
+
+def test_the_rules_read_thresholds_from_memory_while_a_thread_of_their_own_reads_the_database(tmp_path: Path) -> None:
+    """The rules ask on every analysed frame: a database that does not answer must never hold a
+    frame up. The book's own thread reads it every refresh_s and publishes what it read whole."""
+    import threading
+
+    from sqlalchemy import update
+
+    from tests.support.service import wait_for
+
+    db = Database(f"sqlite:///{tmp_path / 'gw.db'}")
+    with db.transaction() as session:
+        session.add(Threshold(camera="cam-1", violation="bin_overflow", confirmed=20, rejected=2,
+                              alert=0.42, auto_confirm=0.6))
+    book = ThresholdBook(db, ThresholdSettings(), refresh_s=0.01)
+    assert book.alert("cam-1", "bin_overflow") == 0.42
+
+    answer, asked, sessions = threading.Event(), [], db.sessions
+
+    def not_answering(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        asked.append(threading.current_thread().name)
+        assert answer.wait(30), "the database never answered"
+        return sessions(*args, **kwargs)
+
+    db.sessions = not_answering
+    book.start()
+    try:
+        wait_for(lambda: asked, timeout=10)  # the book's thread waits on the database
+        for _ in range(200):  # frames meanwhile: answered at once, from the last thresholds read
+            assert book.alert("cam-1", "bin_overflow") == 0.42 and book.auto_confirm("cam-1", "bin_overflow") == 0.6
+        assert book.alerts_for(["cam-1"]) == {"cam-1": {"bin_overflow": 0.42}}
+        assert set(asked) == {"gridwatch-thresholds"}
+        with sessions() as session, session.begin():  # another process moves the threshold
+            session.execute(update(Threshold).values(alert=0.55))
+        answer.set()  # the database answers again
+        wait_for(lambda: book.alert("cam-1", "bin_overflow") == 0.55, timeout=10)
+    finally:
+        answer.set()
+        book.stop()
+        db.close()

@@ -210,8 +210,10 @@ def test_replay_yields_exactly_the_expected_events(tmp_path: Path, street_video:
                         evidence=EvidenceStore(tmp_path / "ev"))
     events = pipeline.run_until_done()
     assert events == seen
-    # The frame travels beside the opening events (new evidence), never beside the closings.
-    assert [f is not None for f in frames] == [True, True, False, False]
+    # The best frame travels beside the opening events (new evidence); beside the closings goes
+    # the latest sighting's frame, marked not best: a moment of the case's timeline, never its photo.
+    assert [f.best for f in frames] == [True, True, False, False]
+    assert frames[0].taken_at < frames[2].taken_at <= events[2].last_seen
     assert frames[0].image.shape == (360, 640, 3) and frames[0].box == pytest.approx(seen[0].box, abs=0.06)
     # Beside the frame, everything the model found in it: the violation's own box among them.
     assert frames[0].detections is not None

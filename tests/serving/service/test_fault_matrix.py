@@ -119,7 +119,8 @@ def test_postgresql_stopped_for_30_s(private_postgres, run_service, receiver, ma
 
     cases = stored_cases(service)
     assert [c.camera for c in cases] == ["cam-a", "cam-c", "cam-d", "cam-b"]  # held ones in their order
-    assert [len(c.evidence) for c in cases] == [3, 3, 3, 3]
+    # cam-c's closing frame joins its case's timeline (the moment and its annotated copy)
+    assert [len(c.evidence) for c in cases] == [3, 5, 3, 3]
     assert [c.state for c in cases] == ["active", "ended", "active", "active"]  # cam-c's close applied
     with service.db.sessions() as session:
         assert len(session.scalars(select(CaseEvent)).all()) == 5

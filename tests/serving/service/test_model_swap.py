@@ -49,10 +49,13 @@ def test_model_swaps_live_and_broken_models_are_refused(tmp_path, dataset_images
                 with server.service.db.sessions() as session:
                     refusals = session.scalars(select(AuditEntry).where(
                         AuditEntry.action == "model.reload_refused").order_by(AuditEntry.id)).all()
-                    assert [r.target for r in refusals] == ["model:broken.onnx", "model:missing.onnx"]
+                    # the traversal name was refused by the request's schema: audited all the same
+                    assert [r.target for r in refusals] == ["model:broken.onnx", "model:model.onnx",
+                                                            "model:missing.onnx"]
                     assert "cannot load" in refusals[0].after["refused"]
+                    assert "../etc/passwd" in refusals[1].after["requested"]
                 assert sum("model reload by" in r.getMessage() and "refused" in r.getMessage()
-                           for r in caplog.records) == 2
+                           for r in caplog.records) == 3
                 (weights / ".incoming.onnx").write_bytes(b"\0" * 1000)
                 os.replace(weights / ".incoming.onnx", served)
                 seen = len(versions)

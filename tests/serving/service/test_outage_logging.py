@@ -44,8 +44,10 @@ def test_thresholds_read_during_an_outage_log_the_fault_once(caplog) -> None:
 
     caplog.set_level(logging.INFO)
     db, faults = AwayDatabase(), Faults()
-    book = ThresholdBook(db, ThresholdSettings(), refresh_s=0.0, faults=faults)
-    for _ in range(4):  # the rules ask on every analysed frame
+    book = ThresholdBook(db, ThresholdSettings(), refresh_s=0.0, faults=faults)  # reads once at construction
+    for _ in range(3):  # the refresher's reads, every refresh_s
+        assert book.refresh() is False
+    for _ in range(4):  # the rules ask on every analysed frame: from memory, never the database
         assert book.alert("cam-a", "bin_overflow") is None
     assert db.tries == 4
     assert_one_line_per_outage(caplog, faults)

@@ -1,0 +1,338 @@
+"""`gridwatch eval`'s inputs: a labelled folder in gridwatch classes, and the model's predictions on it.
+
+numpy only (no torch, no Ultralytics) for ONNX: eval must run with the base install, on
+the ONNX file exactly as `detector.Detector` serves it. A .pt model goes through
+Ultralytics' own predict with the same settings. The arithmetic is in training.evaluation.metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from detector.detections import Detections
+from detector.runtime import DEFAULT_IOU_THRESHOLD, DEFAULT_SCORE_THRESHOLD, Detector
+from training.evaluation.metrics import AP_SCORE_THRESHOLD, EvalResult, LabelledImage, evaluate_predictions
+from training.data.yolo_format import (
+    DataYaml,
+    YoloFormatError,
+    boxes_to_pixels,
+    find_images,
+    label_path,
+    read_data_yaml,
+    read_labels,
+)
+
+MAX_DETECTIONS = 300  # per image, as Ultralytics' val
+
+Predictor = Callable[[np.ndarray], Detections]
+
+
+class EvalError(ValueError):
+    """The evaluation folder or its labels are malformed; the message names the file."""
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    root: Path
+    source: str
+    images: list[LabelledImage]
+    dropped_labels: int  # boxes of source classes the mapping drops
+    split: str = ""  # which split of the folder was scored (val, test, train, or "images/": no splits)
+
+
+# ---------------------------------------------------------------- reading the folder
+
+
+def class_mapping(source: str, names: Mapping[int, str], explicit: bool = True) -> dict[str, str | None]:
+    """Source class name -> gridwatch class (None: dropped), from the dataset definition.
+
+    A source named on purpose must exist. When the name merely defaults to the folder's
+    and no definition has it, the folder is taken to be in gridwatch classes already
+    (what `gridwatch dataset build` writes).
+    """
+    from training.data.sources import load_source
+
+    try:
+        definition = load_source(source)
+    except ValueError as exc:
+        if explicit:
+            raise EvalError(str(exc)) from None
+        return {n: n for n in names.values()}
+    mapping = dict(definition.class_map)
+    unknown = [n for n in names.values() if n not in mapping]
+    if unknown:
+        raise EvalError(f"dataset definition {source!r} does not say how to map classes {unknown}")
+    return mapping
+
+
+def load_eval_set(root: str | Path, source: str | None = None, split: str | None = None) -> EvalSet:
+    """The folder's `split` (default: val, else test, else train, else images/), named in the result."""
+    root = Path(root)
+    yaml_path = root / "data.yaml"
+    if root.is_file() and root.suffix in (".yaml", ".yml") and _is_source_definition(root):
+        return source_eval_set(root, split)
+    if root.is_file() and root.suffix in (".yaml", ".yml"):  # DIR/data.yaml works as well as DIR
+        yaml_path, root = root, root.parent
+    elif not root.is_dir():
+        raise EvalError(f"{root}: not a folder")
+    if not yaml_path.is_file():
+        raise EvalError(f"{root}: no data.yaml (expected images/, labels/ and data.yaml)")
+    try:
+        data = read_data_yaml(yaml_path)
+    except YoloFormatError as exc:
+        raise EvalError(str(exc)) from None
+    mapping = class_mapping(source or root.name, data.names, explicit=source is not None)
+    scored, folder = _image_dir(data, split)
+    found = eval_set_from_images(folder, data.names, mapping, root=root, source=source or root.name)
+    return dataclasses.replace(found, split=scored)
+
+
+def _is_source_definition(path: Path) -> bool:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(data, dict) and {"format", "classes"} <= set(data) and "names" not in data
+
+
+def source_eval_set(definition: Path, split: str | None = None) -> EvalSet:
+    """Every image of a source definition (`gridwatch dataset import`'s DEF.yaml), in its own
+    format, with its boxes mapped to gridwatch classes: a source has no splits."""
+    from training.data.importers import AnnotationError
+    from training.data.sources import load_source
+
+    if split is not None:
+        raise EvalError(f"{definition}: a source definition has no '{split}' split (build it to get one)")
+    try:
+        source = load_source(str(definition))
+        samples = source.samples()
+    except (ValueError, AnnotationError, OSError) as exc:
+        raise EvalError(str(exc)) from None
+    images = [LabelledImage(path=s.image, boxes=s.boxes.astype(np.float32), classes=list(s.classes))
+              for s in samples if s.image.is_file()]
+    if not images:
+        raise EvalError(f"{definition}: none of the source's {len(samples)} images is there")
+    return EvalSet(root=source.path, source=source.name, images=images,
+                   dropped_labels=sum(s.dropped + len(s.unknown) for s in samples),
+                   split=f"all images of source {source.name}")
+
+
+def _image_dir(data: DataYaml, split: str | None = None) -> tuple[str, Path]:
+    if split is not None:
+        folder = data.split_dir(split)
+        if folder is None:
+            raise EvalError(f"{data.file}: no '{split}' split (it has {', '.join(data.splits) or 'none'})")
+        if not folder.is_dir():
+            raise EvalError(f"{data.file}: the {split} folder {folder} does not exist")
+        return split, folder
+    for name in ("val", "test", "train"):
+        folder = data.split_dir(name)
+        if folder is not None and folder.is_dir():
+            return name, folder
+    if (data.file.parent / "images").is_dir():
+        return "images/", data.file.parent / "images"
+    raise EvalError(f"{data.file.parent}: no image folder (data.yaml val/train, or images/)")
+
+
+def eval_set_from_images(
+    image_dir: Path, names: Mapping[int, str], mapping: Mapping[str, str | None], *, root: Path, source: str
+) -> EvalSet:
+    """Every image under `image_dir` with its YOLO labels mapped to gridwatch classes."""
+    paths = find_images(image_dir)
+    if not paths:
+        raise EvalError(f"{image_dir}: no images")
+    images, dropped = [], 0
+    for path in paths:
+        boxes, classes, n_dropped = _read_labels(label_path(path, image_dir), _image_size(path), names, mapping)
+        dropped += n_dropped
+        images.append(LabelledImage(path=path, boxes=boxes, classes=classes))
+    return EvalSet(root=root, source=source, images=images, dropped_labels=dropped)
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise EvalError(f"{path}: unreadable image")
+    return image.shape[1], image.shape[0]
+
+
+def _read_labels(
+    path: Path, size: tuple[int, int], names: Mapping[int, str], mapping: Mapping[str, str | None]
+) -> tuple[np.ndarray, list[str], int]:
+    boxes, classes, dropped = [], [], 0
+    for line in read_labels(path):
+        if line.box is None:
+            raise EvalError(f"{path}:{line.number}: expected 'class cx cy w h', got {line.text!r}")
+        if line.class_id not in names:
+            raise EvalError(f"{path}:{line.number}: class id {line.class_id} is not in data.yaml names")
+        target = mapping.get(names[line.class_id])
+        if target is None:
+            dropped += 1
+            continue
+        boxes.append(line.box)
+        classes.append(target)
+    return boxes_to_pixels(boxes, size).astype(np.float32), classes, dropped
+
+
+# ---------------------------------------------------------------- predicting
+
+
+def evaluate(predict: Predictor, eval_set: EvalSet, operating_threshold: float = DEFAULT_SCORE_THRESHOLD) -> EvalResult:
+    def predictions() -> Iterable[Detections]:
+        for image in eval_set.images:
+            frame = cv2.imread(str(image.path), cv2.IMREAD_COLOR)
+            if frame is None:
+                raise EvalError(f"{image.path}: unreadable image")
+            yield predict(frame)
+
+    return evaluate_predictions(eval_set.images, predictions(), operating_threshold)
+
+
+def onnx_predictor(
+    model_path: str | Path, threads: int | None = None, imgsz: int | None = None
+) -> tuple[Predictor, dict[str, str]]:
+    """The served runtime at AP's score threshold; returns it and the model's metadata.
+    imgsz: another longest side for a dynamic-shape model (the Detector refuses it otherwise)."""
+    detector = Detector(model_path, score_threshold=AP_SCORE_THRESHOLD, iou_threshold=DEFAULT_IOU_THRESHOLD,
+                        max_detections=MAX_DETECTIONS, threads=threads, imgsz=imgsz)
+    return detector, dict(detector.info.metadata)
+
+
+def tiled_predictor(detector: Detector, tile: int | None = None) -> Predictor:
+    """The same runtime, tiled at native resolution (what the static checks run)."""
+    return lambda frame: detector.detect_tiled(frame, tile=tile)
+
+
+def ultralytics_predictor(weights: str | Path, imgsz: int) -> Predictor:
+    """A .pt model behind the same Predictor signature as the served ONNX runtime."""
+    from training.offline import ultralytics_offline
+
+    YOLO = ultralytics_offline()
+    model = YOLO(str(weights))
+    names = {int(k): v for k, v in model.names.items()}
+
+    def predict(frame: np.ndarray) -> Detections:
+        r = model.predict(frame, imgsz=imgsz, conf=AP_SCORE_THRESHOLD, iou=DEFAULT_IOU_THRESHOLD,
+                          max_det=MAX_DETECTIONS, verbose=False)[0]
+        b = r.boxes
+        return Detections(
+            xyxy=b.xyxy.cpu().numpy().astype(np.float32),
+            scores=b.conf.cpu().numpy().astype(np.float32),
+            class_ids=b.cls.cpu().numpy().astype(np.int64),
+            names=names,
+        )
+
+    return predict
+
+
+def operating_threshold_of(metadata: Mapping[str, str]) -> float:
+    """The score the model is served at: its card's threshold if the export recorded one."""
+    try:
+        return float(metadata.get("gridwatch_score_threshold", DEFAULT_SCORE_THRESHOLD))
+    except ValueError:
+        return DEFAULT_SCORE_THRESHOLD
+
+
+# ---------------------------------------------------------------- held out by place
+
+
+@dataclass(frozen=True)
+class PlaceFolds:
+    """Per-class AP on K folds of whole places (training/data/places.py): one building or street is
+    in one fold only, so the spread across folds is how much the figure depends on the place."""
+
+    k: int
+    groups: int
+    folds: list[EvalResult]
+    grouping: list[str]  # how each source was grouped (SourcePlaces.line)
+
+    def per_class(self) -> dict[str, dict[str, float | int]]:
+        """class -> mean, min and max AP50 over the folds that hold the class, and how many do."""
+        out: dict[str, dict[str, float | int]] = {}
+        names = sorted({c for f in self.folds for c, m in f.classes.items() if m.instances})
+        for name in names:
+            aps = [f.classes[name].ap50 for f in self.folds if name in f.classes and f.classes[name].instances]
+            out[name] = {"mean_ap50": float(np.mean(aps)), "min_ap50": float(min(aps)), "max_ap50": float(max(aps)),
+                         "folds": len(aps)}
+        return out
+
+    def to_dict(self) -> dict:
+        return {"k": self.k, "groups": self.groups, "grouping": self.grouping, "classes": self.per_class()}
+
+    def table(self, whole: EvalResult | None = None) -> str:
+        lines = [f"{'class':<16}{'AP50 all':>9}{'mean':>8}{'min':>8}{'max':>8}{'folds':>7}"]
+        for name, s in self.per_class().items():
+            overall = f"{whole.classes[name].ap50:>9.3f}" if whole is not None and name in whole.classes else f"{'':>9}"
+            lines.append(f"{name:<16}{overall}{s['mean_ap50']:>8.3f}{s['min_ap50']:>8.3f}{s['max_ap50']:>8.3f}"
+                         f"{s['folds']:>7}")
+        return "\n".join(lines)
+
+
+def place_folds_of(groups: Mapping[Path, str], k: int) -> dict[Path, int]:
+    """image -> fold: whole places dealt largest first to the fold with the fewest images,
+    ties by place name, so the folds are balanced and the same on every run."""
+    if k < 2:
+        raise EvalError(f"place folds: k must be 2 or more, got {k}")
+    sizes: dict[str, int] = {}
+    for place in groups.values():
+        sizes[place] = sizes.get(place, 0) + 1
+    if len(sizes) < k:
+        raise EvalError(f"place folds: {len(sizes)} places cannot fill {k} folds (use fewer folds)")
+    load = [0] * k
+    fold_of: dict[str, int] = {}
+    for place in sorted(sizes, key=lambda p: (-sizes[p], p)):
+        f = min(range(k), key=lambda i: (load[i], i))
+        fold_of[place] = f
+        load[f] += sizes[place]
+    return {path: fold_of[place] for path, place in groups.items()}
+
+
+def eval_set_places(eval_set: EvalSet) -> tuple[dict[Path, str], list[str]]:
+    """Each eval image's place: the folder's places.json where it has one, else perceptual-hash
+    clusters per source (a built dataset's images are named `source__file`)."""
+    import imagehash
+    from PIL import Image
+
+    from training.data.places import PlacedImage, place_groups
+
+    placed = []
+    for image in eval_set.images:
+        name = image.path.name
+        source = name.split("__", 1)[0] if "__" in name else eval_set.source
+        with Image.open(image.path) as pil:
+            placed.append(PlacedImage(source, image.path, int(str(imagehash.phash(pil.convert("RGB"))), 16)))
+    try:
+        groups, report = place_groups(placed, {s: eval_set.root for s in {p.source for p in placed}})
+    except ValueError as exc:
+        raise EvalError(str(exc)) from None
+    return groups, [r.line() for r in report]
+
+
+def evaluate_place_folds(predict: Predictor, eval_set: EvalSet, k: int,
+                         operating_threshold: float = DEFAULT_SCORE_THRESHOLD,
+                         places: Mapping[Path, str] | None = None,
+                         grouping: Sequence[str] = ("places given",)) -> tuple[EvalResult, PlaceFolds]:
+    """The whole set's result and its K place folds, from one prediction per image. `places`
+    (image -> place) and `grouping` (how they were found, for the report): given, else found here."""
+    groups, grouping = (dict(places), list(grouping)) if places is not None else eval_set_places(eval_set)
+    folds = place_folds_of(groups, k)
+    predictions = []
+    for image in eval_set.images:
+        frame = cv2.imread(str(image.path), cv2.IMREAD_COLOR)
+        if frame is None:
+            raise EvalError(f"{image.path}: unreadable image")
+        predictions.append(predict(frame))
+    whole = evaluate_predictions(eval_set.images, predictions, operating_threshold)
+    results = []
+    for f in range(k):
+        picked = [(im, p) for im, p in zip(eval_set.images, predictions) if folds[im.path] == f]
+        results.append(evaluate_predictions([im for im, _ in picked], [p for _, p in picked], operating_threshold))
+    return whole, PlaceFolds(k=k, groups=len(set(groups.values())), folds=results, grouping=grouping)

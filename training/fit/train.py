@@ -1,0 +1,345 @@
+"""`gridwatch train`: fine-tune with Ultralytics, then judge the result as it will be served.
+
+After training, best.pt is exported (fp32 + int8), both ONNX files are evaluated on the
+dataset's val split through the served runtime, a model card is written into the run
+folder, and the fp32 export meets the current default in weights/ on that same split
+(champion/challenger). `--promote` installs it only when it is not worse. With review
+sources (`gridwatch retrain`) the val split is judged in two parts, base and review.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from detector.files import REPO_ROOT
+from detector.runtime import DEFAULT_SCORE_THRESHOLD
+from training.data.dataset_manifest import read_label_counts, read_sources
+from training.evaluation.evaluate import (EvalSet, PlaceFolds, eval_set_from_images, evaluate, evaluate_place_folds,
+                               onnx_predictor)
+from training.export.export import calibration_images, camera_input_hw, compare_speed, export, load_checkpoint
+from training.export.export_run import int8_misses
+from training.evaluation.metrics import EvalResult
+from training.promotion.model_card import ModelCard, ReviewCounts, int8_check, run_card, source_credits, write_card
+from training.offline import ultralytics_offline
+from training.data.places import PLACES_FILE
+from training.promotion.model_history import promote as promote_model
+from training.promotion.promote import decide, decide_loop, guard_loop, guard_rule_classes, rule_classes
+from training.data.pseudo_labels import COCO_TEACHER
+from training.evaluation.review_judging import human_review_split
+from training.fit.sampling import run_sampling
+from training.fit.trainer import gridwatch_trainer
+from training.data.sources import Source
+from training.data.yolo_format import DataYaml, read_data_yaml
+
+WEIGHTS_DIR = REPO_ROOT / "weights"
+STEM = "gridwatch"
+
+
+class TrainError(ValueError):
+    """Training input is missing or inconsistent; the message says what to pass."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    best: Path
+
+
+def default_device() -> str:
+    import torch
+
+    return "0" if torch.cuda.is_available() else "cpu"
+
+
+def data_config(data: Path) -> DataYaml:
+    if not data.is_file():
+        raise TrainError(f"dataset file not found: {data} (build one with `gridwatch dataset build`)")
+    config = read_data_yaml(data)
+    for split in ("train", "val"):
+        if split not in config.splits:
+            raise TrainError(f"{data}: missing '{split}'")
+    return config
+
+
+def split_dir(data: DataYaml, split: str) -> Path:
+    folder = data.split_dir(split)
+    if not folder.is_dir():
+        raise TrainError(f"{data.file}: {split} folder {folder} does not exist")
+    return folder
+
+
+def bootstrap_start(cache_dir: Path, calibration_dir: Path | None, count: int = 32) -> Path:
+    """The COCO-pretrained start (training/fit/bootstrap.py), built once and cached."""
+    target = cache_dir / "yolov8n-coco-bootstrap.pt"
+    if target.is_file():
+        return target
+    import cv2
+
+    from training.fit.bootstrap import bootstrap
+
+    if not COCO_TEACHER.is_file():
+        raise TrainError(f"no pretrained start: {COCO_TEACHER} is missing; pass --model yolov8n.yaml to train from scratch")
+    images = []
+    if calibration_dir is not None:
+        images = [im for p in calibration_images(calibration_dir, count) if (im := cv2.imread(str(p))) is not None]
+    return bootstrap(COCO_TEACHER, target, images)
+
+
+def with_activation(start: Path, activation: str, out_dir: Path) -> Path:
+    """A copy of `start` whose convolutions use `activation`, its weights kept
+    (training.fit.bootstrap.convert_activation)."""
+    import torch
+
+    from training.fit.bootstrap import ACTIVATIONS, convert_activation
+
+    if activation not in ACTIVATIONS:
+        raise TrainError(f"unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
+    checkpoint = load_checkpoint(start)
+    model = checkpoint.get("ema") or checkpoint.get("model")
+    if model is None:
+        raise TrainError(f"{start}: no model in this checkpoint")
+    convert_activation(model, activation)
+    checkpoint.update(model=model, ema=None, optimizer=None, epoch=-1)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / f"{Path(start).stem}-{activation}.pt"
+    torch.save(checkpoint, out)
+    return out
+
+
+def train(
+    data: str | Path,
+    model: str | Path | None = None,
+    *,
+    epochs: int = 50,
+    imgsz: int = 416,
+    batch: int = 16,
+    device: str | None = None,
+    project: str | Path = "runs/train",
+    name: str | None = None,
+    resume: bool = False,
+    fraction: float = 1.0,
+    workers: int = 2,
+    plots: bool = True,
+    seed: int = 0,
+    repeat_threshold: float | None = None,
+    activation: str | None = None,
+    extra: dict | None = None,
+) -> TrainResult:
+    YOLO = ultralytics_offline()
+    project = Path(project).resolve()
+    name = name or f"{STEM}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+    run_dir = project / name
+    if resume:
+        last = run_dir / "weights" / "last.pt"
+        if not last.is_file():
+            raise TrainError(f"nothing to resume: {last} does not exist (check --project and --name)")
+        # A finished run's last.pt is stripped (epoch -1, no optimizer); Ultralytics would then
+        # fall back to its default dataset and try to download it.
+        if load_checkpoint(last).get("epoch", -1) < 0:
+            raise TrainError(f"{run_dir}: training is finished, nothing to resume "
+                             "(use --finish for the after-training steps)")
+        try:
+            # the same trainer again, with the sampling the run started with
+            sampling = run_sampling(run_dir).get("repeat_factor_sampling", {})
+            YOLO(str(last)).train(resume=True, trainer=gridwatch_trainer(sampling.get("threshold"), seed))
+        except AssertionError as exc:  # Ultralytics' way of saying the run already finished
+            raise TrainError(f"{run_dir}: {str(exc).splitlines()[0]} (use --finish for the after-training steps)") from None
+        return TrainResult(run_dir=run_dir, best=run_dir / "weights" / "best.pt")
+    data = Path(data).resolve()
+    config = data_config(data)
+    if model is None:
+        model = bootstrap_start(project / ".bootstrap", split_dir(config, "train"))
+    if activation:
+        model = with_activation(Path(model), activation, run_dir / "start")
+    device = device or default_device()
+    YOLO(str(model)).train(
+        trainer=gridwatch_trainer(repeat_threshold, seed), data=str(data), epochs=epochs, imgsz=imgsz, batch=batch, device=device,
+        project=str(project), name=name, exist_ok=True, fraction=fraction,
+        workers=workers, plots=plots, seed=seed, deterministic=False, verbose=True,
+        **(extra or {}),
+    )
+    best = run_dir / "weights" / "best.pt"
+    if not best.is_file():
+        raise TrainError(f"training finished without {best}")
+    return TrainResult(run_dir=run_dir, best=best)
+
+
+def existing_run(project: str | Path, name: str | None) -> TrainResult:
+    """A finished run folder, for the after-training steps alone (`--finish`)."""
+    if not name:
+        raise TrainError("--finish needs --name (the run folder under --project)")
+    run_dir = Path(project).resolve() / name
+    best = run_dir / "weights" / "best.pt"
+    if not best.is_file():
+        raise TrainError(f"no finished run at {run_dir}: {best} does not exist")
+    return TrainResult(run_dir=run_dir, best=best)
+
+
+# ---------------------------------------------------------------- after training
+
+
+def split_synthetic(eval_set: EvalSet) -> tuple[EvalSet, EvalSet | None]:
+    """Real and synthetic val images apart: the card reports them separately.
+
+    The dataset build names generated images with 'synthetic' in their file name or folder.
+    """
+    synth = [im for im in eval_set.images if "synthetic" in str(im.path).lower()]
+    if not synth:
+        return eval_set, None
+    real = [im for im in eval_set.images if im not in synth]
+    mk = lambda images: EvalSet(root=eval_set.root, source=eval_set.source, images=images, dropped_labels=0)  # noqa: E731
+    return mk(real), mk(synth)
+
+
+def split_sources(eval_set: EvalSet, sources: Sequence[str]) -> tuple[EvalSet, EvalSet]:
+    """(images of other sources, images of `sources`): a built dataset names each image
+    `source__file` (training/data/dataset_build.py)."""
+    prefixes = tuple(f"{s}__" for s in sources)
+    mine = [im for im in eval_set.images if Path(im.path).name.startswith(prefixes)] if prefixes else []
+    mk = lambda images: EvalSet(root=eval_set.root, source=eval_set.source, images=images, dropped_labels=0)  # noqa: E731
+    return mk([im for im in eval_set.images if im not in mine]), mk(mine)
+
+
+def val_set(data: DataYaml) -> EvalSet:
+    """The dataset's val split; a built dataset is in gridwatch classes already."""
+    folder = data.file.parent
+    return eval_set_from_images(split_dir(data, "val"), data.names, {n: n for n in data.names.values()},
+                                root=folder, source=folder.name)
+
+
+def evaluate_onnx(model: Path, eval_set: EvalSet, threshold: float = DEFAULT_SCORE_THRESHOLD) -> EvalResult:
+    predict, _ = onnx_predictor(model)
+    return evaluate(predict, eval_set, threshold)
+
+
+PLACE_FOLDS = 5  # folds of whole places the card reports, fewer when the val split has fewer places
+
+
+def evaluate_by_place(model: Path, eval_set: EvalSet, places_file: Path) -> tuple[EvalResult, PlaceFolds | None]:
+    """The model on the real val split and, for a build split by place (its places.json), on
+    folds of whole places too, from the same predictions."""
+    if not places_file.is_file():
+        return evaluate_onnx(model, eval_set), None
+    places = json.loads(places_file.read_text(encoding="utf-8"))
+    groups = {im.path: places.get(im.path.name, f"image:{im.path.name}") for im in eval_set.images}
+    k = min(PLACE_FOLDS, len(set(groups.values())))
+    if k < 2:
+        return evaluate_onnx(model, eval_set), None
+    predict, _ = onnx_predictor(model)
+    # how the build grouped each source (its report.json), for the card
+    grouping = build_report(places_file.parent).get("places") or [f"places from {places_file.name}"]
+    return evaluate_place_folds(predict, eval_set, k, places=groups, grouping=grouping)
+
+
+def build_report(dataset_dir: Path) -> dict:
+    """The dataset build's report.json ({} for a dataset made by hand)."""
+    path = dataset_dir / "report.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def _lineage(checkpoint: dict) -> dict:
+    """How an averaged checkpoint (`gridwatch average`) was made, for the card."""
+    if not checkpoint.get("averaged_from"):
+        return {}
+    return {"averaged_from": checkpoint["averaged_from"], "average_shares": checkpoint.get("average_shares")}
+
+
+def finish_run(
+    result: TrainResult,
+    data: str | Path,
+    *,
+    promote: bool = False,
+    weights_dir: Path = WEIGHTS_DIR,
+    int8: bool = True,
+    notes: str | None = None,
+    imgsz: int | None = None,
+    review_sources: Sequence[Source] = (),
+    review_data: ReviewCounts | None = None,
+    force_reason: str | None = None,
+    log=print,
+) -> ModelCard:
+    """Export, evaluate, card, champion/challenger. Returns the card.
+
+    `notes` (Markdown) opens the card: what only the trainer knows, such as why this run exists.
+    `imgsz` exports for another input size than the run trained at (default: the same).
+    `review_sources` (`gridwatch retrain`): the val images of these sources are the review
+    split, judged apart from the rest (the base real val split); `review_data` goes on the card.
+    `force_reason`: promote even though a class a violation rule uses fell (training.promotion.promote
+    guard_rule_classes); the reason goes on the card.
+    """
+    dataset = data_config(Path(data).resolve())
+    # The build's manifest records each source's licence and attribution: a source given by its
+    # definition's path (`gridwatch dataset import`) has no datasets/NAME.yaml to look up later.
+    recorded = read_sources(dataset.file.parent / "manifest.json")
+    sources = source_credits(dataset.sources, [*recorded, *review_sources])  # a missing definition fails now, not after the export
+    out = result.run_dir / "export"
+    exported = export(result.best, out, imgsz=imgsz, calib=split_dir(dataset, "train"), int8=int8, stem=STEM,
+                      log=log)
+    real, synthetic = split_synthetic(val_set(dataset))
+    real, review = split_sources(real, [s.name for s in review_sources])
+
+    fp32_eval, place_folds = evaluate_by_place(exported.fp32, real, dataset.file.parent / PLACES_FILE)
+    metrics = {"real_val": {exported.fp32.name: fp32_eval.to_dict()}}
+    log(f"fp32 export on the real val split ({fp32_eval.images} images):\n{fp32_eval.table()}")
+    quantised, speed = None, None
+    if exported.int8 is not None:
+        int8_eval = evaluate_onnx(exported.int8, real)
+        metrics["real_val"][exported.int8.name] = int8_eval.to_dict()
+        log(f"int8 export on the real val split:\n{int8_eval.table()}")
+        quantised = int8_check(exported, fp32_eval, int8_eval)
+        speed = compare_speed(exported.fp32, exported.int8, camera_input_hw(exported.int8))
+        log(f"int8 vs fp32: mAP50 {quantised.map50_delta_points:+.2f} points, session "
+            f"{speed.fp32_ms:.1f} -> {speed.int8_ms:.1f} ms ({speed.ratio:.2f}x)")
+        for miss in int8_misses(quantised, speed):
+            log(f"WARNING: int8 misses its target on {miss}; see the card")
+    if synthetic is not None:
+        metrics["synthetic_val"] = {exported.fp32.name: evaluate_onnx(exported.fp32, synthetic).to_dict()}
+
+    champion_path = weights_dir / f"{STEM}-fp32.onnx"
+    champion = evaluate_onnx(champion_path, real) if champion_path.is_file() else None
+    if review_sources:
+        # Judged on what people decided only: the frames' pseudo-labels are the champion's own boxes.
+        judged = human_review_split(review, review_sources)
+        log(judged.summary())
+        review_eval = judged.evaluate(exported.fp32)
+        review_champion = judged.evaluate(champion_path) if champion_path.is_file() else None
+        metrics["review_val"] = {exported.fp32.name: review_eval.to_dict()}
+        if review_champion is not None:
+            metrics["review_val"][f"champion {champion_path.name}"] = review_champion.to_dict()
+        log(f"fp32 export on the review val split ({review_eval.images} images):\n{review_eval.table()}")
+        decision = guard_loop(decide_loop(fp32_eval, champion, review_eval, review_champion), rule_classes(),
+                              force_reason)
+    else:
+        decision = guard_rule_classes(decide(fp32_eval, champion), rule_classes(), force_reason)
+    log(decision.summary())
+
+    manifest = dataset.file.parent / "manifest.json"  # written by `gridwatch dataset build`
+    files = [exported.fp32] + ([exported.int8] if exported.int8 else [])
+    card = run_card(
+        STEM, exported, sources=sources, counts=read_label_counts(manifest) if manifest.is_file() else None,
+        metrics=metrics, real_val=fp32_eval, int8=quantised, speed=speed,
+        training={**exported.train_args, "run_dir": str(result.run_dir), **_lineage(load_checkpoint(result.best)),
+                  **run_sampling(result.run_dir)},
+        files=files, decision=decision, summary=notes.strip() if notes else None,
+        pseudo_label_audit=build_report(dataset.file.parent).get("pseudo_suppressed"), review_data=review_data,
+        place_folds=place_folds.to_dict() if place_folds is not None else None,
+    )
+    md, js = write_card(card, out, STEM)
+    # The same card again under each model file's own name, so whoever holds one file finds its card.
+    cards = [md, js] + [path for f in files for path in write_card(card, out, f.stem)]
+    log(f"model card: {md}")
+    if promote and decision.promote:
+        # The model it replaces is kept in weights/history/ (`gridwatch models list`, `rollback`).
+        installed = promote_model({f.name: f for f in files} | {c.name: c for c in cards}, weights_dir,
+                                  how="champion/challenger", reason="; ".join(decision.summary().splitlines()),
+                                  log=log)
+        log("installed: " + ", ".join(str(p) for p in installed))
+    elif promote:
+        log("not promoted: the current default stays")
+    else:
+        log("not promoted (pass --promote to install a challenger that is not worse)")
+    return card
