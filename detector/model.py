@@ -44,7 +44,7 @@ class ModelInfo:
     input_name: str
     input_hw: tuple[int, int]
     # "float32" or "float16": 0..1 RGB planes, (B, 3, H, W); "uint8": the letterboxed BGR canvas
-    # itself, (B, H, W, 3) (gridwatch's int8 export, training.export.take_pixels).
+    # itself, (B, H, W, 3) (gridwatch's int8 export, training.export.export.take_pixels).
     input_dtype: str
     batch: int | None  # None: dynamic batch
     stride: int

@@ -47,6 +47,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--crops", type=int, default=0, metavar="TILE",
                    help="also write train crops of TILE px at native resolution around small signs, ads, "
                         "flyers and banners, on the tiled-inference grid (e.g. the training size; default: none)")
+    b.add_argument("--road-views", type=int, default=0, metavar="K",
+                   help="also write K road-camera variants (night, infrared, overhead, rain, burned-in "
+                        "timestamp/lane/plate text) of every image holding a truck or bus; synthetic, "
+                        "reported apart from the real split (default: none)")
     b.add_argument("--max-crops", type=int, metavar="N", help="crops per image at most (default 2)")
     b.add_argument("--threads", type=int, help="ONNX Runtime threads for the teacher")
     b.add_argument("--cache-dir", type=Path, help="teacher output cache (default: runs/cache/teacher)")
@@ -122,6 +126,7 @@ def run_build(args: argparse.Namespace) -> int:
             threads=args.threads,
             cache_dir=args.cache_dir,
             crops=args.crops,
+            road_views=args.road_views,
             **({"max_crops": args.max_crops} if args.max_crops is not None else {}),
         )
         build(options, log=lambda line: print(line, flush=True))

@@ -75,7 +75,7 @@ class BuildOptions:
     teacher: Path | None = None
     cache_dir: Path | None = None
     threads: int | None = None
-    crops: int = 0  # tile size for native-resolution crops of small things (0: none); training/crops.py
+    crops: int = 0  # tile size for native-resolution crops of small things (0: none); training/data/crops.py
     max_crops: int = DEFAULT_MAX_CROPS
     # image path -> group name: a group never straddles the split (review frames: camera + day)
     split_groups: Mapping[Path, str] = field(default_factory=dict)
@@ -83,8 +83,11 @@ class BuildOptions:
     # model's own pseudo-labels): the teacher adds nothing to them
     fully_labelled: frozenset[str] = frozenset()
     # "image": near-duplicate clusters (and split_groups) decide; "place": whole places
-    # (training/places.py) go to one side, so val holds streets and buildings train never saw
+    # (training/data/places.py) go to one side, so val holds streets and buildings train never saw
     split_by: str = "image"
+    # road-camera variants (night, infrared, overhead, burned-in text) of each truck/bus image,
+    # in both splits; synthetic, so val's are reported apart from the real split
+    road_views: int = 0
 
 
 @dataclass
@@ -127,7 +130,8 @@ class Report:
     pseudo_suppressed: Counter = field(default_factory=Counter)  # "truck~push_cart" -> n
     crops: Counter = field(default_factory=Counter)  # source -> native-resolution crops written
     synthetic: dict = field(default_factory=dict)
-    # `split_by="place"`: how each source's images were grouped into places (training/places.py)
+    road_views: dict = field(default_factory=dict)  # split -> {images, variants, styles}
+    # `split_by="place"`: how each source's images were grouped into places (training/data/places.py)
     places: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
@@ -386,7 +390,7 @@ def write_image(bgr: np.ndarray, path: Path, imgsz: int, original: Path | None =
 
 def write_crops(bgr: np.ndarray, im: CheckedImage, out: Path, options: BuildOptions, ids: dict[str, int],
                 report: Report) -> list[CropImage]:
-    """The image's native-resolution crops (training/crops.py) as extra train images."""
+    """The image's native-resolution crops (training/data/crops.py) as extra train images."""
     import cv2
 
     boxes = np.vstack([im.boxes, im.pseudo_boxes])
@@ -465,9 +469,10 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> DatasetM
 
     teacher = None
     if options.pseudo_labels:
-        from training.data.pseudo_labels import COCO_TEACHER, DEFAULT_CACHE, Teacher
+        from training.data.pseudo_labels import COCO_TEACHER, DEFAULT_CACHE, SECOND_TEACHER, Teacher
 
-        teacher = Teacher(options.teacher or COCO_TEACHER, options.cache_dir or DEFAULT_CACHE, options.threads)
+        teacher = Teacher(options.teacher or COCO_TEACHER, options.cache_dir or DEFAULT_CACHE, options.threads,
+                          second=None if options.teacher else SECOND_TEACHER)
     fonts = None
     if options.synthetic:
         from training.data.synthetic import load_fonts
@@ -548,6 +553,8 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> DatasetM
     synthetic_counts = {"train": Counter(), "val": Counter()}
     if options.synthetic:
         manifest_images += synthesise(options, images, out, ids, fonts, synthetic_counts, report, log)
+    if options.road_views:
+        manifest_images += add_road_views(options, images, out, ids, synthetic_counts, report, log)
 
     digest = dataset_hash(out)
     write_data_yaml(DataYaml(
@@ -573,6 +580,7 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> DatasetM
             near_duplicate_distance=options.near_duplicate_distance,
             crops=options.crops,
             max_crops=options.max_crops if options.crops else 0,
+            road_views=options.road_views,
         ),
         counts=LabelCounts(
             human=per_split(counts, classes),
@@ -587,7 +595,7 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> DatasetM
     (out / "report.json").write_text(json.dumps(report.to_json(), indent=1, ensure_ascii=False))
     if options.split_by == "place":
         # The places travel with the build: `gridwatch eval --place-folds` and the card's
-        # held-out-by-place figures deal the same places into folds (training/places.py).
+        # held-out-by-place figures deal the same places into folds (training/data/places.py).
         from training.data.places import PLACES_FILE
 
         places = {im.out_name: groups[im.image] for im in images if im.image in groups}
@@ -597,7 +605,8 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> DatasetM
         log(line)
     log(format_counts(manifest.counts, classes))
     if teacher is not None:
-        log(f"teacher cache: {teacher.hits} hits, {teacher.misses} runs ({teacher.cache_dir})")
+        log(f"teacher cache: {teacher.hits} hits, {teacher.misses} runs, {teacher.vehicle_looks} vehicle second "
+            f"looks ({teacher.cache_dir})")
     log(f"dataset hash {manifest.dataset_hash}; built in {time.monotonic() - started:.0f} s -> {final}/data.yaml")
     return manifest
 
@@ -680,4 +689,46 @@ def synthesise(
         "failed_backgrounds": failures,
     }
     log(f"synthetic: {report.synthetic['made']}")
+    return entries
+
+
+def add_road_views(
+    options: BuildOptions,
+    images: list[CheckedImage],
+    out: Path,
+    ids: dict[str, int],
+    counts: dict[str, Counter],
+    report: Report,
+    log: Callable[[str], None],
+) -> list[SyntheticImage]:
+    """`options.road_views` road-camera variants of every image holding a truck or bus."""
+    from training.data.road_views import has_road_vehicle, render
+
+    rng = np.random.default_rng(options.seed + 1)
+    entries: list[SyntheticImage] = []
+    styles: dict[str, Counter] = {"train": Counter(), "val": Counter()}
+    for im in images:
+        classes = im.classes + im.pseudo_classes
+        if not has_road_vehicle(classes):
+            continue
+        bgr, _, _ = decode(im.image)
+        boxes = np.vstack([im.boxes, im.pseudo_boxes])
+        for k in range(options.road_views):
+            view = render(bgr, boxes, rng)
+            kept = [c for c, keep in zip(classes, view.keep) if keep]
+            name = f"synthetic__roadview_{im.split}_{k}__{im.source}__{im.stem}.jpg"
+            path = out / "images" / im.split / name
+            write_image(view.image, path, options.imgsz)
+            write_labels(path, out, view.boxes, kept, (view.image.shape[1], view.image.shape[0]), ids)
+            counts[im.split].update(kept)
+            styles[im.split].update(view.styles)
+            entries.append(SyntheticImage(
+                file=f"{im.split}/{name}", background=f"{im.source}/{im.image.name}", split=im.split,
+                boxes=len(kept), synthetic_boxes=[],
+                pseudo_labelled_classes=sorted(set(im.pseudo_classes)), pseudo_boxes=len(im.pseudo_classes),
+            ))
+    report.road_views = {
+        s: {"images": sum(1 for e in entries if e.split == s), "styles": dict(styles[s])} for s in ("train", "val")
+    }
+    log(f"road views: {report.road_views}")
     return entries

@@ -40,6 +40,7 @@ class BuildSettings(BaseModel):
     near_duplicate_distance: int
     crops: int = 0  # tile size of the native-resolution crops; 0: none
     max_crops: int = 0
+    road_views: int = 0  # road-camera variants per truck/bus image (training/data/road_views.py)
 
 
 class ImageCounts(BaseModel):
