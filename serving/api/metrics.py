@@ -26,6 +26,10 @@ def render(m: dict[str, Any]) -> str:
     metric("gridwatch_detections_total", "counter", "Boxes returned by POST /v1/detect.", [({}, counters["detections"])])
     metric("gridwatch_events_total", "counter", "Violation events received by the case layer.", [({}, m["case_counts"]["events"])])
     metric("gridwatch_events_pending", "gauge", "Events waiting for the database.", [({}, m["pending_events"])])
+    metric("gridwatch_outlet_items_total", "counter",
+           "What the pipeline handed to the database writer: events, samples, events spooled to disk past "
+           "the memory bound, labelling samples let go past it.",
+           [({"kind": k}, v) for k, v in sorted(m.get("outlet", {}).items())])
     metric("gridwatch_database_up", "gauge",
            "1 if the case, outbox and re-check figures here were read from the database just now; 0: "
            "it is away and they are the last ones read.", [({}, 1 if m.get("database_up", True) else 0)])

@@ -7,10 +7,9 @@ formats are a contract with the city's case system (tests/golden pins them byte 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, PlainSerializer, SerializerFunctionWrapHandler, model_serializer
-from typing_extensions import NotRequired, TypedDict
 
 from serving.events import IsoTime, rounded
 from serving.store.models import Case
@@ -18,20 +17,6 @@ from serving.store.models import Case
 # case.reopened: seen again after it ended, or still there at the re-check after "handled";
 # case.verified: gone at the re-check, closed (both carry the before and after photos).
 CaseEventName = Literal["case.reported", "case.updated", "case.retracted", "case.reopened", "case.verified"]
-
-
-class EvidenceJson(TypedDict):
-    """An evidence item as it is sent (what the API's schema shows)."""
-
-    id: int
-    kind: str
-    sha256: str
-    size: int
-    media_type: str
-    url: str
-    chain_seq: int | None
-    moment: NotRequired[str]
-    seen_at: NotRequired[datetime | str]  # ISO-8601 with its offset when sent as JSON
 
 
 class EvidencePublic(BaseModel):
@@ -51,7 +36,7 @@ class EvidencePublic(BaseModel):
     seen_at: IsoTime | None = None
 
     @model_serializer(mode="wrap")
-    def _timeline_fields_when_set(self, handler: SerializerFunctionWrapHandler) -> EvidenceJson:
+    def _timeline_fields_when_set(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         data = handler(self)
         for key in ("moment", "seen_at"):
             if data.get(key) is None:

@@ -127,6 +127,10 @@ def test_the_service_wires_its_cameras_to_the_queue(shipped_detector, tmp_path) 
         wait_for(lambda: server.service.cameras.stats().get("frames") == 4, timeout=60)
         assert len(server.service.labelling.list()) == 2  # the budget, though all four were unsure
         with server.client() as http:
-            assert "gridwatch_labelling_sampled_total 2" in http.get("/metrics").text
+            text = http.get("/metrics").text
+            assert "gridwatch_labelling_sampled_total 2" in text
+            # the samples went through the database writer's queue, counted there
+            handed = [line for line in text.splitlines() if line.startswith('gridwatch_outlet_items_total{kind="samples"}')]
+            assert handed and float(handed[0].split()[-1]) >= 2
     finally:
         server.stop()
