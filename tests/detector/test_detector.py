@@ -10,7 +10,7 @@ from onnx import TensorProto, helper
 
 from detector import Detections, Detector, InvalidImageError, ModelLoadError
 from detector.boxes import box_iou
-from tests.support.shared_data import COCO_INT8, real_images
+from tests.support.shared_data import COCO_INT8, camera_frame, real_images
 
 
 @pytest.fixture(scope="module")
@@ -172,19 +172,10 @@ def _spy_on_runs(det: Detector) -> list[tuple[int, ...]]:
     return calls
 
 
-def _camera_frame(image: np.ndarray) -> np.ndarray:
-    """A real image as a 1920x1080 camera frame (scaled and centre-cropped)."""
-    h, w = image.shape[:2]
-    scale = max(1920 / w, 1080 / h)
-    image = cv2.resize(image, (round(w * scale), round(h * scale)))
-    y0, x0 = (image.shape[0] - 1080) // 2, (image.shape[1] - 1920) // 2
-    return np.ascontiguousarray(image[y0 : y0 + 1080, x0 : x0 + 1920])
-
-
 def test_dynamic_batch_runs_as_one_inference(dynamic_fp32_model, street_frames):
     det = Detector(dynamic_fp32_model, max_batch=8)
     assert det.info.batch is None and det.info.dynamic_hw and det.input_size == (320, 320)
-    frames = [_camera_frame(f) for f in street_frames[:5]]
+    frames = [camera_frame(f) for f in street_frames[:5]]
     singles = [det(frame) for frame in frames]
     calls = _spy_on_runs(det)
     batched = det.detect(frames)
@@ -197,7 +188,7 @@ def test_dynamic_batch_runs_as_one_inference(dynamic_fp32_model, street_frames):
 
 def test_mixed_frame_shapes_batch_by_input_shape(dynamic_fp32_model, street_frames):
     det = Detector(dynamic_fp32_model, max_batch=8)
-    frames = [_camera_frame(street_frames[0]), street_frames[1], _camera_frame(street_frames[2]), street_frames[3]]
+    frames = [camera_frame(street_frames[0]), street_frames[1], camera_frame(street_frames[2]), street_frames[3]]
     singles = [det(frame) for frame in frames]
     plans = [det.input_plan(frame)[0] for frame in frames]
     calls = _spy_on_runs(det)
@@ -209,7 +200,7 @@ def test_mixed_frame_shapes_batch_by_input_shape(dynamic_fp32_model, street_fram
 
 def test_dynamic_model_runs_at_another_size_static_refuses(dynamic_fp32_model, coco, street_frames):
     small = Detector(dynamic_fp32_model, imgsz=256)
-    frame = _camera_frame(street_frames[0])
+    frame = camera_frame(street_frames[0])
     assert small.input_size == (256, 256) and small.input_plan(frame)[0] == (160, 256)
     calls = _spy_on_runs(small)
     small(frame)
@@ -227,7 +218,7 @@ def test_rect_input_matches_ultralytics_predict(dynamic_fp32_model, street_frame
     det = Detector(dynamic_fp32_model)
     reference = YOLO(str(dynamic_fp32_model), task="detect")
     compared = 0
-    for frame in [_camera_frame(f) for f in street_frames[:4]] + street_frames[10:14]:
+    for frame in [camera_frame(f) for f in street_frames[:4]] + street_frames[10:14]:
         ours = det(frame)
         r = reference.predict(frame, imgsz=320, conf=0.25, iou=0.7, verbose=False)[0].boxes
         assert len(ours) == len(r)

@@ -16,7 +16,7 @@ import pytest
 
 from detector import Detections, Detector
 from detector.boxes import nms, rect_canvas
-from tests.support.shared_data import real_images, shared_available
+from tests.support.shared_data import camera_frame, real_images, shared_available
 
 pytestmark = pytest.mark.skipif(not shared_available(), reason="../shared datasets/weights not found")
 
@@ -90,21 +90,12 @@ def _reference_detect(det: Detector, frame: np.ndarray) -> Detections:
                       class_ids=class_ids[keep].astype(np.int64), names=det.names)
 
 
-def _camera_frame(image: np.ndarray) -> np.ndarray:
-    """A real photo as a 1920x1080 camera frame (scaled and centre-cropped)."""
-    h, w = image.shape[:2]
-    scale = max(1920 / w, 1080 / h)
-    image = cv2.resize(image, (round(w * scale), round(h * scale)))
-    y0, x0 = (image.shape[0] - 1080) // 2, (image.shape[1] - 1920) // 2
-    return np.ascontiguousarray(image[y0 : y0 + 1080, x0 : x0 + 1920])
-
-
 @pytest.fixture(scope="module")
 def frames() -> list[np.ndarray]:
     paths = real_images("thela_india", 3) + real_images("facade_signs_spb", 3) + real_images("garbage_overflow_cn", 3)
     photos = [cv2.imread(str(p)) for p in paths]
     # Camera frames (what the pipeline sends), the photos at their own sizes, and one on its side.
-    return [_camera_frame(p) for p in photos[::2]] + photos + [np.ascontiguousarray(np.rot90(photos[0]))]
+    return [camera_frame(p) for p in photos[::2]] + photos + [np.ascontiguousarray(np.rot90(photos[0]))]
 
 
 @pytest.mark.parametrize("score_threshold", [0.25, 0.02])

@@ -62,3 +62,15 @@ def street_without(detector, class_name: str, size: tuple[int, int]) -> Path:
         if not any(found.names[int(c)] == class_name for c in found.class_ids):
             return path
     pytest.fail(f"no facade_signs_spb image without {class_name}")
+
+
+def camera_frame(image):
+    """A real photo as a 1920x1080 camera frame (scaled and centre-cropped)."""
+    import cv2
+    import numpy as np
+
+    h, w = image.shape[:2]
+    scale = max(1920 / w, 1080 / h)
+    image = cv2.resize(image, (round(w * scale), round(h * scale)))
+    y0, x0 = (image.shape[0] - 1080) // 2, (image.shape[1] - 1920) // 2
+    return np.ascontiguousarray(image[y0 : y0 + 1080, x0 : x0 + 1920])
