@@ -136,6 +136,10 @@ class ClusterCoordinator:
         self._next_renewal = 0.0
         self._calls: dict[Any, tuple[WorkerHandle, str]] = {}  # Ray call in flight -> whose, which
         self.handoffs: dict[str, Handoff] = {}  # camera -> its hand-off under way
+        # File and folder cameras played to their end, with their last reported health: never
+        # moved or placed again (a new worker would replay the whole file for nothing) until
+        # their definition changes.
+        self.finished: dict[str, dict[str, Any]] = {}
         self.error = ""
 
     # -- life cycle --------------------------------------------------------------------------------
@@ -159,6 +163,7 @@ class ClusterCoordinator:
             wanted = {c.id: c for c in cameras}
             for cid, old in list(self.cameras.items()):
                 if cid not in wanted or wanted[cid] != old:
+                    self.finished.pop(cid, None)
                     self._unplace(cid, remove=cid not in wanted)
                     if cid not in wanted:
                         del self.cameras[cid]
@@ -221,6 +226,7 @@ class ClusterCoordinator:
                 worker = self.workers.get(self.owner.get(cid) or "")
                 report = worker.report if worker is not None and worker.state == "up" else None
                 data = report.health.get(cid) if report is not None else None
+                data = data or self.finished.get(cid)
                 out[cid] = _Health(data or {"camera": cid, "state": "starting", "connected": False, "errors": 0})
             return out
 
@@ -235,8 +241,9 @@ class ClusterCoordinator:
         with self._lock:
             workers = [self._describe(w) for w in sorted(self.workers.values(), key=lambda w: w.id)]
             workers += [dict(gone) for _, gone in sorted(self._gone.items())]
-            unplaced = sorted(cid for cid, owner in self.owner.items() if owner is None)
+            unplaced = sorted(cid for cid, owner in self.owner.items() if owner is None and cid not in self.finished)
             return {"workers": workers, "unplaced": unplaced, "handing_off": sorted(self.handoffs),
+                    "finished": sorted(self.finished),
                     "counters": dict(self.counters), "error": self.error}
 
     def _describe(self, w: WorkerHandle) -> dict[str, Any]:
@@ -393,6 +400,10 @@ class ClusterCoordinator:
         for cid, cost in report.camera_cost.items():
             if cid in worker.cameras:  # a moving average: one busy second does not move a camera
                 self.cost[cid] = cost if cid not in self.cost else 0.7 * self.cost[cid] + 0.3 * cost
+        for cid in worker.cameras:
+            data = report.health.get(cid)
+            if data and data.get("state") == "finished" and self.owner.get(cid) == worker.id:
+                self.finished[cid] = dict(data)
         if worker.state == "starting":
             worker.state = "up"
             log.info("camera worker %s up on node %s", worker.id, report.node)
@@ -451,7 +462,7 @@ class ClusterCoordinator:
             leases.grant(self.db, moved, None)  # refused from now on, even before a new home
             for cid in moved:
                 self.owner[cid] = None
-            self.counters["cameras_moved"] += len(moved)
+            self.counters["cameras_moved"] += len([cid for cid in moved if cid not in self.finished])
 
     # -- placement ------------------------------------------------------------------------------
     def _camera_cost(self, cid: str) -> float:
@@ -468,7 +479,7 @@ class ClusterCoordinator:
         return [w for w in self.workers.values() if w.state == "up"]
 
     def _place_unowned(self) -> None:
-        unowned = [cid for cid, owner in self.owner.items() if owner is None]
+        unowned = [cid for cid, owner in self.owner.items() if owner is None and cid not in self.finished]
         up = self._up()
         if not unowned or not up:
             return
@@ -547,11 +558,11 @@ class ClusterCoordinator:
         camera's events are filed under the donor's lease before the new worker gets it."""
         moves, incoming = 0, 0.0
         while moves < self.settings.cluster_max_moves:
-            donors = [w for w in self._up() if w is not new and w.cameras]
+            donors = [w for w in self._up() if w is not new and w.cameras - self.finished.keys()]
             if not donors:
                 return
             donor = max(donors, key=lambda w: self._load(w.id))
-            cid = min(donor.cameras, key=self._camera_cost)
+            cid = min(donor.cameras - self.finished.keys(), key=self._camera_cost)
             cost = self._camera_cost(cid)
             if self._load(donor.id) - cost < self._load(new.id) + incoming + cost - 1e-9:
                 return

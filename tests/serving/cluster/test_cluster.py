@@ -301,3 +301,40 @@ def test_a_new_node_takes_a_bounded_share_of_cameras(postgres, footage, test_mod
         ray.shutdown()
         made.shutdown()
     assert outcome(postgres.url) == single_process
+
+
+def test_finished_file_cameras_are_not_replayed_when_a_node_joins_or_dies(postgres, footage, test_model,
+                                                                          single_process, tmp_path) -> None:
+    made, (first_node,) = ray_cluster(worker_nodes=1)
+    try:
+        service = cluster_service((made, [first_node]), postgres, footage, test_model, tmp_path)
+        try:
+            wait_for(lambda: finished(service), timeout=300)
+            frames_at_end = service.coordinator.stats["frames"]
+            made.add_node(num_cpus=1)
+
+            def up() -> list[dict]:
+                return [w for w in service.coordinator.status()["workers"] if w["state"] == "up"]
+
+            wait_for(lambda: len(up()) == 2, timeout=120)
+            time.sleep(2.0)  # a few heartbeats, in which a move would have begun
+            joined = service.coordinator.status()
+            # The finished cameras' node goes: nothing of theirs is placed or played again.
+            made.remove_node(first_node)
+            wait_for(lambda: len(up()) == 1 and service.coordinator.counters["workers_dead"] == 1, timeout=60)
+            time.sleep(3.0)
+            after_death = service.coordinator.status()
+            health = service.cameras.health()
+            frames_after = service.coordinator.stats["frames"]
+        finally:
+            service.stop()
+    finally:
+        ray.shutdown()
+        made.shutdown()
+    assert joined["counters"]["cameras_moved"] == 0 and not joined["handing_off"]
+    assert joined["finished"] == [f"cam-{i}" for i in range(6)]
+    assert after_death["finished"] == joined["finished"] and not after_death["unplaced"]
+    assert all(w["cameras"] == [] for w in after_death["workers"] if w["state"] == "up")
+    assert {h["state"] for h in health.values()} == {"finished"}
+    assert frames_after == 0 < frames_at_end  # the survivor never decoded a frame of them
+    assert outcome(postgres.url) == single_process
