@@ -86,6 +86,9 @@ def render(m: dict[str, Any]) -> str:
                [({}, moves["cameras_moved"])])
         metric("gridwatch_cluster_cameras_unplaced", "gauge", "Cameras no worker runs now.",
                [({}, len(cluster["unplaced"]))])
+        metric("gridwatch_cluster_cameras_finished", "gauge",
+               "File and folder cameras played to their end: never placed again until changed.",
+               [({}, len(cluster.get("finished", ())))])
         metric("gridwatch_cluster_cameras_handing_off", "gauge",
                "Cameras leaving a worker: their events being filed before their lease moves.",
                [({}, len(cluster.get("handing_off", ())))])

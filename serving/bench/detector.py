@@ -82,8 +82,15 @@ def bare_session_fn(detector: Detector, batch: list[np.ndarray]) -> Callable[[in
     return session
 
 
+# ONNX Runtime's pool threads spin for a while after a run before they sleep; Ultralytics'
+# session spinning on the second core while the next contestant starts made the bare session
+# time slower than our detector wrapped around it (docs/benchmarks.md). Each timed call starts
+# after this pause, with every other pool asleep.
+SETTLE_S = 0.01
+
+
 def time_interleaved(fns: dict[str, Callable[[int], object]], batches: list[list[np.ndarray]],
-                     rounds: int) -> dict[str, float]:
+                     rounds: int, settle_s: float = SETTLE_S) -> dict[str, float]:
     """Median ms per frame of each fn (called with a batch's index), the fns taking turns on
     every batch, the order turned by one each batch, so that neither a busy spell on the
     machine nor the cache one of them leaves behind falls on one of them alone."""
@@ -95,6 +102,8 @@ def time_interleaved(fns: dict[str, Callable[[int], object]], batches: list[list
     for _ in range(rounds):
         for index, batch in enumerate(batches):
             for name in names[turn % len(names):] + names[: turn % len(names)]:
+                if settle_s:
+                    time.sleep(settle_s)
                 start = time.perf_counter()
                 fns[name](index)
                 samples[name].append((time.perf_counter() - start) * 1000 / len(batch))
@@ -143,7 +152,8 @@ def run_benchmark(
         }
         if theirs is not None:
             fns["ultralytics"] = lambda i, batches=batches: theirs(batches[i])
-        for name, ms in time_interleaved(fns, batches, rounds).items():
+        # As many frames timed at every batch size: at batch 8, 16 frames are only two batches a pass.
+        for name, ms in time_interleaved(fns, batches, rounds * size).items():
             timings.append(Timing(name, size, ms))
     tiled = _time_per_frame(lambda batch: [detector.detect_tiled(f) for f in batch], _batches(frames, 1), 1)
     timings.append(Timing("gridwatch_tiled", 1, tiled))

@@ -63,6 +63,9 @@ class SoakResult:
     real_s: float
     samples: list[SoakSample] = field(default_factory=list)
     growth_per_simulated_h: dict[str, float] = field(default_factory=dict)
+    # The verdict a months-long service needs: RSS slope over the second half alone, per
+    # camera and simulated hour (a plateau reads near 0 however large the start-up costs).
+    rss_mb_per_camera_h_last_half: float | None = None
 
 
 def _scene_images(size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -150,12 +153,13 @@ def sample(pid: int, data: Path, metrics: str, cameras: int, sample_every: float
     )
 
 
-def growth(samples: list[SoakSample]) -> dict[str, float]:
-    """Least-squares slope per simulated hour of each figure, after the first quarter."""
+def growth(samples: list[SoakSample], after: float = 0.25) -> dict[str, float]:
+    """Least-squares slope per simulated hour of each figure, over the samples past `after` of
+    the simulated time (default: after the first quarter)."""
     if len(samples) < 3:
         return {}
     end = samples[-1].simulated_h
-    steady = [s for s in samples if s.simulated_h >= end / 4] or samples
+    steady = [s for s in samples if s.simulated_h >= end * after] or samples
     if len(steady) < 2 or steady[-1].simulated_h <= steady[0].simulated_h:
         return {}
     hours = np.array([s.simulated_h for s in steady])
@@ -204,6 +208,9 @@ def soak(args: argparse.Namespace) -> SoakResult:
             except subprocess.TimeoutExpired:
                 proc.kill()
     result.growth_per_simulated_h = growth(result.samples)
+    last_half = growth(result.samples, after=0.5).get("rss_mb")
+    if last_half is not None:
+        result.rss_mb_per_camera_h_last_half = round(last_half / result.cameras, 4)
     return result
 
 
@@ -227,6 +234,8 @@ def format_table(r: SoakResult) -> str:
         g = r.growth_per_simulated_h
         lines.append("growth per simulated hour (after the first quarter): "
                      + ", ".join(f"{k} {v:+.3f}" for k, v in g.items()))
+    if r.rss_mb_per_camera_h_last_half is not None:
+        lines.append(f"RSS slope over the second half: {r.rss_mb_per_camera_h_last_half:+.4f} MB per camera-hour")
     return "\n".join(lines)
 
 

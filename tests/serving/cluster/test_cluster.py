@@ -326,6 +326,9 @@ def test_finished_file_cameras_are_not_replayed_when_a_node_joins_or_dies(postgr
             after_death = service.coordinator.status()
             health = service.cameras.health()
             frames_after = service.coordinator.stats["frames"]
+            from serving.api.metrics import render
+
+            exposition = render(service.metrics())
         finally:
             service.stop()
     finally:
@@ -337,4 +340,5 @@ def test_finished_file_cameras_are_not_replayed_when_a_node_joins_or_dies(postgr
     assert all(w["cameras"] == [] for w in after_death["workers"] if w["state"] == "up")
     assert {h["state"] for h in health.values()} == {"finished"}
     assert frames_after == 0 < frames_at_end  # the survivor never decoded a frame of them
+    assert "gridwatch_cluster_cameras_finished 6.0" in exposition.splitlines()
     assert outcome(postgres.url) == single_process
