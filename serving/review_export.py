@@ -13,7 +13,10 @@ every label is:
 - the other objects in the frame: pseudo-labels from the current model above a high score,
   so each frame is fully labelled;
 - rejected as a duplicate or a bad image, or without a reason: not exported (and a frame
-  exported before whose every case is now such is taken out of the folder again).
+  exported before whose every case is now such is taken out of the folder again);
+- a truck load case whose reviewer said what the load was (`review_load`): its boxes with
+  that load under `loads` ([load, box]), which `gridwatch second-stage train` takes over what
+  the confirm or reject would imply (a false alarm has no truck, so no load).
 
 A frame is exported once, however many cases it is the newest original of (two violations
 in one frame): its labels are those of every exported case on it, in case order (the
@@ -79,6 +82,8 @@ class FrameLabels:
     cases: list[str] = field(default_factory=list)  # every case whose labels the frame carries, in case order
     decisions: list[str] = field(default_factory=list)  # per case: confirmed, corrected, rejected:<reason>
     reviewed_at: list[str] = field(default_factory=list)  # per case: when it was decided (a later one relabels)
+    # The reviewers' load labels of truck boxes ([load, box], in case order; see the module's note).
+    loads: list[tuple[str, list[float]]] = field(default_factory=list)
 
 
 @dataclass
@@ -154,8 +159,11 @@ def frame_labels(cases: Sequence[Case], seen: Detections, taxonomy: Taxonomy, na
     None when no case gives the frame a label."""
     human: list[tuple[str, list[float]]] = []
     negatives: list[tuple[str, list[float]]] = []
+    loads: list[tuple[str, list[float]]] = []
     for case in cases:
         case_human, case_negatives = case_labels(case, seen, taxonomy, names)
+        if case.review_load:
+            loads += [(case.review_load, b) for _, b in case_human]
         # Two cases on one object (two violations of one class) label it once: the first case's box.
         human += [(c, b) for c, b in case_human if not _covered(c, b, human)]
         negatives += [(c, b) for c, b in case_negatives if not _covered(c, b, negatives)]
@@ -177,7 +185,7 @@ def frame_labels(cases: Sequence[Case], seen: Detections, taxonomy: Taxonomy, na
         pseudo.append((cls, [round(float(v), 1) for v in box]))
     return FrameLabels(stem, cases[0].case_number, cases[0].camera, "cases", human, pseudo, negatives,
                        sha256=sha256, cases=[c.case_number for c in cases],
-                       decisions=[decision_of(c) for c in cases], reviewed_at=reviewed_times(cases))
+                       decisions=[decision_of(c) for c in cases], reviewed_at=reviewed_times(cases), loads=loads)
 
 
 def reviewed_times(cases: Sequence[Case]) -> list[str]:

@@ -40,6 +40,10 @@ class ReviewRequest(BaseModel):
         None, max_length=50, description="the reviewer's own [x1, y1, x2, y2] boxes in the original frame's pixels; "
                                          "none: the detection's box stands")
     note: str = Field("", max_length=2000)
+    load_label: str | None = Field(
+        None, max_length=32, description="on a truck load case (muck_truck_uncovered): what the load really was "
+                                         "(open, mesh, tarp, covered, cannot_tell); written by `gridwatch review "
+                                         "export` for `gridwatch second-stage train`")
     version: int | None = Field(
         None, ge=0, description="the case version (CasePublic.version) the decision was made on; a case that has "
                                 "moved on since gets 409. The review page always sends it; optional for API keys "
@@ -50,7 +54,7 @@ class ReviewRequest(BaseModel):
     def decision(self) -> Decision:
         """The one typed decision CaseService.decide takes, from whichever route got it."""
         return Decision(action=self.action, violation=self.violation, reason=self.reason, boxes=self.boxes,
-                        note=self.note, version=self.version)
+                        note=self.note, version=self.version, load_label=self.load_label)
 
 
 class RedecideRequest(ReviewRequest):

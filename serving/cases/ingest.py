@@ -103,7 +103,8 @@ class CaseIngest:
         if action == "created" and self.policy.deliverable(case):
             queued = queue_version(session, case, "case.reported", self.base_url)
         session.add(CaseEvent(case_id=case.id, event_id=event.event_id, event_type=event.type,
-                              last_seen=event.last_seen, score=event.score))
+                              last_seen=event.last_seen, score=event.score,
+                              stage_label=event.stage_label, stage_score=event.stage_score))
         return IngestResult(case.case_number, action, queued, tuple(session.info.pop("dropped_evidence", [])))
 
     def _match(self, session: Session, event: ViolationEvent) -> Case | None:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from detector.second_stage import COVERED, LOAD_DECISION, LOAD_LABELS
 from detector.taxonomy import Taxonomy
 from serving.cases.outbox import queue_version
 from serving.cases.policy import STATUS_ORDER, CaseError
@@ -21,6 +22,9 @@ from serving.frame_boxes import BoxError, clip_box
 from serving.store.models import REJECT_REASONS, Case
 
 REVIEW_ACTIONS = ("confirm", "correct", "reject")
+# What a reviewer may say a truck's load was: the load stage's own labels, and `covered`
+# where they tell a cover but not which (as the training examples know them).
+REVIEW_LOADS = (*LOAD_LABELS, COVERED)
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,10 @@ class Decision:
     note: str = ""
     version: int | None = None  # the case version it was made on (None: not checked; first decisions only)
     why: str | None = None  # why a decision changes (a re-decision)
+    # On a case whose violation has the load decision (muck_truck_uncovered): what the load
+    # really was (REVIEW_LOADS), stored with the decision and exported for training; None: not
+    # said (a re-decision keeps the load said before).
+    load_label: str | None = None
 
 
 class DecisionConflict(CaseError):
@@ -91,7 +99,8 @@ class DecisionThrottle:
 def review_snapshot(case: Case) -> dict:
     """What a review can change, as the audit log keeps it before and after."""
     return {"review_status": case.review_status, "violation": case.violation, "matter_code": case.matter_code,
-            "reason": case.review_reason, "boxes": case.review_boxes, "note": case.review_note}
+            "reason": case.review_reason, "boxes": case.review_boxes, "note": case.review_note,
+            "load": case.review_load}
 
 
 def check_boxes(boxes: list[list[float]] | None,
@@ -110,7 +119,13 @@ def check_boxes(boxes: list[list[float]] | None,
     return [[round(v, 1) for v in b] for b in clipped]
 
 
-def check_decision(case: Case, action: str, taxonomy: Taxonomy, violation: str | None, reason: str) -> None:
+def has_load_decision(taxonomy: Taxonomy, violation: str | None) -> bool:
+    entry = taxonomy.by_id.get(violation) if violation else None
+    return entry is not None and entry.second_stage == LOAD_DECISION
+
+
+def check_decision(case: Case, action: str, taxonomy: Taxonomy, violation: str | None, reason: str,
+                   load_label: str | None = None) -> None:
     """What a decision may say, before anything changes (422s)."""
     if action not in REVIEW_ACTIONS:
         raise CaseError(f"unknown review action {action!r}", status=422)
@@ -123,6 +138,13 @@ def check_decision(case: Case, action: str, taxonomy: Taxonomy, violation: str |
             # Before and after would be the same: not a correction (confirm it instead).
             raise CaseError(f"case {case.case_number} already is {violation}; "
                             "correct needs a different violation (or confirm it)", status=422)
+    if load_label is not None:
+        if load_label not in REVIEW_LOADS:
+            raise CaseError(f"unknown load_label {load_label!r} (one of {', '.join(REVIEW_LOADS)})", status=422)
+        final = violation if action == "correct" else case.violation
+        if not has_load_decision(taxonomy, final):
+            raise CaseError(f"case {case.case_number} is {final}: a load_label goes with a truck load case "
+                            "(a violation with the load decision)", status=422)
 
 
 def conflict_of(case: Case, holder: str, version: int | None, *, decided_ok: bool = False,
@@ -150,12 +172,15 @@ def conflict_of(case: Case, holder: str, version: int | None, *, decided_ok: boo
 
 def apply_review(session, case: Case, action: str, taxonomy: Taxonomy, base_url: str, *,  # noqa: ANN001
                  reviewer: str = "", note: str = "", violation: str | None = None, reason: str = "",
-                 boxes: list[list[float]] | None = None, frame: tuple[int, int] | None = None) -> None:
+                 boxes: list[list[float]] | None = None, frame: tuple[int, int] | None = None,
+                 load_label: str | None = None) -> None:
     """A reviewer's decision. What was already sent is followed by an update or a retraction;
     a first confirmation reports the case. `reason` says why a case was rejected; `boxes`
     are the reviewer's own boxes (None leaves the detection's box as the answer), cut to the
-    evidence `frame` (width, height) when its size is known."""
-    check_decision(case, action, taxonomy, violation, reason)
+    evidence `frame` (width, height) when its size is known. `load_label`: what the reviewer
+    said a truck's load was; None keeps what was said before (a re-decision from a form that
+    does not ask it must not lose it), unless the case is no longer a truck load case."""
+    check_decision(case, action, taxonomy, violation, reason, load_label)
     case.review_boxes = check_boxes(boxes, frame)
     case.review_reason = reason
     was_queued = case.version > 0
@@ -168,6 +193,10 @@ def apply_review(session, case: Case, action: str, taxonomy: Taxonomy, base_url:
         case.review_status = "corrected"
     else:
         case.review_status = "confirmed" if action == "confirm" else "rejected"
+    if load_label is not None:
+        case.review_load = load_label
+    elif not has_load_decision(taxonomy, case.violation):
+        case.review_load = None  # corrected away from a truck load case
     case.review_note = note[:2000]
     case.reviewed_by = reviewer[:64]
     case.updated_at = case.reviewed_at = datetime.now(timezone.utc)
@@ -205,6 +234,7 @@ def restore_review(session, case: Case, before: dict, taxonomy: Taxonomy, base_u
     case.review_reason = before.get("reason") or ""
     case.review_boxes = before.get("boxes")
     case.review_note = before.get("note") or ""
+    case.review_load = before.get("load")
     if case.review_status == "pending":
         case.reviewed_by, case.reviewed_at = "", None
     case.updated_at = datetime.now(timezone.utc)

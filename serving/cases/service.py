@@ -176,13 +176,14 @@ class CaseService:
         note, version, why = decision.note, decision.version, decision.why
         with self._lock, self.db.transaction() as session:
             case = self._existing(session, case_number)
-            check_decision(case, action, self.taxonomy, violation, reason)  # a malformed decision: 422 first
+            check_decision(case, action, self.taxonomy, violation, reason, decision.load_label)  # malformed: 422 first
             self._take(session, case, holder, version, redecide=why is not None)
             before = review_snapshot(case)
             detected = case.violation
             apply_review(session, case, action, self.taxonomy, self.base_url, reviewer=reviewer, note=note,
                          violation=violation, reason=reason, boxes=boxes,
-                         frame=self._frame_size(case) if boxes is not None else None)
+                         frame=self._frame_size(case) if boxes is not None else None,
+                         load_label=decision.load_label)
             after = review_snapshot(case)
             if why is not None:
                 if after == before:

@@ -91,6 +91,9 @@ class Case(Base):
     # frame's pixels: kept beside the detection's own box, which the case JSON carries.
     review_reason: Mapped[str] = mapped_column(String(32), default="")
     review_boxes: Mapped[list[list[float]] | None] = mapped_column(JSON, nullable=True)
+    # What the reviewer said a truck's load was (detector.second_stage: open, mesh, tarp, covered,
+    # cannot_tell); None: not said. Migration 0013.
+    review_load: Mapped[str | None] = mapped_column(String(32), nullable=True)
     # The review page's lease: one reviewer works on a case at a time.
     leased_by: Mapped[str] = mapped_column(String(64), default="")
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
@@ -125,6 +128,10 @@ class CaseEvent(Base):
     last_seen: Mapped[datetime] = mapped_column(UTCDateTime)
     score: Mapped[float] = mapped_column(Float, default=0.0)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The violation's second stage on this sighting (the event's stage_label/stage_score, e.g.
+    # the truck load decision); None without one. Migration 0013.
+    stage_label: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    stage_score: Mapped[float | None] = mapped_column(Float, nullable=True)
 
     __table_args__ = (UniqueConstraint("event_id", "event_type", "last_seen", name="uq_case_events_transition"),)
 

@@ -17,7 +17,8 @@ from serving.store.models import Case
 from serving.web.localtime import CameraZones
 
 # Values of these fields are words of the page: the label key is prefix + value.
-VALUE_LABELS = {"review_status": "status_", "status": "case_", "recheck": "recheck_", "role": "role_"}
+VALUE_LABELS = {"review_status": "status_", "status": "case_", "recheck": "recheck_", "role": "role_",
+                "load": "load_"}
 REASON_KEYS = ("false_alarm", "not_here", "duplicate", "bad_image")
 
 

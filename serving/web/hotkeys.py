@@ -24,6 +24,9 @@ DEFAULT_HOTKEYS: dict[str, str] = {
     "frame_previous": "ArrowLeft",
     "frame_next": "ArrowRight",
     "duplicates": "d",
+    # A truck load case: what the load really was (a menu of the load labels, keys 1-5), sent
+    # with the next confirm or reject.
+    "load": "t",
 }
 NAMED_KEYS = ("Enter", "Escape", "Tab", "Backspace", "Delete", "Home", "End", "PageUp", "PageDown",
               "ArrowLeft", "ArrowRight", "ArrowUp", "ArrowDown", "Insert") + tuple(f"F{i}" for i in range(1, 13))

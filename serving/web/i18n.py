@@ -319,6 +319,22 @@ LABELS: dict[str, tuple[str, str]] = {
     "newest": ("Newest", "最新"),
     "audit_case": ("Case", "案件"),
     "field_why": ("why", "原因"),
+    # The truck load decision (detector.second_stage) on a muck_truck_uncovered case.
+    "load": ("Load", "货箱"),
+    "load_open": ("load open", "货箱敞开"),
+    "load_mesh": ("mesh cover", "网罩"),
+    "load_tarp": ("tarp cover", "苫盖"),
+    "load_covered": ("covered", "已覆盖"),
+    "load_cannot_tell": ("cannot tell", "无法判断"),
+    "load_untrained": ("no load classifier trained: sent to review", "未训练货箱分类器：转人工审核"),
+    "load_unlabelled": ("the load classifier gave no label: sent to review", "货箱分类器未给出判断：转人工审核"),
+    "load_model": ("model", "模型"),
+    "load_reviewer": ("reviewer", "审核员"),
+    "load_not_said": ("not said yet", "尚未标注"),
+    "load_set": ("Load", "货箱"),
+    "key_load": ("truck case: what the load really was, then confirm or reject",
+                 "渣土车案件：标注货箱实际状态，再确认或驳回"),
+    "field_load": ("load", "货箱"),
 }
 
 

@@ -6,15 +6,18 @@ rejecting a case's open duplicates at once)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, SerializerFunctionWrapHandler, model_serializer
 from sqlalchemy import func, select, update
 
+from detector.second_stage import LOAD_DECISION
 from detector.taxonomy import Taxonomy
 from serving.audit import entries
+from serving.cases.review import REVIEW_LOADS
 from serving.cases.leases import QueueFilter, filtered, free_for
 from serving.store.db import Database
 from serving.store.models import AuditEntry, Case, CaseEvent, LabellingItem, Recheck
@@ -32,6 +35,30 @@ class Occurrence(BaseModel):
     score: float
     at: str = ""  # last_seen in the camera's local time, with its zone
     type_label: str = ""  # the sighting type in the page's language
+    # What the violation's second stage said of this sighting (the truck load decision): only
+    # present when it said something, so other cases' timelines are as they always were.
+    stage_label: str | None = None
+    stage_score: float | None = None
+
+    @model_serializer(mode="wrap")
+    def _stage_fields_when_set(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        for key in ("stage_label", "stage_score"):
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
+
+
+class LoadView(BaseModel):
+    """The truck load decision on a case whose violation has one (muck_truck_uncovered): what
+    the load stage said, in words, and what the reviewer said (the keyboard menu's choices)."""
+
+    stage_label: str | None  # the latest sighting's label from the load stage; None: none given
+    stage_score: float | None
+    text: str  # in the page's language: the label and its score, or why a reviewer sees it
+    review_load: str | None  # the reviewer's load label stored with the decision; None: not said
+    review_text: str
+    choices: list[dict[str, str]]  # [{id, label}] in menu order (keys 1..)
 
 
 class FrameView(BaseModel):
@@ -104,6 +131,7 @@ class ReviewCase(BaseModel):
     frames: list[FrameView] = []
     duplicate_of: CaseLink | None = None
     nearby: list[CaseLink] = []
+    load: LoadView | None = None  # only on a case whose violation has the load decision
 
 
 def evidence_url(case_number: str, evidence_id: int) -> str:
@@ -111,9 +139,10 @@ def evidence_url(case_number: str, evidence_id: int) -> str:
 
 
 def review_case(db: Database, taxonomy: Taxonomy, case: Case, *, zones: CameraZones | None = None,
-                words: AuditWords | None = None) -> ReviewCase:
+                words: AuditWords | None = None, stages: Collection[str] = ()) -> ReviewCase:
     """`case` with its evidence loaded; times in `zones` (default: Asia/Shanghai), words for
-    the audit trail and sighting types in `words`' language (default: English labels)."""
+    the audit trail and sighting types in `words`' language (default: English labels);
+    `stages`: the second stages this service runs (e.g. "load_decision"), for the load view."""
     if zones is None:
         zones = CameraZones({}, "Asia/Shanghai")
     if words is None:
@@ -148,7 +177,8 @@ def review_case(db: Database, taxonomy: Taxonomy, case: Case, *, zones: CameraZo
         crop_url=evidence_url(case.case_number, by_kind["crop"]) if "crop" in by_kind else None,
         timeline=[Occurrence(type=e.event_type, last_seen=e.last_seen.isoformat(), score=e.score,
                              at=zones.show(e.last_seen, case.camera),
-                             type_label=words.t.get(f"event_{e.event_type}", e.event_type)) for e in events],
+                             type_label=words.t.get(f"event_{e.event_type}", e.event_type),
+                             stage_label=e.stage_label, stage_score=e.stage_score) for e in events],
         history=[r.to_json() for r in history],
         status=case.status, recheck=recheck, version=case.version,
         annotated_url=evidence_url(case.case_number, by_kind["annotated"]) if "annotated" in by_kind else None,
@@ -157,7 +187,32 @@ def review_case(db: Database, taxonomy: Taxonomy, case: Case, *, zones: CameraZo
         frames=timeline_frames(case, zones, words),
         duplicate_of=link(duplicate_of(db, case), taxonomy, words.lang, zones),
         nearby=[link(c, taxonomy, words.lang, zones) for c in nearby_cases(db, case)],
+        load=load_view(case, events, taxonomy, words, stages),
     )
+
+
+def load_words(label: str | None, score: float | None, t: dict[str, str]) -> str:
+    word = t.get(f"load_{label}", label) if label else ""
+    return f"{word} {score:.2f}" if label and score is not None else word
+
+
+def load_view(case: Case, events: Sequence[CaseEvent], taxonomy: Taxonomy, words: AuditWords,
+              stages: Collection[str]) -> LoadView | None:
+    """The load decision on `case`, None where its violation has none. With no label from the
+    stage, the reason the truck reached a reviewer: no classifier trained, or none given."""
+    entry = taxonomy.by_id.get(case.violation)
+    if entry is None or entry.second_stage != LOAD_DECISION:
+        return None
+    t = words.t
+    said = next((e for e in reversed(events) if e.stage_label), None)
+    if said is not None:
+        text = load_words(said.stage_label, said.stage_score, t)
+    else:
+        text = t["load_unlabelled"] if LOAD_DECISION in stages else t["load_untrained"]
+    return LoadView(stage_label=said.stage_label if said else None, stage_score=said.stage_score if said else None,
+                    text=text, review_load=case.review_load,
+                    review_text=load_words(case.review_load, None, t) if case.review_load else t["load_not_said"],
+                    choices=[{"id": label, "label": t.get(f"load_{label}", label)} for label in REVIEW_LOADS])
 
 
 def timeline_frames(case: Case, zones: CameraZones, words: AuditWords) -> list[FrameView]:

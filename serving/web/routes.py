@@ -25,6 +25,7 @@ from serving.api.schemas import RedecideRequest, ReviewRequest
 from serving.auth import create_key, list_keys, revoke_key
 from serving.cases import CaseError
 from serving.cases.leases import QueueFilter
+from serving.cases.review import REVIEW_LOADS
 from serving.cameras.registry import CameraError
 from serving.labelling.queue import LabelBox, LabellingError, LabellingView
 from serving.live_model import ModelSwapError
@@ -102,6 +103,11 @@ def zones(request: Request) -> CameraZones:
 def words(request: Request) -> AuditWords:
     lang = language(request)
     return AuditWords(labels(lang), get_service(request).taxonomy, lang)
+
+
+def stages(request: Request) -> set[str]:
+    """The second stages the served model runs (e.g. the truck load decision)."""
+    return {stage.stage for stage in (getattr(get_service(request).detector, "second_stage", None) or {}).values()}
 
 
 def switch_url(request: Request, lang: str) -> str:
@@ -224,7 +230,7 @@ def review_page(request: Request, account: User) -> Response:
     service = get_service(request)
     lang = language(request)
     return render(request, "review.html", account, kinds=violation_menu(service.taxonomy),
-                  reasons=REJECT_REASONS, undo_ms=int(service.settings.review_undo_s * 1000),
+                  reasons=REJECT_REASONS, load_labels=REVIEW_LOADS, undo_ms=int(service.settings.review_undo_s * 1000),
                   lease_ms=int(service.settings.review_lease_s * 1000),
                   hotkeys={**DEFAULT_HOTKEYS, **service.settings.review_hotkeys},
                   day_offset=zone_label(datetime.now(zones(request).default))[3:],
@@ -241,8 +247,8 @@ def queue_filter(body: NextRequest) -> QueueFilter:
 def next_case(request: Request, body: NextRequest, account: User) -> dict[str, Any]:
     service = get_service(request)
     case = service.cases.claim_next(account.name, queue_filter(body), body.skip, service.settings.review_lease_s)
-    return {"case": review_case(service.db, service.taxonomy, case, zones=zones(request),
-                                words=words(request)).model_dump() if case else None}
+    return {"case": review_case(service.db, service.taxonomy, case, zones=zones(request), words=words(request),
+                                stages=stages(request)).model_dump() if case else None}
 
 
 @pages.post("/review/counts", dependencies=[Csrf])
@@ -351,7 +357,8 @@ def case_page(request: Request, case_number: str, account: User) -> Response:
     if case is None:
         raise HTTPException(404, f"no case {case_number!r}")
     return render(request, "case.html", account,
-                  case=review_case(service.db, service.taxonomy, case, zones=zones(request), words=words(request)),
+                  case=review_case(service.db, service.taxonomy, case, zones=zones(request), words=words(request),
+                                   stages=stages(request)),
                   kinds=violation_menu(service.taxonomy), reasons=REJECT_REASONS)
 
 

@@ -9,7 +9,9 @@ negative box is always a false alarm.
 
 For the truck load decision: a confirmed truck case is an `open` load; a truck rejected as "not
 a violation here" is a `covered` one (the reviewer said the load is covered, not how); a truck
-rejected as a false alarm is no truck and teaches the load nothing. Frames labelled whole in the
+rejected as a false alarm is no truck and teaches the load nothing. Where the reviewer said what
+the load was (the review page's load key; the export's `loads`, [load, box] per truck box), that
+label wins over this inference for the same box. Frames labelled whole in the
 labelling mode carry truck boxes without a load: a `load labels` file (JSON, stem -> one label
 per truck box of that frame, in the export's order) gives them theirs (open, mesh, tarp,
 covered, cannot_tell).
@@ -29,6 +31,7 @@ from detector.second_stage import COVERED, LOAD_LABELS, OPEN
 CONFIRMED, REJECTED = "confirmed", "rejected"
 LOAD_CLASS = "truck"
 KNOWN_LOADS = (*LOAD_LABELS, COVERED)
+SAME_BOX_IOU = 0.5  # a reviewer's load box and a human box this alike are the same truck
 
 
 class ExportError(ValueError):
@@ -45,7 +48,7 @@ class CropExample:
     label: str  # confirmed / rejected (a filter), or a load (open, covered, ...)
     stem: str  # the frame: held-out splits keep a frame's objects together
     camera: str
-    reason: str = ""  # rejected: false_alarm or not_here
+    reason: str = ""  # rejected: false_alarm or not_here; a load the reviewer said: "reviewer"
 
 
 @dataclass
@@ -108,9 +111,13 @@ def load_examples(exports: list[Path], load_labels: dict[str, list[str]] | None 
     load_labels = dict(load_labels or {})
     out: list[CropExample] = []
     for export in exports:
+        said = reviewer_loads(export, report)
+        out += said
         for ex in reviewed_objects(export, report):
             if ex.cls != LOAD_CLASS:
                 continue
+            if any(s.stem == ex.stem and _iou(s.box, ex.box) >= SAME_BOX_IOU for s in said):
+                continue  # the reviewer said this truck's load: no inference from the decision
             if ex.label == CONFIRMED:
                 out.append(_as_load(ex, OPEN))
             elif ex.reason == "not_here":
@@ -138,6 +145,34 @@ def load_examples(exports: list[Path], load_labels: dict[str, list[str]] | None 
     if load_labels:
         raise ExportError(f"load labels for frames no export has as labelled trucks: {sorted(load_labels)[:5]}")
     return out
+
+
+def reviewer_loads(export: Path, report: ReadReport | None = None) -> list[CropExample]:
+    """Truck boxes whose reviewer said the load (a case frame's `loads`), with that load."""
+    report = report if report is not None else ReadReport()
+    out: list[CropExample] = []
+    for stem, frame in sorted(_manifest(export)["frames"].items()):
+        loads = frame.get("loads") or []
+        if frame.get("decision") != "cases" or not loads:
+            continue
+        image = _frame_image(export, stem)
+        if image is None:
+            continue  # counted once by reviewed_objects
+        for load, box in loads:
+            if load not in KNOWN_LOADS:
+                report.skipped[f"unknown reviewer load {load!r}"] += 1
+                continue
+            out.append(CropExample(image, tuple(box), LOAD_CLASS, load, stem, frame.get("camera", ""), "reviewer"))
+    return out
+
+
+def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    if w <= 0 or h <= 0:
+        return 0.0
+    inter = w * h
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
 def _as_load(ex: CropExample, load: str) -> CropExample:

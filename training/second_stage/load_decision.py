@@ -23,8 +23,8 @@ from training.second_stage.net import TrainOptions, crops, export_onnx, label_co
 
 MODEL_NAME = "load-decision.onnx"
 REVIEWS_FIGURE = ("precision and recall of the exported model on held-out truck cases of these review exports, "
-                  "each labelled by its reviewer's decision (open = confirmed, covered = rejected as not a "
-                  "violation here); a field figure for the cameras and reviewers the exports come from, and only "
+                  "each labelled by the load its reviewer said on the review page, else by the decision (open = "
+                  "confirmed, covered = rejected as not a violation here); a field figure for the cameras and reviewers the exports come from, and only "
                   "as large a sample as the held-out counts say.")
 
 

@@ -39,6 +39,7 @@
     const body = { action: data.get("action"), why: data.get("why"), version: Number(form.dataset.version) };
     if (body.action === "reject" && data.get("reason")) body.reason = data.get("reason");
     if (body.action === "correct") body.violation = data.get("violation");
+    if (data.get("load_label")) body.load_label = data.get("load_label");  // a truck load case's form only
     const response = await fetch(`/review/cases/${encodeURIComponent(form.dataset.case)}/redecide`, {
       method: "POST", credentials: "same-origin",
       headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf }, body: JSON.stringify(body),

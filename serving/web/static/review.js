@@ -26,7 +26,7 @@
     pending: null,    // {item, body, timer}: a decision waiting out its undo time
     sending: new Set(), // case numbers whose decision is on its way to the server
     exhausted: false, // the server had no more cases
-    menu: null,       // "reason" | "kind" | null
+    menu: null,       // "reason" | "kind" | "load" | null
     boxMode: false,
     selected: 0,
     drag: null,
@@ -87,7 +87,8 @@
   }
 
   function prepare(c) {
-    const item = { case: c, boxes: (c.review_boxes || (c.box ? [c.box] : [])).map((b) => b.slice()), note: "" };
+    const item = { case: c, boxes: (c.review_boxes || (c.box ? [c.box] : [])).map((b) => b.slice()), note: "",
+                   load: null };  // a truck case: the load the reviewer said (T, then its number)
     item.original = JSON.stringify(item.boxes);
     item.image = new Image();
     item.loaded = c.image_url ? new Promise((resolve) => {
@@ -142,7 +143,8 @@
     $("crop").src = c.crop_url || "";
     $("crop").hidden = !c.crop_url;
     $("first-seen").textContent = c.first_seen_local;
-    list($("timeline"), c.timeline.map((o) => `${o.at} · ${o.type_label} · ${o.score.toFixed(2)}`));
+    list($("timeline"), c.timeline.map((o) => `${o.at} · ${o.type_label} · ${o.score.toFixed(2)}` + stageWords(c, o)));
+    showLoad(item);
     list($("history"), c.audit.map((h) => `${h.at} · ${h.actor} · ${h.action}` +
       (h.changes.length ? ": " + h.changes.map((ch) => `${ch.field} ${ch.before} → ${ch.after}`).join("; ") : "")));
     showContext(item);
@@ -194,6 +196,27 @@
       return li;
     }));
     $("related-block").hidden = !links.length;
+  }
+
+  // The truck load decision: what the load stage said (or why the truck is here) and what the
+  // reviewer says it was, sent with the decision. Shown on truck load cases only.
+  function loadWord(c, label) {
+    const choice = ((c.load && c.load.choices) || []).find((ch) => ch.id === label);
+    return choice ? choice.label : label;
+  }
+
+  function stageWords(c, o) {
+    if (!o.stage_label) return "";
+    return ` · ${loadWord(c, o.stage_label)}` + (o.stage_score != null ? ` ${o.stage_score.toFixed(2)}` : "");
+  }
+
+  function showLoad(item) {
+    const load = item.case.load;
+    $("load-block").hidden = !load;
+    if (!load) { delete root.dataset.load; return; }
+    $("load-stage").textContent = load.text;
+    $("load-review").textContent = item.load ? loadWord(item.case, item.load) : config.t.load_not_said;
+    root.dataset.load = item.load || "";
   }
 
   // The best frame (the case's photo, the one the boxes belong to); the last one if none is marked.
@@ -387,6 +410,7 @@
     item.note = $("note").value;
     if (JSON.stringify(item.boxes) !== item.original) body.boxes = item.boxes.map((b) => b.map((v) => Math.round(v * 10) / 10));
     if (item.note) body.note = item.note;
+    if (item.load && body.action !== "correct") body.load_label = item.load;
     state.queue.splice(state.index, 1);
     decisions.hold({ item, body });
     const label = { confirm: config.t.confirmed, reject: config.t.rejected, correct: config.t.corrected }[body.action];
@@ -406,6 +430,7 @@
     const kindName = (k) => (config.lang === "zh-CN" ? k.name_zh : `${k.name_en} · ${k.name_zh}`);
     const entries = kind === "reason"
       ? REASONS.map((r, i) => [String(i + 1), config.t[r]])
+      : kind === "load" ? current().case.load.choices.map((ch, i) => [String(i + 1), ch.label])
       : config.kinds.map((k, i) => [String(MANY_KINDS ? i + 1 : (i + 1) % 10), `${kindName(k)} (${k.matter_code})`]);
     menu.replaceChildren(...entries.map(([key, text]) => {
       const row = document.createElement("div");
@@ -421,9 +446,17 @@
     if (state.menu === "kind" && MANY_KINDS) { kindDigits(key); return; }
     if (!/^[0-9]$/.test(key)) { closeMenu(); return; }
     const n = key === "0" ? 10 : Number(key);
+    if (state.menu === "load") { pickLoad(n); return; }
     if (state.menu === "reason" && n <= REASONS.length) decide({ action: "reject", reason: REASONS[n - 1] });
     else if (state.menu === "kind" && n <= config.kinds.length) decide({ action: "correct", violation: config.kinds[n - 1].id });
     else closeMenu();
+  }
+
+  function pickLoad(n) {
+    const item = current();
+    const choices = item ? item.case.load.choices : [];
+    if (n <= choices.length) { item.load = choices[n - 1].id; showLoad(item); }
+    closeMenu();
   }
 
   function kindDigits(key) {
@@ -594,6 +627,7 @@
       labelling: () => setMode("labelling"),
       frame_previous: () => stepFrame(-1), frame_next: () => stepFrame(1),
       duplicates: () => rejectDuplicates(),
+      load: () => { const item = current(); if (item && item.case.load) openMenu("load"); },
       ...VIEW_ACTIONS,
     }),
     ArrowDown: () => move(1), ArrowUp: () => move(-1),
