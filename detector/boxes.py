@@ -7,6 +7,7 @@ class-offset NMS, scale_boxes' padding) so our boxes match theirs on the same mo
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -131,6 +132,19 @@ def _nms_matrix(ranked: np.ndarray, order: np.ndarray, iou_threshold: float, lim
                 break
             alive &= survives[i]
     return order[np.asarray(keep, dtype=np.int64)]
+
+
+def pair_iou(a: Sequence[float] | None, b: Sequence[float] | None) -> float:
+    """IoU of two [x1, y1, x2, y2] boxes as stored records hold them (lists, tuples); 0 when
+    either is missing or they do not overlap."""
+    if not a or not b:
+        return 0.0
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    if w <= 0 or h <= 0:
+        return 0.0
+    inter = w * h
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, SerializerFunctionWrapHandler, model_serializer
 from sqlalchemy import func, select, update
 
+from detector.boxes import pair_iou
 from detector.second_stage import LOAD_DECISION
 from detector.taxonomy import Taxonomy
 from serving.audit import entries
@@ -249,17 +250,6 @@ def link(case: Case | None, taxonomy: Taxonomy, lang: str, zones: CameraZones) -
                     image_url=evidence_url(case.case_number, original) if original else None)
 
 
-def iou(a: list[float] | None, b: list[float] | None) -> float:
-    if not a or not b:
-        return 0.0
-    w = min(a[2], b[2]) - max(a[0], b[0])
-    h = min(a[3], b[3]) - max(a[1], b[1])
-    if w <= 0 or h <= 0:
-        return 0.0
-    inter = w * h
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
-
-
 def _loaded(session, ids: list[int]) -> list[Case]:  # noqa: ANN001
     from sqlalchemy.orm import selectinload
 
@@ -277,7 +267,7 @@ def nearby_cases(db: Database, case: Case, limit: int = 8) -> list[Case]:
         rows = session.execute(select(Case.id, Case.box).where(Case.camera == case.camera, Case.id != case.id,
                                                                Case.first_seen >= since)
                                .order_by(Case.first_seen.desc()).limit(500)).all()
-        ids = [row_id for row_id, box in rows if iou(box, case.box) >= 0.1][:limit]
+        ids = [row_id for row_id, box in rows if pair_iou(box, case.box) >= 0.1][:limit]
         return _loaded(session, ids)
 
 
@@ -294,7 +284,7 @@ def duplicate_of(db: Database, case: Case) -> Case | None:
             rows = session.execute(select(Case.id, Case.box, Case.review_reason)
                                    .where(Case.camera == case.camera, Case.violation == case.violation,
                                           Case.id != case.id).order_by(Case.first_seen).limit(500)).all()
-            row = next((i for i, box, reason in rows if reason != "duplicate" and iou(box, case.box) >= SAME_PLACE_IOU),
+            row = next((i for i, box, reason in rows if reason != "duplicate" and pair_iou(box, case.box) >= SAME_PLACE_IOU),
                        None)
         found = _loaded(session, [row] if row else [])
     return found[0] if found else None
@@ -310,7 +300,7 @@ def open_duplicates(db: Database, case: Case, holder: str) -> list[str]:
                                       Case.review_status == "pending", Case.id != case.id)
                                .order_by(Case.first_seen)).all()
     return [n for n, box, by, until in rows
-            if iou(box, case.box) >= SAME_PLACE_IOU and not (by and by != holder and until is not None and until > now)]
+            if pair_iou(box, case.box) >= SAME_PLACE_IOU and not (by and by != holder and until is not None and until > now)]
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from detector.boxes import box_iou
 from detector.detections import Detections
 from training.evaluation.evaluate import EvalSet, Predictor
 
@@ -122,16 +123,6 @@ class ImageErrors:
         return len(self.false_positives) + len(self.misses)
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
-    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
-
-
 def image_errors(eval_set: EvalSet, found: Sequence[Detections], threshold: float) -> list[ImageErrors]:
     """Per image, at the operating threshold: detections matching no labelled box of their class at
     IoU 0.5 (highest score first, each box matched once) and labelled boxes no detection matched.
@@ -144,7 +135,7 @@ def image_errors(eval_set: EvalSet, found: Sequence[Detections], threshold: floa
         truth = np.asarray(image.boxes, np.float64).reshape(-1, 4)
         taken = np.zeros(len(truth), bool)
         errors = ImageErrors(image=str(image.path))
-        ious = _iou(boxes.astype(np.float64), truth) if len(boxes) and len(truth) else np.zeros((len(boxes), 0))
+        ious = box_iou(boxes.astype(np.float64), truth) if len(boxes) and len(truth) else np.zeros((len(boxes), 0))
         for i in np.argsort(-scores, kind="stable"):
             same = np.array([c == classes[i] for c in image.classes], bool) & ~taken
             best = int(np.argmax(np.where(same, ious[i], -1))) if same.any() else -1

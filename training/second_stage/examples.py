@@ -25,6 +25,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from detector.boxes import pair_iou
 from detector.files import IMAGE_SUFFIXES
 from detector.second_stage import COVERED, LOAD_LABELS, OPEN
 
@@ -116,7 +117,7 @@ def load_examples(exports: list[Path], load_labels: dict[str, list[str]] | None 
         for ex in reviewed_objects(export, report):
             if ex.cls != LOAD_CLASS:
                 continue
-            if any(s.stem == ex.stem and _iou(s.box, ex.box) >= SAME_BOX_IOU for s in said):
+            if any(s.stem == ex.stem and pair_iou(s.box, ex.box) >= SAME_BOX_IOU for s in said):
                 continue  # the reviewer said this truck's load: no inference from the decision
             if ex.label == CONFIRMED:
                 out.append(_as_load(ex, OPEN))
@@ -164,15 +165,6 @@ def reviewer_loads(export: Path, report: ReadReport | None = None) -> list[CropE
                 continue
             out.append(CropExample(image, tuple(box), LOAD_CLASS, load, stem, frame.get("camera", ""), "reviewer"))
     return out
-
-
-def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
-    w = min(a[2], b[2]) - max(a[0], b[0])
-    h = min(a[3], b[3]) - max(a[1], b[1])
-    if w <= 0 or h <= 0:
-        return 0.0
-    inter = w * h
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
 def _as_load(ex: CropExample, load: str) -> CropExample:
