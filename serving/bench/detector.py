@@ -1,8 +1,13 @@
 """Timing our Detector against the bare ONNX Runtime session and Ultralytics' predict.
 
-All three run the same model files on the same 1080p frames in one process, taking turns
-on each batch, so a busy spell on a shared machine falls on all three alike and the ratios
-stay fair on whatever machine runs them.
+All three run the same model files on the same 1080p frames in one process, two at a time
+taking turns on each batch (the session with our detector, then our detector with
+Ultralytics), so a busy spell on a shared machine falls on both alike and the ratios stay
+fair on whatever machine runs them. Pairs, not all three in turn: ONNX Runtime's pool
+threads spin for a while after a run, and Ultralytics' session spinning on the second core
+slowed whichever contestant followed it; in a three-way rotation the bare session followed
+it in two turns of three, and timed slower than our detector wrapped around it
+(docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -82,15 +87,8 @@ def bare_session_fn(detector: Detector, batch: list[np.ndarray]) -> Callable[[in
     return session
 
 
-# ONNX Runtime's pool threads spin for a while after a run before they sleep; Ultralytics'
-# session spinning on the second core while the next contestant starts made the bare session
-# time slower than our detector wrapped around it (docs/benchmarks.md). Each timed call starts
-# after this pause, with every other pool asleep.
-SETTLE_S = 0.01
-
-
 def time_interleaved(fns: dict[str, Callable[[int], object]], batches: list[list[np.ndarray]],
-                     rounds: int, settle_s: float = SETTLE_S) -> dict[str, float]:
+                     rounds: int) -> dict[str, float]:
     """Median ms per frame of each fn (called with a batch's index), the fns taking turns on
     every batch, the order turned by one each batch, so that neither a busy spell on the
     machine nor the cache one of them leaves behind falls on one of them alone."""
@@ -102,8 +100,6 @@ def time_interleaved(fns: dict[str, Callable[[int], object]], batches: list[list
     for _ in range(rounds):
         for index, batch in enumerate(batches):
             for name in names[turn % len(names):] + names[: turn % len(names)]:
-                if settle_s:
-                    time.sleep(settle_s)
                 start = time.perf_counter()
                 fns[name](index)
                 samples[name].append((time.perf_counter() - start) * 1000 / len(batch))
@@ -146,15 +142,18 @@ def run_benchmark(
     timings = []
     for size in batch_sizes:
         batches = _batches(frames, size)
-        fns: dict[str, Callable[[int], object]] = {
-            "session": bare_session_fn(detector, batches[0]),
-            "gridwatch": lambda i, batches=batches: detector.detect(batches[i]),
-        }
+        ours = lambda i, batches=batches: detector.detect(batches[i])  # noqa: E731
+        # As many timed calls (the median's samples) at every batch size: at batch 8, 16 frames
+        # are only two calls a pass.
+        passes = rounds * size
+        floor = time_interleaved({"session": bare_session_fn(detector, batches[0]), "gridwatch": ours},
+                                 batches, passes)
+        timings += [Timing(name, size, ms) for name, ms in floor.items()]
         if theirs is not None:
-            fns["ultralytics"] = lambda i, batches=batches: theirs(batches[i])
-        # As many frames timed at every batch size: at batch 8, 16 frames are only two batches a pass.
-        for name, ms in time_interleaved(fns, batches, rounds * size).items():
-            timings.append(Timing(name, size, ms))
+            against = time_interleaved({"gridwatch": ours, "ultralytics": lambda i, batches=batches: theirs(batches[i])},
+                                       batches, passes)
+            timings += [Timing("gridwatch_beside_ultralytics", size, against["gridwatch"]),
+                        Timing("ultralytics", size, against["ultralytics"])]
     tiled = _time_per_frame(lambda batch: [detector.detect_tiled(f) for f in batch], _batches(frames, 1), 1)
     timings.append(Timing("gridwatch_tiled", 1, tiled))
     return timings
@@ -165,12 +164,14 @@ def summarise(timings: list[Timing]) -> dict:
     rows = {}
     for batch in sorted({t.batch for t in timings if t.name != "gridwatch_tiled"}):
         ours, bare, theirs = by.get(("gridwatch", batch)), by.get(("session", batch)), by.get(("ultralytics", batch))
+        beside = by.get(("gridwatch_beside_ultralytics", batch), ours)
         rows[batch] = {
             "session_ms": bare,
             "gridwatch_ms": ours,
             "ultralytics_ms": theirs,
+            "gridwatch_beside_ultralytics_ms": beside,
             "gridwatch_over_session": ours / bare if bare else None,
-            "ultralytics_over_gridwatch": theirs / ours if theirs and ours else None,
+            "ultralytics_over_gridwatch": theirs / beside if theirs and beside else None,
             # Our detector runs that very session plus its own pre- and post-processing: timed
             # faster than it, the machine was busy with something else during one of them.
             "noisy": bool(ours and bare and ours < bare),
@@ -201,7 +202,8 @@ def format_table(summary: dict, model: Path, reference_model: Path) -> str:
             f"{fmt(row['ultralytics_ms'], '14.1f')}  {overhead}  "
             f"{fmt(row['ultralytics_over_gridwatch'], '9.2f')}x"
         )
-    lines.append("ms are per frame (median); ours/session: overhead over the bare session; ultra/ours: our speed-up.")
+    lines.append("ms are per frame (median); ours/session: overhead over the bare session, the two timed in turns; "
+                 "ultra/ours: our speed-up, ours timed in turns with Ultralytics.")
     noisy = [str(batch) for batch, row in summary["by_batch"].items() if row.get("noisy")]
     if noisy:
         lines.append(f"NOISY RUN: at batch {', '.join(noisy)} gridwatch timed faster than the bare session it "
