@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
+from serving.web.hotkeys import resolve_hotkeys
 from serving.web.routes import WEB_DIR, LoginRequired, NotAllowed, forbidden, pages
 from serving.web.sessions import LoginLimiter
+
+log = logging.getLogger("gridwatch.web")
 
 # No inline script or style anywhere: everything the page runs comes from /static.
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
@@ -18,6 +23,9 @@ WEB_PREFIXES = ("/login", "/logout", "/review", "/dashboard", "/admin", "/static
 def install_web(app: FastAPI) -> None:
     settings = app.state.service.settings
     app.state.login_limiter = LoginLimiter(settings.login_max_failures, settings.login_window_s)
+    # A default key the city's own keys took (a newer release's new action): said once, at start.
+    for warning in resolve_hotkeys(settings.review_hotkeys).warnings:
+        log.warning(warning)
     app.mount("/static", StaticFiles(directory=WEB_DIR / "static"), name="static")
     app.include_router(pages)
 

@@ -331,9 +331,13 @@ LABELS: dict[str, tuple[str, str]] = {
     "load_model": ("model", "模型"),
     "load_reviewer": ("reviewer", "审核员"),
     "load_not_said": ("not said yet", "尚未标注"),
+    "load_with_correction": ("not a truck load case: the load goes with a correction to one",
+                             "非渣土车案件：货箱标注随更正为渣土车案件提交"),
     "load_set": ("Load", "货箱"),
-    "key_load": ("truck case: what the load really was, then confirm or reject",
-                 "渣土车案件：标注货箱实际状态，再确认或驳回"),
+    "key_load": ("truck case: what the load really was, then confirm, reject or correct",
+                 "渣土车案件：标注货箱实际状态，再确认、驳回或更正"),
+    # An action the city's review_hotkeys left without a key (serving/web/hotkeys.py).
+    "no_key": ("no key", "无快捷键"),
     "field_load": ("load", "货箱"),
 }
 

@@ -18,7 +18,7 @@ from detector.boxes import pair_iou
 from detector.second_stage import LOAD_DECISION
 from detector.taxonomy import Taxonomy
 from serving.audit import entries
-from serving.cases.review import REVIEW_LOADS
+from serving.cases.review import REVIEW_LOADS, has_load_decision
 from serving.cases.leases import QueueFilter, filtered, free_for
 from serving.store.db import Database
 from serving.store.models import AuditEntry, Case, CaseEvent, LabellingItem, Recheck
@@ -336,6 +336,17 @@ def decided_versions(db: Database, case_numbers: list[str]) -> dict[str, int]:
     return {number: version for number, version in rows}
 
 
+def decided_loads(db: Database, taxonomy: Taxonomy, case_numbers: list[str]) -> dict[str, str]:
+    """Case number -> the reviewer's load label ("" when not said), for those of `case_numbers`
+    that are truck load cases: My history's re-decide dialog shows its load field on them."""
+    if not case_numbers:
+        return {}
+    with db.sessions() as session:
+        rows = session.execute(select(Case.case_number, Case.violation, Case.review_load).where(
+            Case.case_number.in_(set(case_numbers)))).all()
+    return {number: load or "" for number, violation, load in rows if has_load_decision(taxonomy, violation)}
+
+
 def queue_cameras(db: Database, registered: list[str]) -> list[str]:
     """The camera filter's choices: the configured cameras and any that posted cases through
     the API (so a filter on one of those survives a reload or the language switch)."""
@@ -376,7 +387,8 @@ def release_leases(db: Database, holder: str, case_numbers: list[str], item_ids:
     return released
 
 
-def violation_menu(taxonomy: Taxonomy) -> list[dict[str, str]]:
-    """The kinds a reviewer can pick, in taxonomy order (key 1-9, then 0)."""
-    return [{"id": v.id, "name_zh": v.name_zh, "name_en": v.name_en, "matter_code": v.matter_code}
-            for v in taxonomy.violations]
+def violation_menu(taxonomy: Taxonomy) -> list[dict[str, Any]]:
+    """The kinds a reviewer can pick, in taxonomy order (key 1-9, then 0); `load`: the kind has
+    the truck load decision, so a correction to it carries the reviewer's load label."""
+    return [{"id": v.id, "name_zh": v.name_zh, "name_en": v.name_en, "matter_code": v.matter_code,
+             "load": has_load_decision(taxonomy, v.id)} for v in taxonomy.violations]

@@ -34,11 +34,11 @@ from serving.store.models import REJECT_REASONS, ROLES, USER_ROLES
 from serving.web import sessions
 from serving.web.audit_view import AuditWords, audit_lines
 from serving.web.dashboard import dashboard_data, evaluation, evaluation_csv
-from serving.web.hotkeys import DEFAULT_HOTKEYS
+from serving.web.hotkeys import resolve_hotkeys
 from serving.web.i18n import LANGUAGES, class_names, labels, pick_language
 from serving.web.localtime import CameraZones, parse_local_time, zone_label
-from serving.web.queue import (decided_versions, open_duplicates, queue_cameras, queue_counts, release_leases,
-                               renew_or_retake, review_case, violation_menu)
+from serving.web.queue import (decided_loads, decided_versions, open_duplicates, queue_cameras, queue_counts,
+                               release_leases, renew_or_retake, review_case, violation_menu)
 
 WEB_DIR = Path(__file__).parent
 templates = Jinja2Templates(directory=WEB_DIR / "templates")
@@ -232,7 +232,7 @@ def review_page(request: Request, account: User) -> Response:
     return render(request, "review.html", account, kinds=violation_menu(service.taxonomy),
                   reasons=REJECT_REASONS, load_labels=REVIEW_LOADS, undo_ms=int(service.settings.review_undo_s * 1000),
                   lease_ms=int(service.settings.review_lease_s * 1000),
-                  hotkeys={**DEFAULT_HOTKEYS, **service.settings.review_hotkeys},
+                  hotkeys=resolve_hotkeys(service.settings.review_hotkeys).keys,
                   day_offset=zone_label(datetime.now(zones(request).default))[3:],
                   class_names=class_names(list(service.detector.info.names.values()), lang),
                   cameras=queue_cameras(service.db, list(service.cameras.all())), filters=request.query_params,
@@ -495,8 +495,8 @@ def audit_view(request: Request, account: Account, where: audit.AuditQuery | Fil
     """The entries `where` selects; a filter that could not be read: the page with its error."""
     service = get_service(request)
     # My history: each decision row gets its own re-decide button (one dialog form on the page).
-    mine = {"redecide_dialog": True, "kinds": violation_menu(service.taxonomy), "reasons": REJECT_REASONS} \
-        if csv_link is None else {}
+    mine = {"redecide_dialog": True, "kinds": violation_menu(service.taxonomy), "reasons": REJECT_REASONS,
+            "load_labels": REVIEW_LOADS} if csv_link is None else {}
     if isinstance(where, FilterError):
         return render(request, "audit.html", account, status_code=422, entries=[], csv_link=csv_link,
                       filters=request.query_params, older_link=None, newest_link=None, filter_error=str(where),
@@ -505,12 +505,14 @@ def audit_view(request: Request, account: Account, where: audit.AuditQuery | Fil
     lines = audit_lines(service.db, records, words(request), zones(request))
     redecidable = decided_versions(service.db, [line.case_number for line in lines if line.case_number
                                                 and line.action_id.startswith("review.")]) if mine else {}
+    # A truck load case's row opens the dialog with its load field, on the case's load now.
+    redecide_loads = decided_loads(service.db, service.taxonomy, list(redecidable))
     query = [(k, v) for k, v in request.query_params.multi_items() if k not in ("before", "format")]
     older_link = f"{request.url.path}?{urlencode(query + [('before', str(older))])}" if older else None
     return render(request, "audit.html", account, entries=lines,
                   csv_link=csv_link, filters=request.query_params, older_link=older_link,
                   newest_link=f"{request.url.path}?{urlencode(query)}" if where.before else None,
-                  redecidable=redecidable, **mine)
+                  redecidable=redecidable, redecide_loads=redecide_loads, **mine)
 
 
 def read_filter(request: Request, given: AuditFilter, **fixed: Any) -> audit.AuditQuery | FilterError:

@@ -17,6 +17,12 @@
         form.reset();
         result.textContent = "";
         delete result.dataset.status;
+        // A truck load case's row: its load field, on the load said now (kept when left as it is).
+        const truck = "load" in button.dataset;
+        const load = document.getElementById("redecide-load");
+        document.getElementById("redecide-load-field").hidden = !truck;
+        load.disabled = !truck;
+        load.value = truck ? button.dataset.load : "";
         document.getElementById("redecide-case").textContent = button.dataset.case;
         dialog.returnFocus = button;
         dialog.showModal();
@@ -39,7 +45,11 @@
     const body = { action: data.get("action"), why: data.get("why"), version: Number(form.dataset.version) };
     if (body.action === "reject" && data.get("reason")) body.reason = data.get("reason");
     if (body.action === "correct") body.violation = data.get("violation");
-    if (data.get("load_label")) body.load_label = data.get("load_label");  // a truck load case's form only
+    if (data.get("load_label")) {  // a truck load case's form only
+      // A correction carries it only to a kind with the load decision (the server refuses it elsewhere).
+      const kind = document.getElementById("redecide-violation").selectedOptions[0];
+      if (body.action !== "correct" || (kind && kind.dataset.load)) body.load_label = data.get("load_label");
+    }
     const response = await fetch(`/review/cases/${encodeURIComponent(form.dataset.case)}/redecide`, {
       method: "POST", credentials: "same-origin",
       headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf }, body: JSON.stringify(body),

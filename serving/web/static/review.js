@@ -200,8 +200,13 @@
 
   // The truck load decision: what the load stage said (or why the truck is here) and what the
   // reviewer says it was, sent with the decision. Shown on truck load cases only.
+  // A case of another violation may be corrected to a truck load one (a kind with `load`):
+  // the load said then goes with the correction.
+  const LOAD_KINDS = config.kinds.some((k) => k.load);
+  const loadChoices = (c) => (c.load ? c.load.choices : config.load_choices);
+
   function loadWord(c, label) {
-    const choice = ((c.load && c.load.choices) || []).find((ch) => ch.id === label);
+    const choice = loadChoices(c).find((ch) => ch.id === label);
     return choice ? choice.label : label;
   }
 
@@ -212,9 +217,9 @@
 
   function showLoad(item) {
     const load = item.case.load;
-    $("load-block").hidden = !load;
-    if (!load) { delete root.dataset.load; return; }
-    $("load-stage").textContent = load.text;
+    $("load-block").hidden = !load && !item.load;
+    if (!load && !item.load) { delete root.dataset.load; return; }
+    $("load-stage").textContent = load ? load.text : config.t.load_with_correction;
     $("load-review").textContent = item.load ? loadWord(item.case, item.load) : config.t.load_not_said;
     root.dataset.load = item.load || "";
   }
@@ -410,7 +415,11 @@
     item.note = $("note").value;
     if (JSON.stringify(item.boxes) !== item.original) body.boxes = item.boxes.map((b) => b.map((v) => Math.round(v * 10) / 10));
     if (item.note) body.note = item.note;
-    if (item.load && body.action !== "correct") body.load_label = item.load;
+    if (item.load) {
+      // With a correction the load goes only to a kind that has the load decision (else 422).
+      const kind = body.action === "correct" ? config.kinds.find((k) => k.id === body.violation) : null;
+      if (body.action === "correct" ? kind && kind.load : item.case.load) body.load_label = item.load;
+    }
     state.queue.splice(state.index, 1);
     decisions.hold({ item, body });
     const label = { confirm: config.t.confirmed, reject: config.t.rejected, correct: config.t.corrected }[body.action];
@@ -430,7 +439,7 @@
     const kindName = (k) => (config.lang === "zh-CN" ? k.name_zh : `${k.name_en} · ${k.name_zh}`);
     const entries = kind === "reason"
       ? REASONS.map((r, i) => [String(i + 1), config.t[r]])
-      : kind === "load" ? current().case.load.choices.map((ch, i) => [String(i + 1), ch.label])
+      : kind === "load" ? loadChoices(current().case).map((ch, i) => [String(i + 1), ch.label])
       : config.kinds.map((k, i) => [String(MANY_KINDS ? i + 1 : (i + 1) % 10), `${kindName(k)} (${k.matter_code})`]);
     menu.replaceChildren(...entries.map(([key, text]) => {
       const row = document.createElement("div");
@@ -454,7 +463,7 @@
 
   function pickLoad(n) {
     const item = current();
-    const choices = item ? item.case.load.choices : [];
+    const choices = item ? loadChoices(item.case) : [];
     if (n <= choices.length) { item.load = choices[n - 1].id; showLoad(item); }
     closeMenu();
   }
@@ -627,7 +636,7 @@
       labelling: () => setMode("labelling"),
       frame_previous: () => stepFrame(-1), frame_next: () => stepFrame(1),
       duplicates: () => rejectDuplicates(),
-      load: () => { const item = current(); if (item && item.case.load) openMenu("load"); },
+      load: () => { const item = current(); if (item && (item.case.load || LOAD_KINDS)) openMenu("load"); },
       ...VIEW_ACTIONS,
     }),
     ArrowDown: () => move(1), ArrowUp: () => move(-1),
