@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.support.service import RunningService, event_json, push
 
 PASSWORD = "correct horse 42"
@@ -44,3 +46,12 @@ def http_sign_in(http, name: str, password: str = PASSWORD):
     http.get("/login")
     return http.post("/login", data={"username": name, "password": password,
                                      "csrf_token": http.cookies.get("gw_csrf")})
+
+
+def tab_to(page, selector: str, limit: int = 60) -> None:
+    """Tab through the page until `selector` has the focus: reachable by keyboard alone."""
+    for _ in range(limit):
+        page.keyboard.press("Tab")
+        if page.evaluate("(s) => document.activeElement && document.activeElement.matches(s)", selector):
+            return
+    pytest.fail(f"{selector} not reached with Tab")

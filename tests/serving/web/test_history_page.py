@@ -12,20 +12,11 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 
-from tests.support.web import add_user, http_sign_in, queue_cases, sign_in
+from tests.support.web import add_user, http_sign_in, queue_cases, sign_in, tab_to
 
 pytestmark = pytest.mark.slow
 
 ZH = {"locale": "zh-CN", "timezone_id": "Asia/Shanghai"}
-
-
-def tab_to(page, selector: str, limit: int = 60) -> None:
-    """Tab through the page until `selector` has the focus: reachable by keyboard alone."""
-    for _ in range(limit):
-        page.keyboard.press("Tab")
-        if page.evaluate("(s) => document.activeElement && document.activeElement.matches(s)", selector):
-            return
-    pytest.fail(f"{selector} not reached with Tab")
 
 
 def test_history_rows_redecide_with_a_required_reason(run_service, dataset_images, chromium) -> None:

@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from serving.store.models import Case
 from tests.support.service import event_json, push, wait_for
-from tests.support.web import add_user, sign_in
+from tests.support.web import add_user, sign_in, tab_to
 
 pytestmark = pytest.mark.slow
 
@@ -105,14 +105,6 @@ def test_a_correction_carries_the_load_only_to_a_truck_load_kind(run_service, da
     assert (cases[truck].review_status, cases[truck].violation, cases[truck].review_load) == \
         ("corrected", "bin_overflow", None)
     page.context.close()
-
-
-def tab_to(page, selector: str, limit: int = 60) -> None:
-    for _ in range(limit):
-        page.keyboard.press("Tab")
-        if page.evaluate("(s) => document.activeElement && document.activeElement.matches(s)", selector):
-            return
-    pytest.fail(f"{selector} not reached with Tab")
 
 
 def test_history_redecide_changes_or_keeps_the_load(run_service, dataset_images, chromium) -> None:
