@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Literal
@@ -90,15 +90,12 @@ class CaseIngest:
             else:
                 case.reopened += 1
                 case.state = "active"
-                self._observe(session, case, event, frame)
+                self._observe(session, case, event, frame, seen=())
                 action = "reopened"
                 if case.version > 0 and self.policy.deliverable(case):
                     queued = queue_version(session, case, "case.reopened", self.base_url)
         else:
-            # An opening of an event id this case already opened is the same sighting sent again
-            # (a camera replayed after a move to another node), not a new occurrence.
-            self._observe(session, case, event, frame,
-                          sent_again=any(e.event_type == "opened" for e in seen) and event.type == "opened")
+            self._observe(session, case, event, frame, seen=seen)
             action = "ended" if event.type == "closed" else "joined"
         if action == "created" and self.policy.deliverable(case):
             queued = queue_version(session, case, "case.reported", self.base_url)
@@ -149,13 +146,20 @@ class CaseIngest:
         session.add(case)
         session.flush()
         case.case_number = case_number(event.first_seen, self.instance, case.id)
-        self._observe(session, case, event, frame)
+        self._observe(session, case, event, frame, seen=())
         return case
 
     def _observe(self, session: Session, case: Case, event: ViolationEvent, frame: EvidenceFrame | None,
-                 sent_again: bool = False) -> None:
-        if (event.type == "opened" and not sent_again) or case.occurrences == 0:
+                 seen: Sequence[CaseEvent]) -> None:
+        """`seen`: what the case already holds of this event id. One event id is one sighting,
+        counted when the case first hears of it, whichever transition comes first: an opening
+        sent again (a file camera replayed after a move to another node) or one arriving after
+        its own closing (a hand-off files the release's closing before a pull already under
+        way brings the opening) is neither a new occurrence nor a reason to wake the case."""
+        if not seen:
             case.occurrences += 1
+        closed_before = any(e.event_type == "closed" for e in seen)
+        opened_again = event.type == "opened" and any(e.event_type == "opened" for e in seen)
         case.first_seen = min(case.first_seen, event.first_seen)
         case.last_seen = max(case.last_seen, event.last_seen)
         case.dwell_s = max(case.dwell_s, event.dwell_s)
@@ -163,12 +167,12 @@ class CaseIngest:
         case.needs_review = case.needs_review or event.needs_review
         if event.type == "closed":
             case.state = "ended"
-        elif case.state == "ended":
+        elif case.state == "ended" and not closed_before:
             case.state = "active"
         # A frame that may be the best (the pipeline's best so far, an upload) is the case's photo
         # when its score beats the case's; the latest sighting's frame never is.
         better = frame is not None and frame.best and max(event.best_score, event.score) > case.best_score
-        moment = [] if sent_again else [MOMENT_OF[event.type]]
+        moment = [] if opened_again else [MOMENT_OF[event.type]]
         version = event.model_version or self.model_version()
         seen_at = (frame.taken_at or event.last_seen) if frame is not None else None
         if frame is not None and (better or not any(e.kind == "original" for e in case.evidence)):

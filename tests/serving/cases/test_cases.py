@@ -77,6 +77,20 @@ def test_an_opening_sent_again_is_not_a_new_occurrence(service_factory, make_eve
     assert cases.get(made.case_number).occurrences == 1 and count(cases) == 1
 
 
+def test_an_opening_filed_after_its_own_closing_is_not_a_new_occurrence(service_factory, make_event) -> None:
+    """A hand-off files the moving camera's closing (the release call's answer) before a pull
+    already under way brings that event's opening: one sighting still, counted once."""
+    cases = service_factory()
+    made = cases.ingest(*make_event("closed", end_s=90))
+    late = cases.ingest(*make_event("opened", end_s=60))
+    assert late.case_number == made.case_number and late.action == "joined"
+    case = cases.get(made.case_number)
+    assert case.occurrences == 1 and case.state == "ended" and count(cases) == 1  # not woken
+    # An event id the case never heard of is another sighting, whichever transition comes first.
+    cases.ingest(*make_event("updated", event_id="ev-2", start_s=70, end_s=95))
+    assert cases.get(made.case_number).occurrences == 2
+
+
 def test_dedup_survives_restart(service_factory, make_event) -> None:
     before = service_factory()
     made = before.ingest(*make_event("opened"))

@@ -280,7 +280,11 @@ def placed_of(service) -> dict[str, tuple[str, int]]:
 def test_a_new_node_takes_a_bounded_share_of_cameras(postgres, footage, test_model, single_process, tmp_path) -> None:
     made, _ = ray_cluster(worker_nodes=1)
     try:
-        service = cluster_service((made, []), postgres, footage, test_model, tmp_path, cluster_max_moves=2)
+        # At real time (the 40 s clips last 40 s): a camera that finished before the new worker
+        # came up stays where it is (it has nothing left to play), and this test is about the
+        # cameras still running.
+        service = cluster_service((made, []), postgres, footage, test_model, tmp_path, cluster_max_moves=2,
+                                  cluster_replay_speed=1.0)
         try:
             (first,) = wait_for(lambda: placed(service), timeout=120).values()
             made.add_node(num_cpus=1)
