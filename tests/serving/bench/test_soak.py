@@ -35,7 +35,10 @@ def test_short_soak_holds_steady(tmp_path) -> None:
     # figure's 0.02 (docs/benchmarks.md), but a frame kept per event would read tens of MB.
     assert soak["rss_mb_per_camera_h_last_half"] < 2, soak["rss_mb_per_camera_h_last_half"]
     assert growth["fds"] < 3 and growth["threads"] < 10, growth
-    assert growth["evidence_mb"] < 0.1, growth  # the same best frame is never stored again
+    # The same best frame is never stored again. A later loop that scores higher stores one new
+    # best set per camera (one CI run under load read +0.47 MB/h from that), while a frame set
+    # kept per loop would read about 10 MB/h.
+    assert growth["evidence_mb"] < 1.5, growth
     # case_events and evidence-chain rows: a few KB an hour, but the file grows in steps when
     # SQLite checkpoints its 4 MB WAL, and one 0.25 MB step in a one-hour window reads 0.4-0.5.
     assert growth["db_mb"] < 1.0, growth
