@@ -7,7 +7,7 @@ formats are a contract with the city's case system (tests/golden pins them byte 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, PlainSerializer, SerializerFunctionWrapHandler, model_serializer
 
@@ -19,7 +19,22 @@ from serving.store.models import Case
 CaseEventName = Literal["case.reported", "case.updated", "case.retracted", "case.reopened", "case.verified"]
 
 
-class EvidencePublic(BaseModel):
+class OmitsUnset(BaseModel):
+    """A record whose newer optional fields (`omitted_when_unset`) are left out of its JSON
+    while unset, so the records that never carry them read as they always did."""
+
+    omitted_when_unset: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _omit_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        for key in self.omitted_when_unset:
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
+
+
+class EvidencePublic(OmitsUnset):
     id: int
     kind: str
     sha256: str
@@ -35,13 +50,7 @@ class EvidencePublic(BaseModel):
     moment: str | None = None
     seen_at: IsoTime | None = None
 
-    @model_serializer(mode="wrap")
-    def _timeline_fields_when_set(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data = handler(self)
-        for key in ("moment", "seen_at"):
-            if data.get(key) is None:
-                data.pop(key, None)
-        return data
+    omitted_when_unset: ClassVar[tuple[str, ...]] = ("moment", "seen_at")
 
 
 class CasePublic(BaseModel):

@@ -9,9 +9,9 @@ import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, SerializerFunctionWrapHandler, model_serializer
+from pydantic import BaseModel
 from sqlalchemy import func, select, update
 
 from detector.boxes import pair_iou
@@ -20,6 +20,7 @@ from detector.taxonomy import Taxonomy
 from serving.audit import entries
 from serving.cases.review import REVIEW_LOADS, has_load_decision
 from serving.cases.leases import QueueFilter, filtered, free_for
+from serving.cases.public import OmitsUnset
 from serving.store.db import Database
 from serving.store.models import AuditEntry, Case, CaseEvent, LabellingItem, Recheck
 from serving.web.audit_view import AuditWords, audit_lines
@@ -30,7 +31,7 @@ SAME_PLACE_IOU = 0.3  # boxes of one camera overlapping this much are the same p
 CASE_NUMBER = re.compile(r"GW\d{8}-[A-Z0-9-]+")
 
 
-class Occurrence(BaseModel):
+class Occurrence(OmitsUnset):
     type: str
     last_seen: str
     score: float
@@ -40,14 +41,7 @@ class Occurrence(BaseModel):
     # present when it said something, so other cases' timelines are as they always were.
     stage_label: str | None = None
     stage_score: float | None = None
-
-    @model_serializer(mode="wrap")
-    def _stage_fields_when_set(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data = handler(self)
-        for key in ("stage_label", "stage_score"):
-            if data.get(key) is None:
-                data.pop(key, None)
-        return data
+    omitted_when_unset: ClassVar[tuple[str, ...]] = ("stage_label", "stage_score")
 
 
 class LoadView(BaseModel):
