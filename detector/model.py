@@ -90,7 +90,13 @@ def session_options(threads: int | None, spinning: bool) -> ort.SessionOptions:
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-    if not spinning:
+    if spinning:
+        # Spin within a run (each of the graph's parallel sections starts without a wake-up),
+        # but not after it: a pool left spinning between runs holds the second core while our
+        # resize, decode and the stream readers need it (measured: 0.2-0.3 ms per 1080p frame,
+        # docs/benchmarks.md), and the next run loses nothing by waking its pool once.
+        options.add_session_config_entry("session.force_spinning_stop", "1")
+    else:
         # Several sessions sharing two cores: spinning threads steal each other's time.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")

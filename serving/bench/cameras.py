@@ -161,7 +161,7 @@ def measure(args: argparse.Namespace) -> StreamBench:
         kf_cost, frames, _ = _decode_cost(clip, args.sample_every, "keyframes")
         full_cost, _, _ = _decode_cost(clip, args.sample_every, "all")
 
-        detector = Detector(model, threads=args.threads, spinning=False)
+        detector = Detector(model, threads=args.threads)
         batch = min(max(1, args.cameras), detector.batch_size, 8)
         frames_b = (frames * batch)[: max(batch, len(frames))]
         detector.detect(frames_b[:batch])  # warm-up
@@ -282,7 +282,7 @@ def verify(args: argparse.Namespace, model: str) -> dict[str, Any]:
                        sample_every=args.sample_every, tiled_static_checks=tiled,
                        tiled_check_every=args.tiled_check_every if tiled else 300)
                 for i in range(args.cameras)]
-        pipeline = Pipeline(cams, Detector(model, threads=args.threads, spinning=False), load_taxonomy())
+        pipeline = Pipeline(cams, Detector(model, threads=args.threads), load_taxonomy())
         stop = threading.Event()
         slots: dict[str, Frame | None] = {c.id: None for c in cams}
         health = {c.id: StreamHealth(c.id, str(clip)) for c in cams}

@@ -1,13 +1,19 @@
 """Timing our Detector against the bare ONNX Runtime session and Ultralytics' predict.
 
 All three run the same model files on the same 1080p frames in one process, two at a time
-taking turns on each batch (the session with our detector, then our detector with
-Ultralytics), so a busy spell on a shared machine falls on both alike and the ratios stay
-fair on whatever machine runs them. Pairs, not all three in turn: ONNX Runtime's pool
-threads spin for a while after a run, and Ultralytics' session spinning on the second core
-slowed whichever contestant followed it; in a three-way rotation the bare session followed
-it in two turns of three, and timed slower than our detector wrapped around it
-(docs/benchmarks.md).
+(the session with our detector, then our detector with Ultralytics), in alternating blocks of
+back-to-back calls, so a busy spell on a shared machine falls on both alike and the ratios
+stay fair on whatever machine runs them.
+
+What one contestant leaves behind must not be timed as the other's (docs/benchmarks.md):
+- ONNX Runtime's pool threads spin for about 27 ms of a core after a run unless told to stop
+  (measured). Ultralytics' session spins so; ours did too, and slowed Ultralytics' predict from
+  10.9 to 16.6 ms at batch 1, which is what made the earlier 2.5-2.9x figures. Each block
+  starts on a quiet process (settle).
+- Timed call by call in turns, each ran on the caches the other had just filled: ours read 6.7
+  ms beside Ultralytics and 4.9 ms beside the session. A block is an untimed call, then a pass.
+- Importing Ultralytics sets OpenCV to one thread for the whole process; each side runs with
+  its own setting (the service never imports Ultralytics).
 """
 
 from __future__ import annotations
@@ -87,23 +93,45 @@ def bare_session_fn(detector: Detector, batch: list[np.ndarray]) -> Callable[[in
     return session
 
 
-def time_interleaved(fns: dict[str, Callable[[int], object]], batches: list[list[np.ndarray]],
-                     rounds: int) -> dict[str, float]:
-    """Median ms per frame of each fn (called with a batch's index), the fns taking turns on
-    every batch, the order turned by one each batch, so that neither a busy spell on the
-    machine nor the cache one of them leaves behind falls on one of them alone."""
+# A process is quiet once it uses under a tenth of a core over a slice; no spinning pool waits
+# longer than SETTLE_MAX_S (ORT's stops after about 27 ms).
+SETTLE_SLICE_S = 0.002
+SETTLE_MAX_S = 0.2
+
+
+def settle(slice_s: float = SETTLE_SLICE_S, max_s: float = SETTLE_MAX_S) -> float:
+    """Sleep until this process's threads stop using the CPU (a spinning ONNX Runtime pool after
+    a run), at most max_s; returns the seconds waited."""
+    began = time.perf_counter()
+    while time.perf_counter() - began < max_s:
+        cpu = time.process_time()
+        time.sleep(slice_s)
+        if time.process_time() - cpu < slice_s / 10:
+            break
+    return time.perf_counter() - began
+
+
+def time_in_blocks(fns: dict[str, Callable[[int], object]], batches: list[list[np.ndarray]],
+                   rounds: int, enter: dict[str, Callable[[], object]] | None = None) -> dict[str, float]:
+    """Median ms per frame of each fn (called with a batch's index) over `rounds` blocks each:
+    a block is one pass over the batches back to back, as a busy service runs frame after
+    frame, after one untimed call that refills the caches the other contestant took. Blocks
+    alternate and the order turns each round, so a busy spell on the machine falls on all
+    alike. Each block starts on a quiet process (settle), so no contestant pays for the pool
+    another left spinning; within its block each runs as it is configured to (enter: what a
+    contestant sets before its block, untimed)."""
     names = list(fns)
-    for name in names:
-        fns[name](0)  # warm-up: first runs allocate and tune
     samples: dict[str, list[float]] = {name: [] for name in names}
-    turn = 0
-    for _ in range(rounds):
-        for index, batch in enumerate(batches):
-            for name in names[turn % len(names):] + names[: turn % len(names)]:
+    for turn in range(rounds):
+        for name in names[turn % len(names):] + names[: turn % len(names)]:
+            if enter and name in enter:
+                enter[name]()
+            settle()
+            fns[name](0)
+            for index, batch in enumerate(batches):
                 start = time.perf_counter()
                 fns[name](index)
                 samples[name].append((time.perf_counter() - start) * 1000 / len(batch))
-            turn += 1
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
@@ -138,7 +166,13 @@ def run_benchmark(
     imgsz: int | None = None,
 ) -> list[Timing]:
     detector = Detector(model, threads=threads, imgsz=imgsz)
+    # Importing Ultralytics sets OpenCV's threads process-wide (to none); the service never
+    # imports it and resizes with OpenCV's default, so each side runs with its own setting.
+    ours_cv2 = cv2.getNumThreads()
     theirs = ultralytics_fn(reference_model, detector)
+    theirs_cv2 = cv2.getNumThreads()
+    cv2_threads = {"session": lambda: cv2.setNumThreads(ours_cv2), "gridwatch": lambda: cv2.setNumThreads(ours_cv2),
+                   "ultralytics": lambda: cv2.setNumThreads(theirs_cv2)}
     timings = []
     for size in batch_sizes:
         batches = _batches(frames, size)
@@ -146,14 +180,15 @@ def run_benchmark(
         # As many timed calls (the median's samples) at every batch size: at batch 8, 16 frames
         # are only two calls a pass.
         passes = rounds * size
-        floor = time_interleaved({"session": bare_session_fn(detector, batches[0]), "gridwatch": ours},
-                                 batches, passes)
+        floor = time_in_blocks({"session": bare_session_fn(detector, batches[0]), "gridwatch": ours},
+                               batches, passes, cv2_threads)
         timings += [Timing(name, size, ms) for name, ms in floor.items()]
         if theirs is not None:
-            against = time_interleaved({"gridwatch": ours, "ultralytics": lambda i, batches=batches: theirs(batches[i])},
-                                       batches, passes)
+            against = time_in_blocks({"gridwatch": ours, "ultralytics": lambda i, batches=batches: theirs(batches[i])},
+                                     batches, passes, cv2_threads)
             timings += [Timing("gridwatch_beside_ultralytics", size, against["gridwatch"]),
                         Timing("ultralytics", size, against["ultralytics"])]
+    cv2.setNumThreads(ours_cv2)
     tiled = _time_per_frame(lambda batch: [detector.detect_tiled(f) for f in batch], _batches(frames, 1), 1)
     timings.append(Timing("gridwatch_tiled", 1, tiled))
     return timings
