@@ -61,6 +61,7 @@ def bench_frames(image_dir: Path, count: int) -> list[np.ndarray]:
 
 
 def _time_per_frame(fn: Callable[[list[np.ndarray]], object], batches: list[list[np.ndarray]], rounds: int) -> float:
+    settle()
     fn(batches[0])  # warm-up: first runs allocate and tune
     samples = []
     for _ in range(rounds):
@@ -155,6 +156,22 @@ def ultralytics_fn(model_path: Path, detector: Detector):
     return run
 
 
+@dataclass(frozen=True)
+class OpenCVThreads:
+    """OpenCV's thread count on each side. Importing Ultralytics sets it to none for the whole
+    process; the service never imports Ultralytics and resizes with OpenCV's default, so each
+    side is timed with its own. Read `ours` before the import and `theirs` after it."""
+
+    ours: int
+    theirs: int
+
+    def for_ours(self) -> None:
+        cv2.setNumThreads(self.ours)
+
+    def for_theirs(self) -> None:
+        cv2.setNumThreads(self.theirs)
+
+
 def run_benchmark(
     model: Path,
     reference_model: Path,
@@ -166,13 +183,10 @@ def run_benchmark(
     imgsz: int | None = None,
 ) -> list[Timing]:
     detector = Detector(model, threads=threads, imgsz=imgsz)
-    # Importing Ultralytics sets OpenCV's threads process-wide (to none); the service never
-    # imports it and resizes with OpenCV's default, so each side runs with its own setting.
     ours_cv2 = cv2.getNumThreads()
     theirs = ultralytics_fn(reference_model, detector)
-    theirs_cv2 = cv2.getNumThreads()
-    cv2_threads = {"session": lambda: cv2.setNumThreads(ours_cv2), "gridwatch": lambda: cv2.setNumThreads(ours_cv2),
-                   "ultralytics": lambda: cv2.setNumThreads(theirs_cv2)}
+    opencv = OpenCVThreads(ours_cv2, cv2.getNumThreads())
+    cv2_threads = {"session": opencv.for_ours, "gridwatch": opencv.for_ours, "ultralytics": opencv.for_theirs}
     timings = []
     for size in batch_sizes:
         batches = _batches(frames, size)
@@ -188,7 +202,7 @@ def run_benchmark(
                                      batches, passes, cv2_threads)
             timings += [Timing("gridwatch_beside_ultralytics", size, against["gridwatch"]),
                         Timing("ultralytics", size, against["ultralytics"])]
-    cv2.setNumThreads(ours_cv2)
+    opencv.for_ours()
     tiled = _time_per_frame(lambda batch: [detector.detect_tiled(f) for f in batch], _batches(frames, 1), 1)
     timings.append(Timing("gridwatch_tiled", 1, tiled))
     return timings
@@ -274,20 +288,26 @@ class Option:
 def compare_options(options: list[Option], references: list[Path], frames: list[np.ndarray], *,
                     threads: int | None, rounds: int) -> list[dict]:
     """Each option through our Detector and Ultralytics' predict on its reference at the same
-    size, batch 1, the options interleaved round by round so the machine's drift hits all alike."""
+    size, batch 1, in blocks (a pass each, started on a quiet process, each side with its own
+    OpenCV threads), the options interleaved round by round so the machine's drift hits all alike."""
     runners = []
+    ours_cv2 = cv2.getNumThreads()
     for option, reference in zip(options, references):
         detector = Detector(option.model, threads=threads, imgsz=option.imgsz)
         theirs = ultralytics_fn(reference, detector)
         (h, w), _ = detector.input_plan(frames[0])
         runners.append((option, reference, f"{w}x{h}", detector.detect, theirs))
+    opencv = OpenCVThreads(ours_cv2, cv2.getNumThreads())
     batches = _batches(frames, 1)
     samples: dict[str, dict[str, list[float]]] = {o.label: {"ours": [], "theirs": []} for o in options}
     for _ in range(rounds):
         for option, _, _, ours, theirs in runners:
+            opencv.for_ours()
             samples[option.label]["ours"].append(_time_per_frame(ours, batches, 1))
             if theirs is not None:
+                opencv.for_theirs()
                 samples[option.label]["theirs"].append(_time_per_frame(theirs, batches, 1))
+    opencv.for_ours()
     first_theirs = statistics.median(samples[options[0].label]["theirs"] or [float("nan")])
     rows = []
     for option, reference, shape, _, _ in runners:

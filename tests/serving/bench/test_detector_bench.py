@@ -184,3 +184,34 @@ def test_each_side_resizes_with_its_own_opencv_threads(monkeypatch) -> None:
         assert cv2.getNumThreads() == default  # the tiled check and whatever runs next
     finally:
         cv2.setNumThreads(before)
+
+
+def test_compare_times_each_side_with_its_own_opencv_threads(monkeypatch) -> None:
+    import cv2
+
+    from serving.bench import detector as bench
+
+    theirs_marker = object()
+    timed: list[tuple[str, int]] = []
+
+    def recording(fn, batches, rounds):  # noqa: ANN001, ANN202
+        timed.append(("ultralytics" if fn is theirs_marker else "gridwatch", cv2.getNumThreads()))
+        return 1.0
+
+    def ultralytics_import(model, detector):  # noqa: ANN001, ANN202
+        cv2.setNumThreads(0)
+        return theirs_marker
+
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(-1)
+    default = cv2.getNumThreads()
+    monkeypatch.setattr(bench, "ultralytics_fn", ultralytics_import)
+    monkeypatch.setattr(bench, "_time_per_frame", recording)
+    try:
+        rows = bench.compare_options([bench.Option.parse(str(SHIPPED))], [SHIPPED],
+                                     [np.zeros((1080, 1920, 3), np.uint8)], threads=1, rounds=2)
+        assert len(rows) == 1
+        assert timed == [("gridwatch", default), ("ultralytics", 1)] * 2
+        assert cv2.getNumThreads() == default
+    finally:
+        cv2.setNumThreads(before)
