@@ -93,8 +93,9 @@ def session_options(threads: int | None, spinning: bool) -> ort.SessionOptions:
     if spinning:
         # Spin within a run (each of the graph's parallel sections starts without a wake-up),
         # but not after it: a pool left spinning between runs holds the second core while our
-        # resize, decode and the stream readers need it (measured: 0.2-0.3 ms per 1080p frame,
-        # docs/benchmarks.md), and the next run loses nothing by waking its pool once.
+        # resize, decode and the stream readers need it (the camera bench's detect: 4.6 ms per
+        # analysed frame left spinning, 4.2-4.5 ms stopped; docs/benchmarks.md), and the next
+        # run loses nothing measurable by waking its pool once.
         options.add_session_config_entry("session.force_spinning_stop", "1")
     else:
         # Several sessions sharing two cores: spinning threads steal each other's time.
