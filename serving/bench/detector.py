@@ -61,15 +61,9 @@ def bench_frames(image_dir: Path, count: int) -> list[np.ndarray]:
 
 
 def _time_per_frame(fn: Callable[[list[np.ndarray]], object], batches: list[list[np.ndarray]], rounds: int) -> float:
-    settle()
-    fn(batches[0])  # warm-up: first runs allocate and tune
-    samples = []
-    for _ in range(rounds):
-        for batch in batches:
-            start = time.perf_counter()
-            fn(batch)
-            samples.append((time.perf_counter() - start) * 1000 / len(batch))
-    return statistics.median(samples)
+    """Median ms per frame of fn(batch) over `rounds` blocks (see _timed_block)."""
+    return statistics.median(
+        sample for _ in range(rounds) for sample in _timed_block(lambda i: fn(batches[i]), batches))
 
 
 def _batches(frames: list[np.ndarray], size: int) -> list[list[np.ndarray]]:
@@ -112,6 +106,19 @@ def settle(slice_s: float = SETTLE_SLICE_S, max_s: float = SETTLE_MAX_S) -> floa
     return time.perf_counter() - began
 
 
+def _timed_block(call: Callable[[int], object], batches: list[list[np.ndarray]]) -> list[float]:
+    """ms per frame of call(index) on each batch, back to back, once the process is quiet
+    (settle) and after one untimed call that allocates, tunes and refills the caches."""
+    settle()
+    call(0)
+    samples = []
+    for index, batch in enumerate(batches):
+        start = time.perf_counter()
+        call(index)
+        samples.append((time.perf_counter() - start) * 1000 / len(batch))
+    return samples
+
+
 def time_in_blocks(fns: dict[str, Callable[[int], object]], batches: list[list[np.ndarray]],
                    rounds: int, enter: dict[str, Callable[[], object]] | None = None) -> dict[str, float]:
     """Median ms per frame of each fn (called with a batch's index) over `rounds` blocks each:
@@ -127,12 +134,7 @@ def time_in_blocks(fns: dict[str, Callable[[int], object]], batches: list[list[n
         for name in names[turn % len(names):] + names[: turn % len(names)]:
             if enter and name in enter:
                 enter[name]()
-            settle()
-            fns[name](0)
-            for index, batch in enumerate(batches):
-                start = time.perf_counter()
-                fns[name](index)
-                samples[name].append((time.perf_counter() - start) * 1000 / len(batch))
+            samples[name] += _timed_block(fns[name], batches)
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
