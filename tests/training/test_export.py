@@ -14,6 +14,7 @@ import pytest
 
 from detector.boxes import box_iou
 from detector.runtime import Detector
+from tests.support.onnx_graph import concats_with_unequal_scales, ops_onnx_runtime_runs
 from tests.support.shared_data import COCO_INT8
 from tests.support.training import export_coco, source_images
 
@@ -204,3 +205,38 @@ def test_calibration_says_how_many_images_it_has_run(monkeypatch):
     assert progress == ["  int8 calibration: 2/6 images (12 s, about 24 s left)",
                         "  int8 calibration: 5/6 images (24 s, about 5 s left)"]
     assert lines[-1].startswith("  int8 calibration: 6/6 images run (28 s)")
+
+
+def test_concats_copy_instead_of_requantising_and_every_conv_stays_int8(exported, tmp_path):
+    """share_concat_scales: one scale per Concat, so ONNX Runtime's QLinearConcat copies; the
+    biases of the convolutions reading a rescaled tensor follow, so none falls back to float."""
+    from training.export.export import quantize_int8
+    from training.export.qdq import share_concat_scales
+
+    unaligned = tmp_path / "unaligned.onnx"
+    quantize_int8(exported.fp32, unaligned, source_images("garbage_overflow_cn", 32, offset=1), {},
+                  share_scales=False)
+    proto = onnx.load(str(unaligned))
+    convs = sum(n.op_type == "Conv" for n in proto.graph.node)
+    before = concats_with_unequal_scales(proto)
+    assert before >= 5  # calibration gives every tensor its own range
+    assert concats_with_unequal_scales(onnx.load(str(exported.int8))) == 0  # the export aligns them
+    assert share_concat_scales(proto) >= before
+    assert concats_with_unequal_scales(proto) == 0 and share_concat_scales(proto) == 0
+    aligned = tmp_path / "aligned.onnx"
+    onnx.save(proto, str(aligned))
+    for model in (unaligned, aligned):
+        ops = ops_onnx_runtime_runs(model, tmp_path)
+        assert ops["QLinearConv"] == convs and ops["Conv"] == 0 and ops["QLinearConcat"] >= before
+    # The same objects on real street images, at about the same scores.
+    a, b = Detector(unaligned), Detector(aligned)
+    frames = [cv2.imread(str(p)) for p in source_images("thela_india", 6) + source_images("garbage_overflow_cn", 6)]
+    matched = total = 0
+    for frame in frames:
+        found_a, found_b = a(frame), b(frame)
+        confident = found_a[found_a.scores > 0.4]
+        total += len(confident)
+        if len(confident) and len(found_b):
+            iou = box_iou(confident.xyxy, found_b.xyxy) * (confident.class_ids[:, None] == found_b.class_ids[None, :])
+            matched += int((iou.max(axis=1) > 0.7).sum())
+    assert total >= 5 and matched / total >= 0.9

@@ -29,6 +29,7 @@ import numpy as np
 from detector.boxes import letterbox_into, to_input
 from detector.files import sha256_file
 from training.data.yolo_format import find_images, read_data_yaml
+from training.export.qdq import graph_index, share_concat_scales
 
 MIN_CALIBRATION_IMAGES = 32
 PROGRESS_S = 10.0  # seconds between calibration progress lines, as eval's
@@ -158,7 +159,7 @@ def dfl_softmax_on_last_axis(proto) -> int:
     from onnx import helper, numpy_helper
 
     graph = proto.graph
-    by_output, consumers, initializers = _graph_index(graph)
+    by_output, consumers, initializers = graph_index(graph)
 
     def attribute(node, name):
         return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), None)
@@ -197,15 +198,6 @@ def dfl_softmax_on_last_axis(proto) -> int:
         # Shapes recorded for the rewritten tensors no longer hold; ONNX Runtime infers them again.
         del graph.value_info[:]
     return rewritten
-
-
-def _graph_index(graph) -> tuple[dict, dict[str, list], dict]:
-    """(node producing each tensor, nodes reading each tensor, initializers by name)."""
-    consumers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    return {o: n for n in graph.node for o in n.output}, consumers, {t.name: t for t in graph.initializer}
 
 
 def _set_metadata(proto, values: dict[str, str]) -> None:
@@ -255,7 +247,7 @@ def cut_at_head_levels(proto) -> int:
     graph = proto.graph
     head = _head_prefix(proto)
     by_name = {n.name: n for n in graph.node}
-    producers, consumers, weights = _graph_index(graph)
+    producers, consumers, weights = graph_index(graph)
 
     def level_output(branch: str, level: int) -> tuple[str, int] | None:
         conv = by_name.get(f"{head}{branch}.{level}/{branch}.{level}.2/Conv")
@@ -319,7 +311,7 @@ def take_pixels(proto) -> bool:
     if len(graph.input) != 1:
         return False
     name = graph.input[0].name
-    producers, consumers, weights = _graph_index(graph)
+    producers, consumers, weights = graph_index(graph)
     readers = consumers.get(name, [])
     if len(readers) != 1 or readers[0].op_type != "QuantizeLinear":
         return False
@@ -408,9 +400,12 @@ def _has_dynamic_hw(model: Path) -> bool:
 
 def quantize_int8(
     fp32: Path, out: Path, calibration: Sequence[Path], metadata: dict[str, str], per_channel: bool = True,
-    for_ultralytics: bool = False, log: Callable[[str], None] | None = None,
+    for_ultralytics: bool = False, log: Callable[[str], None] | None = None, share_scales: bool = True,
 ) -> list[str]:
     """Static QDQ U8S8 with the head's post-processing excluded; returns the excluded nodes.
+
+    share_scales: give each Concat's inputs and output one scale (qdq.share_concat_scales), so
+    ONNX Runtime copies where it would requantise; off only to measure what it changes.
 
     By default the file is for gridwatch's detector alone: cut at the head's per-level
     convolutions (cut_at_head_levels) and taking the letterboxed BGR pixels (take_pixels).
@@ -452,12 +447,14 @@ def quantize_int8(
             extra_options={"CalibPercentile": CALIBRATION_PERCENTILE},
         )
         proto = onnx.load(str(quantized))
+    shared = share_concat_scales(proto) if share_scales else 0
     levels = not for_ultralytics and cut_at_head_levels(proto) > 0
     pixels = not for_ultralytics and take_pixels(proto)
     _set_metadata(proto, {**metadata, "gridwatch_precision": "int8-qdq-u8s8",
                           "gridwatch_head": "levels" if levels else "decoded",
                           "gridwatch_input": "bgr-pixels" if pixels else "rgb-float",
-                          "gridwatch_calibration": f"percentile {CALIBRATION_PERCENTILE}, {len(calibration)} images"})
+                          "gridwatch_calibration": f"percentile {CALIBRATION_PERCENTILE}, {len(calibration)} images"
+                                                   + (f"; {shared} concats share one scale" if shared else "")})
     out.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(proto, str(out))
     return excluded
