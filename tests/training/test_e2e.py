@@ -129,6 +129,7 @@ def test_train_writes_run_export_card_and_promotes_first_model(env, trained):
     assert set(real) == {"gridwatch-fp32.onnx", "gridwatch-int8.onnx"}
     assert {"garbage_bin", "push_cart", "shop_sign"} <= set(real["gridwatch-fp32.onnx"]["classes"])
     assert card["int8"]["calibration_images"] >= 32 and card["speed"]["int8_ms"] > 0
+    assert "concats share one scale" in card["int8"]["calibration"]  # training/export/qdq.py ran
     for f in card["files"]:
         assert f["sha256"] == sha256_file(trained["weights"] / f["name"])
     md = (trained["weights"] / "gridwatch.md").read_text()

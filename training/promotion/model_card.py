@@ -61,6 +61,9 @@ class Int8Check(BaseModel):
     # "levels+pixels": for gridwatch's detector alone (training.export.export.quantize_int8);
     # "ultralytics": decoded output and float input, as Ultralytics exports (older cards: absent).
     graph_form: str = "ultralytics"
+    # the file's own account of its quantisation (its gridwatch_calibration metadata), e.g.
+    # "percentile 99.999, 64 images; 13 concats share one scale" (older cards: absent)
+    calibration: str = ""
 
 
 class FileEntry(BaseModel):
@@ -202,6 +205,7 @@ def int8_check(exported: ExportResult, fp32: EvalResult, int8: EvalResult) -> In
         map50_int8=int8.map50,
         map50_delta_points=delta,
         within_1_5_points=delta >= -INT8_MAX_MAP50_LOSS_POINTS,  # a loss is the target; a gain never misses it
+        calibration=info.metadata.get("gridwatch_calibration", ""),
     )
 
 
@@ -329,7 +333,8 @@ def render_markdown(card: ModelCard) -> str:
                 f"Static QDQ U8S8 (uint8 activations, int8 per-channel weights), percentile calibration on "
                 f"{q.calibration_images} real training images, head post-processing (DFL, sigmoid, "
                 f"concat) in fp32. mAP50 fp32 {q.map50_fp32:.3f} vs int8 "
-                f"{q.map50_int8:.3f} (delta {q.map50_delta_points:+.2f} points).", ""]
+                f"{q.map50_int8:.3f} (delta {q.map50_delta_points:+.2f} points)."
+                + (f" Calibration: {q.calibration}." if q.calibration else ""), ""]
         if q.graph_form != "ultralytics":
             out += ["The int8 file is for gridwatch's detector alone: its graph ends at the detection head's "
                     "per-level convolutions, which the detector decodes"
