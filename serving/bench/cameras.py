@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import tempfile
 import time
 from collections.abc import Iterator
@@ -37,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from detector.files import SHARED_DIR, is_image
-from serving.bench.detector import settle
+from serving.bench.detector import time_per_frame
 
 
 
@@ -166,17 +165,10 @@ def measure(args: argparse.Namespace) -> StreamBench:
         detector = Detector(model, threads=args.threads)
         batch = min(max(1, args.cameras), detector.batch_size, 8)
         frames_b = (frames * batch)[: max(batch, len(frames))]
-        detector.detect(frames_b[:batch])  # warm-up
+        results = detector.detect(frames_b[:batch])  # warm-up; the tracker's timing below replays them
         # The median of several calls, each on a quiet process: one pass of two calls read
         # anywhere from 4.2 to 4.9 ms per frame on the same model in one hour.
-        rounds = max(1, 64 // batch)
-        per_call = []
-        for _ in range(rounds):
-            settle()
-            t0 = time.perf_counter()
-            results = detector.detect(frames_b[:batch])
-            per_call.append(time.perf_counter() - t0)
-        detect_s = statistics.median(per_call) / batch
+        detect_s = time_per_frame(detector.detect, [frames_b[:batch]], max(1, 64 // batch)) / 1000
         t0 = time.perf_counter()
         for frame in frames[:3]:
             detector.detect_tiled(frame)

@@ -60,7 +60,7 @@ def bench_frames(image_dir: Path, count: int) -> list[np.ndarray]:
     return frames
 
 
-def _time_per_frame(fn: Callable[[list[np.ndarray]], object], batches: list[list[np.ndarray]], rounds: int) -> float:
+def time_per_frame(fn: Callable[[list[np.ndarray]], object], batches: list[list[np.ndarray]], rounds: int) -> float:
     """Median ms per frame of fn(batch) over `rounds` blocks (see _timed_block)."""
     return statistics.median(
         sample for _ in range(rounds) for sample in _timed_block(lambda i: fn(batches[i]), batches))
@@ -205,7 +205,7 @@ def run_benchmark(
             timings += [Timing("gridwatch_beside_ultralytics", size, against["gridwatch"]),
                         Timing("ultralytics", size, against["ultralytics"])]
     opencv.for_ours()
-    tiled = _time_per_frame(lambda batch: [detector.detect_tiled(f) for f in batch], _batches(frames, 1), 1)
+    tiled = time_per_frame(lambda batch: [detector.detect_tiled(f) for f in batch], _batches(frames, 1), 1)
     timings.append(Timing("gridwatch_tiled", 1, tiled))
     return timings
 
@@ -305,10 +305,10 @@ def compare_options(options: list[Option], references: list[Path], frames: list[
     for _ in range(rounds):
         for option, _, _, ours, theirs in runners:
             opencv.for_ours()
-            samples[option.label]["ours"].append(_time_per_frame(ours, batches, 1))
+            samples[option.label]["ours"].append(time_per_frame(ours, batches, 1))
             if theirs is not None:
                 opencv.for_theirs()
-                samples[option.label]["theirs"].append(_time_per_frame(theirs, batches, 1))
+                samples[option.label]["theirs"].append(time_per_frame(theirs, batches, 1))
     opencv.for_ours()
     first_theirs = statistics.median(samples[options[0].label]["theirs"] or [float("nan")])
     rows = []

@@ -31,4 +31,3 @@ def ops_onnx_runtime_runs(model: Path, folder: Path) -> dict[str, int]:
     options.optimized_model_filepath = str(folder / f"{model.stem}-as-run.onnx")
     ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
     return collections.Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
-

@@ -52,8 +52,6 @@ def _bias_rescales(scale_names: set[str], producers: dict, consumers: dict, weig
     one of these scales feeds another kind of node with a quantised bias, which is not handled."""
     rescales = []
     for dq in (n for name in scale_names for n in consumers.get(name, []) if n.op_type == "DequantizeLinear"):
-        if dq.input[1] not in scale_names:
-            continue  # the name is this node's zero point, not its scale
         for reader in consumers.get(dq.output[0], []):
             biased = [producers.get(name) for name in reader.input[2:]]
             biased = [n for n in biased if n is not None and n.op_type == "DequantizeLinear"

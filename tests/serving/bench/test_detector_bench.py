@@ -141,7 +141,7 @@ def test_the_session_is_never_timed_in_turns_with_ultralytics(monkeypatch) -> No
 
     monkeypatch.setattr(bench, "time_in_blocks", recording)
     monkeypatch.setattr(bench, "ultralytics_fn", lambda model, detector: lambda batch: None)
-    monkeypatch.setattr(bench, "_time_per_frame", lambda fn, batches, rounds: 2.0)
+    monkeypatch.setattr(bench, "time_per_frame", lambda fn, batches, rounds: 2.0)
     frames = [np.zeros((1080, 1920, 3), np.uint8)] * 16
     timings = bench.run_benchmark(SHIPPED, SHIPPED, frames, threads=1, rounds=2)
     assert [names for names, _, _ in pairs] == [("session", "gridwatch"), ("gridwatch", "ultralytics")] * 2
@@ -175,7 +175,7 @@ def test_each_side_resizes_with_its_own_opencv_threads(monkeypatch) -> None:
     default = cv2.getNumThreads()
     monkeypatch.setattr(bench, "time_in_blocks", recording)
     monkeypatch.setattr(bench, "ultralytics_fn", ultralytics_import)
-    monkeypatch.setattr(bench, "_time_per_frame", lambda fn, batches, rounds: 2.0)
+    monkeypatch.setattr(bench, "time_per_frame", lambda fn, batches, rounds: 2.0)
     try:
         bench.run_benchmark(SHIPPED, SHIPPED, [np.zeros((1080, 1920, 3), np.uint8)] * 2, threads=1, rounds=1,
                             batch_sizes=(1,))
@@ -206,7 +206,7 @@ def test_compare_times_each_side_with_its_own_opencv_threads(monkeypatch) -> Non
     cv2.setNumThreads(-1)
     default = cv2.getNumThreads()
     monkeypatch.setattr(bench, "ultralytics_fn", ultralytics_import)
-    monkeypatch.setattr(bench, "_time_per_frame", recording)
+    monkeypatch.setattr(bench, "time_per_frame", recording)
     try:
         rows = bench.compare_options([bench.Option.parse(str(SHIPPED))], [SHIPPED],
                                      [np.zeros((1080, 1920, 3), np.uint8)], threads=1, rounds=2)
