@@ -176,6 +176,22 @@ def decode_raw(
     return boxes[keep].astype(np.float32), scores[keep].astype(np.float32), class_ids[keep].astype(np.int64)
 
 
+def part_of(box: np.ndarray, wholes: np.ndarray, *, inside: float = 0.8, max_share: float = 0.6) -> bool:
+    """Whether `box` (4,) is a part of one of `wholes` (N, 4): at least `inside` of its area lies
+    within that box, and it covers at most `max_share` of it (a box as large as the whole is the
+    same object named twice, not a part of it)."""
+    if len(wholes) == 0:
+        return False
+    box = np.asarray(box, np.float32)
+    wholes = np.asarray(wholes, np.float32)
+    tl = np.maximum(box[:2], wholes[:, :2])
+    br = np.minimum(box[2:], wholes[:, 2:])
+    inter = np.prod(np.clip(br - tl, 0, None), axis=1)
+    area = max(float(np.prod(box[2:] - box[:2])), 1e-9)
+    whole_area = np.prod(wholes[:, 2:] - wholes[:, :2], axis=1)
+    return bool(np.any((inter >= inside * area) & (area <= max_share * whole_area)))
+
+
 @functools.lru_cache(maxsize=16)
 def _anchor_table(input_hw: tuple[int, int], level_hw: tuple[tuple[int, int], ...]) -> tuple[np.ndarray, tuple[int, ...]]:
     """Every cell of the levels in (level, row, column) order as rows x, y (the cell centre, in

@@ -53,6 +53,10 @@ class Violation(BaseModel):
     # A second stage on the crop that decides the violation (detector.second_stage), e.g.
     # load_decision for trucks: until one is trained for the city, every case goes to review.
     second_stage: str | None = None
+    # Detector classes this violation's objects are never a part of: a box lying inside one of
+    # theirs is that object's part (a truck's red cab is not a bin, its cargo bed not a window ad,
+    # a bus's body ad not an illegal sign), and the rule does not count it.
+    not_part_of: tuple[str, ...] = ()
     min_score: float = Field(0.4, ge=0, le=1)
     dwell_s: float = Field(60, ge=0)
     review_note: str | None = None

@@ -40,6 +40,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "teaching its ReLU conversion")
     p.add_argument("--close-mosaic", type=int, help="last epochs trained without mosaic augmentation")
     p.add_argument("--warmup-epochs", type=float, help="epochs of learning-rate warm-up (Ultralytics' default 3)")
+    p.add_argument("--freeze", type=int, metavar="N",
+                   help="keep the first N layers as they are (10: YOLOv8's backbone), so a short fine-tune "
+                        "on new data moves only the neck and head and cannot unlearn what the backbone knows")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="auto",
                    help="auto lets Ultralytics pick (AdamW on short runs) and set its own learning rate")
     p.add_argument("--lr0", type=float, help="initial learning rate; needs an explicit --optimizer")
@@ -187,7 +190,7 @@ def fail(message: str) -> int:
 def ultralytics_options(args: argparse.Namespace) -> dict:
     """The `train` options Ultralytics takes as they are, those given."""
     given = {"cache": args.cache, "close_mosaic": args.close_mosaic, "time": args.time,
-             "warmup_epochs": args.warmup_epochs, "optimizer": args.optimizer, "lr0": args.lr0,
+             "warmup_epochs": args.warmup_epochs, "freeze": args.freeze, "optimizer": args.optimizer, "lr0": args.lr0,
              "distill_model": args.distill and str(args.distill.resolve())}
     return {k: v for k, v in given.items() if v is not None}
 

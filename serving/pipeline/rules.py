@@ -21,6 +21,7 @@ from typing import Literal
 
 import numpy as np
 
+from detector.boxes import part_of
 from detector.detections import Detections
 from detector.second_stage import OPEN, UNSURE, CropLabel
 from detector.taxonomy import Taxonomy, Violation
@@ -32,6 +33,10 @@ log = logging.getLogger(__name__)
 
 SCENE_CLASS = "new_object"  # the class scene-change blobs carry through the tracker
 EVIDENCE_GAIN = 0.05  # a new best frame must beat the last one written by this much
+# A vehicle must be this sure before what lies inside its box counts as its part (`not_part_of`):
+# a real overflowing bin in front of a parked truck the model gives 0.38 stays a bin (measured on
+# the real val split: scripts/road_checks.py).
+WHOLE_MIN_SCORE = 0.5
 # (camera, violation) -> the alert score fitted to that pair's reviews, or None: the rule's own.
 AlertThreshold = Callable[[str, str], "float | None"]
 
@@ -56,6 +61,8 @@ class ActiveRule:
     # Trained: its label on the tracks' crops decides; only `open` files, `cannot_tell` (or no
     # label yet) goes to review, a covered load is not filed (detector.second_stage).
     stage_trained: bool = False
+    # Detector classes whose boxes this rule's objects are never a part of (taxonomy `not_part_of`).
+    not_part_of: frozenset[str] = frozenset()
 
     @classmethod
     def resolve(cls, rule: Rule, taxonomy: Taxonomy, stages: Collection[str] = ()) -> ActiveRule:
@@ -74,6 +81,7 @@ class ActiveRule:
             auto_confirm_score=rule.auto_confirm_score,
             stage_missing=violation.second_stage is not None and violation.second_stage not in stages,
             stage_trained=violation.second_stage is not None and violation.second_stage in stages,
+            not_part_of=frozenset(violation.not_part_of),
         )
 
 
@@ -178,6 +186,11 @@ class RuleEngine:
         # Of the last update: zone types where a scene-change candidate was seen (active learning
         # asks first for frames where the wall's fired: "wall_scene_change").
         self.scene_zone_types: frozenset[str] = frozenset()
+        # Of the last update: violation-class tracks not counted because their box lay inside a
+        # vehicle (taxonomy `not_part_of`): the model read part of a truck as a bin or an ad, which
+        # active learning samples as "vehicle_part".
+        self.parts_of_vehicles: list[tuple[Track, str]] = []
+        self.whole_classes = frozenset(c for r in self.rules for c in r.not_part_of)
         # Trained second stage -> the track classes whose crops it is asked about (the runner
         # classifies only those: the load decision on trucks, never on a person or a bin).
         self.stage_classes: dict[str, frozenset[str]] = {}
@@ -208,10 +221,16 @@ class RuleEngine:
         for track in tracks:
             if track.class_name in self.watched_classes:
                 self.class_last_seen[track.class_name] = when
+        wholes = self._wholes(detections) if detected else {}
+        self.parts_of_vehicles = []
         for track in tracks:
             inside = zones.containing(track.ground_point)
             for r, rule in enumerate(self.rules):
                 if track.class_name not in rule.classes:
+                    continue
+                whole = next((c for c in rule.not_part_of if c in wholes and part_of(track.box, wholes[c])), None)
+                if whole is not None:
+                    self.parts_of_vehicles.append((track, whole))
                     continue
                 zone = self._zone_for(track.id, r, rule, inside)
                 if zone is not None:
@@ -223,6 +242,14 @@ class RuleEngine:
                             votes.append(label.score)
                             del votes[:-500]
         return self._transitions(when)
+
+    def _wholes(self, detections: Detections | None) -> dict[str, np.ndarray]:
+        """The boxes of this frame's objects that a rule's objects can be parts of, by class."""
+        if detections is None or not self.whole_classes:
+            return {}
+        names, sure = np.array(detections.class_names, dtype=object), detections.scores >= WHOLE_MIN_SCORE
+        found = {c: detections.xyxy[(names == c) & sure] for c in self.whole_classes}
+        return {c: boxes for c, boxes in found.items() if len(boxes)}
 
     def _zone_for(self, track_id: int, r: int, rule: ActiveRule, inside: list[PixelZone]) -> PixelZone | None:
         """One zone per (track, rule): overlapping zones must not double an event.

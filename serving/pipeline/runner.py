@@ -436,7 +436,8 @@ class Pipeline:
         sample = self.sampler.consider(rt.camera.id, frame.timestamp, frame.image, dets, rt.rules.score_thresholds,
                                        self.detector.info.version, flips=rt.tracker.flips,
                                        dropped_for_score=len(rt.rules.dropped_for_score),
-                                       scene_zone_types=rt.rules.scene_zone_types)
+                                       scene_zone_types=rt.rules.scene_zone_types,
+                                       vehicle_parts=len(rt.rules.parts_of_vehicles))
         if sample is None:
             return
         self.stats["sampled"] += 1

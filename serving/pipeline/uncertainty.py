@@ -9,6 +9,9 @@ A frame is *unsure* when, for a class a rule of its camera watches:
   (the tracker's `ClassFlip`);
 - `dropped_for_score`: the rules held a candidate back only for its median score (it stayed
   long enough, in schedule);
+- `vehicle_part`: a violation-class box lay inside a truck or bus, so the rules did not count
+  it (taxonomy `not_part_of`): the model took part of a vehicle for a bin or an ad, the
+  confusion road cameras show most;
 - `wall_scene_change`: a scene-change rule watching a wall has a candidate in the frame (a new
   patch on a facade: a flyer or banner the model cannot name yet). Flyers and banners have no
   real labelled image at all, so these frames are what a labeller is asked for first
@@ -34,7 +37,7 @@ import numpy as np
 from detector.detections import Detections
 from serving.pipeline.tracking import ClassFlip
 
-Reason = Literal["score_band", "class_flip", "dropped_for_score", "wall_scene_change"]
+Reason = Literal["score_band", "class_flip", "dropped_for_score", "vehicle_part", "wall_scene_change"]
 FIRST_ASKED: Reason = "wall_scene_change"  # the labelling queue hands these frames out before the rest
 WALL = "wall"  # the zone type of facades, where flyers and banners are posted
 
@@ -53,7 +56,7 @@ class LabellingSample:
 
 def unsure_reasons(detections: Detections, thresholds: Mapping[str, float], band: float,
                    flips: Iterable[ClassFlip] = (), dropped_for_score: int = 0,
-                   scene_zone_types: Collection[str] = ()) -> tuple[Reason, ...]:
+                   scene_zone_types: Collection[str] = (), vehicle_parts: int = 0) -> tuple[Reason, ...]:
     """Why this frame is worth a human's boxes (empty: it is not). `thresholds`: detector
     class -> the `min_score` a rule applies to it; other classes are not the camera's concern.
     `scene_zone_types`: zone types where a scene-change rule has a candidate in this frame."""
@@ -68,6 +71,8 @@ def unsure_reasons(detections: Detections, thresholds: Mapping[str, float], band
         reasons.append("class_flip")
     if dropped_for_score:
         reasons.append("dropped_for_score")
+    if vehicle_parts:
+        reasons.append("vehicle_part")
     if WALL in scene_zone_types:
         reasons.append("wall_scene_change")
     return tuple(reasons)
@@ -124,9 +129,11 @@ class UncertaintySampler:
 
     def consider(self, camera: str, when: datetime, image: np.ndarray, detections: Detections,
                  thresholds: Mapping[str, float], model_version: str, flips: Iterable[ClassFlip] = (),
-                 dropped_for_score: int = 0, scene_zone_types: Collection[str] = ()) -> LabellingSample | None:
+                 dropped_for_score: int = 0, scene_zone_types: Collection[str] = (),
+                 vehicle_parts: int = 0) -> LabellingSample | None:
         """The frame as a sample when it is unsure and the budget allows, else None."""
-        reasons = unsure_reasons(detections, thresholds, self.band, flips, dropped_for_score, scene_zone_types)
+        reasons = unsure_reasons(detections, thresholds, self.band, flips, dropped_for_score, scene_zone_types,
+                                 vehicle_parts)
         if not reasons or not self.budget.take(camera, when):
             return None
         return LabellingSample(camera=camera, taken_at=when, reasons=reasons, image=image,

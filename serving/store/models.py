@@ -278,7 +278,7 @@ class LabellingItem(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     camera: Mapped[str] = mapped_column(String(128))
     taken_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    reasons: Mapped[list[str]] = mapped_column(JSON)  # score_band, class_flip, dropped_for_score
+    reasons: Mapped[list[str]] = mapped_column(JSON)  # serving.pipeline.uncertainty.Reason values
     model_version: Mapped[str] = mapped_column(String(64), default="")
     detections: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     path: Mapped[str] = mapped_column(String(512))  # the original frame, relative to the evidence directory

@@ -89,6 +89,8 @@ LABELS: dict[str, tuple[str, str]] = {
     "reason_score_band": ("score near the threshold", "置信度接近阈值"),
     "reason_class_flip": ("class changed on a track", "目标类别前后不一"),
     "reason_dropped_for_score": ("held back for its score", "因置信度不足未立案"),
+    "reason_wall_scene_change": ("something new on a wall", "墙面出现新物体"),
+    "reason_vehicle_part": ("part of a vehicle read as a violation", "车辆部件被识别为违规"),
     "error": ("Something went wrong", "出错了"),
     "taken": ("Someone else is reviewing this case", "该案件正由他人审核"),
     "users": ("Users", "用户"),

@@ -9,10 +9,10 @@ def test_given_options_reach_ultralytics_under_its_names(tmp_path):
     teacher.write_bytes(b"")
     args = build_parser().parse_args([
         "train", "--data", "d.yaml", "--time", "0.135", "--warmup-epochs", "1", "--close-mosaic", "5",
-        "--cache", "ram", "--optimizer", "SGD", "--lr0", "0.01", "--distill", str(teacher)])
+        "--cache", "ram", "--optimizer", "SGD", "--lr0", "0.01", "--distill", str(teacher), "--freeze", "10"])
     assert ultralytics_options(args) == {
         "cache": "ram", "close_mosaic": 5, "time": 0.135, "warmup_epochs": 1.0, "optimizer": "SGD", "lr0": 0.01,
-        "distill_model": str(teacher.resolve())}
+        "freeze": 10, "distill_model": str(teacher.resolve())}
 
 
 def test_options_not_given_are_left_to_ultralytics():
