@@ -75,13 +75,9 @@ def matched(ref: np.ndarray, got: np.ndarray) -> int:
 
 
 def on_vehicle(box: np.ndarray, vehicle: np.ndarray) -> bool:
-    """The detection sits on the vehicle: mostly inside it, or overlapping it substantially."""
-    x1, y1 = max(box[0], vehicle[0]), max(box[1], vehicle[1])
-    x2, y2 = min(box[2], vehicle[2]), min(box[3], vehicle[3])
-    inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
-    area = max(float((box[2] - box[0]) * (box[3] - box[1])), 1e-9)
-    iou = box_iou(box[None].astype(np.float32), vehicle[None].astype(np.float32))[0, 0]
-    return inter / area >= 0.6 or iou >= 0.3
+    """The detection sits on the vehicle: mostly inside it (of any size), or overlapping it substantially."""
+    return part_of(box, vehicle[None], inside=0.6, max_share=np.inf) or \
+        box_iou(box[None].astype(np.float32), vehicle[None].astype(np.float32))[0, 0] >= 0.3
 
 
 def of_class(det, name: str, score: float) -> np.ndarray:

@@ -98,8 +98,8 @@ def run(model: Path, data: Path, min_scores: list[float]) -> dict:
         found = detector.detect(frames)
         cart_scores = [[] for _ in carts]  # each cart's push_cart scores, frame by frame
         for detections in found:
-            mine = detections.xyxy[[n == CART for n in detections.class_names]]
-            scores = detections.scores[[n == CART for n in detections.class_names]]
+            is_cart = [n == CART for n in detections.class_names]
+            mine, scores = detections.xyxy[is_cart], detections.scores[is_cart]
             if len(mine) and len(carts):
                 iou = box_iou(carts, mine)
                 for k in range(len(carts)):

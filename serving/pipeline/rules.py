@@ -189,7 +189,7 @@ class RuleEngine:
         # Of the last update: violation-class tracks not counted because their box lay inside a
         # vehicle (taxonomy `not_part_of`): the model read part of a truck as a bin or an ad, which
         # active learning samples as "vehicle_part".
-        self.parts_of_vehicles: list[tuple[Track, str]] = []
+        self.vehicle_parts = 0
         self.whole_classes = frozenset(c for r in self.rules for c in r.not_part_of)
         # Trained second stage -> the track classes whose crops it is asked about (the runner
         # classifies only those: the load decision on trucks, never on a person or a bin).
@@ -222,15 +222,14 @@ class RuleEngine:
             if track.class_name in self.watched_classes:
                 self.class_last_seen[track.class_name] = when
         wholes = self._wholes(detections) if detected else {}
-        self.parts_of_vehicles = []
+        self.vehicle_parts = 0
         for track in tracks:
             inside = zones.containing(track.ground_point)
             for r, rule in enumerate(self.rules):
                 if track.class_name not in rule.classes:
                     continue
-                whole = next((c for c in rule.not_part_of if c in wholes and part_of(track.box, wholes[c])), None)
-                if whole is not None:
-                    self.parts_of_vehicles.append((track, whole))
+                if any(part_of(track.box, wholes[c]) for c in rule.not_part_of if c in wholes):
+                    self.vehicle_parts += 1
                     continue
                 zone = self._zone_for(track.id, r, rule, inside)
                 if zone is not None:

@@ -437,7 +437,7 @@ class Pipeline:
                                        self.detector.info.version, flips=rt.tracker.flips,
                                        dropped_for_score=len(rt.rules.dropped_for_score),
                                        scene_zone_types=rt.rules.scene_zone_types,
-                                       vehicle_parts=len(rt.rules.parts_of_vehicles))
+                                       vehicle_parts=rt.rules.vehicle_parts)
         if sample is None:
             return
         self.stats["sampled"] += 1
