@@ -37,14 +37,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from detector import Detector  # noqa: E402
 from detector.boxes import box_iou, part_of  # noqa: E402
-from detector.files import SHARED_DIR  # noqa: E402
 from detector.taxonomy import load_taxonomy  # noqa: E402
 from serving.pipeline.rules import WHOLE_MIN_SCORE  # noqa: E402
+from training.evaluation.teacher_check import (FOUND_IOU, FOUND_SCORE, TEACHERS, boxes_of,  # noqa: E402
+                                              compare_to_teachers, matched)
 
-TEACHER = SHARED_DIR / "weights" / "coco-yolov8n-int8.onnx"
-CONTEXT = ("truck", "bus", "umbrella", "person", "car", "bicycle", "motorcycle")
+TEACHER = TEACHERS[0]  # COCO YOLOv8n, 640 px
 VIOLATION = ("garbage_bin", "bin_overflow", "garbage_pile", "push_cart", "shop_sign", "window_ad", "flyer", "banner")
-FOUND_SCORE, FOUND_IOU, VIOLATION_SCORE = 0.5, 0.5, 0.4
+VIOLATION_SCORE = 0.4
 
 
 def read_labels(image: Path, names: list[str], size: tuple[int, int]) -> tuple[np.ndarray, list[str]]:
@@ -61,28 +61,10 @@ def read_labels(image: Path, names: list[str], size: tuple[int, int]) -> tuple[n
     return np.asarray(boxes, np.float32).reshape(-1, 4), classes
 
 
-def matched(ref: np.ndarray, got: np.ndarray) -> int:
-    """Reference boxes matched one to one by a found box at IoU >= FOUND_IOU (greedy)."""
-    if not len(ref) or not len(got):
-        return 0
-    iou = box_iou(ref.astype(np.float32), got.astype(np.float32))
-    n = 0
-    while iou.size and iou.max() >= FOUND_IOU:
-        i, j = np.unravel_index(int(iou.argmax()), iou.shape)
-        iou[i, :], iou[:, j] = -1, -1
-        n += 1
-    return n
-
-
 def on_vehicle(box: np.ndarray, vehicle: np.ndarray) -> bool:
     """The detection sits on the vehicle: mostly inside it (of any size), or overlapping it substantially."""
     return part_of(box, vehicle[None], inside=0.6, max_share=np.inf) or \
         box_iou(box[None].astype(np.float32), vehicle[None].astype(np.float32))[0, 0] >= 0.3
-
-
-def of_class(det, name: str, score: float) -> np.ndarray:
-    keep = [i for i, n in enumerate(det.class_names) if n == name and det.scores[i] >= score]
-    return det.xyxy[keep]
 
 
 def guarded_by(taxonomy) -> dict[str, tuple[str, ...]]:
@@ -95,7 +77,7 @@ def guarded_by(taxonomy) -> dict[str, tuple[str, ...]]:
 
 
 def dropped_as_part(box: np.ndarray, name: str, det, guards: dict[str, tuple[str, ...]]) -> bool:
-    wholes = [of_class(det, w, WHOLE_MIN_SCORE) for w in guards.get(name, ())]
+    wholes = [boxes_of(det, w, WHOLE_MIN_SCORE) for w in guards.get(name, ())]
     return any(part_of(box, w) for w in wholes if len(w))
 
 
@@ -106,12 +88,13 @@ def run(model: Path, data: Path) -> dict:
     names = [names_map[i] for i in sorted(names_map)]
     ours = Detector(model, score_threshold=0.25)
     teacher = Detector(TEACHER, score_threshold=0.25)
-    ctx_ref, ctx_found = Counter(), Counter()
     road = Counter()
     on_vehicles = {"real": Counter(), "road_view": Counter()}
     guards = guarded_by(load_taxonomy())
     guard_cost = Counter()
-    for image in sorted((data / "images" / "val").iterdir()):
+    val = sorted((data / "images" / "val").iterdir())
+    real = [image for image in val if not image.name.startswith("synthetic__")]
+    for image in val:
         roadview = image.name.startswith("synthetic__roadview_")
         if image.name.startswith("synthetic__") and not roadview:
             continue  # flyers and banners: not a road question
@@ -128,19 +111,14 @@ def run(model: Path, data: Path) -> dict:
                     continue
                 guard_cost["found"] += 1
                 guard_cost["dropped"] += dropped_as_part(box, name, mine, guards)
-            ref = teacher(bgr)
-            for name in CONTEXT:
-                r = of_class(ref, name, FOUND_SCORE)
-                ctx_ref[name] += len(r)
-                ctx_found[name] += matched(r, of_class(mine, name, FOUND_SCORE))
         trucks = boxes[[c == "truck" for c in classes]] if classes else boxes[:0]
         if roadview and len(trucks):
             road["frames"] += 1
-            road["ours"] += matched(trucks, of_class(mine, "truck", FOUND_SCORE)) > 0
+            road["ours"] += matched(trucks, boxes_of(mine, "truck", FOUND_SCORE)) > 0
             t = teacher(bgr)
-            road["teacher"] += matched(trucks, of_class(t, "truck", FOUND_SCORE)) > 0
+            road["teacher"] += matched(trucks, boxes_of(t, "truck", FOUND_SCORE)) > 0
             road["ours_truck_or_bus"] += matched(
-                trucks, np.vstack([of_class(mine, "truck", FOUND_SCORE), of_class(mine, "bus", FOUND_SCORE)])) > 0
+                trucks, np.vstack([boxes_of(mine, "truck", FOUND_SCORE), boxes_of(mine, "bus", FOUND_SCORE)])) > 0
         vehicles = boxes[[c in ("truck", "bus") for c in classes]] if classes else boxes[:0]
         if len(vehicles):
             bucket = on_vehicles["road_view" if roadview else "real"]
@@ -162,7 +140,7 @@ def run(model: Path, data: Path) -> dict:
     return {
         "model": str(model),
         "data": str(data),
-        "teacher_boxes_found": {n: {"teacher": ctx_ref[n], "found": ctx_found[n]} for n in CONTEXT},
+        "teacher_boxes_found": compare_to_teachers(model, real, teachers=(TEACHER,)).counts[TEACHER.name],
         "road_view_trucks": dict(road),
         "violations_on_vehicles": {k: dict(v) for k, v in on_vehicles.items()},
         "labelled_violations_the_guard_drops": dict(guard_cost),

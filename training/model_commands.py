@@ -1,5 +1,6 @@
 """`gridwatch models list`, `gridwatch models rollback`, `gridwatch models promote`: the served
-model's history (training/promotion/model_history.py). Only argparse at import time."""
+model's history (training/promotion/model_history.py); `gridwatch models card`: its card measured
+again. Only argparse at import time."""
 
 from __future__ import annotations
 
@@ -37,6 +38,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--reason", required=True, help="why this model goes in service without the comparison")
     add_weights_dir(p)
     p.set_defaults(func=run_promote)
+
+    p = commands.add_parser(
+        "card", help="measure the served model again on a built dataset's real val split, held out by place and "
+                     "against the COCO teacher, into its cards",
+        description="Write two sections of the served model's cards (weights/gridwatch*.md and .json) from a "
+        "measurement on the real val split of a `gridwatch dataset build`: AP held out by place (for a build split "
+        "by image, the val images of places it trained on are left out) and the share of the COCO teacher's "
+        "context-class boxes it finds. The rest of each card is left as it is.")
+    p.add_argument("--data", type=Path, required=True, metavar="DATA_YAML", help="the built dataset's data.yaml")
+    add_weights_dir(p)
+    p.set_defaults(func=run_card)
 
 
 def _weights(args: argparse.Namespace) -> Path:
@@ -81,4 +93,15 @@ def run_promote(args: argparse.Namespace) -> int:
                 log=lambda line: print(line, flush=True))
     except HistoryError as exc:
         return fail(str(exc))
+    return 0
+
+
+def run_card(args: argparse.Namespace) -> int:
+    from training.fit.train import measure_served
+
+    try:
+        measure_served(args.data, _weights(args))
+    except (FileNotFoundError, ValueError) as exc:
+        return fail(str(exc))
+    print(f"cards written in {_weights(args)}")
     return 0

@@ -132,8 +132,15 @@ def test_train_writes_run_export_card_and_promotes_first_model(env, trained):
     assert "concats share one scale" in card["int8"]["calibration"]  # training/export/qdq.py ran
     for f in card["files"]:
         assert f["sha256"] == sha256_file(trained["weights"] / f["name"])
+    # a build split by image: held out by place over train and val; the served file against both teachers
+    assert card["place_folds"]["split"] == "image"
+    real_val = [p for p in Path(env["data"]).parent.glob("images/val/*") if "synthetic" not in p.name]
+    held_out = card["place_folds"]["held_out"]
+    assert held_out["images"] + held_out["seen_place_images"] == len(real_val) > 0
+    assert card["teacher_check"]["model"] == "gridwatch-int8.onnx" and len(card["teacher_check"]["counts"]) == 2
     md = (trained["weights"] / "gridwatch.md").read_text()
     assert "garbage_overflow_cn" in md and "CC BY 4.0" in md and "Known weaknesses" in md
+    assert "## Held out by place" in md and "## Against the COCO teacher" in md
     assert any((run / n).is_file() for n in ("results.png", "labels.jpg"))  # plots drew with a local font
     no_network(env)
 

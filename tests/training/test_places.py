@@ -136,7 +136,54 @@ def test_real_sources_split_by_place_and_eval_folds(tmp_path, capsys):
     assert folds is not None and folds.k == min(5, answer["place_folds"]["groups"])
     assert folds.grouping == report["places"]  # the card says how the build found the places
     assert whole.to_dict() == evaluate_onnx(model, val).to_dict()
-    assert evaluate_by_place(model, val, out / "absent.json")[1] is None  # a split by image: no folds
+    assert folds.held_out is None and "held_out" not in folds.to_dict()
+
+
+def test_image_split_leaves_out_val_images_of_places_it_trained_on(tmp_path, capsys):
+    """A build split by image has no places.json: places are found over train and val together,
+    and a val image showing a place the model trained on (here a train photo taken again, 3% cut
+    off two sides and re-encoded) is left out of the held-out figure and the folds. `gridwatch
+    models card` writes that figure and the teacher comparison into the served cards and leaves
+    their other text alone."""
+    import shutil
+
+    from training.fit.train import data_config, evaluate_by_place, val_set
+
+    out = tmp_path / "build"
+    assert main(["dataset", "build", "--limit", "30", "--no-pseudo-labels", "--val-fraction", "0.3",
+                 "--out", str(out)]) == 0
+    train = sorted(p for p in (out / "images" / "train").iterdir() if "synthetic" not in p.name)
+    again = cv2.imread(str(train[0]))
+    h, w = again.shape[:2]
+    again = again[int(0.03 * h):, int(0.03 * w):]
+    cv2.imwrite(str(out / "images" / "val" / f"{train[0].stem}-again.jpg"), again, [cv2.IMWRITE_JPEG_QUALITY, 70])
+    (out / "labels" / "val" / f"{train[0].stem}-again.txt").write_text("")  # nothing labelled: only the place matters
+    model = Path(__file__).parents[2] / "weights" / "gridwatch-int8.onnx"
+    val = val_set(data_config(out / "data.yaml"))
+    whole, folds = evaluate_by_place(model, val, out / PLACES_FILE)
+    assert not (out / PLACES_FILE).exists() and folds is not None
+    assert folds.seen_place_images >= 1 and folds.held_out.images == whole.images - folds.seen_place_images
+    assert sum(f.images for f in folds.folds) == folds.held_out.images
+    held = folds.to_dict()["held_out"]
+    assert held["seen_place_images"] == folds.seen_place_images and held["images"] == folds.held_out.images
+
+    weights = tmp_path / "weights"
+    shutil.copytree(model.parent, weights, ignore=shutil.ignore_patterns("history", "README.md", "load-decision.md"))
+    hand_written = "A note a person added to the card by hand."
+    with (weights / "gridwatch.md").open("a", encoding="utf-8") as md:
+        md.write(f"\n{hand_written}\n")
+    capsys.readouterr()
+    assert main(["models", "card", "--data", str(out / "data.yaml"), "--weights", str(weights)]) == 0
+    log = capsys.readouterr().out
+    assert "held out by place" in log and "against the COCO teacher" in log
+    card = json.loads((weights / "gridwatch-int8.json").read_text())
+    assert card["place_folds"]["held_out"]["seen_place_images"] == folds.seen_place_images
+    assert set(card["teacher_check"]["counts"]) == {"coco-yolov8n-int8.onnx", "coco-yolo11n-320-int8.onnx"}
+    md = (weights / "gridwatch.md").read_text()
+    assert md.count("## Held out by place") == 1 and md.count("## Against the COCO teacher") == 1
+    assert hand_written in md and md.index("## Against the COCO teacher") < md.index("## Int8")
+    assert main(["models", "card", "--data", str(out / "data.yaml"), "--weights", str(weights)]) == 0
+    assert (weights / "gridwatch.md").read_text() == md  # measured again: the same sections, replaced in place
 
 
 def test_place_folds_keep_places_whole_and_balanced():

@@ -117,11 +117,12 @@ def finished(tmp_path, monkeypatch):
     monkeypatch.setattr(train_mod, "source_credits", lambda *a: [])
     monkeypatch.setattr(train_mod, "split_dir", lambda *a: tmp_path)
     monkeypatch.setattr(train_mod, "export", fake_export)
-    monkeypatch.setattr(train_mod, "val_set", lambda d: "val")
+    monkeypatch.setattr(train_mod, "val_set", lambda d: SimpleNamespace(images=[]))
     monkeypatch.setattr(train_mod, "split_synthetic", lambda s: (s, None))
     monkeypatch.setattr(train_mod, "split_sources", lambda s, names: (s, None))
     monkeypatch.setattr(train_mod, "load_checkpoint", lambda p: {})
     monkeypatch.setattr(train_mod, "evaluate_onnx", lambda model, s: scores[_version(Path(model))])
+    monkeypatch.setattr(train_mod, "compare_to_teachers", lambda model, images: None)
 
     def finish(**kwargs):
         lines: list[str] = []

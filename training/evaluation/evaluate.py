@@ -8,7 +8,7 @@ Ultralytics' own predict with the same settings. The arithmetic is in training.e
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -247,12 +247,18 @@ def operating_threshold_of(metadata: Mapping[str, str]) -> float:
 @dataclass(frozen=True)
 class PlaceFolds:
     """Per-class AP on K folds of whole places (training/data/places.py): one building or street is
-    in one fold only, so the spread across folds is how much the figure depends on the place."""
+    in one fold only, so the spread across folds is how much the figure depends on the place.
+
+    For a build split by image, places are found over train and val together: the val images
+    whose place also holds a train image (`seen_place_images`) are left out of the folds, and
+    `held_out` is the model on the rest, the val images of places it never trained on."""
 
     k: int
     groups: int
     folds: list[EvalResult]
     grouping: list[str]  # how each source was grouped (SourcePlaces.line)
+    held_out: EvalResult | None = None  # image splits only
+    seen_place_images: int = 0
 
     def per_class(self) -> dict[str, dict[str, float | int]]:
         """class -> mean, min and max AP50 over the folds that hold the class, and how many do."""
@@ -265,7 +271,14 @@ class PlaceFolds:
         return out
 
     def to_dict(self) -> dict:
-        return {"k": self.k, "groups": self.groups, "grouping": self.grouping, "classes": self.per_class()}
+        out = {"k": self.k, "groups": self.groups, "grouping": self.grouping, "classes": self.per_class()}
+        if self.held_out is not None:
+            out["split"] = "image"
+            out["held_out"] = {"images": self.held_out.images, "seen_place_images": self.seen_place_images,
+                               "map50": self.held_out.map50,
+                               "classes": {c: {"instances": m.instances, "ap50": m.ap50}
+                                           for c, m in self.held_out.classes.items() if m.instances}}
+        return out
 
     def table(self, whole: EvalResult | None = None) -> str:
         lines = [f"{'class':<16}{'AP50 all':>9}{'mean':>8}{'min':>8}{'max':>8}{'folds':>7}"]
@@ -295,35 +308,52 @@ def place_folds_of(groups: Mapping[Path, str], k: int) -> dict[Path, int]:
     return {path: fold_of[place] for path, place in groups.items()}
 
 
-def eval_set_places(eval_set: EvalSet) -> tuple[dict[Path, str], list[str]]:
-    """Each eval image's place: the folder's places.json where it has one, else perceptual-hash
-    clusters per source (a built dataset's images are named `source__file`)."""
+def _hash_places(paths: Sequence[Path], default_source: str, root: Path) -> tuple[dict[Path, str], list[str]]:
+    """Each image's place: `root`'s places.json where it has one, else perceptual-hash clusters per
+    source (a built dataset's images are named `source__file`)."""
     import imagehash
     from PIL import Image
 
     from training.data.places import PlacedImage, place_groups
 
     placed = []
-    for image in eval_set.images:
-        name = image.path.name
-        source = name.split("__", 1)[0] if "__" in name else eval_set.source
-        with Image.open(image.path) as pil:
-            placed.append(PlacedImage(source, image.path, int(str(imagehash.phash(pil.convert("RGB"))), 16)))
+    for path in paths:
+        source = path.name.split("__", 1)[0] if "__" in path.name else default_source
+        with Image.open(path) as pil:
+            placed.append(PlacedImage(source, path, int(str(imagehash.phash(pil.convert("RGB"))), 16)))
     try:
-        groups, report = place_groups(placed, {s: eval_set.root for s in {p.source for p in placed}})
+        groups, report = place_groups(placed, {s: root for s in {p.source for p in placed}})
     except ValueError as exc:
         raise EvalError(str(exc)) from None
     return groups, [r.line() for r in report]
 
 
+def eval_set_places(eval_set: EvalSet) -> tuple[dict[Path, str], list[str]]:
+    """Each eval image's place: the folder's places.json where it has one, else perceptual-hash
+    clusters per source."""
+    return _hash_places([im.path for im in eval_set.images], eval_set.source, eval_set.root)
+
+
+def image_split_places(eval_set: EvalSet, train_dir: Path) -> tuple[dict[Path, str], set[Path], list[str]]:
+    """For a build split by image: each eval image's place, found over the train images and the
+    eval images together, and the eval images whose place also holds a train image."""
+    train = [p for p in find_images(train_dir) if "synthetic" not in p.name.lower()]
+    groups, grouping = _hash_places([*train, *(im.path for im in eval_set.images)], eval_set.source, eval_set.root)
+    trained = {groups[p] for p in train}
+    val = {im.path: groups[im.path] for im in eval_set.images}
+    return val, {path for path, place in val.items() if place in trained}, grouping
+
+
 def evaluate_place_folds(predict: Predictor, eval_set: EvalSet, k: int,
                          operating_threshold: float = DEFAULT_SCORE_THRESHOLD,
                          places: Mapping[Path, str] | None = None,
-                         grouping: Sequence[str] = ("places given",)) -> tuple[EvalResult, PlaceFolds]:
+                         grouping: Sequence[str] = ("places given",),
+                         seen: Set[Path] | None = None) -> tuple[EvalResult, PlaceFolds]:
     """The whole set's result and its K place folds, from one prediction per image. `places`
-    (image -> place) and `grouping` (how they were found, for the report): given, else found here."""
+    (image -> place) and `grouping` (how they were found, for the report): given, else found here.
+    `seen` (an image split's val images whose place holds a train image): left out of the folds,
+    and the rest is scored as the held-out set too."""
     groups, grouping = (dict(places), list(grouping)) if places is not None else eval_set_places(eval_set)
-    folds = place_folds_of(groups, k)
     predictions = []
     for image in eval_set.images:
         frame = cv2.imread(str(image.path), cv2.IMREAD_COLOR)
@@ -331,8 +361,13 @@ def evaluate_place_folds(predict: Predictor, eval_set: EvalSet, k: int,
             raise EvalError(f"{image.path}: unreadable image")
         predictions.append(predict(frame))
     whole = evaluate_predictions(eval_set.images, predictions, operating_threshold)
+    kept = [(im, p) for im, p in zip(eval_set.images, predictions) if seen is None or im.path not in seen]
+    folds = place_folds_of({im.path: groups[im.path] for im, _ in kept}, k)
     results = []
     for f in range(k):
-        picked = [(im, p) for im, p in zip(eval_set.images, predictions) if folds[im.path] == f]
+        picked = [(im, p) for im, p in kept if folds[im.path] == f]
         results.append(evaluate_predictions([im for im, _ in picked], [p for _, p in picked], operating_threshold))
-    return whole, PlaceFolds(k=k, groups=len(set(groups.values())), folds=results, grouping=grouping)
+    held_out = None if seen is None else evaluate_predictions([im for im, _ in kept], [p for _, p in kept],
+                                                              operating_threshold)
+    return whole, PlaceFolds(k=k, groups=len({groups[im.path] for im, _ in kept}), folds=results, grouping=grouping,
+                             held_out=held_out, seen_place_images=len(eval_set.images) - len(kept))

@@ -19,11 +19,13 @@ from detector.files import REPO_ROOT
 from detector.runtime import DEFAULT_SCORE_THRESHOLD
 from training.data.dataset_manifest import read_label_counts, read_sources
 from training.evaluation.evaluate import (EvalSet, PlaceFolds, eval_set_from_images, evaluate, evaluate_place_folds,
-                               onnx_predictor)
+                                         image_split_places, onnx_predictor)
 from training.export.export import calibration_images, camera_input_hw, compare_speed, export, load_checkpoint
 from training.export.export_run import int8_misses
 from training.evaluation.metrics import EvalResult
-from training.promotion.model_card import ModelCard, ReviewCounts, int8_check, run_card, source_credits, write_card
+from training.evaluation.teacher_check import compare_to_teachers
+from training.promotion.model_card import (ModelCard, ReviewCounts, card_json, int8_check, render_markdown, run_card,
+                                          source_credits, splice_measured_sections, write_card)
 from training.offline import ultralytics_offline
 from training.data.places import PLACES_FILE
 from training.promotion.model_history import promote as promote_model
@@ -220,19 +222,27 @@ PLACE_FOLDS = 5  # folds of whole places the card reports, fewer when the val sp
 
 
 def evaluate_by_place(model: Path, eval_set: EvalSet, places_file: Path) -> tuple[EvalResult, PlaceFolds | None]:
-    """The model on the real val split and, for a build split by place (its places.json), on
-    folds of whole places too, from the same predictions."""
-    if not places_file.is_file():
+    """The model on the real val split and on folds of whole places, from the same predictions.
+
+    A build split by place names them in its places.json. A build split by image has none: places
+    are found by perceptual hash over its train and val images, and the val images of places the
+    model trained on are left out of the folds (PlaceFolds.held_out)."""
+    dataset_dir = places_file.parent
+    seen = None
+    if places_file.is_file():
+        places = json.loads(places_file.read_text(encoding="utf-8"))
+        groups = {im.path: places.get(im.path.name, f"image:{im.path.name}") for im in eval_set.images}
+        # how the build grouped each source (its report.json), for the card
+        grouping = build_report(dataset_dir).get("places") or [f"places from {places_file.name}"]
+    elif (dataset_dir / "images" / "train").is_dir():
+        groups, seen, grouping = image_split_places(eval_set, dataset_dir / "images" / "train")
+    else:
         return evaluate_onnx(model, eval_set), None
-    places = json.loads(places_file.read_text(encoding="utf-8"))
-    groups = {im.path: places.get(im.path.name, f"image:{im.path.name}") for im in eval_set.images}
-    k = min(PLACE_FOLDS, len(set(groups.values())))
+    k = min(PLACE_FOLDS, len({place for path, place in groups.items() if seen is None or path not in seen}))
     if k < 2:
         return evaluate_onnx(model, eval_set), None
     predict, _ = onnx_predictor(model)
-    # how the build grouped each source (its report.json), for the card
-    grouping = build_report(places_file.parent).get("places") or [f"places from {places_file.name}"]
-    return evaluate_place_folds(predict, eval_set, k, places=groups, grouping=grouping)
+    return evaluate_place_folds(predict, eval_set, k, places=groups, grouping=grouping, seen=seen)
 
 
 def build_report(dataset_dir: Path) -> dict:
@@ -296,6 +306,10 @@ def finish_run(
             f"{speed.fp32_ms:.1f} -> {speed.int8_ms:.1f} ms ({speed.ratio:.2f}x)")
         for miss in int8_misses(quantised, speed):
             log(f"WARNING: int8 misses its target on {miss}; see the card")
+    served = exported.int8 or exported.fp32
+    teachers = compare_to_teachers(served, [im.path for im in real.images])
+    if teachers is not None:
+        log(f"{served.name} against the COCO teacher on the real val split:\n" + "\n".join(teachers.lines()))
     if synthetic is not None:
         metrics["synthetic_val"] = {exported.fp32.name: evaluate_onnx(exported.fp32, synthetic).to_dict()}
 
@@ -327,6 +341,7 @@ def finish_run(
         files=files, decision=decision, summary=notes.strip() if notes else None,
         pseudo_label_audit=build_report(dataset.file.parent).get("pseudo_suppressed"), review_data=review_data,
         place_folds=place_folds.to_dict() if place_folds is not None else None,
+        teacher_check=teachers.to_dict() if teachers is not None else None,
     )
     md, js = write_card(card, out, STEM)
     # The same card again under each model file's own name, so whoever holds one file finds its card.
@@ -342,4 +357,36 @@ def finish_run(
         log("not promoted: the current default stays")
     else:
         log("not promoted (pass --promote to install a challenger that is not worse)")
+    return card
+
+
+def measure_served(data: str | Path, weights_dir: Path = WEIGHTS_DIR, log=print) -> ModelCard:
+    """The served model measured again on a built dataset's real val split, held out by place and
+    against the COCO teacher, into its cards (`gridwatch models card`). Only those two sections
+    change: the rest of each card, notes written since its training included, stays as it is."""
+    card_file = weights_dir / f"{STEM}.json"
+    if not card_file.is_file():
+        raise FileNotFoundError(f"{card_file}: no model card to measure into")
+    card = ModelCard.model_validate(json.loads(card_file.read_text(encoding="utf-8")))
+    dataset = data_config(Path(data).resolve())
+    real, _ = split_synthetic(val_set(dataset))
+    fp32, int8 = weights_dir / f"{STEM}-fp32.onnx", weights_dir / f"{STEM}-int8.onnx"
+    carded = card.metrics.get("real_val", {}).get(fp32.name, {}).get("map50")
+    whole, folds = evaluate_by_place(fp32, real, dataset.file.parent / PLACES_FILE)
+    if carded is not None and abs(whole.map50 - carded) > 0.005:
+        log(f"WARNING: {fp32.name} reads mAP50 {whole.map50:.3f} on this val split, the card {carded:.3f}: "
+            "the card's real_val tables were measured on another split")
+    if folds is not None:
+        log(f"{fp32.name} held out by place:\n{folds.table(whole)}")
+    served = int8 if int8.is_file() else fp32
+    teachers = compare_to_teachers(served, [im.path for im in real.images])
+    if teachers is not None:
+        log(f"{served.name} against the COCO teacher:\n" + "\n".join(teachers.lines()))
+    card = card.model_copy(update={"place_folds": folds.to_dict() if folds is not None else None,
+                                   "teacher_check": teachers.to_dict() if teachers is not None else None})
+    for stem in [STEM] + [Path(f.name).stem for f in card.files]:
+        md = weights_dir / f"{stem}.md"
+        (weights_dir / f"{stem}.json").write_text(card_json(card), encoding="utf-8")
+        text = md.read_text(encoding="utf-8") if md.is_file() else render_markdown(card)
+        md.write_text(splice_measured_sections(text, card), encoding="utf-8")
     return card

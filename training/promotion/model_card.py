@@ -149,6 +149,9 @@ class ModelCard(BaseModel):
     # the fp32 file on K folds of whole places of the real val split (training.evaluation.evaluate.PlaceFolds
     # to_dict), when the dataset was built `--split-by place`; older cards and image splits: absent
     place_folds: dict[str, Any] | None = None
+    # the served file against the COCO teacher files on the real val images, context classes
+    # (training.evaluation.teacher_check.TeacherCheck to_dict); absent where no teacher was at hand
+    teacher_check: dict[str, Any] | None = None
 
 
 def source_credits(names: list[str], defined: Sequence[Source | ManifestSource] = ()) -> list[SourceCredit]:
@@ -226,6 +229,7 @@ def run_card(
     pseudo_label_audit: dict[str, int] | None = None,
     review_data: ReviewCounts | None = None,
     place_folds: dict[str, Any] | None = None,
+    teacher_check: dict[str, Any] | None = None,
 ) -> ModelCard:
     """The card of an exported run: `real_val` is the fp32 file's metrics on the real val split,
     `counts` the dataset manifest's (None: not a `gridwatch dataset build` dataset)."""
@@ -253,6 +257,7 @@ def run_card(
         decision=Promotion.of(decision) if decision is not None else None,  # None: `gridwatch export` alone
         review_data=review_data,
         place_folds=place_folds,
+        teacher_check=teacher_check,
     )
 
 
@@ -327,6 +332,7 @@ def render_markdown(card: ModelCard) -> str:
             out += [f"### {split}: {file}", ""] + _metrics_table(metrics) + [""]
     out += _synthetic_only(card)
     out += _place_folds(card)
+    out += _teacher_check(card)
     if card.int8:
         q = card.int8
         out += ["## Int8", "",
@@ -402,23 +408,77 @@ def _place_folds(card: ModelCard) -> list[str]:
     if not card.place_folds:
         return []
     folds = card.place_folds
+    held = folds.get("held_out")
     real = next(iter(card.metrics.get("real_val", {}).values()), None)
-    out = ["## Held out by place", "",
-           f"The real val split holds whole places (`gridwatch dataset build --split-by place`); AP50 of the fp32 "
-           f"file on {folds['k']} folds of its {folds['groups']} places, beside the figure over all of it:", ""]
+    out = ["## Held out by place", ""]
+    if held is None:
+        out += [f"The real val split holds whole places (`gridwatch dataset build --split-by place`); AP50 of the "
+                f"fp32 file on {folds['k']} folds of its {folds['groups']} places, beside the figure over all of it:", ""]
+    else:
+        out += [f"The dataset was split by image, so places were found over its train and val images together. "
+                f"{held['seen_place_images']} real val images share a place with a train image and are left out "
+                f"here; AP50 of the fp32 file on the other {held['images']} (held out by place: mAP50 "
+                f"{held['map50']:.3f}), and on {folds['k']} folds of their {folds['groups']} places, beside the "
+                f"figure over all of val:", ""]
     out += [f"- {line}" for line in folds.get("grouping", [])] + [""]
-    out += ["| class | AP50 real val | fold mean | fold min | fold max | folds |", "|---|---|---|---|---|---|"]
+    header = "| class | AP50 real val | " + ("AP50 held out (boxes) | " if held else "") + \
+        "fold mean | fold min | fold max | folds |"
+    out += [header, "|---" * (header.count("|") - 1) + "|"]
     for name, f in folds["classes"].items():
         whole = f"{real['classes'][name]['ap50']:.3f}" if real is not None and name in real.get("classes", {}) else ""
-        out.append(f"| {name} | {whole} | {f['mean_ap50']:.3f} | {f['min_ap50']:.3f} | {f['max_ap50']:.3f} | "
+        kept = ""
+        if held:
+            h = held["classes"].get(name)
+            kept = f"{h['ap50']:.3f} ({h['instances']}) | " if h else "| "
+        out.append(f"| {name} | {whole} | {kept}{f['mean_ap50']:.3f} | {f['min_ap50']:.3f} | {f['max_ap50']:.3f} | "
                    f"{f['folds']} |")
     return out + [""]
+
+
+def _teacher_check(card: ModelCard) -> list[str]:
+    if not card.teacher_check:
+        return []
+    check = card.teacher_check
+    teachers = list(check["counts"])
+    out = ["## Against the COCO teacher", "",
+           f"The context classes have no human labels: they were learnt from a COCO teacher's boxes. Of the boxes "
+           f"each teacher file finds at >= {check['score']} on the {check['images']} real val images, those "
+           f"`{check['model']}` finds too (same class, >= {check['score']}, IoU >= {check['iou']}, one to one), "
+           "and how many boxes of the class it finds in all. The goal (issue #28) is every box the teacher finds.", ""]
+    header = "| class | " + " | ".join(f"{t}: found of teacher's" for t in teachers) + " | this model's boxes |"
+    out += [header, "|---" * (header.count("|") - 1) + "|"]
+    for name in check["counts"][teachers[0]]:
+        cells = []
+        for t in teachers:
+            c = check["counts"][t][name]
+            cells.append(f"{c['found']} of {c['teacher']} ({c['found'] / c['teacher']:.0%})" if c["teacher"] else "0 of 0")
+        out.append(f"| {name} | " + " | ".join(cells) + f" | {check['counts'][teachers[0]][name]['ours']} |")
+    return out + [""]
+
+
+def splice_measured_sections(markdown: str, card: ModelCard) -> str:
+    """`markdown` (a card as written, perhaps with notes added by hand since) with the sections that
+    `gridwatch models card` measures again put in from `card`: each replaces its own section, or
+    goes where render_markdown puts it (before "## Int8"), so nothing else of the text changes."""
+    for section in (_place_folds(card), _teacher_check(card)):
+        if not section:
+            continue
+        lines = markdown.split("\n")
+        title = section[0]
+        if title in lines:
+            start = lines.index(title)
+            end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        else:
+            start = end = next((i for i, line in enumerate(lines) if line in ("## Int8", "## Speed", "## Files")),
+                               len(lines))
+        markdown = "\n".join(lines[:start] + section + lines[end:])
+    return markdown
 
 
 def card_json(card: ModelCard) -> str:
     # A card without notes has no `summary` key at all, as cards always had; a `gridwatch train`
     # card has no review keys.
-    exclude = {k for k in ("summary", "review_data", "place_folds") if getattr(card, k) is None}
+    exclude = {k for k in ("summary", "review_data", "place_folds", "teacher_check") if getattr(card, k) is None}
     content = card.model_dump(mode="json", exclude=exclude or None)
     if content.get("decision"):
         # keys that say nothing are left out, as cards before them had none
