@@ -211,3 +211,19 @@ def test_card_shows_place_folds_beside_the_val_figure_and_flags_synthetic_only(t
     plain = json.loads(write_card(_card(), tmp_path / "plain")[1].read_text())
     assert "place_folds" not in plain  # as cards before the field
     assert "synthetic images only" not in render_markdown(_card())  # no flyer class: nothing to say
+
+
+def test_a_measured_section_the_card_no_longer_has_is_removed_and_the_rest_kept():
+    from tests.training.test_card import _card
+    from training.promotion.model_card import render_markdown, splice_measured_sections
+
+    folds = {"k": 2, "groups": 3, "grouping": [], "classes": {"push_cart": {"mean_ap50": 0.6, "min_ap50": 0.5,
+                                                                           "max_ap50": 0.7, "folds": 2}}}
+    teachers = {"model": "m.onnx", "images": 3, "score": 0.5, "iou": 0.5,
+                "counts": {"t.onnx": {"truck": {"teacher": 4, "found": 1, "ours": 2}}}}
+    written = render_markdown(_card(place_folds=folds, teacher_check=teachers)) + "\nA hand-written note.\n"
+    assert "| truck | 1 of 4 (25%) | 2 |" in written
+    spliced = splice_measured_sections(written, _card(teacher_check=teachers))
+    assert "## Held out by place" not in spliced and "| truck | 1 of 4 (25%) | 2 |" in spliced
+    assert spliced.endswith("\nA hand-written note.\n") and "## Int8" in spliced
+    assert splice_measured_sections(spliced, _card(place_folds=folds, teacher_check=teachers)) == written

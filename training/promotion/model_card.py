@@ -264,6 +264,10 @@ def run_card(
 # ---------------------------------------------------------------- Markdown
 
 
+# the sections `gridwatch models card` measures again into a written card
+PLACE_FOLDS_TITLE, TEACHER_TITLE = "## Held out by place", "## Against the COCO teacher"
+
+
 def _metrics_table(metrics: EvalJson) -> list[str]:
     lines = ["| class | instances | AP50 | AP50-95 | P@op | R@op |", "|---|---|---|---|---|---|"]
     for name, m in metrics["classes"].items():
@@ -410,7 +414,7 @@ def _place_folds(card: ModelCard) -> list[str]:
     folds = card.place_folds
     held = folds.get("held_out")
     real = next(iter(card.metrics.get("real_val", {}).values()), None)
-    out = ["## Held out by place", ""]
+    out = [PLACE_FOLDS_TITLE, ""]
     if held is None:
         out += [f"The real val split holds whole places (`gridwatch dataset build --split-by place`); AP50 of the "
                 f"fp32 file on {folds['k']} folds of its {folds['groups']} places, beside the figure over all of it:", ""]
@@ -440,7 +444,7 @@ def _teacher_check(card: ModelCard) -> list[str]:
         return []
     check = card.teacher_check
     teachers = list(check["counts"])
-    out = ["## Against the COCO teacher", "",
+    out = [TEACHER_TITLE, "",
            f"The context classes have no human labels: they were learnt from a COCO teacher's boxes. Of the boxes "
            f"each teacher file finds at >= {check['score']} on the {check['images']} real val images, those "
            f"`{check['model']}` finds too (same class, >= {check['score']}, IoU >= {check['iou']}, one to one), "
@@ -458,19 +462,20 @@ def _teacher_check(card: ModelCard) -> list[str]:
 
 def splice_measured_sections(markdown: str, card: ModelCard) -> str:
     """`markdown` (a card as written, perhaps with notes added by hand since) with the sections that
-    `gridwatch models card` measures again put in from `card`: each replaces its own section, or
-    goes where render_markdown puts it (before "## Int8"), so nothing else of the text changes."""
-    for section in (_place_folds(card), _teacher_check(card)):
-        if not section:
-            continue
+    `gridwatch models card` measures again put in from `card`: each replaces its own section (or
+    removes it, where the card no longer has the figure), or goes where render_markdown puts it
+    (before "## Int8"), so nothing else of the text changes."""
+    after = ("## Int8", "## Speed", "## Files")  # what render_markdown writes after both
+    for title, section, before in ((PLACE_FOLDS_TITLE, _place_folds(card), (TEACHER_TITLE, *after)),
+                                   (TEACHER_TITLE, _teacher_check(card), after)):
         lines = markdown.split("\n")
-        title = section[0]
         if title in lines:
             start = lines.index(title)
             end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        elif section:
+            start = end = next((i for i, line in enumerate(lines) if line in before), len(lines))
         else:
-            start = end = next((i for i, line in enumerate(lines) if line in ("## Int8", "## Speed", "## Files")),
-                               len(lines))
+            continue
         markdown = "\n".join(lines[:start] + section + lines[end:])
     return markdown
 
