@@ -115,7 +115,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--place-folds", type=int, metavar="K",
                    help="also per-class AP50 on K folds of whole places (the folder's places.json, written by "
                         "`gridwatch dataset build --split-by place`, else perceptual-hash clusters): mean, min "
-                        "and max over the folds, beside the figure over all images")
+                        "and max over the folds, beside the figure over all images; on a build split by image, "
+                        "the images of places its train split holds are left out of the folds and the rest is "
+                        "scored as 'held out'")
     p.set_defaults(func=run_eval)
 
     p = subparsers.add_parser("export", help="export a trained .pt to fp32 and static-quantized int8 ONNX")
@@ -315,7 +317,8 @@ def run_eval(args: argparse.Namespace) -> int:
             threshold = args.score_threshold
         folds = None
         if args.place_folds is not None:
-            result, folds = evaluate_place_folds(predict, eval_set, args.place_folds, threshold)
+            result, folds = evaluate_place_folds(predict, eval_set, args.place_folds, threshold,
+                                                 **image_split_of(args.data, eval_set))
         else:
             recorder = Recorder(predict, len(eval_set.images), say, keep=args.save_errors is not None)
             result = evaluate(recorder, eval_set, threshold)
@@ -353,10 +356,27 @@ def run_eval(args: argparse.Namespace) -> int:
             print(tiled.table())
         if folds is not None:
             print(f"\nheld out by place: AP50 on {folds.k} folds of whole places ({folds.groups} places)")
+            if folds.held_out is not None:
+                print(f"  {folds.seen_place_images} images share a place with a train image and are left out; "
+                      f"the other {folds.held_out.images}: mAP50 {folds.held_out.map50:.3f} (column 'held out')")
             for line in folds.grouping:
                 print(f"  {line}")
             print(folds.table(result))
     return 0
+
+
+def image_split_of(data: Path, eval_set) -> dict:
+    """For `--place-folds` on a build split by image (train images beside, no places.json): the
+    places found over train and val together and the eval images of places it trained on, which
+    the folds leave out, as the card does (training.fit.train.evaluate_by_place)."""
+    from training.data.places import PLACES_FILE
+    from training.evaluation.evaluate import image_split_places
+
+    train = Path(data) / "images" / "train"
+    if eval_set.split == "train" or not train.is_dir() or (Path(data) / PLACES_FILE).is_file():
+        return {}
+    places, seen, grouping = image_split_places(eval_set, train)
+    return {"places": places, "seen": seen, "grouping": grouping}
 
 
 def run_export(args: argparse.Namespace) -> int:

@@ -166,6 +166,13 @@ def test_image_split_leaves_out_val_images_of_places_it_trained_on(tmp_path, cap
     assert sum(f.images for f in folds.folds) == folds.held_out.images
     held = folds.to_dict()["held_out"]
     assert held["seen_place_images"] == folds.seen_place_images and held["images"] == folds.held_out.images
+    capsys.readouterr()
+    assert main(["eval", "--model", str(model), "--data", str(out), "--place-folds", "2", "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["place_folds"]["held_out"]["seen_place_images"] == folds.seen_place_images
+    assert answer["map50"] == whole.map50  # the plain figure is still over every val image
+    assert main(["eval", "--model", str(model), "--data", str(out), "--place-folds", "2"]) == 0
+    assert "share a place with a train image and are left out" in capsys.readouterr().out
 
     weights = tmp_path / "weights"
     shutil.copytree(model.parent, weights, ignore=shutil.ignore_patterns("history", "README.md", "load-decision.md"))

@@ -281,9 +281,13 @@ class PlaceFolds:
         return out
 
     def table(self, whole: EvalResult | None = None) -> str:
-        lines = [f"{'class':<16}{'AP50 all':>9}{'mean':>8}{'min':>8}{'max':>8}{'folds':>7}"]
+        held = self.held_out
+        lines = [f"{'class':<16}{'AP50 all':>9}" + (f"{'held out':>9}" if held else "") +
+                 f"{'mean':>8}{'min':>8}{'max':>8}{'folds':>7}"]
         for name, s in self.per_class().items():
             overall = f"{whole.classes[name].ap50:>9.3f}" if whole is not None and name in whole.classes else f"{'':>9}"
+            if held:
+                overall += f"{held.classes[name].ap50:>9.3f}" if name in held.classes else f"{'':>9}"
             lines.append(f"{name:<16}{overall}{s['mean_ap50']:>8.3f}{s['min_ap50']:>8.3f}{s['max_ap50']:>8.3f}"
                          f"{s['folds']:>7}")
         return "\n".join(lines)
