@@ -286,6 +286,7 @@ def run_eval(args: argparse.Namespace) -> int:
         EvalError,
         evaluate,
         evaluate_place_folds,
+        image_split_places,
         load_eval_set,
         onnx_predictor,
         operating_threshold_of,
@@ -317,8 +318,11 @@ def run_eval(args: argparse.Namespace) -> int:
             threshold = args.score_threshold
         folds = None
         if args.place_folds is not None:
-            result, folds = evaluate_place_folds(predict, eval_set, args.place_folds, threshold,
-                                                 **image_split_of(args.data, eval_set))
+            # on a build split by image, the images of places its train split holds are left out, as on the card
+            image_split = image_split_places(eval_set, Path(args.data))
+            result, folds = evaluate_place_folds(
+                predict, eval_set, args.place_folds, threshold,
+                **(dict(zip(("places", "seen", "grouping"), image_split)) if image_split else {}))
         else:
             recorder = Recorder(predict, len(eval_set.images), say, keep=args.save_errors is not None)
             result = evaluate(recorder, eval_set, threshold)
@@ -363,20 +367,6 @@ def run_eval(args: argparse.Namespace) -> int:
                 print(f"  {line}")
             print(folds.table(result))
     return 0
-
-
-def image_split_of(data: Path, eval_set) -> dict:
-    """For `--place-folds` on a build split by image (train images beside, no places.json): the
-    places found over train and val together and the eval images of places it trained on, which
-    the folds leave out, as the card does (training.fit.train.evaluate_by_place)."""
-    from training.data.places import PLACES_FILE
-    from training.evaluation.evaluate import image_split_places
-
-    train = Path(data) / "images" / "train"
-    if eval_set.split == "train" or not train.is_dir() or (Path(data) / PLACES_FILE).is_file():
-        return {}
-    places, seen, grouping = image_split_places(eval_set, train)
-    return {"places": places, "seen": seen, "grouping": grouping}
 
 
 def run_export(args: argparse.Namespace) -> int:

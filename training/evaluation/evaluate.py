@@ -338,9 +338,15 @@ def eval_set_places(eval_set: EvalSet) -> tuple[dict[Path, str], list[str]]:
     return _hash_places([im.path for im in eval_set.images], eval_set.source, eval_set.root)
 
 
-def image_split_places(eval_set: EvalSet, train_dir: Path) -> tuple[dict[Path, str], set[Path], list[str]]:
-    """For a build split by image: each eval image's place, found over the train images and the
-    eval images together, and the eval images whose place also holds a train image."""
+def image_split_places(eval_set: EvalSet, dataset_dir: Path) -> tuple[dict[Path, str], set[Path], list[str]] | None:
+    """For a build split by image (train images beside, no places.json): each eval image's place,
+    found over the train images and the eval images together, the eval images whose place also
+    holds a train image, and how the places were found. None for any other folder."""
+    from training.data.places import PLACES_FILE
+
+    train_dir = dataset_dir / "images" / "train"
+    if not train_dir.is_dir() or (dataset_dir / PLACES_FILE).is_file() or eval_set.split == "train":
+        return None
     train = [p for p in find_images(train_dir) if "synthetic" not in p.name.lower()]
     groups, grouping = _hash_places([*train, *(im.path for im in eval_set.images)], eval_set.source, eval_set.root)
     trained = {groups[p] for p in train}

@@ -23,7 +23,7 @@ from training.evaluation.evaluate import (EvalSet, PlaceFolds, eval_set_from_ima
 from training.export.export import calibration_images, camera_input_hw, compare_speed, export, load_checkpoint
 from training.export.export_run import int8_misses
 from training.evaluation.metrics import EvalResult
-from training.evaluation.teacher_check import compare_to_teachers
+from training.evaluation.teacher_check import TeacherCheck, compare_to_teachers
 from training.promotion.model_card import (ModelCard, ReviewCounts, card_json, int8_check, render_markdown, run_card,
                                           source_credits, splice_measured_sections, write_card)
 from training.offline import ultralytics_offline
@@ -234,8 +234,8 @@ def evaluate_by_place(model: Path, eval_set: EvalSet, places_file: Path) -> tupl
         groups = {im.path: places.get(im.path.name, f"image:{im.path.name}") for im in eval_set.images}
         # how the build grouped each source (its report.json), for the card
         grouping = build_report(dataset_dir).get("places") or [f"places from {places_file.name}"]
-    elif (dataset_dir / "images" / "train").is_dir():
-        groups, seen, grouping = image_split_places(eval_set, dataset_dir / "images" / "train")
+    elif (image_split := image_split_places(eval_set, dataset_dir)) is not None:
+        groups, seen, grouping = image_split
     else:
         return evaluate_onnx(model, eval_set), None
     k = min(PLACE_FOLDS, len({place for path, place in groups.items() if seen is None or path not in seen}))
@@ -243,6 +243,14 @@ def evaluate_by_place(model: Path, eval_set: EvalSet, places_file: Path) -> tupl
         return evaluate_onnx(model, eval_set), None
     predict, _ = onnx_predictor(model)
     return evaluate_place_folds(predict, eval_set, k, places=groups, grouping=grouping, seen=seen)
+
+
+def against_teachers(served: Path, real: EvalSet, log) -> TeacherCheck | None:
+    """The served file against the COCO teacher files on the real val images, logged (None: no teacher here)."""
+    teachers = compare_to_teachers(served, [im.path for im in real.images])
+    if teachers is not None:
+        log(f"{served.name} against the COCO teacher on the real val split:\n" + "\n".join(teachers.lines()))
+    return teachers
 
 
 def build_report(dataset_dir: Path) -> dict:
@@ -306,10 +314,7 @@ def finish_run(
             f"{speed.fp32_ms:.1f} -> {speed.int8_ms:.1f} ms ({speed.ratio:.2f}x)")
         for miss in int8_misses(quantised, speed):
             log(f"WARNING: int8 misses its target on {miss}; see the card")
-    served = exported.int8 or exported.fp32
-    teachers = compare_to_teachers(served, [im.path for im in real.images])
-    if teachers is not None:
-        log(f"{served.name} against the COCO teacher on the real val split:\n" + "\n".join(teachers.lines()))
+    teachers = against_teachers(exported.int8 or exported.fp32, real, log)
     if synthetic is not None:
         metrics["synthetic_val"] = {exported.fp32.name: evaluate_onnx(exported.fp32, synthetic).to_dict()}
 
@@ -378,10 +383,7 @@ def measure_served(data: str | Path, weights_dir: Path = WEIGHTS_DIR, log=print)
             "the card's real_val tables were measured on another split")
     if folds is not None:
         log(f"{fp32.name} held out by place:\n{folds.table(whole)}")
-    served = int8 if int8.is_file() else fp32
-    teachers = compare_to_teachers(served, [im.path for im in real.images])
-    if teachers is not None:
-        log(f"{served.name} against the COCO teacher:\n" + "\n".join(teachers.lines()))
+    teachers = against_teachers(int8 if int8.is_file() else fp32, real, log)
     card = card.model_copy(update={"place_folds": folds.to_dict() if folds is not None else None,
                                    "teacher_check": teachers.to_dict() if teachers is not None else None})
     for stem in [STEM] + [Path(f.name).stem for f in card.files]:
