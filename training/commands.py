@@ -43,10 +43,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--freeze", type=int, metavar="N",
                    help="keep the first N layers as they are (10: YOLOv8's backbone), so a short fine-tune "
                         "on new data moves only the neck and head and cannot unlearn what the backbone knows")
+    add_refit_classes(p)
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="auto",
                    help="auto lets Ultralytics pick (AdamW on short runs) and set its own learning rate")
     p.add_argument("--lr0", type=float, help="initial learning rate; needs an explicit --optimizer")
     p.add_argument("--no-int8", dest="int8", action="store_false", help="export fp32 only after training")
+    p.add_argument("--int8-from", type=Path, metavar="INT8_ONNX",
+                   help="after a class refit (--refit-classes): graft the refit rows into this int8 file, the one "
+                        "of the model the refit started from, instead of calibrating a new one, so every other "
+                        "class keeps its int8 weights and calibration byte for byte")
     p.add_argument("--card-notes", type=Path,
                    help="Markdown file whose text opens the model card (the run's history, comparisons)")
     p.add_argument("--promote", action="store_true",
@@ -80,6 +85,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--crops", type=int, default=0, metavar="TILE",
                    help="native-resolution train crops of small signs, ads, flyers and banners (as `gridwatch "
                         "dataset build --crops`)")
+    add_refit_classes(p)
     p.add_argument("--pseudo-labels", action=argparse.BooleanOptionalAction, default=True,
                    help="COCO-teacher boxes for the context classes on the base sources (default: on)")
     p.add_argument("--cache-dir", type=Path, help="teacher output cache (default: runs/cache/teacher)")
@@ -171,6 +177,13 @@ def add_force_reason(p: argparse.ArgumentParser) -> None:
                         "(the reason goes on the model card and the log)")
 
 
+def add_refit_classes(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--refit-classes", metavar="CLASS[,CLASS]",
+                   help="train only the detection head's score rows of these classes (e.g. truck,bus); every "
+                        "other weight is frozen and every other class scores exactly as before, so teaching "
+                        "one class cannot cost the others")
+
+
 def weights_dir(args: argparse.Namespace) -> Path:
     """--weights-dir, else the served model's folder (weights/)."""
     from training.fit.train import WEIGHTS_DIR
@@ -197,6 +210,24 @@ def ultralytics_options(args: argparse.Namespace) -> dict:
     return {k: v for k, v in given.items() if v is not None}
 
 
+def class_list(value: str | None) -> list[str]:
+    return [c.strip() for c in value.split(",") if c.strip()] if value else []
+
+
+def refit_classes_error(value: str | None) -> str | None:
+    """Checked before any dataset is built or epoch trained: a typo must not cost an hour."""
+    if value is None:
+        return None
+    from detector.taxonomy import load_taxonomy
+
+    classes = class_list(value)
+    if not classes:
+        return "--refit-classes needs at least one class name"
+    known = load_taxonomy().all_detector_classes
+    unknown = [c for c in classes if c not in known]
+    return f"--refit-classes: {', '.join(unknown)} not a detector class ({', '.join(known)})" if unknown else None
+
+
 def run_train(args: argparse.Namespace) -> int:
     from training.fit.train import TrainError, existing_run, finish_run, train
 
@@ -205,6 +236,13 @@ def run_train(args: argparse.Namespace) -> int:
     if args.lr0 is not None and args.optimizer == "auto":
         # Ultralytics silently replaces lr0 when it picks the optimizer itself.
         return fail("--lr0 has no effect with --optimizer auto; name the optimizer, e.g. --optimizer SGD")
+    if args.refit_classes is not None and (args.freeze is not None or args.activation or args.distill):
+        return fail("--refit-classes trains the score rows alone: it cannot be combined with --freeze, "
+                    "--activation or --distill")
+    if error := refit_classes_error(args.refit_classes):
+        return fail(error)
+    if args.int8_from is not None and not args.int8_from.is_file():
+        return fail(f"--int8-from: no int8 file at {args.int8_from}")
     if args.distill is not None and not args.distill.is_file():
         return fail(f"--distill: no teacher checkpoint at {args.distill}")
     if error := blank_reason(args.force_reason, "--force-reason", "say why the fall is acceptable"):
@@ -221,7 +259,8 @@ def run_train(args: argparse.Namespace) -> int:
                 args.data, args.model, epochs=args.epochs, imgsz=args.imgsz or 416, batch=args.batch,
                 device=args.device, project=args.project, name=args.name, resume=args.resume,
                 fraction=args.fraction, workers=args.workers, plots=args.plots,
-                repeat_threshold=args.repeat_threshold, activation=args.activation, extra=ultralytics_options(args),
+                repeat_threshold=args.repeat_threshold, activation=args.activation,
+                refit_classes=class_list(args.refit_classes), extra=ultralytics_options(args),
             )
         data = args.data
         if data is None:  # the data is what the run was started with
@@ -230,7 +269,7 @@ def run_train(args: argparse.Namespace) -> int:
             data = Path(read_checkpoint_args(result.best)["data"])
         finish_run(result, data, promote=args.promote, weights_dir=weights_dir(args),
                    int8=args.int8, notes=notes, imgsz=args.imgsz if args.finish else None,
-                   force_reason=args.force_reason)
+                   force_reason=args.force_reason, int8_from=args.int8_from)
     except (TrainError, ValueError, FileNotFoundError) as exc:
         return fail(str(exc))
     return 0
@@ -245,6 +284,8 @@ def run_retrain(args: argparse.Namespace) -> int:
 
     if error := blank_reason(args.force_reason, "--force-reason", "say why the fall is acceptable"):
         return fail(error)
+    if error := refit_classes_error(args.refit_classes):
+        return fail(error)
     try:
         card = retrain(RetrainOptions(
             reviews=args.review, epochs=args.epochs, hours=args.time, imgsz=args.imgsz, batch=args.batch,
@@ -252,7 +293,7 @@ def run_retrain(args: argparse.Namespace) -> int:
             project=args.project, name=args.name,
             sources=_sources(args.sources, args.root) if (args.sources or args.root) else None,
             limit=args.limit, val_fraction=args.val_fraction, image_size=args.image_size, synthetic=args.synthetic,
-            crops=args.crops, repeat_threshold=args.repeat_threshold,
+            crops=args.crops, repeat_threshold=args.repeat_threshold, refit_classes=class_list(args.refit_classes),
             pseudo_labels=args.pseudo_labels, teacher_cache=args.cache_dir,
             extra={"cache": args.cache} if args.cache else {}, force_reason=args.force_reason,
         ), log=lambda line: print(line, flush=True))

@@ -310,3 +310,69 @@ def _wait_for_checkpoint(path: Path, deadline: float, proc: subprocess.Popen) ->
 def _epochs(results: Path) -> list[int]:
     rows = results.read_text().splitlines()[1:]
     return [int(float(r.split(",")[0])) for r in rows if r.strip()]
+
+
+def _weights(path: Path) -> dict:
+    from training.export.export import load_checkpoint
+
+    checkpoint = load_checkpoint(path)
+    model = checkpoint.get("ema") or checkpoint["model"]
+    return {"names": dict(model.names), "state": model.float().state_dict()}
+
+
+def test_class_refit_learns_only_the_named_classes_score_rows(env, trained):
+    import torch
+
+    start = trained["run"] / "weights" / "best.pt"
+    project = env["tmp"] / "runs"
+    base_int8 = trained["run"] / "export" / "gridwatch-int8.onnx"
+    proc = gridwatch(env, "train", "--data", env["data"], "--model", start, "--refit-classes", "person,truck",
+                     "--epochs", 1, "--imgsz", 192, "--batch", 8, "--optimizer", "SGD", "--lr0", 0.05,
+                     "--warmup-epochs", 0, "--project", project, "--name", "refit", "--no-plots",
+                     "--int8-from", base_int8, "--weights-dir", trained["weights"])
+    assert "class refit: only the score rows of person, truck learn" in proc.stdout + proc.stderr
+    before, after = _weights(start), _weights(project / "refit" / "weights" / "best.pt")
+    taught = torch.tensor([before["names"][k] in ("person", "truck") for k in sorted(before["names"])])
+    score_rows = {f"model.22.cv3.{level}.2.{part}" for level in range(3) for part in ("weight", "bias")}
+    moved = False
+    for key, value in before["state"].items():
+        learnt = after["state"][key]
+        if key in score_rows:
+            assert torch.equal(learnt[~taught], value[~taught]), f"{key}: a row of an untaught class moved"
+            moved |= not torch.equal(learnt[taught], value[taught])
+        else:
+            assert torch.equal(learnt, value), f"{key} moved in a class refit"
+    assert moved, "the taught classes' score rows did not learn"
+    card = json.loads((project / "refit" / "export" / "gridwatch.json").read_text(encoding="utf-8"))
+    assert card["training"]["class_refit"] == ["person", "truck"]
+    assert "score rows of person, truck grafted" in card["int8"]["calibration"]
+    _int8_differs_only_in_taught_rows(base_int8, project / "refit" / "export" / "gridwatch-int8.onnx",
+                                      taught.numpy(), score_rows)
+
+    unknown = gridwatch(env, "train", "--data", env["data"], "--model", start, "--refit-classes", "lorry",
+                        "--epochs", 1, "--project", project, "--name", "refit-unknown", check=False)
+    assert unknown.returncode == 2 and "lorry not a detector class" in unknown.stderr
+    assert not (project / "refit-unknown").exists()
+    no_network(env)
+
+
+def _int8_differs_only_in_taught_rows(base: Path, grafted: Path, taught: np.ndarray, score_rows: set[str]) -> None:
+    """Every int8 weight, scale and calibration of `grafted` is `base`'s, but the taught classes'
+    rows of the class-score convolutions, which moved."""
+    import onnx
+    from onnx import numpy_helper
+
+    before = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(base)).graph.initializer}
+    after = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(grafted)).graph.initializer}
+    assert before.keys() == after.keys()
+    row_arrays = {f"{key.rsplit('.', 1)[0]}.{part}" for key in score_rows
+                  for part in ("weight_quantized", "weight_scale", "bias_quantized", "bias_quantized_scale")}
+    assert row_arrays <= before.keys()
+    moved = False
+    for name, value in before.items():
+        if name in row_arrays:
+            assert np.array_equal(after[name][~taught], value[~taught]), f"{name}: an untaught row moved in int8"
+            moved |= not np.array_equal(after[name][taught], value[taught])
+        else:
+            assert np.array_equal(after[name], value), f"{name} moved in the grafted int8 file"
+    assert moved

@@ -17,3 +17,27 @@ def test_given_options_reach_ultralytics_under_its_names(tmp_path):
 
 def test_options_not_given_are_left_to_ultralytics():
     assert ultralytics_options(build_parser().parse_args(["train", "--data", "d.yaml"])) == {"optimizer": "auto"}
+
+
+def test_class_refit_is_refused_beside_options_that_train_other_weights(capsys):
+    from training.commands import run_train
+
+    for extra in (["--freeze", "10"], ["--activation", "relu"]):
+        args = build_parser().parse_args(["train", "--data", "d.yaml", "--refit-classes", "truck", *extra])
+        assert run_train(args) == 2
+        assert "--refit-classes trains the score rows alone" in capsys.readouterr().err
+    args = build_parser().parse_args(["train", "--data", "d.yaml", "--refit-classes", " , "])
+    assert run_train(args) == 2
+    assert "needs at least one class name" in capsys.readouterr().err
+
+
+def test_unknown_refit_class_is_refused_before_anything_is_built(tmp_path, capsys):
+    from training.commands import run_retrain, run_train
+
+    runs = tmp_path / "runs"
+    for argv, run in ((["train", "--data", "d.yaml"], run_train),
+                      (["retrain", "--review", str(tmp_path), "--project", str(runs)], run_retrain)):
+        assert run(build_parser().parse_args([*argv, "--refit-classes", "truck,lorry"])) == 2
+        err = capsys.readouterr().err
+        assert "--refit-classes: lorry not a detector class" in err and "truck," in err
+    assert not runs.exists()

@@ -20,8 +20,10 @@ from detector.runtime import DEFAULT_SCORE_THRESHOLD
 from training.data.dataset_manifest import read_label_counts, read_sources
 from training.evaluation.evaluate import (EvalSet, PlaceFolds, eval_set_from_images, evaluate, evaluate_place_folds,
                                          image_split_places, onnx_predictor)
-from training.export.export import calibration_images, camera_input_hw, compare_speed, export, load_checkpoint
+from training.export.export import (ExportResult, calibration_images, camera_input_hw, compare_speed, export,
+                                   load_checkpoint, read_checkpoint_args)
 from training.export.export_run import int8_misses
+from training.export.row_graft import GraftError, graft_score_rows
 from training.evaluation.metrics import EvalResult
 from training.evaluation.teacher_check import TeacherCheck, compare_to_teachers
 from training.promotion.model_card import (ModelCard, ReviewCounts, card_json, int8_check, render_markdown, run_card,
@@ -33,7 +35,7 @@ from training.promotion.promote import decide, decide_loop, guard_loop, guard_ru
 from training.data.pseudo_labels import COCO_TEACHER
 from training.evaluation.review_judging import human_review_split
 from training.fit.sampling import run_sampling
-from training.fit.trainer import gridwatch_trainer
+from training.fit.trainer import graft_refit_rows, gridwatch_trainer, run_refit_classes
 from training.data.sources import Source
 from training.data.yolo_format import DataYaml, read_data_yaml
 
@@ -129,6 +131,7 @@ def train(
     seed: int = 0,
     repeat_threshold: float | None = None,
     activation: str | None = None,
+    refit_classes: Sequence[str] = (),
     extra: dict | None = None,
 ) -> TrainResult:
     YOLO = ultralytics_offline()
@@ -144,30 +147,54 @@ def train(
         if load_checkpoint(last).get("epoch", -1) < 0:
             raise TrainError(f"{run_dir}: training is finished, nothing to resume "
                              "(use --finish for the after-training steps)")
+        refit_classes = run_refit_classes(run_dir)
+        start = read_checkpoint_args(last).get("model")
         try:
             # the same trainer again, with the sampling the run started with
             sampling = run_sampling(run_dir).get("repeat_factor_sampling", {})
-            YOLO(str(last)).train(resume=True, trainer=gridwatch_trainer(sampling.get("threshold"), seed))
+            YOLO(str(last)).train(resume=True, trainer=gridwatch_trainer(sampling.get("threshold"), seed,
+                                                                         refit_classes=refit_classes))
         except AssertionError as exc:  # Ultralytics' way of saying the run already finished
             raise TrainError(f"{run_dir}: {str(exc).splitlines()[0]} (use --finish for the after-training steps)") from None
-        return TrainResult(run_dir=run_dir, best=run_dir / "weights" / "best.pt")
+        return trained(run_dir, start, refit_classes)
     data = Path(data).resolve()
     config = data_config(data)
     if model is None:
         model = bootstrap_start(project / ".bootstrap", split_dir(config, "train"))
     if activation:
         model = with_activation(Path(model), activation, run_dir / "start")
+    if refit_classes and not str(model).endswith(".pt"):
+        raise TrainError(f"--refit-classes teaches a trained model: --model must be a .pt, not {model}")
+    if unknown := sorted(set(refit_classes) - set(config.names.values())):
+        raise TrainError(f"--refit-classes: {', '.join(unknown)} not among the dataset's classes "
+                         f"({', '.join(config.names.values())})")
     device = device or default_device()
     YOLO(str(model)).train(
-        trainer=gridwatch_trainer(repeat_threshold, seed), data=str(data), epochs=epochs, imgsz=imgsz, batch=batch, device=device,
-        project=str(project), name=name, exist_ok=True, fraction=fraction,
-        workers=workers, plots=plots, seed=seed, deterministic=False, verbose=True,
+        trainer=gridwatch_trainer(repeat_threshold, seed, refit_classes=refit_classes), data=str(data),
+        epochs=epochs, imgsz=imgsz, batch=batch, device=device, project=str(project), name=name, exist_ok=True,
+        fraction=fraction, workers=workers, plots=plots, seed=seed, deterministic=False, verbose=True,
         **(extra or {}),
     )
+    return trained(run_dir, model, refit_classes)
+
+
+def trained(run_dir: Path, start: str | Path | None, refit_classes: Sequence[str]) -> TrainResult:
+    """The finished run; after a class refit its weights files hold the start model in full
+    precision with only the refit rows learnt (training.fit.trainer.graft_refit_rows)."""
     best = run_dir / "weights" / "best.pt"
     if not best.is_file():
         raise TrainError(f"training finished without {best}")
+    if refit_classes:
+        for weights in (best, run_dir / "weights" / "last.pt"):
+            if weights.is_file():
+                graft_refit_rows(Path(start), weights, refit_classes)
     return TrainResult(run_dir=run_dir, best=best)
+
+
+def class_refit(run_dir: Path) -> dict:
+    """Which classes' score rows the run trained, for the card ({} when it trained the whole model)."""
+    classes = run_refit_classes(run_dir)
+    return {"class_refit": classes} if classes else {}
 
 
 def existing_run(project: str | Path, name: str | None) -> TrainResult:
@@ -266,6 +293,26 @@ def _lineage(checkpoint: dict) -> dict:
     return {"averaged_from": checkpoint["averaged_from"], "average_shares": checkpoint.get("average_shares")}
 
 
+def graft_int8(base: Path, refit: Path, classes: Sequence[str], exported: ExportResult, log) -> Path:  # noqa: ANN001
+    """The refit's int8 file: `base` with the refit rows grafted, its calibration kept."""
+    import re
+
+    from detector.model import open_session
+
+    _, info = open_session(base, threads=1)
+    if str(info.metadata.get("imgsz")) != exported.metadata.get("imgsz"):
+        raise TrainError(f"--int8-from {base} was exported at {info.metadata.get('imgsz')} px, this run at "
+                         f"{exported.metadata.get('imgsz')}: pass --imgsz to match")
+    try:
+        out = graft_score_rows(base, refit, classes, exported.fp32.with_name(f"{STEM}-int8.onnx"), exported.metadata)
+    except GraftError as exc:
+        raise TrainError(f"--int8-from: {exc}") from None
+    counted = re.search(r"(\d+) images", info.metadata.get("gridwatch_calibration", ""))
+    exported.calibration_images = int(counted.group(1)) if counted else 0
+    log(f"int8: the score rows of {', '.join(classes)} grafted into {base} (its calibration kept) -> {out}")
+    return out
+
+
 def finish_run(
     result: TrainResult,
     data: str | Path,
@@ -278,6 +325,7 @@ def finish_run(
     review_sources: Sequence[Source] = (),
     review_data: ReviewCounts | None = None,
     force_reason: str | None = None,
+    int8_from: Path | None = None,
     log=print,
 ) -> ModelCard:
     """Export, evaluate, card, champion/challenger. Returns the card.
@@ -288,6 +336,8 @@ def finish_run(
     split, judged apart from the rest (the base real val split); `review_data` goes on the card.
     `force_reason`: promote even though a class a violation rule uses fell (training.promotion.promote
     guard_rule_classes); the reason goes on the card.
+    `int8_from`: for a class refit, the int8 file of the model it was refit from; the refit rows are
+    grafted into it (training/export/row_graft.py) instead of calibrating a new one.
     """
     dataset = data_config(Path(data).resolve())
     # The build's manifest records each source's licence and attribution: a source given by its
@@ -295,8 +345,13 @@ def finish_run(
     recorded = read_sources(dataset.file.parent / "manifest.json")
     sources = source_credits(dataset.sources, [*recorded, *review_sources])  # a missing definition fails now, not after the export
     out = result.run_dir / "export"
-    exported = export(result.best, out, imgsz=imgsz, calib=split_dir(dataset, "train"), int8=int8, stem=STEM,
-                      log=log)
+    grafted = run_refit_classes(result.run_dir) if int8_from else []
+    if int8_from and not grafted:
+        raise TrainError("--int8-from grafts a class refit's rows into an int8 file: this run trained the whole model")
+    exported = export(result.best, out, imgsz=imgsz, calib=split_dir(dataset, "train"), int8=int8 and not grafted,
+                      stem=STEM, log=log)
+    if int8 and grafted:
+        exported.int8 = graft_int8(Path(int8_from), result.best, grafted, exported, log)
     real, synthetic = split_synthetic(val_set(dataset))
     real, review = split_sources(real, [s.name for s in review_sources])
 
@@ -342,7 +397,7 @@ def finish_run(
         STEM, exported, sources=sources, counts=read_label_counts(manifest) if manifest.is_file() else None,
         metrics=metrics, real_val=fp32_eval, int8=quantised, speed=speed,
         training={**exported.train_args, "run_dir": str(result.run_dir), **_lineage(load_checkpoint(result.best)),
-                  **run_sampling(result.run_dir)},
+                  **run_sampling(result.run_dir), **class_refit(result.run_dir)},
         files=files, decision=decision, summary=notes.strip() if notes else None,
         pseudo_label_audit=build_report(dataset.file.parent).get("pseudo_suppressed"), review_data=review_data,
         place_folds=place_folds.to_dict() if place_folds is not None else None,

@@ -55,6 +55,7 @@ class RetrainOptions:
     synthetic: int = 600  # synthetic flyer/banner images, as the shipped model had: without them it forgets both
     crops: int = 0  # native-resolution crops' tile size (training/data/crops.py); 0: none
     repeat_threshold: float | None = None  # repeat-factor sampling (training/fit/sampling.py); None: off
+    refit_classes: Sequence[str] = ()  # train only these classes' score rows (training.fit.trainer.ClassRefit)
     pseudo_labels: bool = True
     teacher_cache: Path | None = None
     extra: dict = field(default_factory=dict)
@@ -199,7 +200,8 @@ def retrain(options: RetrainOptions, log: Callable[[str], None] = print) -> Mode
         extra["time"] = options.hours
     result = train(data, start, epochs=options.epochs, imgsz=options.imgsz, batch=options.batch,
                    device=options.device, project=project, name=f"{name}/train", workers=options.workers,
-                   plots=options.plots, repeat_threshold=options.repeat_threshold, extra=extra)
+                   plots=options.plots, repeat_threshold=options.repeat_threshold,
+                   refit_classes=options.refit_classes, extra=extra)
     return finish_run(result, data, promote=True, weights_dir=weights_dir, review_sources=reviews,
                       review_data=counts, force_reason=options.force_reason, log=log)
 
