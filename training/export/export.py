@@ -519,6 +519,11 @@ def load_checkpoint(weights: str | Path) -> dict:
     return ckpt
 
 
+def checkpoint_model(checkpoint: dict):  # noqa: ANN201
+    """The checkpoint's network in full precision: its EMA weights (what Ultralytics serves), else its model."""
+    return (checkpoint.get("ema") or checkpoint["model"]).float()
+
+
 def read_checkpoint_args(weights: str | Path) -> dict:
     """The training arguments Ultralytics stored in a checkpoint (data, imgsz, epochs...)."""
     return dict(load_checkpoint(weights).get("train_args") or {})

@@ -25,26 +25,28 @@ def class_score_convs(model):  # noqa: ANN001, ANN201
     return [branch[-1] for branch in model.model[-1].cv3]
 
 
+def class_names(model) -> dict[int, str]:  # noqa: ANN001
+    return model.names if isinstance(model.names, dict) else dict(enumerate(model.names))
+
+
 class GraftError(ValueError):
     """The int8 file and the refit do not fit together; the message says how."""
 
 
-def _initializers(proto) -> dict:  # noqa: ANN001
-    return {init.name: init for init in proto.graph.initializer}
-
-
-def _input_scale(proto, weight_output: str) -> np.ndarray:  # noqa: ANN001
+def _input_scale(proto, weight_output: str, initializers: dict) -> float:  # noqa: ANN001
     """Scale of the activation the convolution reading `weight_output` takes in."""
     from onnx import numpy_helper
 
-    producers = {out: node for node in proto.graph.node for out in node.output}
     conv = next((n for n in proto.graph.node if n.op_type == "Conv" and weight_output in n.input), None)
     if conv is None:
         raise GraftError(f"no convolution reads {weight_output}")
-    dequantize = producers.get(conv.input[0])
+    dequantize = next((n for n in proto.graph.node if conv.input[0] in n.output), None)
     if dequantize is None or dequantize.op_type != "DequantizeLinear":
         raise GraftError(f"{conv.name} does not read a quantised activation")
-    return numpy_helper.to_array(_initializers(proto)[dequantize.input[1]])
+    return float(numpy_helper.to_array(initializers[dequantize.input[1]]))
+
+
+ROW_ARRAYS = ("weight_quantized", "weight_scale", "weight_zero_point", "bias_quantized", "bias_quantized_scale")
 
 
 def graft_score_rows(int8_file: Path, refit_checkpoint: Path, classes: Sequence[str], out: Path,
@@ -56,44 +58,38 @@ def graft_score_rows(int8_file: Path, refit_checkpoint: Path, classes: Sequence[
     import torch
     from onnx import numpy_helper
 
-    from training.export.export import load_checkpoint
+    from training.export.export import checkpoint_model, load_checkpoint
 
     proto = onnx.load(str(int8_file))
-    checkpoint = load_checkpoint(refit_checkpoint)
-    model = (checkpoint.get("ema") or checkpoint["model"]).float()
-    names = model.names if isinstance(model.names, dict) else dict(enumerate(model.names))
+    model = checkpoint_model(load_checkpoint(refit_checkpoint))
+    names = class_names(model)
     props = {p.key: p.value for p in proto.metadata_props}
     if "names" not in props or {int(k): str(v) for k, v in ast.literal_eval(props["names"]).items()} != names:
         raise GraftError(f"{int8_file} and {refit_checkpoint} do not have the same classes in the same order")
     rows = [k for k in sorted(names) if names[k] in classes]
     if len(rows) != len(set(classes)):
         raise GraftError(f"not among the model's classes: {', '.join(sorted(set(classes) - set(names.values())))}")
-    inits = _initializers(proto)
+    inits = {init.name: init for init in proto.graph.initializer}
     last = len(model.model) - 1
     for level, conv in enumerate(class_score_convs(model)):
         prefix = f"model.{last}.cv3.{level}.{len(model.model[-1].cv3[level]) - 1}"
         try:
-            q = numpy_helper.to_array(inits[f"{prefix}.weight_quantized"]).copy()
-            scale = numpy_helper.to_array(inits[f"{prefix}.weight_scale"]).copy()
-            zero = numpy_helper.to_array(inits[f"{prefix}.weight_zero_point"])
-            bias_q = numpy_helper.to_array(inits[f"{prefix}.bias_quantized"]).copy()
-            bias_scale = numpy_helper.to_array(inits[f"{prefix}.bias_quantized_scale"]).copy()
+            arrays = {part: numpy_helper.to_array(inits[f"{prefix}.{part}"]).copy() for part in ROW_ARRAYS}
         except KeyError as missing:
             raise GraftError(f"{int8_file}: no per-channel quantised {prefix} ({missing})") from None
-        if scale.shape != (len(names),) or np.any(zero != 0):
+        if arrays["weight_scale"].shape != (len(names),) or np.any(arrays["weight_zero_point"] != 0):
             raise GraftError(f"{int8_file}: {prefix} is not quantised symmetric per output channel")
-        input_scale = float(_input_scale(proto, f"{prefix}.weight_DequantizeLinear_Output"))
+        input_scale = _input_scale(proto, f"{prefix}.weight_DequantizeLinear_Output", inits)
         with torch.no_grad():
             weight, bias = conv.weight.numpy(), conv.bias.numpy()
         for row in rows:
             step = max(float(np.abs(weight[row]).max()) / 127, 1e-12)
-            q[row] = np.clip(np.round(weight[row] / step), -127, 127)
-            scale[row] = step
-            bias_scale[row] = input_scale * step
-            bias_q[row] = np.round(bias[row] / bias_scale[row])
-        for name, value in ((f"{prefix}.weight_quantized", q), (f"{prefix}.weight_scale", scale),
-                            (f"{prefix}.bias_quantized", bias_q), (f"{prefix}.bias_quantized_scale", bias_scale)):
-            inits[name].CopyFrom(numpy_helper.from_array(value.astype(numpy_helper.to_array(inits[name]).dtype), name))
+            arrays["weight_quantized"][row] = np.clip(np.round(weight[row] / step), -127, 127)
+            arrays["weight_scale"][row] = step
+            arrays["bias_quantized_scale"][row] = input_scale * step
+            arrays["bias_quantized"][row] = np.round(bias[row] / arrays["bias_quantized_scale"][row])
+        for part, value in arrays.items():
+            inits[f"{prefix}.{part}"].CopyFrom(numpy_helper.from_array(value, f"{prefix}.{part}"))
     source = (metadata or {}).get("gridwatch_model_version") or Path(refit_checkpoint).name
     note = GRAFT_NOTE.format(classes=", ".join(names[r] for r in rows), source=source)
     updates = {k: v for k, v in (metadata or {}).items()

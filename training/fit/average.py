@@ -12,7 +12,7 @@ import copy
 from collections.abc import Sequence
 from pathlib import Path
 
-from training.export.export import ExportError, load_checkpoint
+from training.export.export import ExportError, checkpoint_model, load_checkpoint
 
 
 def average_checkpoints(weights: Sequence[str | Path], out: str | Path, shares: Sequence[float] | None = None) -> Path:
@@ -25,7 +25,7 @@ def average_checkpoints(weights: Sequence[str | Path], out: str | Path, shares: 
     if len(shares) != len(weights) or min(shares) < 0 or sum(shares) <= 0:
         raise ExportError("give one non-negative share per checkpoint")
     checkpoints = [load_checkpoint(w) for w in weights]
-    models = [(c.get("ema") or c["model"]).float() for c in checkpoints]
+    models = [checkpoint_model(c) for c in checkpoints]
     states = [m.state_dict() for m in models]
     for path, state in zip(weights[1:], states[1:]):
         if state.keys() != states[0].keys() or any(state[k].shape != v.shape for k, v in states[0].items()):

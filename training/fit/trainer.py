@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from training.data.dataset_manifest import DatasetManifest
-from training.export.row_graft import class_score_convs
+from training.export.row_graft import class_names, class_score_convs
 from training.fit.sampling import (SAMPLING_FILE, RepeatedDataset, expanded_indices, repeat_factors, report_lines,
                                sampling_report, train_images)
 
@@ -99,13 +99,12 @@ def graft_refit_rows(start: Path, trained: Path, classes: Sequence[str]) -> None
     shipped model), so the rest stays the start's, in full precision."""
     import torch
 
-    from training.export.export import load_checkpoint
+    from training.export.export import checkpoint_model, load_checkpoint
 
-    base = load_checkpoint(start)
-    model = (base.get("ema") or base["model"]).float()
+    model = checkpoint_model(load_checkpoint(start))
     checkpoint = load_checkpoint(trained)
-    learnt = (checkpoint.get("ema") or checkpoint["model"]).float()
-    names = learnt.names if isinstance(learnt.names, dict) else dict(enumerate(learnt.names))
+    learnt = checkpoint_model(checkpoint)
+    names = class_names(learnt)
     rows = torch.tensor([names[k] in classes for k in sorted(names)])
     with torch.no_grad():
         for conv, taught in zip(class_score_convs(model), class_score_convs(learnt)):
