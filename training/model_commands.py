@@ -81,7 +81,7 @@ def run_rollback(args: argparse.Namespace) -> int:
 
 
 def run_promote(args: argparse.Namespace) -> int:
-    from training.promotion.model_history import HistoryError, model_files, promote
+    from training.promotion.model_history import FORCED, HistoryError, model_files, promote
 
     if error := blank_reason(args.reason, "--reason", "say why this model skips champion/challenger"):
         return fail(error)
@@ -89,7 +89,7 @@ def run_promote(args: argparse.Namespace) -> int:
     if not any(name.endswith(".onnx") for name in files):
         return fail(f"{args.folder}: no gridwatch-*.onnx model files (an export folder of `gridwatch export`)")
     try:
-        promote(files, _weights(args), how="forced", reason=args.reason.strip(),
+        promote(files, _weights(args), how=FORCED, reason=args.reason.strip(),
                 log=lambda line: print(line, flush=True))
     except HistoryError as exc:
         return fail(str(exc))

@@ -12,8 +12,9 @@ from detector.files import REPO_ROOT
 from training.data.dataset_manifest import ImageCounts, LabelCounts
 from training.export.export import SpeedComparison
 from training.evaluation.metrics import ClassMetrics, EvalResult
-from training.promotion.model_card import (FileEntry, Int8Check, ModelCard, Promotion, coverage_weaknesses, render_markdown,
-                                 source_credits, training_instances, write_card)
+from training.promotion.model_card import (FileEntry, ForcedPromotion, Int8Check, ModelCard, Promotion,
+                                           coverage_weaknesses, mark_forced_promotion, render_markdown,
+                                           source_credits, training_instances, write_card)
 from training.promotion.promote import decide, decide_loop, install
 
 
@@ -130,6 +131,28 @@ def test_card_json_and_markdown_come_from_one_card(tmp_path):
         assert text in md, text
 
 
+def test_a_forced_promotion_is_written_into_every_card_and_keeps_hand_edits(tmp_path):
+    card = _card(decision=Promotion.of(decide(_result(0.4), _result(0.5))).model_dump())
+    write_card(card, tmp_path)
+    write_card(card, tmp_path, stem="gridwatch-int8")
+    (tmp_path / "gridwatch-int8.md").write_text(render_markdown(card) + "\nA note added by hand.\n")
+    (tmp_path / "calibration.json").write_text('{"images": 64}')  # not a card: left alone
+    forced = ForcedPromotion(by="li.wei", at="2026-12-06T21:15:51+00:00", reason="trucks found on the ring road")
+
+    assert mark_forced_promotion(tmp_path, forced) == [
+        "gridwatch-int8.json", "gridwatch-int8.md", "gridwatch.json", "gridwatch.md"]
+    for stem in ("gridwatch", "gridwatch-int8"):
+        written = json.loads((tmp_path / f"{stem}.json").read_text())
+        assert written["forced_promotion"] == forced.model_dump()
+        assert written["decision"]["promote"] is False  # champion/challenger's verdict stays as it was
+    marked = card.model_copy(update={"forced_promotion": forced})
+    assert (tmp_path / "gridwatch.md").read_text() == render_markdown(marked)
+    assert "## Put in service by hand" in render_markdown(marked) and "not promoted" in render_markdown(marked)
+    edited = (tmp_path / "gridwatch-int8.md").read_text()
+    assert "A note added by hand." in edited and edited.rstrip().endswith("trucks found on the ring road")
+    assert (tmp_path / "calibration.json").read_text() == '{"images": 64}'
+
+
 def test_retrain_card_counts_review_data_by_camera_and_class(tmp_path):
     decision = decide_loop(_result(0.5), _result(0.4), _result(0.7), _result(0.6))
     review = {"cam-east": {"bin_overflow": {"human train": 3, "negative val": 1}},
@@ -150,8 +173,9 @@ def test_card_json_keeps_the_shipped_field_names(tmp_path):
     shipped = json.loads((REPO_ROOT / "weights" / "gridwatch.json").read_text(encoding="utf-8"))
     written = json.loads(json_path.read_text())
     # the shipped names in their order, no notes, no summary, no measurement made after training
-    # (`gridwatch models card`); fields added since may follow
-    measured_since = ("place_folds", "teacher_check")
+    # (`gridwatch models card`) and no forced promotion (`gridwatch models promote`); fields added
+    # since may follow
+    measured_since = ("place_folds", "teacher_check", "forced_promotion")
     assert [k for k in written if k in shipped] == [k for k in shipped if k not in ("summary", *measured_since)]
     assert set(written) - set(shipped) <= {"pseudo_label_audit"}
     for part in ("int8", "speed"):  # the shipped names first, in their order; new ones after them

@@ -62,6 +62,14 @@ def test_promote_keeps_the_old_model_and_rollback_goes_live(tmp_path, capsys):
         assert promoted.target == f"model:{shipped_version}" and promoted.actor_kind == "cli"
         assert promoted.after["reason"] == "forced: pilot on the east district"
         assert promoted.after["version"] == shipped_version and promoted.actor == promoted.actor_id != ""
+        # the card served says how the model came into service; the export folder's card is untouched
+        served_card = json.loads((weights / "gridwatch.json").read_text(encoding="utf-8"))
+        assert served_card["forced_promotion"]["reason"] == "pilot on the east district"
+        assert served_card["forced_promotion"]["by"] == promoted.actor
+        assert served_card["decision"] == json.loads((SHIPPED / "gridwatch.json").read_text(encoding="utf-8"))["decision"]
+        served_md = (weights / "gridwatch.md").read_text(encoding="utf-8")
+        assert "## Put in service by hand" in served_md and "pilot on the east district" in served_md
+        assert (candidate / "gridwatch.json").read_bytes() == (SHIPPED / "gridwatch.json").read_bytes()
 
         state = listing(weights, capsys)
         assert state["current"] == shipped_version

@@ -41,3 +41,20 @@ def test_unknown_refit_class_is_refused_before_anything_is_built(tmp_path, capsy
         err = capsys.readouterr().err
         assert "--refit-classes: lorry not a detector class" in err and "truck," in err
     assert not runs.exists()
+
+
+def test_refit_class_the_dataset_lacks_is_refused_before_training(tmp_path, capsys):
+    from training.commands import run_train
+
+    # a city's own dataset with fewer classes than the taxonomy: truck is a detector class, not one of its own
+    for split in ("train", "val"):
+        (tmp_path / "images" / split).mkdir(parents=True)
+    data = tmp_path / "data.yaml"
+    data.write_text(f"path: {tmp_path}\ntrain: images/train\nval: images/val\nnames:\n  0: garbage_bin\n  1: push_cart\n")
+    runs = tmp_path / "runs"
+    args = build_parser().parse_args(["train", "--data", str(data), "--model", str(tmp_path / "start.pt"),
+                                      "--refit-classes", "push_cart,truck", "--project", str(runs)])
+    assert run_train(args) == 2
+    err = capsys.readouterr().err
+    assert "--refit-classes: truck not among the dataset's classes (garbage_bin, push_cart)" in err
+    assert not runs.exists()

@@ -119,6 +119,15 @@ class Promotion(BaseModel):
 ReviewCounts = dict[str, dict[str, dict[str, int]]]
 
 
+class ForcedPromotion(BaseModel):
+    """A person put this model in service past champion/challenger (`gridwatch models promote`);
+    `decision` above it still says what champion/challenger decided."""
+
+    by: str
+    at: str
+    reason: str
+
+
 class ModelCard(BaseModel):
     name: str
     model_version: str
@@ -152,6 +161,7 @@ class ModelCard(BaseModel):
     # the served file against the COCO teacher files on the real val images, context classes
     # (training.evaluation.teacher_check.TeacherCheck to_dict); absent where no teacher was at hand
     teacher_check: dict[str, Any] | None = None
+    forced_promotion: ForcedPromotion | None = None
 
 
 def source_credits(names: list[str], defined: Sequence[Source | ManifestSource] = ()) -> list[SourceCredit]:
@@ -382,6 +392,8 @@ def render_markdown(card: ModelCard) -> str:
         elif d.blocked_by:
             out += [f"**Blocked**: rule classes fell by more than {DROP_POINTS:g} AP50 points "
                     f"({', '.join(d.blocked_by)}); only `--force-reason TEXT` promotes such a model.", ""]
+    if card.forced_promotion:
+        out += _forced_promotion(card.forced_promotion)
     out += ["## Training arguments", "", "```json", json.dumps(card.training, indent=2), "```", ""]
     out += ["## Files", "", "| file | sha256 | bytes |", "|---|---|---|"]
     for f in card.files:
@@ -406,6 +418,35 @@ def _synthetic_only(card: ModelCard) -> list[str]:
             "figures say how well the model finds our own composites, not real flyers or banners; the "
             "labelling mode asks reviewers first for frames where the wall scene-change rule fired, to "
             "gather real ones.", ""]
+
+
+def _forced_promotion(forced: ForcedPromotion) -> list[str]:
+    return ["## Put in service by hand", "",
+            f"`gridwatch models promote` put this model in service on {forced.at} (by {forced.by}), not "
+            f"champion/challenger. The reason given: {forced.reason}", ""]
+
+
+def mark_forced_promotion(folder: Path, forced: ForcedPromotion) -> list[str]:
+    """Record a forced promotion in every model card in `folder` (NAME.json and its NAME.md), so
+    the card served says how the model came into service. Returns the card files rewritten."""
+    rewritten = []
+    for json_path in sorted(folder.glob("*.json")):
+        try:
+            card = ModelCard.model_validate_json(json_path.read_text(encoding="utf-8"))
+        except ValueError:
+            continue  # not a model card
+        marked = card.model_copy(update={"forced_promotion": forced})
+        json_path.write_text(card_json(marked), encoding="utf-8")
+        rewritten.append(json_path.name)
+        md_path = json_path.with_suffix(".md")
+        if md_path.is_file():
+            markdown = md_path.read_text(encoding="utf-8")
+            old, new = render_markdown(card), render_markdown(marked)
+            # a card edited by hand after it was written keeps its text; the record goes at its end
+            md_path.write_text(new if markdown == old else markdown.rstrip("\n") + "\n\n"
+                               + "\n".join(_forced_promotion(forced)), encoding="utf-8")
+            rewritten.append(md_path.name)
+    return rewritten
 
 
 def _place_folds(card: ModelCard) -> list[str]:
@@ -483,7 +524,8 @@ def splice_measured_sections(markdown: str, card: ModelCard) -> str:
 def card_json(card: ModelCard) -> str:
     # A card without notes has no `summary` key at all, as cards always had; a `gridwatch train`
     # card has no review keys.
-    exclude = {k for k in ("summary", "review_data", "place_folds", "teacher_check") if getattr(card, k) is None}
+    exclude = {k for k in ("summary", "review_data", "place_folds", "teacher_check", "forced_promotion")
+               if getattr(card, k) is None}
     content = card.model_dump(mode="json", exclude=exclude or None)
     if content.get("decision"):
         # keys that say nothing are left out, as cards before them had none

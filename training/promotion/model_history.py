@@ -24,12 +24,14 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from detector.files import sha256_file
+from training.promotion.model_card import ForcedPromotion, mark_forced_promotion
 from training.promotion.promote import install
 
 STEM = "gridwatch"
 HISTORY = "history"
 EVENTS = "events.jsonl"
 ENTRY = "promotion.json"
+FORCED = "forced"  # `how` of a promotion a person made past champion/challenger
 SAFE_VERSION = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -106,7 +108,8 @@ def _folder(weights_dir: Path, version: str) -> Path:
 
 def _keep(weights_dir: Path, files: dict[str, Path], *, by: str, how: str, reason: str,
           at: str | None = None) -> Promotion:
-    """Copy the files into history/<version>/ (once per version) with their promotion record."""
+    """Copy the files into history/<version>/ (once per version) with their promotion record; a
+    forced promotion is also written into the model's cards there."""
     version, data_hash, headline, map50 = describe(files)
     folder = _folder(weights_dir, version)
     entry = folder / ENTRY
@@ -117,7 +120,10 @@ def _keep(weights_dir: Path, files: dict[str, Path], *, by: str, how: str, reaso
     staging.mkdir(parents=True)
     for name, path in files.items():
         shutil.copyfile(path, staging / name)
-    record = Promotion(version=version, promoted_at=at or now(), promoted_by=by, how=how, reason=reason,
+    at = at or now()
+    if how == FORCED:
+        mark_forced_promotion(staging, ForcedPromotion(by=by, at=at, reason=reason))
+    record = Promotion(version=version, promoted_at=at, promoted_by=by, how=how, reason=reason,
                        dataset_hash=data_hash, headline=headline, map50=map50,
                        files={name: sha256_file(staging / name) for name in files})
     (staging / ENTRY).write_text(record.model_dump_json(indent=1), encoding="utf-8")
@@ -190,7 +196,8 @@ def promote(files: dict[str, Path], weights_dir: Path, *, how: str, reason: str,
                            "(export it with int8, or move the old file away on purpose)")
     replaced = _keep_served(weights_dir)
     record = _keep(weights_dir, files, by=by, how=how, reason=reason)
-    installed = install(files, weights_dir)
+    # installed from the history copy: the cards there say how the model came into service
+    installed = install({name: _folder(weights_dir, record.version) / name for name in files}, weights_dir)
     _event(weights_dir, Event(at=now(), action="promote", version=record.version, replaced=replaced, by=by,
                               reason=f"{how}: {reason}"))
     log(f"promoted {record.version} ({how}, by {by}: {reason})"

@@ -152,22 +152,30 @@
     showFrame(item);
     overlay.removeAttribute("hidden");
     delete root.dataset.frame;
-    img.src = c.image_url || "";
+    showImage(item, c.image_url || "", () => {
+      if (state.decidedAt !== null) {
+        window.gwReview.timings.push(performance.now() - state.decidedAt);
+        state.decidedAt = null;
+      }
+      root.dataset.shown = c.case_number;
+    });
+    fill();
+    refreshCounts();
+  }
+
+  // `onShown` runs once the image is decoded and painted with its boxes, and only while the item
+  // is still the one on screen (a reviewer may have moved on before the image arrived).
+  function showImage(item, url, onShown) {
+    img.src = url;
     resetView();
     item.loaded.then(() => {
       if (current() !== item) return;
       layout();
       drawBoxes();
       img.decode().catch(() => null).then(() => requestAnimationFrame(() => {
-        if (state.decidedAt !== null && current() === item) {
-          window.gwReview.timings.push(performance.now() - state.decidedAt);
-          state.decidedAt = null;
-        }
-        root.dataset.shown = c.case_number;
+        if (current() === item) onShown();
       }));
     });
-    fill();
-    refreshCounts();
   }
 
   // The event over time (its frames, ←/→), the case a duplicate points to, the same place's recent cases.
@@ -752,17 +760,8 @@
     $("labelling-camera").textContent = v.camera;
     $("labelling-time").textContent = v.taken_at_local || v.taken_at.replace("T", " ").slice(0, 19);
     $("labelling-model").textContent = v.model_version || "-";
-    img.src = v.image_url;
     overlay.removeAttribute("hidden");
-    resetView();
-    item.loaded.then(() => {
-      if (current() !== item) return;
-      layout();
-      drawBoxes();
-      img.decode().catch(() => null).then(() => requestAnimationFrame(() => {
-        if (current() === item) root.dataset.labelShown = String(v.id);
-      }));
-    });
+    showImage(item, v.image_url, () => { root.dataset.labelShown = String(v.id); });
     fillLabelling();
   }
 
