@@ -69,8 +69,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "worse on the base split and better on the review split.")
     p.add_argument("--review", action="append", default=[], type=Path, metavar="DIR",
                    help="a review export folder (repeatable)")
-    add_run_options(p, epochs=10, project="runs/retrain", imgsz=416,
-                    imgsz_help="training input size (the export uses it too)",
+    add_run_options(p, epochs=10, project="runs/retrain", imgsz=None,
+                    imgsz_help="training input size (the export uses it too; default: the served model's, 416 if "
+                               "it has none); with --refit-classes it must be the served int8 file's, whose "
+                               "calibration the refit rows are grafted into",
                     time_help="training budget in hours; overrides --epochs (Ultralytics re-plans the epochs to fit)",
                     repeat_help=f"repeat-factor sampling as for `gridwatch train` (alone: {REPEAT_THRESHOLD}; "
                     "default: off)")

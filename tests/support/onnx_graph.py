@@ -1,10 +1,11 @@
-"""Reading a QDQ int8 graph as ONNX Runtime runs it."""
+"""Reading a QDQ int8 graph as ONNX Runtime runs it; two int8 files compared weight by weight."""
 
 from __future__ import annotations
 
 import collections
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
@@ -31,3 +32,26 @@ def ops_onnx_runtime_runs(model: Path, folder: Path) -> dict[str, int]:
     options.optimized_model_filepath = str(folder / f"{model.stem}-as-run.onnx")
     ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
     return collections.Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
+
+
+# The head's last class convolution of each level in a YOLOv8n: output channel k scores class k.
+SCORE_CONVS = tuple(f"model.22.cv3.{level}.2" for level in range(3))
+
+
+def assert_int8_differs_only_in_rows(base: Path, grafted: Path, taught: np.ndarray) -> None:
+    """Every int8 weight, scale and calibration of `grafted` is `base`'s, but the taught classes'
+    rows (`taught`: one flag per class) of the class-score convolutions, which moved."""
+    before = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(base)).graph.initializer}
+    after = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(grafted)).graph.initializer}
+    assert before.keys() == after.keys()
+    row_arrays = {f"{conv}.{part}" for conv in SCORE_CONVS
+                  for part in ("weight_quantized", "weight_scale", "bias_quantized", "bias_quantized_scale")}
+    assert row_arrays <= before.keys()
+    moved = False
+    for name, value in before.items():
+        if name in row_arrays:
+            assert np.array_equal(after[name][~taught], value[~taught]), f"{name}: an untaught row moved in int8"
+            moved |= not np.array_equal(after[name][taught], value[taught])
+        else:
+            assert np.array_equal(after[name], value), f"{name} moved in the grafted int8 file"
+    assert moved, "no taught row moved in the grafted int8 file"

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from detector.files import REPO_ROOT, sha256_file
+from tests.support.onnx_graph import assert_int8_differs_only_in_rows
 from tests.support.shared_data import COCO_INT8, DATASETS
 from tests.support.training import tiny_gridwatch_dataset
 
@@ -346,33 +347,10 @@ def test_class_refit_learns_only_the_named_classes_score_rows(env, trained):
     card = json.loads((project / "refit" / "export" / "gridwatch.json").read_text(encoding="utf-8"))
     assert card["training"]["class_refit"] == ["person", "truck"]
     assert "score rows of person, truck grafted" in card["int8"]["calibration"]
-    _int8_differs_only_in_taught_rows(base_int8, project / "refit" / "export" / "gridwatch-int8.onnx",
-                                      taught.numpy(), score_rows)
+    assert_int8_differs_only_in_rows(base_int8, project / "refit" / "export" / "gridwatch-int8.onnx", taught.numpy())
 
     unknown = gridwatch(env, "train", "--data", env["data"], "--model", start, "--refit-classes", "lorry",
                         "--epochs", 1, "--project", project, "--name", "refit-unknown", check=False)
     assert unknown.returncode == 2 and "lorry not a detector class" in unknown.stderr
     assert not (project / "refit-unknown").exists()
     no_network(env)
-
-
-def _int8_differs_only_in_taught_rows(base: Path, grafted: Path, taught: np.ndarray, score_rows: set[str]) -> None:
-    """Every int8 weight, scale and calibration of `grafted` is `base`'s, but the taught classes'
-    rows of the class-score convolutions, which moved."""
-    import onnx
-    from onnx import numpy_helper
-
-    before = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(base)).graph.initializer}
-    after = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(grafted)).graph.initializer}
-    assert before.keys() == after.keys()
-    row_arrays = {f"{key.rsplit('.', 1)[0]}.{part}" for key in score_rows
-                  for part in ("weight_quantized", "weight_scale", "bias_quantized", "bias_quantized_scale")}
-    assert row_arrays <= before.keys()
-    moved = False
-    for name, value in before.items():
-        if name in row_arrays:
-            assert np.array_equal(after[name][~taught], value[~taught]), f"{name}: an untaught row moved in int8"
-            moved |= not np.array_equal(after[name][taught], value[taught])
-        else:
-            assert np.array_equal(after[name], value), f"{name} moved in the grafted int8 file"
-    assert moved

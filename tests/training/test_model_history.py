@@ -112,6 +112,23 @@ def test_promote_keeps_the_old_model_and_rollback_goes_live(tmp_path, capsys):
         wait_for(lambda: server.service.detector.version == shipped_version, timeout=30)
         assert main(["models", "rollback", "nope", "--weights-dir", str(weights)]) == 2
         assert "no kept model 'nope'" in capsys.readouterr().err
+
+        # forced into service again after a rollback: the served card names the latest reason,
+        # and the kept copy still rolls back (its record vouches for the rewritten cards)
+        assert main(["models", "rollback", "--weights-dir", str(weights)]) == 0
+        wait_for(lambda: server.service.detector.version == first, timeout=30)
+        assert main(["models", "promote", str(candidate), "--reason", "second pilot, west district",
+                     "--weights-dir", str(weights)]) == 0
+        wait_for(lambda: server.service.detector.version == shipped_version, timeout=30)
+        served_card = json.loads((weights / "gridwatch.json").read_text(encoding="utf-8"))
+        assert served_card["forced_promotion"]["reason"] == "second pilot, west district"
+        served_md = (weights / "gridwatch.md").read_text(encoding="utf-8")
+        assert "second pilot, west district" in served_md and "pilot on the east district" not in served_md
+        assert listing(weights, capsys)["events"][-1]["reason"] == "forced: second pilot, west district"
+        assert main(["models", "rollback", "--weights-dir", str(weights)]) == 0
+        assert main(["models", "rollback", shipped_version, "--weights-dir", str(weights)]) == 0
+        assert json.loads((weights / "gridwatch.json").read_text(encoding="utf-8"))["forced_promotion"]["reason"] \
+            == "second pilot, west district"
     finally:
         server.stop()
 
@@ -138,6 +155,36 @@ def test_a_promotion_made_while_no_service_runs_is_audited_when_one_starts(tmp_p
             server.stop()
         assert len(rows) == 1
         assert rows[0].after["reason"] == "forced: night shift model" and rows[0].actor_kind == "cli"
+
+
+def test_rollback_walks_back_in_the_order_models_were_last_put_in_service(tmp_path, capsys):
+    """A kept model forced into service again counts from then: rolling back from it returns to the
+    model it replaced, not to the one before its first promotion."""
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    shutil.copyfile(COCO_INT8, weights / "gridwatch-int8.onnx")  # A: found in weights/
+    shipped, other = tmp_path / "shipped", tmp_path / "other"
+    for folder, model in ((shipped, SHIPPED / "gridwatch-int8.onnx"), (other, COCO_INT8.with_name("coco-yolo11n-320-int8.onnx"))):
+        folder.mkdir()
+        shutil.copyfile(model, folder / "gridwatch-int8.onnx")
+
+    def promote(folder: Path, reason: str) -> str:
+        assert main(["models", "promote", str(folder), "--reason", reason, "--weights-dir", str(weights)]) == 0
+        return listing(weights, capsys)["current"]
+
+    b = promote(shipped, "pilot")
+    assert main(["models", "rollback", "--weights-dir", str(weights)]) == 0
+    a = listing(weights, capsys)["current"]
+    c = promote(other, "night model")
+    assert promote(shipped, "pilot again") == b
+    kept = {m["version"]: m for m in listing(weights, capsys)["models"]}
+    assert kept[b]["reason"] == "pilot again" and kept[b]["promoted_at"] > kept[c]["promoted_at"]
+    assert len({a, b, c}) == 3
+    for back_to in (c, a):
+        assert main(["models", "rollback", "--weights-dir", str(weights)]) == 0
+        assert listing(weights, capsys)["current"] == back_to
+    assert main(["models", "rollback", "--weights-dir", str(weights)]) == 2
+    assert "oldest" in capsys.readouterr().err
 
 
 def test_a_promotion_never_leaves_weights_mixed(tmp_path, capsys):

@@ -237,37 +237,89 @@ def test_decisions_export_retrain_promote_live(tmp_path, shared_dir) -> None:
         server.stop()
 
 
-def test_retrain_refuses_reviews_it_cannot_judge_on_before_training(tmp_path, shared_dir) -> None:
-    """One camera on one day is one split group: all train or all val, so there is nothing to learn
-    from or nothing to judge on. The command says so after the dataset build, before any training."""
+def _hand_export(folder: Path, cameras: dict[str, list[str]], frames: list[tuple[Path, list[float]]]) -> Path:
+    """A review export as `gridwatch review export` writes one, made by hand: each frame a confirmed
+    bin_overflow case of a camera on a day (camera -> one day per frame, in turn)."""
     import cv2
 
     from serving.review_export import write_definitions
     from training.data.sources import gridwatch_classes
 
-    reviews = tmp_path / "one-camera"
-    (reviews / "images").mkdir(parents=True)
-    (reviews / "labels").mkdir()
+    (folder / "images").mkdir(parents=True)
+    (folder / "labels").mkdir()
     names = list(gridwatch_classes())
-    frames = {}
-    for i, (image, box) in enumerate(_frames(3)):
-        stem = f"GW20261123-ABCDEF-00000{i}-{i:012d}"
-        shutil.copyfile(image, reviews / "images" / f"{stem}.jpg")
+    shots = [(camera, day) for camera, days in cameras.items() for day in days]
+    assert len(shots) == len(frames)
+    manifest = {}
+    for i, ((camera, day), (image, box)) in enumerate(zip(shots, frames)):
+        stem = f"GW{day}-ABCDEF-00000{i}-{i:012d}"
+        shutil.copyfile(image, folder / "images" / f"{stem}.jpg")
         h, w = cv2.imread(str(image)).shape[:2]
         x1, y1, x2, y2 = box
-        (reviews / "labels" / f"{stem}.txt").write_text(
+        (folder / "labels" / f"{stem}.txt").write_text(
             f"{names.index('bin_overflow')} {(x1 + x2) / 2 / w} {(y1 + y2) / 2 / h} {(x2 - x1) / w} {(y2 - y1) / h}\n")
-        frames[stem] = {"stem": stem, "case_number": stem[:25], "camera": "cam-only", "decision": "confirmed",
-                        "human": [["bin_overflow", box]], "pseudo": [], "negatives": []}
-    (reviews / "manifest.json").write_text(json.dumps({"frames": frames, "names": names}))
-    write_definitions(reviews, names, {"cam-only": {}})
+        manifest[stem] = {"stem": stem, "case_number": stem[:25], "camera": camera, "decision": "confirmed",
+                          "human": [["bin_overflow", box]], "pseudo": [], "negatives": []}
+    (folder / "manifest.json").write_text(json.dumps({"frames": manifest, "names": names}))
+    write_definitions(folder, names, {camera: {} for camera in cameras})
+    return folder
+
+
+def _retrain(*args: str | Path, timeout: int) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "serving.cli", "retrain", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, cwd=REPO)
+
+
+def test_retrain_refuses_reviews_it_cannot_judge_on_before_training(tmp_path, shared_dir) -> None:
+    """One camera on one day is one split group: all train or all val, so there is nothing to learn
+    from or nothing to judge on. The command says so after the dataset build, before any training."""
+    reviews = _hand_export(tmp_path / "one-camera", {"cam-only": ["20261123"] * 3}, _frames(3))
     runs = tmp_path / "runs"
-    done = subprocess.run([sys.executable, "-m", "serving.cli", "retrain", "--review", str(reviews), "--limit", "4",
-                           "--synthetic", "0", "--no-pseudo-labels", "--project", str(runs), "--name", "one", "--weights-dir",
-                           str(REPO / "weights")], capture_output=True, text=True, timeout=300, cwd=REPO)
+    done = _retrain("--review", reviews, "--limit", "4", "--synthetic", "0", "--no-pseudo-labels",
+                    "--project", runs, "--name", "one", "--weights-dir", REPO / "weights", timeout=300)
     assert done.returncode == 2
     assert "review frames on one side of the split only" in done.stderr
     assert (runs / "one" / "dataset" / "data.yaml").is_file() and not (runs / "one" / "train").exists()
-    missing = subprocess.run([sys.executable, "-m", "serving.cli", "retrain", "--review", str(tmp_path / "nothing")],
-                             capture_output=True, text=True, timeout=120, cwd=REPO)
+    missing = _retrain("--review", tmp_path / "nothing", timeout=120)
     assert missing.returncode == 2 and "no source.yaml" in missing.stderr
+
+
+@pytest.mark.slow
+def test_retrain_class_refit_grafts_its_rows_into_the_served_int8(tmp_path, shared_dir) -> None:
+    """`gridwatch retrain --refit-classes`: at the served model's input size, and its int8 file is
+    the served one with the taught rows grafted in, every other int8 weight and scale unchanged
+    (a fresh calibration would move every class a little). A refit at another size is refused
+    before anything is built."""
+    import ast
+
+    import numpy as np
+
+    from tests.support.onnx_graph import assert_int8_differs_only_in_rows
+    from training.promotion.retrain import onnx_metadata
+
+    champion_dir = tmp_path / "weights"
+    champion_dir.mkdir()
+    for model in SHIPPED:
+        shutil.copyfile(model, champion_dir / model.name)
+    days = ["20261120", "20261121", "20261122", "20261123"]
+    reviews = _hand_export(tmp_path / "city", {camera: days for camera in CAMERAS}, _frames(12))
+    runs = tmp_path / "runs"
+    common = ("--review", reviews, "--refit-classes", "bin_overflow", "--limit", "4", "--synthetic", "0",
+              "--no-pseudo-labels", "--weights-dir", champion_dir, "--project", runs)
+
+    wrong = _retrain(*common, "--imgsz", "320", "--name", "wrong-size", timeout=120)
+    assert wrong.returncode == 2, wrong.stderr
+    assert "exported at 448 px: train at --imgsz 448" in wrong.stderr
+    assert not (runs / "wrong-size").exists()
+
+    done = _retrain(*common, "--epochs", "1", "--batch", "8", "--device", "cpu", "--workers", "0", "--no-plots",
+                    "--name", "refit", timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "score rows of bin_overflow grafted into" in done.stdout
+    export = runs / "refit" / "train" / "export"
+    card = json.loads((export / "gridwatch.json").read_text())
+    assert card["training"]["class_refit"] == ["bin_overflow"] and card["training"]["imgsz"] == 448
+    assert "score rows of bin_overflow grafted" in card["int8"]["calibration"]
+    names = ast.literal_eval(onnx_metadata(SHIPPED[1])["names"])
+    taught = np.array([names[k] == "bin_overflow" for k in sorted(names)])
+    assert_int8_differs_only_in_rows(SHIPPED[1], export / "gridwatch-int8.onnx", taught)

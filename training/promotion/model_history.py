@@ -109,18 +109,27 @@ def _folder(weights_dir: Path, version: str) -> Path:
 def _keep(weights_dir: Path, files: dict[str, Path], *, by: str, how: str, reason: str,
           at: str | None = None) -> Promotion:
     """Copy the files into history/<version>/ (once per version) with their promotion record; a
-    forced promotion is also written into the model's cards there."""
+    forced promotion is also written into the model's cards there. A version kept already (put in
+    service again after a rollback) gets the record of this promotion, so that a rollback walks
+    back in the order models were last put in service."""
     version, data_hash, headline, map50 = describe(files)
     folder = _folder(weights_dir, version)
     entry = folder / ENTRY
+    at = at or now()
     if entry.is_file():
-        return Promotion.model_validate_json(entry.read_text(encoding="utf-8"))
+        kept = Promotion.model_validate_json(entry.read_text(encoding="utf-8"))
+        rewritten = mark_forced_promotion(folder, ForcedPromotion(by=by, at=at, reason=reason)) if how == FORCED else []
+        # the record vouches for the cards as they are now: a rollback checks every kept file's hash
+        hashes = {name: sha256_file(folder / name) for name in rewritten if name in kept.files}
+        again = kept.model_copy(update={"promoted_at": at, "promoted_by": by, "how": how, "reason": reason,
+                                        "files": kept.files | hashes})
+        entry.write_text(again.model_dump_json(indent=1), encoding="utf-8")
+        return again
     staging = folder.with_name(f".{folder.name}.incoming")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     for name, path in files.items():
         shutil.copyfile(path, staging / name)
-    at = at or now()
     if how == FORCED:
         mark_forced_promotion(staging, ForcedPromotion(by=by, at=at, reason=reason))
     record = Promotion(version=version, promoted_at=at, promoted_by=by, how=how, reason=reason,

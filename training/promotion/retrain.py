@@ -2,7 +2,9 @@
 
     base sources (datasets/*.yaml) + review exports (`gridwatch review export`)
       -> one built dataset (review frames split by camera and day)
-      -> fine-tune from the current default in weights/ (not from COCO)
+      -> fine-tune from the current default in weights/ (not from COCO), at its input size; a class
+         refit (--refit-classes) teaches only some score rows, and its int8 file is the served one
+         with those rows grafted in, every other class's int8 weights kept byte for byte
       -> challenger and champion on the same base real val split and the same review val split
       -> promote into weights/ only if not worse on the base split and better on the review split
 
@@ -39,7 +41,7 @@ class RetrainOptions:
     reviews: Sequence[Path]
     epochs: int = 10
     hours: float | None = None  # Ultralytics' `time`: a training budget that overrides epochs
-    imgsz: int = 416
+    imgsz: int | None = None  # None: the served model's input size (416 where weights/ has none)
     batch: int = 16
     device: str | None = None
     workers: int = 2
@@ -127,7 +129,6 @@ def default_start(weights_dir: Path, cache_dir: Path, calibration: Sequence[Path
     batch-norm statistics measured on training images at the model's own input size.
     """
     import cv2
-    import onnx
 
     from training.fit.bootstrap import calibrate_batchnorm, rebuild, save_checkpoint
 
@@ -137,8 +138,8 @@ def default_start(weights_dir: Path, cache_dir: Path, calibration: Sequence[Path
     target = cache_dir / f"{STEM}-{sha256_file(champion)[:16]}.pt"
     if target.is_file():
         return target
-    meta = {p.key: p.value for p in onnx.load(str(champion), load_external_data=False).metadata_props}
-    size = max(ast.literal_eval(meta.get("imgsz", "[640, 640]")))
+    meta = onnx_metadata(champion)
+    size = exported_imgsz(meta) or 640
     model = rebuild(champion)
     step = max(1, len(calibration) // count)
     images = [im for p in list(calibration)[::step][:count] if (im := cv2.imread(str(p))) is not None]
@@ -146,6 +147,35 @@ def default_start(weights_dir: Path, cache_dir: Path, calibration: Sequence[Path
         calibrate_batchnorm(model, images, size=size)
     licence = f"AGPL-3.0 (rebuilt from {champion.name}, {meta.get('gridwatch_model_version', 'unversioned')})"
     return save_checkpoint(model, target, champion, licence=licence)
+
+
+def onnx_metadata(model: Path) -> dict[str, str]:
+    import onnx
+
+    return {p.key: p.value for p in onnx.load(str(model), load_external_data=False).metadata_props}
+
+
+def exported_imgsz(metadata: dict[str, str]) -> int | None:
+    """The longest side an exported model was made for (its `imgsz` metadata); None if it has none."""
+    size = ast.literal_eval(metadata["imgsz"]) if "imgsz" in metadata else None
+    return max(size) if isinstance(size, (list, tuple)) else size
+
+
+def training_size(options: RetrainOptions, weights_dir: Path) -> tuple[int, Path | None]:
+    """The input size to train at, and the served int8 file a class refit's rows are grafted into.
+
+    A refit changes nothing but some score rows, so its int8 file is the served one with those rows
+    replaced (training/export/row_graft.py) rather than a fresh calibration that moves every class
+    a little. The rows are grafted into a file exported at one size: a refit at another size is
+    refused here, before the build and the training, not after them."""
+    served = [weights_dir / f"{STEM}-{kind}.onnx" for kind in ("int8", "fp32")]
+    sizes = {path: exported_imgsz(onnx_metadata(path)) for path in served if path.is_file()}
+    imgsz = options.imgsz or next((size for size in sizes.values() if size), 416)
+    int8 = served[0] if options.refit_classes and served[0] in sizes else None
+    if int8 is not None and sizes[int8] != imgsz:
+        raise TrainError(f"--refit-classes grafts the refit rows into the served {int8}, exported at {sizes[int8]} px: "
+                         f"train at --imgsz {sizes[int8]} (or leave --imgsz out), not {imgsz}")
+    return imgsz, int8
 
 
 def retrain(options: RetrainOptions, log: Callable[[str], None] = print) -> ModelCard:
@@ -168,6 +198,7 @@ def retrain(options: RetrainOptions, log: Callable[[str], None] = print) -> Mode
     groups = {image: key for s in reviews for image, key in split_groups(s, frames[s.name]).items()}
 
     weights_dir = Path(options.weights_dir or WEIGHTS_DIR)
+    imgsz, int8_from = training_size(options, weights_dir)
     project = Path(options.project).resolve()
     name = options.name or f"{STEM}-retrain-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
     run_dir = project / name
@@ -198,10 +229,10 @@ def retrain(options: RetrainOptions, log: Callable[[str], None] = print) -> Mode
     extra = dict(options.extra)
     if options.hours:
         extra["time"] = options.hours
-    result = train(data, start, epochs=options.epochs, imgsz=options.imgsz, batch=options.batch,
+    result = train(data, start, epochs=options.epochs, imgsz=imgsz, batch=options.batch,
                    device=options.device, project=project, name=f"{name}/train", workers=options.workers,
                    plots=options.plots, repeat_threshold=options.repeat_threshold,
                    refit_classes=options.refit_classes, extra=extra)
     return finish_run(result, data, promote=True, weights_dir=weights_dir, review_sources=reviews,
-                      review_data=counts, force_reason=options.force_reason, log=log)
+                      review_data=counts, force_reason=options.force_reason, int8_from=int8_from, log=log)
 
