@@ -311,6 +311,12 @@ def test_retrain_class_refit_grafts_its_rows_into_the_served_int8(tmp_path, shar
     assert wrong.returncode == 2, wrong.stderr
     assert "exported at 448 px: train at --imgsz 448" in wrong.stderr
     assert not (runs / "wrong-size").exists()
+    broken = tmp_path / "broken-weights"
+    broken.mkdir()
+    (broken / "gridwatch-int8.onnx").write_bytes(b"\x08\x07 half a model")
+    unreadable = _retrain(*common, "--weights-dir", broken, "--name", "broken", timeout=120)
+    assert unreadable.returncode == 2 and "gridwatch-int8.onnx: not a readable ONNX file" in unreadable.stderr
+    assert not (runs / "broken").exists()
 
     done = _retrain(*common, "--epochs", "1", "--batch", "8", "--device", "cpu", "--workers", "0", "--no-plots",
                     "--name", "refit", timeout=900)

@@ -152,7 +152,11 @@ def default_start(weights_dir: Path, cache_dir: Path, calibration: Sequence[Path
 def onnx_metadata(model: Path) -> dict[str, str]:
     import onnx
 
-    return {p.key: p.value for p in onnx.load(str(model), load_external_data=False).metadata_props}
+    try:
+        proto = onnx.load(str(model), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf's decode errors share no base class worth naming
+        raise TrainError(f"{model}: not a readable ONNX file ({type(exc).__name__}: {exc})") from None
+    return {p.key: p.value for p in proto.metadata_props}
 
 
 def exported_imgsz(metadata: dict[str, str]) -> int | None:
