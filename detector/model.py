@@ -37,6 +37,13 @@ LEVEL_BOXES = "box_distribution_{}"
 LEVEL_CLASSES = "class_logits_{}"
 
 
+# An int8 file's weight range (training.export.qdq.WEIGHT_BITS): "7" where its weights lie within
+# +-64; absent in gridwatch int8 files from before, whose weights span +-127.
+WEIGHT_BITS_KEY = "gridwatch_weight_bits"
+# x86 instruction sets whose int8 dot product accumulates in int32 (no pairwise int16 overflow).
+VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     path: Path
@@ -59,6 +66,32 @@ class ModelInfo:
     def version(self) -> str:
         # Ultralytics' own "version" key is the exporter's version, not the model's.
         return self.metadata.get("gridwatch_model_version") or self.path.stem
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str] | None:
+    """The CPU's feature flags (Linux), or None where they cannot be read."""
+    try:
+        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), None)
+    return frozenset(line.partition(":")[2].split()) if line else None
+
+
+def int8_overflow(info: ModelInfo, flags: frozenset[str] | None = None) -> str | None:
+    """Why this model computes wrong on this CPU, or None: a gridwatch U8S8 int8 file with 8-bit
+    weights on an x86 CPU without VNNI, where ONNX Runtime's int8 kernel adds pairs of products in
+    int16 and saturates (training.export.qdq.WEIGHT_BITS). `flags`: the CPU's (default: this one's)."""
+    if not info.metadata.get("gridwatch_precision", "").startswith("int8-qdq-u8s8"):
+        return None
+    if info.metadata.get(WEIGHT_BITS_KEY) == "7":
+        return None
+    flags = cpu_flags() if flags is None else flags
+    if not flags or "avx2" not in flags or flags & VNNI_FLAGS:
+        return None  # not x86 (or unknown), or an int8 unit that does not saturate
+    return (f"{info.path.name} ({info.version}) has 8-bit int8 weights and this CPU has no VNNI: ONNX Runtime's "
+            "int8 kernel overflows on it and the model misses objects (measured on the shipped model: garbage_pile "
+            "AP50 -12.5 points, truck -24). Use a model exported by this gridwatch (7-bit weights) or the fp32 file.")
 
 
 def _literal(value: str | None) -> Any:

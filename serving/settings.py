@@ -5,6 +5,7 @@ No other module reads environment variables.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -19,6 +20,8 @@ from serving.web.hotkeys import check_hotkeys
 
 if TYPE_CHECKING:
     from detector.runtime import Detector
+
+log = logging.getLogger(__name__)
 
 WEIGHTS_DIR = REPO_ROOT / "weights"
 # Peak memory of decoding one image, per pixel of the original: OpenCV holds the decoded
@@ -344,11 +347,15 @@ def load_detector(settings: Settings, model: Path | None = None, **options: Any)
     """The detector these settings describe (model, thresholds, threads), or another model
     file with the same settings; `options` go to `Detector` as they are (e.g.
     spinning=False for benchmarks)."""
+    from detector.model import int8_overflow
     from detector.runtime import Detector
     from detector.second_stage import CropClassifier
 
     if settings.load_classifier is not None and "second_stage" not in options:
         options["second_stage"] = [CropClassifier(settings.load_classifier, threads=settings.threads)]
-    return Detector(model or settings.resolved_model(), score_threshold=settings.score_threshold,
-                    iou_threshold=settings.iou_threshold, threads=settings.threads, imgsz=settings.imgsz,
-                    **options)
+    detector = Detector(model or settings.resolved_model(), score_threshold=settings.score_threshold,
+                        iou_threshold=settings.iou_threshold, threads=settings.threads, imgsz=settings.imgsz,
+                        **options)
+    if overflow := int8_overflow(detector.info):
+        log.warning("%s", overflow)
+    return detector

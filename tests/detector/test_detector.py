@@ -268,3 +268,15 @@ def test_the_pool_does_not_hold_a_core_after_a_run(spinning, street_frames):
     cpu = time.process_time()
     time.sleep(0.05)
     assert time.process_time() - cpu < 0.01
+
+
+def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
+    from detector.model import cpu_flags
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse4_2 avx2 fma\n\n"
+                       "processor\t: 1\nflags\t\t: fpu sse4_2 avx2 fma\n")
+    assert cpu_flags(cpuinfo) == {"fpu", "sse4_2", "avx2", "fma"}
+    assert cpu_flags(tmp_path / "absent") is None
+    (tmp_path / "arm").write_text("processor\t: 0\nFeatures\t: fp asimd\n")
+    assert cpu_flags(tmp_path / "arm") is None  # no "flags" line: unknown, never a warning

@@ -189,7 +189,44 @@ def test_export_command_and_outputs_are_not_degenerate(env, trained):
         heads.append(np.concatenate([o.ravel() for o in outputs]))
     # the int8 head follows the fp32 one (box distributions and class logits together)
     assert np.corrcoef(heads[0], heads[1])[0, 1] > 0.9
+    _seven_bit_weights_and_narrowing(out, env["data"].parent / "images" / "train")
     no_network(env)
+
+
+def _seven_bit_weights_and_narrowing(out: Path, train_images: Path) -> None:
+    """The export's int8 weights are 7-bit (within +-64: no x86 int8 kernel overflows them), and an
+    8-bit file of the same model narrowed from its fp32 file (training.export.qdq.narrow_weights) is
+    that export again, to one step of rounding, its calibration untouched."""
+    import onnx
+    from onnx import numpy_helper
+
+    from detector.model import WEIGHT_BITS_KEY
+    from training.export.export import calibration_images, quantize_int8
+    from training.export.qdq import narrow_weights
+
+    def arrays(path: Path) -> dict[str, np.ndarray]:
+        return {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+
+    def widest(found: dict[str, np.ndarray]) -> int:
+        return max(int(np.abs(v.astype(np.int32)).max()) for k, v in found.items() if k.endswith(".weight_quantized"))
+
+    exported = arrays(out / "gridwatch-int8.onnx")
+    meta = {p.key: p.value for p in onnx.load(str(out / "gridwatch-int8.onnx")).metadata_props}
+    assert meta[WEIGHT_BITS_KEY] == "7" and widest(exported) == 64
+    fp32 = out / "gridwatch-fp32.onnx"
+    quantize_int8(fp32, out / "int8-8bit.onnx", calibration_images(train_images, 64), {}, weight_bits=8)
+    eight = onnx.load(str(out / "int8-8bit.onnx"))
+    assert widest(arrays(out / "int8-8bit.onnx")) == 127
+    assert narrow_weights(eight, onnx.load(str(fp32))) == sum(k.endswith(".weight_quantized") for k in exported)
+    narrowed = {t.name: numpy_helper.to_array(t) for t in eight.graph.initializer}
+    said = {p.key: p.value for p in eight.metadata_props}
+    assert said[WEIGHT_BITS_KEY] == "7" and said["gridwatch_calibration"].endswith("narrowed to 7 bits (+-64) from the fp32 file")
+    assert narrowed.keys() == exported.keys()
+    for name, value in exported.items():
+        if name.endswith(("weight_quantized", "bias_quantized")):
+            assert np.abs(narrowed[name].astype(np.int64) - value.astype(np.int64)).max() <= 1, name
+        else:  # scales (weights' to float rounding) and the activations' calibration
+            assert np.allclose(narrowed[name], value, rtol=1e-6, atol=0), name
 
 
 def test_second_run_meets_the_champion(env, trained):

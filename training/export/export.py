@@ -28,8 +28,9 @@ import numpy as np
 
 from detector.boxes import letterbox_into, to_input
 from detector.files import sha256_file
+from detector.model import WEIGHT_BITS_KEY
 from training.data.yolo_format import find_images, read_data_yaml
-from training.export.qdq import graph_index, share_concat_scales
+from training.export.qdq import WEIGHT_BITS, graph_index, share_concat_scales
 
 MIN_CALIBRATION_IMAGES = 32
 PROGRESS_S = 10.0  # seconds between calibration progress lines, as eval's
@@ -401,11 +402,13 @@ def _has_dynamic_hw(model: Path) -> bool:
 def quantize_int8(
     fp32: Path, out: Path, calibration: Sequence[Path], metadata: dict[str, str], per_channel: bool = True,
     for_ultralytics: bool = False, log: Callable[[str], None] | None = None, share_scales: bool = True,
+    weight_bits: int = WEIGHT_BITS,
 ) -> list[str]:
     """Static QDQ U8S8 with the head's post-processing excluded; returns the excluded nodes.
 
     share_scales: give each Concat's inputs and output one scale (qdq.share_concat_scales), so
     ONNX Runtime copies where it would requantise; off only to measure what it changes.
+    weight_bits: 7 (+-64), which no x86 int8 kernel overflows (qdq.WEIGHT_BITS); 8 only to measure.
 
     By default the file is for gridwatch's detector alone: cut at the head's per-level
     convolutions (cut_at_head_levels) and taking the letterboxed BGR pixels (take_pixels).
@@ -414,6 +417,8 @@ def quantize_int8(
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    if weight_bits not in (7, 8):
+        raise ExportError(f"int8 weights are 7 or 8 bits, not {weight_bits}")
     if len(calibration) < MIN_CALIBRATION_IMAGES:
         raise ExportError(
             f"int8 calibration needs at least {MIN_CALIBRATION_IMAGES} real images, got {len(calibration)}"
@@ -439,7 +444,7 @@ def quantize_int8(
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             per_channel=per_channel,
-            reduce_range=False,
+            reduce_range=weight_bits == WEIGHT_BITS,  # 7-bit weights (training.export.qdq.WEIGHT_BITS)
             # Percentile clipping of activation ranges: measured on a 416 px fine-tune (505 real
             # val images), MinMax lost 2.8 mAP50 points to fp32, Percentile 99.999 lost 1.3.
             calibrate_method=CalibrationMethod.Percentile,
@@ -450,10 +455,11 @@ def quantize_int8(
     shared = share_concat_scales(proto) if share_scales else 0
     levels = not for_ultralytics and cut_at_head_levels(proto) > 0
     pixels = not for_ultralytics and take_pixels(proto)
-    _set_metadata(proto, {**metadata, "gridwatch_precision": "int8-qdq-u8s8",
+    _set_metadata(proto, {**metadata, "gridwatch_precision": "int8-qdq-u8s8", WEIGHT_BITS_KEY: str(weight_bits),
                           "gridwatch_head": "levels" if levels else "decoded",
                           "gridwatch_input": "bgr-pixels" if pixels else "rgb-float",
-                          "gridwatch_calibration": f"percentile {CALIBRATION_PERCENTILE}, {len(calibration)} images"
+                          "gridwatch_calibration": f"percentile {CALIBRATION_PERCENTILE}, {len(calibration)} images; "
+                                                   f"{weight_bits}-bit weights"
                                                    + (f"; {shared} concats share one scale" if shared else "")})
     out.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(proto, str(out))

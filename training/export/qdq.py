@@ -1,8 +1,11 @@
-"""Rewrites of a QDQ int8 graph that change how ONNX Runtime runs it, not what it computes."""
+"""Rewrites of a QDQ int8 graph that change how ONNX Runtime runs it, not what it computes; and
+the weights' range, 7 bits, which every x86 CPU's int8 kernel computes without overflow."""
 
 from __future__ import annotations
 
 import numpy as np
+
+from detector.model import WEIGHT_BITS_KEY
 
 
 def graph_index(graph) -> tuple[dict, dict[str, list], dict]:
@@ -139,3 +142,79 @@ def share_concat_scales(proto) -> int:
             weights[name].CopyFrom(numpy_helper.from_array(zero_point, name))
         changed_concats += sum(concats.get(s, 0) for s in old)
     return changed_concats
+
+
+# ONNX Runtime's U8S8 kernel on x86 CPUs without VNNI (AVX2 alone, AVX-512 before Cascade Lake,
+# AMD before Zen 4) multiplies u8 activations by s8 weights with VPMADDUBSW, which adds each pair
+# of products into an int16 and saturates past 32767. ReLU activations span 0..255 and 8-bit
+# weights +-127, so a pair can reach 64770: on such a CPU the 8-bit shipped file lost 12.5 AP50
+# points of garbage_pile and 24 of truck. Weights within +-64 (ONNX Runtime's reduce_range, 7 bits)
+# never overflow (255 x 64 x 2 = 32640), and per output channel cost no measurable AP in exact
+# arithmetic (weights/README.md, "Int8 on CPUs without VNNI").
+WEIGHT_BITS = 7
+WEIGHT_QMAX = 64
+
+
+def weight_qmax(metadata: dict[str, str]) -> int:
+    """The largest magnitude a file's int8 weights take: 64 where they are 7-bit, else 127."""
+    return WEIGHT_QMAX if metadata.get(WEIGHT_BITS_KEY) == str(WEIGHT_BITS) else 127
+
+
+def quantise_channels(weight: np.ndarray, bias: np.ndarray, input_scale: float,
+                      qmax: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Symmetric per-output-channel int8 weights within +-qmax and their int32 bias, as ONNX
+    Runtime quantises a Conv: (weight, weight scale, bias, bias scale = input scale x weight scale)."""
+    flat = np.abs(weight.reshape(len(weight), -1).astype(np.float64))
+    step = np.maximum(flat.max(axis=1) / qmax, 1e-12)
+    shape = (-1,) + (1,) * (weight.ndim - 1)
+    quantised = np.clip(np.round(weight / step.reshape(shape)), -qmax, qmax).astype(np.int8)
+    bias_scale = input_scale * step
+    return (quantised, step.astype(np.float32), np.round(bias / bias_scale).astype(np.int32),
+            bias_scale.astype(np.float32))
+
+
+NARROWED_NOTE = f"weights narrowed to {WEIGHT_BITS} bits (+-{WEIGHT_QMAX}) from the fp32 file"
+
+
+def narrow_weights(proto, fp32_proto) -> int:  # noqa: ANN001
+    """Requantise every Conv weight of an int8 QDQ graph to 7 bits (+-64) from the fp32 model it was
+    quantised from, in place; its activations' calibration is kept, and its metadata says what was
+    done (WEIGHT_BITS_KEY, a note in gridwatch_calibration). Returns the convolutions done.
+
+    From the fp32 weights, not by halving the 8-bit ones: rounding twice cost push_cart 6 AP50
+    points. A first convolution reading the BGR pixel input (training.export.export.take_pixels)
+    has its input channels reversed from the fp32 file's."""
+    from onnx import numpy_helper
+
+    producers, consumers, weights = graph_index(proto.graph)
+    fp32 = {t.name: t for t in fp32_proto.graph.initializer}
+    pixels = f"{proto.graph.input[0].name}_nchw"
+    done = 0
+    for name in [n for n in weights if n.endswith(".weight_quantized")]:
+        prefix = name[: -len(".weight_quantized")]
+        if f"{prefix}.weight" not in fp32 or f"{prefix}.bias" not in fp32:
+            raise ValueError(f"the fp32 model has no {prefix}.weight and .bias: not the model this int8 file came from")
+        weight = numpy_helper.to_array(fp32[f"{prefix}.weight"]).astype(np.float64)
+        bias = numpy_helper.to_array(fp32[f"{prefix}.bias"]).astype(np.float64)
+        weight_dq = next(n for n in consumers[name] if n.op_type == "DequantizeLinear")
+        conv = next(n for n in consumers[weight_dq.output[0]] if n.op_type == "Conv")
+        input_dq = producers[conv.input[0]]
+        if input_dq.input[0] == pixels:
+            weight = np.ascontiguousarray(weight[:, ::-1])
+        if weight.shape != numpy_helper.to_array(weights[name]).shape:
+            raise ValueError(f"{prefix}: fp32 weight {weight.shape} does not fit the int8 file's")
+        input_scale = float(numpy_helper.to_array(weights[input_dq.input[1]]))
+        arrays = dict(zip(("weight_quantized", "weight_scale", "bias_quantized", "bias_quantized_scale"),
+                          quantise_channels(weight, bias, input_scale, WEIGHT_QMAX)))
+        for part, value in arrays.items():
+            weights[f"{prefix}.{part}"].CopyFrom(numpy_helper.from_array(value, f"{prefix}.{part}"))
+        done += 1
+    props = {p.key: p for p in proto.metadata_props}
+    for key, value in ((WEIGHT_BITS_KEY, str(WEIGHT_BITS)), ("gridwatch_calibration", NARROWED_NOTE)):
+        if key not in props:
+            props[key] = proto.metadata_props.add(key=key, value="")
+    props[WEIGHT_BITS_KEY].value = str(WEIGHT_BITS)
+    calibration = props["gridwatch_calibration"]
+    if NARROWED_NOTE not in calibration.value:
+        calibration.value = "; ".join(filter(None, [calibration.value, NARROWED_NOTE]))
+    return done

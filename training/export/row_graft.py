@@ -5,7 +5,8 @@ class convolutions. Calibrating its int8 file afresh would move every class a li
 measured again, rounded again): on the shipped model push_cart's int8 AP50 moved 2.4 points
 for a refit that never touched it. Grafting instead keeps the served int8 file's calibration
 and every other weight byte for byte, and quantises the new rows the way the file quantises
-weights: symmetric per output channel, the int32 bias at input scale x weight scale.
+weights: symmetric per output channel within the file's range (7 bits, or 8 in a file from before
+training.export.qdq.WEIGHT_BITS), the int32 bias at input scale x weight scale.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from training.export.qdq import quantise_channels, weight_qmax
 
 GRAFT_NOTE = "score rows of {classes} grafted from {source}"
 
@@ -81,13 +84,10 @@ def graft_score_rows(int8_file: Path, refit_checkpoint: Path, classes: Sequence[
             raise GraftError(f"{int8_file}: {prefix} is not quantised symmetric per output channel")
         input_scale = _input_scale(proto, f"{prefix}.weight_DequantizeLinear_Output", inits)
         with torch.no_grad():
-            weight, bias = conv.weight.numpy(), conv.bias.numpy()
-        for row in rows:
-            step = max(float(np.abs(weight[row]).max()) / 127, 1e-12)
-            arrays["weight_quantized"][row] = np.clip(np.round(weight[row] / step), -127, 127)
-            arrays["weight_scale"][row] = step
-            arrays["bias_quantized_scale"][row] = input_scale * step
-            arrays["bias_quantized"][row] = np.round(bias[row] / arrays["bias_quantized_scale"][row])
+            weight, bias = conv.weight.numpy().astype(np.float64), conv.bias.numpy().astype(np.float64)
+        quantised = quantise_channels(weight[rows], bias[rows], input_scale, weight_qmax(props))
+        for part, value in zip(("weight_quantized", "weight_scale", "bias_quantized", "bias_quantized_scale"), quantised):
+            arrays[part][rows] = value
         for part, value in arrays.items():
             inits[f"{prefix}.{part}"].CopyFrom(numpy_helper.from_array(value, f"{prefix}.{part}"))
     source = (metadata or {}).get("gridwatch_model_version") or Path(refit_checkpoint).name

@@ -71,3 +71,39 @@ def test_imgsz_runs_the_shipped_model_smaller_and_a_fixed_model_refuses(tmp_path
     monkeypatch.setenv("GRIDWATCH_IMGSZ", "400")
     with pytest.raises(SettingsError, match="imgsz"):
         load_settings()
+
+
+def test_an_8_bit_int8_model_on_a_cpu_without_vnni_is_named_at_load(tmp_path, monkeypatch, caplog):
+    """An int8 file from before 7-bit weights (training.export.qdq.WEIGHT_BITS) computes wrong on an
+    x86 CPU without VNNI: loading it says so, once, with what to do; on a VNNI CPU, or with the
+    shipped 7-bit file, nothing is said."""
+    import logging
+
+    import onnx
+
+    import detector.model as model
+    from detector.model import WEIGHT_BITS_KEY
+    from serving.settings import WEIGHTS_DIR, load_detector
+
+    proto = onnx.load(str(WEIGHTS_DIR / "gridwatch-int8.onnx"))
+    kept = [p for p in proto.metadata_props if p.key != WEIGHT_BITS_KEY]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    older = tmp_path / "gridwatch-int8.onnx"
+    onnx.save(proto, str(older))
+
+    def loaded(flags: set[str], path) -> list[str]:
+        monkeypatch.setattr(model, "cpu_flags", lambda: frozenset(flags))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="serving.settings"):
+            load_detector(load_settings(model=path))
+        return [r.getMessage() for r in caplog.records if r.name == "serving.settings"]
+
+    warned = loaded({"sse4_2", "avx2"}, older)
+    assert len(warned) == 1 and "8-bit int8 weights and this CPU has no VNNI" in warned[0]
+    assert "gridwatch-int8.onnx" in warned[0] and "fp32 file" in warned[0]
+    assert loaded({"avx2", "avx512_vnni"}, older) == []
+    assert loaded({"avx2", "avx_vnni"}, older) == []
+    assert loaded({"asimd", "asimddp"}, older) == []  # not x86
+    assert loaded({"sse4_2", "avx2"}, WEIGHTS_DIR / "gridwatch-int8.onnx") == []
+    assert loaded({"sse4_2", "avx2"}, WEIGHTS_DIR / "gridwatch-fp32.onnx") == []
