@@ -10,7 +10,7 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
-from training.export.qdq import graph_index
+from training.export.qdq import CHANNEL_ARRAYS, graph_index
 
 
 def concats_with_unequal_scales(proto) -> int:
@@ -44,8 +44,7 @@ def assert_int8_differs_only_in_rows(base: Path, grafted: Path, taught: np.ndarr
     before = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(base)).graph.initializer}
     after = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(grafted)).graph.initializer}
     assert before.keys() == after.keys()
-    row_arrays = {f"{conv}.{part}" for conv in SCORE_CONVS
-                  for part in ("weight_quantized", "weight_scale", "bias_quantized", "bias_quantized_scale")}
+    row_arrays = {f"{conv}.{part}" for conv in SCORE_CONVS for part in CHANNEL_ARRAYS}
     assert row_arrays <= before.keys()
     moved = False
     for name, value in before.items():

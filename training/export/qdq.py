@@ -160,10 +160,15 @@ def weight_qmax(metadata: dict[str, str]) -> int:
     return WEIGHT_QMAX if metadata.get(WEIGHT_BITS_KEY) == str(WEIGHT_BITS) else 127
 
 
+# A quantised Conv's initializers, by their suffix after the Conv's name, as quantise_channels returns them.
+CHANNEL_ARRAYS = ("weight_quantized", "weight_scale", "bias_quantized", "bias_quantized_scale")
+
+
 def quantise_channels(weight: np.ndarray, bias: np.ndarray, input_scale: float,
                       qmax: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Symmetric per-output-channel int8 weights within +-qmax and their int32 bias, as ONNX
-    Runtime quantises a Conv: (weight, weight scale, bias, bias scale = input scale x weight scale)."""
+    Runtime quantises a Conv (CHANNEL_ARRAYS: weight, weight scale, bias, bias scale = input
+    scale x weight scale)."""
     flat = np.abs(weight.reshape(len(weight), -1).astype(np.float64))
     step = np.maximum(flat.max(axis=1) / qmax, 1e-12)
     shape = (-1,) + (1,) * (weight.ndim - 1)
@@ -204,17 +209,15 @@ def narrow_weights(proto, fp32_proto) -> int:  # noqa: ANN001
         if weight.shape != numpy_helper.to_array(weights[name]).shape:
             raise ValueError(f"{prefix}: fp32 weight {weight.shape} does not fit the int8 file's")
         input_scale = float(numpy_helper.to_array(weights[input_dq.input[1]]))
-        arrays = dict(zip(("weight_quantized", "weight_scale", "bias_quantized", "bias_quantized_scale"),
-                          quantise_channels(weight, bias, input_scale, WEIGHT_QMAX)))
-        for part, value in arrays.items():
+        for part, value in zip(CHANNEL_ARRAYS, quantise_channels(weight, bias, input_scale, WEIGHT_QMAX)):
             weights[f"{prefix}.{part}"].CopyFrom(numpy_helper.from_array(value, f"{prefix}.{part}"))
         done += 1
     props = {p.key: p for p in proto.metadata_props}
-    for key, value in ((WEIGHT_BITS_KEY, str(WEIGHT_BITS)), ("gridwatch_calibration", NARROWED_NOTE)):
+    for key in (WEIGHT_BITS_KEY, "gridwatch_calibration"):
         if key not in props:
             props[key] = proto.metadata_props.add(key=key, value="")
     props[WEIGHT_BITS_KEY].value = str(WEIGHT_BITS)
-    calibration = props["gridwatch_calibration"]
-    if NARROWED_NOTE not in calibration.value:
-        calibration.value = "; ".join(filter(None, [calibration.value, NARROWED_NOTE]))
+    notes = props["gridwatch_calibration"]
+    if NARROWED_NOTE not in notes.value:
+        notes.value = "; ".join(filter(None, [notes.value, NARROWED_NOTE]))
     return done

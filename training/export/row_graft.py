@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.export.qdq import quantise_channels, weight_qmax
+from training.export.qdq import CHANNEL_ARRAYS, quantise_channels, weight_qmax
 
 GRAFT_NOTE = "score rows of {classes} grafted from {source}"
 
@@ -86,7 +86,7 @@ def graft_score_rows(int8_file: Path, refit_checkpoint: Path, classes: Sequence[
         with torch.no_grad():
             weight, bias = conv.weight.numpy().astype(np.float64), conv.bias.numpy().astype(np.float64)
         quantised = quantise_channels(weight[rows], bias[rows], input_scale, weight_qmax(props))
-        for part, value in zip(("weight_quantized", "weight_scale", "bias_quantized", "bias_quantized_scale"), quantised):
+        for part, value in zip(CHANNEL_ARRAYS, quantised):
             arrays[part][rows] = value
         for part, value in arrays.items():
             inits[f"{prefix}.{part}"].CopyFrom(numpy_helper.from_array(value, f"{prefix}.{part}"))
