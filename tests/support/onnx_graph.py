@@ -34,6 +34,15 @@ def ops_onnx_runtime_runs(model: Path, folder: Path) -> dict[str, int]:
     return collections.Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
 
 
+def initializers(model: Path) -> dict[str, np.ndarray]:
+    return {t.name: numpy_helper.to_array(t) for t in onnx.load(str(model)).graph.initializer}
+
+
+def widest_weight(arrays: dict[str, np.ndarray]) -> int:
+    """The largest magnitude of an int8 file's quantised convolution weights (64 where they are 7-bit)."""
+    return max(int(np.abs(v.astype(np.int32)).max()) for k, v in arrays.items() if k.endswith(".weight_quantized"))
+
+
 # The head's last class convolution of each level in a YOLOv8n: output channel k scores class k.
 SCORE_CONVS = tuple(f"model.22.cv3.{level}.2" for level in range(3))
 
@@ -41,8 +50,7 @@ SCORE_CONVS = tuple(f"model.22.cv3.{level}.2" for level in range(3))
 def assert_int8_differs_only_in_rows(base: Path, grafted: Path, taught: np.ndarray) -> None:
     """Every int8 weight, scale and calibration of `grafted` is `base`'s, but the taught classes'
     rows (`taught`: one flag per class) of the class-score convolutions, which moved."""
-    before = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(base)).graph.initializer}
-    after = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(grafted)).graph.initializer}
+    before, after = initializers(base), initializers(grafted)
     assert before.keys() == after.keys()
     row_arrays = {f"{conv}.{part}" for conv in SCORE_CONVS for part in CHANNEL_ARRAYS}
     assert row_arrays <= before.keys()

@@ -201,22 +201,17 @@ def _seven_bit_weights_and_narrowing(out: Path, train_images: Path) -> None:
     from onnx import numpy_helper
 
     from detector.model import WEIGHT_BITS_KEY
+    from tests.support.onnx_graph import initializers, widest_weight
     from training.export.export import calibration_images, quantize_int8
     from training.export.qdq import narrow_weights
 
-    def arrays(path: Path) -> dict[str, np.ndarray]:
-        return {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
-
-    def widest(found: dict[str, np.ndarray]) -> int:
-        return max(int(np.abs(v.astype(np.int32)).max()) for k, v in found.items() if k.endswith(".weight_quantized"))
-
-    exported = arrays(out / "gridwatch-int8.onnx")
+    exported = initializers(out / "gridwatch-int8.onnx")
     meta = {p.key: p.value for p in onnx.load(str(out / "gridwatch-int8.onnx")).metadata_props}
-    assert meta[WEIGHT_BITS_KEY] == "7" and widest(exported) == 64
+    assert meta[WEIGHT_BITS_KEY] == "7" and widest_weight(exported) == 64
     fp32 = out / "gridwatch-fp32.onnx"
     quantize_int8(fp32, out / "int8-8bit.onnx", calibration_images(train_images, 64), {}, weight_bits=8)
     eight = onnx.load(str(out / "int8-8bit.onnx"))
-    assert widest(arrays(out / "int8-8bit.onnx")) == 127
+    assert widest_weight(initializers(out / "int8-8bit.onnx")) == 127
     assert narrow_weights(eight, onnx.load(str(fp32))) == sum(k.endswith(".weight_quantized") for k in exported)
     narrowed = {t.name: numpy_helper.to_array(t) for t in eight.graph.initializer}
     said = {p.key: p.value for p in eight.metadata_props}

@@ -290,12 +290,10 @@ def test_retrain_class_refit_grafts_its_rows_into_the_served_int8(tmp_path, shar
     the served one with the taught rows grafted in, every other int8 weight and scale unchanged
     (a fresh calibration would move every class a little). A refit at another size is refused
     before anything is built."""
-    import ast
-
     import numpy as np
 
     from tests.support.onnx_graph import assert_int8_differs_only_in_rows
-    from training.promotion.retrain import onnx_metadata
+    from training.promotion.retrain import served_model
 
     champion_dir = tmp_path / "weights"
     champion_dir.mkdir()
@@ -326,6 +324,6 @@ def test_retrain_class_refit_grafts_its_rows_into_the_served_int8(tmp_path, shar
     card = json.loads((export / "gridwatch.json").read_text())
     assert card["training"]["class_refit"] == ["bin_overflow"] and card["training"]["imgsz"] == 448
     assert "score rows of bin_overflow grafted" in card["int8"]["calibration"]
-    names = ast.literal_eval(onnx_metadata(SHIPPED[1])["names"])
+    names = served_model(SHIPPED[1]).names
     taught = np.array([names[k] == "bin_overflow" for k in sorted(names)])
     assert_int8_differs_only_in_rows(SHIPPED[1], export / "gridwatch-int8.onnx", taught)

@@ -8,7 +8,7 @@ import onnx
 import pytest
 
 from serving.settings import DEFAULT_MODEL_NAME, WEIGHTS_DIR
-from tests.support.onnx_graph import concats_with_unequal_scales, ops_onnx_runtime_runs
+from tests.support.onnx_graph import concats_with_unequal_scales, initializers, ops_onnx_runtime_runs, widest_weight
 
 
 def test_shipped_int8_concats_share_one_scale_and_every_conv_runs_int8(tmp_path: Path):
@@ -26,9 +26,6 @@ def test_shipped_int8_has_7_bit_weights_and_scores_as_fp32_does_on_this_cpu():
     within +-64, and on real garbage photos its AP50 per class is fp32's, on whatever CPU runs this."""
     from dataclasses import replace
 
-    import numpy as np
-    from onnx import numpy_helper
-
     from detector.model import WEIGHT_BITS_KEY
     from tests.support.shared_data import DATASETS, require_shared
     from training.evaluation.evaluate import evaluate, load_eval_set, onnx_predictor
@@ -36,8 +33,7 @@ def test_shipped_int8_has_7_bit_weights_and_scores_as_fp32_does_on_this_cpu():
     shipped = WEIGHTS_DIR / DEFAULT_MODEL_NAME
     proto = onnx.load(str(shipped))
     assert {p.key: p.value for p in proto.metadata_props}[WEIGHT_BITS_KEY] == "7"
-    weights = [numpy_helper.to_array(t) for t in proto.graph.initializer if t.name.endswith(".weight_quantized")]
-    assert weights and max(int(np.abs(w.astype(np.int32)).max()) for w in weights) == 64
+    assert widest_weight(initializers(shipped)) == 64
 
     require_shared()
     photos = load_eval_set(DATASETS / "garbage_overflow_cn", source="garbage_overflow_cn")

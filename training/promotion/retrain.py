@@ -16,7 +16,6 @@ running service takes a promoted model from weights/ by itself (serving/live_mod
 
 from __future__ import annotations
 
-import ast
 import json
 import re
 from collections import Counter
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from detector.files import sha256_file
+from detector.model import ModelInfo
 from training.data.dataset_build import BuildOptions, build
 from training.data.dataset_manifest import RealImage
 from training.promotion.model_card import ModelCard, ReviewCounts
@@ -138,31 +138,24 @@ def default_start(weights_dir: Path, cache_dir: Path, calibration: Sequence[Path
     target = cache_dir / f"{STEM}-{sha256_file(champion)[:16]}.pt"
     if target.is_file():
         return target
-    meta = onnx_metadata(champion)
-    size = exported_imgsz(meta) or 640
+    served = served_model(champion)
     model = rebuild(champion)
     step = max(1, len(calibration) // count)
     images = [im for p in list(calibration)[::step][:count] if (im := cv2.imread(str(p))) is not None]
     if images:
-        calibrate_batchnorm(model, images, size=size)
-    licence = f"AGPL-3.0 (rebuilt from {champion.name}, {meta.get('gridwatch_model_version', 'unversioned')})"
+        calibrate_batchnorm(model, images, size=max(served.input_hw))
+    licence = f"AGPL-3.0 (rebuilt from {champion.name}, {served.metadata.get('gridwatch_model_version', 'unversioned')})"
     return save_checkpoint(model, target, champion, licence=licence)
 
 
-def onnx_metadata(model: Path) -> dict[str, str]:
-    import onnx
+def served_model(path: Path) -> ModelInfo:
+    """What a model file in weights/ says about itself (detector.model), or a TrainError naming it."""
+    from detector.model import DetectorError, open_session
 
     try:
-        proto = onnx.load(str(model), load_external_data=False)
-    except Exception as exc:  # noqa: BLE001 - protobuf's decode errors share no base class worth naming
-        raise TrainError(f"{model}: not a readable ONNX file ({type(exc).__name__}: {exc})") from None
-    return {p.key: p.value for p in proto.metadata_props}
-
-
-def exported_imgsz(metadata: dict[str, str]) -> int | None:
-    """The longest side an exported model was made for (its `imgsz` metadata); None if it has none."""
-    size = ast.literal_eval(metadata["imgsz"]) if "imgsz" in metadata else None
-    return max(size) if isinstance(size, (list, tuple)) else size
+        return open_session(path, threads=1)[1]
+    except DetectorError as exc:
+        raise TrainError(f"{path}: not a readable ONNX file ({exc})") from None
 
 
 def training_size(options: RetrainOptions, weights_dir: Path) -> tuple[int, Path | None]:
@@ -173,8 +166,8 @@ def training_size(options: RetrainOptions, weights_dir: Path) -> tuple[int, Path
     a little. The rows are grafted into a file exported at one size: a refit at another size is
     refused here, before the build and the training, not after them."""
     served = [weights_dir / f"{STEM}-{kind}.onnx" for kind in ("int8", "fp32")]
-    sizes = {path: exported_imgsz(onnx_metadata(path)) for path in served if path.is_file()}
-    imgsz = options.imgsz or next((size for size in sizes.values() if size), 416)
+    sizes = {path: max(served_model(path).input_hw) for path in served if path.is_file()}
+    imgsz = options.imgsz or next(iter(sizes.values()), 416)
     int8 = served[0] if options.refit_classes and served[0] in sizes else None
     if int8 is not None and sizes[int8] != imgsz:
         raise TrainError(f"--refit-classes grafts the refit rows into the served {int8}, exported at {sizes[int8]} px: "
