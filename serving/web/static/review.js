@@ -71,7 +71,7 @@
   let fetching = null;
   function fill() {
     // Keep the case on screen and one more leased and loaded.
-    if (fetching || state.exhausted || state.queue.length - state.index >= 2) return fetching;
+    if (fetching || state.exhausted || state.queue.length - state.index >= 2 || away()) return fetching;
     fetching = post("/review/next", { ...filters(), skip: held() }).then((answer) => {
       fetching = null;
       if (!answer.case) {
@@ -80,6 +80,7 @@
         return;
       }
       state.queue.push(prepare(answer.case));
+      if (givenBackWhileAway()) return;  // the tab went out of sight while this case was on its way
       if (state.queue.length - 1 === state.index) show();
       return fill();
     }).catch((error) => { fetching = null; toast(config.t.error + ": " + error.message); });
@@ -708,7 +709,7 @@
   }
 
   function fillLabelling() {
-    if (lab.fetching || lab.exhausted || lab.queue.length - lab.index >= 2) return lab.fetching;
+    if (lab.fetching || lab.exhausted || lab.queue.length - lab.index >= 2 || away()) return lab.fetching;
     // The queue's camera filter applies here too.
     lab.fetching = post("/review/labelling/next", { skip: labelHeld(), camera: filters().camera }).then((answer) => {
       lab.fetching = null;
@@ -719,6 +720,7 @@
         return;
       }
       lab.queue.push(prepareLabelling(answer.item));
+      if (givenBackWhileAway()) return;
       if (lab.queue.length - 1 === lab.index) showLabelling();
       return fillLabelling();
     }).catch((error) => { lab.fetching = null; toast(config.t.error + ": " + error.message); });
@@ -891,9 +893,17 @@
     return navigator.sendBeacon("/review/leases/release", form);
   }
   let released = false;
+  // A hidden page leases nothing: no prefetch, no renewal (which would take back what it just
+  // gave), and a case that arrives after the tab went away goes straight back.
+  function away() { return document.visibilityState === "hidden"; }
+  function givenBackWhileAway() {
+    if (!away()) return false;
+    released = releaseAll() || released;
+    return true;
+  }
   window.addEventListener("pagehide", () => { released = releaseAll() || released; });
   document.addEventListener("visibilitychange", () => {
-    if (document.visibilityState === "hidden") { released = releaseAll() || released; return; }
+    if (givenBackWhileAway()) return;
     if (!released) return;
     released = false;
     state.queue = []; state.index = 0; state.exhausted = false;
@@ -902,6 +912,7 @@
   });
   // Leases time out (review_lease_s) so a closed tab frees its cases; an open one renews them.
   function renew() {
+    if (away()) return;
     const numbers = held();
     if (numbers.length) post("/review/leases", { cases: numbers }).catch(() => null);
     const items = labelHeld();

@@ -8,6 +8,7 @@ keys and the 综合评价 with its CSV."""
 from __future__ import annotations
 
 import re
+import time
 from datetime import datetime, timezone
 from urllib.parse import parse_qs, urlparse
 
@@ -108,7 +109,8 @@ def test_closed_page_releases_its_leases_and_others_are_counted(run_service, dat
 def test_hidden_page_gives_leases_back_and_takes_them_again(run_service, dataset_images, chromium) -> None:
     from serving.store.models import Case
 
-    server = run_service(review_lease_s=300)
+    # A 3 s lease: the page renews every second, so a renewal that ran while hidden would show.
+    server = run_service(review_lease_s=3)
     numbers = queue_cases(server, dataset_images, 2)
     add_user(server, "alice")
     page = chromium.new_context(**ZH).new_page()
@@ -124,6 +126,8 @@ def test_hidden_page_gives_leases_back_and_takes_them_again(run_service, dataset
                                document.dispatchEvent(new Event('visibilitychange')); }"""
     page.evaluate(visibility, "hidden")  # another tab in front, the screen locked
     wait_for(lambda: not held(), timeout=10)
+    time.sleep(2.5)  # renewals and the first renew after load (1.5 s) must not take them back
+    assert not held()
     page.evaluate(visibility, "visible")
     wait_for(lambda: held() == set(numbers), timeout=10)
     shown(page, numbers[0])
