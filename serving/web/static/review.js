@@ -904,11 +904,18 @@
   window.addEventListener("pagehide", () => { released = releaseAll() || released; });
   document.addEventListener("visibilitychange", () => {
     if (givenBackWhileAway()) return;
-    if (!released) return;
+    const labelling = state.mode === "labelling";
+    if (!released) {
+      // Nothing was given back: carry on. A page with nothing on screen asks again now, since an
+      // empty queue's recheck found the page hidden and leased nothing.
+      const onScreen = root.dataset.state === (labelling ? "labelling" : "case");
+      if (!onScreen) { if (labelling) showLabelling(); else show(); } else if (labelling) fillLabelling(); else fill();
+      return;
+    }
     released = false;
     state.queue = []; state.index = 0; state.exhausted = false;
     lab.queue = []; lab.index = 0; lab.exhausted = false;
-    if (state.mode === "labelling") showLabelling(); else show();
+    if (labelling) showLabelling(); else show();
   });
   // Leases time out (review_lease_s) so a closed tab frees its cases; an open one renews them.
   function renew() {

@@ -25,6 +25,11 @@ ZH = {"locale": "zh-CN", "timezone_id": "Asia/Shanghai"}
 LATIN_WORD = re.compile(r"\b[a-z]{3,}\b")  # an English word (ids like cam-000 and GW... are not lower-case words)
 
 
+# Another tab in front, the screen locked (headless Chromium's own page is never hidden).
+HIDE_OR_SHOW = """state => { Object.defineProperty(document, 'visibilityState', {value: state, configurable: true});
+                             document.dispatchEvent(new Event('visibilitychange')); }"""
+
+
 def shown(page, case_number: str) -> None:
     page.wait_for_selector(f'#review[data-shown="{case_number}"]', timeout=10_000)
 
@@ -122,16 +127,36 @@ def test_hidden_page_gives_leases_back_and_takes_them_again(run_service, dataset
             return set(session.scalars(select(Case.case_number).where(Case.leased_by == "alice")))
 
     wait_for(lambda: held() == set(numbers), timeout=10)
-    visibility = """state => { Object.defineProperty(document, 'visibilityState', {value: state, configurable: true});
-                               document.dispatchEvent(new Event('visibilitychange')); }"""
-    page.evaluate(visibility, "hidden")  # another tab in front, the screen locked
+    page.evaluate(HIDE_OR_SHOW, "hidden")  # another tab in front, the screen locked
     wait_for(lambda: not held(), timeout=10)
     time.sleep(2.5)  # renewals and the first renew after load (1.5 s) must not take them back
     assert not held()
-    page.evaluate(visibility, "visible")
+    page.evaluate(HIDE_OR_SHOW, "visible")
     wait_for(lambda: held() == set(numbers), timeout=10)
     shown(page, numbers[0])
     page.context.close()
+
+
+def test_an_empty_page_leases_nothing_while_hidden_and_asks_again_when_shown(run_service, dataset_images,
+                                                                            chromium) -> None:
+    from serving.store.models import Case
+
+    server = run_service()
+    add_user(server, "alice")
+    context = chromium.new_context(**ZH)
+    context.clock.install()  # time runs as usual; fast_forward fires the empty queue's 15 s recheck now
+    page = context.new_page()
+    sign_in(page, server.url, "alice")
+    page.wait_for_selector('#review[data-state="empty"]')
+    page.evaluate(HIDE_OR_SHOW, "hidden")
+    (number,) = queue_cases(server, dataset_images, 1)
+    page.clock.fast_forward(16_000)
+    page.wait_for_timeout(1000)
+    with server.service.db.sessions() as session:
+        assert session.scalar(select(Case.leased_by).where(Case.case_number == number)) == ""
+    page.evaluate(HIDE_OR_SHOW, "visible")
+    shown(page, number)  # the recheck that found the page hidden is not lost
+    context.close()
 
 
 def test_release_needs_the_csrf_token_and_only_frees_your_own(run_service, dataset_images) -> None:
