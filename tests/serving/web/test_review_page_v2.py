@@ -127,7 +127,7 @@ def test_hidden_page_gives_leases_back_and_takes_them_again(run_service, dataset
             return set(session.scalars(select(Case.case_number).where(Case.leased_by == "alice")))
 
     wait_for(lambda: held() == set(numbers), timeout=10)
-    page.evaluate(HIDE_OR_SHOW, "hidden")  # another tab in front, the screen locked
+    page.evaluate(HIDE_OR_SHOW, "hidden")
     wait_for(lambda: not held(), timeout=10)
     time.sleep(2.5)  # renewals and the first renew after load (1.5 s) must not take them back
     assert not held()
