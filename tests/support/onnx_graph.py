@@ -34,8 +34,9 @@ def ops_onnx_runtime_runs(model: Path, folder: Path) -> dict[str, int]:
     return collections.Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
 
 
-def initializers(model: Path) -> dict[str, np.ndarray]:
-    return {t.name: numpy_helper.to_array(t) for t in onnx.load(str(model)).graph.initializer}
+def initializers(model: Path | onnx.ModelProto) -> dict[str, np.ndarray]:
+    proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
+    return {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
 
 
 def widest_weight(arrays: dict[str, np.ndarray]) -> int:

@@ -198,22 +198,22 @@ def _seven_bit_weights_and_narrowing(out: Path, train_images: Path) -> None:
     8-bit file of the same model narrowed from its fp32 file (training.export.qdq.narrow_weights) is
     that export again, to one step of rounding, its calibration untouched."""
     import onnx
-    from onnx import numpy_helper
 
     from detector.model import WEIGHT_BITS_KEY
     from tests.support.onnx_graph import initializers, widest_weight
     from training.export.export import calibration_images, quantize_int8
     from training.export.qdq import narrow_weights
 
-    exported = initializers(out / "gridwatch-int8.onnx")
-    meta = {p.key: p.value for p in onnx.load(str(out / "gridwatch-int8.onnx")).metadata_props}
+    seven = onnx.load(str(out / "gridwatch-int8.onnx"))
+    exported = initializers(seven)
+    meta = {p.key: p.value for p in seven.metadata_props}
     assert meta[WEIGHT_BITS_KEY] == "7" and widest_weight(exported) == 64
     fp32 = out / "gridwatch-fp32.onnx"
     quantize_int8(fp32, out / "int8-8bit.onnx", calibration_images(train_images, 64), {}, weight_bits=8)
     eight = onnx.load(str(out / "int8-8bit.onnx"))
-    assert widest_weight(initializers(out / "int8-8bit.onnx")) == 127
+    assert widest_weight(initializers(eight)) == 127
     assert narrow_weights(eight, onnx.load(str(fp32))) == sum(k.endswith(".weight_quantized") for k in exported)
-    narrowed = {t.name: numpy_helper.to_array(t) for t in eight.graph.initializer}
+    narrowed = initializers(eight)
     said = {p.key: p.value for p in eight.metadata_props}
     assert said[WEIGHT_BITS_KEY] == "7" and said["gridwatch_calibration"].endswith("narrowed to 7 bits (+-64) from the fp32 file")
     assert narrowed.keys() == exported.keys()

@@ -33,7 +33,7 @@ def test_shipped_int8_has_7_bit_weights_and_scores_as_fp32_does_on_this_cpu():
     shipped = WEIGHTS_DIR / DEFAULT_MODEL_NAME
     proto = onnx.load(str(shipped))
     assert {p.key: p.value for p in proto.metadata_props}[WEIGHT_BITS_KEY] == "7"
-    assert widest_weight(initializers(shipped)) == 64
+    assert widest_weight(initializers(proto)) == 64
 
     require_shared()
     photos = load_eval_set(DATASETS / "garbage_overflow_cn", source="garbage_overflow_cn")

@@ -896,12 +896,13 @@
   // A hidden page leases nothing: no prefetch, no renewal (which would take back what it just
   // gave), and a case that arrives after the tab went away goes straight back.
   function away() { return document.visibilityState === "hidden"; }
+  function giveBack() { released = releaseAll() || released; }
   function givenBackWhileAway() {
     if (!away()) return false;
-    released = releaseAll() || released;
+    giveBack();
     return true;
   }
-  window.addEventListener("pagehide", () => { released = releaseAll() || released; });
+  window.addEventListener("pagehide", giveBack);
   document.addEventListener("visibilitychange", () => {
     if (givenBackWhileAway()) return;
     const labelling = state.mode === "labelling";
