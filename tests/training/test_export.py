@@ -33,6 +33,20 @@ def exported(tmp_path_factory):
     return export_coco(tmp, calib=calib, model_version="test-1")
 
 
+@pytest.fixture(scope="module")
+def decoded_unaligned(exported, tmp_path_factory):
+    """A second int8 file of the same weights, calibrated once for two tests (a calibration at
+    640 px takes most of a minute here): Ultralytics' form (float input, decoded output) with
+    each Concat's inputs left at their own scales. Returns the file and what it logged."""
+    from training.export.export import quantize_int8
+
+    out = tmp_path_factory.mktemp("export-decoded") / "decoded-unaligned-int8.onnx"
+    lines: list[str] = []
+    quantize_int8(exported.fp32, out, source_images("garbage_overflow_cn", 32, offset=1), {}, for_ultralytics=True,
+                  share_scales=False, log=lines.append)
+    return out, lines
+
+
 def test_files_and_metadata(exported):
     assert exported.fp32.name == "coco-fp32.onnx" and exported.int8.name == "coco-int8.onnx"
     assert exported.calibration_images == 32
@@ -79,13 +93,12 @@ def test_int8_is_qdq_and_ends_at_the_head_levels(exported):
     assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8 and shape[3].dim_value == 3
 
 
-def test_pixel_input_is_bit_identical_to_float_planes_and_ultralytics_form_is_kept_on_request(exported, tmp_path):
-    from training.export.export import cut_at_head_levels, quantize_int8, take_pixels
+def test_pixel_input_is_bit_identical_to_float_planes_and_ultralytics_form_is_kept_on_request(
+    exported, decoded_unaligned, tmp_path
+):
+    from training.export.export import cut_at_head_levels, take_pixels
 
-    plain = tmp_path / "plain-int8.onnx"
-    lines: list[str] = []
-    quantize_int8(exported.fp32, plain, source_images("garbage_overflow_cn", 32, offset=1), {}, for_ultralytics=True,
-                  log=lines.append)
+    plain, lines = decoded_unaligned
     assert lines and lines[-1].startswith("  int8 calibration: 32/32 images run")  # the end, at least, is said
     info = Detector(plain).info
     assert info.head == "decoded" and info.input_dtype == "float32"  # what Ultralytics can run
@@ -207,16 +220,16 @@ def test_calibration_says_how_many_images_it_has_run(monkeypatch):
     assert lines[-1].startswith("  int8 calibration: 6/6 images run (28 s)")
 
 
-def test_concats_copy_instead_of_requantising_and_every_conv_stays_int8(exported, tmp_path):
+def test_concats_copy_instead_of_requantising_and_every_conv_stays_int8(exported, decoded_unaligned, tmp_path):
     """share_concat_scales: one scale per Concat, so ONNX Runtime's QLinearConcat copies; the
     biases of the convolutions reading a rescaled tensor follow, so none falls back to float."""
-    from training.export.export import quantize_int8
+    from training.export.export import cut_at_head_levels
     from training.export.qdq import share_concat_scales
 
+    proto = onnx.load(str(decoded_unaligned[0]))
+    cut_at_head_levels(proto)  # the detector's graph: the decode's float Conv (DFL) goes with the cut
     unaligned = tmp_path / "unaligned.onnx"
-    quantize_int8(exported.fp32, unaligned, source_images("garbage_overflow_cn", 32, offset=1), {},
-                  share_scales=False)
-    proto = onnx.load(str(unaligned))
+    onnx.save(proto, str(unaligned))
     convs = sum(n.op_type == "Conv" for n in proto.graph.node)
     before = concats_with_unequal_scales(proto)
     assert before >= 5  # calibration gives every tensor its own range
