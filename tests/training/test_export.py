@@ -226,7 +226,8 @@ def test_concats_copy_instead_of_requantising_and_every_conv_stays_int8(exported
     from training.export.export import cut_at_head_levels
     from training.export.qdq import share_concat_scales
 
-    proto = onnx.load(str(decoded_unaligned[0]))
+    decoded, _ = decoded_unaligned
+    proto = onnx.load(str(decoded))
     cut_at_head_levels(proto)  # the detector's graph: the decode's float Conv (DFL) goes with the cut
     unaligned = tmp_path / "unaligned.onnx"
     onnx.save(proto, str(unaligned))

@@ -36,12 +36,13 @@ FIGURE = ("MECHANISM TEST, not a field precision: reviewers scripted by a stated
           "edges in the upper half of the truck box than the median test truck) on real COCO-teacher trucks.")
 
 
-def real_trucks(detector: Detector, batch: int = 8) -> list[tuple[Path, list[float]]]:
+def real_trucks(detector: Detector) -> list[tuple[Path, list[float]]]:
     require_shared()
     paths = [path for source, limit in SOURCES for path in sorted((DATASETS / source / "images").glob("*.jpg"))[:limit]]
     found = []
-    for start in range(0, len(paths), batch):  # batched: the scan is most of this test's time
-        chunk = paths[start:start + batch]
+    step = detector.batch_size  # the scan is most of this test's time: whole batches, few images in memory
+    for start in range(0, len(paths), step):
+        chunk = paths[start:start + step]
         for path, seen in zip(chunk, detector.detect([cv2.imread(str(p)) for p in chunk])):
             for box, score, name in zip(seen.xyxy, seen.scores, seen.class_names):
                 if name == "truck" and score >= MIN_SCORE and min(box[2] - box[0], box[3] - box[1]) >= MIN_SIDE:
