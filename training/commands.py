@@ -333,6 +333,7 @@ def run_eval(args: argparse.Namespace) -> int:
         load_eval_set,
         onnx_predictor,
         operating_threshold_of,
+        source_originals,
         tiled_predictor,
         ultralytics_predictor,
     )
@@ -377,7 +378,8 @@ def run_eval(args: argparse.Namespace) -> int:
         if args.tiles is not None:
             if args.model.suffix == ".pt":
                 return fail("--tiles evaluates the served runtime: give the .onnx model")
-            tiled = evaluate(tiled_predictor(predict, args.tiles or None), eval_set, threshold)
+            originals = source_originals(eval_set)
+            tiled = evaluate(tiled_predictor(predict, args.tiles or None), eval_set, threshold, originals.files)
     except (EvalError, DetectorError, FileNotFoundError) as exc:
         return fail(str(exc))
     if args.plots:
@@ -386,7 +388,8 @@ def run_eval(args: argparse.Namespace) -> int:
             print("plots: " + ", ".join(map(str, written)))
     if args.json:
         answer = (result.to_dict() if tiled is None
-                  else {"whole_frame": result.to_dict(), "tiled": tiled.to_dict()})
+                  else {"whole_frame": result.to_dict(), "tiled": tiled.to_dict(),
+                        "tiled_source_files": len(originals.files), "tiled_sources_unavailable": originals.unavailable})
         answer = {**answer, "split": eval_set.split}  # which split these numbers are of
         if folds is not None:  # an extra key: the plain object's fields stay where they were
             answer = {**answer, "place_folds": folds.to_dict()}
@@ -399,7 +402,8 @@ def run_eval(args: argparse.Namespace) -> int:
             print("whole frame:")
         print(result.table())
         if tiled is not None:
-            print(f"\ntiled at native resolution (tiles of {args.tiles or max(predict.input_size)} px plus the whole frame):")
+            print(f"\ntiled at native resolution (tiles of {args.tiles or max(predict.input_size)} px plus the whole frame; "
+                  f"{originals.line(len(eval_set.images))}):")
             print(tiled.table())
         if folds is not None:
             print(f"\nheld out by place: AP50 on {folds.k} folds of whole places ({folds.groups} places)")

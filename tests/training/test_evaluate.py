@@ -203,7 +203,9 @@ def test_eval_cli_tiles_reports_both_ways_on_real_facades(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
-    assert set(out) == {"whole_frame", "tiled", "split"} and out["split"] == "train"  # the folder's only split
+    assert set(out) == {"whole_frame", "tiled", "split", "tiled_source_files", "tiled_sources_unavailable"}
+    assert out["split"] == "train"  # the folder's only split
+    assert out["tiled_source_files"] == 0 == out["tiled_sources_unavailable"]  # no build manifest: tiled as found
     for way in (out["whole_frame"], out["tiled"]):
         assert way["classes"]["shop_sign"]["instances"] > 0 and 0 <= way["map50"] <= 1
     table = subprocess.run(
@@ -211,3 +213,62 @@ def test_eval_cli_tiles_reports_both_ways_on_real_facades(tmp_path):
         capture_output=True, text=True, timeout=300,
     )
     assert table.returncode == 0 and "whole frame:" in table.stdout and "tiles of 640 px" in table.stdout
+
+
+def test_tiled_eval_reads_a_builds_larger_source_files_and_scales_back(tmp_path):
+    """A build stores real images at most 640 px; tiling "at native resolution" means the
+    source's own file, as a camera's full frame. Only a source file with the content the build
+    hashed and the copy's shape stands in for it."""
+    import hashlib
+
+    from training.data.dataset_manifest import BuildSettings, DatasetManifest, LabelCounts, RealImage, write_manifest
+    from training.evaluation.evaluate import source_originals
+
+    root = tmp_path / "facade_signs_spb"  # the source's class mapping applies
+    (root / "images" / "val").mkdir(parents=True)
+    (root / "labels" / "val").mkdir(parents=True)
+    entries = []
+    originals = source_images("facade_signs_spb", 4)
+    for i, original in enumerate(originals):
+        copy = root / "images" / "val" / f"facade_signs_spb__{original.name}"
+        frame = cv2.imread(str(original))
+        scale = 1.0 if i == 3 else 384 / max(frame.shape[:2])  # the last one stored as found
+        cv2.imwrite(str(copy), cv2.resize(frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA))
+        (root / "labels" / "val" / f"{copy.stem}.txt").write_text(label_path(original, original.parent).read_text())
+        sha = hashlib.sha256(original.read_bytes()).hexdigest() if i != 2 else "0" * 64  # 2: the source changed
+        entries.append(RealImage(file=f"val/{copy.name}", source="facade_signs_spb", original=str(original),
+                                 split="val", sha256=sha, phash="0" * 16, cluster=i, boxes=1,
+                                 pseudo_labelled_classes=[], pseudo_boxes=0))
+    (root / "data.yaml").write_text((DATASETS / "facade_signs_spb" / "data.yaml").read_text()
+                                    .replace("train: images", "val: images/val"))
+    settings = BuildSettings(val_fraction=0.15, pseudo_labels=False, pseudo_score=None, teacher=None, synthetic=0,
+                             imgsz=384, limit=None, seed=0, near_duplicate_distance=6)
+    write_manifest(DatasetManifest(classes=[], sources=[], options=settings, counts=LabelCounts(), dataset_hash="",
+                                   images=entries), root / "manifest.json")
+
+    eval_set = load_eval_set(root)
+    found = source_originals(eval_set)
+    by_name = {p.name: o for p, o in found.files.items()}
+    assert by_name == {f"facade_signs_spb__{o.name}": o for o in originals[:2]} and found.unavailable == 1
+    assert "2 of 4 images read from their larger source file, 1 copies" in found.line(4)
+
+    # A predictor that puts each label exactly where it is in whatever frame it is given: only boxes
+    # scaled back from the source file's pixels to the copy's match the copy's labels.
+    names = {i: c for i, c in enumerate(sorted({c for im in eval_set.images for c in im.classes}))}
+    ids = {c: i for i, c in names.items()}
+    seen = []
+    labels = iter(eval_set.images)
+
+    def predict(frame: np.ndarray) -> Detections:
+        image = next(labels)
+        seen.append(frame.shape[:2])
+        h, w = cv2.imread(str(image.path)).shape[:2]
+        boxes = image.boxes * np.array([frame.shape[1] / w, frame.shape[0] / h] * 2, np.float32)
+        return Detections(boxes.astype(np.float32), np.full(len(boxes), 0.9, np.float32),
+                          np.array([ids[c] for c in image.classes], np.int64), names)
+
+    result = evaluate(predict, eval_set, originals=found.files)
+    read_from = [found.files.get(im.path, im.path) for im in eval_set.images]
+    assert seen == [cv2.imread(str(p)).shape[:2] for p in read_from]
+    assert sorted(max(shape) for shape in seen)[0] == 384 < sorted(max(shape) for shape in seen)[1]  # changed: its copy
+    assert all(m.ap50 == pytest.approx(0.995, abs=1e-3) for m in result.classes.values() if m.instances)

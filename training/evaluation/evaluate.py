@@ -185,15 +185,83 @@ def _read_labels(
 # ---------------------------------------------------------------- predicting
 
 
-def evaluate(predict: Predictor, eval_set: EvalSet, operating_threshold: float = DEFAULT_SCORE_THRESHOLD) -> EvalResult:
+def evaluate(predict: Predictor, eval_set: EvalSet, operating_threshold: float = DEFAULT_SCORE_THRESHOLD,
+             originals: Mapping[Path, Path] | None = None) -> EvalResult:
+    """`originals`: image -> a larger file of the same picture to predict on instead (see
+    `source_originals`); its boxes are scaled back onto the image's labels."""
+    originals = originals or {}
+
     def predictions() -> Iterable[Detections]:
         for image in eval_set.images:
-            frame = cv2.imread(str(image.path), cv2.IMREAD_COLOR)
-            if frame is None:
-                raise EvalError(f"{image.path}: unreadable image")
-            yield predict(frame)
+            original = originals.get(image.path)
+            frame = _read_frame(original or image.path)
+            found = predict(frame)
+            if original is not None:
+                w, h = _image_size(image.path)
+                found = found.scaled(w / frame.shape[1], h / frame.shape[0])
+            yield found
 
     return evaluate_predictions(eval_set.images, predictions(), operating_threshold)
+
+
+def _read_frame(path: Path) -> np.ndarray:
+    frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if frame is None:
+        raise EvalError(f"{path}: unreadable image")
+    return frame
+
+
+@dataclass(frozen=True)
+class SourceOriginals:
+    """The source files behind a build's smaller copies (`gridwatch dataset build` stores real
+    images at no more than its imgsz, 640 px): tiling those, not the copies, is what a camera's
+    full-resolution frame gives the static checks."""
+
+    files: dict[Path, Path]  # eval image -> its source file, larger than the copy
+    unavailable: int = 0  # copies whose source file is gone or no longer the one built from
+
+    def line(self, images: int) -> str:
+        out = f"{len(self.files)} of {images} images read from their larger source file"
+        return out + (f", {self.unavailable} copies whose source is gone or changed read as built"
+                      if self.unavailable else "")
+
+
+def source_originals(eval_set: EvalSet) -> SourceOriginals:
+    """Each image of a build's split whose manifest names a source file with the same content
+    it was built from (sha256) and a larger, same-shaped picture; none for any other folder."""
+    import hashlib
+
+    from PIL import Image
+    from pydantic import ValidationError
+
+    from training.data.dataset_manifest import DatasetManifest, RealImage
+
+    manifest = eval_set.root / "manifest.json"
+    if not manifest.is_file():
+        return SourceOriginals({})
+    try:
+        built = DatasetManifest.model_validate_json(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError, ValidationError):
+        return SourceOriginals({})
+    by_file = {(eval_set.root / "images" / m.file).resolve(): m for m in built.images if isinstance(m, RealImage)}
+    files, unavailable = {}, 0
+    for image in eval_set.images:
+        entry = by_file.get(Path(image.path).resolve())
+        if entry is None:
+            continue
+        original = Path(entry.original)
+        try:
+            with Image.open(original) as source, Image.open(image.path) as copy:
+                larger = source.width > copy.width and abs(source.width / source.height - copy.width / copy.height) < 0.01
+            same = hashlib.sha256(original.read_bytes()).hexdigest() == entry.sha256
+        except OSError:
+            unavailable += 1
+            continue
+        if not same:
+            unavailable += 1
+        elif larger:
+            files[image.path] = original
+    return SourceOriginals(files, unavailable)
 
 
 def onnx_predictor(
