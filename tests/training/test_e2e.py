@@ -138,6 +138,8 @@ def test_train_writes_run_export_card_and_promotes_first_model(env, trained):
     real_val = [p for p in Path(env["data"]).parent.glob("images/val/*") if "synthetic" not in p.name]
     held_out = card["place_folds"]["held_out"]
     assert held_out["images"] + held_out["seen_place_images"] == len(real_val) > 0
+    tiled = card["place_folds"]["tiled"]  # the served int8 file, tiled, on the same held-out images
+    assert tiled["model"] == "gridwatch-int8.onnx" and tiled["images"] == held_out["images"]
     assert card["teacher_check"]["model"] == "gridwatch-int8.onnx" and len(card["teacher_check"]["counts"]) == 2
     md = (trained["weights"] / "gridwatch.md").read_text()
     assert "garbage_overflow_cn" in md and "CC BY 4.0" in md and "Known weaknesses" in md

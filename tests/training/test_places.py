@@ -160,9 +160,10 @@ def test_image_split_leaves_out_val_images_of_places_it_trained_on(tmp_path, cap
     (out / "labels" / "val" / f"{train[0].stem}-again.txt").write_text("")  # nothing labelled: only the place matters
     model = Path(__file__).parents[2] / "weights" / "gridwatch-int8.onnx"
     val = val_set(data_config(out / "data.yaml"))
-    whole, folds = evaluate_by_place(model, val, out / PLACES_FILE)
+    whole, folds = evaluate_by_place(model, val, out / PLACES_FILE, tiled=model)
     assert not (out / PLACES_FILE).exists() and folds is not None
     assert folds.seen_place_images >= 1 and folds.held_out.images == whole.images - folds.seen_place_images
+    assert folds.tiled.result.images == folds.held_out.images and folds.tiled.model == model.name  # the same images
     assert sum(f.images for f in folds.folds) == folds.held_out.images
     held = folds.to_dict()["held_out"]
     assert held["seen_place_images"] == folds.seen_place_images and held["images"] == folds.held_out.images
@@ -185,6 +186,8 @@ def test_image_split_leaves_out_val_images_of_places_it_trained_on(tmp_path, cap
     assert "held out by place" in log and "against the COCO teacher" in log
     card = json.loads((weights / "gridwatch-int8.json").read_text())
     assert card["place_folds"]["held_out"]["seen_place_images"] == folds.seen_place_images
+    assert card["place_folds"]["tiled"]["model"] == "gridwatch-int8.onnx"  # the served file, tiled
+    assert card["place_folds"]["tiled"]["images"] == folds.held_out.images
     assert set(card["teacher_check"]["counts"]) == {"coco-yolov8n-int8.onnx", "coco-yolo11n-320-int8.onnx"}
     md = (weights / "gridwatch.md").read_text()
     assert md.count("## Held out by place") == 1 and md.count("## Against the COCO teacher") == 1
@@ -218,6 +221,11 @@ def test_card_shows_place_folds_beside_the_val_figure_and_flags_synthetic_only(t
     plain = json.loads(write_card(_card(), tmp_path / "plain")[1].read_text())
     assert "place_folds" not in plain  # as cards before the field
     assert "synthetic images only" not in render_markdown(_card())  # no flyer class: nothing to say
+    tiled = {"model": "m-int8.onnx", "images": 40, "source_files": 38,
+             "classes": {"push_cart": {"instances": 9, "ap50": 0.55}}}
+    md = render_markdown(_card(place_folds={**folds, "tiled": tiled}, classes=["push_cart"]))
+    assert "| class | AP50 real val | m-int8.onnx tiled | fold mean |" in md
+    assert "| push_cart | 0.700 | 0.550 | 0.610 | 0.420 | 0.800 | 3 |" in md and "38 of them read from" in md
 
 
 def test_a_measured_section_the_card_no_longer_has_is_removed_and_the_rest_kept():

@@ -327,6 +327,7 @@ class PlaceFolds:
     grouping: list[str]  # how each source was grouped (SourcePlaces.line)
     held_out: EvalResult | None = None  # image splits only
     seen_place_images: int = 0
+    tiled: TiledHeldOut | None = None  # the served file tiled on the same held-out images
 
     def per_class(self) -> dict[str, dict[str, float | int]]:
         """class -> mean, min and max AP50 over the folds that hold the class, and how many do."""
@@ -343,22 +344,49 @@ class PlaceFolds:
         if self.held_out is not None:
             out["split"] = "image"
             out["held_out"] = {"images": self.held_out.images, "seen_place_images": self.seen_place_images,
-                               "map50": self.held_out.map50,
-                               "classes": {c: {"instances": m.instances, "ap50": m.ap50}
-                                           for c, m in self.held_out.classes.items() if m.instances}}
+                               "map50": self.held_out.map50, "classes": _ap50_per_class(self.held_out)}
+        if self.tiled is not None:
+            out["tiled"] = {"model": self.tiled.model, "images": self.tiled.result.images,
+                            "source_files": self.tiled.source_files, "classes": _ap50_per_class(self.tiled.result)}
         return out
 
     def table(self, whole: EvalResult | None = None) -> str:
-        held = self.held_out
+        held, tiled = self.held_out, self.tiled.result if self.tiled is not None else None
         lines = [f"{'class':<16}{'AP50 all':>9}" + (f"{'held out':>9}" if held else "") +
-                 f"{'mean':>8}{'min':>8}{'max':>8}{'folds':>7}"]
+                 (f"{'tiled':>9}" if tiled else "") + f"{'mean':>8}{'min':>8}{'max':>8}{'folds':>7}"]
         for name, s in self.per_class().items():
             overall = f"{whole.classes[name].ap50:>9.3f}" if whole is not None and name in whole.classes else f"{'':>9}"
-            if held:
-                overall += f"{held.classes[name].ap50:>9.3f}" if name in held.classes else f"{'':>9}"
+            for other in (held, tiled):
+                if other:
+                    overall += f"{other.classes[name].ap50:>9.3f}" if name in other.classes else f"{'':>9}"
             lines.append(f"{name:<16}{overall}{s['mean_ap50']:>8.3f}{s['min_ap50']:>8.3f}{s['max_ap50']:>8.3f}"
                          f"{s['folds']:>7}")
         return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class TiledHeldOut:
+    """The served file tiled at the source's resolution (what the static checks run on a camera's
+    full frame) on the images held out by place: the figure a tiled goal (window_ad) is judged on."""
+
+    model: str
+    result: EvalResult
+    source_files: int  # images read from their larger source file (SourceOriginals)
+
+
+def _ap50_per_class(result: EvalResult) -> dict[str, dict[str, float | int]]:
+    return {c: {"instances": m.instances, "ap50": m.ap50} for c, m in result.classes.items() if m.instances}
+
+
+def tiled_held_out(model: Path, eval_set: EvalSet, seen: Set[Path] | None = None) -> TiledHeldOut:
+    """`model` tiled on the images of `eval_set` not in `seen` (an image split's val images whose
+    place holds a train image)."""
+    held = dataclasses.replace(eval_set, images=[im for im in eval_set.images if not seen or im.path not in seen])
+    detector, _ = onnx_predictor(model)
+    originals = source_originals(held)
+    return TiledHeldOut(model=Path(model).name, result=evaluate(tiled_predictor(detector), held,
+                                                                originals=originals.files),
+                        source_files=len(originals.files))
 
 
 def place_folds_of(groups: Mapping[Path, str], k: int) -> dict[Path, int]:

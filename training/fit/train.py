@@ -9,6 +9,7 @@ sources (`gridwatch retrain`) the val split is judged in two parts, base and rev
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from detector.files import REPO_ROOT
 from detector.runtime import DEFAULT_SCORE_THRESHOLD
 from training.data.dataset_manifest import read_label_counts, read_sources
 from training.evaluation.evaluate import (EvalSet, PlaceFolds, eval_set_from_images, evaluate, evaluate_place_folds,
-                                         image_split_places, onnx_predictor)
+                                         image_split_places, onnx_predictor, tiled_held_out)
 from training.export.export import (ExportResult, calibration_images, camera_input_hw, compare_speed, export,
                                    load_checkpoint, read_checkpoint_args)
 from training.export.export_run import int8_misses
@@ -248,12 +249,14 @@ def evaluate_onnx(model: Path, eval_set: EvalSet, threshold: float = DEFAULT_SCO
 PLACE_FOLDS = 5  # folds of whole places the card reports, fewer when the val split has fewer places
 
 
-def evaluate_by_place(model: Path, eval_set: EvalSet, places_file: Path) -> tuple[EvalResult, PlaceFolds | None]:
+def evaluate_by_place(model: Path, eval_set: EvalSet, places_file: Path,
+                      tiled: Path | None = None) -> tuple[EvalResult, PlaceFolds | None]:
     """The model on the real val split and on folds of whole places, from the same predictions.
 
     A build split by place names them in its places.json. A build split by image has none: places
     are found by perceptual hash over its train and val images, and the val images of places the
-    model trained on are left out of the folds (PlaceFolds.held_out)."""
+    model trained on are left out of the folds (PlaceFolds.held_out). `tiled`: a model file (the
+    served one) also scored tiled on the held-out images (PlaceFolds.tiled)."""
     dataset_dir = places_file.parent
     seen = None
     if places_file.is_file():
@@ -269,7 +272,10 @@ def evaluate_by_place(model: Path, eval_set: EvalSet, places_file: Path) -> tupl
     if k < 2:
         return evaluate_onnx(model, eval_set), None
     predict, _ = onnx_predictor(model)
-    return evaluate_place_folds(predict, eval_set, k, places=groups, grouping=grouping, seen=seen)
+    whole, folds = evaluate_place_folds(predict, eval_set, k, places=groups, grouping=grouping, seen=seen)
+    if tiled is not None:
+        folds = dataclasses.replace(folds, tiled=tiled_held_out(tiled, eval_set, seen))
+    return whole, folds
 
 
 def against_teachers(served: Path, real: EvalSet, log) -> TeacherCheck | None:
@@ -355,7 +361,8 @@ def finish_run(
     real, synthetic = split_synthetic(val_set(dataset))
     real, review = split_sources(real, [s.name for s in review_sources])
 
-    fp32_eval, place_folds = evaluate_by_place(exported.fp32, real, dataset.file.parent / PLACES_FILE)
+    fp32_eval, place_folds = evaluate_by_place(exported.fp32, real, dataset.file.parent / PLACES_FILE,
+                                               tiled=exported.int8 or exported.fp32)
     metrics = {"real_val": {exported.fp32.name: fp32_eval.to_dict()}}
     log(f"fp32 export on the real val split ({fp32_eval.images} images):\n{fp32_eval.table()}")
     quantised, speed = None, None
@@ -432,12 +439,14 @@ def measure_served(data: str | Path, weights_dir: Path = WEIGHTS_DIR, log=print)
     real, _ = split_synthetic(val_set(dataset))
     fp32, int8 = weights_dir / f"{STEM}-fp32.onnx", weights_dir / f"{STEM}-int8.onnx"
     carded = card.metrics.get("real_val", {}).get(fp32.name, {}).get("map50")
-    whole, folds = evaluate_by_place(fp32, real, dataset.file.parent / PLACES_FILE)
+    whole, folds = evaluate_by_place(fp32, real, dataset.file.parent / PLACES_FILE,
+                                     tiled=int8 if int8.is_file() else fp32)
     if carded is not None and abs(whole.map50 - carded) > 0.005:
         log(f"WARNING: {fp32.name} reads mAP50 {whole.map50:.3f} on this val split, the card {carded:.3f}: "
             "the card's real_val tables were measured on another split")
     if folds is not None:
-        log(f"{fp32.name} held out by place:\n{folds.table(whole)}")
+        log(f"{fp32.name} held out by place" + (f" ('tiled': {folds.tiled.model} tiled on the same images)"
+                                                 if folds.tiled else "") + f":\n{folds.table(whole)}")
     teachers = against_teachers(int8 if int8.is_file() else fp32, real, log)
     card = card.model_copy(update={"place_folds": folds.to_dict() if folds is not None else None,
                                    "teacher_check": teachers.to_dict() if teachers is not None else None})

@@ -466,8 +466,14 @@ def _place_folds(card: ModelCard) -> list[str]:
                 f"{held['map50']:.3f}), and on {folds['k']} folds of their {folds['groups']} places, beside the "
                 f"figure over all of val:", ""]
     out += [f"- {line}" for line in folds.get("grouping", [])] + [""]
+    tiled = folds.get("tiled")
+    if tiled:
+        out += [f"Column \"{tiled['model']} tiled\": the served file on the same {tiled['images']} held-out images, "
+                "tiled as the static checks run on a camera's full frame (tiles of its input size plus the whole "
+                f"frame), {tiled['source_files']} of them read from their larger source file rather than the "
+                "build's 640 px copy; the tiled goals (window_ad) are judged on it.", ""]
     header = "| class | AP50 real val | " + ("AP50 held out (boxes) | " if held else "") + \
-        "fold mean | fold min | fold max | folds |"
+        (f"{tiled['model']} tiled | " if tiled else "") + "fold mean | fold min | fold max | folds |"
     out += [header, "|---" * (header.count("|") - 1) + "|"]
     for name, f in folds["classes"].items():
         whole = f"{real['classes'][name]['ap50']:.3f}" if real is not None and name in real.get("classes", {}) else ""
@@ -475,6 +481,9 @@ def _place_folds(card: ModelCard) -> list[str]:
         if held:
             h = held["classes"].get(name)
             kept = f"{h['ap50']:.3f} ({h['instances']}) | " if h else "| "
+        if tiled:
+            t = tiled["classes"].get(name)
+            kept += f"{t['ap50']:.3f} | " if t else "| "
         out.append(f"| {name} | {whole} | {kept}{f['mean_ap50']:.3f} | {f['min_ap50']:.3f} | {f['max_ap50']:.3f} | "
                    f"{f['folds']} |")
     return out + [""]
