@@ -265,8 +265,8 @@ def format_table(summary: dict, model: Path, reference_model: Path) -> str:
         lines.append(f"batch 1, end to end: {model.name} is {one:.2f}x as fast as Ultralytics' predict on "
                      f"{reference_model.name}")
     if summary.get("tiled_static_check_ms") is not None:
-        lines.append(f"tiled static check (tiles of the model's input size plus the whole frame, batch 1): "
-                     f"{summary['tiled_static_check_ms']:.1f} ms per frame")
+        lines.append(f"tiled static check (tiles of the model's input size on each pyramid level, plus the whole "
+                     f"frame, batch 1): {summary['tiled_static_check_ms']:.1f} ms per frame")
     return "\n".join(lines)
 
 

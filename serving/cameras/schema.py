@@ -104,7 +104,8 @@ class Camera(BaseModel):
     static_check_every: float = Field(60, gt=0)
     # Every `tiled_check_every` seconds the static check runs tiled at full resolution (see
     # detector.tiling): one inference per tile, so less often than the plain re-check (a 1080p
-    # frame is 19 inferences at 448 px). tile_size in frame pixels, default the model's input.
+    # frame is 35 inferences at 448 px, over its pyramid's levels). tile_size in frame pixels,
+    # default the model's input.
     tiled_static_checks: bool = True
     tiled_check_every: float = Field(300, gt=0)
     loop: bool = False  # a file source plays again when it ends, its clock running on

@@ -1,5 +1,6 @@
-"""Tiled inference: tiles cover the frame, cut boxes merge back into one, and a small real
-object that the whole-frame pass misses is found at native resolution."""
+"""Tiled inference: tiles cover the frame, cut boxes merge back into one, every pyramid level's
+boxes land in the frame's pixels, and a small real object that the whole-frame pass misses is
+found at native resolution."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 
 from detector import Detections
 from detector.boxes import box_iou
-from detector.tiling import Tile, merge, tile_grid, uncut
+from detector.tiling import LARGEST_IN_TILE, PYRAMID_STEP, Tile, detect_tiled, merge, pyramid, tile_grid, uncut
 from tests.support.shared_data import shared_available
 from tests.support.streams import seed_detector, seed_props
 
@@ -71,3 +72,58 @@ def test_small_person_is_found_only_at_native_resolution() -> None:
     small = cv2.resize(frame, (640, 360))
     plain, once = detector.detect([small])[0], detector.detect_tiled(small)
     assert np.array_equal(plain.xyxy, once.xyxy) and np.array_equal(plain.scores, once.scores)
+
+
+def test_pyramid_levels_step_down_to_where_the_whole_frame_takes_over() -> None:
+    assert pyramid(1920, 1080, 448) == pytest.approx([1.0, 2 ** -0.5, 0.5, 2 ** -1.5])  # 1920, 1358, 960, 679
+    assert pyramid(768, 432, 448) == [1.0]  # a 768 px photo: native resolution only
+    assert pyramid(600, 400, 448) == []  # within a step of the whole-frame pass: no tiles
+    levels = pyramid(3840, 2160, 448)
+    assert 3840 * levels[-1] > 448 * PYRAMID_STEP >= 3840 * levels[-1] / PYRAMID_STEP
+
+
+class _BlobFinder:
+    """A detector stand-in that boxes every bright blob of the image it is given, in that image's
+    pixels, and, as a real model does with a thing larger than it learnt, a blob longer than half
+    its input as two boxes of its halves: the tiling's arithmetic and its size rule are under test."""
+
+    input_size = (448, 448)
+    iou_threshold, max_detections = 0.7, 300
+    names = {0: "blob"}
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, int]] = []
+
+    def detect(self, images: list[np.ndarray]) -> list[Detections]:
+        out = []
+        for image in images:
+            self.seen.append(image.shape[:2])
+            n, _, stats, _ = cv2.connectedComponentsWithStats((image[..., 0] > 128).astype(np.uint8))
+            boxes = []
+            for x, y, w, h, _ in stats[1:]:
+                whole = max(image.shape[:2]) <= 448 and max(w, h) > 224  # a tile or the whole frame's input
+                boxes += [[x, y, x + w // 2, y + h], [x + w // 2, y, x + w, y + h]] if whole else [[x, y, x + w, y + h]]
+            boxes = np.array(boxes, np.float32).reshape(-1, 4)
+            out.append(Detections(boxes, np.full(len(boxes), 0.9, np.float32), np.zeros(len(boxes), np.int64),
+                                  self.names))
+        return out
+
+
+def test_every_level_maps_its_boxes_back_onto_the_frame_and_large_things_come_from_coarse_passes() -> None:
+    frame = np.zeros((2160, 3840, 3), np.uint8)
+    small = (1000, 700, 1040, 730)  # 40 px: inside tiles of every level
+    medium = (1100, 1100, 1400, 1400)  # 300 px, whole inside one native tile: halves there, whole a level down
+    large = (2000, 300, 3300, 1900)  # 1300 px: cut by the tiles of every level
+    for x0, y0, x1, y1 in (small, medium, large):
+        frame[y0:y1, x0:x1] = 255
+    finder = _BlobFinder()
+    found = detect_tiled(finder, frame)
+    levels = pyramid(3840, 2160, 448)
+    assert len(levels) >= 4 and finder.seen[-1] == (2160, 3840)  # the tiles of every level, then the whole frame
+    assert len(finder.seen) - 1 == sum(len(tile_grid(round(3840 * s), round(2160 * s), 448)) for s in levels)
+    # One box each, where it is in the frame (within a pixel per level of downscaling): the halves
+    # boxed where a thing is longer than LARGEST_IN_TILE of a tile were left to coarser passes.
+    assert len(found) == 3
+    for truth in (small, medium, large):
+        assert box_iou(found.xyxy, np.array([truth], np.float32)).max() > 0.9
+    assert 300 > LARGEST_IN_TILE * 448 >= 300 * levels[1]
