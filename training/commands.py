@@ -113,8 +113,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="operating threshold for precision/recall (default: the model's, else 0.25)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--tiles", nargs="?", const=0, type=int, metavar="SIZE",
-                   help="ONNX only: also evaluate tiled at native resolution (tiles of SIZE px, default the "
-                        "model's input) and report both ways")
+                   help="ONNX only: also evaluate tiled as the static checks run (tiles of SIZE px over the "
+                        "frame's pyramid, default the model's input; a build's images from their larger source "
+                        "files) and report both ways")
     p.add_argument("--split", choices=("train", "val", "test"),
                    help="the data.yaml split to score (default: val, else test, else train; the report names it)")
     p.add_argument("--save-errors", type=Path, metavar="DIR",
@@ -402,8 +403,8 @@ def run_eval(args: argparse.Namespace) -> int:
             print("whole frame:")
         print(result.table())
         if tiled is not None:
-            print(f"\ntiled at native resolution (tiles of {args.tiles or max(predict.input_size)} px plus the whole frame; "
-                  f"{originals.line(len(eval_set.images))}):")
+            print(f"\ntiled as the static checks run (tiles of {args.tiles or max(predict.input_size)} px over the "
+                  f"frame's pyramid, plus the whole frame; {originals.line(len(eval_set.images))}):")
             print(tiled.table())
         if folds is not None:
             print(f"\nheld out by place: AP50 on {folds.k} folds of whole places ({folds.groups} places)")

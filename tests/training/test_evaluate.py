@@ -250,7 +250,7 @@ def test_tiled_eval_reads_a_builds_larger_source_files_and_scales_back(tmp_path)
     found = source_originals(eval_set)
     by_name = {p.name: o for p, o in found.files.items()}
     assert by_name == {f"facade_signs_spb__{o.name}": o for o in originals[:2]} and found.unavailable == 1
-    assert "2 of 4 images read from their larger source file, 1 copies" in found.line(4)
+    assert "2 of 4 images read from their larger source file, 1 copy whose source" in found.line(4)
 
     # A predictor that puts each label exactly where it is in whatever frame it is given: only boxes
     # scaled back from the source file's pixels to the copy's match the copy's labels.

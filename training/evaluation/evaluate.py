@@ -222,7 +222,8 @@ class SourceOriginals:
 
     def line(self, images: int) -> str:
         out = f"{len(self.files)} of {images} images read from their larger source file"
-        return out + (f", {self.unavailable} copies whose source is gone or changed read as built"
+        copies = "copy" if self.unavailable == 1 else "copies"
+        return out + (f", {self.unavailable} {copies} whose source is gone or changed read as built"
                       if self.unavailable else "")
 
 
@@ -275,7 +276,7 @@ def onnx_predictor(
 
 
 def tiled_predictor(detector: Detector, tile: int | None = None) -> Predictor:
-    """The same runtime, tiled at native resolution (what the static checks run)."""
+    """The same runtime, tiled over the frame's pyramid (detector.tiling: what the static checks run)."""
     return lambda frame: detector.detect_tiled(frame, tile=tile)
 
 
