@@ -194,7 +194,7 @@ def evaluate(predict: Predictor, eval_set: EvalSet, operating_threshold: float =
     def predictions() -> Iterable[Detections]:
         for image in eval_set.images:
             original = originals.get(image.path)
-            frame = _read_frame(original or image.path)
+            frame = read_frame(original or image.path)
             found = predict(frame)
             if original is not None:
                 w, h = _image_size(image.path)
@@ -204,7 +204,8 @@ def evaluate(predict: Predictor, eval_set: EvalSet, operating_threshold: float =
     return evaluate_predictions(eval_set.images, predictions(), operating_threshold)
 
 
-def _read_frame(path: Path) -> np.ndarray:
+def read_frame(path: Path) -> np.ndarray:
+    """An image as the runtime sees it (BGR), or EvalError naming the file."""
     frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if frame is None:
         raise EvalError(f"{path}: unreadable image")
@@ -232,10 +233,10 @@ def source_originals(eval_set: EvalSet) -> SourceOriginals:
     it was built from (sha256) and a larger, same-shaped picture; none for any other folder."""
     import hashlib
 
-    from PIL import Image
     from pydantic import ValidationError
 
     from training.data.dataset_manifest import DatasetManifest, RealImage
+    from training.data.importers import image_size
 
     manifest = eval_set.root / "manifest.json"
     if not manifest.is_file():
@@ -252,8 +253,8 @@ def source_originals(eval_set: EvalSet) -> SourceOriginals:
             continue
         original = Path(entry.original)
         try:
-            with Image.open(original) as source, Image.open(image.path) as copy:
-                larger = source.width > copy.width and abs(source.width / source.height - copy.width / copy.height) < 0.01
+            (sw, sh), (cw, ch) = image_size(original), image_size(image.path)
+            larger = sw > cw and abs(sw / sh - cw / ch) < 0.01
             same = hashlib.sha256(original.read_bytes()).hexdigest() == entry.sha256
         except OSError:
             unavailable += 1
@@ -463,10 +464,7 @@ def evaluate_place_folds(predict: Predictor, eval_set: EvalSet, k: int,
     groups, grouping = (dict(places), list(grouping)) if places is not None else eval_set_places(eval_set)
     predictions = []
     for image in eval_set.images:
-        frame = cv2.imread(str(image.path), cv2.IMREAD_COLOR)
-        if frame is None:
-            raise EvalError(f"{image.path}: unreadable image")
-        predictions.append(predict(frame))
+        predictions.append(predict(read_frame(image.path)))
     whole = evaluate_predictions(eval_set.images, predictions, operating_threshold)
     kept = [(im, p) for im, p in zip(eval_set.images, predictions) if seen is None or im.path not in seen]
     folds = place_folds_of({im.path: groups[im.path] for im, _ in kept}, k)

@@ -25,7 +25,7 @@ import numpy as np
 from detector.boxes import box_iou
 from detector.detections import Detections
 from detector.runtime import DEFAULT_SCORE_THRESHOLD
-from training.evaluation.evaluate import EvalError, EvalSet, onnx_predictor
+from training.evaluation.evaluate import EvalError, EvalSet, onnx_predictor, read_frame
 from training.data.importers import image_size
 from training.evaluation.metrics import EvalResult, LabelledImage, evaluate_predictions
 from training.data.sources import Source
@@ -54,10 +54,7 @@ class HumanReviewSplit:
 
     def predictions(self, predict: Callable[[np.ndarray], Detections]) -> Iterator[Detections]:
         for frame in self.frames:
-            bgr = cv2.imread(str(frame.image.path), cv2.IMREAD_COLOR)
-            if bgr is None:
-                raise EvalError(f"{frame.image.path}: unreadable image")
-            found = predict(bgr)
+            found = predict(read_frame(frame.image.path))
             if frame.regions is not None and len(found):
                 touching = (box_iou(found.xyxy.astype(np.float64), frame.regions).max(axis=1) >= DECIDED_IOU
                             if len(frame.regions) else np.zeros(len(found), bool))
