@@ -151,6 +151,12 @@ def test_a_forced_promotion_is_written_into_every_card_and_keeps_hand_edits(tmp_
     edited = (tmp_path / "gridwatch-int8.md").read_text()
     assert "A note added by hand." in edited and edited.rstrip().endswith("trucks found on the ring road")
     assert (tmp_path / "calibration.json").read_text() == '{"images": 64}'
+    # forced again: the hand-edited card's record is replaced where it stands, not added twice
+    again = ForcedPromotion(by="li.wei", at="2026-12-07T09:00:00+00:00", reason="second pilot, west district")
+    mark_forced_promotion(tmp_path, again)
+    edited = (tmp_path / "gridwatch-int8.md").read_text()
+    assert edited.count("## Put in service by hand") == 1 and "A note added by hand." in edited
+    assert "second pilot, west district" in edited and "ring road" not in edited
 
 
 def test_retrain_card_counts_review_data_by_camera_and_class(tmp_path):

@@ -420,8 +420,11 @@ def _synthetic_only(card: ModelCard) -> list[str]:
             "gather real ones.", ""]
 
 
+FORCED_TITLE = "## Put in service by hand"
+
+
 def _forced_promotion(forced: ForcedPromotion) -> list[str]:
-    return ["## Put in service by hand", "",
+    return [FORCED_TITLE, "",
             f"`gridwatch models promote` put this model in service on {forced.at} (by {forced.by}), not "
             f"champion/challenger. The reason given: {forced.reason}", ""]
 
@@ -442,9 +445,13 @@ def mark_forced_promotion(folder: Path, forced: ForcedPromotion) -> list[str]:
         if md_path.is_file():
             markdown = md_path.read_text(encoding="utf-8")
             old, new = render_markdown(card), render_markdown(marked)
-            # a card edited by hand after it was written keeps its text; the record goes at its end
-            md_path.write_text(new if markdown == old else markdown.rstrip("\n") + "\n\n"
-                               + "\n".join(_forced_promotion(forced)), encoding="utf-8")
+            # a card edited by hand after it was written keeps its text: a record already there is
+            # replaced where it stands (a second forced promotion), else the record goes at its end
+            if markdown != old:
+                new = (_splice_section(markdown, FORCED_TITLE, _forced_promotion(forced), ())
+                       if FORCED_TITLE in markdown.split("\n")
+                       else markdown.rstrip("\n") + "\n\n" + "\n".join(_forced_promotion(forced)))
+            md_path.write_text(new, encoding="utf-8")
             rewritten.append(md_path.name)
     return rewritten
 
@@ -518,16 +525,22 @@ def splice_measured_sections(markdown: str, card: ModelCard) -> str:
     after = ("## Int8", "## Speed", "## Files")  # what render_markdown writes after both
     for title, section, before in ((PLACE_FOLDS_TITLE, _place_folds(card), (TEACHER_TITLE, *after)),
                                    (TEACHER_TITLE, _teacher_check(card), after)):
-        lines = markdown.split("\n")
-        if title in lines:
-            start = lines.index(title)
-            end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        elif section:
-            start = end = next((i for i, line in enumerate(lines) if line in before), len(lines))
-        else:
-            continue
-        markdown = "\n".join(lines[:start] + section + lines[end:])
+        markdown = _splice_section(markdown, title, section, before)
     return markdown
+
+
+def _splice_section(markdown: str, title: str, section: list[str], before: Sequence[str]) -> str:
+    """`markdown` with the section headed `title` replaced by `section` (removed if it is empty), or
+    `section` put before the first of the headings `before` (at the end if none is there)."""
+    lines = markdown.split("\n")
+    if title in lines:
+        start = lines.index(title)
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    elif section:
+        start = end = next((i for i, line in enumerate(lines) if line in before), len(lines))
+    else:
+        return markdown
+    return "\n".join(lines[:start] + section + lines[end:])
 
 
 def card_json(card: ModelCard) -> str:
