@@ -44,9 +44,15 @@ def test_receiver_down_then_every_case_delivered_exactly_once(cases, receiver, m
     worker = worker_for(cases, receiver)
     worker.start()
     try:
-        time.sleep(0.8)  # the receiver is not listening: connections are refused, tries pile up
+        # The receiver is not listening: connections are refused and tries pile up. Waiting for
+        # them rather than sleeping a fixed time keeps a slow database start from failing this.
+        def every_message_tried() -> bool:
+            with cases.db.sessions() as session:
+                return all(m.attempts >= 1 for m in session.scalars(select(OutboxMessage)))
+
+        wait_for(every_message_tried)
         with cases.db.sessions() as session:
-            assert all(m.attempts >= 1 and m.state == "pending" for m in session.scalars(select(OutboxMessage)))
+            assert all(m.state == "pending" for m in session.scalars(select(OutboxMessage)))
         receiver.start()
         wait_for(lambda: len(receiver.received) == 6)
         # More cases while it is up, and one receiver hiccup answering 503.
