@@ -16,7 +16,7 @@ from detector.boxes import (
 from detector.detections import Detections
 from detector.model import LEVEL_BOXES, LEVEL_CLASSES, InvalidImageError, ModelInfo, ModelLoadError, open_session
 from detector.second_stage import CropClassifier, CropLabel
-from detector.tiling import DEFAULT_OVERLAP, detect_tiled
+from detector.tiling import DEFAULT_OVERLAP, TiledCheck, detect_tiled, tiled_check
 
 
 def check_frame(frame: object, index: int = 0) -> np.ndarray:
@@ -207,6 +207,11 @@ class Detector:
         """One frame at native resolution: overlapping tiles plus the whole frame, merged
         (see detector.tiling). Costs one inference per tile; meant for occasional checks."""
         return detect_tiled(self, check_frame(frame, 0), tile=tile, overlap=overlap)
+
+    def tiled_check(self, frame: np.ndarray, *, tile: int | None = None,
+                    overlap: float = DEFAULT_OVERLAP) -> TiledCheck:
+        """The same check, to be run a few images at a time (`TiledCheck.run`)."""
+        return tiled_check(self, check_frame(frame, 0), tile=tile, overlap=overlap)
 
     def input_plan(self, frame: np.ndarray) -> tuple[tuple[int, int], float | None]:
         """The (height, width) this frame runs at, and the gain it is fitted with (None: the

@@ -25,6 +25,7 @@ as SAHI's NMM does, snowballs across low-score boxes at evaluation thresholds.)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -102,6 +103,85 @@ def pyramid(width: int, height: int, tile: int) -> list[float]:
     return scales
 
 
+class TiledCheck:
+    """One frame's tiled detection, run a few images at a time: a service with many cameras
+    runs a part of it beside each batch of ordinary frames, where the whole check (35 images
+    for a 1080p frame) would hold every camera's frames for half a second.
+
+    The images are the tiles of each pyramid level, then the whole frame. `detect` is the
+    detector's batch call; the check keeps it, so a model swapped in meanwhile does not mix
+    two models' boxes in one result."""
+
+    def __init__(self, detect: Callable[[list[np.ndarray]], list[Detections]], frame: np.ndarray, *,
+                 size: int, iou_threshold: float, max_detections: int,
+                 overlap: float = DEFAULT_OVERLAP) -> None:
+        h, w = frame.shape[:2]
+        self.detect = detect
+        self.frame = frame
+        self.size = size
+        self._merge_limits = (iou_threshold, max_detections)
+        self._cuts: list[tuple[np.ndarray, Tile, float]] = []  # level image, tile of it, level scale
+        for scale in pyramid(w, h, size):
+            level = frame if scale == 1.0 else cv2.resize(
+                frame, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+            self._cuts += [(level, t, scale) for t in tile_grid(level.shape[1], level.shape[0], size, overlap)]
+        self._found: list[Detections] = []  # per image run so far, in order (the whole frame last)
+        self._result: Detections | None = None
+
+    @property
+    def images(self) -> int:
+        """How many images the whole check runs (tiles and the whole frame)."""
+        return len(self._cuts) + 1
+
+    @property
+    def done(self) -> bool:
+        return self._result is not None
+
+    @property
+    def result(self) -> Detections:
+        if self._result is None:
+            raise RuntimeError("the tiled check has images left to run")
+        return self._result
+
+    def run(self, max_images: int | None = None) -> bool:
+        """Run up to `max_images` of the images left (None: all of them); True once the check
+        is complete and `result` holds the frame's detections."""
+        if self._result is not None:
+            return True
+        start = len(self._found)
+        stop = self.images if max_images is None else min(self.images, start + max(1, max_images))
+        # Slices are views: no copy of a level until the letterbox writes the model input.
+        images = [level[t.y0:t.y1, t.x0:t.x1] for level, t, _ in self._cuts[start:stop]]
+        if stop == self.images:
+            images.append(self.frame)
+        self._found += self.detect(images)
+        if len(self._found) == self.images:
+            self._result = self._merged()
+        return self._result is not None
+
+    def _merged(self) -> Detections:
+        *per_tile, whole = self._found
+        if not self._cuts:
+            return whole
+        h, w = self.frame.shape[:2]
+        pieces = [whole]
+        for (level, t, scale), found in zip(self._cuts, per_tile):
+            sides = np.maximum(found.xyxy[:, 2] - found.xyxy[:, 0], found.xyxy[:, 3] - found.xyxy[:, 1])
+            kept = found[uncut(found, t, level.shape[1], level.shape[0]) & (sides <= LARGEST_IN_TILE * self.size)]
+            xyxy = (kept.xyxy + np.array([t.x0, t.y0, t.x0, t.y0], np.float32)) / np.float32(scale)
+            pieces.append(Detections(xyxy=xyxy, scores=kept.scores, class_ids=kept.class_ids, names=kept.names))
+        return merge(pieces, *self._merge_limits, max(w, h))
+
+
+def tiled_check(detector: Detector, frame: np.ndarray, *, tile: int | None = None,
+                overlap: float = DEFAULT_OVERLAP) -> TiledCheck:
+    """A check of `frame` by `detector`, nothing run yet. `tile` defaults to the model's input
+    size (native resolution inside each tile)."""
+    return TiledCheck(detector.detect, frame, size=tile or max(detector.input_size),
+                      iou_threshold=detector.iou_threshold, max_detections=detector.max_detections,
+                      overlap=overlap)
+
+
 def detect_tiled(
     detector: Detector,
     frame: np.ndarray,
@@ -110,22 +190,7 @@ def detect_tiled(
     overlap: float = DEFAULT_OVERLAP,
 ) -> Detections:
     """Detections of one frame from the tiles of each pyramid level and the whole frame, in the
-    frame's pixels. `tile` defaults to the model's input size (native resolution inside each tile)."""
-    h, w = frame.shape[:2]
-    size = tile or max(detector.input_size)
-    cuts: list[tuple[np.ndarray, Tile, float]] = []  # level image, tile of it, level scale
-    for scale in pyramid(w, h, size):
-        level = frame if scale == 1.0 else cv2.resize(
-            frame, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
-        cuts += [(level, t, scale) for t in tile_grid(level.shape[1], level.shape[0], size, overlap)]
-    if not cuts:
-        return detector.detect([frame])[0]
-    # Slices are views: no copy of a level until the letterbox writes the model input.
-    *per_tile, whole = detector.detect([level[t.y0:t.y1, t.x0:t.x1] for level, t, _ in cuts] + [frame])
-    pieces = [whole]
-    for (level, t, scale), found in zip(cuts, per_tile):
-        sides = np.maximum(found.xyxy[:, 2] - found.xyxy[:, 0], found.xyxy[:, 3] - found.xyxy[:, 1])
-        kept = found[uncut(found, t, level.shape[1], level.shape[0]) & (sides <= LARGEST_IN_TILE * size)]
-        xyxy = (kept.xyxy + np.array([t.x0, t.y0, t.x0, t.y0], np.float32)) / np.float32(scale)
-        pieces.append(Detections(xyxy=xyxy, scores=kept.scores, class_ids=kept.class_ids, names=kept.names))
-    return merge(pieces, detector.iou_threshold, detector.max_detections, max(w, h))
+    frame's pixels, in one go (see TiledCheck)."""
+    check = tiled_check(detector, frame, tile=tile, overlap=overlap)
+    check.run()
+    return check.result

@@ -19,6 +19,7 @@ import numpy as np
 from detector.detections import Detections
 from detector.model import DetectorError, ModelInfo
 from detector.runtime import Detector
+from detector.tiling import TiledCheck
 
 log = logging.getLogger("gridwatch.model")
 
@@ -49,7 +50,7 @@ class ModelFile:
 
 
 class LiveDetector:
-    """A `Detector` stand-in for every stage (same `detect`, `detect_tiled`, `info`)."""
+    """A `Detector` stand-in for every stage (same `detect`, `detect_tiled`, `tiled_check`, `info`)."""
 
     def __init__(self, detector: Detector, load: Callable[[Path], Detector], smoke_frames: SmokeFrames,
                  on_swap: Callable[[ModelInfo], None] | None = None) -> None:
@@ -85,6 +86,9 @@ class LiveDetector:
 
     def detect_tiled(self, frame: np.ndarray, **options) -> Detections:  # noqa: ANN003
         return self._current.detect_tiled(frame, **options)
+
+    def tiled_check(self, frame: np.ndarray, **options) -> TiledCheck:  # noqa: ANN003
+        return self._current.tiled_check(frame, **options)
 
     def reload(self, path: Path | None = None) -> ModelInfo:
         """Load `path` (default: the current model's file again), smoke-check it, make it

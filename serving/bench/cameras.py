@@ -317,14 +317,16 @@ def verify(args: argparse.Namespace, model: str) -> dict[str, Any]:
         analysed = 0
         while time.monotonic() < t_end:
             with lock:
-                batch = [f for f in slots.values() if f is not None]
-                for k in slots:
-                    slots[k] = None
-            if batch:
+                # As the service's loop: a camera whose tiled check is running gives no frame.
+                batch = [f for k, f in slots.items() if f is not None and pipeline.runtimes[k].held is None]
+                for f in batch:
+                    slots[f.camera] = None
+            if batch or pipeline.checking:
                 pipeline.process(batch)
                 done = datetime.now(timezone.utc)
-                ages.extend((done - f.timestamp).total_seconds() for f in batch)
-                analysed += len(batch)
+                # A frame that started a tiled check is analysed when the check completes.
+                ages.extend((done - f.timestamp).total_seconds() for f in pipeline.last_analysed)
+                analysed += len(pipeline.last_analysed)
             else:
                 time.sleep(0.01)
         stop.set()

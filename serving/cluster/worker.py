@@ -91,6 +91,12 @@ class TimedDetector:
     def detect_tiled(self, image: Any, **options: Any) -> Any:
         return self._timed(self.detector.detect_tiled, image, **options)
 
+    def tiled_check(self, image: Any, **options: Any) -> Any:
+        check = self.detector.tiled_check(image, **options)
+        untimed = check.detect
+        check.detect = lambda images: self._timed(untimed, images)  # each part is a detector call
+        return check
+
     def _timed(self, call: Any, *args: Any, **kwargs: Any) -> Any:
         start = time.perf_counter()
         try:

@@ -28,6 +28,9 @@ Per sampled frame a camera either runs the detector or, when nothing moved since
 detection and the static re-check (`static_check_every`) is not due, carries its tracks over
 unchanged (Frigate-style motion gating; static things are still re-checked on schedule).
 Frames of all cameras that are ready at the same time go to the detector as one batch.
+A camera's tiled static check (`tiled_static_checks`: its frame tiled over a pyramid at
+full resolution, once per `tiled_check_every`) runs one at a time, a few images beside
+each batch; that camera's frames wait for it, so its tracker sees them in order.
 
 Evidence: for an opened event and for each better frame later, the frame and the box go to
 the callback as an `EvidenceFrame`; the case stage writes them once into the case. Given an
@@ -53,6 +56,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -61,6 +65,7 @@ import numpy as np
 from detector.detections import Detections
 from detector.second_stage import CropClassifier, CropLabel
 from detector.taxonomy import Taxonomy
+from detector.tiling import TiledCheck
 from serving.cameras import Camera, CamerasConfig, GridPicker
 from serving.clock import SteadyClock
 from serving.events import ViolationEvent
@@ -78,10 +83,12 @@ SampleSink = Callable[[LabellingSample], None]
 log = logging.getLogger(__name__)
 
 
-# Tiled static checks are the heaviest work on the frame path (a 1080p frame is some 19
-# inferences): at most this many per batch, and at most TILED_SHARE of the pipeline
-# thread's wall time over a window, so they never hold up the cameras' ordinary frames.
-MAX_TILED_PER_BATCH = 1
+# Tiled static checks are the heaviest work on the frame path (a 1080p frame is 35
+# inferences over its pyramid): one check at a time, run TILED_IMAGES_PER_BATCH images beside
+# each batch of ordinary frames (about 0.1 s on 2 cores, where the whole check is 0.5 s), and
+# at most TILED_SHARE of the pipeline thread's wall time over a window, so they never hold up
+# the cameras' ordinary frames.
+TILED_IMAGES_PER_BATCH = 8
 TILED_SHARE = 0.25
 
 
@@ -104,6 +111,15 @@ class TiledBudget:
         self._left -= seconds
 
 
+@dataclass
+class HeldFrame:
+    """A camera's frame whose tiled check is still running. The camera's next frames wait
+    (a live reader keeps only the newest) so its tracker sees its frames in order."""
+
+    frame: Frame
+    check: TiledCheck
+
+
 class CameraRuntime:
     """Everything one camera keeps between frames."""
 
@@ -121,6 +137,7 @@ class CameraRuntime:
         self.last_detect: datetime | None = None
         self.last_tiled: datetime | None = None
         self.tiled_period: int | None = None  # the period (see tiled_check_due) last checked, or first seen
+        self.held: HeldFrame | None = None
         self.frames: Iterator[Frame] | None = None  # file/folder sources
 
     def zone_map(self, image: np.ndarray) -> ZoneMap:
@@ -215,11 +232,20 @@ class Pipeline:
         self._thread: threading.Thread | None = None
         self.stats = {"frames": 0, "detected": 0, "batches": 0, "tiled": 0, "sampled": 0}
         self.tiled_budget = TiledBudget()
+        self._checking: CameraRuntime | None = None  # the camera whose tiled check is running
+        # Frames whose detections (or carried-over tracks) reached their camera's rules in the
+        # last process() call: a held frame arrives here when its check completes.
+        self.last_analysed: list[Frame] = []
         # Frames asked for by others (a case re-check): camera -> waiters for its next frame.
         # Only asked-for frames are kept; holding every camera's last frame would cost a
         # 1080p frame (6 MB) per camera.
         self._snapshot_lock = threading.Lock()
         self._snapshots: dict[str, list[_FrameWaiter]] = {}
+
+    @property
+    def checking(self) -> bool:
+        """A tiled check is in flight: process() has work even without frames."""
+        return self._checking is not None
 
     @property
     def health(self) -> dict[str, StreamHealth]:
@@ -238,7 +264,7 @@ class Pipeline:
         active = list(self.runtimes.values())
         while active:
             batch = self._next_file_frames(active)
-            if batch:
+            if batch or self.checking:
                 self.process(batch)
         events, self._collected = self._collected, None
         return events
@@ -341,23 +367,27 @@ class Pipeline:
                     return
                 batch: list[Frame] = []
                 for rt in lives:
-                    frame = rt.reader.take()  # type: ignore[union-attr]
+                    frame = rt.reader.take() if rt.held is None else None  # type: ignore[union-attr]
                     if frame is not None:
                         batch.append(frame)
                 batch.extend(self._next_file_frames(files))
-                if batch:
+                busy = bool(batch) or self.checking
+                if busy:
                     try:
                         self.process(batch)
                     except Exception:  # a bad batch must not end a city's monitoring
                         log.exception("pipeline: batch failed")
-            if not batch:
+                        self._drop_check()
+            if not busy:
                 self._stop.wait(0.05)
 
     def _next_file_frames(self, files: list[CameraRuntime]) -> list[Frame]:
         """The next frame of each file/folder camera; a camera at its end leaves `files` and
-        closes what it had open."""
+        closes what it had open. A camera whose tiled check is running gives none."""
         batch = []
         for rt in list(files):
+            if rt.held is not None:
+                continue
             frame = next(rt.frames, None)  # type: ignore[arg-type]
             if frame is None:
                 files.remove(rt)
@@ -370,51 +400,98 @@ class Pipeline:
     # --- one batch ------------------------------------------------------------------------
 
     def process(self, frames: list[Frame]) -> list[ViolationEvent]:
-        """Detect on the frames that need it (one batch), then track and apply rules per camera."""
+        """Detect on the frames that need it (one batch), then track and apply rules per camera;
+        run a part of the tiled check in flight, and apply its frame once it is complete."""
         self._hand_out(frames)
+        self.last_analysed = []
+        out: list[ViolationEvent] = []
         runtimes = [self.runtimes[f.camera] for f in frames]
+        for rt in runtimes:
+            if rt.held is not None:
+                # A caller feeding frames itself (the loops never take a held camera's frames):
+                # the check's frame is older, so it reaches the tracker first.
+                out += self._run_check(rt, max_images=None)
+        # The check in flight runs its next part first: if that completes it, a camera due in
+        # this batch can start the next check now rather than at its next frame.
+        part_ran = self._checking is not None
+        if part_ran:
+            out += self._run_check(self._checking, TILED_IMAGES_PER_BATCH)
         wanted = [
             i for i, (rt, f) in enumerate(zip(runtimes, frames))
             if not self.motion_gating or rt.needs_detection(f)
         ]
-        # At most one tiled check per batch and within the tiled budget; a camera whose check
-        # must wait gets its ordinary detection now and stays due for the next batch.
-        tiled = [i for i in wanted if runtimes[i].tiled_check_due(frames[i])][:MAX_TILED_PER_BATCH]
-        tiled = tiled if self.tiled_budget.available() else []
-        batched = [i for i in wanted if i not in tiled]
+        # One tiled check at a time and within the tiled budget; a camera whose check must
+        # wait gets its ordinary detection now and stays due for the next batch.
+        due = [i for i in wanted if runtimes[i].tiled_check_due(frames[i])]  # each camera's first frame sets its phase
+        starting = due[0] if due and self._checking is None and self.tiled_budget.available() else None
+        batched = [i for i in wanted if i != starting]
         results: dict[int, Detections] = {}
         if batched:
             found = self.detector.detect([frames[i].image for i in batched])
             results = dict(zip(batched, found))
             self.stats["batches"] += 1
-        for i in tiled:
-            started = time.monotonic()
-            results[i] = self.detector.detect_tiled(frames[i].image, tile=runtimes[i].camera.tile_size)
-            self.tiled_budget.spend(time.monotonic() - started)
-            runtimes[i].last_tiled = frames[i].timestamp
-            runtimes[i].tiled_period = runtimes[i].tiled_period_of(frames[i].timestamp)
+        if starting is not None:
+            rt, frame = runtimes[starting], frames[starting]
+            rt.held = HeldFrame(frame, self.detector.tiled_check(frame.image, tile=rt.camera.tile_size))
+            rt.last_tiled = frame.timestamp
+            rt.tiled_period = rt.tiled_period_of(frame.timestamp)
+            self._checking = rt
         self.stats["detected"] += len(wanted)
-        self.stats["tiled"] += len(tiled)
         self.stats["frames"] += len(frames)
-        out: list[ViolationEvent] = []
         for i, (rt, frame) in enumerate(zip(runtimes, frames)):
-            zones = rt.zone_map(frame.image)
+            if i == starting:
+                continue
             if i in results:
-                dets = results[i]
-                if rt.scene is not None:
-                    dets = _merge(dets, rt.scene.update(frame, dets, zones))
-                tracks = rt.tracker.update(dets, frame.timestamp)
-                rt.last_detect = frame.timestamp
-                if self.motion_gating:
-                    rt.motion.reference(frame.image)
-                transitions = rt.rules.update(tracks, zones, frame.timestamp, frame.image, detected=True,
-                                              detections=dets, crop_labels=self._crop_labels(rt, frame, tracks))
-                self._offer_sample(rt, frame, results[i])
+                out += self._analyse(rt, frame, results[i])
             else:
                 tracks = rt.tracker.touch(frame.timestamp)
-                transitions = rt.rules.update(tracks, zones, frame.timestamp, None, detected=False)
-            out.extend(self._emit(rt, t) for t in transitions)
+                transitions = rt.rules.update(tracks, rt.zone_map(frame.image), frame.timestamp, None, detected=False)
+                out.extend(self._emit(rt, t) for t in transitions)
+                self.last_analysed.append(frame)
+        if self._checking is not None and not part_ran:  # at most one part a batch
+            out += self._run_check(self._checking, TILED_IMAGES_PER_BATCH)
         return out
+
+    def _analyse(self, rt: CameraRuntime, frame: Frame, dets: Detections) -> list[ViolationEvent]:
+        """One camera's detected frame through its tracker and rules."""
+        zones = rt.zone_map(frame.image)
+        found = dets
+        if rt.scene is not None:
+            dets = _merge(dets, rt.scene.update(frame, dets, zones))
+        tracks = rt.tracker.update(dets, frame.timestamp)
+        rt.last_detect = frame.timestamp
+        if self.motion_gating:
+            rt.motion.reference(frame.image)
+        transitions = rt.rules.update(tracks, zones, frame.timestamp, frame.image, detected=True,
+                                      detections=dets, crop_labels=self._crop_labels(rt, frame, tracks))
+        self._offer_sample(rt, frame, found)
+        self.last_analysed.append(frame)
+        return [self._emit(rt, t) for t in transitions]
+
+    def _run_check(self, rt: CameraRuntime, max_images: int | None) -> list[ViolationEvent]:
+        """Run up to `max_images` more of `rt`'s tiled check (None: the rest); once it is
+        complete, its frame goes through the camera's tracker and rules."""
+        held = rt.held
+        assert held is not None
+        started = time.monotonic()
+        try:
+            complete = held.check.run(max_images)
+        finally:
+            self.tiled_budget.spend(time.monotonic() - started)
+        if not complete:
+            return []
+        rt.held = None
+        if self._checking is rt:
+            self._checking = None
+        self.stats["tiled"] += 1
+        return self._analyse(rt, held.frame, held.check.result)
+
+    def _drop_check(self) -> None:
+        """Forget the check in flight (it failed, or its camera left): its frame is skipped,
+        as a frame the sampler never took, and the camera's frames flow again."""
+        if self._checking is not None:
+            self._checking.held = None
+            self._checking = None
 
     def _crop_labels(self, rt: CameraRuntime, frame: Frame, tracks: list[Track]) -> dict[str, dict[int, CropLabel]]:
         """Each trained stage on the crops it judges: tracks seen in this frame, of its own
@@ -447,6 +524,8 @@ class Pipeline:
             log.exception("on_sample callback failed for %s at %s", sample.camera, sample.taken_at)
 
     def _finish(self, rt: CameraRuntime) -> None:
+        if self._checking is rt:
+            self._drop_check()
         for t in rt.rules.close_all():
             self._emit(rt, t)
 

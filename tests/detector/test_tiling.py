@@ -10,7 +10,9 @@ import pytest
 
 from detector import Detections
 from detector.boxes import box_iou
-from detector.tiling import LARGEST_IN_TILE, PYRAMID_STEP, Tile, detect_tiled, merge, pyramid, tile_grid, uncut
+from detector.tiling import (
+    LARGEST_IN_TILE, PYRAMID_STEP, Tile, detect_tiled, merge, pyramid, tiled_check, tile_grid, uncut,
+)
 from tests.support.shared_data import shared_available
 from tests.support.streams import seed_detector, seed_props
 
@@ -109,13 +111,21 @@ class _BlobFinder:
         return out
 
 
-def test_every_level_maps_its_boxes_back_onto_the_frame_and_large_things_come_from_coarse_passes() -> None:
+SMALL = (1000, 700, 1040, 730)  # 40 px: inside tiles of every level
+MEDIUM = (1100, 1100, 1400, 1400)  # 300 px, whole inside one native tile: halves there, whole a level down
+LARGE = (2000, 300, 3300, 1900)  # 1300 px: cut by the tiles of every level
+
+
+def _blobs_4k() -> np.ndarray:
     frame = np.zeros((2160, 3840, 3), np.uint8)
-    small = (1000, 700, 1040, 730)  # 40 px: inside tiles of every level
-    medium = (1100, 1100, 1400, 1400)  # 300 px, whole inside one native tile: halves there, whole a level down
-    large = (2000, 300, 3300, 1900)  # 1300 px: cut by the tiles of every level
-    for x0, y0, x1, y1 in (small, medium, large):
+    for x0, y0, x1, y1 in (SMALL, MEDIUM, LARGE):
         frame[y0:y1, x0:x1] = 255
+    return frame
+
+
+def test_every_level_maps_its_boxes_back_onto_the_frame_and_large_things_come_from_coarse_passes() -> None:
+    frame = _blobs_4k()
+    small, medium, large = SMALL, MEDIUM, LARGE
     finder = _BlobFinder()
     found = detect_tiled(finder, frame)
     levels = pyramid(3840, 2160, 448)
@@ -127,3 +137,24 @@ def test_every_level_maps_its_boxes_back_onto_the_frame_and_large_things_come_fr
     for truth in (small, medium, large):
         assert box_iou(found.xyxy, np.array([truth], np.float32)).max() > 0.9
     assert 300 > LARGEST_IN_TILE * 448 >= 300 * levels[1]
+
+
+def test_a_check_run_a_part_at_a_time_finds_what_one_run_finds() -> None:
+    """The service runs a check's images a few beside each batch: the parts together are the
+    one run, image for image, and the result is only there once the last image has run."""
+    frame = _blobs_4k()
+    whole_run = detect_tiled(_BlobFinder(), frame)
+    finder = _BlobFinder()
+    check = tiled_check(finder, frame)
+    parts = []
+    while not check.done:
+        before = len(finder.seen)
+        if len(parts) < 3:
+            with pytest.raises(RuntimeError):
+                check.result  # noqa: B018 - reading it before the end is the error under test
+        check.run(5)
+        parts.append(len(finder.seen) - before)
+    assert sum(parts) == check.images == len(finder.seen) and max(parts) == 5 and len(parts) >= 8
+    assert finder.seen[-1] == (2160, 3840)  # the whole frame last, as in one run
+    assert np.array_equal(check.result.xyxy, whole_run.xyxy) and np.array_equal(check.result.scores, whole_run.scores)
+    assert check.run(5) and len(finder.seen) == check.images  # a complete check runs nothing more

@@ -387,6 +387,14 @@ def street_scene(
 _cache: dict[str, object] = {}
 
 
+def whole_frame_check(detect, image: np.ndarray):
+    """A scripted detector's tiled check: one image, the whole frame (a tile as large as the
+    frame leaves no pyramid level), run through the pipeline's real TiledCheck."""
+    from detector.tiling import TiledCheck
+
+    return TiledCheck(detect, image, size=max(image.shape[:2]), iou_threshold=0.7, max_detections=300)
+
+
 def seed_detector():
     """One seed-model Detector per test process (loading it is the slow part)."""
     if "detector" not in _cache:

@@ -27,6 +27,7 @@ from serving.pipeline import Pipeline
 from serving.pipeline.outlet import Outlet
 from serving.pipeline.uncertainty import LabellingSample
 from tests.support.service import wait_for
+from tests.support.streams import whole_frame_check
 
 START = datetime(2026, 11, 24, 2, 0, tzinfo=timezone.utc)  # 10:00 in Shanghai
 NAMES = {0: "bin_overflow"}
@@ -131,6 +132,9 @@ class BinDetector:
 
     def detect_tiled(self, image: np.ndarray, **_options) -> Detections:  # noqa: ANN003
         return self._one(image)
+
+    def tiled_check(self, image: np.ndarray, **_options):  # noqa: ANN003
+        return whole_frame_check(self.detect, image)
 
     def _one(self, image: np.ndarray) -> Detections:
         if image.mean() < 128:

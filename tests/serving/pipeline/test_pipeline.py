@@ -20,7 +20,7 @@ from serving.pipeline.tracking import IoUTracker
 from serving.pipeline.zones import ZoneMap
 from tests.support.shared_data import shared_available
 from tests.support.streams import (
-    EXAMPLE_YAML, SEED_TAXONOMY_OVERRIDE, seed_detector, seed_props, street_scene, write_video,
+    EXAMPLE_YAML, SEED_TAXONOMY_OVERRIDE, seed_detector, seed_props, street_scene, whole_frame_check, write_video,
 )
 
 T0 = datetime(2026, 5, 1, 2, 0, tzinfo=timezone.utc)  # 10:00 in Shanghai, a Friday
@@ -345,6 +345,12 @@ def test_static_checks_run_tiled_at_full_resolution(taxonomy, tiled: bool) -> No
     assert T0 < due <= T0 + timedelta(seconds=60)
     for at in (T0, due, due + timedelta(seconds=5), due + timedelta(seconds=61)):
         pipeline.process([Frame("cam-001", at, frame, 0)])
+    # The last check runs on beside the next batches (none here: the camera's frames wait for it).
+    parts = 0
+    while pipeline.runtimes["cam-001"].held is not None:
+        pipeline.process([])
+        parts += 1
+    assert parts == (3 if tiled else 0)  # 30 images over the frame's pyramid, 8 a batch
     # The look at the camera's phase and the one a period later run tiled; the first frame
     # and the sample in between do not.
     assert pipeline.stats["tiled"] == (2 if tiled else 0) and pipeline.stats["detected"] == 4
@@ -363,9 +369,9 @@ class _NoDetections:
     def detect(self, images):
         return [Detections.empty({0: "person"}) for _ in images]
 
-    def detect_tiled(self, image, **options):
+    def tiled_check(self, image, **options):
         self.tiled += 1
-        return Detections.empty({0: "person"})
+        return whole_frame_check(self.detect, image)
 
 
 def test_tiled_checks_of_many_cameras_spread_over_their_interval(taxonomy) -> None:
@@ -391,6 +397,78 @@ def test_tiled_checks_of_many_cameras_spread_over_their_interval(taxonomy) -> No
         assert detector.tiled - before <= 1
     assert detector.tiled == pipeline.stats["tiled"] and 90 <= detector.tiled <= 100
     assert len({rt.last_tiled for rt in pipeline.runtimes.values() if rt.last_tiled}) >= 50
+
+
+class _TileCounting:
+    """A detector that finds nothing, and records how many images each of its calls ran:
+    ordinary batches through `detect`, parts of a tiled check through `run_tiles`."""
+
+    def __init__(self) -> None:
+        self.info = type("Info", (), {"version": "none", "names": {0: "person"}})()
+        self.batches: list[int] = []
+        self.tile_parts: list[int] = []
+
+    def detect(self, images):
+        self.batches.append(len(images))
+        return [Detections.empty({0: "person"}) for _ in images]
+
+    def run_tiles(self, images):
+        self.tile_parts.append(len(images))
+        return [Detections.empty({0: "person"}) for _ in images]
+
+    def tiled_check(self, image, **options):
+        from detector.tiling import TiledCheck
+
+        return TiledCheck(self.run_tiles, image, size=128, iou_threshold=0.7, max_detections=300)
+
+
+def test_a_tiled_check_runs_a_part_beside_each_batch_and_holds_only_its_camera(taxonomy) -> None:
+    """A check of 1080p is 35 images: run whole, it held every camera's frames for half a
+    second. It runs TILED_IMAGES_PER_BATCH images beside each batch; only its own camera
+    waits, and that camera's frame reaches its rules when the check is complete, in order.
+    A camera due meanwhile starts its check in the batch where the one before completes."""
+    import numpy as np
+
+    from serving.pipeline.runner import TILED_IMAGES_PER_BATCH, TiledBudget
+    from serving.streams.readers import Frame
+
+    cams = [example_camera(id="cam-a", tiled_check_every=60), example_camera(id="cam-b", tiled_static_checks=False),
+            example_camera(id="cam-c", tiled_check_every=60)]
+    detector = _TileCounting()
+    pipeline = Pipeline(cams, detector, taxonomy, motion_gating=False)
+    pipeline.tiled_budget = TiledBudget(burst=float("inf"))
+    image = np.zeros((360, 640, 3), np.uint8)
+    images = detector.tiled_check(image).images  # 128 px tiles over its pyramid, then the whole frame
+    assert images > 3 * TILED_IMAGES_PER_BATCH
+    checked, waiting = pipeline.runtimes["cam-a"], pipeline.runtimes["cam-c"]
+    due, c_due = checked.next_tiled_check(T0), waiting.next_tiled_check(T0)
+    pipeline.process([Frame(c, T0, image, 0) for c in ("cam-a", "cam-b", "cam-c")])
+    pipeline.process([Frame("cam-a", due, image, 0), Frame("cam-b", due, image, 0)])
+    assert checked.held is not None and checked.held.frame.timestamp == due
+    assert [f.camera for f in pipeline.last_analysed] == ["cam-b"]
+    assert detector.batches == [3, 1]  # cam-a's due frame went to its check, not the batch
+    at, c_at, batches = due, c_due, 0
+    while checked.held is not None:
+        at, c_at = at + timedelta(seconds=1), c_at + timedelta(seconds=1)
+        # As the loop does: the held camera gives no frame; cam-c is due all along.
+        pipeline.process([Frame("cam-b", at, image, 0), Frame("cam-c", c_at, image, 0)])
+        batches += 1
+        analysed = [(f.camera, f.timestamp) for f in pipeline.last_analysed]
+        assert ("cam-b", at) in analysed
+        assert (("cam-c", c_at) in analysed) is (checked.held is not None)  # detected, or held for its check
+    assert ("cam-a", due) in analysed and checked.last_detect == due
+    assert max(detector.tile_parts) == TILED_IMAGES_PER_BATCH and sum(detector.tile_parts) == images
+    assert batches == len(detector.tile_parts) - 1 >= 3 and pipeline.stats["tiled"] == 1
+    assert waiting.held is not None and waiting.held.frame.timestamp == c_at  # started as cam-a's completed
+    while pipeline.checking:
+        pipeline.process([])
+    assert waiting.held is None and pipeline.stats["tiled"] == 2
+    # A caller that feeds the held camera's next frame anyway gets the check finished first.
+    due = checked.next_tiled_check(due)
+    pipeline.process([Frame("cam-a", due, image, 0)])
+    pipeline.process([Frame("cam-a", due + timedelta(seconds=1), image, 0)])
+    assert checked.held is None and [f.timestamp for f in pipeline.last_analysed] == [due, due + timedelta(seconds=1)]
+    assert pipeline.stats["tiled"] == 3
 
 
 def test_tiled_budget_is_a_share_of_wall_time() -> None:

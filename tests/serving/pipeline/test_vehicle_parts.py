@@ -16,6 +16,7 @@ from serving.cameras import Camera
 from serving.pipeline import Pipeline
 from serving.pipeline.uncertainty import DailyBudget, UncertaintySampler
 from serving.streams.readers import Frame
+from tests.support.streams import whole_frame_check
 
 T0 = datetime(2026, 5, 1, 2, 0, tzinfo=timezone.utc)
 NAMES = {0: "truck", 1: "bin_overflow", 2: "window_ad", 3: "push_cart"}
@@ -49,8 +50,8 @@ class _Scripted:
     def detect(self, images):
         return [self.found for _ in images]
 
-    def detect_tiled(self, image, tile=None):  # the static checks of sign rules
-        return self.found
+    def tiled_check(self, image, tile=None):  # the static checks of sign rules
+        return whole_frame_check(self.detect, image)
 
 
 def _camera() -> Camera:
