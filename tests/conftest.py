@@ -110,18 +110,19 @@ def shared_detector(test_model: Path):
 
 @pytest.fixture
 def run_service(tmp_path: Path, shared_detector):
-    """Start a service: run_service(db_url, **settings) -> RunningService; stopped at teardown."""
+    """Start a service: run_service(db_url, clock=None, **settings) -> RunningService (`clock`: the
+    service's wall clock, a MovableClock to move time); stopped at teardown."""
     from serving.settings import Settings
 
     running: list[RunningService] = []
 
-    def start(db_url: str | None = None, **overrides) -> RunningService:
+    def start(db_url: str | None = None, clock=None, **overrides) -> RunningService:  # noqa: ANN001
         port = pick_port()
         values = dict(data_dir=tmp_path / f"data{len(running)}", database_url=db_url, port=port,
                       admin_key="gw_test_admin_key_0123456789", delivery_backoff_s=0.05,
                       delivery_backoff_max_s=0.3, delivery_poll_s=0.05)
         values.update(overrides)
-        service = RunningService(Settings(**values), detector=shared_detector)
+        service = RunningService(Settings(**values), detector=shared_detector, clock=clock)
         running.append(service)
         return service
 

@@ -85,19 +85,6 @@ def claim(session: Session, holder: str, where: QueueFilter, skip: list[str], le
     return None if case_id is None else session.get(Case, case_id)
 
 
-def renew(session: Session, holder: str, case_numbers: list[str], lease_s: float) -> int:
-    """Extend `holder`'s leases on these cases (the page keeps the cases it shows and
-    preloads); returns how many were still theirs."""
-    if not case_numbers:
-        return 0
-    return session.execute(
-        update(Case).where(Case.case_number.in_(case_numbers), Case.leased_by == holder,
-                           Case.review_status == "pending")
-        .values(lease_until=datetime.now(timezone.utc) + timedelta(seconds=lease_s), updated_at=Case.updated_at)
-        .execution_options(synchronize_session=False)
-    ).rowcount
-
-
 def held_by_other(row: Any, holder: str) -> bool:
     """A case or labelling item leased to someone else right now."""
     now = datetime.now(timezone.utc)

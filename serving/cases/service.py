@@ -17,7 +17,7 @@ from sqlalchemy import select, update
 from detector.taxonomy import Taxonomy
 from serving.audit import record
 from serving.cases.ingest import CaseIngest, IngestResult
-from serving.cases.leases import QueueFilter, claim, free_for, release, renew
+from serving.cases.leases import QueueFilter, claim, free_for, release
 from serving.cases.listing import CaseFilter, find_case, page_of_cases
 from serving.cases.policy import CaseError, CasePolicy
 from serving.clock import SYSTEM_CLOCK, WallClock
@@ -219,8 +219,8 @@ class CaseService:
             before = review_snapshot(case)
             restore_review(session, case, last.before, self.taxonomy, self.base_url,
                            deliverable=self.policy.deliverable)
-            if case.review_status == "pending":
-                case.leased_by, case.lease_until = reviewer[:64], now + timedelta(seconds=lease_s)
+            if case.review_status == "pending":  # leased on the service's clock, as claim_next leases
+                case.leased_by, case.lease_until = reviewer[:64], self.clock.now() + timedelta(seconds=lease_s)
             record(session, reviewer, "review.undo", f"case:{case_number}", before,
                    {**review_snapshot(case), "undid": last.action})
             moved = self.thresholds.record(session, case, case.violation) if self.thresholds is not None else None
@@ -234,10 +234,11 @@ class CaseService:
         """Make this transaction the case's one decider, or raise DecisionConflict. The
         conditional UPDATE is what makes it exclusive across processes: on PostgreSQL a second
         decider waits on the row and then finds it no longer matching; SQLite has one writer."""
-        conflict = conflict_of(case, holder, version, decided_ok=redecide)
+        # The service's clock, as the lease was taken by (claim_next): a lease is judged on one clock.
+        now = self.clock.now()
+        conflict = conflict_of(case, holder, version, decided_ok=redecide, now=now)
         if conflict is not None:
             raise conflict
-        now = datetime.now(timezone.utc)
         status_now = Case.review_status != "pending" if redecide else Case.review_status == "pending"
         won = session.execute(
             update(Case).where(Case.id == case.id, Case.version == case.version, status_now,
@@ -245,7 +246,7 @@ class CaseService:
             .values(version=Case.version).execution_options(synchronize_session=False)).rowcount
         session.refresh(case)
         if not won:
-            raise conflict_of(case, holder, version, decided_ok=redecide) or DecisionConflict(
+            raise conflict_of(case, holder, version, decided_ok=redecide, now=now) or DecisionConflict(
                 f"case {case.case_number} changed while this decision was made",
                 holder=case.reviewed_by or case.leased_by, version=case.version, review_status=case.review_status)
 
@@ -268,10 +269,6 @@ class CaseService:
             if case is None:
                 return None
             return self._existing(session, case.case_number)
-
-    def renew_leases(self, holder: str, case_numbers: list[str], lease_s: float) -> int:
-        with self.db.transaction() as session:
-            return renew(session, holder, case_numbers, lease_s)
 
     def set_status(self, case_number: str, status: str, *, external_id: str = "") -> CasePublic:
         """Progress from the case system. "handled" plans the re-check in the same

@@ -284,10 +284,9 @@ def duplicate_of(db: Database, case: Case) -> Case | None:
     return found[0] if found else None
 
 
-def open_duplicates(db: Database, case: Case, holder: str) -> list[str]:
+def open_duplicates(db: Database, case: Case, holder: str, now: datetime) -> list[str]:
     """Pending cases of the same camera, violation and place as `case`, that no one else is
-    reviewing now: what "reject all as duplicates" takes."""
-    now = datetime.now(timezone.utc)
+    reviewing `now` (the service's clock): what "reject all as duplicates" takes."""
     with db.sessions() as session:
         rows = session.execute(select(Case.case_number, Case.box, Case.leased_by, Case.lease_until)
                                .where(Case.camera == case.camera, Case.violation == case.violation,
@@ -304,9 +303,7 @@ class QueueCounts:
     mine_today: int  # decisions this reviewer made since local midnight
 
 
-def queue_counts(db: Database, holder: str, where: QueueFilter, zones: CameraZones,
-                 now: datetime | None = None) -> QueueCounts:
-    now = now or datetime.now(timezone.utc)
+def queue_counts(db: Database, holder: str, where: QueueFilter, zones: CameraZones, now: datetime) -> QueueCounts:
     busy = (Case.leased_by != "") & (Case.leased_by != holder) & (Case.lease_until > now)
     with db.sessions() as session:
         pending = session.scalar(filtered(select(func.count()).select_from(Case), where)
@@ -349,13 +346,13 @@ def queue_cameras(db: Database, registered: list[str]) -> list[str]:
     return sorted(set(registered) | set(posted))
 
 
-def renew_or_retake(db: Database, holder: str, case_numbers: list[str], lease_s: float) -> int:
+def renew_or_retake(db: Database, holder: str, case_numbers: list[str], lease_s: float, now: datetime) -> int:
     """Extend `holder`'s leases on the cases the page holds, taking back any that are free
     again: a page that was hidden (or the page before it, on a navigation within the site)
-    released them, and nobody else has taken them since. Returns how many are `holder`'s now."""
+    released them, and nobody else has taken them since. Returns how many are `holder`'s now.
+    `now`: the service's clock, which leases are taken by (CaseService.claim_next)."""
     if not case_numbers:
         return 0
-    now = datetime.now(timezone.utc)
     with db.transaction() as session:
         return session.execute(
             update(Case).where(Case.case_number.in_(case_numbers), Case.review_status == "pending",

@@ -255,7 +255,8 @@ def next_case(request: Request, body: NextRequest, account: User) -> dict[str, A
 def counts(request: Request, body: NextRequest, account: User) -> dict[str, int]:
     """Pending cases for the page's filter, how many of them other reviewers hold, and this
     reviewer's decisions today (local day)."""
-    counted = queue_counts(get_service(request).db, account.name, queue_filter(body), zones(request))
+    service = get_service(request)
+    counted = queue_counts(service.db, account.name, queue_filter(body), zones(request), service.clock.now())
     return {"pending": counted.pending, "leased_to_others": counted.leased_to_others, "mine_today": counted.mine_today}
 
 
@@ -279,7 +280,7 @@ def reject_duplicates(request: Request, case_number: str, account: User) -> dict
     if case is None:
         raise HTTPException(404, f"no case {case_number!r}")
     rejected = []
-    for number in open_duplicates(service.db, case, account.name):
+    for number in open_duplicates(service.db, case, account.name, service.clock.now()):
         try:
             service.cases.review(number, "reject", reviewer=account.name, reason="duplicate",
                                  note=f"duplicate of {case_number}", lease_holder=account.name)
@@ -301,7 +302,8 @@ class LeaseRequest(BaseModel):
 def renew_leases(request: Request, body: LeaseRequest, account: User) -> dict[str, int]:
     """The page still has these cases open: keep them from timing out to another reviewer."""
     service = get_service(request)
-    return {"renewed": renew_or_retake(service.db, account.name, body.cases, service.settings.review_lease_s)}
+    return {"renewed": renew_or_retake(service.db, account.name, body.cases, service.settings.review_lease_s,
+                                       service.clock.now())}
 
 
 @pages.post("/review/cases/{case_number}/decision", dependencies=[Csrf])

@@ -3,10 +3,11 @@ an open page renews its leases; leasing is not a change the case system polls fo
 
 from __future__ import annotations
 
-import time
+from datetime import timedelta
 
 import httpx
 
+from tests.support.service import MovableClock
 from tests.support.web import add_user, http_sign_in, queue_cases
 
 
@@ -18,7 +19,10 @@ def claim(http: httpx.Client, skip: list[str] | None = None) -> str | None:
 
 
 def test_leases_time_out_unless_renewed(run_service, db_url, dataset_images) -> None:
-    server = run_service(db_url, review_lease_s=1.0)
+    # Time moves on the service's clock: sleeping past a 1 s lease raced a loaded machine's
+    # requests, which can take longer than the lease.
+    clock = MovableClock()
+    server = run_service(db_url, clock=clock, review_lease_s=60.0)
     (number,) = queue_cases(server, dataset_images, 1)
     with server.client(server.key("reviewer")) as api:
         updated_before = api.get(f"/v1/cases/{number}").json()["updated_at"]
@@ -30,12 +34,12 @@ def test_leases_time_out_unless_renewed(run_service, db_url, dataset_images) -> 
         assert claim(alice) == number
         assert claim(bob) is None  # alice holds it
         for _ in range(3):  # alice's page keeps it open past the lease time
-            time.sleep(0.5)
+            clock.offset += timedelta(seconds=40)
             renewed = alice.post("/review/leases", json={"cases": [number]},
                                  headers={"X-CSRF-Token": alice.cookies["gw_csrf"]})
             assert renewed.json() == {"renewed": 1}
         assert claim(bob) is None
-        time.sleep(1.2)  # alice went away: the lease runs out
+        clock.offset += timedelta(seconds=61)  # alice went away: the lease runs out
         assert claim(bob) == number
         decided = alice.post(f"/review/cases/{number}/decision", json={"action": "confirm", "version": 0},
                              headers={"X-CSRF-Token": alice.cookies["gw_csrf"]})
