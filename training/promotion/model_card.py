@@ -448,9 +448,7 @@ def mark_forced_promotion(folder: Path, forced: ForcedPromotion) -> list[str]:
             # a card edited by hand after it was written keeps its text: a record already there is
             # replaced where it stands (a second forced promotion), else the record goes at its end
             if markdown != old:
-                new = (_splice_section(markdown, FORCED_TITLE, _forced_promotion(forced), ())
-                       if FORCED_TITLE in markdown.split("\n")
-                       else markdown.rstrip("\n") + "\n\n" + "\n".join(_forced_promotion(forced)))
+                new = _splice_section(markdown.rstrip("\n") + "\n", FORCED_TITLE, _forced_promotion(forced), ())
             md_path.write_text(new, encoding="utf-8")
             rewritten.append(md_path.name)
     return rewritten
