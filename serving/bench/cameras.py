@@ -238,7 +238,9 @@ def format_table(b: StreamBench) -> str:
             f"verify: {v['cameras']} live-paced cameras for {v['seconds']:.0f} s: {v['samples']} samples analysed "
             f"of {v['expected']} sent ({100 * v['analysed_share']:.1f}% of those due), dropped before "
             f"analysis {v['dropped']}, still queued at the end {v['pending_at_end']}, "
-            f"frame age when analysed p95 {v['age_p95_s']} s, tiled checks {v['tiled']}, reader errors {v['errors']}"
+            f"frame age when analysed p95 {v['age_p95_s']} s, tiled checks {v['tiled']} (longest wait for a "
+            f"turn {v.get('tiled_wait_max_s', 0)} s, waiting at the end {v.get('tiled_waiting_at_end', 0)}, "
+            f"periods missed {v.get('tiled_missed', 0)}), reader errors {v['errors']}"
         )
         lines.append(f"target {b.target_cameras}: {verdict} (verified: >= {100 * MIN_ANALYSED_SHARE:g}% analysed and "
                      f"p95 frame age <= the {b.sample_every:g} s sampling interval)")
@@ -314,7 +316,7 @@ def verify(args: argparse.Namespace, model: str) -> dict[str, Any]:
         for t in threads:
             t.start()
         t_end = time.monotonic() + args.verify_seconds
-        analysed = 0
+        analysed, longest_wait = 0, 0.0
         while time.monotonic() < t_end:
             with lock:
                 # As the service's loop: a camera whose tiled check is running gives no frame.
@@ -327,6 +329,7 @@ def verify(args: argparse.Namespace, model: str) -> dict[str, Any]:
                 # A frame that started a tiled check is analysed when the check completes.
                 ages.extend((done - f.timestamp).total_seconds() for f in pipeline.last_analysed)
                 analysed += len(pipeline.last_analysed)
+                longest_wait = max(longest_wait, *pipeline.tiled_waits().values(), 0.0)
             else:
                 time.sleep(0.01)
         stop.set()
@@ -339,6 +342,9 @@ def verify(args: argparse.Namespace, model: str) -> dict[str, Any]:
     return {"cameras": args.cameras, "seconds": args.verify_seconds, "samples": analysed, "expected": released[0],
             "pending_at_end": pending, "dropped": overwritten[0], "analysed_share": round(analysed / due, 4),
             "tiled": pipeline.stats["tiled"],
+            # A due check waits while another camera's runs or the tiled budget is spent.
+            "tiled_wait_max_s": round(longest_wait, 3), "tiled_waiting_at_end": len(pipeline.tiled_waits()),
+            "tiled_missed": pipeline.stats["tiled_missed"],
             "age_p95_s": round(float(np.percentile(ages, 95)), 3) if ages else None,
             "errors": sum(hh.errors for hh in health.values())}
 

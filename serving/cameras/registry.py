@@ -186,6 +186,14 @@ class CameraRegistry:
     def stats(self) -> dict[str, int]:
         return dict(getattr(self.pipeline, "stats", {}) or {})
 
+    def tiled_waits(self) -> dict[str, float]:
+        """Cameras whose due tiled check waits its turn -> seconds waited (Pipeline.tiled_waits)."""
+        pipeline = self.pipeline
+        try:
+            return pipeline.tiled_waits() if pipeline is not None else {}
+        except Exception:  # noqa: BLE001 - like health: read while the pipeline changes, never an error page
+            return {}
+
 
 def _shown(health: dict[str, Any]) -> dict[str, Any]:
     """A stream's health with its source's password and any in its last error masked."""

@@ -29,6 +29,7 @@ import itertools
 import logging
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -234,7 +235,17 @@ class ClusterCoordinator:
     def stats(self) -> dict[str, int]:
         with self._lock:
             reports = [w.report for w in self.workers.values() if w.report is not None]
-            return {"frames": sum(r.frames for r in reports), "detected": sum(r.detected for r in reports)}
+            totals: dict[str, int] = defaultdict(int)
+            for report in reports:
+                for key, value in report.stats.items():
+                    totals[key] += value
+            return dict(totals)
+
+    def tiled_waits(self) -> dict[str, float]:
+        """Each up worker's waiting tiled checks, for the cameras it still owns."""
+        with self._lock:
+            return {cid: waited for w in self.workers.values() if w.state == "up" and w.report is not None
+                    for cid, waited in w.report.tiled_waits.items() if self.owner.get(cid) == w.id}
 
     def status(self) -> dict[str, Any]:
         """Per worker: state, node, cameras, analysed frames per second, queue depth, detect ms."""
@@ -395,8 +406,8 @@ class ClusterCoordinator:
         worker.last_ok, worker.report = now, report
         mark_t, mark_frames = worker._frames_mark
         if mark_t:
-            worker.frames_rate = (report.frames - mark_frames) / max(1e-3, now - mark_t)
-        worker._frames_mark = (now, report.frames)
+            worker.frames_rate = (report.stats.get("frames", 0) - mark_frames) / max(1e-3, now - mark_t)
+        worker._frames_mark = (now, report.stats.get("frames", 0))
         for cid, cost in report.camera_cost.items():
             if cid in worker.cameras:  # a moving average: one busy second does not move a camera
                 self.cost[cid] = cost if cid not in self.cost else 0.7 * self.cost[cid] + 0.3 * cost

@@ -57,8 +57,7 @@ class WorkerReport:
     pid: int
     cameras: dict[str, int]  # camera -> fencing number held
     health: dict[str, dict[str, Any]]  # camera -> StreamHealth.to_json()
-    frames: int  # analysed since start
-    detected: int
+    stats: dict[str, int]  # the pipeline's counters since start (frames, detected, tiled, ...)
     queue_depth: int  # events waiting for the serving process to take them
     detect_ms: float  # mean per detector call, last window
     # Seconds of this worker's time each camera took (decode of file sources + detect +
@@ -68,6 +67,8 @@ class WorkerReport:
     # the cities' daily budget and stores them), and those a full hand-over queue turned away.
     samples: list[LabellingSample] = field(default_factory=list)
     samples_dropped: int = 0
+    # Cameras whose due tiled check waits its turn, and for how many seconds (Pipeline.tiled_waits).
+    tiled_waits: dict[str, float] = field(default_factory=dict)
 
 
 class TimedDetector:
@@ -115,6 +116,7 @@ class WorkerPipeline(Pipeline):
         super().__init__(*args, persistent=True, **kwargs)
         self.replay_speed = replay_speed
         self.busy: dict[str, float] = defaultdict(float)  # camera -> seconds of work
+        self._checked = 0.0  # seconds spent in tiled checks' parts since start
         self._replay_origin: dict[str, tuple[float, datetime]] = {}
 
     def add_camera(self, camera: Camera) -> None:
@@ -146,13 +148,25 @@ class WorkerPipeline(Pipeline):
         self._stop.wait(max(0.0, due - time.monotonic()))
 
     def process(self, frames: list) -> list:
-        start = time.perf_counter()
+        start, checked = time.perf_counter(), self._checked
         try:
             return super().process(frames)
         finally:
-            share = (time.perf_counter() - start) / max(1, len(frames))
+            # A tiled check's parts were charged to its own camera (_run_check); the rest of the
+            # batch's time is shared by the frames in it.
+            spent = time.perf_counter() - start - (self._checked - checked)
+            share = max(0.0, spent) / max(1, len(frames))
             for frame in frames:
                 self.busy[frame.camera] += share
+
+    def _run_check(self, rt: Any, max_images: int | None) -> list:
+        start = time.perf_counter()
+        try:
+            return super()._run_check(rt, max_images)
+        finally:
+            spent = time.perf_counter() - start
+            self._checked += spent
+            self.busy[rt.camera.id] += spent
 
 
 class CameraWorker:
@@ -274,10 +288,11 @@ class CameraWorker:
         except queue.Empty:
             pass
         return WorkerReport(worker=self.worker_id, node=self.node, pid=os.getpid(), cameras=dict(self.fencing),
-                            health=health, frames=self.pipeline.stats["frames"],
-                            detected=self.pipeline.stats["detected"], queue_depth=self.out.qsize(),
+                            health=health, stats=dict(self.pipeline.stats), queue_depth=self.out.qsize(),
                             detect_ms=detect_ms, camera_cost=cost, samples=samples,
-                            samples_dropped=self.samples_dropped)
+                            samples_dropped=self.samples_dropped,
+                            tiled_waits={cid: waited for cid, waited in self.pipeline.tiled_waits().items()
+                                         if cid in self.fencing})
 
     def stop(self) -> None:
         self.pipeline.stop()

@@ -137,6 +137,10 @@ class CameraRuntime:
         self.last_detect: datetime | None = None
         self.last_tiled: datetime | None = None
         self.tiled_period: int | None = None  # the period (see tiled_check_due) last checked, or first seen
+        # The frame time its due check was first found waiting its turn (another camera's check
+        # in flight, or the tiled budget spent); None while none waits.
+        self.tiled_waiting_since: datetime | None = None
+        self.last_frame_at: datetime | None = None
         self.held: HeldFrame | None = None
         self.frames: Iterator[Frame] | None = None  # file/folder sources
 
@@ -230,7 +234,9 @@ class Pipeline:
         self._collected: list[ViolationEvent] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.stats = {"frames": 0, "detected": 0, "batches": 0, "tiled": 0, "sampled": 0}
+        # tiled_missed: periods of `tiled_check_every` in which a camera's due check waited its
+        # turn throughout, so that period had none (the pipeline is past its tiled capacity).
+        self.stats = {"frames": 0, "detected": 0, "batches": 0, "tiled": 0, "tiled_missed": 0, "sampled": 0}
         self.tiled_budget = TiledBudget()
         self._checking: CameraRuntime | None = None  # the camera whose tiled check is running
         # Frames whose detections (or carried-over tracks) reached their camera's rules in the
@@ -250,6 +256,13 @@ class Pipeline:
     @property
     def health(self) -> dict[str, StreamHealth]:
         return {cid: rt.reader.health for cid, rt in self.runtimes.items()}
+
+    def tiled_waits(self) -> dict[str, float]:
+        """Cameras whose tiled check is due and waiting its turn: seconds since a frame that
+        needed detection found it due, by the camera's own frames."""
+        return {cid: (rt.last_frame_at - rt.tiled_waiting_since).total_seconds()
+                for cid, rt in list(self.runtimes.items())
+                if rt.tiled_waiting_since is not None and rt.last_frame_at is not None}
 
     # --- driving --------------------------------------------------------------------------
 
@@ -424,6 +437,8 @@ class Pipeline:
         # wait gets its ordinary detection now and stays due for the next batch.
         due = [i for i in wanted if runtimes[i].tiled_check_due(frames[i])]  # each camera's first frame sets its phase
         starting = due[0] if due and self._checking is None and self.tiled_budget.available() else None
+        for i in due:
+            self._note_wait(runtimes[i], frames[i].timestamp, started=i == starting)
         batched = [i for i in wanted if i != starting]
         results: dict[int, Detections] = {}
         if batched:
@@ -439,6 +454,7 @@ class Pipeline:
         self.stats["detected"] += len(wanted)
         self.stats["frames"] += len(frames)
         for i, (rt, frame) in enumerate(zip(runtimes, frames)):
+            rt.last_frame_at = frame.timestamp
             if i == starting:
                 continue
             if i in results:
@@ -451,6 +467,17 @@ class Pipeline:
         if self._checking is not None and not part_ran:  # at most one part a batch
             out += self._run_check(self._checking, TILED_IMAGES_PER_BATCH)
         return out
+
+    def _note_wait(self, rt: CameraRuntime, at: datetime, started: bool) -> None:
+        """A due check either starts or waits; one that started after waiting counts the
+        periods it waited through (each of them had no check)."""
+        if not started:
+            if rt.tiled_waiting_since is None:
+                rt.tiled_waiting_since = at
+            return
+        if rt.tiled_waiting_since is not None:
+            self.stats["tiled_missed"] += rt.tiled_period_of(at) - rt.tiled_period_of(rt.tiled_waiting_since)
+            rt.tiled_waiting_since = None
 
     def _analyse(self, rt: CameraRuntime, frame: Frame, dets: Detections) -> list[ViolationEvent]:
         """One camera's detected frame through its tracker and rules."""

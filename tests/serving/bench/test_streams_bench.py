@@ -40,6 +40,8 @@ def test_bench_cameras_reports_where_time_goes() -> None:
     assert v["samples"] + v["dropped"] + v["pending_at_end"] == v["expected"]
     # Live pacing: about one sample per camera per interval, plus each camera's first at t=0.
     assert abs(v["expected"] - 3 * 4 / 2) <= 3
+    # No tiled check fell due (every 300 s) in 4 s, so none waited or missed its period.
+    assert (v["tiled_wait_max_s"], v["tiled_waiting_at_end"], v["tiled_missed"]) == (0, 0, 0)
 
 
 def test_bench_cameras_table() -> None:

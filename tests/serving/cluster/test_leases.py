@@ -177,7 +177,8 @@ def test_a_dead_workers_up_series_reads_0_instead_of_vanishing(tmp_path: Path) -
     coordinator = ClusterCoordinator(settings, db=None, on_event=lambda *a: None)  # no camera: no lease to revoke
     for wid, node in (("w1", "node-a"), ("w2", "node-b")):
         worker = WorkerHandle(wid, actor=None, state="up")
-        worker.report = WorkerReport(worker=wid, node=node, pid=1, cameras={}, health={}, frames=10, detected=5,
+        worker.report = WorkerReport(worker=wid, node=node, pid=1, cameras={}, health={},
+                                     stats={"frames": 10, "detected": 5},
                                      queue_depth=0, detect_ms=3.0)
         coordinator.workers[wid] = worker
     coordinator._dead(coordinator.workers["w2"], RuntimeError("node gone"))

@@ -471,6 +471,35 @@ def test_a_tiled_check_runs_a_part_beside_each_batch_and_holds_only_its_camera(t
     assert pipeline.stats["tiled"] == 3
 
 
+def test_a_due_check_that_waits_its_turn_is_reported_and_its_missed_periods_counted(taxonomy) -> None:
+    """With the tiled budget spent, a due check waits: the pipeline says which camera waits and
+    for how long (by its frames), and counts each period it waited through; once the check
+    starts, the camera no longer waits."""
+    import numpy as np
+
+    from serving.pipeline.runner import TiledBudget
+    from serving.streams.readers import Frame
+
+    every = 60
+    pipeline = Pipeline([example_camera(id="cam-a", tiled_check_every=every)], _TileCounting(), taxonomy,
+                        motion_gating=False)
+    pipeline.tiled_budget = TiledBudget(share=0.0, burst=0.0)  # nothing left: every due check waits
+    image = np.zeros((360, 640, 3), np.uint8)
+    rt = pipeline.runtimes["cam-a"]
+    due = rt.next_tiled_check(T0)
+    pipeline.process([Frame("cam-a", T0, image, 0)])
+    pipeline.process([Frame("cam-a", due - timedelta(seconds=1), image, 0)])
+    assert pipeline.tiled_waits() == {}  # not due yet
+    for waited in (0, 30, 2 * every + 5):
+        pipeline.process([Frame("cam-a", due + timedelta(seconds=waited), image, 0)])
+        assert pipeline.tiled_waits() == {"cam-a": waited}
+    assert rt.held is None and pipeline.stats["tiled_missed"] == 0  # counted when it starts
+    pipeline.tiled_budget = TiledBudget(burst=float("inf"))
+    pipeline.process([Frame("cam-a", due + timedelta(seconds=2 * every + 6), image, 0)])
+    assert rt.held is not None and pipeline.tiled_waits() == {}
+    assert pipeline.stats["tiled_missed"] == 2  # fell due in one period, started two periods later
+
+
 def test_tiled_budget_is_a_share_of_wall_time() -> None:
     from serving.pipeline.runner import TiledBudget
 
