@@ -89,7 +89,8 @@ class GridwatchService:
                                  privacy=self.privacy, chain=self.chain)
         # Active learning: the sampler (and its day's budget) outlives pipeline restarts.
         zone = ZoneInfo(settings.labelling.timezone)
-        self.labelling = LabellingQueue(self.db, self.evidence, lambda: list(self.detector.info.names.values()), zone)
+        self.labelling = LabellingQueue(self.db, self.evidence, lambda: list(self.detector.info.names.values()), zone,
+                                        clock=clock)
         self.sampler = UncertaintySampler(settings.labelling.band, DailyBudget(
             settings.labelling.daily_budget_per_camera, zone, settings.labelling.min_gap_s, self.labelling.spent))
         # The pipeline's own sampler asks no database on the frame path: its budget only spaces

@@ -43,7 +43,7 @@ def create_app(service: GridwatchService) -> FastAPI:
         upload_max_bytes=settings.upload_max_bytes, json_max_bytes=settings.json_max_bytes,
         max_concurrent_uploads=settings.max_concurrent_uploads, rate_per_minute=settings.rate_limit_per_minute,
         rate_burst=settings.rate_limit_burst, body_timeout_s=settings.body_timeout_s,
-        trusted_proxies=tuple(settings.trusted_proxies)))
+        trusted_proxies=tuple(settings.trusted_proxies)), clock=service.clock)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

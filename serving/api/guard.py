@@ -51,6 +51,7 @@ from starlette.requests import cookie_parser
 
 from serving.audit import Actor, current_actor
 from serving.auth import Principal, authenticate
+from serving.clock import SYSTEM_CLOCK, WallClock
 from serving.store.db import Database
 from serving.web.sessions import SESSION_COOKIE, session_account
 
@@ -254,9 +255,10 @@ def client_address(peer: str, forwarded_for: str | None,
 
 
 class RequestGate:
-    def __init__(self, app: App, db: Database, limits: GateLimits) -> None:
+    def __init__(self, app: App, db: Database, limits: GateLimits, clock: WallClock = SYSTEM_CLOCK) -> None:
         self.app = app
         self.db = db
+        self.clock = clock  # the service's: web sessions expire on it
         self.limits = limits
         self.trusted = parse_networks(limits.trusted_proxies)
         # One event loop runs every request, so the counter and the buckets need no lock.
@@ -359,7 +361,7 @@ class RequestGate:
         token = cookie_parser(headers.get("cookie", "")).get(SESSION_COOKIE)
         if not token:
             return False
-        account = await run_in_threadpool(session_account, self.db, token)
+        account = await run_in_threadpool(session_account, self.db, token, self.clock.now())
         if account is None:
             return False
         scope["state"]["account"] = account

@@ -8,7 +8,7 @@ with `id`, `leased_by` and `lease_until` columns can be leased this way (`lease_
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from sqlalchemy import Select, or_, select, update
@@ -31,8 +31,15 @@ class QueueFilter:
     min_score: float | None = None
 
 
+def held_by_other(row: Any, holder: str, now: datetime) -> bool:
+    """A case or labelling item (or a row with their `leased_by` and `lease_until`) leased to
+    someone other than `holder` at `now`: the one rule every lease check applies."""
+    return bool(row.leased_by) and row.leased_by != holder and row.lease_until is not None and row.lease_until > now
+
+
 def free_for(table: Any, holder: str, now: datetime):  # noqa: ANN201
-    return or_(table.leased_by == "", table.leased_by == holder, table.lease_until.is_(None), table.lease_until < now)
+    """`held_by_other`'s negation, as SQL: rows `holder` may lease or decide at `now`."""
+    return or_(table.leased_by == "", table.leased_by == holder, table.lease_until.is_(None), table.lease_until <= now)
 
 
 def lease_first(session: Session, table: Any, ids: Select, holder: str, lease_s: float, *still: Any,
@@ -83,12 +90,6 @@ def claim(session: Session, holder: str, where: QueueFilter, skip: list[str], le
     case_id = lease_first(session, Case, query.order_by(*order), holder, lease_s, Case.review_status == "pending",
                           clock=clock, updated_at=Case.updated_at)
     return None if case_id is None else session.get(Case, case_id)
-
-
-def held_by_other(row: Any, holder: str) -> bool:
-    """A case or labelling item leased to someone else right now."""
-    now = datetime.now(timezone.utc)
-    return bool(row.leased_by) and row.leased_by != holder and row.lease_until is not None and row.lease_until > now
 
 
 def release(row: Any) -> None:

@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 
 from detector.second_stage import COVERED, LOAD_DECISION, LOAD_LABELS
 from detector.taxonomy import Taxonomy
+from serving.cases.leases import held_by_other
 from serving.cases.outbox import queue_version
 from serving.cases.policy import STATUS_ORDER, CaseError
 from serving.frame_boxes import BoxError, clip_box
@@ -147,13 +148,12 @@ def check_decision(case: Case, action: str, taxonomy: Taxonomy, violation: str |
                             "(a violation with the load decision)", status=422)
 
 
-def conflict_of(case: Case, holder: str, version: int | None, *, decided_ok: bool = False,
-                now: datetime | None = None) -> DecisionConflict | None:
-    """Why `holder` may not decide `case` now, or None. `decided_ok`: a re-decision, which
-    needs the case decided instead of pending."""
-    now = now or datetime.now(timezone.utc)
+def conflict_of(case: Case, holder: str, version: int | None, *, now: datetime,
+                decided_ok: bool = False) -> DecisionConflict | None:
+    """Why `holder` may not decide `case` at `now` (the service's clock), or None. `decided_ok`:
+    a re-decision, which needs the case decided instead of pending."""
     kwargs = {"version": case.version, "review_status": case.review_status}
-    if case.leased_by and case.leased_by != holder and case.lease_until is not None and case.lease_until > now:
+    if held_by_other(case, holder, now):
         return DecisionConflict(f"case {case.case_number} is being reviewed by {case.leased_by}",
                                 holder=case.leased_by, **kwargs)
     if not decided_ok and case.review_status != "pending":

@@ -7,7 +7,7 @@ Routes (serving/web/routes.py) and the pipeline's `on_sample` call this; the exp
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import date, datetime, time, timedelta
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
@@ -16,6 +16,7 @@ from sqlalchemy import String, case, cast, func, select, update
 
 from serving.audit import record
 from serving.cases.leases import held_by_other, lease_first, release
+from serving.clock import SYSTEM_CLOCK, WallClock
 from serving.evidence import EvidenceFrame, EvidenceStore
 from serving.pipeline.uncertainty import FIRST_ASKED, LabellingSample
 from serving.store.db import Database
@@ -73,11 +74,14 @@ class LabellingView(BaseModel):
 
 
 class LabellingQueue:
-    def __init__(self, db: Database, evidence: EvidenceStore, class_names: Any, tz: ZoneInfo) -> None:
+    def __init__(self, db: Database, evidence: EvidenceStore, class_names: Any, tz: ZoneInfo,
+                 clock: WallClock = SYSTEM_CLOCK) -> None:
+        """`clock`: the service's wall clock, which leases are taken, renewed and judged on."""
         self.db = db
         self.evidence = evidence
         self.class_names = class_names  # () -> the served model's class names (the model may be swapped)
         self.tz = tz
+        self.clock = clock
 
     # -- in: the pipeline's samples ------------------------------------------------------------
     def add(self, sample: LabellingSample) -> int:
@@ -116,7 +120,7 @@ class LabellingQueue:
             first = case((cast(LabellingItem.reasons, String).like(f'%"{FIRST_ASKED}"%'), 0), else_=1)
             item_id = lease_first(session, LabellingItem,
                                   query.order_by(first, LabellingItem.taken_at, LabellingItem.id),
-                                  holder, lease_s, LabellingItem.status == "pending")
+                                  holder, lease_s, LabellingItem.status == "pending", clock=self.clock)
             return None if item_id is None else session.get(LabellingItem, item_id)
 
     def renew(self, holder: str, ids: list[int], lease_s: float) -> int:
@@ -126,7 +130,7 @@ class LabellingQueue:
             return session.execute(
                 update(LabellingItem).where(LabellingItem.id.in_(ids), LabellingItem.leased_by == holder,
                                             LabellingItem.status == "pending")
-                .values(lease_until=datetime.now(timezone.utc) + timedelta(seconds=lease_s))
+                .values(lease_until=self.clock.now() + timedelta(seconds=lease_s))
                 .execution_options(synchronize_session=False)).rowcount
 
     def save(self, item_id: int, boxes: list[LabelBox], *, labeller: str) -> LabellingItem:
@@ -148,7 +152,8 @@ class LabellingQueue:
                 raise LabellingError(f"no labelling item {item_id}", status=404)
             if item.status != "pending":
                 raise LabellingError(f"labelling item {item_id} is already {item.status}", status=409)
-            if held_by_other(item, labeller):
+            now = self.clock.now()
+            if held_by_other(item, labeller, now):
                 raise LabellingError(f"labelling item {item_id} is being labelled by someone else", status=409)
             for b in boxes or []:
                 x1, y1, x2, y2 = b.box
@@ -157,7 +162,7 @@ class LabellingQueue:
             item.status = status
             item.boxes = [b.model_dump() for b in boxes] if boxes is not None else None
             item.labelled_by = labeller
-            item.labelled_at = datetime.now(timezone.utc)
+            item.labelled_at = now
             release(item)
             record(session, labeller, f"labelling.{'save' if status == 'labelled' else 'skip'}",
                    f"labelling:{item_id}", {"status": "pending"},

@@ -12,14 +12,14 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, ClassVar
 
 from pydantic import BaseModel
-from sqlalchemy import func, select, update
+from sqlalchemy import func, not_, select, update
 
 from detector.boxes import pair_iou
 from detector.second_stage import LOAD_DECISION
 from detector.taxonomy import Taxonomy
 from serving.audit import entries
 from serving.cases.review import REVIEW_LOADS, has_load_decision
-from serving.cases.leases import QueueFilter, filtered, free_for
+from serving.cases.leases import QueueFilter, filtered, free_for, held_by_other
 from serving.cases.public import OmitsUnset
 from serving.store.db import Database
 from serving.store.models import AuditEntry, Case, CaseEvent, LabellingItem, Recheck
@@ -292,8 +292,8 @@ def open_duplicates(db: Database, case: Case, holder: str, now: datetime) -> lis
                                .where(Case.camera == case.camera, Case.violation == case.violation,
                                       Case.review_status == "pending", Case.id != case.id)
                                .order_by(Case.first_seen)).all()
-    return [n for n, box, by, until in rows
-            if pair_iou(box, case.box) >= SAME_PLACE_IOU and not (by and by != holder and until is not None and until > now)]
+    return [row.case_number for row in rows
+            if pair_iou(row.box, case.box) >= SAME_PLACE_IOU and not held_by_other(row, holder, now)]
 
 
 @dataclass(frozen=True)
@@ -304,7 +304,7 @@ class QueueCounts:
 
 
 def queue_counts(db: Database, holder: str, where: QueueFilter, zones: CameraZones, now: datetime) -> QueueCounts:
-    busy = (Case.leased_by != "") & (Case.leased_by != holder) & (Case.lease_until > now)
+    busy = not_(free_for(Case, holder, now))
     with db.sessions() as session:
         pending = session.scalar(filtered(select(func.count()).select_from(Case), where)
                                  .where(Case.review_status == "pending")) or 0

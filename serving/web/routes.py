@@ -58,10 +58,15 @@ class NotAllowed(Exception):
     """Signed in, but the role may not open this: a 403 page."""
 
 
+def session_of(request: Request) -> Account | None:
+    """The account of the request's session cookie, if the session is live on the service's clock."""
+    service = get_service(request)
+    return sessions.session_account(service.db, request.cookies.get(sessions.SESSION_COOKIE), service.clock.now())
+
+
 def signed_in(request: Request) -> Account:
     # The gate (serving/api/guard.py) found it already for a state-changing request.
-    account = getattr(request.state, "account", None) or sessions.session_account(
-        get_service(request).db, request.cookies.get(sessions.SESSION_COOKIE))
+    account = getattr(request.state, "account", None) or session_of(request)
     if account is None:
         raise LoginRequired()
     return account
@@ -148,15 +153,13 @@ def client_address(request: Request) -> str:
 
 
 def forbidden(request: Request) -> Response:
-    account = sessions.session_account(get_service(request).db, request.cookies.get(sessions.SESSION_COOKIE))
-    return render(request, "forbidden.html", account, status_code=403)
+    return render(request, "forbidden.html", session_of(request), status_code=403)
 
 
 # -- signing in -------------------------------------------------------------------------------------
 @pages.get("/")
 def home(request: Request) -> RedirectResponse:
-    account = sessions.session_account(get_service(request).db, request.cookies.get(sessions.SESSION_COOKIE))
-    return RedirectResponse("/review" if account else "/login", status_code=303)
+    return RedirectResponse("/review" if session_of(request) else "/login", status_code=303)
 
 
 @pages.get("/login")
@@ -186,7 +189,7 @@ def login(request: Request, username: Annotated[str, Form(max_length=64)],
         return render(request, "login.html", None, status_code=401, error="bad_login")
     limiter.succeeded(username, address)
     ttl = service.settings.session_ttl_s
-    token = sessions.open_session(service.db, account, ttl)
+    token = sessions.open_session(service.db, account, ttl, service.clock.now())
     audit.record_alone(service.db, account.name, "user.sign_in", f"user:{account.name}", {"address": address},
                        audit.Actor("user", str(account.id), account.name))
     response = RedirectResponse("/review", status_code=303)

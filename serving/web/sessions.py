@@ -15,7 +15,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 from sqlalchemy import delete, select
 
@@ -59,21 +59,21 @@ def csrf_valid(cookies: dict[str, str], given: str | None) -> bool:
     return base is not None and tokens_match(csrf_token(base), given)
 
 
-def open_session(db: Database, account: Account, ttl_s: float) -> str:
-    """A new session for `account`; returns the cookie value (only its hash is stored)."""
+def open_session(db: Database, account: Account, ttl_s: float, now: datetime) -> str:
+    """A new session for `account` from `now` (the service's clock); returns the cookie value
+    (only its hash is stored)."""
     token = new_token()
-    now = datetime.now(timezone.utc)
     with db.transaction() as session:
         session.execute(delete(WebSession).where(WebSession.expires_at < now))
         session.add(WebSession(token_hash=_hash(token), user_id=account.id, expires_at=now + timedelta(seconds=ttl_s)))
     return token
 
 
-def session_account(db: Database, token: str | None) -> Account | None:
-    """The signed-in account of a live session, or None (expired, disabled, unknown)."""
+def session_account(db: Database, token: str | None, now: datetime) -> Account | None:
+    """The signed-in account of a session live at `now` (the service's clock), or None
+    (expired, disabled, unknown)."""
     if not token or len(token) > MAX_TOKEN_LENGTH:
         return None
-    now = datetime.now(timezone.utc)
     with db.sessions() as session:
         row = session.execute(
             select(User).join(WebSession, WebSession.user_id == User.id)

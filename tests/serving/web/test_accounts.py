@@ -7,11 +7,12 @@ import csv
 import io
 import subprocess
 import sys
-import time
+from datetime import timedelta
 
 import httpx
 import pytest
 
+from tests.support.service import MovableClock
 from tests.support.web import PASSWORD, add_user, http_sign_in, queue_cases
 
 
@@ -83,15 +84,21 @@ def test_sign_in_roles_and_csrf(run_service, db_url) -> None:
 
 
 def test_sessions_expire(run_service) -> None:
-    # 3 s, not 1: a loaded machine's sign-in and first page can take longer than a second
-    # (a 1 s case lease raced that way in a fresh-clone CI).
-    server = run_service(session_ttl_s=3.0)
+    # Time moves on the service's clock, which sessions expire on: sleeping past a short
+    # session raced a loaded machine's sign-in and first page.
+    clock = MovableClock()
+    server = run_service(clock=clock, session_ttl_s=600.0)
     add_user(server, "rita")
     with httpx.Client(base_url=server.url) as http:
         http_sign_in(http, "rita")
+        clock.offset += timedelta(seconds=590)
         assert http.get("/review").status_code == 200
-        time.sleep(3.2)
+        csrf = {"X-CSRF-Token": http.cookies["gw_csrf"]}
+        assert http.post("/review/next", json={"skip": []}, headers=csrf).status_code == 200
+        clock.offset += timedelta(seconds=20)
         assert http.get("/review").headers["location"] == "/login"
+        expired = http.post("/review/next", json={"skip": []}, headers=csrf)
+        assert expired.status_code == 401  # the gate no longer finds a session
 
 
 def test_wrong_passwords_are_throttled(run_service) -> None:
