@@ -190,6 +190,7 @@ def test_the_decode_budget_is_held_until_an_event_frame_is_stored(run_service, d
 
 def test_the_decode_budget_bounds_what_is_held_at_once() -> None:
     import asyncio
+    from concurrent.futures import ThreadPoolExecutor
 
     from serving.api.uploads import DecodeBudget
 
@@ -207,7 +208,10 @@ def test_the_decode_budget_bounds_what_is_held_at_once() -> None:
     async def main() -> None:
         await asyncio.gather(*(use() for _ in range(12)))
 
-    asyncio.run(main())
+    # Its own thread: a Playwright page earlier in the same test process keeps an event loop
+    # running in the main thread, where asyncio.run refuses to start another.
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, main()).result()
     assert most[0] == 800 and budget.peak == 800 and budget.in_use == 0
 
 
