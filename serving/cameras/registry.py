@@ -93,11 +93,15 @@ class CameraRegistry:
         }
 
     def health(self) -> dict[str, dict[str, Any]]:
+        """Each camera's stream health, and `tiled_check_waiting_s`: how long its due tiled
+        check has waited for its turn (None when none waits)."""
         pipeline = self.pipeline
         if pipeline is None:
             return {}
         try:
-            return {cid: _shown(h.to_json()) for cid, h in pipeline.health.items()}
+            waits = self.tiled_waits()
+            return {cid: {**_shown(h.to_json()), "tiled_check_waiting_s": waits.get(cid)}
+                    for cid, h in pipeline.health.items()}
         except Exception:  # noqa: BLE001 - health is best-effort, never an error page
             return {}
 

@@ -183,9 +183,11 @@ def test_cameras_crud_with_health(run_service, tmp_path) -> None:
         assert unknown.status_code == 422 and "nope" in unknown.json()["detail"]
         # A dead camera reports its health and does not stop the API.
         health = wait_for(lambda: http.get("/v1/cameras/cam-dead").json()["health"], timeout=20)
-        assert health["connected"] is False
+        assert health["connected"] is False and health["tiled_check_waiting_s"] is None  # no frame, no check due
         assert [c["id"] for c in http.get("/v1/cameras").json()] == ["cam-dead"]
-        assert "gridwatch_camera_connected{camera=\"cam-dead\"} 0.0" in http.get("/metrics").text
+        metrics = http.get("/metrics").text
+        assert "gridwatch_camera_connected{camera=\"cam-dead\"} 0.0" in metrics
+        assert "gridwatch_tiled_checks_waiting 0.0" in metrics and "gridwatch_tiled_checks_missed_total 0.0" in metrics
         replaced = http.put("/v1/cameras/cam-dead", json={**camera, "sample_every": 5})
         assert replaced.status_code == 200 and replaced.json()["config"]["sample_every"] == 5
         assert http.put("/v1/cameras/cam-dead", json={**camera, "id": "other"}).status_code == 422

@@ -471,13 +471,15 @@ def test_a_tiled_check_runs_a_part_beside_each_batch_and_holds_only_its_camera(t
     assert pipeline.stats["tiled"] == 3
 
 
-def test_a_due_check_that_waits_its_turn_is_reported_and_its_missed_periods_counted(taxonomy) -> None:
+def test_a_due_check_that_waits_its_turn_is_reported_and_its_missed_periods_counted(taxonomy, tmp_path) -> None:
     """With the tiled budget spent, a due check waits: the pipeline says which camera waits and
-    for how long (by its frames), and counts each period it waited through; once the check
-    starts, the camera no longer waits."""
+    for how long (by its frames), as does the camera's health, and counts each period it waited
+    through; once the check starts, the camera no longer waits."""
     import numpy as np
 
+    from serving.cameras.registry import CameraRegistry
     from serving.pipeline.runner import TiledBudget
+    from serving.store.db import Database
     from serving.streams.readers import Frame
 
     every = 60
@@ -494,9 +496,15 @@ def test_a_due_check_that_waits_its_turn_is_reported_and_its_missed_periods_coun
         pipeline.process([Frame("cam-a", due + timedelta(seconds=waited), image, 0)])
         assert pipeline.tiled_waits() == {"cam-a": waited}
     assert rt.held is None and pipeline.stats["tiled_missed"] == 0  # counted when it starts
+    db = Database(f"sqlite:///{tmp_path / 'cameras.db'}")
+    registry = CameraRegistry(db, taxonomy, tmp_path, [], start_pipeline=lambda cameras: pipeline)
+    registry.pipeline = pipeline
+    assert registry.health()["cam-a"]["tiled_check_waiting_s"] == 2 * every + 5  # GET /v1/cameras/{id}
     pipeline.tiled_budget = TiledBudget(burst=float("inf"))
     pipeline.process([Frame("cam-a", due + timedelta(seconds=2 * every + 6), image, 0)])
     assert rt.held is not None and pipeline.tiled_waits() == {}
+    assert registry.health()["cam-a"]["tiled_check_waiting_s"] is None
+    db.close()
     assert pipeline.stats["tiled_missed"] == 2  # fell due in one period, started two periods later
 
 
