@@ -8,6 +8,7 @@ Used by `gridwatch watch` and by the case layer:
     pipeline.start(); ...; pipeline.stop()
     pipeline.health                # {camera_id: StreamHealth}, live objects, `.to_json()` each
     pipeline.snapshot(camera_id, timeout)  # the next frame the running pipeline takes of it
+    pipeline.tiled_waits()         # {camera_id: seconds its due tiled check has waited for its turn}
 
 `cameras` is a `CamerasConfig` or a list of `Camera`; `detector` a `detector.Detector` (or
 anything with `detect(list_of_frames) -> list[Detections]`); `taxonomy` from
