@@ -437,7 +437,6 @@ class GridwatchService:
             **figures,
             "database_up": fresh,
             "pipeline": self.cameras.stats(),
-            "tiled_waits": self.cameras.tiled_waits(),
             "counters": dict(self.counters),
             "case_counts": dict(self.cases.counts),
             "cameras": self.cameras.health(),

@@ -46,13 +46,14 @@ def render(m: dict[str, Any]) -> str:
     metric("gridwatch_model_swaps_total", "counter", "Models put live without a restart.", [({}, model["swaps"])])
     metric("gridwatch_frames_tiled_total", "counter", "Static checks run tiled at full resolution.",
            [({}, pipeline.get("tiled", 0))])
-    waits = m.get("tiled_waits") or {}
+    waits = [h["tiled_check_waiting_s"] for h in m["cameras"].values()
+             if h.get("tiled_check_waiting_s") is not None]  # CameraRegistry.health
     metric("gridwatch_tiled_checks_waiting", "gauge",
            "Cameras whose due tiled check waits its turn (one check runs at a time, within its share of time).",
            [({}, len(waits))])
     metric("gridwatch_tiled_check_wait_seconds", "gauge",
            "How long the longest-waiting due tiled check has waited; past tiled_check_every, periods go unchecked.",
-           [({}, max(waits.values(), default=0.0))])
+           [({}, max(waits, default=0.0))])
     metric("gridwatch_tiled_checks_missed_total", "counter",
            "Periods of tiled_check_every in which a camera's due tiled check waited throughout, so had none.",
            [({}, pipeline.get("tiled_missed", 0))])

@@ -194,7 +194,7 @@ async def push_event(
 @v1.get("/cameras", tags=["cameras"])
 def list_cameras(service: Service, principal: Principal = Depends(require("reviewer", "camera"))) -> list[dict[str, Any]]:
     """Sources (which may carry a stream's credentials) are shown to admins only, masked."""
-    return [service.cameras.describe(c, show_source=principal.role == "admin") for c in service.cameras.all().values()]
+    return service.cameras.describe_all(show_source=principal.role == "admin")
 
 
 @v1.get("/cameras/{camera_id}", tags=["cameras"])

@@ -72,10 +72,17 @@ class CameraRegistry:
     def all(self) -> dict[str, Any]:
         return {**self.stored(), **self.file_cameras}
 
+    def describe_all(self, *, show_source: bool = False) -> list[dict[str, Any]]:
+        """Every camera as `describe` shows it, from one reading of the pipeline's health."""
+        health = self.health()
+        return [self._described(camera, show_source, health.get(camera.id)) for camera in self.all().values()]
+
     def describe(self, camera: Any, *, show_source: bool = False) -> dict[str, Any]:
         """A camera as shown: its source (as configured, password masked) only with
         `show_source` (admins); the others see no source at all."""
-        health = self.health().get(camera.id)
+        return self._described(camera, show_source, self.health().get(camera.id))
+
+    def _described(self, camera: Any, show_source: bool, health: dict[str, Any] | None) -> dict[str, Any]:
         config = camera.model_dump(mode="json")
         if show_source:
             config["source"] = redact(camera.configured_source)
@@ -99,7 +106,7 @@ class CameraRegistry:
         if pipeline is None:
             return {}
         try:
-            waits = self.tiled_waits()
+            waits = pipeline.tiled_waits()
             return {cid: {**_shown(h.to_json()), "tiled_check_waiting_s": waits.get(cid)}
                     for cid, h in pipeline.health.items()}
         except Exception:  # noqa: BLE001 - health is best-effort, never an error page
@@ -189,14 +196,6 @@ class CameraRegistry:
 
     def stats(self) -> dict[str, int]:
         return dict(getattr(self.pipeline, "stats", {}) or {})
-
-    def tiled_waits(self) -> dict[str, float]:
-        """Cameras whose due tiled check waits its turn -> seconds waited (Pipeline.tiled_waits)."""
-        pipeline = self.pipeline
-        try:
-            return pipeline.tiled_waits() if pipeline is not None else {}
-        except Exception:  # noqa: BLE001 - like health: read while the pipeline changes, never an error page
-            return {}
 
 
 def _shown(health: dict[str, Any]) -> dict[str, Any]:

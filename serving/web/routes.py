@@ -593,7 +593,7 @@ def admin_view(request: Request, account: Account, new_key: str | None = None,
     service = get_service(request)
     shown = {k: getattr(service.settings, k) for k in SHOWN_SETTINGS}
     return render(request, "admin.html", account, users=list_users(service.db), keys=list_keys(service.db),
-                  cameras=[service.cameras.describe(c, show_source=True) for c in service.cameras.all().values()],
+                  cameras=service.cameras.describe_all(show_source=True),
                   settings=shown, user_roles=USER_ROLES, key_roles=ROLES, new_key=new_key,
                   model=service.detector, model_error=model_error, camera_error=camera_error)
 

@@ -96,11 +96,12 @@ def test_the_coordinator_sums_workers_counters_and_shows_only_owned_waits(tmp_pa
 
     assert coordinator.stats == {"frames": 20, "detected": 10, "tiled": 7, "tiled_missed": 2}
     assert coordinator.tiled_waits() == {"cam-1": 40.0, "cam-2": 75.5}
-    text = render({"pipeline": coordinator.stats, "tiled_waits": coordinator.tiled_waits(),
-                   "counters": {"detect_requests": 0, "detections": 0},
+    # The service's cameras' health carries each wait (CameraRegistry.health).
+    cameras = {cid: {"tiled_check_waiting_s": waited} for cid, waited in coordinator.tiled_waits().items()}
+    text = render({"pipeline": coordinator.stats, "counters": {"detect_requests": 0, "detections": 0},
                    "case_counts": {"events": 0, "cases_created": 0}, "pending_events": 0, "cases_by_state": {},
                    "cases_by_review": {}, "outbox": {"pending": 0, "delivered": 0, "dead": 0, "lag_s": 0.0},
-                   "model": {"version": "v", "swaps": 0}, "rechecks": {}, "cameras": {}})
+                   "model": {"version": "v", "swaps": 0}, "rechecks": {}, "cameras": cameras})
     assert "gridwatch_frames_tiled_total 7.0" in text
     assert "gridwatch_tiled_checks_missed_total 2.0" in text
     assert "gridwatch_tiled_checks_waiting 2.0" in text
