@@ -16,6 +16,7 @@ from detector.taxonomy import Taxonomy
 from serving.audit import record, record_alone
 from serving.cameras.credentials import has_clear_password, install_log_redaction, redact
 from serving.cameras.schema import Camera, parse_cameras
+from serving.pipeline import NO_TILED_CHECK
 from serving.store.db import Database
 from serving.store.models import CameraRecord
 
@@ -100,14 +101,14 @@ class CameraRegistry:
         }
 
     def health(self) -> dict[str, dict[str, Any]]:
-        """Each camera's stream health, and `tiled_check_waiting_s`: how long its due tiled
-        check has waited for its turn (None when none waits)."""
+        """Each camera's stream health, with its tiled checks (`TiledCheckState.to_json`):
+        how long a due check has waited its turn, when the last one looked (None: none)."""
         pipeline = self.pipeline
         if pipeline is None:
             return {}
         try:
-            waits = pipeline.tiled_waits()
-            return {cid: {**_shown(h.to_json()), "tiled_check_waiting_s": waits.get(cid)}
+            checks = pipeline.tiled_checks()
+            return {cid: {**_shown(h.to_json()), **checks.get(cid, NO_TILED_CHECK).to_json()}
                     for cid, h in pipeline.health.items()}
         except Exception:  # noqa: BLE001 - health is best-effort, never an error page
             return {}

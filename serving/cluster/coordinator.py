@@ -39,6 +39,7 @@ from serving.cluster import leases
 from serving.cluster.worker import CameraWorker, FencedEvent, WorkerReport
 from serving.events import ViolationEvent
 from serving.evidence import EvidenceFrame
+from serving.pipeline import TiledCheckState
 from serving.pipeline.uncertainty import LabellingSample
 from serving.settings import Settings
 from serving.store.db import Database
@@ -241,11 +242,11 @@ class ClusterCoordinator:
                     totals[key] += value
             return dict(totals)
 
-    def tiled_waits(self) -> dict[str, float]:
-        """Each up worker's waiting tiled checks, for the cameras it still owns."""
+    def tiled_checks(self) -> dict[str, TiledCheckState]:
+        """Each up worker's tiled checks, for the cameras it still owns."""
         with self._lock:
-            return {cid: waited for w in self.workers.values() if w.state == "up" and w.report is not None
-                    for cid, waited in w.report.tiled_waits.items() if self.owner.get(cid) == w.id}
+            return {cid: state for w in self.workers.values() if w.state == "up" and w.report is not None
+                    for cid, state in w.report.tiled_checks.items() if self.owner.get(cid) == w.id}
 
     def status(self) -> dict[str, Any]:
         """Per worker: state, node, cameras, analysed frames per second, queue depth, detect ms."""

@@ -28,7 +28,7 @@ from zoneinfo import ZoneInfo
 from serving.cameras import Camera
 from serving.events import ViolationEvent
 from serving.evidence import EvidenceFrame
-from serving.pipeline import Pipeline
+from serving.pipeline import Pipeline, TiledCheckState
 from serving.pipeline.uncertainty import DailyBudget, LabellingSample, UncertaintySampler
 from serving.settings import Settings, load_detector
 
@@ -67,8 +67,8 @@ class WorkerReport:
     # the cities' daily budget and stores them), and those a full hand-over queue turned away.
     samples: list[LabellingSample] = field(default_factory=list)
     samples_dropped: int = 0
-    # Cameras whose due tiled check waits its turn, and for how many seconds (Pipeline.tiled_waits).
-    tiled_waits: dict[str, float] = field(default_factory=dict)
+    # Its cameras' tiled checks: a due one waiting its turn, the last one done (Pipeline.tiled_checks).
+    tiled_checks: dict[str, TiledCheckState] = field(default_factory=dict)
 
 
 class TimedDetector:
@@ -291,8 +291,8 @@ class CameraWorker:
                             health=health, stats=dict(self.pipeline.stats), queue_depth=self.out.qsize(),
                             detect_ms=detect_ms, camera_cost=cost, samples=samples,
                             samples_dropped=self.samples_dropped,
-                            tiled_waits={cid: waited for cid, waited in self.pipeline.tiled_waits().items()
-                                         if cid in self.fencing})
+                            tiled_checks={cid: state for cid, state in self.pipeline.tiled_checks().items()
+                                          if cid in self.fencing})
 
     def stop(self) -> None:
         self.pipeline.stop()

@@ -1,5 +1,5 @@
 """The detection pipeline: sampled frames -> Detector (batched) -> tracker -> rules -> ViolationEvent."""
 
-from serving.pipeline.runner import CameraRuntime, EventSink, Pipeline
+from serving.pipeline.runner import NO_TILED_CHECK, CameraRuntime, EventSink, Pipeline, TiledCheckState
 
-__all__ = ["CameraRuntime", "EventSink", "Pipeline"]
+__all__ = ["NO_TILED_CHECK", "CameraRuntime", "EventSink", "Pipeline", "TiledCheckState"]

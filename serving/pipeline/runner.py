@@ -8,7 +8,7 @@ Used by `gridwatch watch` and by the case layer:
     pipeline.start(); ...; pipeline.stop()
     pipeline.health                # {camera_id: StreamHealth}, live objects, `.to_json()` each
     pipeline.snapshot(camera_id, timeout)  # the next frame the running pipeline takes of it
-    pipeline.tiled_waits()         # {camera_id: seconds its due tiled check has waited for its turn}
+    pipeline.tiled_checks()        # {camera_id: TiledCheckState}: its due check's wait, its last check
 
 `cameras` is a `CamerasConfig` or a list of `Camera`; `detector` a `detector.Detector` (or
 anything with `detect(list_of_frames) -> list[Detections]`); `taxonomy` from
@@ -112,6 +112,22 @@ class TiledBudget:
         self._left -= seconds
 
 
+@dataclass(frozen=True)
+class TiledCheckState:
+    """Where one camera's tiled static checks stand, for its health: whether a check that
+    fell due waits its turn, and when its last check looked (frame times, the camera's clock)."""
+
+    waiting_s: float | None  # since a frame that needed detection found its check due; None: none waits
+    checked_at: datetime | None  # the frame of its last completed check; None: none yet
+
+    def to_json(self) -> dict[str, Any]:
+        return {"tiled_check_waiting_s": self.waiting_s,
+                "tiled_checked_at": self.checked_at.isoformat() if self.checked_at is not None else None}
+
+
+NO_TILED_CHECK = TiledCheckState(None, None)
+
+
 @dataclass
 class HeldFrame:
     """A camera's frame whose tiled check is still running. The camera's next frames wait
@@ -136,7 +152,7 @@ class CameraRuntime:
         self.scene = SceneWatcher.for_camera(camera) if any(r.scene_change for r in camera.rules) else None
         self.zones: ZoneMap | None = None
         self.last_detect: datetime | None = None
-        self.last_tiled: datetime | None = None
+        self.tiled_checked_at: datetime | None = None  # the frame of its last completed check
         self.tiled_period: int | None = None  # the period (see tiled_check_due) last checked, or first seen
         # The frame time its due check was first found waiting its turn (another camera's check
         # in flight, or the tiled budget spent); None while none waits.
@@ -258,12 +274,20 @@ class Pipeline:
     def health(self) -> dict[str, StreamHealth]:
         return {cid: rt.reader.health for cid, rt in self.runtimes.items()}
 
+    def tiled_checks(self) -> dict[str, TiledCheckState]:
+        """Cameras with a tiled check behind them or one waiting its turn. A wait is counted
+        by the camera's own frames, from the first that needed detection and found it due."""
+        out = {}
+        for cid, rt in list(self.runtimes.items()):
+            since, last = rt.tiled_waiting_since, rt.last_frame_at
+            waiting = (last - since).total_seconds() if since is not None and last is not None else None
+            if waiting is not None or rt.tiled_checked_at is not None:
+                out[cid] = TiledCheckState(waiting, rt.tiled_checked_at)
+        return out
+
     def tiled_waits(self) -> dict[str, float]:
-        """Cameras whose tiled check is due and waiting its turn: seconds since a frame that
-        needed detection found it due, by the camera's own frames."""
-        return {cid: (rt.last_frame_at - rt.tiled_waiting_since).total_seconds()
-                for cid, rt in list(self.runtimes.items())
-                if rt.tiled_waiting_since is not None and rt.last_frame_at is not None}
+        """Cameras whose tiled check is due and waiting its turn, and for how many seconds."""
+        return {cid: state.waiting_s for cid, state in self.tiled_checks().items() if state.waiting_s is not None}
 
     # --- driving --------------------------------------------------------------------------
 
@@ -449,7 +473,6 @@ class Pipeline:
         if starting is not None:
             rt, frame = runtimes[starting], frames[starting]
             rt.held = HeldFrame(frame, self.detector.tiled_check(frame.image, tile=rt.camera.tile_size))
-            rt.last_tiled = frame.timestamp
             rt.tiled_period = rt.tiled_period_of(frame.timestamp)
             self._checking = rt
         self.stats["detected"] += len(wanted)
@@ -512,6 +535,7 @@ class Pipeline:
         if self._checking is rt:
             self._checking = None
         self.stats["tiled"] += 1
+        rt.tiled_checked_at = held.frame.timestamp
         return self._analyse(rt, held.frame, held.check.result)
 
     def _drop_check(self) -> None:

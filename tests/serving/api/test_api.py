@@ -7,7 +7,6 @@ import hashlib
 import json
 import struct
 import zlib
-from datetime import datetime, timedelta, timezone
 
 import cv2
 import pytest
@@ -184,6 +183,7 @@ def test_cameras_crud_with_health(run_service, tmp_path) -> None:
         # A dead camera reports its health and does not stop the API.
         health = wait_for(lambda: http.get("/v1/cameras/cam-dead").json()["health"], timeout=20)
         assert health["connected"] is False and health["tiled_check_waiting_s"] is None  # no frame, no check due
+        assert health["tiled_checked_at"] is None
         assert [c["id"] for c in http.get("/v1/cameras").json()] == ["cam-dead"]
         metrics = http.get("/metrics").text
         assert "gridwatch_camera_connected{camera=\"cam-dead\"} 0.0" in metrics

@@ -80,24 +80,28 @@ def test_the_coordinator_sums_workers_counters_and_shows_only_owned_waits(tmp_pa
     from serving.api.metrics import render
     from serving.cluster.coordinator import ClusterCoordinator, WorkerHandle
     from serving.cluster.worker import WorkerReport
+    from serving.pipeline import TiledCheckState
     from serving.settings import Settings
 
     settings = Settings(data_dir=tmp_path, database_url="postgresql+psycopg2://gridwatch@127.0.0.1:1/none")
     coordinator = ClusterCoordinator(settings, db=None, on_event=lambda *a: None)
-    waits = {"w1": {"cam-1": 40.0, "cam-moved": 900.0}, "w2": {"cam-2": 75.5}}
+    checked = datetime(2026, 12, 7, 8, 0, tzinfo=timezone.utc)
+    checks = {"w1": {"cam-1": TiledCheckState(40.0, checked), "cam-moved": TiledCheckState(900.0, None)},
+              "w2": {"cam-2": TiledCheckState(75.5, None), "cam-3": TiledCheckState(None, checked)}}
     for wid, tiled in (("w1", 3), ("w2", 4)):
         worker = WorkerHandle(wid, actor=None, state="up")
         worker.report = WorkerReport(worker=wid, node="n", pid=1, cameras={}, health={},
                                      stats={"frames": 10, "detected": 5, "tiled": tiled, "tiled_missed": 1},
-                                     queue_depth=0, detect_ms=3.0, tiled_waits=waits[wid])
+                                     queue_depth=0, detect_ms=3.0, tiled_checks=checks[wid])
         coordinator.workers[wid] = worker
     # cam-moved's lease went to w2 after w1's last report: w1's figure for it is stale.
-    coordinator.owner.update({"cam-1": "w1", "cam-2": "w2", "cam-moved": "w2"})
+    coordinator.owner.update({"cam-1": "w1", "cam-2": "w2", "cam-3": "w2", "cam-moved": "w2"})
 
     assert coordinator.stats == {"frames": 20, "detected": 10, "tiled": 7, "tiled_missed": 2}
-    assert coordinator.tiled_waits() == {"cam-1": 40.0, "cam-2": 75.5}
-    # The service's cameras' health carries each wait (CameraRegistry.health).
-    cameras = {cid: {"tiled_check_waiting_s": waited} for cid, waited in coordinator.tiled_waits().items()}
+    assert coordinator.tiled_checks() == {"cam-1": checks["w1"]["cam-1"], **checks["w2"]}
+    # The service's cameras' health carries each camera's checks (CameraRegistry.health).
+    cameras = {cid: state.to_json() for cid, state in coordinator.tiled_checks().items()}
+    assert cameras["cam-3"] == {"tiled_check_waiting_s": None, "tiled_checked_at": "2026-12-07T08:00:00+00:00"}
     text = render({"pipeline": coordinator.stats, "counters": {"detect_requests": 0, "detections": 0},
                    "case_counts": {"events": 0, "cases_created": 0}, "pending_events": 0, "cases_by_state": {},
                    "cases_by_review": {}, "outbox": {"pending": 0, "delivered": 0, "dead": 0, "lag_s": 0.0},

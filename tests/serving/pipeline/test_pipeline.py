@@ -396,7 +396,7 @@ def test_tiled_checks_of_many_cameras_spread_over_their_interval(taxonomy) -> No
         pipeline.process([Frame(c.id, T0 + timedelta(seconds=2 * step), image, 0) for c in cams])
         assert detector.tiled - before <= 1
     assert detector.tiled == pipeline.stats["tiled"] and 90 <= detector.tiled <= 100
-    assert len({rt.last_tiled for rt in pipeline.runtimes.values() if rt.last_tiled}) >= 50
+    assert len({rt.tiled_checked_at for rt in pipeline.runtimes.values() if rt.tiled_checked_at}) >= 50
 
 
 class _TileCounting:
@@ -501,9 +501,14 @@ def test_a_due_check_that_waits_its_turn_is_reported_and_its_missed_periods_coun
     registry.pipeline = pipeline
     assert registry.health()["cam-a"]["tiled_check_waiting_s"] == 2 * every + 5  # GET /v1/cameras/{id}
     pipeline.tiled_budget = TiledBudget(burst=float("inf"))
-    pipeline.process([Frame("cam-a", due + timedelta(seconds=2 * every + 6), image, 0)])
+    checked = due + timedelta(seconds=2 * every + 6)
+    pipeline.process([Frame("cam-a", checked, image, 0)])
     assert rt.held is not None and pipeline.tiled_waits() == {}
     assert registry.health()["cam-a"]["tiled_check_waiting_s"] is None
+    assert registry.health()["cam-a"]["tiled_checked_at"] is None  # started, not yet done
+    while rt.held is not None:
+        pipeline.process([])
+    assert registry.health()["cam-a"]["tiled_checked_at"] == checked.isoformat()  # the frame it looked at
     db.close()
     assert pipeline.stats["tiled_missed"] == 2  # fell due in one period, started two periods later
 
@@ -520,3 +525,4 @@ def test_tiled_budget_is_a_share_of_wall_time() -> None:
     assert not budget.available()
     now[0] += 1.2
     assert budget.available()
+
