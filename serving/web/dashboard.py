@@ -179,7 +179,7 @@ def evaluation_csv(report: dict[str, Any], t: dict[str, str]) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
     heads = [t["found"], t["confirmed_n"], t["reviewed"], t["false_alarm"], t["false_alarm_rate"], t["to_handle"],
-             t["handled"], t["handled_on_time"], t["on_time"], t["recheck_passed"], t["recheck_reopened"]]
+             t["handled"], t["handled_on_time"], t["on_time"], t["recheck_passed_n"], t["recheck_reopened_n"]]
     writer.writerow([t["from"], report["since"] or "", t["to"], report["until"] or "", "deadline_h", report["deadline_h"]])
     for title, key, rows in ((t["by_grid"], t["grid"], report["grids"]), (t["by_division"], t["division"], report["divisions"])):
         writer.writerow([])

@@ -294,8 +294,9 @@ LABELS: dict[str, tuple[str, str]] = {
     "confirmed_n": ("Confirmed", "确认立案数"),
     "false_alarm_rate": ("False-alarm rate", "误报率"),
     "on_time": ("Handled within deadline", "按期处置率"),
-    "recheck_passed": ("Re-check passed", "核查通过"),
-    "recheck_reopened": ("Reopened", "返工"),
+    # Column heads: not "recheck_" + a state, which the case page looks up for a re-check's state.
+    "recheck_passed_n": ("Re-check passed", "核查通过"),
+    "recheck_reopened_n": ("Reopened", "返工"),
     "reviewers": ("Reviewer throughput", "审核员工作量"),
     "reviewer": ("Reviewer", "审核员"),
     "decisions": ("Decisions", "审核数"),
@@ -320,7 +321,6 @@ LABELS: dict[str, tuple[str, str]] = {
     "older": ("Older", "更早"),
     "newest": ("Newest", "最新"),
     "audit_case": ("Case", "案件"),
-    "field_why": ("why", "原因"),
     # The truck load decision (detector.second_stage) on a muck_truck_uncovered case.
     "load": ("Load", "货箱"),
     "load_open": ("load open", "货箱敞开"),

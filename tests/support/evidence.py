@@ -49,16 +49,6 @@ class Chained:
         return self.store.resolve(item.path)
 
 
-def run_cli(argv: list[str]) -> tuple[int, str]:
-    import contextlib
-    import io
-
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = main(argv)
-    return code, out.getvalue()
-
-
 
 
 def run_cli(argv: list[str]) -> tuple[int, str]:

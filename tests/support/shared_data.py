@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from detector.files import REPO_ROOT, SHARED_DIR
+from detector.files import SHARED_DIR
 
 # CI lays ../shared beside the clone; GRIDWATCH_SHARED_DIR points elsewhere for a local run.
 SHARED = Path(os.environ.get("GRIDWATCH_SHARED_DIR") or SHARED_DIR)

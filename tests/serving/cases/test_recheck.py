@@ -24,7 +24,7 @@ from serving.cases.recheck import RecheckWorker, due_time, look_at_place
 from serving.evidence import EvidenceStore
 from serving.settings import RecheckSettings, Settings
 from serving.store.db import Database
-from serving.store.models import AuditEntry, OutboxMessage, Recheck
+from serving.store.models import AuditEntry, OutboxMessage
 from serving.streams.readers import Frame
 from tests.support.service import RunningService, pick_port, wait_for
 from tests.support.shared_data import overflowing_bins, street_without
