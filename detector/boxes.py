@@ -36,7 +36,8 @@ def rect_canvas(frame_hw: tuple[int, int], size_hw: tuple[int, int], stride: int
     Returns ((H, W), the resize gain)."""
     h0, w0 = frame_hw
     gain = min(size_hw[0] / h0, size_hw[1] / w0)
-    new_h, new_w = int(round(h0 * gain)), int(round(w0 * gain))
+    # At least a pixel: a sliver of a frame (2000x1) would round to none.
+    new_h, new_w = max(1, int(round(h0 * gain))), max(1, int(round(w0 * gain)))
     return (new_h + (size_hw[0] - new_h) % stride, new_w + (size_hw[1] - new_w) % stride), gain
 
 
@@ -48,7 +49,7 @@ def letterbox_into(frame: np.ndarray, canvas: np.ndarray, resize_gain: float | N
     h0, w0 = frame.shape[:2]
     H, W = canvas.shape[:2]
     gain = min(H / h0, W / w0)
-    new_w, new_h = int(round(w0 * (resize_gain or gain))), int(round(h0 * (resize_gain or gain)))
+    new_w, new_h = max(1, int(round(w0 * (resize_gain or gain)))), max(1, int(round(h0 * (resize_gain or gain))))
     dw, dh = (W - new_w) / 2, (H - new_h) / 2
     top, left = int(round(dh - 0.1)), int(round(dw - 0.1))
     # Only the border is grey: the resize writes the rest, so filling it first is a wasted pass

@@ -32,8 +32,11 @@ def sha256_file(path: str | Path) -> str:
 def validation_problems(exc: ValidationError, where=None) -> str:  # noqa: ANN001
     """A pydantic error as one readable line: `where(loc)` names the place (default: the
     dotted field path), followed by the message."""
+    errors = exc.errors()
+    locs = [tuple(err["loc"]) for err in errors]
     parts = []
-    for err in exc.errors():
-        loc = tuple(err["loc"])
+    for err, loc in zip(errors, locs):
+        if err["type"] == "too_short" and any(other[:len(loc)] == loc and other != loc for other in locs):
+            continue  # a list's length counted without its items that failed, which are named
         parts.append(f"{where(loc) if where else '.'.join(map(str, loc))}: {err['msg']}")
     return "; ".join(parts)

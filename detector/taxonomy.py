@@ -28,7 +28,7 @@ def _digits(n: int):
     pattern = re.compile(rf"^[0-9]{{{n}}}$")
 
     def check(value: str | None) -> str | None:
-        if value is not None and not pattern.match(value):
+        if value is not None and not pattern.fullmatch(value):
             raise ValueError(f"must be {n} digits as a quoted string, got {value!r}")
         return value
 
@@ -67,7 +67,7 @@ class Violation(BaseModel):
     @field_validator("id")
     @classmethod
     def _snake_case(cls, value: str) -> str:
-        if not _ID.match(value):
+        if not _ID.fullmatch(value):
             raise ValueError(f"must be snake_case (a-z, 0-9, _), got {value!r}")
         return value
 
@@ -83,7 +83,7 @@ class Violation(BaseModel):
         """The 11-digit code a platform receives: 6-digit division + 5-digit class."""
         if self.matter_code is None:
             raise ValueError(f"violation {self.id!r} has no matter code yet; set matter_code in the taxonomy_file")
-        if not re.match(r"^[0-9]{6}$", division):
+        if not re.fullmatch(r"[0-9]{6}", division):
             raise ValueError(f"administrative division must be 6 digits, got {division!r}")
         return division + self.matter_code
 

@@ -123,7 +123,7 @@ class TiledCheck:
         self._cuts: list[tuple[np.ndarray, Tile, float]] = []  # level image, tile of it, level scale
         for scale in pyramid(w, h, size):
             level = frame if scale == 1.0 else cv2.resize(
-                frame, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+                frame, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
             self._cuts += [(level, t, scale) for t in tile_grid(level.shape[1], level.shape[0], size, overlap)]
         self._found: list[Detections] = []  # per image run so far, in order (the whole frame last)
         self._result: Detections | None = None

@@ -42,7 +42,7 @@ class Account:
 
 
 def add_user(db: Database, name: str, role: str, password: str, *, actor: str) -> Account:
-    if not NAME.match(name):
+    if not NAME.fullmatch(name):
         raise AccountError("a user name is 1-64 letters, digits, '.', '_' or '-'")
     if role not in USER_ROLES:
         raise AccountError(f"role must be one of {', '.join(USER_ROLES)}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -38,9 +39,23 @@ def new_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
 
 
+def key_name_problem(name: str) -> str | None:
+    """Why `name` cannot name a key, or None. Names are shown in lists and the audit log: a
+    control or formatting character (NUL, a line break, a right-to-left override) would hide
+    or disguise what a reader sees there."""
+    if not 1 <= len(name) <= 64:
+        return "a key name is 1-64 characters"
+    if any(unicodedata.category(c).startswith("C") for c in name):
+        return "a key name must not contain control or formatting characters (NUL, line breaks, direction marks)"
+    return None
+
+
 def create_key(db: Database, name: str, role: str, key: str | None = None, *,
                expires_at: datetime | None = None, actor: str = "system") -> tuple[ApiKey, str]:
-    """Store a key (a new random one unless given); returns the row and the key in clear."""
+    """Store a key (a new random one unless given); returns the row and the key in clear.
+    ValueError for a role or name it cannot take."""
+    if (problem := key_name_problem(name)) is not None:
+        raise ValueError(problem)
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; roles: {', '.join(ROLES)}")
     key = key or new_key()

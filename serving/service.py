@@ -402,7 +402,7 @@ class GridwatchService:
                                   else database}
         checks["detector"] = "ok"
         checks["model"] = self.detector.version
-        checks["pipeline"] = self.cameras.pipeline_error or "ok"
+        checks["pipeline"] = self.cameras.pipeline_problem or "ok"
         checks.update(self.faults.current())
         checks.update(camera_faults(self.cameras.health()))
         if len(self._held):

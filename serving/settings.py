@@ -44,7 +44,7 @@ def default_model_path() -> Path | None:
 class LabellingSettings(BaseModel):
     """Active learning (serving/pipeline/uncertainty.py): unsure frames into the labelling queue."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     daily_budget_per_camera: int = Field(20, ge=0)  # frames per camera per local day (0: none)
     band: float = Field(0.1, ge=0, le=1)  # a top score this close to a rule's min_score is unsure
@@ -57,7 +57,7 @@ class RecheckSettings(BaseModel):
     """Step 6 of the case loop (核查): after the case system reports a case handled, the
     camera looks again (serving/cases/recheck.py)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     enabled: bool = True
     # Seconds after the handled report; then postponed into the camera's next schedule window.
@@ -78,7 +78,7 @@ class RecheckSettings(BaseModel):
 class ThresholdSettings(BaseModel):
     """Per camera x violation thresholds fitted to reviewed precision (serving/cases/thresholds.py)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     enabled: bool = True
     # The alert threshold is the lowest reviewed score at which precision holds this...
@@ -101,7 +101,7 @@ class PrivacySettings(BaseModel):
     """People are not the violation (serving/privacy.py): in every copy that leaves the
     service, the boxes of these classes are pixelated; the original stays sealed."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     mask: bool = True
     classes: list[str] = Field(default_factory=lambda: ["person"])
@@ -115,7 +115,7 @@ class RetentionSettings(BaseModel):
     """How long each outcome's evidence is kept (serving/retention.py), in days after the
     case's last sighting or decision; an outcome not listed is kept."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     keep_days: dict[Literal["pending", "confirmed", "corrected", "rejected"], Annotated[float, Field(gt=0)]] = \
         Field(default_factory=dict)
@@ -123,7 +123,8 @@ class RetentionSettings(BaseModel):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="GRIDWATCH_", extra="forbid", env_nested_delimiter="__")
+    model_config = SettingsConfigDict(env_prefix="GRIDWATCH_", extra="forbid", env_nested_delimiter="__",
+                                      allow_inf_nan=False)
 
     data_dir: Path = Path("gridwatch-data")
     database_url: str | None = None  # default: SQLite file under data_dir

@@ -24,6 +24,8 @@ a request takes any upload slot:
   of `rate_limit_burst`); past that, 429 with `Retry-After`;
 - the caller's address is the connection's peer; `X-Forwarded-For` is believed only from
   `trusted_proxies` (the login limit counts per address);
+- a query string holding a NUL character (`%00`) gets 422: no filter or reason holds one, and
+  PostgreSQL text cannot store one (form and JSON fields refuse it where they are read);
 - every response carries security headers (nosniff, no framing, no referrer; API responses
   also a script-less CSP and no-store), and a redirect never names a host (the `Host`
   header is the client's to make up).
@@ -277,6 +279,10 @@ class RequestGate:
         peer = scope["client"][0] if scope.get("client") else "?"
         state["client_address"] = client_address(peer, headers.get("x-forwarded-for"), self.trusted)
         path = scope["path"]
+        query = scope.get("query_string", b"").lower()
+        if b"%00" in query or b"\x00" in query:
+            await answer(send, 422, "a query parameter holds a NUL character (%00)")
+            return
         api = path.startswith(PROTECTED_PREFIX)
         signed_in = False
         try:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any
 
 import numpy as np
@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from serving.api.deps import decode_holds, get_service, require
 from serving.api.schemas import (
+    MAX_ID,
     CasePage,
     DecisionConflictBody,
     DetectResponse,
@@ -46,7 +47,8 @@ from serving.service import GridwatchService
 from serving.store.models import ApiKey
 
 CASE_NUMBER = r"^[A-Za-z0-9-]{1,32}$"
-MAX_ID = 2**31 - 1
+
+EVENT_CLOCK_AHEAD = timedelta(days=1)
 
 Service = Annotated[GridwatchService, Depends(get_service)]
 Decoder = Annotated[DecodeHolds, Depends(decode_holds)]
@@ -161,6 +163,12 @@ async def push_event(
     first_seen, last_seen = utc(parsed.first_seen), utc(parsed.last_seen)
     if last_seen < first_seen:
         raise HTTPException(422, "last_seen is before first_seen")
+    ahead = last_seen - service.clock.now()
+    if ahead > EVENT_CLOCK_AHEAD:
+        # It would stand as the case's last sighting, sent on to the case system: a sender's clock
+        # a day or more ahead is wrong (a zone slip is at most 14 hours), not something to file.
+        raise HTTPException(422, f"last_seen {last_seen.isoformat()} is {ahead} after this service's clock: "
+                                 "check the sending box's clock and time zone")
     if not parsed.matter_code.endswith(service.taxonomy[parsed.violation].matter_code
                                        if parsed.violation in service.taxonomy else "?"):
         raise HTTPException(422, f"matter_code {parsed.matter_code} does not match violation {parsed.violation!r}")

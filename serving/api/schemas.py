@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, field_validator
 
+from serving.auth import key_name_problem
 from serving.cases import CasePublic
 from serving.cases.review import Decision
 from serving.events import no_nul
 from serving.live_model import LiveDetector
+
+
+# The largest row id a database column holds on both SQLite and PostgreSQL (integer): a larger
+# one in a path, a query or a body is the caller's error, not a 500 from the driver.
+MAX_ID = 2**31 - 1
+RowId = Annotated[int, Field(ge=1, le=MAX_ID)]
 
 
 class Detection(BaseModel):
@@ -101,7 +108,12 @@ class KeyRequest(BaseModel):
     name: str = Field(min_length=1, max_length=64)
     role: Literal["camera", "reviewer", "case_system", "admin"]
 
-    _clean = field_validator("name")(no_nul)
+    @field_validator("name")
+    @classmethod
+    def _shown_as_written(cls, value: str) -> str:
+        if (problem := key_name_problem(value)) is not None:
+            raise ValueError(problem)
+        return value
 
 
 class KeyRotation(BaseModel):

@@ -46,7 +46,7 @@ class GridMap:
             feature = feature if isinstance(feature, dict) else {}
             props = feature.get("properties") if isinstance(feature.get("properties"), dict) else {}
             code = props.get("code") or props.get("grid")
-            if not isinstance(code, str) or not GRID_CODE.match(code):
+            if not isinstance(code, str) or not GRID_CODE.fullmatch(code):
                 raise ValueError(f"{path}: features.{i}.properties.code must be a 15-char grid code")
             geometry = feature.get("geometry") if isinstance(feature.get("geometry"), dict) else {}
             kind, coords = geometry.get("type"), geometry.get("coordinates")

@@ -167,6 +167,12 @@ class CameraRegistry:
                 self.pipeline, self.pipeline_error = None, redact(f"{type(exc).__name__}: {exc}")
                 log.exception("pipeline failed to start")
 
+    @property
+    def pipeline_problem(self) -> str:
+        """Why cameras are not being analysed: the pipeline failed to start, or its loop
+        stopped on an error (a cluster's coordinator reports its own state); "" when neither."""
+        return self.pipeline_error or getattr(self.pipeline, "stopped_by", "")
+
     def stop(self) -> None:
         with self._lock:
             if self.pipeline is not None:

@@ -26,9 +26,9 @@ A schedule window is `{days: mon-fri | [sat, sun] | fri-mon, from: "HH:MM", to: 
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
@@ -41,6 +41,13 @@ from serving.cameras.schedules import ScheduleWindow, in_schedule
 from serving.events import CAMERA_ID, Location, division_problem
 
 DIVISION_CODE = re.compile(r"^[0-9]{6}$")
+
+# Every interval of a camera is at most a day (dwells a week): a larger one, an infinity or a
+# NaN would pass "> 0" and then overflow the frame clock, stopping the pipeline for every camera.
+DAY_S = 86400.0
+Seconds = Annotated[float, Field(gt=0, le=DAY_S, allow_inf_nan=False)]
+# A recording's clock: frame times are start + n * sample_every and must stay datetimes.
+EARLIEST_START, LATEST_START = datetime(1970, 1, 1, tzinfo=timezone.utc), datetime(2200, 1, 1, tzinfo=timezone.utc)
 LIVE_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
 
 
@@ -51,7 +58,7 @@ class CameraConfigError(ValueError):
 class Zone(BaseModel):
     """A named polygon in normalised image coordinates (0..1, x right, y down)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str = Field(min_length=1)
     type: str = Field(min_length=1)  # sidewalk, roadway, wall, shopfront, bin_area, permitted_market, ...
@@ -71,25 +78,25 @@ class Zone(BaseModel):
 class Rule(BaseModel):
     """Which violation fires for what, where, for how long."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     violation: str
     zone_types: tuple[str, ...] = Field(min_length=1)
     min_score: float | None = Field(None, ge=0, le=1)  # default: the taxonomy's
-    dwell: float | None = Field(None, ge=0)  # seconds; default: the taxonomy's
+    dwell: float | None = Field(None, ge=0, le=7 * DAY_S, allow_inf_nan=False)  # seconds; default: the taxonomy's
     classes: tuple[str, ...] | None = None  # detector classes; default: the taxonomy's
     # Scene-change rules fire on a new persistent patch rather than on a detector class.
     scene_change: bool = False
     # For spillage: only a patch that appears within `after_within` s of one of these passing.
     after_classes: tuple[str, ...] = ()
-    after_within: float = Field(120, gt=0)
+    after_within: Seconds = 120
     # Below this median score an event needs human review, whatever settings.auto_confirm says;
     # None: settings.auto_confirm alone decides (see serving.cases.policy).
     auto_confirm_score: float | None = Field(None, ge=0, le=1)
 
 
 class Camera(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     id: str = Field(pattern=CAMERA_ID)
     source: str = Field(min_length=1)
@@ -100,14 +107,14 @@ class Camera(BaseModel):
     # event's grid is picked by where the object stands, not where the camera is.
     homography: tuple[tuple[float, float, float], tuple[float, float, float], tuple[float, float, float]] | None = None
     location: Location = Location()
-    sample_every: float = Field(2.0, gt=0)
-    static_check_every: float = Field(60, gt=0)
+    sample_every: Seconds = 2.0
+    static_check_every: Seconds = 60
     # Every `tiled_check_every` seconds the static check runs tiled at full resolution (see
     # detector.tiling): one inference per tile, so less often than the plain re-check (a 1080p
     # frame is 35 inferences at 448 px, over its pyramid's levels). tile_size in frame pixels,
     # default the model's input.
     tiled_static_checks: bool = True
-    tiled_check_every: float = Field(300, gt=0)
+    tiled_check_every: Seconds = 300
     loop: bool = False  # a file source plays again when it ends, its clock running on
     tile_size: int | None = Field(None, ge=64)
     zones: tuple[Zone, ...] = ()
@@ -117,9 +124,9 @@ class Camera(BaseModel):
     # Decoding: "auto" decodes only the keyframes it needs while they come often enough,
     # "keyframes" always, "all" every frame (cameras whose rules need motion).
     decode: Literal["auto", "keyframes", "all"] = "auto"
-    close_after: float | None = Field(None, gt=0)  # grace before closing; default max(30, 3 samples)
-    update_every: float = Field(300, gt=0)  # re-send an open event at least this often
-    read_timeout: float = Field(10, gt=0)  # seconds without a packet before reconnecting
+    close_after: Seconds | None = None  # grace before closing; default max(30, 3 samples)
+    update_every: Seconds = 300  # re-send an open event at least this often
+    read_timeout: Seconds = 10  # seconds without a packet before reconnecting
     # The source as written, where `source` has its `${NAME}` references filled in (see
     # serving.cameras.credentials): what is shown and stored; None when it had none.
     _configured_source: str | None = PrivateAttr(None)
@@ -127,14 +134,14 @@ class Camera(BaseModel):
     @field_validator("division")
     @classmethod
     def _division(cls, value: str) -> str:
-        if not DIVISION_CODE.match(str(value)):
+        if not DIVISION_CODE.fullmatch(str(value)):
             raise ValueError(f"must be a 6-digit administrative division as a quoted string, got {value!r}")
         return str(value)
 
     @field_validator("grid")
     @classmethod
     def _grid(cls, value: str | None) -> str | None:
-        if value is not None and not GRID_CODE.match(value):
+        if value is not None and not GRID_CODE.fullmatch(value):
             raise ValueError(f"must be a 15-character grid code (0-9, A-Z), got {value!r}")
         return value
 
@@ -150,6 +157,8 @@ class Camera(BaseModel):
     def _aware(cls, value: datetime | None) -> datetime | None:
         if value is not None and value.tzinfo is None:
             raise ValueError("needs a time zone offset, e.g. 2026-05-01T08:00:00+08:00")
+        if value is not None and not EARLIEST_START <= value < LATEST_START:
+            raise ValueError(f"must be between {EARLIEST_START.year} and {LATEST_START.year}, got {value.isoformat()}")
         return value
 
     @model_validator(mode="after")
@@ -198,7 +207,7 @@ class Camera(BaseModel):
 
 
 class CamerasConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     cameras: tuple[Camera, ...] = Field(min_length=1)
     settings: dict[str, Any] = {}  # read by serving.settings.load_settings, ignored here
@@ -224,6 +233,19 @@ def _where(entries: list[Any], loc: tuple[Any, ...]) -> str:
     return f"field {'.'.join(map(str, loc)) or '(top level)'}"
 
 
+def _nul_paths(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Where a NUL character stands in a config entry's keys or strings."""
+    if isinstance(value, str):
+        return [path] if "\x00" in value else []
+    if isinstance(value, dict):
+        return [found for key, item in value.items()
+                for found in ([(*path, key)] if isinstance(key, str) and "\x00" in key else [])
+                + _nul_paths(item, (*path, key))]
+    if isinstance(value, list | tuple):
+        return [found for i, item in enumerate(value) for found in _nul_paths(item, (*path, i))]
+    return []
+
+
 def outside_roots(source: str, roots: tuple[Path, ...]) -> bool:
     """A resolved file source that lies under none of `roots` (symlinks followed)."""
     path = Path(source).resolve()
@@ -237,6 +259,10 @@ def parse_cameras(data: Any, base_dir: Path, source: str = "<config>", taxonomy:
     if not isinstance(data, dict) or not isinstance(data.get("cameras"), list):
         raise CameraConfigError(f"{source}: expected a mapping with a 'cameras:' list")
     entries: list[Any] = data["cameras"]
+    with_nul = [f"{_where(entries, ('cameras', i, *path))}: must not contain NUL characters"
+                for i, entry in enumerate(entries) for path in _nul_paths(entry)]
+    if with_nul:  # no path or URL holds one, and PostgreSQL cannot store one
+        raise CameraConfigError(f"{source}: " + "; ".join(with_nul))
     resolved = []
     for entry in entries:
         if isinstance(entry, dict):

@@ -250,6 +250,9 @@ class Pipeline:
         # nothing (its events go to on_event).
         self._collected: list[ViolationEvent] | None = None
         self._stop = threading.Event()
+        # Why the background loop ended before stop() (an error it could not pass over); "" while
+        # it runs: the service reports it as not ready instead of going quietly blind.
+        self.stopped_by = ""
         self._thread: threading.Thread | None = None
         # tiled_missed: periods of `tiled_check_every` in which a camera's due check waited its
         # turn throughout, so that period had none (the pipeline is past its tiled capacity).
@@ -313,7 +316,7 @@ class Pipeline:
             return
         for rt in self.runtimes.values():
             self._open(rt)
-        self._thread = threading.Thread(target=self._loop, name="pipeline", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="pipeline", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -392,6 +395,13 @@ class Pipeline:
         self._thread.join(timeout)
         return not self._thread.is_alive()
 
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except Exception as exc:
+            log.exception("pipeline: the frame loop stopped")
+            self.stopped_by = f"the frame loop stopped: {type(exc).__name__}: {exc}"[:500]
+
     def _loop(self) -> None:
         while not self._stop.is_set():
             with self._changes:
@@ -426,7 +436,13 @@ class Pipeline:
         for rt in list(files):
             if rt.held is not None:
                 continue
-            frame = next(rt.frames, None)  # type: ignore[arg-type]
+            try:
+                frame = next(rt.frames, None)  # type: ignore[arg-type]
+            except Exception as exc:  # one camera's broken source must not stop the others
+                log.exception("camera %s: its source failed", rt.camera.id)
+                rt.reader.health.error(f"the source failed: {type(exc).__name__}: {exc}"[:500])
+                rt.reader.health.state = "failed"
+                frame = None
             if frame is None:
                 files.remove(rt)
                 rt.frames = None

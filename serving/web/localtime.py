@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from datetime import datetime, timedelta, tzinfo
+from datetime import date, datetime, timedelta, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo
 
 FORMAT = "%Y-%m-%d %H:%M:%S"
+# The days a filter may name: beyond them a day's local midnight in UTC, or the midnight after
+# it, is no longer a datetime (0001-01-01 at UTC+08:00), and no case lies there anyway.
+FIRST_DAY, LAST_DAY = date(1970, 1, 1), date(9998, 12, 31)
 # What a filter's time field takes, whatever the browser's language: a local day, or a local
 # day and time (a "T" as browsers' datetime-local wrote it, and an offset, are accepted too).
 TIME_INPUT = re.compile(r"^\d{4}-\d{2}-\d{2}(?:[ T]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?(?:Z|[+-]\d{2}:\d{2})?)?$")
@@ -26,9 +29,11 @@ def parse_local_time(text: str | None, zone: tzinfo, *, end: bool = False) -> da
     text = (text or "").strip()
     if not text:
         return None
-    if not TIME_INPUT.match(text):
+    if not TIME_INPUT.fullmatch(text):
         raise ValueError(text)
     when = datetime.fromisoformat(text)  # also refuses a month 13 or an hour 25
+    if not FIRST_DAY <= when.date() <= LAST_DAY:
+        raise ValueError(text)
     if when.tzinfo is None:
         when = when.replace(tzinfo=zone)
     if end and len(text) == 10:

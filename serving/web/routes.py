@@ -12,6 +12,7 @@ from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
+from fastapi import Path as UrlPath
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.templating import Jinja2Templates
 import yaml
@@ -21,7 +22,7 @@ from serving import audit
 from serving.accounts import Account, AccountError, add_user, check_password, disable_user, list_users
 from serving.api.deps import get_service
 from serving.api.routes import decision_refused, take_decision, utc
-from serving.api.schemas import RedecideRequest, ReviewRequest
+from serving.api.schemas import MAX_ID, RedecideRequest, ReviewRequest, RowId
 from serving.auth import create_key, list_keys, revoke_key
 from serving.cases import CaseError
 from serving.cases.leases import QueueFilter
@@ -36,7 +37,7 @@ from serving.web.audit_view import AuditWords, audit_lines
 from serving.web.dashboard import dashboard_data, evaluation, evaluation_csv
 from serving.web.hotkeys import resolve_hotkeys
 from serving.web.i18n import LANGUAGES, class_names, labels, pick_language
-from serving.web.localtime import CameraZones, parse_local_time, zone_label
+from serving.web.localtime import FIRST_DAY, LAST_DAY, CameraZones, parse_local_time, zone_label
 from serving.web.queue import (decided_loads, decided_versions, open_duplicates, queue_cameras, queue_counts,
                                release_leases, renew_or_retake, review_case, violation_menu)
 
@@ -91,6 +92,7 @@ async def csrf_checked(request: Request) -> None:
 
 User = Annotated[Account, Depends(signed_in)]
 Admin = Annotated[Account, Depends(admin)]
+ItemId = Annotated[int, UrlPath(ge=1, le=MAX_ID)]  # a row id in the URL: evidence, labelling item, key
 Csrf = Depends(csrf_checked)
 
 
@@ -266,7 +268,7 @@ def counts(request: Request, body: NextRequest, account: User) -> dict[str, int]
 @pages.post("/review/leases/release", dependencies=[Csrf])
 def give_back_leases(request: Request, account: User,
                      cases: Annotated[list[str], Form()] = [],  # noqa: B006
-                     items: Annotated[list[int], Form()] = []) -> dict[str, int]:  # noqa: B006
+                     items: Annotated[list[RowId], Form()] = []) -> dict[str, int]:  # noqa: B006
     """The page is hidden or closed (navigator.sendBeacon, a form body carrying the CSRF
     token): its leases end now, not review_lease_s later."""
     if len(cases) > 50 or len(items) > 50 or any(len(c) > 32 for c in cases):
@@ -368,7 +370,7 @@ def case_page(request: Request, case_number: str, account: User) -> Response:
 
 
 @pages.get("/review/evidence/{case_number}/{evidence_id}")
-def evidence(request: Request, case_number: str, evidence_id: int, _: User) -> FileResponse:
+def evidence(request: Request, case_number: str, evidence_id: ItemId, _: User) -> FileResponse:
     service = get_service(request)
     case = service.cases.get(case_number)
     item = next((e for e in case.evidence if e.id == evidence_id), None) if case else None
@@ -384,14 +386,14 @@ def evidence(request: Request, case_number: str, evidence_id: int, _: User) -> F
 class LabellingNextRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    skip: list[int] = Field(default_factory=list, max_length=50)
+    skip: list[RowId] = Field(default_factory=list, max_length=50)
     camera: str | None = Field(None, max_length=128)
 
 
 class LabellingLeaseRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    items: list[int] = Field(max_length=50)
+    items: list[RowId] = Field(max_length=50)
 
 
 class LabelsRequest(BaseModel):
@@ -429,7 +431,7 @@ def renew_labelling_leases(request: Request, body: LabellingLeaseRequest, accoun
 
 
 @pages.post("/review/labelling/{item_id}/save", dependencies=[Csrf])
-def save_labels(request: Request, item_id: int, body: LabelsRequest, account: User) -> dict[str, Any]:
+def save_labels(request: Request, item_id: ItemId, body: LabelsRequest, account: User) -> dict[str, Any]:
     try:
         item = get_service(request).labelling.save(item_id, body.boxes, labeller=account.name)
     except LabellingError as exc:
@@ -438,7 +440,7 @@ def save_labels(request: Request, item_id: int, body: LabelsRequest, account: Us
 
 
 @pages.post("/review/labelling/{item_id}/skip", dependencies=[Csrf])
-def skip_labelling_item(request: Request, item_id: int, account: User) -> dict[str, Any]:
+def skip_labelling_item(request: Request, item_id: ItemId, account: User) -> dict[str, Any]:
     try:
         item = get_service(request).labelling.skip(item_id, labeller=account.name)
     except LabellingError as exc:
@@ -447,7 +449,7 @@ def skip_labelling_item(request: Request, item_id: int, account: User) -> dict[s
 
 
 @pages.get("/review/labelling/{item_id}/frame")
-def labelling_frame(request: Request, item_id: int, _: User) -> FileResponse:
+def labelling_frame(request: Request, item_id: ItemId, _: User) -> FileResponse:
     service = get_service(request)
     item = service.labelling.get(item_id)
     if item is None:
@@ -469,7 +471,7 @@ class AuditFilter(BaseModel):
     # browser's date picker would show its own language's order (mm/dd/yyyy) in a Chinese page.
     since: str | None = Field(None, max_length=40)
     until: str | None = Field(None, max_length=40)
-    before: int | None = Field(None, ge=1)
+    before: RowId | None = None
 
 
 class FilterError(ValueError):
@@ -574,6 +576,8 @@ def dashboard_evaluation(request: Request, _: User, since: date | None = None, u
     with a UTF-8 BOM so spreadsheet programs read the Chinese."""
     if since and until and since > until:
         raise HTTPException(422, "since is after until")
+    if any(day is not None and not FIRST_DAY <= day <= LAST_DAY for day in (since, until)):
+        raise HTTPException(422, f"since and until must be days from {FIRST_DAY} to {LAST_DAY}")
     service = get_service(request)
     report = evaluation(service.db, zones(request), since, until, deadline_h)
     if format == "csv":
@@ -624,7 +628,10 @@ def admin_disable_user(request: Request, name: str, account: Admin) -> Response:
 @pages.post("/admin/keys", dependencies=[Csrf])
 def admin_add_key(request: Request, account: Admin, name: Annotated[str, Form(min_length=1, max_length=64)],
                   role: Annotated[Literal["camera", "reviewer", "case_system", "admin"], Form()]) -> Response:
-    _, key = create_key(get_service(request).db, name, role, actor=account.name)
+    try:
+        _, key = create_key(get_service(request).db, name, role, actor=account.name)
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
     # The key is shown once, in this answer; only its hash is kept.
     return admin_view(request, account, new_key=key)
 
@@ -667,7 +674,7 @@ def admin_reload_model(request: Request, account: Admin) -> Response:
 
 
 @pages.post("/admin/keys/{key_id}/revoke", dependencies=[Csrf])
-def admin_revoke_key(request: Request, key_id: int, account: Admin) -> Response:
+def admin_revoke_key(request: Request, key_id: ItemId, account: Admin) -> Response:
     if not revoke_key(get_service(request).db, key_id, actor=account.name):
         raise HTTPException(404, f"no active key {key_id}")
     return back_to_admin()

@@ -103,6 +103,18 @@ def test_any_frame_size_and_empty_scene(coco: Detector):
     assert result.xyxy.dtype == np.float32 and result.scores.dtype == np.float32
 
 
+@pytest.mark.parametrize("shape", [(1, 2000, 3), (1500, 1, 3), (2, 2000, 3), (2, 30000, 3), (1, 1, 3)])
+def test_a_sliver_of_a_frame_is_detected_on_not_refused(coco: Detector, shape):
+    """A side that scales below one pixel still gets one (it rounded to none, and resizing to
+    nothing raised, a 500 on /v1/detect and a failed batch for every camera in it)."""
+    sliver = np.full(shape, 127, np.uint8)
+    found = coco.detect([sliver, np.full((360, 640, 3), 127, np.uint8)])
+    assert [len(d) for d in found] == [0, 0]
+    check = coco.tiled_check(sliver)
+    check.run(None)
+    assert check.images >= 1 and len(check.result) == 0
+
+
 @pytest.mark.parametrize(
     "frame, message",
     [

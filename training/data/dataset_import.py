@@ -361,7 +361,7 @@ def import_export(
 
     if fmt not in FORMATS:
         raise DatasetImportError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise DatasetImportError(f"--name {name!r}: letters, digits, '_', '-' and '.' only (it prefixes the built files)")
     if (DEFINITIONS_DIR / f"{name}.yaml").is_file():
         raise DatasetImportError(f"--name {name!r} is a built-in source (datasets/{name}.yaml); choose another name")

@@ -70,3 +70,13 @@ def test_large_jpeg_is_detected_at_reduced_size_with_boxes_in_original_pixels(ru
     for found, expected in zip(sorted(body["detections"], key=lambda d: d["box"]), sorted(full.xyxy.tolist())):
         # Decoded at 1/2 (1600 px) rather than 3200: the same boxes, to a few original pixels.
         assert np.allclose(found["box"], expected, atol=0.02 * big.shape[1]), (found["box"], expected)
+
+
+def test_a_sliver_of_an_image_is_answered_not_a_500(run_service) -> None:
+    server = run_service()
+    with server.client(server.key("camera")) as http:
+        for shape in ((1, 2000, 3), (1500, 1, 3)):
+            encoded = cv2.imencode(".png", np.full(shape, 90, np.uint8))[1].tobytes()
+            answer = http.post("/v1/detect", files={"file": ("sliver.png", encoded, "image/png")})
+            assert answer.status_code == 200, answer.text
+            assert (answer.json()["width"], answer.json()["height"]) == (shape[1], shape[0])

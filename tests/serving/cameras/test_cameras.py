@@ -68,6 +68,18 @@ def test_issue_example_loads_as_written(example: Path) -> None:
         ({"source": "recordings/missing.mp4"}, "field source: no such file"),
         ({"grid": None}, "either grid"),
         ({"colour": "red"}, "field colour"),
+        # Accepted once, these overflowed the frame clock and stopped the pipeline for every camera.
+        ({"sample_every": 1e308}, "field sample_every: Input should be less than or equal to 86400"),
+        ({"sample_every": float("inf")}, "field sample_every: Input should be a finite number"),
+        ({"tiled_check_every": float("nan")}, "field tiled_check_every: Input should be a finite number"),
+        ({"start": "9999-12-31T23:59:59+14:00"}, "field start: Value error, must be between 1970 and 2200"),
+        ({"homography": [[1, 0, 0], [0, 1, 0], [0, 0, float("inf")]]}, "field homography.2.2"),
+        ({"rules": [{"violation": "bin_overflow", "zone_types": ["sidewalk"], "dwell": float("inf")}]},
+         "field rules.0.dwell"),
+        ({"grid": "370202001001001\n"}, "field grid: "),  # re's "$" matches before a final newline
+        ({"source": "recordings/cam-001.mp4\x00"}, "field source: must not contain NUL characters"),
+        ({"zones": [{"name": "a\x00", "type": "sidewalk", "polygon": [[0, 0], [1, 0], [1, 1]]}]},
+         "field zones.0.name: must not contain NUL"),
     ],
 )
 def test_errors_name_camera_and_field(tmp_path: Path, changes: dict, expected: str) -> None:
@@ -75,6 +87,8 @@ def test_errors_name_camera_and_field(tmp_path: Path, changes: dict, expected: s
         _load(tmp_path, _entry(**changes))
     assert "cam-001" in str(err.value)
     assert expected in str(err.value)
+    # Only what is wrong: not also the camera list's length, counted without the failed entry.
+    assert "at least 1 item" not in str(err.value)
 
 
 def test_second_camera_error_names_that_camera(tmp_path: Path) -> None:

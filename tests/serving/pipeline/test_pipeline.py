@@ -41,7 +41,7 @@ def dets(*boxes: tuple[str, tuple[float, float, float, float], float]) -> Detect
 
 def example_camera(**changes) -> Camera:
     entry = yaml.safe_load(EXAMPLE_YAML)["cameras"][0]
-    entry.update(source="rtsp://unused", **changes)
+    entry.update({"source": "rtsp://unused", **changes})
     return Camera.model_validate(entry)
 
 
@@ -526,3 +526,59 @@ def test_tiled_budget_is_a_share_of_wall_time() -> None:
     now[0] += 1.2
     assert budget.available()
 
+
+def _folder_cameras(tmp_path: Path, *ids: str) -> list[Camera]:
+    import cv2
+
+    cams = []
+    for cid in ids:
+        folder = tmp_path / cid
+        folder.mkdir()
+        for n in range(3):
+            cv2.imwrite(str(folder / f"{n}.jpg"), np.full((72, 128, 3), 40 * n, np.uint8))
+        cams.append(example_camera(id=cid, source=str(folder), start=T0.isoformat()))
+    return cams
+
+
+def test_a_source_that_fails_ends_its_own_camera_only(taxonomy, tmp_path) -> None:
+    """A reader that raises (it once did on a frame clock past year 9999) marks its camera
+    failed; the other cameras' frames go on through the pipeline."""
+    pipeline = Pipeline(_folder_cameras(tmp_path, "cam-a", "cam-b"), _NoDetections(), taxonomy, motion_gating=False)
+    broken = pipeline.runtimes["cam-a"].reader
+    real_frames = broken.frames
+
+    def frames():
+        frames_of_a = real_frames()
+        yield next(frames_of_a)
+        raise OverflowError("date value out of range")
+
+    broken.frames = frames
+    pipeline.run_until_done()
+    assert pipeline.stats["frames"] == 1 + 3
+    health = pipeline.health["cam-a"]
+    assert health.state == "failed" and "OverflowError: date value out of range" in health.last_error
+    assert pipeline.health["cam-b"].state != "failed"
+
+
+def test_a_frame_loop_that_stops_on_an_error_says_so(taxonomy, tmp_path) -> None:
+    """Should the background loop itself end on an error, the service is not ready, and says why
+    (GET /readyz's "pipeline"), rather than going quietly blind while its cameras look connected."""
+    from serving.cameras.registry import CameraRegistry
+    from serving.store.db import Database
+
+    pipeline = Pipeline(_folder_cameras(tmp_path, "cam-a"), _NoDetections(), taxonomy, motion_gating=False)
+
+    def broken(files):
+        raise RuntimeError("a fault outside any one batch")
+
+    pipeline._next_file_frames = broken
+    db = Database(f"sqlite:///{tmp_path / 'cameras.db'}")
+    registry = CameraRegistry(db, taxonomy, tmp_path, [], start_pipeline=lambda cameras: pipeline)
+    registry.pipeline = pipeline
+    assert registry.pipeline_problem == ""
+    pipeline.start()
+    pipeline._thread.join(10)
+    assert not pipeline._thread.is_alive()
+    assert registry.pipeline_problem == "the frame loop stopped: RuntimeError: a fault outside any one batch"
+    pipeline.stop()
+    db.close()
