@@ -92,10 +92,15 @@ def merge(pieces: list[Detections], iou_threshold: float, max_detections: int, f
     return joined[nms(joined.xyxy + offset, joined.scores, iou_threshold, max_detections)]
 
 
+MIN_TILE = 32
+
+
 def pyramid(width: int, height: int, tile: int) -> list[float]:
     """The scales at which a frame is tiled: native resolution, then each level PYRAMID_STEP
     smaller while the level is still more than PYRAMID_STEP tiles across (below that, the
     whole-frame pass already shows it within a step). A frame that small has no level."""
+    if tile < MIN_TILE:  # a tile of 0 or less would never end the loop below
+        raise ValueError(f"a tile is at least {MIN_TILE} px, got {tile}")
     scales, scale = [], 1.0
     while max(width, height) * scale > tile * PYRAMID_STEP:
         scales.append(scale)

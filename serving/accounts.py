@@ -48,6 +48,10 @@ def add_user(db: Database, name: str, role: str, password: str, *, actor: str) -
         raise AccountError(f"role must be one of {', '.join(USER_ROLES)}")
     if len(password) < MIN_PASSWORD:
         raise AccountError(f"the password needs at least {MIN_PASSWORD} characters")
+    try:
+        password.encode("utf-8")
+    except UnicodeEncodeError:  # bytes that were not UTF-8 on standard input, kept as surrogates
+        raise AccountError("the password is not UTF-8 text") from None
     with db.transaction() as session:
         if session.scalar(select(User.id).where(User.name == name)) is not None:
             raise AccountError(f"user {name!r} exists")

@@ -252,9 +252,31 @@ def cases_by_frame(db: Database, since: datetime | None, cameras: Sequence[str],
     return grouped
 
 
+def foreign_folder(out: Path) -> str | None:
+    """Why `out` must not receive an export: a folder with something in it that an earlier
+    export did not write (its data.yaml, labels and manifest would be replaced: another
+    dataset, a source folder). None for a new or empty folder, or an export's own."""
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        return f"{out} is a file, not a dataset folder"
+    if not any(out.iterdir()):
+        return None
+    try:
+        manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        manifest = None
+    if isinstance(manifest, dict) and isinstance(manifest.get("frames"), dict):
+        return None
+    return (f"{out} holds files no review export wrote (no export manifest.json): exporting into it would "
+            "replace its data.yaml and labels; name a new folder or an earlier export's")
+
+
 def export_reviews(db: Database, evidence: EvidenceStore, detector: Detector, taxonomy: Taxonomy, out: Path, *,
                    since: datetime | None = None, cameras: Sequence[str] = ()) -> ExportReport:
     names = [detector.names[i] for i in sorted(detector.names)]
+    if not_ours := foreign_folder(out):
+        raise ValueError(not_ours)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "labels").mkdir(parents=True, exist_ok=True)
     manifest_path = out / "manifest.json"

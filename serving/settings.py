@@ -318,7 +318,7 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         path = Path(config_file)
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as exc:
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
             raise SettingsError(f"{path}: cannot read settings: {exc}") from exc
         if not isinstance(data, dict):
             raise SettingsError(f"{path}: expected a mapping at the top level")

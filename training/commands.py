@@ -9,6 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from serving.commands.numbers import IMGSZ, THREADS, real, whole
 from training.fit.sampling import DEFAULT_THRESHOLD as REPEAT_THRESHOLD
 
 # Ultralytics' optimizer names (ultralytics/engine/trainer.py build_optimizer).
@@ -38,9 +39,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="feature distillation from this .pt (Ultralytics' distill_model): the neck features the "
                         "teacher's detection head reads are taught to the student, e.g. the SiLU default "
                         "teaching its ReLU conversion")
-    p.add_argument("--close-mosaic", type=int, help="last epochs trained without mosaic augmentation")
+    p.add_argument("--close-mosaic", type=whole(0), help="last epochs trained without mosaic augmentation")
     p.add_argument("--warmup-epochs", type=float, help="epochs of learning-rate warm-up (Ultralytics' default 3)")
-    p.add_argument("--freeze", type=int, metavar="N",
+    p.add_argument("--freeze", type=whole(0), metavar="N",
                    help="keep the first N layers as they are (10: YOLOv8's backbone), so a short fine-tune "
                         "on new data moves only the neck and head and cannot unlearn what the backbone knows")
     add_refit_classes(p)
@@ -79,12 +80,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_weights_dir(p, "where the current default lives and a promotion goes (weights/)")
     p.add_argument("--sources", help="comma-separated base sources (default: all in datasets/)")
     p.add_argument("--root", type=Path, help="datasets root the base sources are relative to (../shared/datasets)")
-    p.add_argument("--limit", type=int, metavar="N", help="first N images of each base source (quick runs)")
+    p.add_argument("--limit", type=whole(1), metavar="N", help="first N images of each base source (quick runs)")
     p.add_argument("--val-fraction", type=float, default=0.15)
-    p.add_argument("--image-size", type=int, default=640, help="re-encode dataset images larger than this (max side)")
-    p.add_argument("--synthetic", type=int, default=600, metavar="N",
+    p.add_argument("--image-size", type=IMGSZ, default=640, help="re-encode dataset images larger than this (max side)")
+    p.add_argument("--synthetic", type=whole(0), default=600, metavar="N",
                    help="synthetic flyer/banner images (default 600, as the shipped model: they are its only flyers)")
-    p.add_argument("--crops", type=int, default=0, metavar="TILE",
+    p.add_argument("--crops", type=whole(0), default=0, metavar="TILE",
                    help="native-resolution train crops of small signs, ads, flyers and banners (as `gridwatch "
                         "dataset build --crops`)")
     add_refit_classes(p)
@@ -107,12 +108,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, type=Path, help="folder with images/, labels/, data.yaml")
     p.add_argument("--source", help="dataset definition whose class mapping applies (default: folder name)")
     p.add_argument("--json", action="store_true", help="print one JSON object and nothing else on stdout")
-    p.add_argument("--imgsz", type=int, help="input size for a .pt model; for an ONNX model exported with dynamic height and width, another longest side (a static one refuses)")
+    p.add_argument("--imgsz", type=IMGSZ, help="input size for a .pt model; for an ONNX model exported with dynamic height and width, another longest side (a static one refuses)")
     p.add_argument("--plots", type=Path, help="write PR_curve.png and confusion_matrix.png here")
-    p.add_argument("--score-threshold", type=float, default=None,
+    p.add_argument("--score-threshold", type=real(0, 1), default=None,
                    help="operating threshold for precision/recall (default: the model's, else 0.25)")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--tiles", nargs="?", const=0, type=int, metavar="SIZE",
+    p.add_argument("--threads", type=THREADS, default=None)
+    p.add_argument("--tiles", nargs="?", const=0, type=whole(64), metavar="SIZE",
                    help="ONNX only: also evaluate tiled as the static checks run (tiles of SIZE px over the "
                         "frame's pyramid, default the model's input; a build's images from their larger source "
                         "files) and report both ways")
@@ -121,7 +122,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--save-errors", type=Path, metavar="DIR",
                    help="write each image's false positives and misses at the operating threshold, worst first: "
                         "DIR/errors.json and the images drawn with them")
-    p.add_argument("--place-folds", type=int, metavar="K",
+    p.add_argument("--place-folds", type=whole(2), metavar="K",
                    help="also per-class AP50 on K folds of whole places (the folder's places.json, written by "
                         "`gridwatch dataset build --split-by place`, else perceptual-hash clusters): mean, min "
                         "and max over the folds, beside the figure over all images; on a build split by image, "
@@ -131,7 +132,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("export", help="export a trained .pt to fp32 and static-quantized int8 ONNX")
     p.add_argument("--weights", required=True, type=Path, help="trained Ultralytics .pt (best.pt)")
-    p.add_argument("--imgsz", type=int, help="input size (default: the training imgsz)")
+    p.add_argument("--imgsz", type=IMGSZ, help="input size (default: the training imgsz)")
     p.add_argument("--out", type=Path, help="output folder (default: runs/export/NAME-TIME; never the served "
                    "model's folder: `gridwatch models promote` puts a model in service)")
     add_weights_dir(p, "the served model's folder, to compare with and never write to (default: weights/)")
@@ -157,12 +158,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def add_run_options(p: argparse.ArgumentParser, *, epochs: int, project: str, imgsz: int | None, imgsz_help: str,
                     time_help: str, repeat_help: str) -> None:
     """A training run's options, as `train` and `retrain` both take them."""
-    p.add_argument("--epochs", type=int, default=epochs)
-    p.add_argument("--time", type=float, metavar="HOURS", help=time_help)
-    p.add_argument("--imgsz", type=int, default=imgsz, help=imgsz_help)
+    p.add_argument("--epochs", type=whole(1), default=epochs)
+    p.add_argument("--time", type=real(0, low_open=True), metavar="HOURS", help=time_help)
+    p.add_argument("--imgsz", type=IMGSZ, default=imgsz, help=imgsz_help)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--device", help="cpu or a CUDA index such as 0 (default: GPU when present)")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=whole(0), default=2)
     p.add_argument("--project", type=Path, default=Path(project))
     p.add_argument("--name", help="run folder name under --project (default: timestamped)")
     p.add_argument("--cache", choices=("ram", "disk"), help="cache decoded training images (ram: fastest on CPU)")
@@ -344,6 +345,11 @@ def run_eval(args: argparse.Namespace) -> int:
     say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731 - stdout may be --json
     if args.save_errors is not None and args.place_folds is not None:
         return fail("--save-errors and --place-folds: one at a time")
+    if args.plots is not None:
+        try:  # asked before an evaluation of minutes, not after it
+            import matplotlib  # noqa: F401
+        except ImportError:
+            return fail("--plots needs matplotlib: pip install 'gridwatch[train]'")
     try:
         eval_set = load_eval_set(args.data, args.source, args.split)
         say(f"scoring the {eval_set.split} split of {args.data} ({len(eval_set.images)} images)")

@@ -9,6 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from serving.commands.numbers import IMGSZ, THREADS, real, whole
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -34,25 +36,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--pseudo-labels", action=argparse.BooleanOptionalAction, default=True,
         help="add COCO-teacher boxes for the context classes (default: on)",
     )
-    b.add_argument("--pseudo-score", type=float, default=0.4, help="teacher score to keep a pseudo box")
+    b.add_argument("--pseudo-score", type=real(0, 1), default=0.4, help="teacher score to keep a pseudo box")
     b.add_argument("--teacher", type=Path, help="teacher ONNX (default: ../shared/weights/coco-yolov8n-int8.onnx)")
-    b.add_argument("--synthetic", type=int, default=0, metavar="N", help="synthetic flyer/banner images to add")
-    b.add_argument("--imgsz", type=int, default=640, help="re-encode images larger than this (max side)")
-    b.add_argument("--limit", type=int, metavar="N", help="first N images of each source (quick builds)")
+    b.add_argument("--synthetic", type=whole(0), default=0, metavar="N", help="synthetic flyer/banner images to add")
+    b.add_argument("--imgsz", type=IMGSZ, default=640, help="re-encode images larger than this (max side)")
+    b.add_argument("--limit", type=whole(1), metavar="N", help="first N images of each source (quick builds)")
     b.add_argument("--seed", type=int, default=0, help="seed for the synthetic images")
     b.add_argument(
         "--near-duplicate-distance", type=int, default=6, metavar="BITS",
         help="perceptual-hash bits (of 64) within which images count as near-duplicates",
     )
-    b.add_argument("--crops", type=int, default=0, metavar="TILE",
+    b.add_argument("--crops", type=whole(0), default=0, metavar="TILE",
                    help="also write train crops of TILE px at native resolution around small signs, ads, "
                         "flyers and banners, on the tiled-inference grid (e.g. the training size; default: none)")
-    b.add_argument("--road-views", type=int, default=0, metavar="K",
+    b.add_argument("--road-views", type=whole(0), default=0, metavar="K",
                    help="also write K road-camera variants (night, infrared, overhead, rain, burned-in "
                         "timestamp/lane/plate text) of every image holding a truck or bus; synthetic, "
                         "reported apart from the real split (default: none)")
-    b.add_argument("--max-crops", type=int, metavar="N", help="crops per image at most (default 2)")
-    b.add_argument("--threads", type=int, help="ONNX Runtime threads for the teacher")
+    b.add_argument("--max-crops", type=whole(1), metavar="N", help="crops per image at most (default 2)")
+    b.add_argument("--threads", type=THREADS, help="ONNX Runtime threads for the teacher")
     b.add_argument("--cache-dir", type=Path, help="teacher output cache (default: runs/cache/teacher)")
     b.set_defaults(func=run_build)
 
@@ -66,9 +68,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     k.add_argument("--data", type=Path, required=True, help="data.yaml of a built dataset")
     k.add_argument("--out", type=Path, required=True, help="new folder for the pack")
-    k.add_argument("--imgsz", type=int, default=416, help="longest side after packing: the training size")
+    k.add_argument("--imgsz", type=IMGSZ, default=416, help="longest side after packing: the training size")
     k.add_argument("--quality", type=int, default=75, help="WebP quality, 1-100")
-    k.add_argument("--parts", type=int, default=1, help="folders to deal the train images over")
+    k.add_argument("--parts", type=whole(1), default=1, help="folders to deal the train images over")
     k.set_defaults(func=run_pack)
 
     i = commands.add_parser(

@@ -37,21 +37,22 @@ import numpy as np
 
 from detector.files import SHARED_DIR, is_image
 from serving.bench.detector import time_per_frame
+from serving.commands.numbers import real, whole
 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("camera throughput (--cameras)")
-    g.add_argument("--cameras", type=int, help="camera mode: the number of cameras the machine should sustain")
-    g.add_argument("--sample-every", type=float, default=5.0, help="seconds between analysed frames per camera")
-    g.add_argument("--keyframe-every", type=float, default=2.0, help="camera keyframe interval, seconds")
-    g.add_argument("--fps", type=int, default=25, help="camera frame rate")
+    g.add_argument("--cameras", type=whole(1), help="camera mode: the number of cameras the machine should sustain")
+    g.add_argument("--sample-every", type=real(0, low_open=True), default=5.0, help="seconds between analysed frames per camera")
+    g.add_argument("--keyframe-every", type=real(0, low_open=True), default=2.0, help="camera keyframe interval, seconds")
+    g.add_argument("--fps", type=whole(1, 240), default=25, help="camera frame rate")
     g.add_argument("--resolution", default="1920x1080", help="camera resolution WxH")
-    g.add_argument("--clip-seconds", type=float, default=20.0, help="length of the measured clip")
-    g.add_argument("--tiled-check-every", type=float, default=300.0,
+    g.add_argument("--clip-seconds", type=real(0, low_open=True), default=20.0, help="length of the measured clip")
+    g.add_argument("--tiled-check-every", type=real(0, low_open=True), default=300.0,
                    help="seconds between tiled full-resolution checks per camera (0: none)")
-    g.add_argument("--cores", type=int, default=os.cpu_count() or 1, help="cores of the machine to plan for")
-    g.add_argument("--verify-seconds", type=float, default=0.0,
+    g.add_argument("--cores", type=whole(1), default=os.cpu_count() or 1, help="cores of the machine to plan for")
+    g.add_argument("--verify-seconds", type=real(0), default=0.0,
                    help="also run N live-paced cameras through the pipeline for this long")
 
 

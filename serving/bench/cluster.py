@@ -27,17 +27,19 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from serving.commands.numbers import real, whole
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("cluster overhead (--cluster)")
     g.add_argument("--cluster", action="store_true",
                    help="cluster mode: cameras sustained by 1 and 2 worker processes vs the single process, "
                    "and case-store ingest rate (needs Ray and PostgreSQL: --database-url)")
-    g.add_argument("--cluster-cameras", type=int, default=8, help="cameras looping the clip in each run")
-    g.add_argument("--cluster-seconds", type=float, default=20.0, help="measured window per run, after warm-up")
+    g.add_argument("--cluster-cameras", type=whole(1), default=8, help="cameras looping the clip in each run")
+    g.add_argument("--cluster-seconds", type=real(0, low_open=True), default=20.0, help="measured window per run, after warm-up")
     g.add_argument("--database-url", help="PostgreSQL for the cluster runs and the ingest figure "
                    "(default: the database_url setting, GRIDWATCH_DATABASE_URL)")
-    g.add_argument("--ingest-events", type=int, default=200, help="events per kind in the ingest measurement")
+    g.add_argument("--ingest-events", type=whole(1), default=200, help="events per kind in the ingest measurement")
 
 
 def _window(read_detected: Any, warmup_s: float, seconds: float) -> float:

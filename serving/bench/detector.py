@@ -279,7 +279,10 @@ class Option:
 
     @classmethod
     def parse(cls, spec: str) -> Option:
+        """MODEL or MODEL@IMGSZ; ValueError saying which part is wrong."""
         path, _, size = spec.partition("@")
+        if size and not (size.isdigit() and 32 <= int(size) <= 4096):
+            raise ValueError(f"--compare {spec}: the size after @ is an input side of 32-4096 px, got {size!r}")
         return cls(Path(path), int(size) if size else None)
 
     @property

@@ -18,13 +18,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from serving.commands.numbers import whole
+
 CHROMIUM = "/usr/bin/chromium"
 BENCH_PASSWORD = "bench password 1"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("review page (--review)")
-    g.add_argument("--review", type=int, metavar="N", help="review mode: decide N cases in a real browser")
+    g.add_argument("--review", type=whole(1), metavar="N", help="review mode: decide N cases in a real browser")
     g.add_argument("--chromium", default=CHROMIUM, help="the browser Playwright drives")
 
 

@@ -27,6 +27,7 @@ import numpy as np
 import yaml
 
 from detector.files import SHARED_DIR
+from serving.commands.numbers import real, whole
 
 CLIP_SECONDS = 120  # a bin for the first 50 s, a plain facade after: one event a loop
 BIN_SECONDS = 50
@@ -35,10 +36,10 @@ SOAK_KEY = "gw_soak_admin_key_0123456789"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("soak (--soak-hours)")
-    g.add_argument("--soak-hours", type=float, help="soak mode: simulated hours of camera time to replay")
-    g.add_argument("--soak-cameras", type=int, default=50, help="cameras replayed at once")
-    g.add_argument("--soak-interval", type=float, default=60.0, help="real seconds between samples")
-    g.add_argument("--soak-max-minutes", type=float, default=240.0, help="stop after this much real time")
+    g.add_argument("--soak-hours", type=real(0, low_open=True), help="soak mode: simulated hours of camera time to replay")
+    g.add_argument("--soak-cameras", type=whole(1), default=50, help="cameras replayed at once")
+    g.add_argument("--soak-interval", type=real(0, low_open=True), default=60.0, help="real seconds between samples")
+    g.add_argument("--soak-max-minutes", type=real(0, low_open=True), default=240.0, help="stop after this much real time")
     g.add_argument("--soak-dir", type=Path, help="keep the soak's database, evidence and log here")
 
 

@@ -13,6 +13,7 @@ from serving.bench import cameras as camera_bench
 from serving.bench import cluster as cluster_bench
 from serving.bench import review as review_bench
 from serving.bench import soak
+from serving.commands.numbers import IMGSZ, THREADS, whole
 
 SHARED_DATASETS = SHARED_DIR / "datasets"
 
@@ -33,11 +34,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="model Ultralytics runs (default: the fp32 twin of --model if one lies beside it, else --model)",
     )
     p.add_argument("--images", type=Path, default=SHARED_DATASETS, help="folder of real images for frames")
-    p.add_argument("--frames", type=int, default=16, help="number of distinct frames")
-    p.add_argument("--rounds", type=int, default=3, help="passes over the frames")
-    p.add_argument("--threads", type=int, help="ONNX Runtime threads (default: one per core, as Ultralytics)")
+    p.add_argument("--frames", type=whole(1), default=16, help="number of distinct frames")
+    p.add_argument("--rounds", type=whole(1), default=3, help="passes over the frames")
+    p.add_argument("--threads", type=THREADS, help="ONNX Runtime threads (default: one per core, as Ultralytics)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    p.add_argument("--imgsz", type=int,
+    p.add_argument("--imgsz", type=IMGSZ,
                    help="longest input side for both runtimes (a model with dynamic height and width only; "
                         "default: the model's own)")
     p.add_argument("--compare", nargs="+", metavar="MODEL[@IMGSZ]",
@@ -92,8 +93,8 @@ def _compare(args: argparse.Namespace) -> int:
     from detector import DetectorError
     from serving.bench.detector import Option, bench_frames, compare_options, format_options
 
-    options = [Option.parse(spec) for spec in args.compare]
     try:
+        options = [Option.parse(spec) for spec in args.compare]
         missing = [str(o.model) for o in options if not o.model.is_file()]
         if missing:
             raise ValueError(f"no such model: {', '.join(missing)}")

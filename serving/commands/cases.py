@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from serving.commands.store_args import add_store_arguments, open_database
 
@@ -30,6 +31,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         if args.cases_command == "replay":
+            if args.case_number is not None and not _case_exists(db, args.case_number):
+                print(f"gridwatch cases: no case {args.case_number!r} in this database", file=sys.stderr)
+                return 2
             n = replay(db, case_number=args.case_number, include_delivered=args.include_delivered)
             print(f"{n} message(s) queued again; a running `gridwatch serve` sends them on its next pass")
         else:
@@ -37,3 +41,10 @@ def run(args: argparse.Namespace) -> int:
     finally:
         db.close()
     return 0
+
+
+def _case_exists(db, case_number: str) -> bool:  # noqa: ANN001
+    from serving.cases.listing import find_case
+
+    with db.sessions() as session:
+        return find_case(session, case_number) is not None

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from serving.commands.numbers import THREADS, real
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -17,9 +19,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("sources", nargs="+", type=Path, metavar="SOURCE", help="image, folder or video file")
     p.add_argument("--model", type=Path, help="ONNX model (default: the shipped model in weights/)")
     p.add_argument("--save", type=Path, metavar="DIR", help="write annotated images here")
-    p.add_argument("--every", type=float, default=1.0, metavar="SECONDS", help="video sampling interval (0: every frame)")
-    p.add_argument("--score", type=float, help="minimum score (default 0.25)")
-    p.add_argument("--threads", type=int, help="ONNX Runtime threads (default: one per core)")
+    p.add_argument("--every", type=real(0), default=1.0, metavar="SECONDS", help="video sampling interval (0: every frame)")
+    p.add_argument("--score", type=real(0, 1), help="minimum score (default 0.25)")
+    p.add_argument("--threads", type=THREADS, help="ONNX Runtime threads (default: one per core)")
     p.add_argument("--config", type=Path, help="settings YAML")
     p.set_defaults(func=run)
 
@@ -51,7 +53,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {message}", file=sys.stderr)
     failed = bool(errors)
     if args.save:
+        read_from = sorted({str(path.resolve().parent) for path in files})
+        if str(args.save.resolve()) in read_from:
+            # Annotated copies are named after their source: they would replace the originals.
+            print(f"error: --save {args.save} is a folder the images are read from; save the annotated "
+                  "copies elsewhere", file=sys.stderr)
+            return 2
         args.save.mkdir(parents=True, exist_ok=True)
+    taken: dict[Path, str] = {}  # saved name -> the source it holds, so two a.jpg do not share one
 
     for path in files:
         try:
@@ -67,6 +76,9 @@ def run(args: argparse.Namespace) -> int:
                 }
                 if args.save:
                     out = _saved_name(frame.source, frame.index, path.suffix.lower() in VIDEO_SUFFIXES, args.save)
+                    first, n = out, 2
+                    while taken.setdefault(out, frame.source) != frame.source:
+                        out, n = first.with_name(f"{first.stem}~{n}{first.suffix}"), n + 1
                     cv2.imwrite(str(out), annotate(frame.image, detections))
                     record["saved"] = str(out)
                 print(json.dumps(record, ensure_ascii=False), flush=True)

@@ -121,7 +121,13 @@ def _bundle(db, settings, key, case_number: str, out: Path, originals: bool) -> 
         print(f"gridwatch evidence: {exc}", file=sys.stderr)
         return 1
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(data)
+    try:
+        with out.open("xb") as written:  # exclusive: a bundle never replaces a file (the database, the key)
+            written.write(data)
+    except FileExistsError:
+        print(f"gridwatch evidence: {out} exists; a bundle is written to a new file, never over one: "
+              "remove it or name another --out", file=sys.stderr)
+        return 1
     print(f"{out}: {len(data)} bytes")
     return 0
 

@@ -17,13 +17,21 @@ def add_store_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, help="data directory (default ./gridwatch-data)")
 
 
-def open_database(args: argparse.Namespace, command: str) -> Database | None:
-    """The service's database (migrated), or None after printing why it cannot be opened."""
+def open_database(args: argparse.Namespace, command: str, *, create: bool = False) -> Database | None:
+    """The service's database (migrated), or None after printing why it cannot be opened.
+    A default SQLite file that is not there yet is made only with `create` (adding a user
+    before the first start): a command that reads would make an empty one at a mistyped
+    --data-dir and report nothing there."""
     from serving.settings import SettingsError, load_settings
     from serving.store.db import Database
 
     try:
         settings = load_settings(args.config, data_dir=args.data_dir)
+        default_file = settings.data_dir / "gridwatch.db"
+        if settings.database_url is None and not create and not default_file.exists():
+            print(f"gridwatch {command}: no gridwatch database at {default_file}: give the --data-dir (or "
+                  "--config) `gridwatch serve` runs with", file=sys.stderr)
+            return None
         return Database(settings.resolved_database_url)
     except (SettingsError, OSError, ValueError) as exc:
         print(f"gridwatch {command}: {exc}", file=sys.stderr)

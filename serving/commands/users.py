@@ -28,7 +28,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from serving.accounts import AccountError, add_user, disable_user, list_users
 
-    db = open_database(args, "users")
+    db = open_database(args, "users", create=args.users_command == "add")
     if db is None:
         return 2
     actor = "cli"

@@ -13,6 +13,8 @@ import sys
 import threading
 from pathlib import Path
 
+from serving.commands.numbers import THREADS
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -24,7 +26,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", type=Path, help="ONNX model (default: settings / shipped model)")
     parser.add_argument("--evidence-dir", type=Path, help="evidence folder (default: settings)")
     parser.add_argument("--taxonomy", type=Path, help="a city's taxonomy override file")
-    parser.add_argument("--threads", type=int, help="ONNX Runtime threads")
+    parser.add_argument("--threads", type=THREADS, help="ONNX Runtime threads")
     parser.add_argument("--health-every", type=float, default=60.0,
                         help="seconds between health lines on stderr for live sources")
     parser.set_defaults(func=run)

@@ -309,7 +309,11 @@ class FolderReader:
         self.health.state, self.health.connected = "connected", True
         index = 0
         for i, path in enumerate(files):
-            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            try:
+                image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            except cv2.error as exc:  # past OpenCV's pixel limit: one image, not the camera
+                self.health.error(f"image skipped: {path.name}: {str(exc).strip().splitlines()[-1][:200]}")
+                continue
             if image is None:
                 self.health.error(f"unreadable image skipped: {path.name}")
                 continue

@@ -86,3 +86,20 @@ def test_missing_source_and_no_model(tmp_path: Path):
     assert result.returncode == 1 and "no such file" in result.stderr
     result = gridwatch("detect", str(tmp_path), "--model", str(tmp_path / "missing.onnx"))
     assert result.returncode == 2 and "model file not found" in result.stderr
+
+
+def test_annotated_copies_never_replace_the_originals_or_each_other(inputs: Path, tmp_path: Path):
+    image = sorted(inputs.glob("train_picture*"))[0]
+    before = image.read_bytes()
+    result = gridwatch("detect", str(image), "--model", str(COCO_INT8), "--save", str(inputs))
+    assert result.returncode == 2 and "a folder the images are read from" in result.stderr
+    assert image.read_bytes() == before
+    # Two sources of one name, from two folders: each keeps its own annotated copy.
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(sorted(inputs.glob("train_picture*"))[1], other / image.name)
+    save = tmp_path / "out"
+    result = gridwatch("detect", str(image), str(other / image.name), "--model", str(COCO_INT8), "--save", str(save))
+    assert result.returncode == 0, result.stderr
+    saved = [json.loads(line)["saved"] for line in result.stdout.splitlines()]
+    assert len(set(saved)) == 2 and all(Path(s).is_file() for s in saved)

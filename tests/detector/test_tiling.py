@@ -80,6 +80,9 @@ def test_pyramid_levels_step_down_to_where_the_whole_frame_takes_over() -> None:
     assert pyramid(1920, 1080, 448) == pytest.approx([1.0, 2 ** -0.5, 0.5, 2 ** -1.5])  # 1920, 1358, 960, 679
     assert pyramid(768, 432, 448) == [1.0]  # a 768 px photo: native resolution only
     assert pyramid(600, 400, 448) == []  # within a step of the whole-frame pass: no tiles
+    for tile in (0, -5):  # once an endless loop (gridwatch eval --tiles -5)
+        with pytest.raises(ValueError, match="a tile is at least"):
+            pyramid(1920, 1080, tile)
     levels = pyramid(3840, 2160, 448)
     assert 3840 * levels[-1] > 448 * PYRAMID_STEP >= 3840 * levels[-1] / PYRAMID_STEP
 

@@ -12,10 +12,12 @@
 
 from __future__ import annotations
 
+import struct
 import subprocess
 import textwrap
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -416,3 +418,11 @@ def standing_bin_stream(detector, duration: float) -> MjpegServer:
     timeline = Timeline(Props.load(detector), duration=duration, fps=4).add(
         Placement("bin", 170, 0.0, duration, foot=(320, 340)))
     return MjpegServer(timeline).start()
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims width x height: a decompression bomb's calling card."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")

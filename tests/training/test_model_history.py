@@ -253,3 +253,18 @@ def test_int8_warning_says_which_target_failed():
     assert int8_misses(check(+2.58), fast) == []  # better and faster: no warning (issue #27)
     assert int8_misses(check(-2.0), fast) == ["accuracy: int8 loses 2.00 AP50 points to fp32 (target: at most 1.5)"]
     assert int8_misses(check(0.0), slow) == ["speed: int8 is 1.25x fp32 (target: at least 1.5x)"]
+
+
+def test_a_model_that_does_not_load_is_never_promoted(tmp_path, capsys):
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    shutil.copyfile(COCO_INT8, weights / "gridwatch-int8.onnx")
+    served = (weights / "gridwatch-int8.onnx").read_bytes()
+    candidate = tmp_path / "candidate"
+    candidate.mkdir()
+    (candidate / "gridwatch-int8.onnx").write_bytes(served[: len(served) // 3])  # a copy cut short
+    capsys.readouterr()
+    assert main(["models", "promote", str(candidate), "--reason", "test", "--weights-dir", str(weights)]) != 0
+    assert "nothing was promoted" in capsys.readouterr().err
+    assert (weights / "gridwatch-int8.onnx").read_bytes() == served
+    assert sorted(p.name for p in weights.iterdir()) == ["gridwatch-int8.onnx"]  # no history entry either

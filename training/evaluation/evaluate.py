@@ -158,7 +158,10 @@ def eval_set_from_images(
 
 
 def _image_size(path: Path) -> tuple[int, int]:
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    try:
+        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    except cv2.error:  # past OpenCV's pixel limit
+        raise EvalError(f"{path}: too large to decode (OpenCV's pixel limit)") from None
     if image is None:
         raise EvalError(f"{path}: unreadable image")
     return image.shape[1], image.shape[0]
@@ -206,7 +209,10 @@ def evaluate(predict: Predictor, eval_set: EvalSet, operating_threshold: float =
 
 def read_frame(path: Path) -> np.ndarray:
     """An image as the runtime sees it (BGR), or EvalError naming the file."""
-    frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    try:
+        frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    except cv2.error:
+        raise EvalError(f"{path}: too large to decode (OpenCV's pixel limit)") from None
     if frame is None:
         raise EvalError(f"{path}: unreadable image")
     return frame

@@ -194,11 +194,25 @@ def events(weights_dir: Path) -> list[Event]:
     return [Event.model_validate_json(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def _check_loads(path: Path) -> None:
+    """HistoryError unless ONNX Runtime can load the file: a truncated or foreign file put in
+    service would stop `gridwatch serve` at its next start."""
+    from detector.model import DetectorError, open_session
+
+    try:
+        open_session(path, threads=1, spinning=False)
+    except DetectorError as exc:
+        raise HistoryError(f"{path}: {exc}; nothing was promoted") from None
+
+
 def promote(files: dict[str, Path], weights_dir: Path, *, how: str, reason: str, by: str | None = None,
             log: Callable[[str], None] = print) -> list[Path]:
     """Put `files` (name in weights/ -> file) in service, keeping the model they replace."""
     weights_dir = Path(weights_dir)
     by = by or actor()
+    for name, path in files.items():
+        if name.endswith(".onnx"):
+            _check_loads(path)
     lacking = [n for n in model_files(weights_dir) if n.endswith(".onnx") and n not in files]
     if lacking:
         raise HistoryError(f"the new model has no {', '.join(lacking)}: promoting it would leave weights/ mixed "

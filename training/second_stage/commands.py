@@ -10,6 +10,7 @@ import json
 import sys
 from pathlib import Path
 
+from serving.commands.numbers import THREADS, real, whole
 from training.second_stage.net import DEFAULT_SIZE
 
 
@@ -30,7 +31,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--load-labels", type=Path, metavar="FILE",
                    help="JSON {frame stem: [load per truck box]} for labelled frames (open, mesh, tarp, covered, "
                         "cannot_tell)")
-    p.add_argument("--held-out", type=float, default=0.25, help="share of each label's frames held out (0.25)")
+    p.add_argument("--held-out", type=real(0, 1, low_open=True), default=0.25, help="share of each label's frames held out (0.25)")
     _train_options(p)
     p.add_argument("--figure-note", default="",
                    help="what the held-out figures measure, for the card (default: a city's reviews, said so)")
@@ -52,10 +53,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _train_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--epochs", type=int, default=60)
-    p.add_argument("--size", type=int, default=DEFAULT_SIZE, help="crop side in pixels")
+    p.add_argument("--epochs", type=whole(1), default=60)
+    p.add_argument("--size", type=whole(8, 1024), default=DEFAULT_SIZE, help="crop side in pixels")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=THREADS, default=1)
 
 
 def _options(args: argparse.Namespace):  # noqa: ANN202

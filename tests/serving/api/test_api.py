@@ -5,21 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import struct
-import zlib
 
 import cv2
 import pytest
 
 from tests.support.service import event_json, push, wait_for
-
-def png_header(width: int, height: int) -> bytes:
-    """A tiny PNG whose header claims width x height: a decompression bomb's calling card."""
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
-
+from tests.support.streams import png_header
 
 def test_keys_and_roles(run_service) -> None:
     server = run_service()

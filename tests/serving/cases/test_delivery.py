@@ -132,6 +132,7 @@ def test_replay_command(cases, receiver, make_event, tmp_path, capsys) -> None:
     config.write_text(f"settings:\n  database_url: '{cases.db.url}'\n  data_dir: '{tmp_path / 'data'}'\n")
     assert main(["cases", "outbox", "--config", str(config)]) == 0
     assert '"dead": 1' in capsys.readouterr().out
+    assert main(["cases", "replay", "--config", str(config), "--case", "GW20990101-NOPE-000001"]) == 2
     assert main(["cases", "replay", "--config", str(config), "--case", number]) == 0
     assert capsys.readouterr().out.startswith("1 message(s) queued again")
     assert outbox_stats(cases.db)["pending"] == 1

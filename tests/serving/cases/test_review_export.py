@@ -252,3 +252,26 @@ def test_a_correction_never_keeps_the_models_contradicting_box() -> None:
     assert labels.human == [("bin_overflow", [100.0, 100.0, 300.0, 300.0])]
     assert [c for c, _ in labels.pseudo] == ["person", "garbage_bin"]  # the other objects only
     assert all(_iou(b, [100, 100, 300, 300]) < 0.5 for _, b in labels.pseudo)
+
+
+def test_an_export_never_lands_in_a_folder_it_did_not_write(tmp_path) -> None:
+    """--out naming another dataset once replaced its data.yaml with gridwatch's classes."""
+    from types import SimpleNamespace
+
+    from serving.review_export import export_reviews, foreign_folder
+
+    dataset = tmp_path / "facades"
+    dataset.mkdir()
+    (dataset / "data.yaml").write_text("names: {0: window, 1: door}\n", encoding="utf-8")
+    detector = SimpleNamespace(names={0: "person"})
+    with pytest.raises(ValueError, match="no review export wrote"):
+        export_reviews(None, None, detector, None, dataset)
+    assert sorted(p.name for p in dataset.iterdir()) == ["data.yaml"]
+    assert (dataset / "data.yaml").read_text(encoding="utf-8") == "names: {0: window, 1: door}\n"
+    (tmp_path / "a-file").write_text("x")
+    assert "is a file" in foreign_folder(tmp_path / "a-file")
+    (tmp_path / "empty").mkdir()
+    assert foreign_folder(tmp_path / "empty") is None and foreign_folder(tmp_path / "new") is None
+    (tmp_path / "earlier").mkdir()
+    (tmp_path / "earlier" / "manifest.json").write_text('{"frames": {}}')
+    assert foreign_folder(tmp_path / "earlier") is None

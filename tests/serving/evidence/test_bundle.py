@@ -88,6 +88,21 @@ def test_a_bundle_checks_with_sha256sum_and_openssl_alone(tmp_path: Path, make_e
     store.db.close()
 
 
+def test_a_bundle_never_replaces_a_file(tmp_path: Path, make_event) -> None:
+    """--out naming the database or the signing key once overwrote it (and exited 0)."""
+    from serving.chain import KEY_NAME
+
+    store = Chained(tmp_path / "data")
+    number = filled(store, make_event)
+    for existing in (store.data_dir / "gridwatch.db", store.data_dir / KEY_NAME):
+        before = existing.read_bytes()
+        code, _ = run_cli(["evidence", "bundle", number, "--out", str(existing), "--data-dir", str(store.data_dir)])
+        assert code == 1 and existing.read_bytes() == before
+    code, text = run_cli(["evidence", "verify", "--data-dir", str(store.data_dir)])
+    assert code == 0, text
+    store.db.close()
+
+
 @pytest.mark.parametrize("member", ["/evidence/original", "/chain/", "case.json", "head.txt", "SHA256SUMS"])
 def test_an_altered_bundle_is_refused(tmp_path: Path, make_event, member: str) -> None:
     store = Chained(tmp_path / "data")

@@ -21,7 +21,7 @@ from serving.streams.readers import FileReader, FolderReader, LiveReader, grab_f
 from tests.support.shared_data import shared_available
 from tests.support.streams import (
     DATASETS, EXAMPLE_YAML, SEED_TAXONOMY_OVERRIDE, MjpegServer, RtspServer, seed_detector, seed_props,
-    street_scene, write_video,
+    png_header, street_scene, write_video,
 )
 
 pytestmark = pytest.mark.skipif(not shared_available(), reason="../shared datasets/weights not found")
@@ -138,13 +138,17 @@ def test_folder_reader_one_image_per_sample(tmp_path: Path) -> None:
     for i in range(3):
         cv2.imwrite(str(folder / f"{i:03d}.jpg"), tl.frame(i))
     (folder / "003.jpg").write_bytes(b"not a jpeg")
+    # Past OpenCV's pixel limit, imread raises rather than returning None: it once ended the
+    # camera's frames, and with them the pipeline's loop for every camera.
+    (folder / "004.png").write_bytes(png_header(100_000, 100_000))
     (folder / "notes.txt").write_text("ignored")
     cam = camera(folder, start=T0, sample_every=5.0)
     reader = open_reader(cam)
     assert isinstance(reader, FolderReader)
     frames = list(reader.frames())
     assert [(f.timestamp - T0).total_seconds() for f in frames] == [0, 5, 10]
-    assert reader.health.errors == 1 and "003.jpg" in reader.health.last_error  # reported, not silent
+    assert reader.health.errors == 2 and "004.png" in reader.health.last_error  # reported, not silent
+    assert reader.health.state == "finished"
 
 
 def test_unreachable_live_source_backs_off_and_reports(tmp_path: Path) -> None:

@@ -120,9 +120,17 @@ def test_users_command(tmp_path) -> None:
         return subprocess.run([sys.executable, "-m", "serving.cli", "users", *args, "--data-dir", str(tmp_path)],
                               input=stdin, capture_output=True, text=True, timeout=60)
 
+    # Listing a data dir no service ever ran in says so, rather than making an empty database there.
+    missing = users("list")
+    assert missing.returncode == 2 and "no gridwatch database at" in missing.stderr
+    assert not (tmp_path / "gridwatch.db").exists()
     assert users("add", "alice", "--role", "reviewer", "--password-stdin", stdin="s3cret-pass\n").returncode == 0
     assert users("add", "alice", "--role", "reviewer", "--password-stdin", stdin="s3cret-pass\n").returncode == 1
     assert "at least 8" in users("add", "bob", "--role", "admin", "--password-stdin", stdin="short\n").stderr
+    latin1 = subprocess.run([sys.executable, "-m", "serving.cli", "users", "add", "bob", "--role", "admin",
+                             "--password-stdin", "--data-dir", str(tmp_path)], input=b"caf\xe9-latin-1\n",
+                            capture_output=True, timeout=60)
+    assert latin1.returncode == 1 and b"not UTF-8" in latin1.stderr
     assert users("disable", "alice").returncode == 0
     listed = users("list").stdout
     assert '"name": "alice"' in listed and '"disabled": true' in listed and "s3cret" not in listed
