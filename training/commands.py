@@ -312,6 +312,8 @@ def run_average(args: argparse.Namespace) -> int:
     from training.export.export import ExportError
 
     out = args.project / args.name / "weights" / "best.pt"
+    if out.exists():  # it may be one of the checkpoints averaged: a run is never written over
+        return fail(f"{out} exists: give the average a new --name")
     try:
         average_checkpoints(args.weights, out, args.shares)
     except ExportError as exc:
@@ -365,6 +367,11 @@ def run_eval(args: argparse.Namespace) -> int:
         else:
             predict, metadata = onnx_predictor(args.model, threads=args.threads, imgsz=args.imgsz)
             threshold = operating_threshold_of(metadata)
+            labelled = sorted({c for image in eval_set.images for c in image.classes})
+            if labelled and not set(labelled) & set(predict.names.values()):
+                # Every AP would read 0 with nothing to say why.
+                return fail(f"none of the folder's classes ({', '.join(labelled[:8])}) is one of the model's: a "
+                            "source folder needs --source NAME, whose datasets/NAME.yaml maps its classes")
         if args.score_threshold is not None:
             threshold = args.score_threshold
         folds = None

@@ -59,6 +59,8 @@ def run_list(args: argparse.Namespace) -> int:
     from training.promotion.model_history import current, entries, events, table
 
     weights = _weights(args)
+    if not weights.is_dir():
+        return fail(f"{weights}: no such folder (--weights-dir names the folder the served model is in)")
     if args.json:
         now = current(weights)
         print(json.dumps({"current": now.version if now else None,

@@ -596,7 +596,9 @@ def admin_view(request: Request, account: Account, new_key: str | None = None,
                model_error: str | None = None, camera_error: str | None = None) -> Response:
     service = get_service(request)
     shown = {k: getattr(service.settings, k) for k in SHOWN_SETTINGS}
-    return render(request, "admin.html", account, users=list_users(service.db), keys=list_keys(service.db),
+    # A refused form shows the page with its notice, answered 422 so a script driving it sees the refusal.
+    return render(request, "admin.html", account, 422 if model_error or camera_error else 200,
+                  users=list_users(service.db), keys=list_keys(service.db),
                   cameras=service.cameras.describe_all(show_source=True),
                   settings=shown, user_roles=USER_ROLES, key_roles=ROLES, new_key=new_key,
                   model=service.detector, model_error=model_error, camera_error=camera_error)

@@ -59,6 +59,10 @@ def test_cli_writes_a_run_that_finish_takes_and_rejects_bad_input(pair, tmp_path
     from training.fit.train import existing_run
 
     assert existing_run(tmp_path, "soup").best == best
+    written = best.read_bytes()
+    again = average("--weights", best, pair[0], "--project", tmp_path, "--name", "soup")
+    assert again.returncode == 2 and "give the average a new --name" in again.stderr
+    assert best.read_bytes() == written
     alone = average("--weights", pair[0], "--name", "x", "--project", tmp_path)
     assert alone.returncode == 2 and "at least two" in alone.stderr
     shares = average("--weights", *pair, "--shares", "1", "--name", "y", "--project", tmp_path)

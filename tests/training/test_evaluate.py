@@ -179,6 +179,16 @@ def test_eval_cli_rejects_missing_model_clearly(tmp_path):
     assert proc.returncode == 2 and "not found" in proc.stderr
 
 
+def test_eval_cli_refuses_a_folder_none_of_whose_classes_the_model_has(tmp_path):
+    """A copied source folder under another name has no definition to map its classes: every AP
+    read 0 with nothing to say why."""
+    root = _folder(tmp_path, "my-facades", {"a": ["0 0.5 0.5 0.2 0.2"]}, {0: "win_ad", 1: "door"})
+    model = Path(__file__).resolve().parents[2] / "weights" / "gridwatch-int8.onnx"
+    proc = subprocess.run([sys.executable, "-m", "serving.cli", "eval", "--model", str(model), "--data", str(root)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "none of the folder's classes (win_ad) is one of the model's" in proc.stderr
+
+
 def test_real_source_folder_loads_with_its_definition():
     if not (DATASETS / "thela_india").is_dir():
         pytest.skip("shared datasets not found")

@@ -268,3 +268,4 @@ def test_a_model_that_does_not_load_is_never_promoted(tmp_path, capsys):
     assert "nothing was promoted" in capsys.readouterr().err
     assert (weights / "gridwatch-int8.onnx").read_bytes() == served
     assert sorted(p.name for p in weights.iterdir()) == ["gridwatch-int8.onnx"]  # no history entry either
+    assert main(["models", "list", "--weights-dir", str(tmp_path / "wieghts")]) == 2  # a typo is not "no models"

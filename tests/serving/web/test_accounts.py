@@ -68,7 +68,7 @@ def test_sign_in_roles_and_csrf(run_service, db_url) -> None:
         assert admin.post("/admin/cameras", data={"entry": entry, "csrf_token": token}).status_code == 303
         assert "cam-web" in admin.get("/admin").text
         refused = admin.post("/admin/cameras", data={"entry": "id: x\n", "csrf_token": token})
-        assert refused.status_code == 200 and 'id="camera-error"' in refused.text and "source" in refused.text
+        assert refused.status_code == 422 and 'id="camera-error"' in refused.text and "source" in refused.text
         assert admin.post("/admin/cameras/cam-web/remove", data={"csrf_token": token}).status_code == 303
         assert "cam-web" not in admin.get("/admin").text
         # The served model, loaded again from the admin page (after a promotion into weights/).
