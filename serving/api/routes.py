@@ -54,6 +54,7 @@ Service = Annotated[GridwatchService, Depends(get_service)]
 Decoder = Annotated[DecodeHolds, Depends(decode_holds)]
 CaseNumber = Annotated[str, Path(pattern=CASE_NUMBER)]
 CameraId = Annotated[str, Path(pattern=CAMERA_ID)]
+ItemId = Annotated[int, Path(ge=1, le=MAX_ID)]  # a row id in the URL: evidence, key, labelling item
 
 system = APIRouter(tags=["system"])
 v1 = APIRouter(prefix="/v1")
@@ -282,7 +283,7 @@ def get_case(case_number: CaseNumber, service: Service,
 
 
 @v1.get("/cases/{case_number}/evidence/{evidence_id}", tags=["cases"], response_class=FileResponse)
-def get_evidence(case_number: CaseNumber, evidence_id: Annotated[int, Path(ge=1, le=MAX_ID)], service: Service,
+def get_evidence(case_number: CaseNumber, evidence_id: ItemId, service: Service,
                  principal: Principal = Depends(require("reviewer", "case_system")),
                  reason: Annotated[str, Query(max_length=500, description="why an admin reads a sealed "
                                                                              "original (audited)")] = "") -> FileResponse:
@@ -418,7 +419,7 @@ def add_key(body: KeyRequest, service: Service, principal: Principal = Depends(r
 
 
 @v1.post("/keys/{key_id}/rotate", status_code=201, response_model=KeyCreated, tags=["keys"])
-def rotate(key_id: Annotated[int, Path(ge=1, le=MAX_ID)], body: KeyRotation, service: Service,
+def rotate(key_id: ItemId, body: KeyRotation, service: Service,
            principal: Principal = Depends(require())) -> dict[str, Any]:
     """A new key with the same name and role; the old one keeps working for `overlap_s`."""
     rotated = rotate_key(service.db, key_id, body.overlap_s, actor=principal.name)
@@ -428,7 +429,7 @@ def rotate(key_id: Annotated[int, Path(ge=1, le=MAX_ID)], body: KeyRotation, ser
 
 
 @v1.delete("/keys/{key_id}", status_code=204, tags=["keys"])
-def delete_key(key_id: Annotated[int, Path(ge=1, le=MAX_ID)], service: Service,
+def delete_key(key_id: ItemId, service: Service,
                principal: Principal = Depends(require())) -> None:
     if not revoke_key(service.db, key_id, actor=principal.name):
         raise HTTPException(404, f"no active key {key_id}")

@@ -12,7 +12,6 @@ from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
-from fastapi import Path as UrlPath
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.templating import Jinja2Templates
 import yaml
@@ -21,8 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from serving import audit
 from serving.accounts import Account, AccountError, add_user, check_password, disable_user, list_users
 from serving.api.deps import get_service
-from serving.api.routes import decision_refused, take_decision, utc
-from serving.api.schemas import MAX_ID, RedecideRequest, ReviewRequest, RowId
+from serving.api.routes import ItemId, decision_refused, take_decision, utc
+from serving.api.schemas import RedecideRequest, ReviewRequest, RowId
 from serving.auth import create_key, list_keys, revoke_key
 from serving.cases import CaseError
 from serving.cases.leases import QueueFilter
@@ -92,7 +91,6 @@ async def csrf_checked(request: Request) -> None:
 
 User = Annotated[Account, Depends(signed_in)]
 Admin = Annotated[Account, Depends(admin)]
-ItemId = Annotated[int, UrlPath(ge=1, le=MAX_ID)]  # a row id in the URL: evidence, labelling item, key
 Csrf = Depends(csrf_checked)
 
 
