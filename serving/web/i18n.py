@@ -172,6 +172,10 @@ LABELS: dict[str, tuple[str, str]] = {
     "recheck_reopened": ("still there: reopened", "仍存在，已重新派遣"),
     "recheck_cancelled": ("closed by the case system", "案件系统已结案"),
     "recheck_failed": ("could not look (for a person)", "无法核查（需人工）"),
+    # What the look saw, in the page's language (the stored detail is English, for the API and logs).
+    "recheck_saw_it": ("score {score:.2f}, IoU {iou:.2f} with the case's box", "置信度 {score:.2f}，与案件框重叠 IoU {iou:.2f}"),
+    "recheck_saw_nothing": ("nothing of the violation's classes at the case's place", "案件位置未发现该类违规目标"),
+    "recheck_saw_less": ("the best there scored {score:.2f}, below the rule's score", "该位置最高置信度 {score:.2f}，低于规则阈值"),
     "photo_before": ("Before", "处置前"),
     "photo_after": ("After", "核查时"),
     "rechecks": ("Re-checks after handling", "处置后核查"),

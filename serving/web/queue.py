@@ -86,7 +86,8 @@ class RecheckView(BaseModel):
     due_at: str
     checked_at: str | None
     score: float | None
-    detail: str
+    iou: float | None
+    detail: str  # as stored, in English: shown as it is only for a failed or cancelled look
     before_url: str | None
     after_url: str | None
     due_at_local: str = ""
@@ -158,7 +159,7 @@ def review_case(db: Database, taxonomy: Taxonomy, case: Case, *, zones: CameraZo
         recheck = RecheckView(
             state=latest.state, due_at=latest.due_at.isoformat(),
             checked_at=latest.checked_at.isoformat() if latest.checked_at else None, score=latest.score,
-            detail=latest.detail, before_url=evidence_url(case.case_number, before) if before else None,
+            iou=latest.iou, detail=latest.detail, before_url=evidence_url(case.case_number, before) if before else None,
             after_url=evidence_url(case.case_number, after) if after and latest.checked_at else None,
             due_at_local=zones.show(latest.due_at, case.camera), checked_at_local=zones.show(latest.checked_at, case.camera))
     return ReviewCase(

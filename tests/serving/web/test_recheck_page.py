@@ -37,6 +37,14 @@ def test_before_and_after_side_by_side_and_threshold_history(run_service, datase
     assert before["x"] + before["width"] <= after_box["x"] and abs(before["y"] - after_box["y"]) < 2  # side by side
     assert page.get_attribute("#recheck", "data-state") == "verified"
     assert page.get_attribute("#case-status", "data-status") == "closed"
+    # What the look saw reads in the page's language, not as the English stored for the API.
+    assert page.inner_text("#recheck-detail") == " · nothing of the violation's classes at the case's place"
+    page.context.add_cookies([{"name": "lang", "value": "zh-CN", "url": server.url}])
+    page.reload()
+    assert page.inner_text("#recheck-detail") == " · 案件位置未发现该类违规目标"
+    assert page.inner_text("#recheck-state") == "已消除，核查结案"
+    page.context.clear_cookies(name="lang")
+    page.reload()
 
     page.goto(f"{server.url}/dashboard")
     page.wait_for_selector("body[data-loaded] #threshold-history canvas")
