@@ -294,8 +294,13 @@ class Settings(BaseSettings):
         return model
 
     @property
+    def database_file(self) -> Path | None:
+        """The SQLite file the service keeps its cases in by default; None with a database_url."""
+        return None if self.database_url else (self.data_dir / "gridwatch.db").resolve()
+
+    @property
     def resolved_database_url(self) -> str:
-        return self.database_url or f"sqlite:///{(self.data_dir / 'gridwatch.db').resolve()}"
+        return self.database_url or f"sqlite:///{self.database_file}"
 
     @property
     def resolved_media_roots(self) -> tuple[Path, ...]:

@@ -53,8 +53,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {message}", file=sys.stderr)
     failed = bool(errors)
     if args.save:
-        read_from = sorted({str(path.resolve().parent) for path in files})
-        if str(args.save.resolve()) in read_from:
+        if args.save.resolve() in {path.resolve().parent for path in files}:
             # Annotated copies are named after their source: they would replace the originals.
             print(f"error: --save {args.save} is a folder the images are read from; save the annotated "
                   "copies elsewhere", file=sys.stderr)

@@ -27,9 +27,8 @@ def open_database(args: argparse.Namespace, command: str, *, create: bool = Fals
 
     try:
         settings = load_settings(args.config, data_dir=args.data_dir)
-        default_file = settings.data_dir / "gridwatch.db"
-        if settings.database_url is None and not create and not default_file.exists():
-            print(f"gridwatch {command}: no gridwatch database at {default_file}: give the --data-dir (or "
+        if settings.database_file is not None and not create and not settings.database_file.exists():
+            print(f"gridwatch {command}: no gridwatch database at {settings.database_file}: give the --data-dir (or "
                   "--config) `gridwatch serve` runs with", file=sys.stderr)
             return None
         return Database(settings.resolved_database_url)

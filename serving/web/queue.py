@@ -9,7 +9,7 @@ import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel
 from sqlalchemy import func, not_, select, update
@@ -79,6 +79,14 @@ class CaseLink(BaseModel):
     image_url: str | None
 
 
+def recheck_saw(recheck: Recheck) -> Literal["it", "nothing", "less"] | None:
+    if recheck.state == "reopened" and recheck.score is not None and recheck.iou is not None:
+        return "it"
+    if recheck.state == "verified":
+        return "nothing" if recheck.score is None else "less"
+    return None
+
+
 class RecheckView(BaseModel):
     """The latest re-check of a handled case: the same place before and after, side by side."""
 
@@ -87,7 +95,10 @@ class RecheckView(BaseModel):
     checked_at: str | None
     score: float | None
     iou: float | None
-    detail: str  # as stored, in English: shown as it is only for a failed or cancelled look
+    # What the look saw, for the page to say in its language: the violation still there ("it"),
+    # nothing of its classes at the place, or less than the rule's score; None: no look decided.
+    saw: Literal["it", "nothing", "less"] | None = None
+    detail: str  # as stored, in English: shown as it is only when `saw` is None (a failed look)
     before_url: str | None
     after_url: str | None
     due_at_local: str = ""
@@ -159,7 +170,7 @@ def review_case(db: Database, taxonomy: Taxonomy, case: Case, *, zones: CameraZo
         recheck = RecheckView(
             state=latest.state, due_at=latest.due_at.isoformat(),
             checked_at=latest.checked_at.isoformat() if latest.checked_at else None, score=latest.score,
-            iou=latest.iou, detail=latest.detail, before_url=evidence_url(case.case_number, before) if before else None,
+            iou=latest.iou, saw=recheck_saw(latest), detail=latest.detail, before_url=evidence_url(case.case_number, before) if before else None,
             after_url=evidence_url(case.case_number, after) if after and latest.checked_at else None,
             due_at_local=zones.show(latest.due_at, case.camera), checked_at_local=zones.show(latest.checked_at, case.camera))
     return ReviewCase(
